@@ -1,0 +1,99 @@
+"""The ``hubert-ecg`` command line: one subcommand per pipeline step.
+
+Every handler is a thin layer over the library: parse arguments, call one function, print where
+the results are. Errors from bad input are printed as one line and exit with status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+EPILOG = """\
+typical flow:
+  hubert-ecg prepare RECORDS/ --out store/                 read + preprocess once
+  hubert-ecg finetune store/ --init Edoardo-BS/hubert-ecg-small --out run/
+  hubert-ecg evaluate run/best store/ --split test --out eval/
+  hubert-ecg predict run/best my_ecgs/ --out predictions.csv
+
+pre-training:
+  hubert-ecg pretrain-loop configs/pretrain-loop.yaml     features -> k-means -> labels -> train, iterated
+
+run `hubert-ecg COMMAND --help` for the options of each command.
+"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, help_: str, handler: Handler,
+         description: str | None = None) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_, description=description or help_, formatter_class=_Formatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def register(func: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
+    """Decorator for modules that add their own subcommands (keeps each command beside its code)."""
+    _REGISTRARS.append(func)
+    return func
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    from . import model_cmds, data_cmds, train_cmds, eval_cmds  # noqa: F401  (each registers its commands)
+
+    parser = argparse.ArgumentParser(
+        prog="hubert-ecg", formatter_class=_Formatter, epilog=EPILOG,
+        description="HuBERT-ECG: load, embed, predict, fine-tune, evaluate and pre-train a foundation "
+                    "model for 12-lead ECGs.")
+    parser.add_argument("--version", action="version", version=f"hubert-ecg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for registrar in _REGISTRARS:
+        registrar(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        result = args.handler(args)
+    except KeyboardInterrupt:
+        print("hubert-ecg: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError, RuntimeError) as err:
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, OSError) and getattr(err, "filename", None) and str(err.filename) not in message:
+            message = f"{err.filename}: {err.strerror or message}"
+        print(f"hubert-ecg: error: {message}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def output_path(path: str | Path) -> Path:
+    return Path(path).expanduser()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

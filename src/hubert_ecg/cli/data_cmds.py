@@ -1,0 +1,3 @@
+"""Subcommands (filled in as the pipeline grows)."""
+
+from __future__ import annotations

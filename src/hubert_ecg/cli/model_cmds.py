@@ -1,0 +1,50 @@
+"""Model commands: ``info``, ``convert`` (and ``export``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import add_command, register
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from ..checkpoint import describe, load_model
+
+    summary = describe(load_model(args.checkpoint))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        if isinstance(value, list) and len(value) > 12:
+            value = f"{value[:12]} ... ({len(value)} in all)"
+        if isinstance(value, int) and key.endswith("parameters"):
+            value = f"{value:,}"
+        print(f"{key:>22}: {value}")
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..checkpoint import load_model, save_pretrained
+
+    model = load_model(args.source)
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    out = save_pretrained(model, args.out, dtype=dtype)
+    print(f"converted {args.source} -> {out} ({model.num_parameters():,} parameters)")
+
+
+@register
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "info", "describe a checkpoint: size, parameters, heads, codebooks, labels, preprocessing",
+             _cmd_info)
+    p.add_argument("checkpoint", help="our model directory, a published HF directory or .pt, or a HF model id")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = add_command(sub, "convert", "convert any accepted checkpoint to our format (config.json + model.safetensors)",
+             _cmd_convert)
+    p.add_argument("source", help="published HF directory, .pt file, HF model id or our directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="storage dtype of the weights")
+
+

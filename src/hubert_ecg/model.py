@@ -1,0 +1,486 @@
+"""The HuBERT-ECG network in plain PyTorch, readable top to bottom.
+
+Data flow for a batch of flattened 12-lead windows ``x`` of shape (B, L) (L = 6000 for 5 s at 100 Hz):
+
+    x (B, L)
+      -> FeatureExtractor      conv stem, GroupNorm on conv 0 only, GELU     -> (B, C, T)   T = 93
+      -> FeatureProjection     LayerNorm(C) -> Linear(C, H) -> Dropout        -> (B, T, H)
+      -> span masking          masked tokens <- masked_spec_embed (training only, when asked)
+      -> Encoder               x + PositionalConv(x) -> LayerNorm -> Dropout
+                               -> N post-LN transformer layers                -> (B, T, H)
+      -> heads                 codebook_logits: cosine(Linear(h), codebook) / 0.1 per codebook
+                               classifier: masked mean pool -> dropout -> linear | MLP | cosine
+
+Module and parameter names equal the Hugging Face ``HubertModel`` names so that published weights
+load without renaming (see :mod:`hubert_ecg.checkpoint`). Attention runs through
+``torch.nn.functional.scaled_dot_product_attention``; masks are sampled with torch ops on the
+model's device, and padded tokens are never masked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import CheckpointInfo, HeadConfig, ModelConfig, create_config
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry helpers
+# ---------------------------------------------------------------------------------------------
+def token_mask_from_sample_mask(sample_mask: Tensor, conv_kernel: Sequence[int],
+                                conv_stride: Sequence[int]) -> Tensor:
+    """Token validity from sample validity: a token is valid iff its whole receptive field is.
+
+    ``sample_mask`` (B, L) bool -> (B, T) bool. The invalid indicator is max-pooled through the same
+    kernel/stride chain as the conv stem, so the result has exactly the stem's token count. For a
+    right-padded mask this equals the Hugging Face length formula; it also handles padding inside
+    the flattened vector (short records are padded at the end of every lead).
+    """
+    invalid = (~sample_mask.bool()).to(torch.float32).unsqueeze(1)
+    for k, s in zip(conv_kernel, conv_stride):
+        invalid = F.max_pool1d(invalid, kernel_size=k, stride=s)
+    return invalid.squeeze(1) == 0
+
+
+def sample_span_mask(batch: int, num_tokens: int, *, mask_prob: float, mask_length: int = 1,
+                     min_masks: int = 2, token_mask: Tensor | None = None,
+                     device: torch.device | str | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Sample HuBERT/wav2vec2 span masks on ``device`` with torch ops only. Returns bool (B, T).
+
+    Per sample with ``n`` valid tokens: ``max(min_masks, int(mask_prob * n / mask_length + u))``
+    span starts (u ~ U[0, 1) once per call, as in wav2vec2), drawn without replacement among valid
+    positions, each covering ``mask_length`` tokens; padded tokens are never masked. With
+    p = 0.33, span 1 and 93 valid tokens every sample gets 30 or 31 masked tokens.
+    """
+    if token_mask is None:
+        token_mask = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    device = token_mask.device
+    valid = token_mask.sum(-1)  # (B,)
+    u = torch.rand((), device=device, generator=generator)
+    num_spans = (mask_prob * valid / mask_length + u).floor().long().clamp(min=min_masks)
+    num_spans = torch.minimum(num_spans, valid // mask_length)
+    position = torch.arange(num_tokens, device=device)
+    eligible = token_mask & (position <= num_tokens - mask_length)
+    scores = torch.rand(batch, num_tokens, device=device, generator=generator)
+    scores = scores.masked_fill(~eligible, -1.0)
+    rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)
+    starts = (rank < num_spans.unsqueeze(-1)) & eligible
+    mask = starts.clone()
+    for offset in range(1, mask_length):
+        mask[:, offset:] |= starts[:, :-offset]
+    return mask & token_mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+# ---------------------------------------------------------------------------------------------
+class ConvLayer(nn.Module):
+    """Conv1d -> optional GroupNorm(C, C) (a per-channel norm over time) -> GELU. (B, C_in, L) -> (B, C, L')."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool,
+                 group_norm: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        self.layer_norm = nn.GroupNorm(out_channels, out_channels, affine=True) if group_norm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return F.gelu(x)
+
+
+class FeatureExtractor(nn.Module):
+    """The conv stem: (B, L) samples -> (B, C, T) frames."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        channels = (1, *config.conv_dim)
+        self.conv_layers = nn.ModuleList(
+            ConvLayer(channels[i], channels[i + 1], k, s, config.conv_bias, group_norm=(i == 0))
+            for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.unsqueeze(1)
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm(C) -> Linear(C, H) -> Dropout. (B, T, C) -> (B, T, H)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+        self.dropout = nn.Dropout(config.feat_proj_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.projection(self.layer_norm(x)))
+
+
+class WeightNormConv1d(nn.Module):
+    """Grouped Conv1d whose weight is ``g * v / ||v||`` with the norm over all dims but the kernel axis.
+
+    Parameters keep the classic names ``weight_g`` (1, 1, K) and ``weight_v`` (H, H/groups, K) so
+    both published spellings map onto them.
+    """
+
+    def __init__(self, channels: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.padding, self.groups = kernel // 2, groups
+        self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel))
+        self.weight_g = nn.Parameter(torch.empty(1, 1, kernel))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.normal_(self.weight_v, 0.0, 2.0 * math.sqrt(1.0 / (kernel * channels / groups)))
+        with torch.no_grad():
+            self.weight_g.copy_(torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True))
+
+    def weight(self) -> Tensor:
+        return torch._weight_norm(self.weight_v, self.weight_g, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Relative positions from a wide grouped conv (kernel 128, 16 groups). (B, T, H) -> (B, T, H)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.conv = WeightNormConv1d(config.hidden_size, config.num_conv_pos_embeddings,
+                                     config.num_conv_pos_embedding_groups)
+        # An even kernel with padding K/2 yields one frame too many; drop the last one.
+        self.trim = 1 if config.num_conv_pos_embeddings % 2 == 0 else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[:, :, :-self.trim]
+        return F.gelu(y).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through SDPA. (B, T, H) and key mask (B, T) bool -> (B, T, H)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // self.num_heads
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(hidden, hidden)
+        self.k_proj = nn.Linear(hidden, hidden)
+        self.v_proj = nn.Linear(hidden, hidden)
+        self.out_proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        batch, tokens, hidden = x.shape
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, tokens, hidden))
+
+
+class FeedForward(nn.Module):
+    """Linear(H, FFN) -> GELU -> Dropout -> Linear(FFN, H) -> Dropout."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_dropout = nn.Dropout(config.activation_dropout)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
+        return self.output_dropout(self.output_dense(x))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LayerNorm transformer layer: LN(x + Attn(x)) then LN(x + FFN(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        x = self.layer_norm(x + self.dropout(self.attention(x, key_mask)))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    """x + PosConv(x) -> LayerNorm -> Dropout -> layers (with layerdrop and optional checkpointing)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.pos_conv_embed = PositionalConvEmbedding(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: Tensor, token_mask: Tensor | None = None,
+                output_hidden_states: bool = False) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        if token_mask is not None:
+            # Padded frames must not leak into the positional conv of their neighbours.
+            x = x * token_mask.unsqueeze(-1).to(x.dtype)
+        x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
+        hidden_states: list[Tensor] = [x] if output_hidden_states else []
+        # Layerdrop decisions come from the CPU generator: no device sync in the step.
+        skips = (torch.rand(len(self.layers)) < self.config.layerdrop).tolist() \
+            if self.training and self.config.layerdrop > 0 else [False] * len(self.layers)
+        for layer, skip in zip(self.layers, skips):
+            if not skip:
+                if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    x = checkpoint(layer, x, token_mask, use_reentrant=False)
+                else:
+                    x = layer(x, token_mask)
+            if output_hidden_states:
+                hidden_states.append(x)
+        return x, (tuple(hidden_states) if output_hidden_states else None)
+
+
+class CosineClassifier(nn.Module):
+    """logits = scale * cos(pooled, label vector). (B, H) -> (B, num_labels)."""
+
+    def __init__(self, hidden: int, head: HeadConfig) -> None:
+        super().__init__()
+        self.label_embedding = nn.Embedding(head.num_labels, hidden)
+        scale = torch.tensor(math.log(head.cosine_scale))
+        if head.learn_cosine_scale:
+            self.log_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("log_scale", scale)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        cos = F.normalize(pooled, dim=-1) @ F.normalize(self.label_embedding.weight, dim=-1).T
+        return cos * self.log_scale.exp()
+
+
+def build_classifier(hidden: int, head: HeadConfig) -> nn.Module:
+    """Linear (keys ``classifier.weight``), MLP (``classifier.0``/``classifier.2``) or cosine head."""
+    if head.type == "linear":
+        return nn.Linear(hidden, head.num_labels)
+    if head.type == "mlp":
+        activations = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+        if head.activation not in activations:
+            raise ValueError(f"unknown MLP activation {head.activation!r}; choose one of {sorted(activations)}")
+        return nn.Sequential(nn.Linear(hidden, head.hidden_size), activations[head.activation](),
+                             nn.Linear(head.hidden_size, head.num_labels))
+    return CosineClassifier(hidden, head)
+
+
+@dataclass
+class HubertECGOutput:
+    """Encoder outputs. Shapes: last_hidden_state (B, T, H); hidden_states: N+1 of (B, T, H);
+    token_mask / mask_time_indices (B, T) bool; logits (B, num_labels); pooled (B, H)."""
+
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+    token_mask: Tensor | None = None
+    mask_time_indices: Tensor | None = None
+    pooled: Tensor | None = None
+    logits: Tensor | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+class HubertECG(nn.Module):
+    """HuBERT-ECG encoder with optional codebook (pre-training) and classification (fine-tuning) heads.
+
+    ``forward(x)`` takes (B, L) float32 flattened 12-lead windows at the stem's rate (leads I..V6
+    end to end) and an optional sample-level ``attention_mask`` (B, L) (True = real signal).
+    Masking happens only when asked (``apply_mask=True`` or ``mask_time_indices``), never as a
+    side effect of train mode.
+    """
+
+    def __init__(self, config: ModelConfig, info: CheckpointInfo | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.info = info or CheckpointInfo()
+        self.feature_extractor = FeatureExtractor(config)
+        self.feature_projection = FeatureProjection(config)
+        self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        self.encoder = Encoder(config)
+        self.final_proj = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.classifier_proj_size) for _ in config.vocab_sizes)
+        self.label_embedding = nn.ModuleList(
+            nn.Embedding(k, config.classifier_proj_size) for k in config.vocab_sizes)
+        self.classifier_dropout = nn.Dropout(config.head.dropout if config.head else 0.0)
+        self.classifier = build_classifier(config.hidden_size, config.head) if config.head else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # Initialisation as in wav2vec2/HuBERT (initializer_range 0.02, Kaiming for convs).
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            nn.init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # -- pieces usable on their own --------------------------------------------------------
+    def token_mask(self, attention_mask: Tensor) -> Tensor:
+        return token_mask_from_sample_mask(attention_mask, self.config.conv_kernel, self.config.conv_stride)
+
+    def sample_mask(self, batch: int, num_tokens: int, token_mask: Tensor | None = None,
+                    device: torch.device | None = None) -> Tensor:
+        return sample_span_mask(batch, num_tokens, mask_prob=self.config.mask_time_prob,
+                                mask_length=self.config.mask_time_length,
+                                min_masks=self.config.mask_time_min_masks, token_mask=token_mask,
+                                device=device or self.masked_spec_embed.device)
+
+    def forward(self, input_values: Tensor, attention_mask: Tensor | None = None, *,
+                apply_mask: bool = False, mask_time_indices: Tensor | None = None,
+                output_hidden_states: bool = False) -> HubertECGOutput:
+        if input_values.dim() != 2:
+            raise ValueError(f"expected input of shape (batch, samples), got {tuple(input_values.shape)}")
+        features = self.feature_extractor(input_values).transpose(1, 2)  # (B, T, C)
+        token_mask = self.token_mask(attention_mask) if attention_mask is not None else None
+        hidden = self.feature_projection(features)
+        if apply_mask and mask_time_indices is None:
+            mask_time_indices = self.sample_mask(hidden.shape[0], hidden.shape[1], token_mask, hidden.device)
+        if mask_time_indices is not None:
+            hidden = torch.where(mask_time_indices.unsqueeze(-1),
+                                 self.masked_spec_embed.to(hidden.dtype), hidden)
+        last, hidden_states = self.encoder(hidden, token_mask, output_hidden_states)
+        out = HubertECGOutput(last_hidden_state=last, hidden_states=hidden_states,
+                              token_mask=token_mask, mask_time_indices=mask_time_indices)
+        if self.classifier is not None:
+            out.pooled = self.pool(last, token_mask)
+            out.logits = self.classifier(self.classifier_dropout(out.pooled))
+        return out
+
+    @staticmethod
+    def pool(hidden: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """Mean over tokens, over valid tokens only when a mask is given. (B, T, H) -> (B, H)."""
+        if token_mask is None:
+            return hidden.mean(dim=1)
+        weights = token_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def codebook_logits(self, hidden: Tensor) -> list[Tensor]:
+        """Per codebook: cosine(final_proj(h), codebook rows) / temperature. (B, T, H) -> [(B, T, K_i)]."""
+        if not self.final_proj:
+            raise ValueError("this model has no pre-training codebooks (vocab_sizes is empty)")
+        out = []
+        for proj, codebook in zip(self.final_proj, self.label_embedding):
+            z = F.normalize(proj(hidden), dim=-1, eps=1e-8)
+            c = F.normalize(codebook.weight, dim=-1, eps=1e-8)
+            out.append((z @ c.T.to(z.dtype)) / self.config.codebook_temperature)
+        return out
+
+    # -- head management -----------------------------------------------------------------------
+    def set_codebooks(self, vocab_sizes: Sequence[int]) -> None:
+        """Fresh codebooks (next pre-training iteration); keeps the projections if the count matches."""
+        vocab_sizes = tuple(int(k) for k in vocab_sizes)
+        proj = self.config.classifier_proj_size
+        if len(vocab_sizes) != len(self.final_proj):
+            self.final_proj = nn.ModuleList(nn.Linear(self.config.hidden_size, proj) for _ in vocab_sizes)
+            self.final_proj.apply(self._init_weights)
+        self.label_embedding = nn.ModuleList(nn.Embedding(k, proj) for k in vocab_sizes)
+        self.label_embedding.apply(self._init_weights)
+        self.config = self.config.replace(vocab_sizes=vocab_sizes)
+        self.encoder.config = self.config
+        self.to(self.masked_spec_embed.device)
+
+    def set_head(self, head: HeadConfig | None, drop_codebooks: bool = True) -> None:
+        """Attach a fresh fine-tuning head (or remove it); drops the codebooks by default."""
+        self.classifier = build_classifier(self.config.hidden_size, head) if head else None
+        if self.classifier is not None:
+            self.classifier.apply(self._init_weights)
+        self.classifier_dropout = nn.Dropout(head.dropout if head else 0.0)
+        changes: dict[str, Any] = {"head": head}
+        if drop_codebooks:
+            self.final_proj, self.label_embedding = nn.ModuleList(), nn.ModuleList()
+            changes["vocab_sizes"] = ()
+        self.config = self.config.replace(**changes)
+        self.encoder.config = self.config
+        self.to(self.masked_spec_embed.device)
+
+    def set_dropouts(self, *, hidden: float | None = None, attention: float | None = None,
+                     activation: float | None = None, feat_proj: float | None = None,
+                     layerdrop: float | None = None, classifier: float | None = None) -> None:
+        """Change dropout rates in place (fine-tuning overrides); the config follows."""
+        changes: dict[str, Any] = {}
+        if hidden is not None:
+            changes["hidden_dropout"] = hidden
+        if attention is not None:
+            changes["attention_dropout"] = attention
+        if activation is not None:
+            changes["activation_dropout"] = activation
+        if feat_proj is not None:
+            changes["feat_proj_dropout"] = feat_proj
+        if layerdrop is not None:
+            changes["layerdrop"] = layerdrop
+        if classifier is not None and self.config.head is not None:
+            from dataclasses import replace
+            changes["head"] = replace(self.config.head, dropout=classifier)
+            self.classifier_dropout.p = classifier
+        self.config = self.config.replace(**changes)
+        self.encoder.config = self.config
+        self.feature_projection.dropout.p = self.config.feat_proj_dropout
+        self.encoder.dropout.p = self.config.hidden_dropout
+        for layer in self.encoder.layers:
+            layer.dropout.p = self.config.hidden_dropout
+            layer.feed_forward.output_dropout.p = self.config.hidden_dropout
+            layer.feed_forward.intermediate_dropout.p = self.config.activation_dropout
+            layer.attention.dropout = self.config.attention_dropout
+
+    def num_parameters(self, backbone_only: bool = False) -> int:
+        skip = ("final_proj.", "label_embedding.", "classifier.") if backbone_only else ()
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
+
+    # -- saving / user API (implemented in their own modules) ----------------------------------
+    def save_pretrained(self, directory: str, **kwargs: Any) -> None:
+        from .checkpoint import save_pretrained
+        save_pretrained(self, directory, **kwargs)
+
+    def predict(self, signal: Any, fs: float, **kwargs: Any) -> Any:
+        from .inference import predict_array
+        return predict_array(self, signal, fs, **kwargs)
+
+    def embed(self, signal: Any, fs: float, **kwargs: Any) -> Any:
+        from .inference import embed_array
+        return embed_array(self, signal, fs, **kwargs)
+
+
+def create_model(size: str = "small", *, input_rate_hz: int = 100, vocab_sizes: Sequence[int] = (),
+                 head: HeadConfig | dict | None = None, **overrides: Any) -> HubertECG:
+    """A randomly initialised model of a named size, e.g. ``create_model("small", vocab_sizes=[100])``."""
+    if isinstance(head, dict):
+        head = HeadConfig(**head)
+    config = create_config(size, input_rate_hz=input_rate_hz, vocab_sizes=tuple(vocab_sizes), head=head,
+                           **overrides)
+    return HubertECG(config)

@@ -1,0 +1,151 @@
+"""The encoder against transformers.HubertModel holding the same weights, plus geometry and heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hubert_ecg import checkpoint
+from hubert_ecg.config import HeadConfig, create_config
+from hubert_ecg.model import HubertECG, create_model, sample_span_mask, token_mask_from_sample_mask
+from hf_reference import build_hf_model
+
+
+def _ours_from_hf(hf_model, config):
+    state = checkpoint.normalise_state_dict(hf_model.state_dict())
+    return checkpoint.build_from_state(config, state, "hf")
+
+
+def _parity(size: str, batch: int = 2) -> None:
+    config = create_config(size, vocab_sizes=())
+    hf = build_hf_model(config)
+    ours = _ours_from_hf(hf, config)
+    torch.manual_seed(1)
+    x = torch.randn(batch, 6000)
+    lengths = torch.tensor([6000] + [4000] * (batch - 1))
+    mask = torch.arange(6000)[None] < lengths[:, None]
+    for attention_mask in (None, mask):
+        with torch.no_grad():
+            ref = hf(x, attention_mask=None if attention_mask is None else attention_mask.long(),
+                     output_hidden_states=True)
+            got = ours(x, attention_mask=attention_mask, output_hidden_states=True)
+        assert got.last_hidden_state.shape == (batch, 93, config.hidden_size)
+        assert len(got.hidden_states) == len(ref.hidden_states) == config.num_hidden_layers + 1
+        if attention_mask is None:
+            valid = torch.ones(batch, 93, dtype=torch.bool)
+        else:
+            valid = got.token_mask
+        for a, b in zip(got.hidden_states, ref.hidden_states):
+            assert (a - b)[valid].abs().max().item() <= 1e-4
+        assert (got.last_hidden_state - ref.last_hidden_state)[valid].abs().max().item() <= 1e-4
+
+
+def test_parity_small_with_and_without_padding_mask():
+    _parity("small")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_parity_base_large(size):
+    _parity(size)
+
+
+def test_token_mask_equals_hf_length_formula():
+    config = create_config("small")
+    for valid in (6000, 5999, 4321, 200, 82, 146):
+        mask = (torch.arange(6000) < valid)[None]
+        tokens = token_mask_from_sample_mask(mask, config.conv_kernel, config.conv_stride)
+        assert tokens.shape == (1, 93)
+        assert int(tokens.sum()) == config.num_tokens(valid)
+        assert tokens[0, : config.num_tokens(valid)].all()
+
+
+def test_token_counts_and_receptive_field():
+    config = create_config("small")
+    assert config.num_tokens(6000) == 93
+    assert config.num_tokens(12000) == 187
+    assert config.num_tokens(3000) == 46
+    assert (config.total_stride, config.receptive_field) == (64, 82)
+    assert create_config("small", input_rate_hz=500).num_tokens(30000) == 93
+    assert create_config("small", input_rate_hz=50).num_tokens(3000) == 93
+
+
+def test_span_mask_counts_and_padding():
+    torch.manual_seed(0)
+    counts = set()
+    for _ in range(50):
+        m = sample_span_mask(8, 93, mask_prob=0.33, mask_length=1, min_masks=2)
+        counts.update(m.sum(-1).tolist())
+    assert counts <= {30, 31} and counts
+    token_mask = torch.arange(93)[None].expand(4, 93) < torch.tensor([93, 60, 10, 3])[:, None]
+    m = sample_span_mask(4, 93, mask_prob=0.33, mask_length=3, min_masks=2, token_mask=token_mask)
+    assert not (m & ~token_mask).any()
+    assert (m.sum(-1) >= 2).all()
+
+
+def test_masking_only_when_asked():
+    model = create_model("tiny").train()
+    x = torch.randn(2, 6000)
+    out = model(x)
+    assert out.mask_time_indices is None
+    out = model(x, apply_mask=True)
+    assert out.mask_time_indices is not None and out.mask_time_indices.sum(-1).tolist()[0] in (30, 31)
+    assert model.training
+
+
+def test_codebook_logits_are_cosine_over_temperature():
+    model = create_model("tiny", vocab_sizes=[7, 5]).eval()
+    h = torch.randn(2, 93, model.config.hidden_size)
+    logits = model.codebook_logits(h)
+    assert [tuple(t.shape) for t in logits] == [(2, 93, 7), (2, 93, 5)]
+    for i, lg in enumerate(logits):
+        z = model.final_proj[i](h)
+        expected = F.cosine_similarity(z[:, :, None, :], model.label_embedding[i].weight[None, None], dim=-1) / 0.1
+        torch.testing.assert_close(lg, expected, atol=1e-5, rtol=1e-5)
+        assert lg.abs().max() <= 10.0 + 1e-5
+
+
+@pytest.mark.parametrize("head", [HeadConfig(3), HeadConfig(3, type="mlp", hidden_size=16, activation="relu"),
+                                  HeadConfig(3, type="cosine")])
+def test_classifier_heads_pool_valid_tokens_only(head):
+    model = create_model("tiny", head=head).eval()
+    x = torch.randn(1, 6000)
+    mask = torch.zeros(1, 6000, dtype=torch.bool)
+    mask[:, :3000] = True
+    with torch.no_grad():
+        out = model(x, attention_mask=mask)
+        pooled = out.last_hidden_state[out.token_mask].mean(0, keepdim=True)
+    assert out.logits.shape == (1, 3)
+    torch.testing.assert_close(out.pooled, pooled)
+
+
+def test_layerdrop_and_dropouts_are_configurable():
+    model = create_model("tiny", layerdrop=0.0)
+    model.set_dropouts(hidden=0.0, attention=0.0, activation=0.0, layerdrop=0.0)
+    model.train()
+    x = torch.randn(2, 6000)
+    torch.testing.assert_close(model(x).last_hidden_state, model(x).last_hidden_state)
+    model.set_dropouts(layerdrop=1.0)
+    # Every layer skipped: the output is the encoder input.
+    out = model(x, output_hidden_states=True)
+    torch.testing.assert_close(out.last_hidden_state, out.hidden_states[0])
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    a = create_model("tiny", layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0).train()
+    b = HubertECG(a.config.replace(gradient_checkpointing=True)).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 6000)
+    for m in (a, b):
+        m(x).last_hidden_state.square().mean().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_parameter_counts_match_published_sizes():
+    # Reference doc §1.2 (verified counts of the published architecture).
+    assert create_model("small", vocab_sizes=[100]).num_parameters(backbone_only=True) == 30_209_664
+    assert create_model("small", vocab_sizes=[100]).num_parameters() == 30_366_592
