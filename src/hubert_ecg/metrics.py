@@ -1,0 +1,801 @@
+"""Evaluation metrics, threshold tuning, bootstrap confidence intervals and TTA aggregation.
+
+Everything here is plain NumPy so that it runs without torch and can be applied to saved
+probabilities. It fixes the weak points of the reference evaluation (see
+``docs/hubert-ecg-reference.md`` §7.3, §8 and §10):
+
+* labels without positives (or without negatives) have *undefined* AUROC/AUPRC: they are NaN,
+  left out of every macro average, and the result names them (the reference counted them as 0);
+* scores must be probabilities; logits are rejected instead of being silently squashed;
+* per-label thresholds can be tuned on validation data instead of a fixed 0.5;
+* bootstrap confidence intervals use the plain percentile method with a seeded generator and an
+  order that never depends on file modification times;
+* regression has real metrics (MAE, RMSE, R², Pearson r).
+
+Task types and array shapes:
+
+``"multi_label"``  y_true (N, L) in {0, 1}, y_score (N, L) probabilities.
+``"multi_class"``  y_true (N,) ints in 0..C-1, y_score (N, C) probabilities (binary = 2 classes).
+``"binary"``       y_true (N,) in {0, 1}, y_score (N,) probability of the positive class.
+``"regression"``   y_true (N,) or (N, D) floats, y_score (predictions) of the same shape.
+
+All metrics are computed by one vectorised core that takes a matrix of per-record weights
+(B, N). The point estimate uses a single row of ones; a bootstrap resample is the same
+computation with the multiplicity of every record as its weight. Point estimates and bootstrap
+replicates can therefore never disagree about definitions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+__all__ = [
+    "TASKS",
+    "MetricsInputError",
+    "MetricsResult",
+    "compute_metrics",
+    "tune_thresholds",
+    "bootstrap_ci",
+    "aggregate_windows",
+    "to_jsonable",
+]
+
+TASKS = ("multi_label", "multi_class", "binary", "regression")
+Task = Literal["multi_label", "multi_class", "binary", "regression"]
+
+# Metric names, in display order. "_at_thr" variants use caller-supplied per-label thresholds.
+THRESHOLD_METRICS = ("f1", "precision", "sensitivity", "specificity", "accuracy")
+LABEL_METRICS = ("auroc", "auprc") + THRESHOLD_METRICS
+MULTICLASS_LABEL_METRICS = ("auroc", "auprc", "f1", "precision", "sensitivity", "specificity")
+MULTICLASS_OVERALL_METRICS = ("accuracy", "balanced_accuracy")
+REGRESSION_METRICS = ("mae", "rmse", "r2", "pearson_r")
+
+# Bootstrap memory bound: number of resamples x records processed at once.
+_MAX_WEIGHT_CELLS = 4_000_000
+
+
+class MetricsInputError(ValueError):
+    """Raised when arrays passed to the metrics functions have the wrong shape or content."""
+
+
+# --------------------------------------------------------------------------------------------
+# Result container
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MetricsResult:
+    """Metrics of one evaluation.
+
+    Attributes:
+        task: one of :data:`TASKS`.
+        n_records: number of records N that were evaluated.
+        label_names: L names (labels, classes or regression outputs).
+        per_label: metric name -> array (L,) (NaN where undefined).
+        macro: metric name -> mean over the *defined* labels only.
+        overall: task-level scalars that are not label averages (multi-class accuracy, ...).
+        n_positive: (L,) number of positive records per label/class (None for regression).
+        undefined_labels: labels whose ranking metrics (AUROC/AUPRC; R²/Pearson for regression)
+            are undefined in this data and were therefore left out of the macro averages.
+        thresholds: (L,) thresholds used for the ``*_at_thr`` metrics, or None.
+        confusion_matrix: (C, C) counts, rows = true class, columns = predicted (multi-class only).
+    """
+
+    task: str
+    n_records: int
+    label_names: list[str]
+    per_label: dict[str, np.ndarray]
+    macro: dict[str, float]
+    overall: dict[str, float] = field(default_factory=dict)
+    n_positive: np.ndarray | None = None
+    undefined_labels: list[str] = field(default_factory=list)
+    thresholds: np.ndarray | None = None
+    confusion_matrix: np.ndarray | None = None
+
+    @property
+    def n_undefined(self) -> int:
+        """How many labels were left out of the macro averages."""
+        return len(self.undefined_labels)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.per_label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (NaN becomes None)."""
+        per_label = {
+            name: {metric: values[i] for metric, values in self.per_label.items()}
+            for i, name in enumerate(self.label_names)
+        }
+        if self.n_positive is not None:
+            for i, name in enumerate(self.label_names):
+                per_label[name]["n_positive"] = int(self.n_positive[i])
+        if self.thresholds is not None:
+            for i, name in enumerate(self.label_names):
+                per_label[name]["threshold"] = self.thresholds[i]
+        out: dict[str, Any] = {
+            "task": self.task,
+            "n_records": self.n_records,
+            "n_labels": len(self.label_names),
+            "n_undefined_labels": self.n_undefined,
+            "undefined_labels": list(self.undefined_labels),
+            "macro": dict(self.macro),
+            "overall": dict(self.overall),
+            "per_label": per_label,
+        }
+        if self.confusion_matrix is not None:
+            out["confusion_matrix"] = self.confusion_matrix
+        return to_jsonable(out)
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row per label plus a final ``macro`` row (for CSV / pandas.DataFrame)."""
+        rows: list[dict[str, Any]] = []
+        for i, name in enumerate(self.label_names):
+            row: dict[str, Any] = {"label": name}
+            if self.n_positive is not None:
+                row["n_positive"] = int(self.n_positive[i])
+            if self.thresholds is not None:
+                row["threshold"] = float(self.thresholds[i])
+            row["defined"] = name not in self.undefined_labels
+            for metric, values in self.per_label.items():
+                row[metric] = float(values[i])
+            rows.append(row)
+        macro_row: dict[str, Any] = {"label": "macro"}
+        if self.n_positive is not None:
+            macro_row["n_positive"] = None
+        if self.thresholds is not None:
+            macro_row["threshold"] = None
+        macro_row["defined"] = None
+        macro_row.update({metric: float(value) for metric, value in self.macro.items()})
+        rows.append(macro_row)
+        return rows
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Per-label table (plus the macro row); empty cells stand for undefined values."""
+        path = Path(path)
+        rows = self.to_rows()
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        return path
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively convert NumPy values to Python ones; NaN/inf become None (valid JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Input checking
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """Validated inputs in the layout the vectorised core expects."""
+
+    task: str
+    y: np.ndarray  # (N, L) bool for classification labels / one-hot classes, (N, D) float for regression
+    score: np.ndarray  # (N, L) float
+    label_names: list[str]
+    classes: np.ndarray | None = None  # (N,) int, multi-class only
+
+
+def _first_bad(mask: np.ndarray) -> str:
+    """'row i, column j' (or 'row i') of the first True in mask, for error messages."""
+    index = np.argwhere(mask)[0]
+    return f"row {index[0]}" + (f", column {index[1]}" if len(index) > 1 else "")
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise MetricsInputError(f"{name} contains a non-finite value at {_first_bad(bad)}")
+
+
+def _check_probabilities(task: str, array: np.ndarray) -> None:
+    bad = (array < 0) | (array > 1)
+    if bad.any():
+        where = _first_bad(bad)
+        value = array[tuple(np.argwhere(bad)[0])]
+        raise MetricsInputError(
+            f"y_score must hold probabilities in [0, 1] for task '{task}' (apply sigmoid/softmax to "
+            f"logits first); {where} holds {value:g}"
+        )
+
+
+def _as_float_array(name: str, values: Any) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MetricsInputError(f"{name} is not numeric: {exc}") from None
+    return array
+
+
+def _check_names(label_names: Sequence[str] | None, n_labels: int, default_prefix: str) -> list[str]:
+    if label_names is None:
+        return [f"{default_prefix}{i}" for i in range(n_labels)]
+    names = [str(n) for n in label_names]
+    if len(names) != n_labels:
+        raise MetricsInputError(f"label_names has {len(names)} names but there are {n_labels} labels")
+    if len(set(names)) != len(names):
+        raise MetricsInputError("label_names contains duplicate names")
+    return names
+
+
+def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | None) -> _Prepared:
+    if task not in TASKS:
+        raise MetricsInputError(f"unknown task '{task}'; expected one of {', '.join(TASKS)}")
+    y = _as_float_array("y_true", y_true)
+    score = _as_float_array("y_score", y_score)
+    if y.shape[:1] != score.shape[:1]:
+        raise MetricsInputError(
+            f"y_true has {y.shape[0] if y.ndim else 0} records but y_score has "
+            f"{score.shape[0] if score.ndim else 0}"
+        )
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise MetricsInputError("y_true is empty: nothing to evaluate")
+    _check_finite("y_true", y)
+    _check_finite("y_score", score)
+
+    if task == "multi_class":
+        if y.ndim != 1 or score.ndim != 2:
+            raise MetricsInputError(
+                f"task 'multi_class' expects y_true (N,) and y_score (N, C); got {y.shape} and {score.shape}"
+            )
+        n_classes = score.shape[1]
+        if n_classes < 2:
+            raise MetricsInputError(f"task 'multi_class' needs at least 2 score columns; got {n_classes}")
+        bad = (y != np.round(y)) | (y < 0) | (y >= n_classes)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise MetricsInputError(
+                f"y_true must hold class indices in 0..{n_classes - 1}; row {row} holds {y[row]:g}"
+            )
+        _check_probabilities(task, score)
+        classes = y.astype(np.int64)
+        onehot = np.zeros(score.shape, dtype=bool)
+        onehot[np.arange(len(classes)), classes] = True
+        names = _check_names(label_names, n_classes, "class_")
+        return _Prepared(task, onehot, score, names, classes)
+
+    if task == "regression":
+        if y.shape != score.shape or y.ndim not in (1, 2):
+            raise MetricsInputError(
+                f"task 'regression' expects y_true and predictions of the same shape (N,) or (N, D); "
+                f"got {y.shape} and {score.shape}"
+            )
+        y2 = y.reshape(len(y), -1)
+        names = _check_names(label_names, y2.shape[1], "output_")
+        return _Prepared(task, y2, score.reshape(len(y), -1), names)
+
+    # multi_label and binary share the per-label machinery.
+    if task == "binary":
+        if y.ndim != 1 or score.ndim != 1:
+            raise MetricsInputError(
+                f"task 'binary' expects y_true (N,) and y_score (N,); got {y.shape} and {score.shape} "
+                "(use task 'multi_class' for two softmax columns)"
+            )
+        y, score = y[:, None], score[:, None]
+        names = _check_names(label_names, 1, "positive")
+        if label_names is None:
+            names = ["positive"]
+    else:
+        if y.ndim != 2 or y.shape != score.shape:
+            raise MetricsInputError(
+                f"task 'multi_label' expects y_true and y_score of the same shape (N, L); "
+                f"got {y.shape} and {score.shape}"
+            )
+        names = _check_names(label_names, y.shape[1], "label_")
+    bad = (y != 0) & (y != 1)
+    if bad.any():
+        index = tuple(np.argwhere(bad)[0])
+        raise MetricsInputError(f"y_true must be 0/1 for task '{task}'; {_first_bad(bad)} holds {y[index]:g}")
+    _check_probabilities(task, score)
+    return _Prepared(task, y.astype(bool), score, names)
+
+
+def _check_thresholds(thresholds: Any, n_labels: int) -> np.ndarray:
+    thr = np.atleast_1d(_as_float_array("thresholds", thresholds))
+    if thr.ndim != 1 or thr.shape[0] != n_labels:
+        raise MetricsInputError(f"thresholds has {thr.size} values but there are {n_labels} labels")
+    _check_finite("thresholds", thr)
+    return thr
+
+
+# --------------------------------------------------------------------------------------------
+# Vectorised weighted core: weights (B, N) -> metrics (B, L)
+# --------------------------------------------------------------------------------------------
+
+
+def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with NaN where den == 0."""
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def _ranking_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted AUROC and average precision for every label.
+
+    Args:
+        y: (N, L) bool targets.
+        score: (N, L) scores (higher = more likely positive).
+        weights: (B, N) non-negative record weights (bootstrap multiplicities or ones).
+
+    Returns:
+        auroc, auprc: (B, L) each; NaN when a row has no positive or no negative weight.
+
+    With unit weights the values equal sklearn's ``roc_auc_score`` (Mann-Whitney with ties
+    counted as 1/2) and ``average_precision_score`` (step-wise sum of precision x recall
+    increments over distinct thresholds). Records are sorted once per label; every resample then
+    costs a few cumulative sums instead of a sort.
+    """
+    n_rows = weights.shape[0]
+    n_labels = y.shape[1]
+    auroc = np.full((n_rows, n_labels), np.nan)
+    auprc = np.full((n_rows, n_labels), np.nan)
+    for label in range(n_labels):
+        order = np.argsort(-score[:, label], kind="stable")
+        sorted_score = score[order, label]
+        sorted_pos = y[order, label]
+        # Records with equal scores form one threshold step.
+        starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+        w_sorted = weights[:, order]
+        pos = np.add.reduceat(np.where(sorted_pos, w_sorted, 0.0), starts, axis=1)  # (B, G)
+        neg = np.add.reduceat(np.where(sorted_pos, 0.0, w_sorted), starts, axis=1)
+        tp = np.cumsum(pos, axis=1)
+        fp = np.cumsum(neg, axis=1)
+        n_pos = tp[:, -1]
+        n_neg = fp[:, -1]
+        # A positive beats every negative with a strictly lower score and ties half of its group.
+        neg_below = n_neg[:, None] - fp
+        auroc[:, label] = _safe_divide((pos * (neg_below + 0.5 * neg)).sum(axis=1), n_pos * n_neg)
+        precision = np.zeros_like(tp)
+        np.divide(tp, tp + fp, out=precision, where=(tp + fp) > 0)
+        auprc[:, label] = _safe_divide((pos * precision).sum(axis=1), n_pos)
+        undefined = (n_pos == 0) | (n_neg == 0)
+        auroc[undefined, label] = np.nan
+        auprc[undefined, label] = np.nan
+    return auroc, auprc
+
+
+def _confusion_counts(
+    y: np.ndarray, predicted: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted TP, FP, FN, TN, each (B, L), from (N, L) bool targets and predictions."""
+    yf = y.astype(np.float64)
+    pf = predicted.astype(np.float64)
+    tp = weights @ (yf * pf)
+    fp = weights @ ((1.0 - yf) * pf)
+    fn = weights @ (yf * (1.0 - pf))
+    tn = weights @ ((1.0 - yf) * (1.0 - pf))
+    return tp, fp, fn, tn
+
+
+def _threshold_metrics(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
+    """F1, precision, sensitivity, specificity, accuracy from confusion counts (B, L).
+
+    0/0 gives NaN, except precision of a label that has positives but was never predicted:
+    that classifier found none of them, so it gets precision 0 (sklearn's zero_division=0)
+    rather than being excused.
+    """
+    n_pos = tp + fn
+    precision = _safe_divide(tp, tp + fp)
+    precision[np.isnan(precision) & (n_pos > 0)] = 0.0
+    return {
+        "f1": _safe_divide(2 * tp, 2 * tp + fp + fn),
+        "precision": precision,
+        "sensitivity": _safe_divide(tp, n_pos),
+        "specificity": _safe_divide(tn, tn + fp),
+        "accuracy": _safe_divide(tp + tn, tp + fp + fn + tn),
+    }
+
+
+def _regression_metrics(y: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Weighted MAE, RMSE, R², Pearson r per output, each (B, D); R²/r NaN for constant targets."""
+    total = weights.sum(axis=1, keepdims=True)  # (B, 1)
+    err = pred - y
+    mae = (weights @ np.abs(err)) / total
+    sse = weights @ (err**2)
+    rmse = np.sqrt(sse / total)
+    # Centre once on the full-data means: variances are shift invariant and centring avoids
+    # catastrophic cancellation in sum(w y^2) - (sum(w y))^2 / n.
+    yc = y - y.mean(axis=0)
+    pc = pred - pred.mean(axis=0)
+    sum_y = weights @ yc
+    sum_p = weights @ pc
+    ss_y = weights @ (yc**2) - sum_y**2 / total
+    ss_p = weights @ (pc**2) - sum_p**2 / total
+    cross = weights @ (yc * pc) - sum_y * sum_p / total
+    # Relative tolerance: a constant column leaves only rounding noise in ss_y.
+    scale_y = total * (np.abs(y).max(axis=0) + 1e-300) ** 2
+    scale_p = total * (np.abs(pred).max(axis=0) + 1e-300) ** 2
+    y_const = ss_y <= 1e-12 * scale_y
+    p_const = ss_p <= 1e-12 * scale_p
+    r2 = np.where(y_const, np.nan, 1.0 - sse / np.where(y_const, 1.0, ss_y))
+    denom = np.sqrt(np.where(y_const | p_const, 1.0, ss_y * ss_p))
+    pearson = np.where(y_const | p_const, np.nan, cross / denom)
+    return {"mae": mae, "rmse": rmse, "r2": r2, "pearson_r": np.clip(pearson, -1.0, 1.0)}
+
+
+def _core(
+    prep: _Prepared, weights: np.ndarray, thresholds: np.ndarray | None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """All metrics for every weight row: (per-label metric -> (B, L), overall metric -> (B,))."""
+    if prep.task == "regression":
+        return _regression_metrics(prep.y, prep.score, weights), {}
+
+    per_label: dict[str, np.ndarray] = {}
+    auroc, auprc = _ranking_metrics(prep.y, prep.score, weights)
+    per_label["auroc"] = auroc
+    per_label["auprc"] = auprc
+
+    if prep.task == "multi_class":
+        assert prep.classes is not None
+        predicted = np.zeros_like(prep.y)
+        predicted[np.arange(len(prep.classes)), prep.score.argmax(axis=1)] = True
+        tp, fp, fn, tn = _confusion_counts(prep.y, predicted, weights)
+        stats = _threshold_metrics(tp, fp, fn, tn)
+        for metric in MULTICLASS_LABEL_METRICS[2:]:
+            per_label[metric] = stats[metric]
+        total = weights.sum(axis=1)
+        overall = {
+            "accuracy": tp.sum(axis=1) / total,
+            # Mean recall over the classes present (sklearn's balanced_accuracy_score).
+            "balanced_accuracy": _nanmean_rows(stats["sensitivity"]),
+        }
+        return per_label, overall
+
+    tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= 0.5, weights)
+    per_label.update(_threshold_metrics(tp, fp, fn, tn))
+    if thresholds is not None:
+        tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= thresholds[None, :], weights)
+        for metric, values in _threshold_metrics(tp, fp, fn, tn).items():
+            per_label[f"{metric}_at_thr"] = values
+    return per_label, {}
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN; NaN (no warning) when a row is all NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return np.nanmean(values, axis=-1)
+
+
+def _defined_mask(prep: _Prepared) -> np.ndarray:
+    """(L,) True where the label's ranking metrics are defined on the full data."""
+    if prep.task == "regression":
+        return np.ptp(prep.y, axis=0) > 0
+    n_pos = prep.y.sum(axis=0)
+    return (n_pos > 0) & (n_pos < prep.y.shape[0])
+
+
+def _macro(per_label: dict[str, np.ndarray], defined: np.ndarray) -> dict[str, np.ndarray]:
+    """Macro average over the labels defined on the full data, per weight row (B,).
+
+    Within a bootstrap resample a defined label can still lose all its positives; it is then
+    skipped for that resample only (nanmean).
+    """
+    return {metric: _nanmean_rows(values[..., defined]) for metric, values in per_label.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    task: Task | str,
+    y_true: Any,
+    y_score: Any,
+    *,
+    thresholds: Any = None,
+    label_names: Sequence[str] | None = None,
+) -> MetricsResult:
+    """Compute all metrics of a task (see the module docstring for the shapes).
+
+    Classification metrics per label: ``auroc``, ``auprc`` (average precision), and at threshold
+    0.5 ``f1``, ``precision``, ``sensitivity`` (recall), ``specificity``, ``accuracy``; with
+    ``thresholds`` (L,) the same five again as ``*_at_thr`` (prediction = score >= threshold).
+    Multi-class: one-vs-rest ``auroc``/``auprc`` and argmax-based ``f1``, ``precision``,
+    ``sensitivity``, ``specificity`` per class, ``overall`` accuracy (micro) and balanced
+    accuracy, and the confusion matrix. Regression: ``mae``, ``rmse``, ``r2``, ``pearson_r`` per
+    output, macro = mean over outputs.
+
+    Labels (classes) with no positive or no negative record are undefined: their AUROC/AUPRC are
+    NaN and they are excluded from *every* macro average so all macro values describe the same
+    set of labels; ``result.undefined_labels`` lists them. For regression an output with a
+    constant target has undefined R² and Pearson r and is excluded from all macro means.
+
+    Raises:
+        MetricsInputError: wrong shapes, non-finite values, labels outside {0, 1} or class range,
+            or scores outside [0, 1] for classification tasks.
+    """
+    prep = _prepare(task, y_true, y_score, label_names)
+    n_records, n_labels = prep.y.shape
+    thr = None
+    if thresholds is not None:
+        if prep.task in ("multi_class", "regression"):
+            raise MetricsInputError(f"thresholds are not used by task '{prep.task}'")
+        thr = _check_thresholds(thresholds, n_labels)
+
+    ones = np.ones((1, n_records))
+    per_label_b, overall_b = _core(prep, ones, thr)
+    defined = _defined_mask(prep)
+    per_label = {metric: values[0] for metric, values in per_label_b.items()}
+    macro = {metric: float(values[0]) for metric, values in _macro(per_label_b, defined).items()}
+    overall = {metric: float(values[0]) for metric, values in overall_b.items()}
+
+    n_positive = None
+    confusion = None
+    if prep.task != "regression":
+        n_positive = prep.y.sum(axis=0).astype(np.int64)
+    if prep.task == "multi_class":
+        assert prep.classes is not None
+        predicted = prep.score.argmax(axis=1)
+        confusion = np.bincount(
+            prep.classes * n_labels + predicted, minlength=n_labels * n_labels
+        ).reshape(n_labels, n_labels)
+
+    return MetricsResult(
+        task=prep.task,
+        n_records=n_records,
+        label_names=prep.label_names,
+        per_label=per_label,
+        macro=macro,
+        overall=overall,
+        n_positive=n_positive,
+        undefined_labels=[name for name, ok in zip(prep.label_names, defined) if not ok],
+        thresholds=thr,
+        confusion_matrix=confusion,
+    )
+
+
+def tune_thresholds(y_true: Any, y_score: Any, method: Literal["max_f1", "youden"] | str = "max_f1") -> np.ndarray:
+    """Per-label decision thresholds chosen on (validation) data.
+
+    Args:
+        y_true: (N, L) or (N,) 0/1 targets.
+        y_score: probabilities of the same shape.
+        method: ``"max_f1"`` maximises F1; ``"youden"`` maximises sensitivity + specificity - 1.
+
+    Returns:
+        (L,) thresholds ((1,) for 1-D input); a record is positive when score >= threshold.
+        The threshold is the midpoint between the optimal cut score and the next lower distinct
+        score, so it reproduces the optimum on this data and does not sit on a training score.
+        Labels without positives or without negatives get 0.5. Ties keep the highest threshold.
+    """
+    if method not in ("max_f1", "youden"):
+        raise MetricsInputError(f"unknown threshold method '{method}'; expected 'max_f1' or 'youden'")
+    y = _as_float_array("y_true", y_true)
+    task = "binary" if y.ndim == 1 else "multi_label"
+    prep = _prepare(task, y_true, y_score, None)
+    n_records, n_labels = prep.y.shape
+    thresholds = np.full(n_labels, 0.5)
+    for label in range(n_labels):
+        positive = prep.y[:, label]
+        n_pos = int(positive.sum())
+        if n_pos == 0 or n_pos == n_records:
+            continue
+        order = np.argsort(-prep.score[:, label], kind="stable")
+        sorted_score = prep.score[order, label]
+        # Last index of every group of equal scores = cut points "score >= this value".
+        ends = np.flatnonzero(np.r_[sorted_score[1:] != sorted_score[:-1], True])
+        tp = np.cumsum(positive[order])[ends].astype(np.float64)
+        fp = (ends + 1) - tp
+        if method == "max_f1":
+            objective = 2 * tp / (tp + fp + n_pos)
+        else:
+            objective = tp / n_pos - fp / (n_records - n_pos)
+        best = int(np.argmax(objective))
+        cut = sorted_score[ends[best]]
+        if best + 1 < len(ends):
+            cut = 0.5 * (cut + sorted_score[ends[best + 1]])
+        thresholds[label] = cut
+    return thresholds
+
+
+def _resample_weights(
+    rng: np.random.Generator, n_records: int, n_rows: int, strata: list[np.ndarray] | None
+) -> np.ndarray:
+    """(n_rows, N) bootstrap multiplicities; within each stratum the size is kept fixed."""
+    groups = strata if strata is not None else [np.arange(n_records)]
+    flat = np.empty((n_rows, n_records), dtype=np.int64)
+    column = 0
+    for members in groups:
+        draws = rng.integers(0, len(members), size=(n_rows, len(members)))
+        flat[:, column : column + len(members)] = members[draws]
+        column += len(members)
+    offsets = (np.arange(n_rows) * n_records)[:, None]
+    counts = np.bincount((flat + offsets).ravel(), minlength=n_rows * n_records)
+    return counts.reshape(n_rows, n_records).astype(np.float64)
+
+
+def _strata(prep: _Prepared) -> list[np.ndarray]:
+    """Record indices per stratum: class (multi-class), target (binary) or exact label set."""
+    if prep.task == "regression":
+        raise MetricsInputError("stratify=True is not supported for task 'regression'")
+    _, inverse = np.unique(prep.y, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    return [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+
+
+def _summarise(point: float, samples: np.ndarray, confidence: float) -> dict[str, Any]:
+    finite = samples[np.isfinite(samples)]
+    alpha = (1.0 - confidence) / 2.0
+    if finite.size == 0 or not math.isfinite(point):
+        lower = upper = float("nan")
+    else:
+        lower, upper = (float(v) for v in np.quantile(finite, [alpha, 1.0 - alpha]))
+    return {"point": float(point), "lower": lower, "upper": upper, "n_used": int(finite.size)}
+
+
+def bootstrap_ci(
+    task: Task | str,
+    y_true: Any,
+    y_score: Any,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    thresholds: Any = None,
+    stratify: bool = False,
+    label_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Percentile bootstrap confidence intervals for every metric of :func:`compute_metrics`.
+
+    Records are resampled with replacement (``n_resamples`` times, generator seeded with
+    ``seed``, so the same call gives the same intervals). The interval is the
+    ((1-confidence)/2, 1-(1-confidence)/2) quantile pair of the replicates; the point estimate
+    is the metric on the original data. A resample in which a label has no positive (or no
+    negative) record is excluded for that label and metric; ``n_used`` reports how many
+    resamples were left. Macro replicates average the labels defined on the full data that are
+    defined in the resample.
+
+    ``stratify=True`` keeps the number of records of each class (multi-class, binary) or of
+    each exact label combination (multi-label, as the reference did) fixed. With many labels most
+    combinations are unique, and stratification then understates the variance, hence the
+    default False.
+
+    Returns:
+        ``{"method", "n_resamples", "confidence", "seed", "stratify", "n_records",
+        "undefined_labels", "macro": {metric: stats}, "overall": {metric: stats},
+        "per_label": {label: {metric: stats}}}`` with
+        ``stats = {"point", "lower", "upper", "n_used"}``.
+    """
+    if n_resamples < 1:
+        raise MetricsInputError(f"n_resamples must be at least 1; got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise MetricsInputError(f"confidence must be in (0, 1); got {confidence}")
+    point = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=label_names)
+    prep = _prepare(task, y_true, y_score, label_names)
+    thr = point.thresholds
+    n_records, n_labels = prep.y.shape
+    defined = _defined_mask(prep)
+    strata = _strata(prep) if stratify else None
+
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_resamples, _MAX_WEIGHT_CELLS // max(n_records, 1)))
+    per_label_parts: dict[str, list[np.ndarray]] = {}
+    macro_parts: dict[str, list[np.ndarray]] = {}
+    overall_parts: dict[str, list[np.ndarray]] = {}
+    done = 0
+    while done < n_resamples:
+        rows = min(chunk, n_resamples - done)
+        weights = _resample_weights(rng, n_records, rows, strata)
+        per_label_b, overall_b = _core(prep, weights, thr)
+        for metric, values in per_label_b.items():
+            per_label_parts.setdefault(metric, []).append(values)
+        for metric, values in _macro(per_label_b, defined).items():
+            macro_parts.setdefault(metric, []).append(values)
+        for metric, values in overall_b.items():
+            overall_parts.setdefault(metric, []).append(values)
+        done += rows
+
+    per_label_samples = {m: np.concatenate(parts, axis=0) for m, parts in per_label_parts.items()}
+    per_label: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(point.label_names):
+        per_label[name] = {
+            metric: _summarise(point.per_label[metric][i], samples[:, i], confidence)
+            for metric, samples in per_label_samples.items()
+        }
+    macro = {
+        metric: _summarise(point.macro[metric], np.concatenate(parts), confidence)
+        for metric, parts in macro_parts.items()
+    }
+    overall = {
+        metric: _summarise(point.overall[metric], np.concatenate(parts), confidence)
+        for metric, parts in overall_parts.items()
+    }
+    return {
+        "method": "percentile",
+        "task": point.task,
+        "n_resamples": int(n_resamples),
+        "confidence": float(confidence),
+        "seed": int(seed),
+        "stratify": bool(stratify),
+        "n_records": n_records,
+        "n_labels": n_labels,
+        "undefined_labels": list(point.undefined_labels),
+        "macro": macro,
+        "overall": overall,
+        "per_label": per_label,
+    }
+
+
+def aggregate_windows(
+    probs: Any, group_ids: Any, how: Literal["mean", "max"] | str = "mean"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine test-time-augmentation windows into one prediction per record.
+
+    Args:
+        probs: (W, ...) probabilities, one row per window.
+        group_ids: (W,) record id of every window (any hashable NumPy-compatible type).
+        how: ``"mean"`` or ``"max"`` over the windows of a record.
+
+    Returns:
+        groups: (G,) distinct ids in order of first appearance (so record order is kept).
+        aggregated: (G, ...) aggregated probabilities.
+    """
+    if how not in ("mean", "max"):
+        raise MetricsInputError(f"unknown aggregation '{how}'; expected 'mean' or 'max'")
+    values = _as_float_array("probs", probs)
+    ids = np.asarray(group_ids)
+    if values.ndim == 0 or ids.ndim != 1 or ids.shape[0] != values.shape[0]:
+        raise MetricsInputError(
+            f"group_ids must be 1-D with one id per window; got {ids.shape} ids for probs of shape {values.shape}"
+        )
+    if ids.shape[0] == 0:
+        raise MetricsInputError("probs is empty: no windows to aggregate")
+    _check_finite("probs", values)
+    unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    appearance = np.argsort(first, kind="stable")
+    rank = np.empty_like(appearance)
+    rank[appearance] = np.arange(len(appearance))
+    group_of_window = rank[inverse]
+    n_groups = len(unique)
+    if how == "mean":
+        out = np.zeros((n_groups,) + values.shape[1:])
+        np.add.at(out, group_of_window, values)
+        counts = np.bincount(group_of_window, minlength=n_groups).astype(np.float64)
+        out /= counts.reshape((-1,) + (1,) * (values.ndim - 1))
+    else:
+        out = np.full((n_groups,) + values.shape[1:], -np.inf)
+        np.maximum.at(out, group_of_window, values)
+    return unique[appearance], out

@@ -1,0 +1,259 @@
+"""Evaluation report: Markdown plus a self-contained HTML page, with the metrics as JSON/CSV.
+
+``write_report`` writes into ``out_dir``:
+
+* ``report.md``   tables in Markdown, plots linked by relative path;
+* ``report.html`` the same content with the plots embedded as base64 PNG (one file to share);
+* ``metrics.json`` the metrics, the bootstrap intervals and ``extra``;
+* ``metrics_per_label.csv`` one row per label plus the macro row.
+
+The data note (what the numbers are and are not, e.g. "demo-scale model on synthetic data, not
+a clinical result") is printed at the top of both reports so it cannot be missed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from hubert_ecg.metrics import MetricsInputError, MetricsResult, to_jsonable
+
+__all__ = ["write_report"]
+
+_METRIC_LABELS = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC (average precision)",
+    "f1": "F1 @0.5",
+    "precision": "Precision @0.5",
+    "sensitivity": "Sensitivity @0.5",
+    "specificity": "Specificity @0.5",
+    "accuracy": "Accuracy @0.5",
+    "f1_at_thr": "F1 @thresholds",
+    "precision_at_thr": "Precision @thresholds",
+    "sensitivity_at_thr": "Sensitivity @thresholds",
+    "specificity_at_thr": "Specificity @thresholds",
+    "accuracy_at_thr": "Accuracy @thresholds",
+    "balanced_accuracy": "Balanced accuracy",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "pearson_r": "Pearson r",
+}
+
+
+def _display_name(metric: str, task: str) -> str:
+    if task == "multi_class":
+        # Multi-class predictions are argmax, not a 0.5 cut.
+        return {"f1": "F1", "precision": "Precision", "sensitivity": "Sensitivity",
+                "specificity": "Specificity", "accuracy": "Accuracy (micro)"}.get(metric, _METRIC_LABELS.get(metric, metric))
+    return _METRIC_LABELS.get(metric, metric)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "undefined"
+    value = float(value)
+    return "undefined" if not math.isfinite(value) else f"{value:.3f}"
+
+
+def _fmt_interval(stats: Mapping[str, Any] | None) -> str:
+    if not stats:
+        return ""
+    lower, upper = stats.get("lower"), stats.get("upper")
+    if lower is None or upper is None or not (math.isfinite(lower) and math.isfinite(upper)):
+        return "n/a"
+    return f"[{lower:.3f}, {upper:.3f}]"
+
+
+def _summary_rows(result: MetricsResult, ci: Mapping[str, Any] | None) -> list[list[str]]:
+    rows = []
+    for group, values in (("overall", result.overall), ("macro", result.macro)):
+        ci_group = (ci or {}).get(group, {})
+        for metric, value in values.items():
+            stats = ci_group.get(metric)
+            name = _display_name(metric, result.task)
+            label = name if group == "overall" else f"macro {name}"
+            used = str(stats["n_used"]) if stats else ""
+            rows.append([label, _fmt(value), _fmt_interval(stats), used])
+    return rows
+
+
+def _per_label_table(result: MetricsResult, ci: Mapping[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+    metrics = result.metric_names
+    header = ["label"]
+    if result.n_positive is not None:
+        header.append("n positive")
+    if result.thresholds is not None:
+        header.append("threshold")
+    header += [_display_name(m, result.task) for m in metrics]
+    ci_labels = (ci or {}).get("per_label", {})
+    rows = []
+    for i, name in enumerate(result.label_names):
+        row = [name + (" (undefined)" if name in result.undefined_labels else "")]
+        if result.n_positive is not None:
+            row.append(str(int(result.n_positive[i])))
+        if result.thresholds is not None:
+            row.append(f"{float(result.thresholds[i]):.3f}")
+        for metric in metrics:
+            cell = _fmt(result.per_label[metric][i])
+            interval = _fmt_interval(ci_labels.get(name, {}).get(metric))
+            if interval and interval != "n/a" and cell != "undefined":
+                cell += f" {interval}"
+            row.append(cell)
+        rows.append(row)
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows])
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _extra_rows(extra: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for key, value in extra.items():
+        text = value if isinstance(value, str) else json.dumps(to_jsonable(value))
+        rows.append([str(key), str(text)])
+    return rows
+
+
+def _facts(result: MetricsResult, ci: Mapping[str, Any] | None) -> list[str]:
+    facts = [
+        f"Task: {result.task}",
+        f"Records evaluated: {result.n_records}",
+        f"Labels: {len(result.label_names)}",
+    ]
+    if result.undefined_labels:
+        facts.append(
+            f"Labels left out of macro averages (no positive or no negative record): {result.n_undefined} "
+            f"({', '.join(result.undefined_labels)})"
+        )
+    else:
+        facts.append("Labels left out of macro averages: 0")
+    if ci:
+        facts.append(
+            f"Confidence intervals: {ci['method']} bootstrap, {int(round(100 * ci['confidence']))} %, "
+            f"{ci['n_resamples']} resamples, seed {ci['seed']}, stratified: {'yes' if ci['stratify'] else 'no'}"
+        )
+    else:
+        facts.append("Confidence intervals: not computed")
+    return facts
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    title: str,
+    metrics_result: MetricsResult,
+    ci: Mapping[str, Any] | None = None,
+    plots: Mapping[str, str | Path] | None = None,
+    data_note: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write report.md, report.html, metrics.json and metrics_per_label.csv into ``out_dir``.
+
+    Args:
+        out_dir: folder, created if needed.
+        title: report heading.
+        metrics_result: output of :func:`hubert_ecg.metrics.compute_metrics`.
+        ci: output of :func:`hubert_ecg.metrics.bootstrap_ci` for the same data, or None.
+        plots: caption -> PNG path; embedded in the HTML, linked relatively in the Markdown.
+        data_note: what the numbers describe; shown prominently at the top.
+        extra: further facts (checkpoint, split, command line, ...) listed in a table.
+
+    Returns:
+        Path of report.html (report.md and the metrics files lie next to it).
+    """
+    if not data_note or not data_note.strip():
+        raise MetricsInputError("data_note is empty: say what data and model the numbers describe")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = dict(plots or {})
+    extra = dict(extra or {})
+    for caption, plot_path in plots.items():
+        if not Path(plot_path).is_file():
+            raise MetricsInputError(f"plot '{caption}' not found: {plot_path}")
+
+    summary_header = ["metric", "value", f"{int(round(100 * ci['confidence']))} % CI" if ci else "CI", "resamples used"]
+    summary_rows = _summary_rows(metrics_result, ci)
+    label_header, label_rows = _per_label_table(metrics_result, ci)
+    facts = _facts(metrics_result, ci)
+
+    # ---- Markdown
+    md = [f"# {title}", "", f"> **Note:** {data_note.strip()}", ""]
+    md += [f"- {fact}" for fact in facts]
+    md += ["", "## Summary", "", _md_table(summary_header, summary_rows), ""]
+    if metrics_result.task != "regression":
+        md += ["Macro values average only the labels listed as defined; "
+               "AUROC/AUPRC of a label without positives is undefined, not 0.", ""]
+    if plots:
+        md += ["## Plots", ""]
+        for caption, plot_path in plots.items():
+            rel = Path(os.path.relpath(Path(plot_path).resolve(), out.resolve())).as_posix()
+            md += [f"### {caption}", "", f"![{caption}]({rel})", ""]
+    md += ["## Per label", "", _md_table(label_header, label_rows), ""]
+    if metrics_result.confusion_matrix is not None:
+        cm_header = ["true \\ predicted"] + list(metrics_result.label_names)
+        cm_rows = [[name] + [str(int(v)) for v in row]
+                   for name, row in zip(metrics_result.label_names, metrics_result.confusion_matrix)]
+        md += ["## Confusion matrix", "", _md_table(cm_header, cm_rows), ""]
+    if extra:
+        md += ["## Details", "", _md_table(["item", "value"], _extra_rows(extra)), ""]
+    (out / "report.md").write_text("\n".join(md))
+
+    # ---- HTML (self-contained)
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+        "th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left}th{background:#f2f2f2}"
+        ".note{background:#fff4d6;border-left:6px solid #e0a800;padding:0.8em 1em;font-size:1.1em}"
+        "img{max-width:100%;border:1px solid #ddd}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<div class="note"><strong>Note:</strong> {esc(data_note.strip())}</div>',
+        "<ul>" + "".join(f"<li>{esc(fact)}</li>" for fact in facts) + "</ul>",
+        "<h2>Summary</h2>",
+        _html_table(summary_header, summary_rows),
+    ]
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for caption, plot_path in plots.items():
+            encoded = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
+            parts.append(f"<h3>{esc(caption)}</h3>"
+                         f'<img alt="{esc(caption)}" src="data:image/png;base64,{encoded}">')
+    parts += ["<h2>Per label</h2>", _html_table(label_header, label_rows)]
+    if metrics_result.confusion_matrix is not None:
+        parts += ["<h2>Confusion matrix</h2>", _html_table(cm_header, cm_rows)]
+    if extra:
+        parts += ["<h2>Details</h2>", _html_table(["item", "value"], _extra_rows(extra))]
+    parts.append("</body></html>")
+    html_path = out / "report.html"
+    html_path.write_text("\n".join(parts), encoding="utf-8")
+
+    # ---- Machine-readable copies
+    payload = {
+        "title": title,
+        "data_note": data_note.strip(),
+        "metrics": metrics_result.to_dict(),
+        "confidence_intervals": to_jsonable(ci) if ci else None,
+        "extra": to_jsonable(extra),
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    metrics_result.write_csv(out / "metrics_per_label.csv")
+    return html_path
