@@ -3,15 +3,33 @@
 >>> import hubert_ecg
 >>> model = hubert_ecg.load_model("path/to/checkpoint")        # doctest: +SKIP
 >>> model(x).last_hidden_state                                   # doctest: +SKIP
+
+The public names are imported lazily, so that data-only tools (readers, preprocessing, the store
+workers) start without loading PyTorch.
 """
 
-from .checkpoint import CheckpointError, load_model, save_pretrained
-from .config import CheckpointInfo, HeadConfig, ModelConfig, create_config
-from .model import HubertECG, HubertECGOutput, create_model
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError", "CheckpointInfo", "HeadConfig", "HubertECG", "HubertECGOutput", "ModelConfig",
-    "create_config", "create_model", "load_model", "save_pretrained", "__version__",
-]
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "load_model": "checkpoint", "save_pretrained": "checkpoint",
+    "CheckpointInfo": "config", "HeadConfig": "config", "ModelConfig": "config", "create_config": "config",
+    "HubertECG": "model", "HubertECGOutput": "model", "create_model": "model",
+    "PreprocessSpec": "preprocess", "read_record": "io", "Record": "io",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'hubert_ecg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

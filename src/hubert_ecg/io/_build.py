@@ -1,0 +1,118 @@
+"""Shared last step of every reader: units, lead order, validity checks, warnings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubert_ecg.io.leads import STANDARD_LEADS, arrange_leads
+from hubert_ecg.io.quality import amplitude_warnings
+from hubert_ecg.io.record import Record, RecordError, unit_scale_to_mv
+
+
+def check_fs(path: str | Path, fs: Any) -> float:
+    """A positive finite sampling rate as float, else RecordError."""
+    try:
+        value = float(fs)
+    except (TypeError, ValueError):
+        raise RecordError(path, f"invalid sampling rate {fs!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise RecordError(path, f"invalid sampling rate {fs!r}")
+    return value
+
+
+def build_record(
+    path: str | Path,
+    channels: np.ndarray,
+    lead_names: Sequence[str] | None,
+    *,
+    fs: Any,
+    channel_units: Sequence[str | None] | str | None,
+    record_id: str,
+    key: str | None = None,
+    meta: dict[str, Any] | None = None,
+    units_override: str | None = None,
+    allow_missing_leads: bool = False,
+    units_explained: bool = False,
+) -> Record:
+    """Turn the raw channels of a file into a validated :class:`Record`.
+
+    Args:
+        path: the file (for ``source`` and error messages).
+        channels: numeric array, shape ``(n_channels, n_samples)``, physical values in
+            ``channel_units``.
+        lead_names: one label per channel; None means the channels already are the 12 standard
+            leads in standard order.
+        fs: sampling rate in Hz.
+        channel_units: the file's unit per channel, or one unit for all, or None when the file
+            states none.
+        record_id: id for the record.
+        key: position inside a multi-record container (appended to ``source`` as ``#key``).
+        meta: metadata gathered by the reader; ``warnings`` is extended here.
+        units_override: the caller's unit for every channel; replaces the file's units.
+        allow_missing_leads: see :func:`hubert_ecg.io.leads.arrange_leads`.
+        units_explained: the reader already put the reason for missing units in ``meta``.
+    """
+    fs_value = check_fs(path, fs)
+    try:
+        data = np.asarray(channels, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(path, f"signal is not numeric ({exc})") from None
+    if data.ndim != 2:
+        raise RecordError(path, f"signal must be 2-D (leads x samples), got shape {data.shape}")
+    if data.shape[1] == 0:
+        raise RecordError(path, "zero-length signal (no samples)")
+    meta = dict(meta or {})
+    warnings: list[str] = list(meta.get("warnings", []))
+
+    n_channels = data.shape[0]
+    if units_override is not None:
+        units_list: list[str | None] = [units_override] * n_channels
+    elif channel_units is None or isinstance(channel_units, str):
+        units_list = [channel_units] * n_channels
+    else:
+        units_list = list(channel_units)
+        if len(units_list) != n_channels:
+            raise RecordError(path, f"{len(units_list)} units for {n_channels} channels")
+    scales = [unit_scale_to_mv(u) for u in units_list]
+    if all(s is not None for s in scales):
+        data = data * np.asarray(scales, dtype=np.float64)[:, None]
+        units = "mV"
+    else:
+        units = "unknown"
+        stated = sorted({str(u) for u in units_list if u is not None and unit_scale_to_mv(u) is None})
+        if stated:
+            warnings.append(f"units {', '.join(map(repr, stated))} are not a voltage; values kept as stored")
+        elif not units_explained:
+            warnings.append("file states no amplitude units; values kept as stored (pass units=...)")
+
+    if lead_names is None:
+        if n_channels != len(STANDARD_LEADS):
+            raise RecordError(
+                path, f"expected 12 leads, got {n_channels} channels (shape {data.shape})"
+            )
+        lead_names = STANDARD_LEADS
+    signal, lead_info = arrange_leads(path, data, lead_names, allow_missing_leads=allow_missing_leads)
+    meta.update(lead_info)
+
+    infinite = np.isinf(signal)
+    if infinite.any():
+        warnings.append(f"{int(infinite.sum())} infinite samples replaced by NaN")
+        signal[infinite] = np.nan
+    if not np.isfinite(signal).any():
+        raise RecordError(path, "no finite samples (NaN/inf everywhere)")
+
+    record = Record(
+        signal=signal.astype(np.float32),
+        fs=fs_value,
+        record_id=str(record_id),
+        source=str(path) if key is None else f"{path}#{key}",
+        units=units,
+        meta=meta,
+    )
+    record.meta["warnings"] = warnings + amplitude_warnings(record)
+    return record

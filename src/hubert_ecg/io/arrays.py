@@ -1,0 +1,191 @@
+"""Readers for bare arrays: NumPy ``.npy`` / ``.npz`` and MATLAB ``.mat`` without a header."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubert_ecg.io._build import build_record
+from hubert_ecg.io.leads import STANDARD_LEADS
+from hubert_ecg.io.record import Record, RecordError
+
+__all__ = ["read_numpy", "read_matlab", "orient_leads_first", "REFERENCE_FS"]
+
+#: Sampling rate of the reference ``.npy`` layout (preprocessed, (12, N) at 500 Hz).
+REFERENCE_FS = 500.0
+# Array names tried in order inside .npz / .mat containers.
+_SIGNAL_KEYS = ("val", "signal", "ecg", "data", "x", "X", "arr_0")
+_FS_KEYS = ("fs", "Fs", "FS", "sampling_rate", "sampling_frequency", "frequency")
+_LEAD_KEYS = ("lead_names", "leads", "sig_name", "channels")
+
+
+def orient_leads_first(path: str | Path, array: np.ndarray, n_leads: int = 12) -> np.ndarray:
+    """Return ``array`` as ``(n_leads, n_samples)``, transposing ``(n_samples, n_leads)``.
+
+    A square array is taken as leads-first (the reference layout). Leading singleton axes
+    (e.g. a batch of one) are dropped.
+
+    Raises:
+        RecordError: the array has no axis of length ``n_leads`` or is not 2-D.
+    """
+    arr = np.asarray(array)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise RecordError(path, f"expected a 2-D (leads x samples) array, got shape {arr.shape}")
+    if arr.shape[0] == n_leads:
+        return arr
+    if arr.shape[1] == n_leads:
+        return arr.T
+    if 0 in arr.shape:
+        raise RecordError(path, f"zero-length signal (array shape {arr.shape})")
+    raise RecordError(path, f"wrong lead count: expected {n_leads} leads on one axis, got shape {arr.shape}")
+
+
+def _as_str_list(value: Any) -> list[str]:
+    arr = np.asarray(value)
+    return [str(v).strip() for v in arr.ravel()]
+
+
+def _scalar(value: Any) -> float | None:
+    try:
+        arr = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return None
+    return float(arr[0]) if arr.size == 1 else None
+
+
+def _pick_signal(path: str | Path, arrays: dict[str, Any]) -> tuple[str, np.ndarray]:
+    for key in _SIGNAL_KEYS:
+        if key in arrays:
+            return key, np.asarray(arrays[key])
+    candidates = [
+        (k, np.asarray(v)) for k, v in arrays.items()
+        if not k.startswith("__") and np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind in "iuf"
+    ]
+    if len(candidates) == 1:
+        return candidates[0]
+    names = ", ".join(sorted(k for k in arrays if not k.startswith("__"))) or "none"
+    raise RecordError(path, f"no signal array found (looked for {', '.join(_SIGNAL_KEYS)}; file has: {names})")
+
+
+def _build_from_arrays(
+    path: Path,
+    arrays: dict[str, Any],
+    *,
+    fmt: str,
+    default_fs: float | None,
+    fs: float | None,
+    units: str | None,
+    lead_names: Sequence[str] | None,
+    allow_missing_leads: bool,
+) -> Record:
+    key, signal = _pick_signal(path, arrays)
+    if signal.dtype.kind not in "iuf":
+        raise RecordError(path, f"array {key!r} is not numeric (dtype {signal.dtype})")
+    names = list(lead_names) if lead_names is not None else None
+    if names is None:
+        stored = next((arrays[k] for k in _LEAD_KEYS if k in arrays), None)
+        names = _as_str_list(stored) if stored is not None else None
+    signal = orient_leads_first(path, signal, len(names) if names else len(STANDARD_LEADS))
+    file_fs = next((_scalar(arrays[k]) for k in _FS_KEYS if k in arrays), None)
+    rate = fs if fs is not None else file_fs if file_fs is not None else default_fs
+    if rate is None:
+        raise RecordError(path, "sampling rate unknown: the file stores none, pass fs=...")
+    file_units = None
+    if "units" in arrays:
+        file_units = _as_str_list(arrays["units"])
+        file_units = file_units[0] if len(set(file_units)) == 1 else file_units
+    meta: dict[str, Any] = {"format": fmt, "array_name": key}
+    if fs is None and file_fs is None:
+        meta["fs_assumed"] = True  # the reference layout's rate, not read from the file
+    return build_record(
+        path, signal, names, fs=rate, channel_units=file_units, record_id=path.stem,
+        meta=meta, units_override=units, allow_missing_leads=allow_missing_leads,
+    )
+
+
+def read_numpy(
+    path: str | Path,
+    *,
+    fs: float | None = None,
+    units: str | None = None,
+    lead_names: Sequence[str] | None = None,
+    allow_missing_leads: bool = False,
+) -> Record:
+    """Read a ``.npy`` array or a ``.npz`` archive.
+
+    The reference layout is ``(12, N)`` at 500 Hz in standard lead order; ``(N, 12)`` is
+    transposed. An ``.npz`` may also hold ``fs``, ``lead_names`` and ``units`` entries next to
+    its signal (named ``signal``, ``ecg``, ``val``, ``data`` or the only 2-D array). Arguments
+    override what the file stores. Units default to "unknown" (reference files are scaled).
+    """
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            arrays: dict[str, Any] = {"signal": loaded}
+        else:
+            # Members of an .npz are decompressed lazily: read them inside the try.
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+    except Exception as exc:  # truncated/corrupt files raise ValueError, EOFError, BadZipFile...
+        raise RecordError(path, f"cannot read NumPy file: {type(exc).__name__}: {exc}") from None
+    return _build_from_arrays(
+        path, arrays, fmt="npz" if path.suffix.lower() == ".npz" else "npy",
+        default_fs=REFERENCE_FS, fs=fs, units=units, lead_names=lead_names,
+        allow_missing_leads=allow_missing_leads,
+    )
+
+
+def read_matlab(
+    path: str | Path,
+    *,
+    fs: float | None = None,
+    units: str | None = None,
+    lead_names: Sequence[str] | None = None,
+    allow_missing_leads: bool = False,
+) -> Record:
+    """Read a bare MATLAB ``.mat`` (v4, v5 or v7.3) holding a ``val`` array (12, N).
+
+    Without a WFDB header there is no calibration: pass ``fs`` (unless the file stores an
+    ``fs`` variable) and ``units`` (CinC ``val`` arrays are ADC counts, 1000 per mV, so
+    scale them yourself or read them through their ``.hea``).
+    """
+    path = Path(path)
+    try:
+        from scipy.io import loadmat
+
+        arrays = loadmat(str(path))
+    except Exception as exc:
+        # scipy refuses v7.3 files (HDF5 inside); any other failure is a damaged file.
+        if not _is_hdf5(path):
+            raise RecordError(path, f"cannot read MATLAB file: {type(exc).__name__}: {exc}") from None
+        arrays = _load_mat73(path)
+    return _build_from_arrays(
+        path, arrays, fmt="mat", default_fs=None, fs=fs, units=units, lead_names=lead_names,
+        allow_missing_leads=allow_missing_leads,
+    )
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        import h5py
+
+        return bool(h5py.is_hdf5(path))
+    except Exception:
+        return False
+
+
+def _load_mat73(path: Path) -> dict[str, Any]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            # MATLAB writes column-major, so h5py sees every matrix transposed.
+            return {k: np.asarray(v).T for k, v in handle.items() if isinstance(v, h5py.Dataset)}
+    except Exception as exc:
+        raise RecordError(path, f"cannot read MATLAB v7.3 file: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,134 @@
+"""Lead names: the standard order, alias resolution and derivation of missing limb leads."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hubert_ecg.io.record import RecordError
+
+__all__ = ["STANDARD_LEADS", "LIMB_LEADS", "canonical_lead_name", "arrange_leads"]
+
+STANDARD_LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)
+LIMB_LEADS: tuple[str, ...] = STANDARD_LEADS[:6]
+_INDEX = {name: i for i, name in enumerate(STANDARD_LEADS)}
+
+# Keys are names after _squash(): lower case, no "lead" prefix, no separators, no "(...)".
+_ALIASES: dict[str, str] = {
+    "i": "I", "li": "I", "l1": "I", "d1": "I", "di": "I",
+    "ii": "II", "lii": "II", "l2": "II", "d2": "II", "dii": "II", "mlii": "II", "ml2": "II",
+    "iii": "III", "liii": "III", "l3": "III", "d3": "III", "diii": "III",
+    "avr": "aVR", "avl": "aVL", "avf": "aVF",
+}
+for _k in range(1, 7):
+    # "C1".."C6" is the European (IEC) name of the chest leads V1..V6.
+    _ALIASES[f"v{_k}"] = _ALIASES[f"c{_k}"] = f"V{_k}"
+
+
+def _squash(name: str) -> str:
+    text = re.sub(r"\(.*?\)|\[.*?\]", "", str(name)).strip().lower()
+    text = re.sub(r"^lead", "", text)
+    return re.sub(r"[\s_\-.:]", "", text)
+
+
+def canonical_lead_name(name: str) -> str | None:
+    """Standard name of a lead label, or None when it is not one of the 12 standard leads.
+
+    Case and surrounding whitespace are ignored, and so are a ``Lead`` prefix and a
+    parenthesised remark: ``"i"``, ``"LI"``, ``"Lead I (Einthoven)"`` give ``"I"``; ``"MLII"``
+    gives ``"II"``; ``"AVR"`` gives ``"aVR"``; ``"V1 "`` and ``"C1"`` give ``"V1"``.
+    """
+    return _ALIASES.get(_squash(name))
+
+
+def arrange_leads(
+    path: str | Path,
+    channels: np.ndarray,
+    names: Sequence[str],
+    *,
+    allow_missing_leads: bool = False,
+) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Put the channels of a file into ``STANDARD_LEADS`` order, deriving missing limb leads.
+
+    Args:
+        path: the file, for error messages.
+        channels: float array, shape ``(n_channels, n_samples)``, in file order.
+        names: one label per channel (aliases allowed, see :func:`canonical_lead_name`).
+        allow_missing_leads: leave leads that are neither stored nor derivable as NaN rows
+            instead of raising.
+
+    Returns:
+        ``(signal, info)``: signal is float64 ``(12, n_samples)``; info has
+        ``original_lead_names``, ``derived_leads`` and ``missing_leads`` (lists of str).
+
+    Raises:
+        RecordError: unknown or duplicated lead names, a name count that does not match the
+            channel count, or missing leads without ``allow_missing_leads``.
+    """
+    names = [str(n) for n in names]
+    if channels.ndim != 2 or channels.shape[0] != len(names):
+        raise RecordError(
+            path, f"{len(names)} lead names for {channels.shape[0] if channels.ndim == 2 else '?'} "
+            f"signal channels (array shape {channels.shape})"
+        )
+    rows: dict[str, int] = {}
+    for i, raw in enumerate(names):
+        canon = canonical_lead_name(raw)
+        if canon is None:
+            raise RecordError(
+                path, f"unknown lead name {raw!r} (channel {i}); expected the 12 standard leads "
+                "I, II, III, aVR, aVL, aVF, V1-V6 or an alias of them"
+            )
+        if canon in rows:
+            j = rows[canon]
+            raise RecordError(
+                path, f"duplicated lead {canon}: channels {j} ({names[j]!r}) and {i} ({raw!r})"
+            )
+        rows[canon] = i
+
+    signal = np.full((len(STANDARD_LEADS), channels.shape[1]), np.nan, dtype=np.float64)
+    for canon, i in rows.items():
+        signal[_INDEX[canon]] = channels[i]
+    present = set(rows)
+    derived: list[str] = []
+
+    def lead(name: str) -> np.ndarray:
+        return signal[_INDEX[name]]
+
+    def put(name: str, values: np.ndarray) -> None:
+        signal[_INDEX[name]] = values
+        present.add(name)
+        derived.append(name)
+
+    # Einthoven's law (III = II - I) lets any two of the bipolar limb leads give the third.
+    bipolar = {"I", "II", "III"} & present
+    if len(bipolar) == 2:
+        if "III" not in present:
+            put("III", lead("II") - lead("I"))
+        elif "II" not in present:
+            put("II", lead("I") + lead("III"))
+        else:
+            put("I", lead("II") - lead("III"))
+    if {"I", "II"} <= present:
+        goldberger = {
+            "aVR": lambda: -(lead("I") + lead("II")) / 2.0,
+            "aVL": lambda: lead("I") - lead("II") / 2.0,
+            "aVF": lambda: lead("II") - lead("I") / 2.0,
+        }
+        for name, formula in goldberger.items():
+            if name not in present:
+                put(name, formula())
+
+    missing = [n for n in STANDARD_LEADS if n not in present]
+    if missing and not allow_missing_leads:
+        raise RecordError(
+            path, f"missing leads {', '.join(missing)} (file has {', '.join(names)}); "
+            "pass allow_missing_leads=True to keep them as NaN"
+        )
+    info = {"original_lead_names": names, "derived_leads": derived, "missing_leads": missing}
+    return signal, info

@@ -1,0 +1,107 @@
+"""Plausibility checks on a record's amplitudes: unit mix-ups, flat leads, mislabelled leads."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hubert_ecg.io.leads import STANDARD_LEADS
+from hubert_ecg.io.record import Record
+
+__all__ = ["amplitude_warnings", "lead_ranges"]
+
+# A surface ECG lead spans roughly 0.3-5 mV peak to peak; the median over 12 leads of a real
+# recording stays well inside [0.05, 20] mV even for large QRS voltages. The limits below sit
+# more than an order of magnitude beyond that, where only a 1000x unit mistake lands.
+_UV_AS_MV_ABOVE_MV = 50.0
+_MV_AS_UV_BELOW_MV = 0.03
+# Einthoven residual (rms of III - (II - I), less its median, i.e. ignoring DC offsets) as a fraction of the
+# largest of the three leads' rms; rounding and float16 storage stay far below 1 %.
+_EINTHOVEN_MAX_FRACTION = 0.1
+
+
+def lead_ranges(signal: np.ndarray) -> np.ndarray:
+    """Robust peak-to-peak amplitude per lead: 99.5th minus 0.5th percentile of finite samples.
+
+    Args:
+        signal: shape ``(n_leads, n_samples)``.
+
+    Returns:
+        float64 array, shape ``(n_leads,)``; NaN for a lead without finite samples.
+    """
+    out = np.full(signal.shape[0], np.nan)
+    for i, row in enumerate(np.asarray(signal, dtype=np.float64)):
+        finite = row[np.isfinite(row)]
+        if finite.size:
+            lo, hi = np.percentile(finite, [0.5, 99.5])
+            out[i] = hi - lo
+    return out
+
+
+def amplitude_warnings(record: Record) -> list[str]:
+    """Human-readable warnings about implausible amplitudes in ``record``.
+
+    Detects: microvolt data labelled mV (and the reverse, mV data converted as if in uV),
+    leads without finite samples, flat (constant) leads, and stored limb leads that violate
+    Einthoven's law III = II - I (per-lead rescaling, or swapped/mislabelled electrodes).
+    Returns an empty list for a plausible record.
+    """
+    warnings: list[str] = []
+    signal = np.asarray(record.signal, dtype=np.float64)
+    names = list(STANDARD_LEADS) if signal.shape[0] == len(STANDARD_LEADS) else [
+        str(i) for i in range(signal.shape[0])
+    ]
+    missing = set(record.meta.get("missing_leads", []))
+    ranges = lead_ranges(signal)
+
+    empty = [n for n, r in zip(names, ranges) if np.isnan(r) and n not in missing]
+    if empty:
+        warnings.append(f"no finite samples in lead(s) {', '.join(empty)}")
+    flat = [n for n, row in zip(names, signal) if _is_flat(row)]
+    if flat:
+        warnings.append(f"flat (constant) lead(s) {', '.join(flat)}")
+
+    live = ranges[np.isfinite(ranges) & (ranges > 0)]
+    if record.units == "mV" and live.size:
+        typical = float(np.median(live))
+        if typical > _UV_AS_MV_ABOVE_MV:
+            warnings.append(
+                f"median lead range {typical:.4g} mV is ~1000x too large for an ECG: "
+                "values look like microvolts labelled as mV (pass units='uV')"
+            )
+        elif typical < _MV_AS_UV_BELOW_MV:
+            warnings.append(
+                f"median lead range {typical:.4g} mV is ~1000x too small for an ECG: "
+                "values look like millivolts labelled as microvolts (pass units='mV')"
+            )
+
+    einthoven = _einthoven_fraction(signal, names, record.meta.get("derived_leads", []))
+    if einthoven is not None and einthoven > _EINTHOVEN_MAX_FRACTION:
+        warnings.append(
+            f"leads I, II, III violate Einthoven's law: rms(III - (II - I)) is "
+            f"{100 * einthoven:.0f}% of the lead rms (leads scaled independently, or mislabelled)"
+        )
+    return warnings
+
+
+def _is_flat(row: np.ndarray) -> bool:
+    finite = row[np.isfinite(row)]
+    return finite.size > 1 and bool(np.all(finite == finite[0]))
+
+
+def _einthoven_fraction(
+    signal: np.ndarray, names: list[str], derived: list[str]
+) -> float | None:
+    if any(lead in derived for lead in ("I", "II", "III")) or names[:3] != ["I", "II", "III"]:
+        return None
+    limb = signal[:3]
+    ok = np.all(np.isfinite(limb), axis=0)
+    if ok.sum() < 2:
+        return None
+    centred = limb[:, ok] - np.median(limb[:, ok], axis=1, keepdims=True)
+    scale = float(np.sqrt(np.mean(centred**2, axis=1)).max())
+    if scale == 0.0:
+        return None
+    # Centre the residual itself: per-lead medians need not obey the law, offsets do.
+    residual = limb[2, ok] - (limb[1, ok] - limb[0, ok])
+    residual = residual - np.median(residual)
+    return float(np.sqrt(np.mean(residual**2))) / scale

@@ -1,0 +1,185 @@
+"""Delimited text: one column per lead under a header of lead names (CSV, TSV, TXT)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubert_ecg.io._build import build_record
+from hubert_ecg.io.leads import STANDARD_LEADS
+from hubert_ecg.io.record import Record, RecordError
+
+__all__ = ["read_text", "split_unit_suffix", "sniff_delimiter"]
+
+_TIME_SECONDS = {"time", "t", "times", "timestamp", "seconds", "second", "sec", "s", "time_s", "timesec"}
+_TIME_MILLIS = {"time_ms", "timems", "ms", "millis", "milliseconds"}
+_INDEX = {"", "sample", "samples", "index", "idx", "n", "sample_index", "sampleindex", "unnamed:0"}
+# "# fs: 500" / "# sampling_rate = 500" comment lines above the header.
+_FS_COMMENT = re.compile(r"^#\s*(fs|sampling[ _]?rate|sampling[ _]?frequency)\s*[:=]\s*([0-9.eE+-]+)")
+
+
+def split_unit_suffix(label: str) -> tuple[str, str | None]:
+    """``"V1 (mV)"`` -> ``("V1", "mV")``; ``"II [uV]"`` -> ``("II", "uV")``; no suffix -> unit None."""
+    match = re.match(r"^\s*(.*?)\s*[\(\[]\s*([^\)\]]*?)\s*[\)\]]\s*$", label)
+    if match and match.group(1):
+        return match.group(1), match.group(2)
+    return label.strip(), None
+
+
+def sniff_delimiter(path: Path, header: str) -> str | None:
+    """Delimiter of a text ECG: tab for .tsv, comma for .csv, else guessed from the header line."""
+    suffix = path.suffix.lower()
+    if suffix == ".tsv":
+        return "\t"
+    if suffix == ".csv" and "," in header:
+        return ","
+    for delimiter in ("\t", ";", ","):
+        if delimiter in header:
+            return delimiter
+    return None  # whitespace-separated
+
+
+def _column_role(name: str) -> str:
+    base, unit = split_unit_suffix(name)
+    key = base.strip().lower().replace(" ", "_")
+    if key in _TIME_MILLIS or (key in _TIME_SECONDS and unit and unit.lower() == "ms"):
+        return "time_ms"
+    if key in _TIME_SECONDS:
+        return "time_s"
+    if key in _INDEX:
+        return "index"
+    return "lead"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_text(
+    path: str | Path,
+    *,
+    fs: float | None = None,
+    units: str | None = None,
+    lead_names: Sequence[str] | None = None,
+    allow_missing_leads: bool = False,
+) -> Record:
+    """Read a delimited text ECG: a header row of lead names, then one row per sample.
+
+    Header cells may carry units (``"V1 (uV)"``). A time column (``time``/``t`` in seconds,
+    ``time_ms`` in milliseconds, or ``time (ms)``) gives the sampling rate when ``fs`` is not
+    passed; an index column (``sample``, ``index``, unnamed) is ignored. Lines starting with
+    ``#`` are comments (``# fs: 500`` is understood). Empty cells become NaN.
+
+    Raises:
+        RecordError: no header, a non-numeric cell (the message names row and column), a row
+            with the wrong number of fields, unknown sampling rate, bad leads.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(path, f"cannot read text file: {type(exc).__name__}: {exc}") from None
+
+    comment_fs: float | None = None
+    first = 0
+    while first < len(lines) and (not lines[first].strip() or lines[first].lstrip().startswith("#")):
+        match = _FS_COMMENT.match(lines[first].strip())
+        if match and _is_number(match.group(2)):
+            comment_fs = float(match.group(2))
+        first += 1
+    if first >= len(lines):
+        raise RecordError(path, "empty text file (no header, no samples)")
+    delimiter = sniff_delimiter(path, lines[first])
+
+    def split(line: str) -> list[str]:
+        if delimiter is None:
+            return line.split()
+        return [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter))]
+
+    header = split(lines[first])
+    meta: dict[str, Any] = {"format": "text"}
+    warnings: list[str] = []
+    if all(_is_number(cell) for cell in header if cell):
+        if lead_names is None and len(header) != len(STANDARD_LEADS):
+            raise RecordError(path, "no header row of lead names (first row is numeric); pass lead_names=...")
+        header = list(lead_names) if lead_names is not None else list(STANDARD_LEADS)
+        if lead_names is None:
+            warnings.append("no header row; assumed 12 columns in standard lead order")
+        body_start = first
+    else:
+        body_start = first + 1
+
+    roles = [_column_role(cell) for cell in header]
+    lead_columns = [i for i, role in enumerate(roles) if role == "lead"]
+    time_columns = [i for i, role in enumerate(roles) if role.startswith("time")]
+    names = [split_unit_suffix(header[i])[0] for i in lead_columns]
+    column_units = [split_unit_suffix(header[i])[1] for i in lead_columns]
+    if lead_names is not None and body_start != first:
+        if len(lead_names) != len(lead_columns):
+            raise RecordError(path, f"{len(lead_names)} lead names given for {len(lead_columns)} lead columns")
+        names = list(lead_names)
+    if not lead_columns:
+        raise RecordError(path, "no lead columns in header")
+
+    rows: list[list[float]] = []
+    for line_no in range(body_start, len(lines)):
+        line = lines[line_no]
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        cells = split(line)
+        if len(cells) != len(header):
+            raise RecordError(path, f"row {line_no + 1} has {len(cells)} fields, header has {len(header)}")
+        values = []
+        for column, cell in enumerate(cells):
+            if cell == "" or cell.lower() in ("nan", "na"):
+                values.append(np.nan)
+                continue
+            try:
+                values.append(float(cell))
+            except ValueError:
+                raise RecordError(
+                    path, f"row {line_no + 1} column {header[column]!r}: not a number {cell!r}"
+                ) from None
+        rows.append(values)
+    if not rows:
+        raise RecordError(path, "zero-length signal (header but no data rows)")
+    table = np.asarray(rows, dtype=np.float64)
+
+    rate = fs if fs is not None else comment_fs
+    if rate is None and time_columns:
+        rate = _fs_from_time(path, table[:, time_columns[0]], roles[time_columns[0]] == "time_ms")
+    if rate is None:
+        raise RecordError(path, "sampling rate unknown: pass fs=... or add a time column")
+
+    known = [u for u in column_units if u is not None]
+    channel_units: list[str | None] | None = column_units if known else None
+    meta["warnings"] = warnings
+    return build_record(
+        path, table[:, lead_columns].T, names, fs=rate, channel_units=channel_units,
+        record_id=path.stem, meta=meta, units_override=units,
+        allow_missing_leads=allow_missing_leads,
+    )
+
+
+def _fs_from_time(path: Path, time: np.ndarray, millis: bool) -> float:
+    seconds = time / (1000.0 if millis else 1.0)
+    if seconds.size < 2 or not np.all(np.isfinite(seconds)) or np.any(np.diff(seconds) <= 0):
+        raise RecordError(path, "time column is not finite and strictly increasing; pass fs=...")
+    # End-to-end span is immune to the rounding of printed time stamps; a gap or jump of half
+    # a sample anywhere means the samples are not on one uniform grid.
+    step = (seconds[-1] - seconds[0]) / (seconds.size - 1)
+    grid = seconds[0] + step * np.arange(seconds.size)
+    if np.max(np.abs(seconds - grid)) > 0.5 * step:
+        raise RecordError(path, "time column is not uniformly sampled; pass fs=...")
+    rate = 1.0 / step
+    return float(round(rate)) if abs(rate - round(rate)) < 1e-3 * rate else float(rate)

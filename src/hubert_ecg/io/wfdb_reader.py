@@ -1,0 +1,163 @@
+"""WFDB records: a ``.hea`` header with ``.dat`` signal files, or with MATLAB v4 ``.mat``
+signal files as in the PhysioNet/CinC Challenge 2020/2021 data."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubert_ecg.io._build import build_record
+from hubert_ecg.io.record import Record, RecordError
+
+__all__ = ["read_wfdb", "header_path_for", "parse_header_comments"]
+
+_SIGNAL_SUFFIXES = {".hea", ".dat", ".mat", ".edf"}
+
+
+def header_path_for(path: str | Path) -> Path:
+    """The ``.hea`` header of a WFDB record given as header, signal file or bare record name."""
+    p = Path(path)
+    if p.suffix.lower() in _SIGNAL_SUFFIXES:
+        return p.with_suffix(".hea")
+    return p.with_name(p.name + ".hea")
+
+
+def parse_header_comments(comments: Sequence[str]) -> dict[str, Any]:
+    """Age, sex and diagnosis codes from WFDB header comments.
+
+    Understands the CinC 2020/2021 style (``Age: 74``, ``Sex: Male``, ``Dx: 164889003,59118001``)
+    and the LUDB style (``<age>: 51``, ``<sex>: F``). Returns a dict with ``age`` (float or
+    None), ``sex`` ("M", "F" or the raw text), ``labels`` (list of str, empty when there is
+    no ``Dx``) and ``comments`` (the raw lines).
+    """
+    meta: dict[str, Any] = {"age": None, "sex": None, "labels": [], "comments": list(comments)}
+    for line in comments:
+        match = re.match(r"^\s*<?\s*([A-Za-z][A-Za-z ]*?)\s*>?\s*:\s*(.*?)\s*$", line)
+        if not match:
+            continue
+        key, value = match.group(1).lower(), match.group(2)
+        if key == "age":
+            try:
+                age = float(value)
+            except ValueError:
+                age = float("nan")
+            meta["age"] = age if np.isfinite(age) else None
+        elif key in ("sex", "gender"):
+            meta["sex"] = _normalise_sex(value)
+        elif key == "dx":
+            meta["labels"] = [code.strip() for code in value.split(",") if code.strip()]
+    return meta
+
+
+def _normalise_sex(value: str) -> str | None:
+    text = value.strip().lower()
+    if text in ("m", "male", "man"):
+        return "M"
+    if text in ("f", "female", "woman"):
+        return "F"
+    return value.strip() or None
+
+
+def read_wfdb(
+    path: str | Path,
+    *,
+    fs: float | None = None,
+    units: str | None = None,
+    lead_names: Sequence[str] | None = None,
+    allow_missing_leads: bool = False,
+) -> Record:
+    """Read a WFDB record (``.hea`` + ``.dat`` or ``.hea`` + ``.mat``).
+
+    Physical values use the header's gain, baseline and units; uV channels are converted to mV.
+    The sampling rate comes from the header unless ``fs`` is given. ``units`` replaces the
+    header's units, ``lead_names`` its signal descriptions.
+
+    Returns:
+        Record with ``signal`` (12, sig_len) float32.
+
+    Raises:
+        RecordError: missing or unreadable header, missing/truncated/corrupt signal file, bad
+            leads (see :func:`hubert_ecg.io.leads.arrange_leads`).
+    """
+    import wfdb  # lazy: optional at import time of the package
+
+    header = header_path_for(path)
+    if not header.is_file():
+        raise RecordError(path, f"WFDB header {header.name} not found")
+    record_name = str(header.with_suffix(""))
+    try:
+        head = wfdb.rdheader(record_name)
+    except Exception as exc:  # wfdb raises many types (HeaderSyntaxError, ValueError, ...)
+        raise RecordError(header, f"unreadable WFDB header: {type(exc).__name__}: {exc}") from None
+    if not head.n_sig:
+        raise RecordError(header, "WFDB header declares no signals")
+    if head.sig_len == 0:
+        raise RecordError(header, "zero-length signal (header declares 0 samples)")
+    for file_name in sorted(set(head.file_name or [])):
+        if not (header.parent / file_name).is_file():
+            raise RecordError(header, f"signal file {file_name} named by the header is missing")
+    try:
+        rec = wfdb.rdrecord(record_name, physical=False)
+    except Exception as exc:
+        raise RecordError(
+            header, f"cannot read signal file(s) {', '.join(sorted(set(head.file_name)))}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    digital = rec.d_signal
+    if digital is None or digital.ndim != 2 or digital.shape[0] == 0:
+        raise RecordError(header, "zero-length signal")
+    if head.sig_len and digital.shape[0] != head.sig_len:
+        raise RecordError(
+            header, f"signal file truncated: {digital.shape[0]} of {head.sig_len} samples"
+        )
+
+    meta: dict[str, Any] = {"format": "wfdb", "signal_files": sorted(set(rec.file_name))}
+    meta.update(parse_header_comments(rec.comments or []))
+    warnings: list[str] = []
+    channel_units: list[str | None] | None = list(rec.units or [None] * rec.n_sig)
+
+    if _gains_are_self_normalising(digital, rec.adc_gain):
+        # LUDB v1.0.1 headers store each lead's own peak-to-peak range as its "gain", which
+        # would rescale every lead to a range of 1 and break III = II - I. The ADC counts
+        # themselves are consistent across leads, so keep them with one common scale.
+        values = digital.astype(np.float64).T
+        channel_units = None
+        warnings.append(
+            "header gains equal each lead's own peak-to-peak range (per-lead normalisation, "
+            "not a calibration); using the raw ADC counts with one scale for all leads, "
+            "units unknown"
+        )
+    else:
+        try:
+            values = rec.dac(expanded=False, return_res=64, inplace=False).T
+        except Exception as exc:
+            raise RecordError(header, f"cannot apply header gains: {type(exc).__name__}: {exc}") from None
+
+    header_fs = float(rec.fs) if rec.fs else None
+    if fs is not None and header_fs is not None and float(fs) != header_fs:
+        warnings.append(f"sampling rate {fs} Hz given overrides header's {header_fs:g} Hz")
+    meta["warnings"] = warnings
+    return build_record(
+        header,
+        values,
+        list(lead_names) if lead_names is not None else list(rec.sig_name),
+        fs=fs if fs is not None else header_fs,
+        channel_units=channel_units,
+        record_id=rec.record_name,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
+        units_explained=channel_units is None,
+    )
+
+
+def _gains_are_self_normalising(digital: np.ndarray, gains: Sequence[float] | None) -> bool:
+    """True when every channel's gain equals its own digital peak-to-peak (LUDB v1.0.1)."""
+    if gains is None or digital.shape[1] < 3 or len(set(gains)) == 1:
+        return False
+    ptp = np.ptp(digital.astype(np.float64), axis=0)
+    return bool(np.all(np.abs(ptp - np.asarray(gains, dtype=np.float64)) <= 1.0))
