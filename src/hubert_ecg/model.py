@@ -29,47 +29,40 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import CheckpointInfo, HeadConfig, ModelConfig, create_config
+from .preprocess import token_mask_from_sample_mask
 
 
 # ---------------------------------------------------------------------------------------------
 # Geometry helpers
 # ---------------------------------------------------------------------------------------------
-def token_mask_from_sample_mask(sample_mask: Tensor, conv_kernel: Sequence[int],
-                                conv_stride: Sequence[int]) -> Tensor:
-    """Token validity from sample validity: a token is valid iff its whole receptive field is.
-
-    ``sample_mask`` (B, L) bool -> (B, T) bool. The invalid indicator is max-pooled through the same
-    kernel/stride chain as the conv stem, so the result has exactly the stem's token count. For a
-    right-padded mask this equals the Hugging Face length formula; it also handles padding inside
-    the flattened vector (short records are padded at the end of every lead).
-    """
-    invalid = (~sample_mask.bool()).to(torch.float32).unsqueeze(1)
-    for k, s in zip(conv_kernel, conv_stride):
-        invalid = F.max_pool1d(invalid, kernel_size=k, stride=s)
-    return invalid.squeeze(1) == 0
-
-
 def sample_span_mask(batch: int, num_tokens: int, *, mask_prob: float, mask_length: int = 1,
                      min_masks: int = 2, token_mask: Tensor | None = None,
                      device: torch.device | str | None = None,
-                     generator: torch.Generator | None = None) -> Tensor:
+                     generator: torch.Generator | None = None, scores: Tensor | None = None,
+                     u: Tensor | None = None) -> Tensor:
     """Sample HuBERT/wav2vec2 span masks on ``device`` with torch ops only. Returns bool (B, T).
 
     Per sample with ``n`` valid tokens: ``max(min_masks, int(mask_prob * n / mask_length + u))``
     span starts (u ~ U[0, 1) once per call, as in wav2vec2), drawn without replacement among valid
     positions, each covering ``mask_length`` tokens; padded tokens are never masked. With
     p = 0.33, span 1 and 93 valid tokens every sample gets 30 or 31 masked tokens.
+
+    ``scores`` (B, T) and ``u`` may be passed in: distributed training draws them for the global
+    batch from one step-seeded generator and hands each rank its rows, so the masks do not depend
+    on the number of processes.
     """
     if token_mask is None:
         token_mask = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
     device = token_mask.device
     valid = token_mask.sum(-1)  # (B,)
-    u = torch.rand((), device=device, generator=generator)
+    if u is None:
+        u = torch.rand((), device=device, generator=generator)
     num_spans = (mask_prob * valid / mask_length + u).floor().long().clamp(min=min_masks)
     num_spans = torch.minimum(num_spans, valid // mask_length)
     position = torch.arange(num_tokens, device=device)
     eligible = token_mask & (position <= num_tokens - mask_length)
-    scores = torch.rand(batch, num_tokens, device=device, generator=generator)
+    if scores is None:
+        scores = torch.rand(batch, num_tokens, device=device, generator=generator)
     scores = scores.masked_fill(~eligible, -1.0)
     rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)
     starts = (rank < num_spans.unsqueeze(-1)) & eligible
@@ -352,7 +345,8 @@ class HubertECG(nn.Module):
 
     # -- pieces usable on their own --------------------------------------------------------
     def token_mask(self, attention_mask: Tensor) -> Tensor:
-        return token_mask_from_sample_mask(attention_mask, self.config.conv_kernel, self.config.conv_stride)
+        """Sample mask (B, L) -> token mask (B, T): a token is valid iff its whole receptive field is."""
+        return token_mask_from_sample_mask(attention_mask.bool(), self.config.conv_kernel, self.config.conv_stride)
 
     def sample_mask(self, batch: int, num_tokens: int, token_mask: Tensor | None = None,
                     device: torch.device | None = None) -> Tensor:
