@@ -1,3 +1,92 @@
-"""Subcommands (filled in as the pipeline grows)."""
+"""Data commands: ``prepare`` (records -> store) and ``datasets`` (benchmark label tables)."""
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import add_command, register
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from ..preprocess import PreprocessSpec
+    from ..store import LabelTable, prepare_store
+
+    spec = PreprocessSpec.reference() if args.reference_preprocessing else PreprocessSpec()
+    if args.baseline_highpass is not None or args.no_filter or args.already_preprocessed:
+        changes = {}
+        if args.baseline_highpass is not None:
+            changes["baseline_highpass_hz"] = args.baseline_highpass
+        if args.no_filter or args.already_preprocessed:
+            changes["bandpass_hz"] = None
+        if args.already_preprocessed:
+            changes["scaling"] = "none"
+        spec = PreprocessSpec.from_dict({**spec.to_dict(), **changes})
+    labels = None
+    if args.labels:
+        labels = LabelTable.from_csv(args.labels, id_column=args.id_column, label_start_index=args.label_start_index,
+                                     label_columns=args.label_columns, split_column=args.split_column)
+    read_kwargs = {}
+    if args.fs:
+        read_kwargs["fs"] = args.fs
+    if args.units:
+        read_kwargs["units"] = args.units
+    result = prepare_store(args.inputs, args.out, spec=spec, labels=labels, row_seconds=args.row_seconds,
+                           shard_records=args.shard_records, workers=args.workers, read_kwargs=read_kwargs,
+                           progress=not args.quiet, split_fractions=(args.val_fraction, args.test_fraction),
+                           seed=args.seed)
+    print(f"store {result.store}: {result.records} records in {result.rows} rows, {result.rejected} rejected"
+          + (f" (reasons in {result.store / 'rejects.csv'})" if result.rejected else "")
+          + (f"; {result.skipped_done} already done" if result.skipped_done else ""))
+
+
+def _cmd_datasets(args: argparse.Namespace) -> None:
+    from .. import datasets
+
+    if args.dataset == "ptbxl":
+        paths = datasets.build_ptbxl_tables(args.root, args.out, task=args.task, sampling=args.sampling)
+    elif args.dataset == "cinc":
+        paths = {"labels": datasets.cinc_labels_table(args.root, Path(args.out) / "labels.csv")}
+    else:
+        paths = {"labels": datasets.ludb_labels_table(args.root, Path(args.out) / "labels.csv")}
+    for name, path in paths.items():
+        print(f"{name:>10}: {path}")
+
+
+@register
+def _add(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "prepare", "read and preprocess records once into a memory-mappable store",
+                    _cmd_prepare, description=(
+                        "Read every record under INPUTS (files, folders searched recursively, or a manifest "
+                        ".csv/.txt), apply the preprocessing spec (published pipeline by default) and write a "
+                        "store. Re-running the same command resumes; bad records go to rejects.csv."))
+    p.add_argument("inputs", nargs="+", help="files, folders or manifests")
+    p.add_argument("--out", required=True, help="store directory")
+    p.add_argument("--labels", help="CSV with a record id column and label columns")
+    p.add_argument("--id-column", help="record id column of --labels (default: record_id, filename, ecg_id ...)")
+    p.add_argument("--label-start-index", type=int, help="first label column (the reference's contract)")
+    p.add_argument("--label-columns", nargs="+", help="label columns by name")
+    p.add_argument("--split-column", help="column of --labels holding train/val/test")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="hash-based validation split when no split column")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="hash-based test split when no split column")
+    p.add_argument("--workers", type=int, default=1, help="parallel reader/preprocessing processes")
+    p.add_argument("--row-seconds", type=float, default=10.0, help="seconds per stored row (longer records span rows)")
+    p.add_argument("--shard-records", type=int, default=512, help="records per shard (the unit of resume)")
+    p.add_argument("--fs", type=float, help="sampling rate for formats that do not store it (.npy, bare .mat, CSV)")
+    p.add_argument("--units", help="override units (mV, uV) for formats without them")
+    p.add_argument("--reference-preprocessing", action="store_true",
+                   help="decimate the flattened 12-lead window exactly as the published loader")
+    p.add_argument("--baseline-highpass", type=float, metavar="HZ", help="add a real baseline-wander high-pass")
+    p.add_argument("--no-filter", action="store_true", help="skip the band-pass filter")
+    p.add_argument("--already-preprocessed", action="store_true",
+                   help="inputs are the reference's preprocessed .npy files (500 Hz, filtered, scaled)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add_command(sub, "datasets", "build label tables for public benchmarks from a local copy", _cmd_datasets)
+    p.add_argument("dataset", choices=["ptbxl", "cinc", "ludb"])
+    p.add_argument("--root", required=True, help="local dataset folder")
+    p.add_argument("--out", required=True, help="output folder for the tables")
+    p.add_argument("--task", default="all", choices=["all", "diag", "subdiag", "superdiag", "form", "rhythm"],
+                   help="PTB-XL task")
+    p.add_argument("--sampling", default="500", choices=["100", "500"], help="PTB-XL records100 or records500")

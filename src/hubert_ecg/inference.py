@@ -1,0 +1,257 @@
+"""Prediction and embeddings on any-length ECGs, from NumPy arrays or files in any supported format.
+
+The checkpoint's own preprocessing spec is replayed (the published pipeline when a checkpoint
+carries none). Records longer than the 5 s window are cut into windows (sliding by default, the
+last one flush with the end) whose outputs are aggregated by mean or max; shorter ones are padded
+at the end of each lead with an attention mask, down to ``spec.min_window_s`` (1.5 s), below
+which a clear error is raised.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .evaluate import probabilities
+from .model import HubertECG
+from .preprocess import PreprocessSpec, cut_windows, preprocess_signal, window_starts
+
+
+def spec_of(model: HubertECG) -> PreprocessSpec:
+    """The preprocessing the model was trained with (published default when unknown)."""
+    if model.info.preprocessing:
+        return PreprocessSpec.from_dict(model.info.preprocessing)
+    return PreprocessSpec()
+
+
+def _standard_order(signal: np.ndarray, leads: Sequence[str] | None) -> np.ndarray:
+    signal = np.asarray(signal, dtype=np.float64)
+    if signal.ndim != 2:
+        raise ValueError(f"expected a (leads, samples) array, got shape {signal.shape}")
+    if leads is None:
+        if signal.shape[0] != 12 and signal.shape[1] == 12:
+            signal = signal.T
+        if signal.shape[0] != 12:
+            raise ValueError(f"expected 12 leads in the order I..V6 (or pass leads=...), got shape {signal.shape}")
+        return signal
+    from .io import arrange_leads
+    ordered, _ = arrange_leads("<array>", signal, list(leads))
+    return ordered
+
+
+def model_windows(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
+                  windows: str = "sliding", stride_s: float | None = None, n_crops: int = 3,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (leads, samples) at ``fs`` -> model windows (W, 12*T) and sample masks (W, 12*T)."""
+    spec = spec_of(model)
+    prepared = preprocess_signal(_standard_order(signal, leads), float(fs), spec)
+    stride = None if stride_s is None else max(1, int(round(stride_s * spec.target_hz)))
+    starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride,
+                           n_crops=n_crops, rng=seed)
+    return cut_windows(prepared, spec, starts)
+
+
+@torch.no_grad()
+def run_windows(model: HubertECG, x: np.ndarray, mask: np.ndarray, *, batch_size: int = 64,
+                layer: int | None = None, tokens: bool = False) -> dict[str, np.ndarray]:
+    """Forward windows in batches. Returns ``logits`` (W, L) when the model has a head, and
+    ``embedding`` (W, H) (mean over valid tokens) or (W, T, H) with ``tokens``, from ``layer``
+    (hidden-state numbering: 0 = encoder input, i = output of layer i; None = last)."""
+    device = next(model.parameters()).device
+    outs: dict[str, list[np.ndarray]] = {"logits": [], "embedding": []}
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+        mb_np = mask[start:start + batch_size]
+        mb = None if mb_np.all() else torch.from_numpy(np.ascontiguousarray(mb_np)).to(device)
+        out = model(xb, mb, output_hidden_states=layer is not None)
+        hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
+        if out.logits is not None:
+            outs["logits"].append(out.logits.float().cpu().numpy())
+        token_mask = out.token_mask
+        if tokens:
+            emb = hidden if token_mask is None else hidden * token_mask.unsqueeze(-1)
+        else:
+            emb = HubertECG.pool(hidden, token_mask)
+        outs["embedding"].append(emb.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in outs.items() if v}
+
+
+@dataclass
+class Prediction:
+    """Per-record output of :func:`predict_array`."""
+
+    probabilities: np.ndarray  # (L,) (multi-label, binary) / (C,) class probabilities / regression values
+    decisions: np.ndarray  # (L,) 0/1 at the model's thresholds (0.5 when none); argmax one-hot for multi-class
+    label_names: list[str]
+    n_windows: int
+    window_probabilities: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(p) for name, p in zip(self.label_names, np.atleast_1d(self.probabilities))}
+
+
+def _decisions(model: HubertECG, probs: np.ndarray) -> np.ndarray:
+    task = model.info.task or "multi_label"
+    if task == "multi_class":
+        out = np.zeros_like(probs, dtype=np.int64)
+        out[np.argmax(probs)] = 1
+        return out
+    if task == "regression":
+        return np.full(np.shape(probs), -1, dtype=np.int64)
+    thresholds = np.asarray(model.info.thresholds if model.info.thresholds else 0.5, dtype=np.float64)
+    return (np.atleast_1d(probs) >= thresholds).astype(np.int64)
+
+
+def predict_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
+                  windows: str = "sliding", aggregate: str = "mean", stride_s: float | None = None,
+                  n_crops: int = 3, batch_size: int = 64) -> Prediction:
+    """Probabilities (and decisions at the stored thresholds) for one record of any length."""
+    if model.config.head is None:
+        raise ValueError("this model has no classification head: use embed() or fine-tune it first")
+    x, mask = model_windows(model, signal, fs, leads=leads, windows=windows, stride_s=stride_s, n_crops=n_crops)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = run_windows(model, x, mask, batch_size=batch_size)["logits"]
+    finally:
+        model.train(was_training)
+    task = model.info.task or "multi_label"
+    window_probs = probabilities(task, torch.from_numpy(logits)).numpy()
+    probs = window_probs.max(0) if aggregate == "max" else window_probs.mean(0)
+    names = model.info.label_names or [f"output_{i}" for i in range(np.atleast_1d(probs).size)]
+    return Prediction(probs, _decisions(model, probs), list(names), len(x), window_probs)
+
+
+def embed_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
+                layer: int | None = None, tokens: bool = False, windows: str = "sliding",
+                aggregate: str = "mean", stride_s: float | None = None, batch_size: int = 64) -> np.ndarray:
+    """Embedding of one record: (H,) pooled over tokens and windows, or (W, T, H) per token with ``tokens``."""
+    x, mask = model_windows(model, signal, fs, leads=leads, windows=windows, stride_s=stride_s)
+    was_training = model.training
+    model.eval()
+    try:
+        emb = run_windows(model, x, mask, batch_size=batch_size, layer=layer, tokens=tokens)["embedding"]
+    finally:
+        model.train(was_training)
+    if tokens:
+        return emb
+    return emb.max(0) if aggregate == "max" else emb.mean(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class BatchJobSummary:
+    out: Path
+    written: int
+    rejected: int
+    rejects_path: Path | None
+
+
+def _writer(path: Path, header: list[str]) -> Any:
+    if path.suffix == ".parquet":
+        return _ParquetRows(path, header)
+    return _CsvRows(path, header)
+
+
+class _CsvRows:
+    def __init__(self, path: Path, header: list[str]) -> None:
+        from .atomic import atomic_path
+        self._ctx = atomic_path(path)
+        self._tmp = self._ctx.__enter__()
+        self._fh = open(self._tmp, "w", newline="")
+        self._w = csv.writer(self._fh)
+        self._w.writerow(header)
+
+    def write(self, row: list[Any]) -> None:
+        self._w.writerow(row)
+
+    def close(self) -> None:
+        self._fh.close()
+        self._ctx.__exit__(None, None, None)
+
+
+class _ParquetRows:
+    def __init__(self, path: Path, header: list[str]) -> None:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError("writing Parquet needs `pip install pyarrow` (or use a .csv output)") from None
+        self.path, self.header, self.rows = path, header, []
+
+    def write(self, row: list[Any]) -> None:
+        self.rows.append(row)
+
+    def close(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .atomic import atomic_path
+        columns = {name: [r[i] for r in self.rows] for i, name in enumerate(self.header)}
+        with atomic_path(self.path) as tmp:
+            pq.write_table(pa.table(columns), str(tmp))
+
+
+def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, mode: str = "predict",
+                  layer: int | None = None, windows: str = "sliding", aggregate: str = "mean",
+                  stride_s: float | None = None, batch_size: int = 64, read_kwargs: dict[str, Any] | None = None,
+                  progress: bool = True) -> BatchJobSummary:
+    """Predict (or embed) every record under ``inputs``; one output row per record (CSV or Parquet).
+
+    Bad records are skipped and listed with their reason in ``<out>.rejects.csv``; the job goes on.
+    """
+    from tqdm.auto import tqdm
+
+    from .io import discover_sources, read_source
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sources = discover_sources(list(inputs))
+    if not sources:
+        raise ValueError(f"no ECG records found under {', '.join(inputs)}")
+    rejects: list[tuple[str, str, str]] = []
+    writer = None
+    written = 0
+    for src in tqdm(sources, disable=not progress, desc=mode, unit="rec", dynamic_ncols=True):
+        try:
+            record = read_source(src, **(read_kwargs or {}))
+            if mode == "predict":
+                pred = predict_array(model, record.signal, record.fs, windows=windows, aggregate=aggregate,
+                                     stride_s=stride_s, batch_size=batch_size)
+                values = [*np.atleast_1d(pred.probabilities).tolist(), *np.atleast_1d(pred.decisions).tolist()]
+                names = [f"p_{n}" for n in pred.label_names] + [f"y_{n}" for n in pred.label_names]
+                extra = [pred.n_windows]
+            else:
+                emb = embed_array(model, record.signal, record.fs, layer=layer, windows=windows,
+                                  aggregate=aggregate, stride_s=stride_s, batch_size=batch_size)
+                values = emb.tolist()
+                names = [f"e{i}" for i in range(len(values))]
+                extra = [int(np.ceil(record.signal.shape[1] / record.fs))]
+        except ValueError as err:
+            rejects.append((src.record_id, src.path, str(err).splitlines()[0]))
+            continue
+        if writer is None:
+            writer = _writer(out, ["record_id", "source", "n_windows" if mode == "predict" else "seconds", *names])
+        writer.write([record.record_id, record.source, *extra, *[round(v, 6) if isinstance(v, float) else v
+                                                                    for v in values]])
+        written += 1
+    if writer is not None:
+        writer.close()
+    rejects_path = None
+    if rejects:
+        rejects_path = out.with_name(out.name + ".rejects.csv")
+        with open(rejects_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["record_id", "source", "reason"])
+            w.writerows(rejects)
+    if written == 0:
+        raise ValueError(f"no record could be processed ({len(rejects)} rejected; see {rejects_path})")
+    return BatchJobSummary(out, written, len(rejects), rejects_path)

@@ -1,0 +1,215 @@
+"""Masked-prediction pre-training: predict each masked token's k-means cluster id, per codebook.
+
+Loss (reference doc §1.7): for each codebook i, cross-entropy of ``cosine(final_proj_i(h), codebook_i) / 0.1``
+against the token's cluster id, averaged over masked tokens (weight ``alpha``) and over unmasked
+valid tokens (weight ``1 - alpha``), summed over codebooks. Masks are drawn on the device from a
+generator seeded by the step, for the global batch, and each process takes its rows: the loss
+curve does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import StoreWindows, make_loader
+from .distributed import DistEnv
+from .model import HubertECG, sample_span_mask
+from .store import ECGStore
+
+if TYPE_CHECKING:
+    from .training import TrainConfig, TrainResult
+
+
+class MaskedPrediction(nn.Module):
+    """Wraps the model so that DDP sees the codebook heads inside ``forward``."""
+
+    def __init__(self, model: HubertECG) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
+                mask_time_indices: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        out = self.model(x, attention_mask, mask_time_indices=mask_time_indices)
+        return self.model.codebook_logits(out.last_hidden_state), out.token_mask
+
+
+def masked_prediction_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor,
+                           valid: torch.Tensor | None, alpha: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sum over codebooks of alpha * CE(masked) + (1 - alpha) * CE(unmasked valid).
+
+    ``logits``: per codebook (B, T, K_i); ``targets`` (B, E, T) int; ``mask``/``valid`` (B, T) bool.
+    Stats: masked-token accuracy averaged over codebooks. No host sync.
+    """
+    valid = torch.ones_like(mask) if valid is None else valid
+    masked = mask & valid
+    unmasked = ~mask & valid
+    total = logits[0].new_zeros(())
+    correct = logits[0].new_zeros(())
+    for i, lg in enumerate(logits):
+        tgt = targets[:, i, :]
+        ce = F.cross_entropy(lg.float().transpose(1, 2), tgt, reduction="none")  # (B, T)
+        if alpha > 0:
+            total = total + alpha * (ce * masked).sum() / masked.sum().clamp(min=1)
+        if alpha < 1:
+            total = total + (1 - alpha) * (ce * unmasked).sum() / unmasked.sum().clamp(min=1)
+        hit = (lg.argmax(-1) == tgt) & masked
+        correct = correct + hit.sum() / masked.sum().clamp(min=1)
+    return total, {"masked_acc": correct / len(logits)}
+
+
+@dataclass
+class PretrainObjective:
+    """Objective for :func:`hubert_ecg.training.train`."""
+
+    model: HubertECG
+    store: ECGStore
+    target_names: list[str]
+    rows: np.ndarray
+    val_rows: np.ndarray
+    global_batch: int
+    alpha: float = 1.0
+    seed: int = 0
+    val_batch: int = 64
+
+    def __post_init__(self) -> None:
+        sizes = [int(np.asarray(self.store.targets(n)).max()) + 1 for n in self.target_names]
+        for name, k_needed, k_model in zip(self.target_names, sizes, self.model.config.vocab_sizes):
+            if k_needed > k_model:
+                raise ValueError(f"targets {name!r} use {k_needed} clusters but the codebook has {k_model}")
+        if len(self.target_names) != len(self.model.config.vocab_sizes):
+            raise ValueError(f"{len(self.target_names)} target sets but the model has "
+                             f"{len(self.model.config.vocab_sizes)} codebooks")
+        self.module = MaskedPrediction(self.model)
+        self.dataset = StoreWindows(self.store, crop="first", targets=self.target_names, seed=self.seed)
+        self.val_dataset = StoreWindows(self.store, crop="first", targets=self.target_names, seed=self.seed)
+
+    def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "layer_norm" in name or name == "masked_spec_embed" else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def _masks(self, batch: dict[str, torch.Tensor], key: int, offset: int, global_batch: int,
+               token_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        config = self.model.config
+        tokens = config.num_tokens(batch["input"].shape[1])
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(self.seed) * 1_000_003 + int(key))
+        u = torch.rand((), device=device, generator=generator)
+        scores = torch.rand(global_batch, tokens, device=device, generator=generator)[offset:offset + len(batch["input"])]
+        return sample_span_mask(len(batch["input"]), tokens, mask_prob=config.mask_time_prob,
+                                mask_length=config.mask_time_length, min_masks=config.mask_time_min_masks,
+                                token_mask=token_mask, scores=scores, u=u)
+
+    def _forward(self, module: nn.Module, batch: dict[str, torch.Tensor], key: int, offset: int,
+                 global_batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        attention_mask = batch["attention_mask"]
+        full = bool(batch.get("full", False))
+        token_mask = None if full else self.model.token_mask(attention_mask)
+        mask = self._masks(batch, key, offset, global_batch, token_mask, batch["input"].device)
+        logits, _ = module(batch["input"], None if full else attention_mask, mask)
+        return masked_prediction_loss(logits, batch["targets"], mask, token_mask, self.alpha)
+
+    def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
+                      env: DistEnv) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        local = len(batch["input"])
+        return self._forward(module, batch, key=step, offset=env.rank * local, global_batch=local * env.world_size)
+
+    @torch.no_grad()
+    def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]:
+        """Masked loss and masked-token accuracy on the fixed validation rows, with fixed masks."""
+        module = MaskedPrediction(model)
+        losses, accs, weights = [], [], []
+        for i, start in enumerate(range(0, len(self.val_rows), self.val_batch)):
+            rows = self.val_rows[start:start + self.val_batch]
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.val_dataset[(i, rows)].items()}
+            with autocast():
+                loss, stats = self._forward(module, batch, key=10**9 + i, offset=0, global_batch=len(rows))
+            losses.append(float(loss))
+            accs.append(float(stats["masked_acc"]))
+            weights.append(len(rows))
+        w = np.asarray(weights, dtype=float)
+        return {"val_loss": float(np.average(losses, weights=w)), "val_masked_acc": float(np.average(accs, weights=w))}
+
+
+def majority_baseline(store: ECGStore, target_name: str, rows: np.ndarray, train_rows: np.ndarray) -> float:
+    """Accuracy of always predicting the training set's most frequent cluster (a floor for masked accuracy)."""
+    targets = store.targets(target_name)
+    counts = np.bincount(np.asarray(targets[np.sort(train_rows)]).ravel())
+    majority = int(counts.argmax())
+    return float((np.asarray(targets[np.sort(rows)]) == majority).mean())
+
+
+def default_val_rows(store: ECGStore, split: str, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows): the store's splits when present, else a fixed seeded fraction."""
+    train_rows = store.rows("train")
+    val_rows = store.rows(split) if split else np.array([], dtype=np.int64)
+    if len(train_rows) and len(val_rows):
+        return train_rows, val_rows
+    rows = store.rows()
+    rng = np.random.default_rng(seed)
+    is_val = rng.random(len(rows)) < fraction
+    if not is_val.any():
+        is_val[rng.integers(len(rows))] = True
+    if is_val.all():
+        is_val[0] = False
+    return rows[~is_val], rows[is_val]
+
+
+def run_pretrain(store_path: str, targets: Sequence[str], cfg: "TrainConfig", *, size: str = "small",
+                 init_from: str | None = None, alpha: float = 1.0, mask_prob: float | None = None,
+                 mask_length: int | None = None, val_split: str = "val", val_fraction: float = 0.05,
+                 model_overrides: dict[str, Any] | None = None) -> "TrainResult":
+    """Masked-prediction pre-training on a store with k-means targets (see ``hubert-ecg pretrain``).
+
+    ``init_from`` starts iteration n+1 from iteration n: all encoder weights are kept, the codebooks
+    are fresh (sized by the new targets).
+    """
+    import json
+
+    from .checkpoint import load_model
+    from .model import create_model
+    from .training import train
+
+    store = ECGStore(store_path)
+    targets = list(targets)
+    vocab_sizes = []
+    kmeans_refs = []
+    for name in targets:
+        meta_file = store.targets_path(name).with_suffix(".json")
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        k = meta.get("k") or int(np.asarray(store.targets(name)).max()) + 1
+        vocab_sizes.append(int(k))
+        kmeans_refs.append(meta.get("kmeans", str(store.targets_path(name))))
+    overrides = dict(model_overrides or {})
+    if mask_prob is not None:
+        overrides["mask_time_prob"] = mask_prob
+    if mask_length is not None:
+        overrides["mask_time_length"] = mask_length
+    if init_from:
+        model = load_model(init_from)
+        model.set_head(None, drop_codebooks=False)
+        model.set_codebooks(vocab_sizes)
+        if overrides:
+            model.config = model.config.replace(**overrides)
+            model.encoder.config = model.config
+    else:
+        rate = int(round(store.fs))
+        model = create_model(size, input_rate_hz=rate, vocab_sizes=vocab_sizes, **overrides)
+    model.info.preprocessing = store.spec.to_dict()
+    model.info.kmeans = kmeans_refs
+    model.info.source = f"pre-trained on {store.path}" + (f" from {init_from}" if init_from else "")
+    train_rows, val_rows = default_val_rows(store, val_split, val_fraction, cfg.seed)
+    objective = PretrainObjective(model, store, targets, train_rows, val_rows, global_batch=cfg.batch_size,
+                                  alpha=alpha, seed=cfg.seed)
+    if cfg.monitor == "val_loss":
+        cfg.monitor_mode = "min"
+    return train(model, objective, cfg)

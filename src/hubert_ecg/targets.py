@@ -1,0 +1,812 @@
+"""Store-level stages of pre-training targets: dump per-token features, cluster them, label the store.
+
+The HuBERT loop over a prepared store (:mod:`hubert_ecg.store`)::
+
+    dump_features(store, FEATS, kind="tf+mfcc")               # a (sampled) set of per-token descriptors
+    cluster_features(FEATS, [100], KM)                         # KM/k100/kmeans.safetensors + quality.json
+    label_store(store, [KM / "k100"], "it1")                   # STORE/targets/it1.npy, int16 (rows, T)
+    ... pre-train on store.targets("it1"), then:
+    dump_features(store, FEATS2, kind="hidden", checkpoint=RUN, layer=6)
+    cluster_features(FEATS2, [500], KM2); label_store(store, [KM2 / "k500"], "it2")
+
+What a token's descriptor is
+----------------------------
+The model input of a row is its *first* 5 s window, flattened to ``(12 * window,)`` (6000 samples at
+100 Hz) with a sample mask, exactly as :class:`~hubert_ecg.data.StoreWindows` with ``crop="first"``
+delivers it to pre-training (the same code makes both). Descriptor ``t`` is computed from token ``t``'s
+own receptive field (:func:`hubert_ecg.features.token_spans`), so target ``t`` belongs to token ``t``.
+
+* ``"tf"``, ``"mfcc"``, ``"tf+mfcc"``: :func:`hubert_ecg.features.hand_features` with the conv layout
+  of the store's rate (16, 13 (39 with ``mfcc_deltas``), 29 values).
+* ``"hidden"``: ``hidden_states[layer]`` of a checkpoint, numbered as
+  :class:`~hubert_ecg.model.HubertECG` numbers them: 0 = encoder input (projected conv features after
+  the positional convolution and LayerNorm), ``i`` = output of transformer layer ``i`` (1-based), so
+  ``layer = num_hidden_layers`` is the last hidden state. Runs in eval mode under
+  ``torch.inference_mode`` (bf16 autocast on CUDA); the attention mask is passed whenever a row is
+  padded, so padded tokens never influence real ones. Layers above ``layer`` are not run.
+
+A token is *valid* when its whole receptive field is real signal (the model's token-mask rule). Short
+records have invalid tokens at the end of every lead; they are stored with a ``valid`` flag and left
+out of k-means fitting. In the target arrays they still get the label of their (zero-padded)
+descriptor, so every id lies in ``[0, K)``; the pre-training loss ignores them through the token mask.
+
+Files
+-----
+``FEATS/``::
+
+    features-r{rank}-{i:05d}.npy        float32|float16 (n, T, F) descriptors of shard i of rank `rank`
+    features-r{rank}-{i:05d}.rows.npy   int64 (n,) store rows of those descriptors
+    features-r{rank}-{i:05d}.valid.npy  bool (n, T) token validity (whole receptive field real)
+    plan.json                           the dump's settings (checked on resume)
+    features.json                       plan + shard list + n_rows + "complete": true, when all exist
+
+``KM/``: ``k{K}/kmeans.safetensors``, ``k{K}/quality.json``, ``sweep.json``, ``inertia_vs_k.png``,
+``held_out_rows.npy`` (int64 store rows kept out of fitting and used for quality).
+
+``STORE/targets/``: ``{name}.npy`` int16 ``(n_rows, T)`` and ``{name}.json`` (k-means path, its
+sha256, K, feature kind/layer/checkpoint), one pair per k-means model (``{name}-{i}`` for several).
+
+Resuming and ranks
+------------------
+Every stage can be killed and re-run with the same arguments. Feature shards are written atomically
+(rows and validity first, descriptors last: the descriptor file marks a shard done). Labels go into a
+preallocated ``{name}.npy.partial`` memmap (a valid ``.npy`` file); after each block of rows the
+memmap is flushed and then the rank's ``{name}.progress-r{rank}.json`` (completed block ranges) is
+replaced atomically, so a block is only recorded once its labels are on disk. The partial file is
+renamed to ``{name}.npy`` when every block is recorded.
+
+With ``world_size`` ranks, features are split in contiguous blocks of the selected rows (rank r takes
+the r-th of ``world_size`` near-equal parts), and label blocks likewise (rank r owns the r-th
+contiguous range of blocks) and all ranks write into the *same* memmap, which the first rank to
+arrive creates (an atomic no-replace link, so it is never created twice). Finishing (``features.json``,
+the rename of the targets) is done by rank 0 after a barrier when ``torch.distributed`` is
+initialised; otherwise by whichever rank finds every part done (ranks can then run one after the
+other, or as independent jobs). Several ranks sharing one memmap need one file system seen by all of
+them (one machine, or a shared file system with coherent writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .atomic import atomic_path, atomic_write_json, sha256_file
+from .store import ECGStore
+
+__all__ = [
+    "FeatureSpec",
+    "LabelInterrupted",
+    "TargetsError",
+    "cluster_features",
+    "dump_features",
+    "iter_feature_batches",
+    "label_store",
+]
+
+FeatureKind = Literal["tf", "mfcc", "tf+mfcc", "hidden"]
+_HAND_KINDS = ("tf", "mfcc", "tf+mfcc")
+_KINDS = _HAND_KINDS + ("hidden",)
+_FEATURES_FORMAT = "hubert-ecg-features"
+_TARGETS_FORMAT = "hubert-ecg-targets"
+_ITER_ECGS = 512  # ECG rows per chunk streamed to k-means (512 x 93 x 768 float32 = 146 MB at most)
+
+
+class TargetsError(ValueError):
+    """Bad arguments or on-disk state for feature dumping, clustering or labelling (one line, names the file)."""
+
+
+class LabelInterrupted(TargetsError):
+    """Raised when a stage stopped early on request (``stop_after_*``); re-running the same call finishes it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What a descriptor is
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that defines the per-token descriptor, as plain JSON-able data.
+
+    ``fs``/``window`` (samples per lead) come from the store; ``checkpoint``/``layer`` only for
+    ``kind="hidden"``; ``mfcc_deltas`` only for the MFCC kinds.
+    """
+
+    kind: str
+    fs: float
+    window: int
+    layer: int | None = None
+    checkpoint: str | None = None
+    mfcc_deltas: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        return cls(**{k: data.get(k) for k in ("kind", "fs", "window", "layer", "checkpoint")},
+                   mfcc_deltas=bool(data.get("mfcc_deltas", False)))
+
+
+def _checkpoint_string(checkpoint: Any) -> str | None:
+    """How a checkpoint is recorded: absolute local path, hub id as given, or a note for in-memory models."""
+    if checkpoint is None:
+        return None
+    if hasattr(checkpoint, "config") and hasattr(checkpoint, "encoder"):
+        return "<in-memory model>"
+    path = Path(str(checkpoint)).expanduser()
+    return str(path.resolve()) if path.exists() else str(checkpoint)
+
+
+def _make_spec(store: ECGStore, kind: str, checkpoint: Any, layer: int | None, mfcc_deltas: bool) -> FeatureSpec:
+    if kind not in _KINDS:
+        raise TargetsError(f"unknown feature kind {kind!r}; expected one of {', '.join(_KINDS)}")
+    window = int(round(store.spec.window_s * store.fs))
+    if kind == "hidden":
+        if checkpoint is None or layer is None:
+            raise TargetsError("kind 'hidden' needs a checkpoint and a layer (hidden_states index, 0 = encoder input)")
+        return FeatureSpec("hidden", float(store.fs), window, int(layer), _checkpoint_string(checkpoint))
+    return FeatureSpec(kind, float(store.fs), window, None, None, bool(mfcc_deltas) and "mfcc" in kind)
+
+
+class _FeatureComputer:
+    """Computes ``(features (B, T, F) float32, valid (B, T) bool)`` for store rows, first window only."""
+
+    def __init__(self, store: ECGStore, spec: FeatureSpec, checkpoint: Any = None, device: str = "cpu") -> None:
+        from .data import StoreWindows
+        from .features import conv_layout, hand_feature_dim, token_spans
+
+        self.store, self.spec = store, spec
+        # The exact batches pre-training sees (same crop, padding and mask code).
+        self.windows = StoreWindows(store, window=spec.window, crop="first")
+        self.model = None
+        if spec.kind == "hidden":
+            import torch
+
+            self.device = torch.device(device)
+            self.model = self._load_model(checkpoint if checkpoint is not None else spec.checkpoint)
+            config = self.model.config
+            if float(config.input_rate_hz) != float(store.fs):
+                raise TargetsError(f"{spec.checkpoint}: the model takes {config.input_rate_hz} Hz input but the "
+                                   f"store {store.path} holds {store.fs:g} Hz rows")
+            self.kernels, self.strides = tuple(config.conv_kernel), tuple(config.conv_stride)
+            self.dim = int(config.hidden_size)
+        else:
+            self.kernels, self.strides = conv_layout(spec.fs)
+            self.dim = hand_feature_dim(spec.kind, mfcc_deltas=spec.mfcc_deltas)  # type: ignore[arg-type]
+        self.spans = token_spans(12 * spec.window, self.kernels, self.strides)
+        self.n_tokens = int(self.spans.shape[0])
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        from .model import HubertECG
+
+        layer = int(self.spec.layer)  # type: ignore[arg-type]
+        if isinstance(checkpoint, HubertECG):
+            model = checkpoint  # the caller's model: used as it is, never truncated
+        else:
+            from .checkpoint import load_model
+
+            model = load_model(checkpoint)
+        n_layers = model.config.num_hidden_layers
+        if not 0 <= layer <= n_layers:
+            raise TargetsError(f"{self.spec.checkpoint}: layer {layer} does not exist (0 = encoder input, "
+                               f"1..{n_layers} = transformer layers)")
+        if model is not checkpoint:
+            # hidden_states[layer] never depends on later layers or heads: do not run them.
+            model.encoder.layers = model.encoder.layers[:layer]
+            model.classifier = None
+        return model.to(self.device).eval()
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors and token validity of the first window of ``rows``: (B, T, F) float32, (B, T) bool."""
+        rows = np.asarray(rows, dtype=np.int64)
+        item = self.windows[(0, rows)]
+        sample_mask = item["attention_mask"].numpy()
+        valid = _token_validity(sample_mask, self.spans)
+        if self.model is None:
+            from .features import FeatureInputError, hand_features
+
+            try:
+                feats = hand_features(item["input"].numpy(), self.spec.kind, self.spec.fs,  # type: ignore[arg-type]
+                                      mfcc_deltas=self.spec.mfcc_deltas, conv_kernels=self.kernels,
+                                      conv_strides=self.strides)
+            except FeatureInputError as err:  # its row index is within the batch: name the store rows
+                raise TargetsError(f"{self.store.path}, rows {rows[0]}..{rows[-1]}: {err}") from None
+        else:
+            feats = self._hidden(item["input"], item["attention_mask"], bool(item["full"]))
+        if feats.shape[1] != self.n_tokens:
+            raise TargetsError(f"{self.store.path}: descriptors have {feats.shape[1]} tokens, expected {self.n_tokens}")
+        return feats, valid
+
+    def _hidden(self, x: Any, mask: Any, full: bool) -> np.ndarray:
+        import contextlib
+
+        import torch
+
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            out = self.model(x.to(self.device), None if full else mask.to(self.device),  # type: ignore[misc]
+                             output_hidden_states=True)
+        return out.hidden_states[int(self.spec.layer)].float().cpu().numpy()  # type: ignore[arg-type]
+
+
+def _token_validity(sample_mask: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """Token t is valid iff every sample of its span ``[start, stop)`` is real: (B, L) bool -> (B, T) bool."""
+    invalid = np.concatenate([np.zeros((sample_mask.shape[0], 1), np.int64),
+                              np.cumsum(~sample_mask.astype(bool), axis=1, dtype=np.int64)], axis=1)
+    return (invalid[:, spans[:, 1]] - invalid[:, spans[:, 0]]) == 0
+
+
+def _progress(enabled: bool, **kwargs: Any) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
+
+
+def _dist_ready(world_size: int) -> bool:
+    """True when torch.distributed is running with these ranks (then a barrier orders the finish)."""
+    if world_size <= 1:
+        return False
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed support
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise TargetsError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size})")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Dump features
+# ---------------------------------------------------------------------------------------------
+def _select_rows(store: ECGStore, rows: Sequence[int] | np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
+    selected = np.arange(len(store), dtype=np.int64) if rows is None else np.unique(np.asarray(rows, np.int64))
+    if selected.size and (selected[0] < 0 or selected[-1] >= len(store)):
+        bad = selected[0] if selected[0] < 0 else selected[-1]
+        raise TargetsError(f"{store.path}: row {bad} does not exist (the store has {len(store)} rows)")
+    if not 0.0 < fraction <= 1.0:
+        raise TargetsError(f"sample_fraction must be in (0, 1], got {fraction}")
+    if fraction < 1.0:
+        n = max(1, int(round(fraction * selected.size)))
+        selected = np.sort(np.random.default_rng(seed).choice(selected, size=n, replace=False))
+    if selected.size == 0:
+        raise TargetsError(f"{store.path}: no rows selected for feature dumping")
+    return selected
+
+
+def _shard_name(rank: int, index: int) -> str:
+    return f"features-r{rank}-{index:05d}"
+
+
+def _rank_shards(selected: np.ndarray, world_size: int, shard_rows: int) -> list[list[tuple[str, np.ndarray]]]:
+    """Per rank: [(shard name, store rows)], rank r taking the r-th contiguous part of ``selected``."""
+    plan = []
+    for r, part in enumerate(np.array_split(selected, world_size)):
+        plan.append([(_shard_name(r, i), part[s:s + shard_rows])
+                     for i, s in enumerate(range(0, len(part), shard_rows))])
+    return plan
+
+
+def _shard_done(out_dir: Path, name: str) -> bool:
+    return all((out_dir / f"{name}{suffix}").exists() for suffix in (".rows.npy", ".valid.npy", ".npy"))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+def dump_features(
+    store: ECGStore,
+    out_dir: str | os.PathLike,
+    *,
+    kind: FeatureKind,
+    checkpoint: Any = None,
+    layer: int | None = None,
+    rows: Sequence[int] | np.ndarray | None = None,
+    sample_fraction: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    shard_rows: int = 4096,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str = "cpu",
+    progress: bool = True,
+    dtype: str = "float32",
+    mfcc_deltas: bool = False,
+    stop_after_shards: int | None = None,
+) -> Path:
+    """Write per-token descriptors of the first window of the selected rows, in resumable shards.
+
+    Args:
+        store: an open :class:`~hubert_ecg.store.ECGStore`.
+        out_dir: feature directory (created); layout in the module docstring.
+        kind: ``"tf"``, ``"mfcc"``, ``"tf+mfcc"`` or ``"hidden"`` (needs ``checkpoint`` and ``layer``).
+        checkpoint: anything :func:`~hubert_ecg.checkpoint.load_model` accepts, or a ``HubertECG``
+            (used as it is: moved to ``device`` and put in eval mode).
+        layer: ``hidden_states`` index: 0 = encoder input, i = output of transformer layer i.
+        rows: store rows to consider (default all); ``sample_fraction`` then keeps a random subset of
+            them drawn with ``seed`` (k-means only needs a sample of a huge corpus).
+        batch_size: rows per feature computation; shard_rows: rows per shard file.
+        rank, world_size: this process's part (contiguous blocks of the selected rows).
+        dtype: ``"float32"`` or ``"float16"`` (half the disk; hand descriptors keep ~3 digits).
+        mfcc_deltas: append token-to-token MFCC deltas (39 MFCC values instead of 13).
+        stop_after_shards: stop (raising :class:`LabelInterrupted`) after writing this many shards.
+
+    Returns:
+        ``out_dir``. Shards already on disk are kept (resume); ``features.json`` appears once every
+        rank's shards exist.
+    """
+    _check_rank(rank, world_size)
+    if dtype not in ("float32", "float16"):
+        raise TargetsError(f"dtype must be float32 or float16, got {dtype!r}")
+    if batch_size < 1 or shard_rows < 1:
+        raise TargetsError(f"batch_size and shard_rows must be >= 1, got {batch_size} and {shard_rows}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = _make_spec(store, kind, checkpoint, layer, mfcc_deltas)
+    selected = _select_rows(store, rows, sample_fraction, seed)
+    computer = _FeatureComputer(store, spec, checkpoint, device)
+    plan = {
+        "format": _FEATURES_FORMAT, "version": 1, **spec.to_dict(),
+        "store": str(Path(store.path).resolve()), "store_rows": len(store),
+        "n_tokens": computer.n_tokens, "dim": computer.dim, "dtype": dtype,
+        "n_rows": int(selected.size), "rows_sha256": hashlib.sha256(selected.tobytes()).hexdigest(),
+        "sample_fraction": float(sample_fraction), "seed": int(seed), "shard_rows": int(shard_rows),
+        "world_size": int(world_size),
+    }
+    _check_or_write_plan(out_dir / "plan.json", plan,
+                         f"{out_dir}: holds features dumped with other settings; use a new directory or delete it")
+    shards = _rank_shards(selected, world_size, shard_rows)
+    todo = [(name, part) for name, part in shards[rank] if not _shard_done(out_dir, name)]
+    bar = _progress(progress, total=sum(len(p) for _, p in shards[rank]),
+                    initial=sum(len(p) for _, p in shards[rank]) - sum(len(p) for _, p in todo),
+                    desc=f"features r{rank}", unit="ECG")
+    try:
+        for n_written, (name, part) in enumerate(todo):
+            if stop_after_shards is not None and n_written >= stop_after_shards:
+                raise LabelInterrupted(f"{out_dir}: stopped after {stop_after_shards} shards (incomplete); "
+                                       "re-run the same command to finish")
+            valid = np.empty((len(part), computer.n_tokens), dtype=bool)
+            # Descriptors go straight into the (temporary) .npy file: a 4096-row shard of 768-wide
+            # latents is over 1 GB, which need not sit in memory. Renamed last: it marks the shard done.
+            with atomic_path(out_dir / f"{name}.npy") as tmp:
+                feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                                  shape=(len(part), computer.n_tokens, computer.dim))
+                for s in range(0, len(part), batch_size):
+                    f, v = computer.batch(part[s:s + batch_size])
+                    feats[s:s + len(f)], valid[s:s + len(f)] = f, v
+                    bar.update(len(f))
+                feats.flush()
+                del feats
+                _save_npy(out_dir / f"{name}.rows.npy", part)
+                _save_npy(out_dir / f"{name}.valid.npy", valid)
+    finally:
+        bar.close()
+    if _dist_ready(world_size):
+        _barrier()
+        if rank != 0:
+            return out_dir
+    all_shards = [(name, part) for per_rank in shards for name, part in per_rank]
+    if all(_shard_done(out_dir, name) for name, _ in all_shards):
+        summary = {**plan, "complete": True,
+                   "shards": [{"name": name, "n": len(part)} for name, part in all_shards]}
+        atomic_write_json(out_dir / "features.json", summary)
+    return out_dir
+
+
+def _check_or_write_plan(path: Path, plan: dict[str, Any], conflict: str) -> None:
+    """Refuse to mix settings in one job; write the plan when it is new (same content from every rank).
+
+    ``conflict`` is the message start naming the job; the changed settings and the remedy are appended.
+    """
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in set(plan) | set(previous) if previous.get(k) != plan.get(k))
+        if changed:
+            raise TargetsError(f"{conflict} ({', '.join(changed)})")
+        return
+    atomic_write_json(path, plan)
+
+
+def _read_features_json(features_dir: Path) -> dict[str, Any]:
+    meta_path = features_dir / "features.json"
+    if not meta_path.exists():
+        raise TargetsError(f"{features_dir}: no features.json (the dump is missing or unfinished; re-run "
+                           "`hubert-ecg features` with the same arguments)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != _FEATURES_FORMAT or not meta.get("complete"):
+        raise TargetsError(f"{meta_path}: not a complete hubert-ecg feature dump")
+    return meta
+
+
+def _iter_shards(features_dir: Path, meta: dict[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows (n,), features (n, T, F) memmap, valid (n, T)) per shard, in the order of features.json."""
+    for shard in meta["shards"]:
+        name = shard["name"]
+        try:
+            rows = np.load(features_dir / f"{name}.rows.npy")
+            valid = np.load(features_dir / f"{name}.valid.npy")
+            feats = np.load(features_dir / f"{name}.npy", mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise TargetsError(f"{features_dir / name}.npy: unreadable feature shard ({err})") from None
+        if feats.shape[:2] != valid.shape or len(rows) != len(feats):
+            raise TargetsError(f"{features_dir / name}.npy: shard files disagree in shape "
+                               f"({feats.shape}, {valid.shape}, {rows.shape})")
+        yield rows, feats, valid
+
+
+def iter_feature_batches(
+    features_dir: str | os.PathLike,
+    max_rows: int | None = None,
+    *,
+    exclude_rows: np.ndarray | None = None,
+    only_rows: np.ndarray | None = None,
+) -> Iterator[np.ndarray]:
+    """Stream the valid tokens' descriptors of a finished dump as float32 ``(n_tokens, F)`` chunks.
+
+    Args:
+        features_dir: a directory written by :func:`dump_features` (``features.json`` must say complete).
+        max_rows: stop after this many token rows (the unit k-means counts in).
+        exclude_rows / only_rows: store rows whose tokens to skip / to keep (held-out splits).
+
+    Padded tokens (``valid`` False) are never yielded. Pass ``lambda: iter_feature_batches(d)`` to
+    :func:`~hubert_ecg.kmeans.fit_kmeans` when several passes are needed.
+    """
+    features_dir = Path(features_dir)
+    meta = _read_features_json(features_dir)
+    remaining = math.inf if max_rows is None else int(max_rows)
+    for rows, feats, valid in _iter_shards(features_dir, meta):
+        if remaining <= 0:
+            return
+        keep_rows = np.ones(len(rows), dtype=bool)
+        if exclude_rows is not None:
+            keep_rows &= ~np.isin(rows, exclude_rows)
+        if only_rows is not None:
+            keep_rows &= np.isin(rows, only_rows)
+        if not keep_rows.any():
+            continue
+        picked = np.flatnonzero(keep_rows)
+        # A few hundred ECGs at a time: a whole shard of latents would be a gigabyte-sized chunk.
+        for start in range(0, len(picked), _ITER_ECGS):
+            if remaining <= 0:
+                return
+            some = picked[start:start + _ITER_ECGS]
+            chunk = np.asarray(feats[some], dtype=np.float32)[valid[some]]
+            if chunk.shape[0] > remaining:
+                chunk = chunk[: int(remaining)]
+            remaining -= chunk.shape[0]
+            if chunk.shape[0]:
+                yield chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Cluster
+# ---------------------------------------------------------------------------------------------
+def _kmeans_kind(feature_kind: str) -> str:
+    # KMeansMetadata documents "latent" for model features; the feature spec keeps the CLI's "hidden".
+    return "latent" if feature_kind == "hidden" else feature_kind
+
+
+def cluster_features(
+    features_dir: str | os.PathLike,
+    ks: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    normaliser: str = "l2",
+    held_out_fraction: float = 0.1,
+    seed: int = 0,
+    backend: str = "sklearn",
+    max_fit_rows: int | None = None,
+    max_held_out_rows: int = 100_000,
+    epochs: int | None = None,
+    fit_batch_size: int = 10_000,
+    n_threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Fit one k-means model per K on a feature dump, streaming over its shards.
+
+    A seeded ``held_out_fraction`` of the dump's ECG rows (whole ECGs, since tokens of one ECG are
+    correlated) is kept out of fitting and scored with :func:`~hubert_ecg.kmeans.cluster_quality`
+    (at most ``max_held_out_rows`` tokens are read for it). With ``held_out_fraction=0`` quality is
+    measured on (the first tokens of) the fitting data, and ``quality.json`` says so.
+
+    Writes ``out_dir/k{K}/kmeans.safetensors`` (its metadata names the feature kind, layer, checkpoint
+    and the whole :class:`FeatureSpec`, which :func:`label_store` replays), ``out_dir/k{K}/quality.json``
+    (written last: a K with both files and the same settings is skipped on re-runs), ``out_dir/sweep.json``
+    and, for more than one K, ``out_dir/inertia_vs_k.png`` (held-out inertia against K).
+
+    Returns:
+        one dict per K: ``k``, ``path`` (the safetensors file), ``held_out``, and the quality numbers.
+    """
+    from .kmeans import KMeansMetadata, cluster_quality, fit_kmeans
+
+    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    meta = _read_features_json(features_dir)
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise TargetsError(f"k values must be positive integers, got {ks}")
+    if not 0.0 <= held_out_fraction < 1.0:
+        raise TargetsError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
+    all_rows = np.concatenate([rows for rows, _, _ in _iter_shards(features_dir, meta)])
+    held_rows = np.zeros(0, dtype=np.int64)
+    if held_out_fraction > 0:
+        n_held = min(len(all_rows) - 1, max(1, int(round(held_out_fraction * len(all_rows)))))
+        if n_held < 1:
+            raise TargetsError(f"{features_dir}: {len(all_rows)} rows are too few to hold any out")
+        held_rows = np.sort(np.random.default_rng(seed).choice(all_rows, size=n_held, replace=False))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_npy(out_dir / "held_out_rows.npy", held_rows)  # which ECGs quality was measured on
+    if held_rows.size:
+        held_chunks = list(iter_feature_batches(features_dir, max_held_out_rows, only_rows=held_rows))
+    else:
+        held_chunks = list(iter_feature_batches(features_dir, max_held_out_rows))
+    if not held_chunks:
+        raise TargetsError(f"{features_dir}: the held-out rows have no valid tokens")
+    held_out = np.concatenate(held_chunks)
+
+    spec = FeatureSpec.from_dict(meta)
+    settings = {"features": str(features_dir.resolve()), "features_rows_sha256": meta["rows_sha256"],
+                "normaliser": normaliser, "held_out_fraction": held_out_fraction, "seed": seed,
+                "backend": backend, "max_fit_rows": max_fit_rows, "epochs": epochs,
+                "fit_batch_size": fit_batch_size}
+    results = []
+    for k in ks:
+        k_dir = out_dir / f"k{k}"
+        model_path, quality_path = k_dir / "kmeans.safetensors", k_dir / "quality.json"
+        if model_path.exists() and quality_path.exists():
+            previous = json.loads(quality_path.read_text())
+            if previous.get("settings") == settings:
+                results.append(previous)
+                continue
+        metadata = KMeansMetadata(kind=_kmeans_kind(spec.kind), layer=spec.layer, source_checkpoint=spec.checkpoint,
+                                  extra={"feature_spec": spec.to_dict(), "features_dir": settings["features"],
+                                         "n_tokens": meta["n_tokens"], "dim": meta["dim"]})
+        model = fit_kmeans(lambda: iter_feature_batches(features_dir, exclude_rows=held_rows), k,
+                           normaliser=normaliser,  # type: ignore[arg-type]
+                           seed=seed, backend=backend, batch_size=fit_batch_size,  # type: ignore[arg-type]
+                           epochs=epochs, max_rows=max_fit_rows, n_threads=n_threads, metadata=metadata)
+        with atomic_path(model_path) as tmp:
+            model.save(tmp)
+        quality = cluster_quality(model, held_out, seed=seed)
+        record = {"k": k, "path": str(model_path), "held_out": bool(held_rows.size),
+                  "n_held_out_ecgs": int(held_rows.size), **quality, "settings": settings,
+                  "kmeans_sha256": sha256_file(model_path)}
+        atomic_write_json(quality_path, record)  # last: marks this K done
+        results.append(record)
+    summary = [{key: value for key, value in r.items() if key != "cluster_sizes"} for r in results]
+    atomic_write_json(out_dir / "sweep.json", {"features": settings["features"], "results": summary})
+    if len(ks) > 1:
+        from .plots import plot_inertia_vs_k
+
+        plot_inertia_vs_k([r["k"] for r in results], [r["inertia_total"] for r in results],
+                          out_dir / "inertia_vs_k.png")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Label the store
+# ---------------------------------------------------------------------------------------------
+def _resolve_kmeans_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p / "kmeans.safetensors" if p.is_dir() else p
+
+
+def _spec_for_model(store: ECGStore, model: Any, kind: str | None, checkpoint: Any, layer: int | None) -> FeatureSpec:
+    """The descriptor a k-means model was fitted on (its metadata), with explicit arguments taking precedence."""
+    stored = dict(model.metadata.extra.get("feature_spec") or {})
+    meta_kind = stored.get("kind") or ("hidden" if model.metadata.kind == "latent" else model.metadata.kind)
+    kind = kind or meta_kind
+    if kind is None:
+        raise TargetsError("the k-means model does not record its feature kind; pass kind=...")
+    if kind == "latent":
+        kind = "hidden"
+    if checkpoint is None:
+        checkpoint = stored.get("checkpoint") or model.metadata.source_checkpoint
+    layer = layer if layer is not None else (stored.get("layer") if stored.get("layer") is not None
+                                             else model.metadata.layer)
+    spec = _make_spec(store, kind, checkpoint, layer, bool(stored.get("mfcc_deltas", False)))
+    if stored and (stored.get("fs") != spec.fs or stored.get("window") != spec.window):
+        raise TargetsError(f"{store.path}: rows are {spec.fs:g} Hz / {spec.window}-sample windows but the k-means "
+                           f"features were {stored.get('fs')} Hz / {stored.get('window')}")
+    return spec
+
+
+def _read_ranges(path: Path) -> list[list[int]]:
+    return json.loads(path.read_text())["done"] if path.exists() else []
+
+
+def _add_block(ranges: list[list[int]], block: int) -> list[list[int]]:
+    """Add ``block`` to sorted half-open ranges, merging neighbours (a rank's file stays a few ranges long)."""
+    ranges = sorted(ranges + [[block, block + 1]])
+    merged: list[list[int]] = []
+    for lo, hi in ranges:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return merged
+
+
+def _done_blocks(targets_dir: Path, name: str, n_blocks: int) -> np.ndarray:
+    done = np.zeros(n_blocks, dtype=bool)
+    for progress_file in targets_dir.glob(f"{name}.progress-r*.json"):
+        for lo, hi in _read_ranges(progress_file):
+            done[lo:min(hi, n_blocks)] = True
+    return done
+
+
+def _create_memmap_once(path: Path, shape: tuple[int, int]) -> None:
+    """Create a zero ``.npy`` memmap at ``path`` unless it exists; never replaces one another rank is filling."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=shape)
+    array.flush()
+    del array
+    try:
+        os.link(tmp, path)  # fails if another rank got there first, unlike a rename
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def label_store(
+    store: ECGStore,
+    kmeans_paths: Sequence[str | os.PathLike],
+    name: str,
+    *,
+    kind: str | None = None,
+    checkpoint: Any = None,
+    layer: int | None = None,
+    batch_size: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str = "cpu",
+    progress: bool = True,
+    stop_after_blocks: int | None = None,
+) -> list[str]:
+    """Give every token of every store row its cluster id under each k-means model, as int16 targets.
+
+    Descriptors are computed block by block (``batch_size`` rows) on the fly, never stored; each
+    model's own normaliser is applied before assignment (:meth:`KMeansModel.assign`), so fitting and
+    labelling agree. Models sharing a descriptor compute it once.
+
+    Args:
+        store: the store to label (all rows, first window, as pre-training reads them).
+        kmeans_paths: k-means files (or ``k{K}`` directories) from :func:`cluster_features`.
+        name: target name; one model writes ``store.targets_path(name)``, several write
+            ``{name}-0``, ``{name}-1``, ... (one codebook each).
+        kind, checkpoint, layer: override the descriptor recorded in the k-means metadata.
+        rank, world_size: rank r fills the r-th contiguous range of blocks of the shared memmap.
+        stop_after_blocks: stop (raising :class:`LabelInterrupted`) after this many blocks.
+
+    Returns:
+        the target names written, for ``store.targets(name)`` / ``StoreWindows(targets=...)``. Each
+        ``{name}.npy`` is int16 ``(len(store), T)``, with ``{name}.json`` beside it (k-means path and
+        sha256, K, kind/layer/checkpoint). Finished targets with the same k-means are kept as they are.
+    """
+    from .kmeans import KMeansModel
+
+    _check_rank(rank, world_size)
+    if batch_size < 1:
+        raise TargetsError(f"batch_size must be >= 1, got {batch_size}")
+    if not kmeans_paths:
+        raise TargetsError("label_store needs at least one k-means model")
+    if not name or "/" in name or name.startswith("."):
+        raise TargetsError(f"invalid target name {name!r}")
+    files = [_resolve_kmeans_file(p) for p in kmeans_paths]
+    models = [KMeansModel.load(f) for f in files]
+    for f, model in zip(files, models):
+        if model.k > np.iinfo(np.int16).max:
+            raise TargetsError(f"{f}: K={model.k} does not fit int16 targets")
+    names = [name] if len(models) == 1 else [f"{name}-{i}" for i in range(len(models))]
+    specs = [_spec_for_model(store, m, kind, checkpoint, layer) for m in models]
+    shas = [sha256_file(f) for f in files]
+    targets_dir = store.targets_path(names[0]).parent
+    targets_dir.mkdir(parents=True, exist_ok=True)
+
+    def finished(i: int) -> bool:
+        final, info = store.targets_path(names[i]), targets_dir / f"{names[i]}.json"
+        if not final.exists():
+            return False
+        recorded = json.loads(info.read_text()).get("kmeans_sha256") if info.exists() else None
+        if recorded != shas[i]:
+            raise TargetsError(f"{final}: targets from another k-means model exist; use another name or delete them")
+        return True
+
+    if all(finished(i) for i in range(len(names))):
+        return names
+
+    computers: dict[FeatureSpec, _FeatureComputer] = {}
+    for spec in specs:
+        if spec not in computers:
+            computers[spec] = _FeatureComputer(store, spec, checkpoint if spec.kind == "hidden" else None, device)
+    for f, spec, model in zip(files, specs, models):
+        if computers[spec].dim != model.dim:
+            raise TargetsError(f"{f}: the model has {model.dim}-dimensional centroids but {spec.kind} descriptors "
+                               f"have {computers[spec].dim}")
+    n_tokens = next(iter(computers.values())).n_tokens
+    n_rows = len(store)
+    n_blocks = max(1, math.ceil(n_rows / batch_size))
+    plan = {"format": _TARGETS_FORMAT, "names": names, "kmeans_sha256": shas, "n_rows": n_rows,
+            "n_tokens": n_tokens, "block_rows": batch_size, "feature_specs": [s.to_dict() for s in specs]}
+    job = names[0]  # the progress of the whole job is kept under the first name
+    _check_or_write_plan(targets_dir / f"{job}.label-plan.json", plan,
+                         f"{targets_dir / job}.npy.partial: an unfinished labelling with other settings exists; "
+                         f"re-run it with its own settings, or delete {targets_dir / job}.* to start over")
+    partials = [store.targets_path(n).with_name(f"{n}.npy.partial") for n in names]
+    for p in partials:
+        _create_memmap_once(p, (n_rows, n_tokens))
+    outputs = [np.load(p, mmap_mode="r+") for p in partials]
+    for p, out in zip(partials, outputs):
+        if out.shape != (n_rows, n_tokens) or out.dtype != np.int16:
+            raise TargetsError(f"{p}: partial targets of shape {out.shape} {out.dtype}, expected "
+                               f"({n_rows}, {n_tokens}) int16; delete it and re-run")
+
+    progress_file = targets_dir / f"{job}.progress-r{rank}.json"
+    own = _read_ranges(progress_file)
+    done = _done_blocks(targets_dir, job, n_blocks)
+    my_blocks = np.array_split(np.arange(n_blocks), world_size)[rank]
+    todo = [int(b) for b in my_blocks if not done[b]]
+    bar = _progress(progress, total=int(sum(min(batch_size, n_rows - b * batch_size) for b in my_blocks)),
+                    desc=f"label r{rank}", unit="ECG")
+    bar.update(int(sum(min(batch_size, n_rows - b * batch_size) for b in my_blocks if done[b])))
+    try:
+        for n_done, block in enumerate(todo):
+            if stop_after_blocks is not None and n_done >= stop_after_blocks:
+                raise LabelInterrupted(f"{partials[0]}: stopped after {stop_after_blocks} blocks (incomplete); "
+                                       "re-run the same command to finish")
+            rows = np.arange(block * batch_size, min((block + 1) * batch_size, n_rows), dtype=np.int64)
+            feats = {spec: comp.batch(rows)[0] for spec, comp in computers.items()}
+            assign_device = device if str(device).startswith("cuda") else None
+            for out, model, spec in zip(outputs, models, specs):
+                out[rows[0]:rows[-1] + 1] = model.assign(feats[spec], device=assign_device)
+            for out in outputs:
+                out.flush()  # labels reach the file before the block is recorded as done
+            own = _add_block(own, block)
+            atomic_write_json(progress_file, {"done": own})
+            bar.update(len(rows))
+    finally:
+        bar.close()
+    del outputs
+
+    if _dist_ready(world_size):
+        _barrier()
+        if rank != 0:
+            return names
+    if not _done_blocks(targets_dir, job, n_blocks).all():
+        return names  # other ranks still running; the last one to finish completes the job
+    for i, (n, p) in enumerate(zip(names, partials)):
+        info = {"format": _TARGETS_FORMAT, "name": n, "kmeans": str(files[i].resolve()), "kmeans_sha256": shas[i],
+                "k": models[i].k, "kind": specs[i].kind, "layer": specs[i].layer, "checkpoint": specs[i].checkpoint,
+                "feature_spec": specs[i].to_dict(), "normaliser": models[i].normaliser.mode,
+                "n_rows": n_rows, "n_tokens": n_tokens, "dtype": "int16",
+                "store": str(Path(store.path).resolve())}
+        atomic_write_json(targets_dir / f"{n}.json", info)
+        try:
+            os.replace(p, store.targets_path(n))
+        except FileNotFoundError:  # another rank finished the same job a moment earlier
+            if not store.targets_path(n).exists():
+                raise
+    for leftover in list(targets_dir.glob(f"{job}.progress-r*.json")) + [targets_dir / f"{job}.label-plan.json"]:
+        leftover.unlink(missing_ok=True)
+    return names

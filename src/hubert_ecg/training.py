@@ -1,0 +1,442 @@
+"""The one training-loop core shared by pre-training and fine-tuning.
+
+What differs between the two lives in an :class:`Objective` (the loss of a batch, validation, the
+parameter groups); everything else is here once: AdamW with linear warm-up and decay sized in
+optimizer steps, bf16/fp16 autocast, gradient accumulation and clipping, DDP under torchrun,
+validation every N steps with early stopping, ``last``/``best`` checkpoints written atomically,
+exact resume (model, optimizer, scheduler, scaler, RNG states, data position), TensorBoard logs
+(wandb / MLflow on request) and a progress bar with loss, ECG/s and the data-wait share.
+
+Run directory::
+
+    RUN/last/       model (config.json + model.safetensors) + trainer_state.pt + trainer_state.json
+    RUN/previous/   the last-but-one ``last`` (fallback when the newest is corrupt)
+    RUN/best/       model + metrics.json of the best validation so far
+    RUN/history.jsonl, RUN/tensorboard/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_write_json, check_writable, sha256_file
+from .checkpoint import CheckpointError, load_model, save_pretrained
+from .data import BatchSampler, StoreWindows, make_loader
+from .distributed import (DistEnv, all_reduce_mean, barrier, broadcast_flag, cleanup, default_device,
+                          init_distributed)
+from .model import HubertECG
+
+log = logging.getLogger("hubert_ecg")
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings shared by pre-training and fine-tuning (sizes are in optimizer steps)."""
+
+    out_dir: str
+    max_steps: int = 1000
+    batch_size: int = 32  # global batch per micro-step, over all processes
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_fraction: float = 0.08
+    clip_grad_norm: float | None = None
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    val_every: int = 500
+    save_every: int | None = None  # defaults to val_every
+    patience: int | None = None  # validation rounds without improvement before stopping
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+    min_delta: float = 0.0
+    log_every: int = 10
+    num_workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    deterministic: bool = False
+    logger: str = "tensorboard"  # tensorboard | wandb | mlflow | none (comma-separated for several)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if self.monitor_mode not in ("min", "max"):
+            raise ValueError(f"monitor_mode must be min or max, got {self.monitor_mode!r}")
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("max_steps, batch_size and grad_accum must be positive")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already consumed
+    best: float | None = None
+    best_step: int = 0
+    bad_rounds: int = 0
+    stopped_early: bool = False
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """What a training job defines; the loop does the rest."""
+
+    module: nn.Module  # what DDP wraps (its forward must touch every trained parameter)
+    rows: np.ndarray  # training rows of the store
+    dataset: StoreWindows
+
+    def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]: ...
+
+    def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
+                      env: DistEnv) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------
+class RunLogger:
+    """TensorBoard by default; wandb / MLflow when asked; always a ``history.jsonl``."""
+
+    def __init__(self, out_dir: Path, kinds: str, config: dict[str, Any], enabled: bool) -> None:
+        self.enabled = enabled
+        self.history_path = out_dir / "history.jsonl"
+        self.writers: list[tuple[str, Any]] = []
+        if not enabled:
+            return
+        for kind in [k.strip() for k in kinds.split(",") if k.strip() and k.strip() != "none"]:
+            if kind == "tensorboard":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self.writers.append((kind, SummaryWriter(str(out_dir / "tensorboard"))))
+                except ImportError:
+                    warnings.warn("tensorboard is not installed; logging to history.jsonl only")
+            elif kind == "wandb":
+                try:
+                    import wandb
+                except ImportError:
+                    raise ValueError("--logger wandb needs `pip install wandb`") from None
+                self.writers.append((kind, wandb.init(config=config, dir=str(out_dir))))
+            elif kind == "mlflow":
+                try:
+                    import mlflow
+                except ImportError:
+                    raise ValueError("--logger mlflow needs `pip install mlflow`") from None
+                mlflow.start_run()
+                mlflow.log_params({k: str(v)[:250] for k, v in config.items()})
+                self.writers.append((kind, mlflow))
+            else:
+                raise ValueError(f"unknown logger {kind!r}; use tensorboard, wandb, mlflow or none")
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.history_path, "a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+        for kind, writer in self.writers:
+            if kind == "tensorboard":
+                for k, v in values.items():
+                    writer.add_scalar(k, v, step)
+            elif kind == "wandb":
+                writer.log(values, step=step)
+            elif kind == "mlflow":
+                writer.log_metrics(values, step=step)
+
+    def close(self) -> None:
+        for kind, writer in self.writers:
+            if kind == "tensorboard":
+                writer.close()
+            elif kind == "wandb":
+                writer.finish()
+            elif kind == "mlflow":
+                writer.end_run()
+
+
+def read_history(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """``history.jsonl`` -> {metric: [(step, value), ...]} for plots."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    path = Path(run_dir) / "history.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    out.setdefault(k, []).append((rec["step"], float(v)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+def save_training_checkpoint(run_dir: Path, model: HubertECG, optimizer: torch.optim.Optimizer,
+                             scheduler: Any, scaler: Any, state: TrainState) -> None:
+    """Write ``last`` atomically, keeping the previous ``last`` as ``previous``."""
+    tmp = run_dir / ".last.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_pretrained(model, tmp)
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng}
+    torch.save(payload, tmp / "trainer_state.pt")
+    atomic_write_json(tmp / "trainer_state.json", {**asdict(state), "sha256": sha256_file(tmp / "trainer_state.pt")})
+    last, previous = run_dir / "last", run_dir / "previous"
+    if last.exists():
+        if previous.exists():
+            shutil.rmtree(previous)
+        os.replace(last, previous)
+    os.replace(tmp, last)
+
+
+def load_training_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], TrainState] | None:
+    """The newest good checkpoint (``last``, else ``previous``); a corrupt one is reported and skipped."""
+    for name in ("last", "previous"):
+        directory = run_dir / name
+        if not (directory / "trainer_state.json").exists():
+            continue
+        try:
+            meta = json.loads((directory / "trainer_state.json").read_text())
+            if sha256_file(directory / "trainer_state.pt") != meta.pop("sha256"):
+                raise CheckpointError(f"{directory / 'trainer_state.pt'}: checksum mismatch")
+            load_model(directory)  # verifies the weights' checksum
+            payload = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=True)
+        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as err:
+            warnings.warn(f"ignoring corrupt checkpoint {directory}: {str(err).splitlines()[0]}")
+            continue
+        return directory, payload, TrainState(**meta)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _linear_warmup_decay(total: int, warmup_fraction: float) -> Any:
+    warmup = max(1, math.ceil(warmup_fraction * total)) if warmup_fraction > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+        return None
+    if cfg.precision == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best - cfg.min_delta if cfg.monitor_mode == "min" else value > best + cfg.min_delta
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    best_dir: Path | None
+    last_dir: Path
+
+
+def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
+          env: DistEnv | None = None) -> TrainResult:
+    """Run (or resume) a training job in ``cfg.out_dir``; see the module docstring."""
+    env = env or init_distributed(cfg.device)
+    device = default_device(env, cfg.device)
+    run_dir = Path(cfg.out_dir)
+    if env.is_main:
+        check_writable(run_dir)
+    barrier(env)
+    set_seed(cfg.seed, cfg.deterministic)
+    state = TrainState()
+    resume = load_training_checkpoint(run_dir)
+    if resume is not None:
+        directory, payload, state = resume
+        model.load_state_dict(load_model(directory).state_dict())
+        if env.is_main:
+            log.info("resuming from %s at step %d", directory, state.step)
+    model.to(device)
+    objective.module.to(device)
+    dtype = _precision(cfg, device)
+    autocast = autocast_context(device, dtype)
+    groups = objective.parameter_groups(model, cfg.lr)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.max_steps, cfg.warmup_fraction))
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    if resume is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        random.setstate(tuple(payload["rng"]["python"]) if isinstance(payload["rng"]["python"], list)
+                        else payload["rng"]["python"])
+        if torch.cuda.is_available() and payload["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+
+    module: nn.Module = objective.module
+    if cfg.compile:
+        module = torch.compile(module)
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+                     find_unused_parameters=model.config.layerdrop > 0)
+    logger = RunLogger(run_dir, cfg.logger, asdict(cfg), enabled=env.is_main)
+    save_every = cfg.save_every or cfg.val_every
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (cfg.progress and env.is_main),
+               dynamic_ncols=True, desc="train", unit="step")
+    micro = 0
+    running = {"loss": torch.zeros((), device=device)}
+    window_start, window_wait, window_samples, window_steps = time.perf_counter(), 0.0, 0, 0
+    model.train()
+    stop = state.step >= cfg.max_steps or state.stopped_early
+    try:
+        while not stop:
+            sampler = BatchSampler(objective.rows, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                                   rank=env.rank, world_size=env.world_size, epoch=state.epoch,
+                                   start_batch=state.batch_in_epoch)
+            if len(sampler) <= 0:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                continue
+            loader = make_loader(objective.dataset, sampler, num_workers=cfg.num_workers,
+                                 pin_memory=device.type == "cuda")
+            fetch_start = time.perf_counter()
+            for batch in loader:
+                window_wait += time.perf_counter() - fetch_start
+                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                micro += 1
+                sync_now = micro % cfg.grad_accum == 0
+                ctx = module.no_sync() if env.enabled and not sync_now else contextlib.nullcontext()
+                with ctx:
+                    with autocast():
+                        loss, stats = objective.training_loss(module, batch, state.step, env)
+                    scaled = loss / cfg.grad_accum
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                running["loss"] += loss.detach()
+                for k, v in stats.items():
+                    running[k] = running.get(k, torch.zeros((), device=device)) + v.detach()
+                window_samples += len(batch["input"]) * env.world_size
+                state.batch_in_epoch += 1
+                if sync_now:
+                    if cfg.clip_grad_norm:
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    window_steps += 1
+                    bar.update(1)
+                    if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                        elapsed = time.perf_counter() - window_start
+                        if env.enabled:  # the logged loss is the global one, not rank 0's share
+                            running = {k: all_reduce_mean(v, env) for k, v in running.items()}
+                        values = {k: (v / (window_steps * cfg.grad_accum)).item() for k, v in running.items()}
+                        values.update(ecg_per_s=window_samples / max(elapsed, 1e-9),
+                                      data_wait=window_wait / max(elapsed, 1e-9),
+                                      lr=scheduler.get_last_lr()[0])
+                        logger.log(state.step, {f"train/{k}": v for k, v in values.items()})
+                        bar.set_postfix({k: f"{values[k]:.3g}" for k in values if k != "lr"})
+                        running = {k: torch.zeros((), device=device) for k in running}
+                        window_start, window_wait, window_samples, window_steps = time.perf_counter(), 0.0, 0, 0
+                    is_val = state.step % cfg.val_every == 0 or state.step == cfg.max_steps
+                    if is_val:
+                        stop = _validate_and_checkpoint(model, objective, cfg, state, device, autocast,
+                                                        logger, env) or stop
+                    if state.step % save_every == 0 or state.step == cfg.max_steps or stop:
+                        if env.is_main:
+                            save_training_checkpoint(run_dir, model, optimizer, scheduler, scaler, state)
+                        barrier(env)
+                    if state.step >= cfg.max_steps:
+                        stop = True
+                    if stop:
+                        break
+                fetch_start = time.perf_counter()
+            else:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    finally:
+        bar.close()
+        logger.close()
+    barrier(env)
+    best = run_dir / "best"
+    result = TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last")
+    return result
+
+
+def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainConfig, state: TrainState,
+                             device: torch.device, autocast: Any, logger: RunLogger, env: DistEnv) -> bool:
+    """Validate on rank 0, keep ``best``, decide early stopping; returns True to stop."""
+    stop = False
+    if env.is_main:
+        model.eval()
+        with torch.no_grad():
+            metrics = objective.validate(model, device, autocast)
+        model.train()
+        state.last_metrics = metrics
+        logger.log(state.step, {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        value = metrics.get(cfg.monitor)
+        if value is None:
+            raise ValueError(f"validation did not produce the monitored metric {cfg.monitor!r} "
+                             f"(have: {', '.join(sorted(metrics))})")
+        if _improved(value, state.best, cfg):
+            state.best, state.best_step, state.bad_rounds = float(value), state.step, 0
+            best_dir = Path(cfg.out_dir) / "best"
+            save_pretrained(model, best_dir)
+            atomic_write_json(best_dir / "metrics.json", {"step": state.step, **metrics})
+        else:
+            state.bad_rounds += 1
+            if cfg.patience is not None and state.bad_rounds >= cfg.patience:
+                state.stopped_early = stop = True
+    return broadcast_flag(stop, env, device)
+
+
+def finish_distributed(env: DistEnv) -> None:
+    cleanup(env)

@@ -1,0 +1,85 @@
+"""Batches from a store: crops, masks, determinism, rank slicing, evaluation windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hubert_ecg.data import BatchSampler, StoreWindows, crop_rows, evaluation_windows, make_loader
+from hubert_ecg.preprocess import PreprocessSpec, cut_windows
+from hubert_ecg.store import ECGStore, LabelTable, prepare_store
+from hubert_ecg.synthetic import write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> ECGStore:
+    d = write_synthetic_dataset(tmp_path_factory.mktemp("syn"), 24, fmt="npy", seed=1, seconds=12.0)
+    labels = LabelTable.from_csv(d / "labels.csv", id_column="record_id", label_start_index=2, split_column="split")
+    out = tmp_path_factory.mktemp("store")
+    prepare_store([d], out / "s", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
+    return ECGStore(out / "s")
+
+
+def test_crop_rows_equals_cut_windows_on_one_record(store):
+    row = 0
+    signal = store.signals([row])[0][:, : store.lengths[row]]
+    for start in (0, 137, 500):
+        expected, expected_mask = cut_windows(signal, PreprocessSpec(), [start])
+        x, mask = crop_rows(store.signals([row]), store.lengths[[row]], 500, np.array([start]))
+        np.testing.assert_array_equal(x, expected)
+        np.testing.assert_array_equal(mask, expected_mask)
+
+
+def test_short_rows_are_padded_per_lead():
+    signals = np.ones((1, 12, 1000), np.float32)
+    x, mask = crop_rows(signals, np.array([300]), 500, np.array([0]))
+    lead = mask.reshape(12, 500)
+    assert lead[:, :300].all() and not lead[:, 300:].any()
+    assert (x.reshape(12, 500)[:, 300:] == 0).all()
+
+
+def test_random_crops_are_deterministic_per_batch_key(store):
+    ds = StoreWindows(store, crop="random", seed=5, labels=True)
+    rows = np.arange(8)
+    a, b = ds[(3, rows)], ds[(3, rows)]
+    torch.testing.assert_close(a["input"], b["input"])
+    assert not torch.equal(ds[(4, rows)]["start"], a["start"])
+    assert (a["start"] <= torch.from_numpy(np.maximum(store.lengths[rows] - 500, 0))).all()
+    assert a["input"].shape == (8, 6000) and a["labels"].shape == (8, 5)
+
+
+def test_rank_slices_union_is_the_single_process_batch():
+    rows = np.arange(37)
+    single = list(BatchSampler(rows, 8, seed=2, epoch=1))
+    ranks = [list(BatchSampler(rows, 8, seed=2, epoch=1, rank=r, world_size=2)) for r in range(2)]
+    assert len(single) == 4
+    for b, (key, batch) in enumerate(single):
+        assert ranks[0][b][0] == ranks[1][b][0] == key
+        np.testing.assert_array_equal(np.concatenate([ranks[0][b][1], ranks[1][b][1]]), batch)
+    resumed = list(BatchSampler(rows, 8, seed=2, epoch=1, start_batch=2))
+    assert [k for k, _ in resumed] == [k for k, _ in single[2:]]
+    with pytest.raises(ValueError, match="not divisible by 3"):
+        BatchSampler(rows, 8, world_size=3)
+
+
+def test_loader_with_workers_gives_the_same_batches(store):
+    ds = StoreWindows(store, crop="random", seed=0, labels=True)
+    sampler = BatchSampler(store.rows(), 4, seed=0)
+    a = [b["input"] for b in make_loader(ds, sampler, num_workers=0)]
+    b = [b["input"] for b in make_loader(ds, sampler, num_workers=2)]
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+def test_evaluation_windows_cover_records(store):
+    rows = store.rows()
+    first = evaluation_windows(store, rows, window=500, mode="first")
+    assert len(first.rows) == len(first.record_ids) == len(set(store.record_ids[rows]))
+    sliding = evaluation_windows(store, rows, window=500, mode="sliding")
+    # 12 s records: row 0 (10 s) gives windows at 0, 500; row 1 (2 s) one padded window.
+    per_record = np.bincount(sliding.groups)
+    assert (per_record == 3).all()
+    rand = evaluation_windows(store, rows, window=500, mode="random", n_crops=4, seed=1)
+    assert (np.bincount(rand.groups) == 4).all()
