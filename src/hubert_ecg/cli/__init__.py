@@ -29,8 +29,15 @@ run `hubert-ecg COMMAND --help` for the options of each command.
 """
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default only when it says something (not None / False / suppressed)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        if "%(default)" in help_ or "default" in help_ or action.default in (None, False, argparse.SUPPRESS) \
+                or action.option_strings == [] or isinstance(action.default, bool):
+            return help_
+        return f"{help_} (default: %(default)s)"
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, help_: str, handler: Handler,

@@ -34,7 +34,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     result = prepare_store(args.inputs, args.out, spec=spec, labels=labels, row_seconds=args.row_seconds,
                            shard_records=args.shard_records, workers=args.workers, read_kwargs=read_kwargs,
                            progress=not args.quiet, split_fractions=(args.val_fraction, args.test_fraction),
-                           seed=args.seed)
+                           seed=args.seed, allow_outside_root=args.allow_absolute_paths)
     print(f"store {result.store}: {result.records} records in {result.rows} rows, {result.rejected} rejected"
           + (f" (reasons in {result.store / 'rejects.csv'})" if result.rejected else "")
           + (f"; {result.skipped_done} already done" if result.skipped_done else ""))
@@ -44,7 +44,12 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
     from .. import datasets
 
     if args.dataset == "ptbxl":
-        paths = datasets.build_ptbxl_tables(args.root, args.out, task=args.task, sampling=args.sampling)
+        paths = datasets.build_ptbxl_tables(args.root, args.out, task=args.task, sampling=args.sampling,
+                                            min_count=args.min_count)
+    elif args.dataset == "reference-splits":
+        splits = dict(zip(("train", "val", "test"), args.splits))
+        paths = {"labels": datasets.reference_split_table(splits, Path(args.out) / "labels.csv",
+                                                          label_start_index=args.label_start_index)}
     elif args.dataset == "cinc":
         paths = {"labels": datasets.cinc_labels_table(args.root, Path(args.out) / "labels.csv")}
     else:
@@ -81,11 +86,19 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--already-preprocessed", action="store_true",
                    help="inputs are the reference's preprocessed .npy files (500 Hz, filtered, scaled)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-absolute-paths", action="store_true",
+                   help="let manifest entries point outside the manifest's folder (absolute or '..' paths)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add_command(sub, "datasets", "build label tables for public benchmarks from a local copy", _cmd_datasets)
-    p.add_argument("dataset", choices=["ptbxl", "cinc", "ludb"])
-    p.add_argument("--root", required=True, help="local dataset folder")
+    p.add_argument("dataset", choices=["ptbxl", "cinc", "ludb", "reference-splits"],
+                   help="ptbxl: standard PTB-XL benchmark tables (folds 1-8/9/10); cinc: SNOMED multi-hot table "
+                        "from CinC-2021 headers; ludb: LUDB rhythm/hypertrophy/... labels; reference-splits: merge "
+                        "the reference's train/val/test CSVs into one table with a split column")
+    p.add_argument("--root", help="local dataset folder (ptbxl, cinc, ludb)")
+    p.add_argument("--splits", nargs="+", metavar="CSV", help="reference-splits: TRAIN.csv VAL.csv [TEST.csv]")
+    p.add_argument("--label-start-index", type=int, default=3, help="reference-splits: first label column")
+    p.add_argument("--min-count", type=int, default=1, help="ptbxl: keep labels with at least this many records")
     p.add_argument("--out", required=True, help="output folder for the tables")
     p.add_argument("--task", default="all", choices=["all", "diag", "subdiag", "superdiag", "form", "rhythm"],
                    help="PTB-XL task")

@@ -42,7 +42,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     summary = predict_files(_load(args), args.inputs, args.out, mode="predict", windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
-                            read_kwargs=_read_kwargs(args), progress=not args.quiet)
+                            read_kwargs=_read_kwargs(args), progress=not args.quiet,
+                            allow_outside_root=args.allow_absolute_paths)
     _print_summary(summary)
 
 
@@ -51,7 +52,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
     summary = predict_files(_load(args), args.inputs, args.out, mode="embed", layer=args.layer, windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
-                            read_kwargs=_read_kwargs(args), progress=not args.quiet)
+                            read_kwargs=_read_kwargs(args), progress=not args.quiet,
+                            allow_outside_root=args.allow_absolute_paths)
     _print_summary(summary)
 
 
@@ -79,6 +81,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fs", type=float, help="sampling rate for formats that do not store it")
     p.add_argument("--units", help="override units (mV, uV)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--allow-absolute-paths", action="store_true",
+                   help="let manifest entries point outside the manifest's folder (absolute or '..' paths)")
     p.add_argument("--quiet", action="store_true")
 
 

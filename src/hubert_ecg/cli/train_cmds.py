@@ -28,10 +28,12 @@ _LOOP_DEFAULTS = {"pretrain": dict(max_steps=1000, batch_size=64, grad_accum=1, 
                                    clip_grad=1.0, val_every=200, patience=8, workers=2, seed=0)}
 
 
-def _add_loop_args(p: argparse.ArgumentParser) -> None:
+def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
     g = p.add_argument_group("training loop")
     for flag, type_, help_ in _LOOP_OPTIONS:
-        g.add_argument(flag, type=type_, default=None, help=help_)
+        default = _LOOP_DEFAULTS[kind][flag[2:].replace("-", "_")]
+        suffix = "recipe value, else " if kind == "finetune" else ""
+        g.add_argument(flag, type=type_, default=argparse.SUPPRESS, help=f"{help_} (default: {suffix}{default})")
     g.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="auto = bf16 autocast on GPU, float32 on CPU")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -48,7 +50,7 @@ def _train_config(args: argparse.Namespace, kind: str, recipe: dict[str, Any] | 
     values = {}
     for flag, _, _ in _LOOP_OPTIONS:
         key = flag[2:].replace("-", "_")
-        given = getattr(args, key)
+        given = getattr(args, key, None)
         values[key] = given if given is not None else recipe.get(key, _LOOP_DEFAULTS[kind][key])
     return TrainConfig(out_dir=args.out, max_steps=values["max_steps"], batch_size=values["batch_size"],
                        grad_accum=values["grad_accum"], lr=values["lr"], weight_decay=values["weight_decay"],
@@ -125,12 +127,10 @@ def _report_run(result: Any) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from ..finetune import FinetuneOptions, run_finetune
-    from ..recipes import load_recipe
+    from ..recipes import load_recipe, resolve_recipe
 
-    recipe = load_recipe(args.recipe) if args.recipe else {}
+    recipe = resolve_recipe(load_recipe(args.recipe), args.size or "small") if args.recipe else {}
     layerdrop = args.layerdrop if args.layerdrop is not None else recipe.get("layerdrop", 0.0)
-    if isinstance(layerdrop, dict):
-        layerdrop = layerdrop.get(args.size or "small", 0.0)
 
     def pick(name: str, default: Any) -> Any:
         value = getattr(args, name)
@@ -140,9 +140,10 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         task=pick("task", "multi_label"), head_type=pick("head_type", "linear"), head_hidden=args.head_hidden,
         head_activation=args.head_activation, loss=args.loss, pos_weight=pick("pos_weight", True),
         class_weights=pick("class_weights", False), layer_decay=pick("layer_decay", 0.8),
-        head_lr_mult=args.head_lr_mult, train_last_blocks=args.train_last_blocks,
+        head_lr_mult=pick("head_lr_mult", 10.0), train_last_blocks=args.train_last_blocks,
         train_conv_stem=pick("train_conv_stem", False), linear_probe=args.linear_probe, crop=pick("crop", "random"),
-        hidden_dropout=args.dropout, attention_dropout=args.attention_dropout, activation_dropout=args.dropout,
+        hidden_dropout=pick("dropout", None), attention_dropout=args.attention_dropout,
+        activation_dropout=pick("dropout", None),
         layerdrop=layerdrop, classifier_dropout=args.classifier_dropout, monitor=pick("monitor", "auroc"),
         eval_windows=pick("eval_windows", "first"), eval_crops=pick("eval_crops", 3),
         eval_aggregate=pick("eval_aggregate", "mean"))
@@ -201,7 +202,7 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-prob", type=float, help="span-start probability (default 0.33)")
     p.add_argument("--mask-length", type=int, help="span length in tokens (default 1)")
     p.add_argument("--val-split", default="val", help="store split used for validation")
-    _add_loop_args(p)
+    _add_loop_args(p, "pretrain")
 
     p = add_command(sub, "pretrain-loop", "the whole HuBERT loop from one YAML/TOML file, resumable stage by stage",
                     _cmd_pretrain_loop)
@@ -228,7 +229,7 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pos-weight", dest="pos_weight", action="store_false")
     p.add_argument("--class-weights", action="store_true", default=None, help="weighted cross-entropy by class index")
     p.add_argument("--layer-decay", type=float, help="layer-wise LR decay factor (1 = off; default 0.8)")
-    p.add_argument("--head-lr-mult", type=float, default=10.0, help="head LR = lr x this")
+    p.add_argument("--head-lr-mult", type=float, help="head LR = lr x this (default 10)")
     p.add_argument("--train-last-blocks", type=int, help="train only the last N transformer blocks")
     p.add_argument("--train-conv-stem", action="store_true", default=None, help="also train the conv stem")
     p.add_argument("--linear-probe", action="store_true", help="train the head only")
@@ -243,4 +244,4 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-windows", choices=["first", "random", "sliding"], help="validation windows (TTA)")
     p.add_argument("--eval-crops", type=int)
     p.add_argument("--eval-aggregate", choices=["mean", "max"])
-    _add_loop_args(p)
+    _add_loop_args(p, "finetune")
