@@ -1,0 +1,144 @@
+"""Fine-tuning, evaluation and prediction on a separable synthetic task, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hubert_ecg import load_model
+from hubert_ecg.finetune import FinetuneOptions, layerwise_groups, prepare_model, run_finetune
+from hubert_ecg.model import create_model
+from hubert_ecg.store import LabelTable, prepare_store
+from hubert_ecg.synthetic import synthetic_record
+from hubert_ecg.training import TrainConfig
+
+
+def _separable_dataset(out: Path, n: int = 64, seed: int = 0) -> Path:
+    """Fast (tachycardia) vs slow (bradycardia) rhythms: separable by beat density."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = ["record_id,split,fast"]
+    for i in range(n):
+        fast = i % 2
+        rec = synthetic_record(rng, labels={"tachycardia": fast, "bradycardia": 1 - fast}, seconds=6.0)
+        np.save(out / f"r{i:03d}.npy", rec.signal)
+        split = "test" if i % 8 in (0, 1) else "val" if i % 8 in (2, 3) else "train"
+        lines.append(f"r{i:03d},{split},{fast}")
+    (out / "labels.csv").write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data = _separable_dataset(root / "data")
+    labels = LabelTable.from_csv(data / "labels.csv", id_column="record_id", split_column="split",
+                                 label_columns=["fast"])
+    prepare_store([data], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
+    cfg = TrainConfig(out_dir=str(root / "run"), max_steps=60, batch_size=16, lr=2e-3, val_every=20, log_every=20,
+                      num_workers=0, progress=False, warmup_fraction=0.1)
+    opts = FinetuneOptions(task="multi_label", layer_decay=0.9, head_lr_mult=2.0, monitor="auroc")
+    result = run_finetune(str(root / "store"), cfg, opts, random_init_size="tiny")
+    return root, result
+
+
+def test_tiny_model_learns_a_separable_task(trained):
+    root, result = trained
+    assert result.state.best > 0.95
+    best = load_model(result.best_dir)
+    assert best.info.task == "multi_label" and best.info.label_names == ["fast"]
+    assert best.info.thresholds is not None and len(best.info.thresholds) == 1
+    assert best.info.preprocessing["target_hz"] == 100.0
+
+
+def test_evaluate_writes_metrics_plots_and_report(trained, tmp_path):
+    from hubert_ecg.evaluate import evaluate
+    root, result = trained
+    summary = evaluate(result.best_dir, root / "store", tmp_path / "eval", split="test", windows="sliding",
+                       n_bootstrap=100)
+    assert summary["records"] == 16 and summary["macro"]["auroc"] > 0.9
+    ci = summary["macro_ci"]["auroc"]
+    assert ci["lower"] <= summary["macro"]["auroc"] <= ci["upper"]
+    for name in ("probabilities.csv", "metrics.json", "metrics_per_label.csv", "roc_pr.png", "report.html"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    probs = (tmp_path / "eval" / "probabilities.csv").read_text().splitlines()
+    assert probs[0] == "record_id,fast" and len(probs) == 17
+
+
+def test_cli_and_python_api_give_identical_predictions(trained, tmp_path):
+    root, result = trained
+    files = sorted((root / "data").glob("r00*.npy"))[:4]
+    out = tmp_path / "pred.csv"
+    proc = subprocess.run([sys.executable, "-m", "hubert_ecg.cli", "predict", str(result.best_dir),
+                           *map(str, files), "--out", str(out), "--fs", "500", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert rows[0][:4] == ["record_id", "source", "n_windows", "p_fast"]
+    model = load_model(result.best_dir)
+    for row, f in zip(rows[1:], files):
+        pred = model.predict(np.load(f), fs=500)
+        assert row[0] == f.stem
+        assert float(row[3]) == pytest.approx(float(pred.probabilities[0]), abs=1e-6)
+        assert int(row[4]) == int(pred.decisions[0])
+
+
+def test_embed_any_length_and_minimum(trained):
+    root, result = trained
+    model = load_model(result.best_dir)
+    signal = np.load(root / "data" / "r000.npy")
+    assert model.embed(signal, fs=500).shape == (model.config.hidden_size,)
+    assert model.embed(signal[:, :1000], fs=500).shape == (model.config.hidden_size,)  # 2 s: padded
+    with pytest.raises(ValueError, match=r"the minimum is 1.5 s"):
+        model.embed(signal[:, :500], fs=500)
+    tokens = model.embed(signal, fs=500, tokens=True)
+    assert tokens.shape == (2, 93, model.config.hidden_size)  # 6 s -> windows at 0 and 1 s
+
+
+def test_layerwise_lr_decay_and_freezing():
+    model = create_model("tiny")
+    opts = FinetuneOptions(layer_decay=0.5, head_lr_mult=10.0, train_last_blocks=1)
+    prepare_model(model, opts, 3, ["a", "b", "c"])
+    groups = layerwise_groups(model, 1.0, 0.5, 10.0)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["classifier.weight"])] == 10.0
+    assert lr_of[id(named["encoder.layers.1.attention.q_proj.weight"])] == 1.0
+    assert id(named["encoder.layers.0.attention.q_proj.weight"]) not in lr_of  # frozen (last block only)
+    assert not named["feature_extractor.conv_layers.0.conv.weight"].requires_grad
+    full = create_model("tiny")
+    prepare_model(full, FinetuneOptions(layer_decay=0.5), 3, ["a", "b", "c"])
+    lr_full = {id(p): g["lr"] for g in layerwise_groups(full, 1.0, 0.5, 10.0) for p in g["params"]}
+    named = dict(full.named_parameters())
+    assert lr_full[id(named["encoder.layers.0.attention.q_proj.weight"])] == 0.5
+    assert lr_full[id(named["feature_projection.projection.weight"])] == 0.25
+
+
+@pytest.mark.parametrize("task,labels,n_out", [("multi_class", [[0], [2], [1]], 3), ("binary", [[0], [1], [1]], 1),
+                                                ("regression", [[0.5], [1.5], [2.0]], 1)])
+def test_losses_per_task(task, labels, n_out, tmp_path):
+    from hubert_ecg.finetune import FinetuneObjective, num_outputs
+    labels = np.asarray(labels, np.float32)
+    assert num_outputs(task, labels) == n_out
+
+    class FakeStore:
+        path = tmp_path
+    FakeStore.labels = labels
+    obj = FinetuneObjective.__new__(FinetuneObjective)
+    obj.opts, obj.pos_weight, obj.class_weight = FinetuneOptions(task=task), None, None
+    logits = torch.randn(3, n_out)
+    y = torch.from_numpy(labels)
+    loss = obj.loss(logits, y)
+    if task == "multi_class":
+        expected = torch.nn.functional.cross_entropy(logits, y[:, 0].long())
+    elif task == "binary":
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y[:, 0])
+    else:
+        expected = torch.nn.functional.mse_loss(logits, y)
+    torch.testing.assert_close(loss, expected)
