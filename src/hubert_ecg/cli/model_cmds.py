@@ -1,4 +1,4 @@
-"""Model commands: ``info``, ``convert`` (and ``export``)."""
+"""Model commands: ``info``, ``convert``, ``export``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     print(f"converted {args.source} -> {out} ({model.num_parameters():,} parameters)")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from ..checkpoint import load_model
+    from ..export import export_onnx
+
+    model = load_model(args.checkpoint)
+    path = export_onnx(model, args.out, samples=args.samples, opset=args.opset, with_mask=args.with_mask)
+    print(f"exported {args.checkpoint} -> {path} (checked against PyTorch with onnxruntime)")
+
+
 @register
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "info", "describe a checkpoint: size, parameters, heads, codebooks, labels, preprocessing",
@@ -47,4 +56,11 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="storage dtype of the weights")
 
-
+    p = add_command(sub, "export", "export a model to ONNX (embeddings, and logits/probabilities with a head)",
+                    _cmd_export)
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--samples", type=int, default=6000, help="input length the graph is traced at (batch is free)")
+    p.add_argument("--with-mask", action="store_true", help="add an attention_mask input for padded records")
+    p.add_argument("--opset", type=int, default=17)

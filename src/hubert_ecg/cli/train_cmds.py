@@ -33,7 +33,8 @@ def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
     for flag, type_, help_ in _LOOP_OPTIONS:
         default = _LOOP_DEFAULTS[kind][flag[2:].replace("-", "_")]
         suffix = "recipe value, else " if kind == "finetune" else ""
-        g.add_argument(flag, type=type_, default=argparse.SUPPRESS, help=f"{help_} (default: {suffix}{default})")
+        shown = "off" if default is None else default
+        g.add_argument(flag, type=type_, default=argparse.SUPPRESS, help=f"{help_} (default: {suffix}{shown})")
     g.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="auto = bf16 autocast on GPU, float32 on CPU")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

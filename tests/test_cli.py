@@ -1,0 +1,48 @@
+"""The command line: every subcommand documents itself; info/convert/export round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hubert_ecg import load_model
+from hubert_ecg.cli import build_parser, main
+from hubert_ecg.model import create_model
+
+COMMANDS = ["info", "convert", "export", "prepare", "datasets", "features", "cluster", "label", "pretrain",
+            "pretrain-loop", "finetune", "evaluate", "predict", "embed", "demo"]
+
+
+def test_every_command_is_listed_and_has_help(capsys):
+    parser = build_parser()
+    top = parser.format_help()
+    for name in COMMANDS:
+        assert f"    {name}" in top
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: hubert-ecg " + name) and "(default: None)" not in out
+
+
+def test_info_json_and_convert_round_trip(tmp_path, capsys):
+    model = create_model("tiny", vocab_sizes=[7])
+    model.save_pretrained(tmp_path / "m")
+    assert main(["info", str(tmp_path / "m"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["size"] == "tiny" and info["codebooks"] == [7] and info["tokens_per_5s_window"] == 93
+    assert info["parameters"] == model.num_parameters()
+    assert main(["convert", str(tmp_path / "m"), "--out", str(tmp_path / "c"), "--dtype", "bfloat16"]) == 0
+    again = load_model(tmp_path / "c")
+    x = torch.randn(1, 6000)
+    ref = model.eval()(x).last_hidden_state
+    # bf16 storage: close to, not equal to, the float32 weights.
+    assert (again(x).last_hidden_state - ref).abs().max() < 0.1
+
+
+def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"hubert-ecg: error: {tmp_path / 'missing'}: no such file or directory"
