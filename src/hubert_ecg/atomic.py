@@ -52,6 +52,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # e.g. ENOSPC from write/fsync: say which output could not be written
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -204,7 +204,9 @@ def _safe_load(path: Path) -> Any:
     try:
         return safe_torch_load(str(path))
     except pickle.UnpicklingError as err:
-        raise CheckpointError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+        # The restricted unpickler's refusals already name the file; anything else is a damaged file.
+        raise CheckpointError(str(err) if str(path) in str(err)
+                              else f"{path}: not a readable PyTorch checkpoint ({err})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(err).splitlines()[0]})") from None
 

@@ -23,7 +23,9 @@ Output of ``build_ptbxl_tables(root, out)``::
 and then, for example::
 
     hubert-ecg prepare out/manifest.txt --labels out/all.csv --label-start-index 8 \
-        --id-column record_id --split-column split --out STORE
+        --id-column record_id --split-column split --out STORE --allow-absolute-paths
+
+(the manifest lists files outside its own folder, which ``prepare`` refuses unless allowed)
 """
 
 from __future__ import annotations

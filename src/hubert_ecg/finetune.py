@@ -66,6 +66,33 @@ class FinetuneOptions:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
 
 
+def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
+    """Refuse label values the task's loss would silently misuse, naming the first offending record.
+
+    multi_label / binary need 0 or 1 (multi-label may be blank = unknown); multi_class needs a
+    class index 0, 1, 2 ... in every used row. Regression takes any finite value or blank.
+    """
+    values = store.labels[rows]
+    if task in ("binary", "multi_class"):
+        values = values[:, :1]  # these tasks read the first label column only
+    if task in ("multi_label", "binary"):
+        bad = np.isfinite(values) & (values != 0) & (values != 1)
+        rule = f"{task} labels must be 0 or 1" + (" (blank = unknown)" if task == "multi_label" else "")
+    elif task == "multi_class":
+        bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
+        rule = "multi_class labels must be class indices 0, 1, 2 ... (no blanks)"
+    else:
+        bad = np.isinf(values)
+        rule = "regression targets must be finite (blank = unknown)"
+    if task == "binary":
+        bad = bad | ~np.isfinite(values)
+        rule += " (no blanks)"
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"{store.path}: record {store.record_ids[rows[i]]!r}, label {store.label_names[j]!r} is "
+                         f"{values[i, j]:g}; {rule} ({int(bad.sum())} such value(s) in the rows used)")
+
+
 MONITOR_MODES = {"loss": "min", "mae": "min", "rmse": "min", "auroc": "max", "auprc": "max", "f1": "max",
                  "accuracy": "max", "r2": "max", "balanced_accuracy": "max", "pearson_r": "max"}
 
@@ -158,6 +185,7 @@ class FinetuneObjective:
         if labels is None:
             raise ValueError(f"{self.store.path}: the store has no labels; prepare it with --labels")
         task = self.opts.task
+        check_label_values(self.store, task, np.concatenate([self.rows, self.val_rows]))
         train_labels = labels[self.rows]
         if task in ("multi_label", "binary") and self.opts.pos_weight:
             pos = np.nansum(train_labels == 1, axis=0)
@@ -251,6 +279,9 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
         raise ValueError(f"{store.path}: the store has no labels; prepare it with --labels")
     if (init is None) == (random_init_size is None):
         raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
+    # Random weights (a fresh model, a new head) must come from --seed, not from the process: the same
+    # command then gives the same model.
+    torch.manual_seed(cfg.seed)
     if init is not None:
         model = load_model(init)
     else:

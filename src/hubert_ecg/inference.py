@@ -203,18 +203,19 @@ class _ParquetRows:
 def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, mode: str = "predict",
                   layer: int | None = None, windows: str = "sliding", aggregate: str = "mean",
                   stride_s: float | None = None, batch_size: int = 64, read_kwargs: dict[str, Any] | None = None,
-                  progress: bool = True) -> BatchJobSummary:
+                  progress: bool = True, allow_outside_root: bool = False) -> BatchJobSummary:
     """Predict (or embed) every record under ``inputs``; one output row per record (CSV or Parquet).
 
     Bad records are skipped and listed with their reason in ``<out>.rejects.csv``; the job goes on.
+    ``allow_outside_root``: see :func:`hubert_ecg.io.discover_sources` (manifest path safety).
     """
     from tqdm.auto import tqdm
 
     from .io import discover_sources, read_source
 
     out = Path(out)
+    sources = discover_sources(list(inputs), allow_outside_root=allow_outside_root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sources = discover_sources(list(inputs))
     if not sources:
         raise ValueError(f"no ECG records found under {', '.join(inputs)}")
     rejects: list[tuple[str, str, str]] = []
@@ -245,13 +246,21 @@ def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, m
         written += 1
     if writer is not None:
         writer.close()
-    rejects_path = None
+    from .atomic import atomic_path
+
+    rejects_path = out.with_name(out.name + ".rejects.csv")
     if rejects:
-        rejects_path = out.with_name(out.name + ".rejects.csv")
-        with open(rejects_path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["record_id", "source", "reason"])
-            w.writerows(rejects)
+        with atomic_path(rejects_path) as tmp:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["record_id", "source", "reason"])
+                w.writerows(rejects)
+    else:
+        rejects_path.unlink(missing_ok=True)  # a table left by an earlier run would describe other records
+        rejects_path = None
     if written == 0:
+        if len(rejects) == 1:  # one input: its own reason is the useful message
+            record_id, source, reason = rejects[0]
+            raise ValueError(reason if reason.startswith(source) else f"{source}: {reason}")
         raise ValueError(f"no record could be processed ({len(rejects)} rejected; see {rejects_path})")
     return BatchJobSummary(out, written, len(rejects), rejects_path)

@@ -194,6 +194,9 @@ def run_pretrain(store_path: str, targets: Sequence[str], cfg: "TrainConfig", *,
         overrides["mask_time_prob"] = mask_prob
     if mask_length is not None:
         overrides["mask_time_length"] = mask_length
+    # Random weights (a fresh model, new codebooks) must come from --seed, not from the process: the same
+    # command then gives the same model, and a killed run re-creates what it saved before resuming.
+    torch.manual_seed(cfg.seed)
     if init_from:
         model = load_model(init_from)
         model.set_head(None, drop_codebooks=False)

@@ -208,19 +208,25 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                   row_seconds: float = 10.0, shard_records: int = 512, workers: int = 1,
                   read_kwargs: dict[str, Any] | None = None, progress: bool = True,
                   split_fractions: tuple[float, float] = (0.0, 0.0), seed: int = 0,
-                  stop_after_shards: int | None = None) -> PrepareResult:
+                  stop_after_shards: int | None = None, allow_outside_root: bool = False) -> PrepareResult:
     """Read every record under ``inputs``, preprocess it once and write a store at ``out``.
 
     Re-running the same command resumes: finished shards are kept, unfinished blocks redone. A record
     that fails goes to ``rejects.csv`` with its reason and never stops the job. ``split_fractions``
     (val, test) assigns splits by a hash of the record id when the labels give none.
+    ``allow_outside_root`` lets manifest entries point outside the manifest's folder (absolute or
+    ``..`` paths); by default they are refused before anything is written.
     """
     from .io import discover_sources
 
     spec = spec or PreprocessSpec()
+    # Inputs first: a bad manifest must not leave an empty store folder behind.
+    sources = discover_sources([str(p) for p in inputs], allow_outside_root=allow_outside_root)
     out = check_writable(out)
     (out / "shards").mkdir(exist_ok=True)
-    sources = discover_sources([str(p) for p in inputs])
+    # Temporary files of writes cut short by a kill (SIGKILL skips their clean-up); one job owns a store.
+    for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)
     if not sources:
         raise StoreError(f"no ECG records found under {', '.join(str(p) for p in inputs)}")
     row_samples = int(round(row_seconds * spec.target_hz))

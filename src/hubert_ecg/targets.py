@@ -361,6 +361,9 @@ def dump_features(
         raise TargetsError(f"batch_size and shard_rows must be >= 1, got {batch_size} and {shard_rows}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Shard files of this rank cut short by a kill (SIGKILL skips their clean-up); only this rank writes them.
+    for stale in out_dir.glob(f".{_shard_name(rank, 0)[:-5]}*.tmp"):
+        stale.unlink(missing_ok=True)
     spec = _make_spec(store, kind, checkpoint, layer, mfcc_deltas)
     selected = _select_rows(store, rows, sample_fraction, seed)
     computer = _FeatureComputer(store, spec, checkpoint, device)
@@ -807,6 +810,7 @@ def label_store(
         except FileNotFoundError:  # another rank finished the same job a moment earlier
             if not store.targets_path(n).exists():
                 raise
-    for leftover in list(targets_dir.glob(f"{job}.progress-r*.json")) + [targets_dir / f"{job}.label-plan.json"]:
+    for leftover in (list(targets_dir.glob(f"{job}.progress-r*.json")) + [targets_dir / f"{job}.label-plan.json"]
+                     + list(targets_dir.glob(f".{job}.progress-r*.tmp"))):  # progress writes cut by a kill
         leftover.unlink(missing_ok=True)
     return names

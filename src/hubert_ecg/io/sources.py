@@ -91,13 +91,24 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
             yield number, {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
 
 
-def _from_manifest(path: Path) -> list[RecordSource]:
+def _outside_root(root: Path, target: Path) -> bool:
+    # Lexical check (no symlink resolution): ``..`` and absolute entries cannot escape, while a
+    # symlink an administrator placed inside the data root stays usable.
+    root_abs = os.path.normpath(os.path.abspath(root))
+    target_abs = os.path.normpath(os.path.abspath(target))
+    return os.path.commonpath([root_abs, target_abs]) != root_abs
+
+
+def _from_manifest(path: Path, allow_outside_root: bool = False) -> list[RecordSource]:
     sources: list[RecordSource] = []
     for number, row in _manifest_rows(path):
         entry = next((row[c] for c in _MANIFEST_PATH_COLUMNS if row.get(c)), "")
         if not entry:
             raise RecordError(path, f"row {number}: empty path")
         target = _resolve(path.parent, entry)
+        if not allow_outside_root and _outside_root(path.parent, target):
+            raise RecordError(path, f"row {number}: {entry} is outside the data root {os.path.abspath(path.parent)} "
+                                    "(absolute or '..' paths need --allow-absolute-paths)")
         if not target.exists() and target.with_name(target.name + ".hea").is_file():
             target = target.with_name(target.name + ".hea")  # PTB-XL lists record names
         if not target.exists():
@@ -107,14 +118,14 @@ def _from_manifest(path: Path) -> list[RecordSource]:
         if key is not None and target.suffix.lower() in _HDF5_SUFFIXES:
             sources.append(RecordSource(str(target), key, record_id or key))
             continue
-        found = _sources_for_file(target, explicit=True)
+        found = _sources_for_file(target, explicit=True, allow_outside_root=allow_outside_root)
         if record_id and len(found) == 1:
             found = [RecordSource(found[0].path, found[0].key, record_id)]
         sources.extend(found)
     return sources
 
 
-def _sources_for_file(path: Path, *, explicit: bool) -> list[RecordSource]:
+def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = False) -> list[RecordSource]:
     """Sources in one file. From folder walks (``explicit=False``) companion and non-ECG
     files are skipped silently; an explicitly named file is always taken as a record."""
     suffix = path.suffix.lower()
@@ -142,7 +153,7 @@ def _sources_for_file(path: Path, *, explicit: bool) -> list[RecordSource]:
         return [RecordSource(str(path), key, key) for key in keys]
     if suffix in _TEXT_SUFFIXES:
         if is_manifest(path):
-            return _from_manifest(path)
+            return _from_manifest(path, allow_outside_root)
         if explicit or _looks_like_ecg_table(path):
             return [RecordSource(str(path), None, path.stem)]
         return []
@@ -176,7 +187,8 @@ def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True) -> list[RecordSource]:
+def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
+                     allow_outside_root: bool = False) -> list[RecordSource]:
     """Expand files, folders and manifests into one ``RecordSource`` per record.
 
     * a folder is walked (recursively by default) in sorted order; WFDB companions (the ``.dat``
@@ -187,19 +199,21 @@ def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True) ->
     * a multi-record HDF5 file (CODE-15% ``tracings``) gives one source per exam;
     * a WFDB record name without suffix is accepted when ``<name>.hea`` exists.
 
-    Duplicates are dropped, first occurrence kept.
+    Duplicates are dropped, first occurrence kept. A manifest entry must stay inside the
+    manifest's folder (the data root): absolute paths and ``..`` that leave it are refused
+    unless ``allow_outside_root`` (the check is lexical, so symlinks inside the root work).
 
     Raises:
-        RecordError: an input or manifest entry that does not exist.
+        RecordError: an input or manifest entry that does not exist, or that leaves the data root.
     """
     sources: list[RecordSource] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             for file in _walk(path, recursive):
-                sources.extend(_sources_for_file(file, explicit=False))
+                sources.extend(_sources_for_file(file, explicit=False, allow_outside_root=allow_outside_root))
         elif path.is_file():
-            sources.extend(_sources_for_file(path, explicit=True))
+            sources.extend(_sources_for_file(path, explicit=True, allow_outside_root=allow_outside_root))
         elif path.with_name(path.name + ".hea").is_file():
             header = path.with_name(path.name + ".hea")
             sources.append(RecordSource(str(header), None, header.stem))
