@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hubert_ecg.checkpoint import load_model, save_pretrained
-from hubert_ecg.data import StoreWindows
+from hubert_ecg.data import StoreWindows, batch_mask
 from hubert_ecg.features import hand_features
 from hubert_ecg.kmeans import KMeansModel, cluster_quality, fit_kmeans
 from hubert_ecg.model import create_model, token_mask_from_sample_mask
@@ -96,7 +96,7 @@ def test_dumped_hand_features_equal_hand_features_of_first_windows(store: ECGSto
     np.testing.assert_array_equal(got, expected)
     # Validity is the model's own token-mask rule, and the short record does have padded tokens.
     valid = np.stack([dumped[r][1] for r in rows])
-    np.testing.assert_array_equal(valid, token_mask_from_sample_mask(batch["attention_mask"], (10, 3, 3, 2, 2),
+    np.testing.assert_array_equal(valid, token_mask_from_sample_mask(batch_mask(batch), (10, 3, 3, 2, 2),
                                                                      (4, 2, 2, 2, 2)).numpy())
     assert 0 < (~valid).sum() < valid.size
     meta = json.loads((hand_dump / "features.json").read_text())

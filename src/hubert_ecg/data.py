@@ -9,7 +9,8 @@ of workers or processes, and a resumed run sees exactly the batches it would hav
 Batch dictionary (B = rows in the batch, W = 12 * window samples):
 
 * ``input`` float32 (B, W): leads I..V6 end to end, each ``window`` samples;
-* ``attention_mask`` bool (B, W): False where a short record was padded (end of each lead);
+* ``attention_mask`` bool (B, W): False where a short record was padded (end of each lead), or
+  None when the whole batch is real signal (``full``);
 * ``rows`` int64 (B,): store rows; ``start`` int64 (B,): crop start in samples;
 * ``full`` bool: every sample of the batch is real signal (no mask needed);
 * ``targets`` int64 (B, E, T) for pre-training; ``labels`` float32 (B, L) for fine-tuning.
@@ -41,6 +42,14 @@ def crop_rows(signals: np.ndarray, lengths: np.ndarray, window: int, starts: np.
     x = np.where(inside[:, None, :], x, 0.0).astype(np.float32, copy=False)
     mask = np.broadcast_to(inside[:, None, :], (batch, leads, window))
     return x.reshape(batch, leads * window), np.ascontiguousarray(mask).reshape(batch, leads * window)
+
+
+def batch_mask(batch: dict[str, Any]) -> torch.Tensor:
+    """The batch's sample mask (B, W), built as all-True when the batch is ``full`` and carries none."""
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return torch.ones(batch["input"].shape, dtype=torch.bool, device=batch["input"].device)
+    return mask
 
 
 class StoreWindows(Dataset):
@@ -79,11 +88,14 @@ class StoreWindows(Dataset):
             starts = (rng.random(len(rows)) * (room + 1)).astype(np.int64)
         else:
             starts = np.zeros(len(rows), dtype=np.int64)
-        x, mask = crop_rows(self.store.signals(rows), lengths, self.window, starts)
-        batch = {"input": torch.from_numpy(x), "attention_mask": torch.from_numpy(mask),
-                 "rows": torch.from_numpy(rows), "start": torch.from_numpy(starts),
-                 # Decided here on the host, so the step can skip the mask without a device sync.
-                 "full": bool(mask.all())}
+        x, valid = self.store.crops(rows, starts, self.window)
+        full = bool(valid.all())
+        # A full batch carries no mask: the step then skips it without a device sync, and a worker
+        # does not pay to hand a (B, 12 * window) bool tensor to the main process.
+        mask = None if full else torch.from_numpy(
+            np.ascontiguousarray(np.broadcast_to(valid[:, None, :], x.shape)).reshape(len(rows), -1))
+        batch = {"input": torch.from_numpy(x.reshape(len(rows), -1)), "attention_mask": mask,
+                 "rows": torch.from_numpy(rows), "start": torch.from_numpy(starts), "full": full}
         if self.target_names:
             batch["targets"] = torch.from_numpy(np.stack(
                 [np.asarray(self.store.targets(name)[rows], dtype=np.int64) for name in self.target_names], axis=1))

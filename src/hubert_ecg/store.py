@@ -144,11 +144,11 @@ class PrepareResult:
 def _limit_blas_threads() -> Any:
     """Pin BLAS/OpenMP pools of this process to one thread; returns the limiter (None without threadpoolctl).
 
-    Why: ``filtfilt``/``sosfiltfilt`` solve small (150 x 150) systems in ``lfilter_zi`` for every
-    record. A multi-threaded OpenBLAS spends far longer waking and spinning its threads than solving,
-    and much worse when the cores are already busy (prepare workers, other jobs): measured 27 ms per
-    solve with 2 threads on a loaded 2-core machine against 0.13 ms with one, i.e. ~0.1 s against
-    ~6 ms per 10 s record. Parallelism in ``prepare`` comes from worker processes instead.
+    Why: ``filtfilt``/``sosfiltfilt`` solve small systems (up to 150 x 150) in ``lfilter_zi``, five
+    times per record. A multi-threaded OpenBLAS spends far longer waking and spinning its threads than
+    solving, worst when the cores are already busy (prepare workers, other jobs): measured 27 ms per
+    call with 2 threads on a loaded 2-core machine against 0.13 ms with one, so ~70-175 ms against
+    ~9 ms per 10 s, 500 Hz record. Parallelism in ``prepare`` comes from worker processes instead.
     """
     try:
         from threadpoolctl import threadpool_limits  # a scikit-learn dependency, so normally present
@@ -457,6 +457,25 @@ class ECGStore:
             order = np.argsort(local)  # ascending reads are kinder to the page cache
             out[where[order]] = self.shard(int(s))[local[order]]
         return out
+
+    def crops(self, rows: Sequence[int] | np.ndarray, starts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy ``[start, start + window)`` of each row straight from its shard.
+
+        Returns float32 (B, 12, window), zero past each row's valid length, and the validity of
+        each time step (B, window). Reading only the crop moves half the bytes of whole rows.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = np.asarray(starts, dtype=np.int64)
+        out = np.zeros((len(rows), 12, window), dtype=np.float32)
+        shard_of, local = self.shard_of[rows], self.shard_row[rows]
+        for i in range(len(rows)):
+            start = int(starts[i])
+            stop = min(start + window, self.row_samples)
+            out[i, :, : stop - start] = self.shard(int(shard_of[i]))[local[i], :, start:stop]
+        valid = (starts[:, None] + np.arange(window)[None, :]) < np.minimum(self.lengths[rows], self.row_samples)[:, None]
+        if not valid.all():
+            out *= valid[:, None, :]
+        return out, valid
 
     def targets_path(self, name: str) -> Path:
         return self.path / "targets" / f"{name}.npy"

@@ -205,9 +205,11 @@ class _FeatureComputer:
 
     def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Descriptors and token validity of the first window of ``rows``: (B, T, F) float32, (B, T) bool."""
+        from .data import batch_mask
+
         rows = np.asarray(rows, dtype=np.int64)
         item = self.windows[(0, rows)]
-        sample_mask = item["attention_mask"].numpy()
+        sample_mask = batch_mask(item).numpy()
         valid = _token_validity(sample_mask, self.spans)
         if self.model is None:
             from .features import FeatureInputError, hand_features
