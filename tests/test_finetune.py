@@ -142,3 +142,16 @@ def test_losses_per_task(task, labels, n_out, tmp_path):
     else:
         expected = torch.nn.functional.mse_loss(logits, y)
     torch.testing.assert_close(loss, expected)
+
+
+def test_fast_engines_stay_within_their_stated_tolerance(trained):
+    from hubert_ecg.fast_inference import TOLERANCES
+    root, result = trained
+    model = load_model(result.best_dir)
+    signal = np.load(root / "data" / "r001.npy")
+    exact = model.predict(signal, fs=500).probabilities
+    for engine in ("int8", "onnx"):
+        fast = model.predict(signal, fs=500, engine=engine).probabilities
+        assert np.abs(fast - exact).max() <= TOLERANCES[engine][1]
+    with pytest.raises(ValueError, match="last layer only"):
+        model.embed(signal, fs=500, layer=1, engine="int8")

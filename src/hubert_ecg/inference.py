@@ -58,19 +58,38 @@ def model_windows(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Seq
     return cut_windows(prepared, spec, starts)
 
 
+def _runner(model: HubertECG, engine: str, layer: int | None) -> Any:
+    """The forward to use: the model itself (exact float32) or a fast path of ``fast_inference``."""
+    if engine == "eager":
+        return None
+    if layer is not None:
+        raise ValueError("fast inference engines give the last layer only; use --engine eager with --layer")
+    from .fast_inference import optimise_for_inference
+    cache = model.__dict__.setdefault("_fast_runners", {})
+    if engine not in cache:
+        cache[engine] = optimise_for_inference(model, next(model.parameters()).device, engine)
+    return cache[engine]
+
+
 @torch.no_grad()
 def run_windows(model: HubertECG, x: np.ndarray, mask: np.ndarray, *, batch_size: int = 64,
-                layer: int | None = None, tokens: bool = False) -> dict[str, np.ndarray]:
+                layer: int | None = None, tokens: bool = False, engine: str = "eager") -> dict[str, np.ndarray]:
     """Forward windows in batches. Returns ``logits`` (W, L) when the model has a head, and
     ``embedding`` (W, H) (mean over valid tokens) or (W, T, H) with ``tokens``, from ``layer``
-    (hidden-state numbering: 0 = encoder input, i = output of layer i; None = last)."""
+    (hidden-state numbering: 0 = encoder input, i = output of layer i; None = last).
+    ``engine``: ``eager`` (exact float32) or a fast path (``auto``, ``bf16``, ``int8``, ``onnx``,
+    ``compile``; accuracy costs in :mod:`hubert_ecg.fast_inference`)."""
     device = next(model.parameters()).device
+    runner = _runner(model, engine, layer)
     outs: dict[str, list[np.ndarray]] = {"logits": [], "embedding": []}
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
         mb_np = mask[start:start + batch_size]
         mb = None if mb_np.all() else torch.from_numpy(np.ascontiguousarray(mb_np)).to(device)
-        out = model(xb, mb, output_hidden_states=layer is not None)
+        if runner is not None:
+            out = runner(xb, mb)
+        else:
+            out = model(xb, mb, output_hidden_states=layer is not None)
         hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
         if out.logits is not None:
             outs["logits"].append(out.logits.float().cpu().numpy())
@@ -111,7 +130,7 @@ def _decisions(model: HubertECG, probs: np.ndarray) -> np.ndarray:
 
 def predict_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
                   windows: str = "sliding", aggregate: str = "mean", stride_s: float | None = None,
-                  n_crops: int = 3, batch_size: int = 64) -> Prediction:
+                  n_crops: int = 3, batch_size: int = 64, engine: str = "eager") -> Prediction:
     """Probabilities (and decisions at the stored thresholds) for one record of any length."""
     if model.config.head is None:
         raise ValueError("this model has no classification head: use embed() or fine-tune it first")
@@ -119,7 +138,7 @@ def predict_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Seq
     was_training = model.training
     model.eval()
     try:
-        logits = run_windows(model, x, mask, batch_size=batch_size)["logits"]
+        logits = run_windows(model, x, mask, batch_size=batch_size, engine=engine)["logits"]
     finally:
         model.train(was_training)
     task = model.info.task or "multi_label"
@@ -131,13 +150,14 @@ def predict_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Seq
 
 def embed_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
                 layer: int | None = None, tokens: bool = False, windows: str = "sliding",
-                aggregate: str = "mean", stride_s: float | None = None, batch_size: int = 64) -> np.ndarray:
+                aggregate: str = "mean", stride_s: float | None = None, batch_size: int = 64,
+                engine: str = "eager") -> np.ndarray:
     """Embedding of one record: (H,) pooled over tokens and windows, or (W, T, H) per token with ``tokens``."""
     x, mask = model_windows(model, signal, fs, leads=leads, windows=windows, stride_s=stride_s)
     was_training = model.training
     model.eval()
     try:
-        emb = run_windows(model, x, mask, batch_size=batch_size, layer=layer, tokens=tokens)["embedding"]
+        emb = run_windows(model, x, mask, batch_size=batch_size, layer=layer, tokens=tokens, engine=engine)["embedding"]
     finally:
         model.train(was_training)
     if tokens:
@@ -203,7 +223,7 @@ class _ParquetRows:
 def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, mode: str = "predict",
                   layer: int | None = None, windows: str = "sliding", aggregate: str = "mean",
                   stride_s: float | None = None, batch_size: int = 64, read_kwargs: dict[str, Any] | None = None,
-                  progress: bool = True, allow_outside_root: bool = False) -> BatchJobSummary:
+                  progress: bool = True, allow_outside_root: bool = False, engine: str = "eager") -> BatchJobSummary:
     """Predict (or embed) every record under ``inputs``; one output row per record (CSV or Parquet).
 
     Bad records are skipped and listed with their reason in ``<out>.rejects.csv``; the job goes on.
@@ -225,13 +245,13 @@ def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, m
         try:
             record = read_source(src, **(read_kwargs or {}))
             if mode == "predict":
-                pred = predict_array(model, record.signal, record.fs, windows=windows, aggregate=aggregate,
+                pred = predict_array(model, record.signal, record.fs, windows=windows, aggregate=aggregate, engine=engine,
                                      stride_s=stride_s, batch_size=batch_size)
                 values = [*np.atleast_1d(pred.probabilities).tolist(), *np.atleast_1d(pred.decisions).tolist()]
                 names = [f"p_{n}" for n in pred.label_names] + [f"y_{n}" for n in pred.label_names]
                 extra = [pred.n_windows]
             else:
-                emb = embed_array(model, record.signal, record.fs, layer=layer, windows=windows,
+                emb = embed_array(model, record.signal, record.fs, layer=layer, windows=windows, engine=engine,
                                   aggregate=aggregate, stride_s=stride_s, batch_size=batch_size)
                 values = emb.tolist()
                 names = [f"e{i}" for i in range(len(values))]

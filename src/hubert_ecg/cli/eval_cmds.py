@@ -43,7 +43,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     summary = predict_files(_load(args), args.inputs, args.out, mode="predict", windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
                             read_kwargs=_read_kwargs(args), progress=not args.quiet,
-                            allow_outside_root=args.allow_absolute_paths)
+                            allow_outside_root=args.allow_absolute_paths, engine=args.engine)
     _print_summary(summary)
 
 
@@ -53,7 +53,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     summary = predict_files(_load(args), args.inputs, args.out, mode="embed", layer=args.layer, windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
                             read_kwargs=_read_kwargs(args), progress=not args.quiet,
-                            allow_outside_root=args.allow_absolute_paths)
+                            allow_outside_root=args.allow_absolute_paths, engine=args.engine)
     _print_summary(summary)
 
 
@@ -83,6 +83,9 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="let manifest entries point outside the manifest's folder (absolute or '..' paths)")
+    p.add_argument("--engine", choices=["eager", "auto", "bf16", "int8", "onnx", "compile"], default="eager",
+                   help="eager = exact float32; auto = bf16 on GPUs and CPUs with AMX/AVX512-BF16; int8 = dynamic "
+                        "quantisation (CPU); onnx = ONNX Runtime. Accuracy costs: benchmarks/RESULTS.md")
     p.add_argument("--quiet", action="store_true")
 
 
