@@ -266,7 +266,8 @@ def tune_and_store_thresholds(objective: FinetuneObjective, model_dir: Path, dev
 
 def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, init: str | None = None,
                  random_init_size: str | None = None, keep_head: bool = False, train_split: str = "train",
-                 val_split: str = "val", val_fraction: float = 0.1, lp_then_ft_steps: int = 0) -> "TrainResult":
+                 val_split: str = "val", val_fraction: float = 0.1, lp_then_ft_steps: int = 0,
+                 gradient_checkpointing: bool = False) -> "TrainResult":
     """Fine-tune on a labelled store; keeps ``best`` and ``last``, tunes thresholds on validation."""
     from .checkpoint import load_model
     from .model import create_model
@@ -299,6 +300,7 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
     if opts.task in ("multi_class", "binary") and len(label_names) == 1:
         label_names = [f"{label_names[0]}={c}" for c in range(n_out)] if opts.task == "multi_class" else label_names
     model = prepare_model(model, opts, n_out, label_names, keep_head=keep_head)
+    model.update_config(gradient_checkpointing=gradient_checkpointing)
     model.info.preprocessing = spec
     model.info.source = (f"fine-tuned on {store.path} from {init}" if init
                          else f"trained from scratch ({random_init_size}) on {store.path}")

@@ -294,7 +294,8 @@ class Encoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.config = config
+        self.layerdrop = config.layerdrop
+        self.gradient_checkpointing = config.gradient_checkpointing
         self.pos_conv_embed = PositionalConvEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
@@ -308,11 +309,11 @@ class Encoder(nn.Module):
         x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
         hidden_states: list[Tensor] = [x] if output_hidden_states else []
         # Layerdrop decisions come from the CPU generator: no device sync in the step.
-        skips = (torch.rand(len(self.layers)) < self.config.layerdrop).tolist() \
-            if self.training and self.config.layerdrop > 0 else [False] * len(self.layers)
+        skips = (torch.rand(len(self.layers)) < self.layerdrop).tolist() \
+            if self.training and self.layerdrop > 0 else [False] * len(self.layers)
         for layer, skip in zip(self.layers, skips):
             if not skip:
-                if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                     x = checkpoint(layer, x, token_mask, use_reentrant=False)
                 else:
                     x = layer(x, token_mask)
@@ -474,8 +475,7 @@ class HubertECG(nn.Module):
             self.final_proj.apply(self._init_weights)
         self.label_embedding = nn.ModuleList(nn.Embedding(k, proj) for k in vocab_sizes)
         self.label_embedding.apply(self._init_weights)
-        self.config = self.config.replace(vocab_sizes=vocab_sizes)
-        self.encoder.config = self.config
+        self.update_config(vocab_sizes=vocab_sizes)
         self.to(self.masked_spec_embed.device)
 
     def set_head(self, head: HeadConfig | None, drop_codebooks: bool = True) -> None:
@@ -488,38 +488,39 @@ class HubertECG(nn.Module):
         if drop_codebooks:
             self.final_proj, self.label_embedding = nn.ModuleList(), nn.ModuleList()
             changes["vocab_sizes"] = ()
-        self.config = self.config.replace(**changes)
-        self.encoder.config = self.config
+        self.update_config(**changes)
         self.to(self.masked_spec_embed.device)
 
     def set_dropouts(self, *, hidden: float | None = None, attention: float | None = None,
                      activation: float | None = None, feat_proj: float | None = None,
                      layerdrop: float | None = None, classifier: float | None = None) -> None:
-        """Change dropout rates in place (fine-tuning overrides); the config follows."""
-        changes: dict[str, Any] = {}
-        if hidden is not None:
-            changes["hidden_dropout"] = hidden
-        if attention is not None:
-            changes["attention_dropout"] = attention
-        if activation is not None:
-            changes["activation_dropout"] = activation
-        if feat_proj is not None:
-            changes["feat_proj_dropout"] = feat_proj
-        if layerdrop is not None:
-            changes["layerdrop"] = layerdrop
+        """Change dropout rates in place (fine-tuning overrides); ``None`` keeps a rate."""
+        changes: dict[str, Any] = {name: value for name, value in (
+            ("hidden_dropout", hidden), ("attention_dropout", attention), ("activation_dropout", activation),
+            ("feat_proj_dropout", feat_proj), ("layerdrop", layerdrop)) if value is not None}
         if classifier is not None and self.config.head is not None:
             from dataclasses import replace
             changes["head"] = replace(self.config.head, dropout=classifier)
-            self.classifier_dropout.p = classifier
-        self.config = self.config.replace(**changes)
-        self.encoder.config = self.config
-        self.feature_projection.dropout.p = self.config.feat_proj_dropout
-        self.encoder.dropout.p = self.config.hidden_dropout
+        self.update_config(**changes)
+
+    def update_config(self, **changes: Any) -> None:
+        """Replace config fields and apply the ones that act at run time (dropouts, layerdrop,
+        gradient checkpointing, masking); architecture fields must not change this way."""
+        fixed = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
+                 "conv_kernel", "conv_stride", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"}
+        if fixed & set(changes):
+            raise ValueError(f"cannot change architecture fields in place: {', '.join(sorted(fixed & set(changes)))}")
+        c = self.config = self.config.replace(**changes)
+        self.encoder.layerdrop, self.encoder.gradient_checkpointing = c.layerdrop, c.gradient_checkpointing
+        self.feature_projection.dropout.p = c.feat_proj_dropout
+        self.encoder.dropout.p = c.hidden_dropout
         for layer in self.encoder.layers:
-            layer.dropout.p = self.config.hidden_dropout
-            layer.feed_forward.output_dropout.p = self.config.hidden_dropout
-            layer.feed_forward.intermediate_dropout.p = self.config.activation_dropout
-            layer.attention.dropout = self.config.attention_dropout
+            layer.dropout.p = c.hidden_dropout
+            layer.feed_forward.output_dropout.p = c.hidden_dropout
+            layer.feed_forward.intermediate_dropout.p = c.activation_dropout
+            layer.attention.dropout = c.attention_dropout
+        if c.head is not None:
+            self.classifier_dropout.p = c.head.dropout
 
     def num_parameters(self, backbone_only: bool = False) -> int:
         skip = ("final_proj.", "label_embedding.", "classifier.") if backbone_only else ()

@@ -202,8 +202,7 @@ def run_pretrain(store_path: str, targets: Sequence[str], cfg: "TrainConfig", *,
         model.set_head(None, drop_codebooks=False)
         model.set_codebooks(vocab_sizes)
         if overrides:
-            model.config = model.config.replace(**overrides)
-            model.encoder.config = model.config
+            model.update_config(**overrides)
     else:
         rate = int(round(store.fs))
         model = create_model(size, input_rate_hz=rate, vocab_sizes=vocab_sizes, **overrides)

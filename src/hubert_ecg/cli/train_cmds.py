@@ -39,6 +39,8 @@ def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
                    help="auto = bf16 autocast on GPU, float32 on CPU")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute layer activations in the backward pass (large batches in less memory)")
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume on CPU)")
     g.add_argument("--logger", default="tensorboard", help="tensorboard, wandb, mlflow, none (comma-separated)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -108,7 +110,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
     cfg = _train_config(args, "pretrain")
     result = run_pretrain(args.store, args.targets, cfg, size=args.size, init_from=args.init_from, alpha=args.alpha,
-                          mask_prob=args.mask_prob, mask_length=args.mask_length, val_split=args.val_split)
+                          mask_prob=args.mask_prob, mask_length=args.mask_length, val_split=args.val_split,
+                          model_overrides={"gradient_checkpointing": True} if args.gradient_checkpointing else None)
     _report_run(result)
 
 
@@ -150,7 +153,8 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         eval_aggregate=pick("eval_aggregate", "mean"))
     cfg = _train_config(args, "finetune", recipe)
     result = run_finetune(args.store, cfg, opts, init=args.init, random_init_size=args.size if args.random_init else None,
-                          keep_head=args.keep_head, lp_then_ft_steps=args.lp_then_ft or 0)
+                          keep_head=args.keep_head, lp_then_ft_steps=args.lp_then_ft or 0,
+                          gradient_checkpointing=args.gradient_checkpointing)
     _report_run(result)
 
 
