@@ -9,6 +9,7 @@ not a clinical result; the report says so.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def run_demo(out: str | Path, *, data: str | None = None, records: int = 400, qu
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    steps = dict(pretrain=60 if quick else 400, finetune=40 if quick else 300, batch=16 if quick else 32)
+    steps = dict(pretrain=60 if quick else int(os.environ.get("DEMO_PRETRAIN_STEPS", 1200)),
+                 finetune=40 if quick else 300, batch=16 if quick else 32)
     if data is None:
         t = _step(f"1/7 writing {records} synthetic 12-lead ECGs (WFDB, 500 Hz, 10 s)")
         data_dir = write_synthetic_dataset(out / "data", records, seed=0, fmt="wfdb")

@@ -267,7 +267,8 @@ def tune_and_store_thresholds(objective: FinetuneObjective, model_dir: Path, dev
 def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, init: str | None = None,
                  random_init_size: str | None = None, keep_head: bool = False, train_split: str = "train",
                  val_split: str = "val", val_fraction: float = 0.1, lp_then_ft_steps: int = 0,
-                 gradient_checkpointing: bool = False) -> "TrainResult":
+                 gradient_checkpointing: bool = False,
+                 model_overrides: dict[str, Any] | None = None) -> "TrainResult":
     """Fine-tune on a labelled store; keeps ``best`` and ``last``, tunes thresholds on validation."""
     from .checkpoint import load_model
     from .model import create_model
@@ -280,13 +281,15 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
         raise ValueError(f"{store.path}: the store has no labels; prepare it with --labels")
     if (init is None) == (random_init_size is None):
         raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
+    if init is not None and model_overrides:
+        raise ValueError("--model-overrides changes the architecture of a fresh model; it needs --random-init")
     # Random weights (a fresh model, a new head) must come from --seed, not from the process: the same
     # command then gives the same model.
     torch.manual_seed(cfg.seed)
     if init is not None:
         model = load_model(init)
     else:
-        model = create_model(random_init_size, input_rate_hz=int(round(store.fs)))
+        model = create_model(random_init_size, input_rate_hz=int(round(store.fs)), **(model_overrides or {}))
     spec = store.spec.to_dict()
     if model.info.preprocessing is not None and model.info.preprocessing != spec:
         import warnings

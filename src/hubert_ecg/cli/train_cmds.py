@@ -46,6 +46,28 @@ def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _model_overrides(text: str | None) -> dict[str, Any] | None:
+    """``--model-overrides '{"hidden_size": 128, "num_hidden_layers": 4}'`` -> checked ModelConfig fields."""
+    if not text:
+        return None
+    import dataclasses
+    import json
+
+    from ..config import ModelConfig
+
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-overrides is not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("--model-overrides must be a JSON object of model config fields")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"--model-overrides: unknown model config fields {', '.join(unknown)}")
+    return overrides
+
+
 def _train_config(args: argparse.Namespace, kind: str, recipe: dict[str, Any] | None = None) -> Any:
     from ..training import TrainConfig
 
@@ -111,7 +133,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     cfg = _train_config(args, "pretrain")
     result = run_pretrain(args.store, args.targets, cfg, size=args.size, init_from=args.init_from, alpha=args.alpha,
                           mask_prob=args.mask_prob, mask_length=args.mask_length, val_split=args.val_split,
-                          model_overrides={"gradient_checkpointing": True} if args.gradient_checkpointing else None)
+                          model_overrides={**(_model_overrides(args.model_overrides) or {}),
+                                           **({"gradient_checkpointing": True} if args.gradient_checkpointing else {})})
     _report_run(result)
 
 
@@ -154,7 +177,8 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     cfg = _train_config(args, "finetune", recipe)
     result = run_finetune(args.store, cfg, opts, init=args.init, random_init_size=args.size if args.random_init else None,
                           keep_head=args.keep_head, lp_then_ft_steps=args.lp_then_ft or 0,
-                          gradient_checkpointing=args.gradient_checkpointing)
+                          gradient_checkpointing=args.gradient_checkpointing,
+                          model_overrides=_model_overrides(args.model_overrides))
     _report_run(result)
 
 
@@ -207,6 +231,8 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-prob", type=float, help="span-start probability (default 0.33)")
     p.add_argument("--mask-length", type=int, help="span length in tokens (default 1)")
     p.add_argument("--val-split", default="val", help="store split used for validation")
+    p.add_argument("--model-overrides", metavar="JSON",
+                   help='change model config fields of the named size, e.g. \'{"num_hidden_layers": 4}\'')
     _add_loop_args(p, "pretrain")
 
     p = add_command(sub, "pretrain-loop", "the whole HuBERT loop from one YAML/TOML file, resumable stage by stage",
@@ -221,6 +247,8 @@ def _add(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--init", help="checkpoint to start from (our dir, HF dir, .pt, HF id)")
     src.add_argument("--random-init", action="store_true", help="train from scratch (needs --size)")
     p.add_argument("--size", choices=["tiny", "small", "base", "large"], help="model size for --random-init")
+    p.add_argument("--model-overrides", metavar="JSON",
+                   help="with --random-init: change model config fields of the named size (JSON object)")
     p.add_argument("--out", required=True, help="run directory; keeps best/ and last/")
     p.add_argument("--recipe", help="published recipe name (see docs/REFERENCE_MAPPING.md); flags override it")
     p.add_argument("--task", choices=["multi_label", "multi_class", "binary", "regression"])
