@@ -123,3 +123,11 @@ def test_prepare_real_shared_data(tmp_path):
     store = ECGStore(tmp_path / "s")
     x = store.signals(store.rows()[:50])
     assert np.isfinite(x).all() and np.abs(x).max() < 2.5
+
+
+def test_reader_warnings_are_counted(tmp_path):
+    ludb = shared_path("ludb")
+    records = sorted(ludb.rglob("*.hea"))[:3]
+    result = prepare_store(records, tmp_path / "s", progress=False)
+    # LUDB's header gains equal each lead's range: the reader keeps raw counts and warns.
+    assert result.warned == 3 and json.loads((tmp_path / "s" / "store.json").read_text())["n_warned"] == 3

@@ -139,6 +139,7 @@ class PrepareResult:
     rejected: int
     skipped_done: int
     rejects: list[tuple[str, str]]
+    warned: int = 0  # accepted records whose reader flagged something (units, amplitude, Einthoven ...)
 
 
 def _limit_blas_threads() -> Any:
@@ -335,6 +336,7 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
     label_names = header["label_names"]
     fields = MANIFEST_FIELDS + ["shard", "shard_row"] + [LABEL_PREFIX + n for n in label_names]
     n_rows = 0
+    warned = 0
     records: set[str] = set()
     seen_ids: dict[str, str] = {}
     all_rejects: list[tuple[str, str]] = []
@@ -358,20 +360,23 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
                                 rid = f"{rid}@{len(records)}"
                             seen_ids[rid] = rec["source"]
                             records.add(rid)
+                            if '"warnings":[' in rec["meta"] and '"warnings":[]' not in rec["meta"]:
+                                warned += 1
                         rec.update(row=n_rows, shard=b, shard_row=shard_row, record_id=rid)
                         manifest.writerow(rec)
                         n_rows += 1
-    summary = {**header, "complete": True, "n_rows": n_rows, "n_records": len(records),
+    summary = {**header, "complete": True, "n_rows": n_rows, "n_records": len(records), "n_warned": warned,
                "n_rejected": len(all_rejects), "n_shards": n_blocks}
     atomic_write_json(out / "store.json", summary)
-    return PrepareResult(out, len(records), n_rows, len(all_rejects), skipped_done, all_rejects)
+    return PrepareResult(out, len(records), n_rows, len(all_rejects), skipped_done, all_rejects, warned)
 
 
 def _result_from_existing(out: Path, meta: dict[str, Any]) -> PrepareResult:
     rejects = []
     with open(out / "rejects.csv", newline="") as fh:
         rejects = [(r["source"], r["reason"]) for r in csv.DictReader(fh)]
-    return PrepareResult(out, meta["n_records"], meta["n_rows"], meta["n_rejected"], meta["n_sources"], rejects)
+    return PrepareResult(out, meta["n_records"], meta["n_rows"], meta["n_rejected"], meta["n_sources"], rejects,
+                         meta.get("n_warned", 0))
 
 
 def _progress(**kwargs: Any) -> Any:

@@ -37,7 +37,8 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
                            seed=args.seed, allow_outside_root=args.allow_absolute_paths)
     print(f"store {result.store}: {result.records} records in {result.rows} rows, {result.rejected} rejected"
           + (f" (reasons in {result.store / 'rejects.csv'})" if result.rejected else "")
-          + (f"; {result.skipped_done} already done" if result.skipped_done else ""))
+          + (f"; {result.skipped_done} already done" if result.skipped_done else "")
+          + (f"; {result.warned} accepted with warnings (see the meta column of manifest.csv)" if result.warned else ""))
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
