@@ -56,7 +56,11 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
     else:
         paths = {"labels": datasets.ludb_labels_table(args.root, Path(args.out) / "labels.csv")}
     for name, path in paths.items():
-        print(f"{name:>10}: {path}")
+        print(f"{name:>10}: {getattr(path, 'path', path)}")
+        for attr in ("labels", "label_start_index", "n_records"):
+            if hasattr(path, attr):
+                value = getattr(path, attr)
+                print(f"{'':>10}  {attr}: {len(value) if isinstance(value, list) and len(value) > 20 else value}")
 
 
 @register

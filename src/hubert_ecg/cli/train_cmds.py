@@ -156,7 +156,9 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from ..finetune import FinetuneOptions, run_finetune
     from ..recipes import load_recipe, resolve_recipe
 
-    recipe = resolve_recipe(load_recipe(args.recipe), args.size or "small") if args.recipe else {}
+    # Recipes give per-size values for the published sizes; other sizes take the small values.
+    recipe_size = args.size if args.size in ("small", "base", "large") else "small"
+    recipe = resolve_recipe(load_recipe(args.recipe), recipe_size) if args.recipe else {}
     layerdrop = args.layerdrop if args.layerdrop is not None else recipe.get("layerdrop", 0.0)
 
     def pick(name: str, default: Any) -> Any:
