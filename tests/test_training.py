@@ -60,6 +60,7 @@ def test_loss_goes_down_and_checkpoints_are_kept(store_path, tmp_path):
     first, last = np.mean([hist[s] for s in range(1, 6)]), np.mean([hist[s] for s in range(26, 31)])
     assert last < first * 0.9
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["best", "last", "tensorboard"]
+    assert (tmp_path / "run" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sigkill_and_rerun_resumes_to_identical_weights(store_path, tmp_path):

@@ -12,7 +12,7 @@ Run directory::
     RUN/last/       model (config.json + model.safetensors) + trainer_state.pt + trainer_state.json
     RUN/previous/   the last-but-one ``last`` (fallback when the newest is corrupt)
     RUN/best/       model + metrics.json of the best validation so far
-    RUN/history.jsonl, RUN/tensorboard/
+    RUN/history.jsonl, RUN/tensorboard/, RUN/training_curves.png
 """
 
 from __future__ import annotations
@@ -406,9 +406,20 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
         bar.close()
         logger.close()
     barrier(env)
+    if env.is_main:
+        _plot_curves(run_dir)
     best = run_dir / "best"
-    result = TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last")
-    return result
+    return TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last")
+
+
+def _plot_curves(run_dir: Path) -> None:
+    """``training_curves.png``: losses and validation metrics over steps (rates and speeds left out)."""
+    from .plots import plot_training_curves
+
+    history = {k: v for k, v in read_history(run_dir).items()
+               if not k.endswith(("ecg_per_s", "data_wait", "/lr"))}
+    if history:
+        plot_training_curves(history, run_dir / "training_curves.png")
 
 
 def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainConfig, state: TrainState,
