@@ -155,3 +155,15 @@ def test_fast_engines_stay_within_their_stated_tolerance(trained):
         assert np.abs(fast - exact).max() <= TOLERANCES[engine][1]
     with pytest.raises(ValueError, match="last layer only"):
         model.embed(signal, fs=500, layer=1, engine="int8")
+
+
+def test_keep_head_keeps_the_trained_head_and_drops_codebooks():
+    from hubert_ecg.config import HeadConfig
+    model = create_model("tiny", vocab_sizes=[5], head=HeadConfig(2))
+    with torch.no_grad():
+        model.classifier.weight.fill_(0.25)
+    prepare_model(model, FinetuneOptions(), 2, ["a", "b"], keep_head=True)
+    assert torch.all(model.classifier.weight == 0.25)
+    assert model.config.vocab_sizes == () and len(model.final_proj) == 0
+    prepare_model(model, FinetuneOptions(), 3, ["a", "b", "c"], keep_head=True)  # label count changed: new head
+    assert model.classifier.weight.shape[0] == 3 and not torch.all(model.classifier.weight == 0.25)

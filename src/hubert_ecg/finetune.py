@@ -115,8 +115,8 @@ def prepare_model(model: HubertECG, opts: FinetuneOptions, n_outputs: int, label
                           activation=opts.head_activation,
                           dropout=opts.classifier_dropout if opts.classifier_dropout is not None else 0.1)
         model.set_head(head)
-    else:
-        model.set_head(model.config.head, drop_codebooks=True) if model.config.vocab_sizes else None
+    elif model.config.vocab_sizes:
+        model.drop_codebooks()  # the kept head keeps its trained weights
     model.set_dropouts(hidden=opts.hidden_dropout, attention=opts.attention_dropout,
                        activation=opts.activation_dropout, layerdrop=opts.layerdrop,
                        classifier=opts.classifier_dropout)

@@ -485,11 +485,15 @@ class HubertECG(nn.Module):
             self.classifier.apply(self._init_weights)
         self.classifier_dropout = nn.Dropout(head.dropout if head else 0.0)
         changes: dict[str, Any] = {"head": head}
-        if drop_codebooks:
-            self.final_proj, self.label_embedding = nn.ModuleList(), nn.ModuleList()
-            changes["vocab_sizes"] = ()
         self.update_config(**changes)
+        if drop_codebooks:
+            self.drop_codebooks()
         self.to(self.masked_spec_embed.device)
+
+    def drop_codebooks(self) -> None:
+        """Remove the pre-training codebooks (fine-tuning does not use them)."""
+        self.final_proj, self.label_embedding = nn.ModuleList(), nn.ModuleList()
+        self.update_config(vocab_sizes=())
 
     def set_dropouts(self, *, hidden: float | None = None, attention: float | None = None,
                      activation: float | None = None, feat_proj: float | None = None,
