@@ -131,3 +131,12 @@ def test_reader_warnings_are_counted(tmp_path):
     result = prepare_store(records, tmp_path / "s", progress=False)
     # LUDB's header gains equal each lead's range: the reader keeps raw counts and warns.
     assert result.warned == 3 and json.loads((tmp_path / "s" / "store.json").read_text())["n_warned"] == 3
+
+
+def test_columnar_index_equals_the_manifest(synthetic_dir, tmp_path):
+    prepare_store([synthetic_dir], tmp_path / "s", labels=_labels(synthetic_dir), progress=False)
+    fast = ECGStore(tmp_path / "s")
+    (tmp_path / "s" / "index.npz").unlink()
+    slow = ECGStore(tmp_path / "s")
+    for name in ("record_ids", "segments", "lengths", "shard_of", "shard_row", "splits", "labels"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))

@@ -89,7 +89,7 @@ def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
         rule += " (no blanks)"
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{store.path}: record {store.record_ids[rows[i]]!r}, label {store.label_names[j]!r} is "
+        raise ValueError(f"{store.path}: record {str(store.record_ids[rows[i]])!r}, label {store.label_names[j]!r} is "
                          f"{values[i, j]:g}; {rule} ({int(bad.sum())} such value(s) in the rows used)")
 
 

@@ -3,6 +3,7 @@
 Layout of ``STORE/``::
 
     store.json              spec (preprocessing), row geometry, label names, counts, "complete"
+    index.npz               the manifest columns training reads, as arrays (loaded instead of the CSV)
     manifest.csv            one row per stored segment: row, record_id, segment, start_s, length,
                             source, orig_fs, orig_samples, units, split, meta (JSON), label columns
     rejects.csv             record_id, source, reason: every record that could not be used
@@ -37,6 +38,7 @@ from .preprocess import PreprocessSpec, preprocess_signal
 STORE_FORMAT = "hubert-ecg-store"
 STORE_VERSION = 1
 LABEL_PREFIX = "label:"
+INDEX_FILE = "index.npz"
 MANIFEST_FIELDS = ["row", "record_id", "segment", "start_s", "length", "source", "orig_fs", "orig_samples",
                    "units", "split", "meta"]
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -367,8 +369,31 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
                         n_rows += 1
     summary = {**header, "complete": True, "n_rows": n_rows, "n_records": len(records), "n_warned": warned,
                "n_rejected": len(all_rejects), "n_shards": n_blocks}
+    # Columnar copy of what training reads, so that opening a store of millions of rows is instant.
+    with atomic_path(out / INDEX_FILE) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **_parse_manifest(out / "manifest.csv", label_names))
     atomic_write_json(out / "store.json", summary)
     return PrepareResult(out, len(records), n_rows, len(all_rejects), skipped_done, all_rejects, warned)
+
+
+def _parse_manifest(manifest: Path, label_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """manifest.csv -> the columns training needs, as arrays (strings as fixed-width unicode)."""
+    ids, segments, lengths, shards, shard_rows, splits, labels = [], [], [], [], [], [], []
+    label_cols = [LABEL_PREFIX + n for n in label_names]
+    with open(manifest, newline="") as fh:
+        for rec in csv.DictReader(fh):
+            ids.append(rec["record_id"])
+            segments.append(int(rec["segment"]))
+            lengths.append(int(rec["length"]))
+            shards.append(int(rec["shard"]))
+            shard_rows.append(int(rec["shard_row"]))
+            splits.append(rec["split"])
+            labels.append([float(rec[c]) if rec[c] != "" else np.nan for c in label_cols])
+    return {"record_ids": np.asarray(ids, dtype=str), "segments": np.asarray(segments, dtype=np.int32),
+            "lengths": np.asarray(lengths, dtype=np.int32), "shard_of": np.asarray(shards, dtype=np.int32),
+            "shard_row": np.asarray(shard_rows, dtype=np.int64), "splits": np.asarray(splits, dtype=str),
+            "labels": np.asarray(labels, dtype=np.float32).reshape(len(ids), len(label_cols))}
 
 
 def _result_from_existing(out: Path, meta: dict[str, Any]) -> PrepareResult:
@@ -408,31 +433,27 @@ class ECGStore:
         self._shards: dict[int, np.ndarray] = {}
 
     def _read_manifest(self) -> None:
-        ids, segments, lengths, shards, shard_rows, splits, sources = [], [], [], [], [], [], []
-        labels = []
-        label_cols = [LABEL_PREFIX + n for n in self.label_names]
-        with open(self.path / "manifest.csv", newline="") as fh:
-            for rec in csv.DictReader(fh):
-                ids.append(rec["record_id"])
-                segments.append(int(rec["segment"]))
-                lengths.append(int(rec["length"]))
-                shards.append(int(rec["shard"]))
-                shard_rows.append(int(rec["shard_row"]))
-                splits.append(rec["split"])
-                sources.append(rec["source"])
-                if label_cols:
-                    labels.append([float(rec[c]) if rec[c] != "" else np.nan for c in label_cols])
-        self.record_ids = np.asarray(ids, dtype=object)
-        self.segments = np.asarray(segments, dtype=np.int32)
-        self.lengths = np.asarray(lengths, dtype=np.int32)
-        self.shard_of = np.asarray(shards, dtype=np.int32)
-        self.shard_row = np.asarray(shard_rows, dtype=np.int64)
-        self.splits = np.asarray(splits, dtype=object)
-        self.sources = np.asarray(sources, dtype=object)
-        self.labels = np.asarray(labels, dtype=np.float32) if label_cols else None
+        index = self.path / INDEX_FILE
+        arrays = dict(np.load(index, allow_pickle=False)) if index.exists() \
+            else _parse_manifest(self.path / "manifest.csv", self.label_names)
+        self.record_ids = arrays["record_ids"]
+        self.segments = arrays["segments"]
+        self.lengths = arrays["lengths"]
+        self.shard_of = arrays["shard_of"]
+        self.shard_row = arrays["shard_row"]
+        self.splits = arrays["splits"]
+        self.labels = arrays["labels"] if self.label_names else None
 
     def __len__(self) -> int:
         return len(self.record_ids)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """Source path of every row (read from manifest.csv on first use; training never needs it)."""
+        if not hasattr(self, "_sources"):
+            with open(self.path / "manifest.csv", newline="") as fh:
+                self._sources = np.asarray([rec["source"] for rec in csv.DictReader(fh)], dtype=str)
+        return self._sources
 
     def shard(self, index: int) -> np.ndarray:
         """Memory-mapped shard (rows, 12, row_samples); opened lazily (safe across worker forks)."""
