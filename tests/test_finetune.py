@@ -167,3 +167,15 @@ def test_keep_head_keeps_the_trained_head_and_drops_codebooks():
     assert model.config.vocab_sizes == () and len(model.final_proj) == 0
     prepare_model(model, FinetuneOptions(), 3, ["a", "b", "c"], keep_head=True)  # label count changed: new head
     assert model.classifier.weight.shape[0] == 3 and not torch.all(model.classifier.weight == 0.25)
+
+
+def test_predict_files_with_worker_processes_matches_one_process(trained, tmp_path):
+    from hubert_ecg.inference import predict_files
+    root, result = trained
+    model = load_model(result.best_dir)
+    files = [str(f) for f in sorted((root / "data").glob("r01*.npy"))[:6]]
+    one = predict_files(model, files, tmp_path / "one.csv", read_kwargs={"fs": 500.0}, progress=False, batch_size=5)
+    two = predict_files(model, files, tmp_path / "two.csv", read_kwargs={"fs": 500.0}, progress=False, batch_size=5,
+                        workers=2)
+    assert one.written == two.written == 6
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()

@@ -220,54 +220,107 @@ class _ParquetRows:
             pq.write_table(pa.table(columns), str(tmp))
 
 
+def _source_windows(args: tuple[Any, dict[str, Any], str, int | None, dict[str, Any]]) -> tuple[str, Any]:
+    """Worker: read one record and cut its model windows -> ("ok", payload) or ("reject", reason)."""
+    from .io import read_source
+
+    src, spec_dict, windows, stride, read_kwargs = args
+    spec = PreprocessSpec.from_dict(spec_dict)
+    try:
+        record = read_source(src, **read_kwargs)
+        prepared = preprocess_signal(record.signal, record.fs, spec)
+        starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride)
+        x, mask = cut_windows(prepared, spec, starts)
+    except ValueError as err:
+        return "reject", (src.record_id, src.path, str(err).splitlines()[0])
+    seconds = int(np.ceil(record.signal.shape[1] / record.fs))
+    return "ok", (record.record_id, record.source, seconds, x, mask)
+
+
 def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, mode: str = "predict",
                   layer: int | None = None, windows: str = "sliding", aggregate: str = "mean",
                   stride_s: float | None = None, batch_size: int = 64, read_kwargs: dict[str, Any] | None = None,
-                  progress: bool = True, allow_outside_root: bool = False, engine: str = "eager") -> BatchJobSummary:
+                  progress: bool = True, allow_outside_root: bool = False, engine: str = "eager",
+                  workers: int = 1) -> BatchJobSummary:
     """Predict (or embed) every record under ``inputs``; one output row per record (CSV or Parquet).
 
-    Bad records are skipped and listed with their reason in ``<out>.rejects.csv``; the job goes on.
+    Records are read and cut into windows by ``workers`` processes, and windows of several records
+    share a forward batch, so a GPU is not left waiting on one record at a time. Bad records are
+    skipped and listed with their reason in ``<out>.rejects.csv``; the job goes on.
     ``allow_outside_root``: see :func:`hubert_ecg.io.discover_sources` (manifest path safety).
     """
+    import multiprocessing as mp
+
     from tqdm.auto import tqdm
 
-    from .io import discover_sources, read_source
+    from .atomic import atomic_path
+    from .io import discover_sources
+    from .store import _init_prepare_worker
 
+    if mode == "predict" and model.config.head is None:
+        raise ValueError("this model has no classification head: use embed or fine-tune it first")
     out = Path(out)
     sources = discover_sources(list(inputs), allow_outside_root=allow_outside_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not sources:
         raise ValueError(f"no ECG records found under {', '.join(inputs)}")
+    spec = spec_of(model)
+    stride = None if stride_s is None else max(1, int(round(stride_s * spec.target_hz)))
+    tasks = [(src, spec.to_dict(), windows, stride, read_kwargs or {}) for src in sources]
+    task = model.info.task or "multi_label"
+    names = model.info.label_names or ([f"output_{i}" for i in range(model.config.head.num_labels)]
+                                       if model.config.head else [])
     rejects: list[tuple[str, str, str]] = []
     writer = None
     written = 0
-    for src in tqdm(sources, disable=not progress, desc=mode, unit="rec", dynamic_ncols=True):
-        try:
-            record = read_source(src, **(read_kwargs or {}))
+    pending: list[tuple[str, str, int, np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        nonlocal writer, written
+        if not pending:
+            return
+        x = np.concatenate([p[3] for p in pending])
+        mask = np.concatenate([p[4] for p in pending])
+        model.eval()
+        outputs = run_windows(model, x, mask, batch_size=batch_size, layer=layer, engine=engine)
+        offset = 0
+        for record_id, source, seconds, xr, _ in pending:
+            n = len(xr)
             if mode == "predict":
-                pred = predict_array(model, record.signal, record.fs, windows=windows, aggregate=aggregate, engine=engine,
-                                     stride_s=stride_s, batch_size=batch_size)
-                values = [*np.atleast_1d(pred.probabilities).tolist(), *np.atleast_1d(pred.decisions).tolist()]
-                names = [f"p_{n}" for n in pred.label_names] + [f"y_{n}" for n in pred.label_names]
-                extra = [pred.n_windows]
+                window_probs = probabilities(task, torch.from_numpy(outputs["logits"][offset:offset + n])).numpy()
+                probs = window_probs.max(0) if aggregate == "max" else window_probs.mean(0)
+                values = [*np.atleast_1d(probs).tolist(), *np.atleast_1d(_decisions(model, probs)).tolist()]
+                header = [f"p_{k}" for k in names] + [f"y_{k}" for k in names]
+                extra = [n]
             else:
-                emb = embed_array(model, record.signal, record.fs, layer=layer, windows=windows, engine=engine,
-                                  aggregate=aggregate, stride_s=stride_s, batch_size=batch_size)
-                values = emb.tolist()
-                names = [f"e{i}" for i in range(len(values))]
-                extra = [int(np.ceil(record.signal.shape[1] / record.fs))]
-        except ValueError as err:
-            rejects.append((src.record_id, src.path, str(err).splitlines()[0]))
-            continue
-        if writer is None:
-            writer = _writer(out, ["record_id", "source", "n_windows" if mode == "predict" else "seconds", *names])
-        writer.write([record.record_id, record.source, *extra, *[round(v, 6) if isinstance(v, float) else v
-                                                                    for v in values]])
-        written += 1
+                emb = outputs["embedding"][offset:offset + n]
+                values = (emb.max(0) if aggregate == "max" else emb.mean(0)).tolist()
+                header = [f"e{i}" for i in range(len(values))]
+                extra = [seconds]
+            offset += n
+            if writer is None:
+                writer = _writer(out, ["record_id", "source", "n_windows" if mode == "predict" else "seconds", *header])
+            writer.write([record_id, source, *extra, *[round(v, 6) if isinstance(v, float) else v for v in values]])
+            written += 1
+        pending.clear()
+
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
+    try:
+        results = pool.imap(_source_windows, tasks, chunksize=8) if pool else map(_source_windows, tasks)
+        for status, payload in tqdm(results, total=len(tasks), disable=not progress, desc=mode, unit="rec",
+                                    dynamic_ncols=True):
+            if status == "reject":
+                rejects.append(payload)
+                continue
+            pending.append(payload)
+            if sum(len(p[3]) for p in pending) >= batch_size:
+                flush()
+        flush()
+    finally:
+        if pool is not None:
+            pool.terminate()
     if writer is not None:
         writer.close()
-    from .atomic import atomic_path
-
     rejects_path = out.with_name(out.name + ".rejects.csv")
     if rejects:
         with atomic_path(rejects_path) as tmp:

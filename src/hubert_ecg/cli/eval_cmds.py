@@ -43,7 +43,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     summary = predict_files(_load(args), args.inputs, args.out, mode="predict", windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
                             read_kwargs=_read_kwargs(args), progress=not args.quiet,
-                            allow_outside_root=args.allow_absolute_paths, engine=args.engine)
+                            allow_outside_root=args.allow_absolute_paths, engine=args.engine,
+                            workers=args.workers)
     _print_summary(summary)
 
 
@@ -53,7 +54,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     summary = predict_files(_load(args), args.inputs, args.out, mode="embed", layer=args.layer, windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
                             read_kwargs=_read_kwargs(args), progress=not args.quiet,
-                            allow_outside_root=args.allow_absolute_paths, engine=args.engine)
+                            allow_outside_root=args.allow_absolute_paths, engine=args.engine,
+                            workers=args.workers)
     _print_summary(summary)
 
 
@@ -77,7 +79,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
                    help="how records longer than 5 s are cut")
     p.add_argument("--stride", type=float, help="seconds between sliding windows (default: 5, no overlap)")
     p.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="combine the windows of a record")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass (across records)")
+    p.add_argument("--workers", type=int, default=1, help="processes that read and preprocess records")
     p.add_argument("--fs", type=float, help="sampling rate for formats that do not store it")
     p.add_argument("--units", help="override units (mV, uV)")
     p.add_argument("--device", default="auto")
