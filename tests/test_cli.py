@@ -11,7 +11,7 @@ from hubert_ecg import load_model
 from hubert_ecg.cli import build_parser, main
 from hubert_ecg.model import create_model
 
-COMMANDS = ["info", "convert", "export", "prepare", "datasets", "features", "cluster", "label", "pretrain",
+COMMANDS = ["info", "convert", "export", "inspect", "prepare", "datasets", "features", "cluster", "label", "pretrain",
             "pretrain-loop", "finetune", "evaluate", "predict", "embed", "demo"]
 
 
@@ -46,3 +46,16 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"hubert-ecg: error: {tmp_path / 'missing'}: no such file or directory"
+
+
+def test_inspect_reports_each_record_and_plots(tmp_path, capsys):
+    from hubert_ecg.synthetic import write_synthetic_dataset
+    d = write_synthetic_dataset(tmp_path / "d", 2, fmt="wfdb")
+    (d / "bad.hea").write_text("bad 12 500\ngarbage\n")
+    assert main(["inspect", str(d), "--plot", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "2 readable, 1 rejected"
+    assert any(line.startswith("REJECT bad: ") for line in out)
+    assert any(line.startswith("OK     syn00000: wfdb, 500 Hz, 10.0 s, units mV") for line in out)
+    assert (tmp_path / "plots" / "syn00001.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["inspect", str(d / "bad.hea")]) == 2

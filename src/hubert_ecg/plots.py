@@ -299,3 +299,34 @@ def plot_training_curves(history: Mapping[str, Sequence[tuple[float, float]]], p
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_ecg(signal: Any, fs: float, path: str | Path, *, model_input: Any = None, model_fs: float = 100.0,
+             title: str | None = None, lead_names: Sequence[str] | None = None) -> Path:
+    """The 12 leads as read (mV or stored units), and optionally what the model sees.
+
+    ``signal`` (12, n) at ``fs``; ``model_input`` (12, m) at ``model_fs`` (the preprocessed record,
+    drawn on a second axis scale so a person can check filtering, scaling and decimation).
+    """
+    signal = np.asarray(signal, dtype=float)
+    names = list(lead_names) if lead_names is not None else ["I", "II", "III", "aVR", "aVL", "aVF",
+                                                              "V1", "V2", "V3", "V4", "V5", "V6"]
+    fig = _new_figure(12, 14)
+    axes = fig.subplots(12, 1, sharex=True)
+    t = np.arange(signal.shape[1]) / fs
+    for i, ax in enumerate(axes):
+        ax.plot(t, signal[i], color="black", linewidth=0.7, label="as read")
+        ax.set_ylabel(names[i], rotation=0, ha="right", va="center")
+        ax.grid(True, alpha=0.3)
+        if model_input is not None:
+            twin = ax.twinx()
+            m = np.asarray(model_input)[i]
+            twin.plot(np.arange(len(m)) / model_fs, m, color="tab:red", linewidth=0.7, alpha=0.8,
+                      label="model input")
+            twin.set_ylim(-1.2, 1.2)
+            twin.tick_params(axis="y", labelsize=7, colors="tab:red")
+    axes[-1].set_xlabel("time (s)")
+    handles = [axes[0].lines[0]] + ([fig.axes[-1].lines[0]] if model_input is not None else [])
+    fig.legend(handles, [h.get_label() for h in handles], loc="upper right")
+    fig.suptitle(title or "12-lead ECG")
+    return _save(fig, path)

@@ -63,8 +63,53 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
                 print(f"{'':>10}  {attr}: {len(value) if isinstance(value, list) and len(value) > 20 else value}")
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    """Read each record as `prepare` would and say what was found; optionally plot it."""
+    from ..io import discover_sources, read_source
+    from ..preprocess import PreprocessSpec, preprocess_signal
+
+    read_kwargs = {k: v for k, v in (("fs", args.fs), ("units", args.units)) if v}
+    sources = discover_sources(args.inputs, allow_outside_root=args.allow_absolute_paths)
+    if not sources:
+        raise ValueError(f"no ECG records found under {', '.join(args.inputs)}")
+    bad = 0
+    for src in sources:
+        try:
+            record = read_source(src, **read_kwargs)
+        except ValueError as err:
+            bad += 1
+            print(f"REJECT {src.record_id}: {str(err).splitlines()[0]}")
+            continue
+        seconds = record.signal.shape[1] / record.fs
+        ranges = record.signal.max(axis=1) - record.signal.min(axis=1)
+        print(f"OK     {record.record_id}: {record.meta.get('format', '?')}, {record.fs:g} Hz, {seconds:.1f} s, "
+              f"units {record.units}, peak-to-peak {ranges.min():.3g}-{ranges.max():.3g}"
+              + (f", derived {'/'.join(record.meta['derived_leads'])}" if record.meta.get("derived_leads") else "")
+              + (f", labels {record.meta['labels']}" if record.meta.get("labels") else ""))
+        for warning in record.meta.get("warnings", []):
+            print(f"       warning: {warning}")
+        if args.plot:
+            from ..plots import plot_ecg
+            out = Path(args.plot) / f"{record.record_id}.png"
+            model_input = preprocess_signal(record.signal, record.fs, PreprocessSpec())
+            plot_ecg(record.signal, record.fs, out, model_input=model_input,
+                     title=f"{record.record_id} ({record.source})")
+            print(f"       plot: {out}")
+    print(f"{len(sources) - bad} readable, {bad} rejected")
+    return 2 if bad == len(sources) else 0
+
+
 @register
 def _add(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "inspect", "read records as `prepare` would: format, rate, length, units, warnings, plots",
+                    _cmd_inspect)
+    p.add_argument("inputs", nargs="+", help="files, folders or manifests")
+    p.add_argument("--plot", metavar="DIR", help="write one PNG per record: the leads as read and the model input")
+    p.add_argument("--fs", type=float, help="sampling rate for formats that do not store it")
+    p.add_argument("--units", help="override units (mV, uV)")
+    p.add_argument("--allow-absolute-paths", action="store_true",
+                   help="let manifest entries point outside the manifest's folder")
+
     p = add_command(sub, "prepare", "read and preprocess records once into a memory-mappable store",
                     _cmd_prepare, description=(
                         "Read every record under INPUTS (files, folders searched recursively, or a manifest "
