@@ -90,30 +90,19 @@ def read_wfdb(
         raise RecordError(path, f"WFDB header {header.name} not found")
     record_name = str(header.with_suffix(""))
     try:
-        head = wfdb.rdheader(record_name)
-    except Exception as exc:  # wfdb raises many types (HeaderSyntaxError, ValueError, ...)
-        raise RecordError(header, f"unreadable WFDB header: {type(exc).__name__}: {exc}") from None
-    if not head.n_sig:
-        raise RecordError(header, "WFDB header declares no signals")
-    if head.sig_len == 0:
-        raise RecordError(header, "zero-length signal (header declares 0 samples)")
-    for file_name in sorted(set(head.file_name or [])):
-        if not (header.parent / file_name).is_file():
-            raise RecordError(header, f"signal file {file_name} named by the header is missing")
-    try:
+        # One parse of the header: rdrecord reads it; the slower diagnosis runs only on failure.
         rec = wfdb.rdrecord(record_name, physical=False)
-    except Exception as exc:
-        raise RecordError(
-            header, f"cannot read signal file(s) {', '.join(sorted(set(head.file_name)))}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
+    except Exception as exc:  # wfdb raises many types (HeaderSyntaxError, ValueError, ...)
+        raise _diagnose(wfdb, header, record_name, exc) from None
+    if not rec.n_sig:
+        raise RecordError(header, "WFDB header declares no signals")
+    if rec.sig_len == 0:
+        raise RecordError(header, "zero-length signal (header declares 0 samples)")
     digital = rec.d_signal
     if digital is None or digital.ndim != 2 or digital.shape[0] == 0:
         raise RecordError(header, "zero-length signal")
-    if head.sig_len and digital.shape[0] != head.sig_len:
-        raise RecordError(
-            header, f"signal file truncated: {digital.shape[0]} of {head.sig_len} samples"
-        )
+    if rec.sig_len and digital.shape[0] != rec.sig_len:
+        raise RecordError(header, f"signal file truncated: {digital.shape[0]} of {rec.sig_len} samples")
 
     meta: dict[str, Any] = {"format": "wfdb", "signal_files": sorted(set(rec.file_name))}
     meta.update(parse_header_comments(rec.comments or []))
@@ -153,6 +142,23 @@ def read_wfdb(
         allow_missing_leads=allow_missing_leads,
         units_explained=channel_units is None,
     )
+
+
+def _diagnose(wfdb: Any, header: Path, record_name: str, exc: Exception) -> RecordError:
+    """The most specific reason a record could not be read (header, declared signals, files)."""
+    try:
+        head = wfdb.rdheader(record_name)
+    except Exception as header_exc:
+        return RecordError(header, f"unreadable WFDB header: {type(header_exc).__name__}: {header_exc}")
+    if not head.n_sig:
+        return RecordError(header, "WFDB header declares no signals")
+    if head.sig_len == 0:
+        return RecordError(header, "zero-length signal (header declares 0 samples)")
+    for file_name in sorted(set(head.file_name or [])):
+        if not (header.parent / file_name).is_file():
+            return RecordError(header, f"signal file {file_name} named by the header is missing")
+    return RecordError(header, f"cannot read signal file(s) {', '.join(sorted(set(head.file_name)))}: "
+                               f"{type(exc).__name__}: {exc}")
 
 
 def _gains_are_self_normalising(digital: np.ndarray, gains: Sequence[float] | None) -> bool:
