@@ -73,7 +73,7 @@ class Record:
         return self.n_samples / self.fs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecordSource:
     """A cheap, picklable pointer to one record (for parallel workers and resumable jobs).
 
