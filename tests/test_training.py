@@ -120,3 +120,25 @@ def test_two_gloo_processes_match_one_process(store_path, tmp_path):
     assert sorted(h1) == sorted(h2) == list(range(1, 7))
     # Same global batches and masks; only float summation order differs between 1 and 2 processes.
     np.testing.assert_allclose([h2[s] for s in h1], [h1[s] for s in h1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_train_on_cpu(store_path, tmp_path, precision):
+    """The autocast / GradScaler code that runs on GPUs, exercised through CPU autocast."""
+    from hubert_ecg.model import create_model
+    from hubert_ecg.pretrain import PretrainObjective
+    from hubert_ecg.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = create_model("tiny", vocab_sizes=[4])
+    store = ECGStore(store_path)
+    rows = store.rows()
+    objective = PretrainObjective(model, store, ["fake"], rows[:-4], rows[-4:], global_batch=8)
+    cfg = TrainConfig(out_dir=str(tmp_path / precision), max_steps=4, batch_size=8, lr=1e-3, val_every=2,
+                      log_every=1, num_workers=0, progress=False, precision=precision, clip_grad_norm=1.0)
+    result = train(model, objective, cfg)
+    assert result.state.step == 4 and np.isfinite(result.state.best)
+    hist = _history(tmp_path / precision)
+    assert all(np.isfinite(v) for v in hist.values())
+    state = torch.load(tmp_path / precision / "last" / "trainer_state.pt", weights_only=True)
+    assert (state["scaler"] is not None) == (precision == "fp16")
