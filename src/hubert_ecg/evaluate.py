@@ -1,7 +1,8 @@
 """Evaluation of a fine-tuned model on a store split: windows/TTA, metrics with CIs, plots, report.
 
 Outputs in ``OUT/``: ``probabilities.csv`` (one row per record, keyed by record id),
-``metrics.json`` and ``metrics_per_label.csv`` (point estimates and bootstrap intervals),
+``metrics.json`` (point estimates, bootstrap intervals, settings) and ``metrics_per_label.csv``
+(both written by :func:`hubert_ecg.report.write_report`),
 PNG plots, and ``report.html`` / ``report.md``.
 """
 
@@ -27,8 +28,8 @@ def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
     """Logits -> what metrics take: sigmoid (multi-label, binary), softmax (multi-class), identity (regression)."""
     if task == "multi_class":
         return logits.float().softmax(-1)
-    if task == "regression":
-        return logits.float()
+    if task == "regression":  # one target: (B,), as the labels it is scored against
+        return logits.float()[:, 0] if logits.shape[-1] == 1 else logits.float()
     if task == "binary":
         return torch.sigmoid(logits.float()[:, 0])
     return torch.sigmoid(logits.float())
@@ -161,10 +162,6 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, out_dir: str | Path
     result = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=names)
     ci = bootstrap_ci(task, y_true, y_score, n_resamples=n_bootstrap, seed=seed, thresholds=thresholds,
                       label_names=names) if n_bootstrap > 0 else None
-    result.write_json(out / "metrics.json")
-    result.write_csv(out / "metrics_per_label.csv")
-    if ci is not None:
-        atomic_write_json(out / "bootstrap_ci.json", ci)
     figures: dict[str, Path] = {}
     if task in ("multi_label", "binary", "multi_class"):
         figures["ROC and precision-recall curves"] = plots.plot_roc_pr(y_true, y_score, names, out / "roc_pr.png")

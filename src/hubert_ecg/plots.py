@@ -109,7 +109,8 @@ def plot_roc_pr(y_true: Any, y_score: Any, label_names: Sequence[str] | None, pa
     ax_pr.set_title("Precision-recall curves")
     if n_labels <= _MAX_LEGEND_ENTRIES:
         ax_roc.legend(loc="lower right", fontsize="small")
-        ax_pr.legend(loc="lower left", fontsize="small")
+        if aurocs:  # no curve, no legend entry
+            ax_pr.legend(loc="lower left", fontsize="small")
     for ax in (ax_roc, ax_pr):
         ax.grid(alpha=0.3)
     return _save(fig, path)
