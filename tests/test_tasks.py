@@ -20,16 +20,16 @@ from hubert_ecg.training import TrainConfig
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tasks")
     rng = np.random.default_rng(7)
-    lines = ["record_id,split,rate_class,heart_rate"]
+    lines = ["record_id,split,rate_class,heart_rate,tachycardia"]
     for i in range(48):
         cls = i % 3  # 0 normal, 1 tachycardia, 2 bradycardia
         rec = synthetic_record(rng, labels={"tachycardia": int(cls == 1), "bradycardia": int(cls == 2)}, seconds=5.0)
         np.save(root / f"r{i:03d}.npy", rec.signal)
-        split = "test" if i % 6 == 0 else "val" if i % 6 == 1 else "train"
-        lines.append(f"r{i:03d},{split},{cls},{rec.heart_rate / 100:.4f}")
+        split = "test" if i % 8 in (0, 1) else "val" if i % 8 in (2, 3) else "train"
+        lines.append(f"r{i:03d},{split},{cls},{rec.heart_rate / 100:.4f},{int(cls == 1)}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     out = {}
-    for column in ("rate_class", "heart_rate"):
+    for column in ("rate_class", "heart_rate", "tachycardia"):
         labels = LabelTable.from_csv(root / "labels.csv", id_column="record_id", split_column="split",
                                      label_columns=[column])
         prepare_store([root], root / f"store-{column}", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
@@ -51,7 +51,7 @@ def test_multi_class_end_to_end(store, tmp_path):
     summary = evaluate(result.best_dir, store["rate_class"], tmp_path / "eval", n_bootstrap=50)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     assert metrics["task"] == "multi_class" and 0.0 <= metrics["overall"]["accuracy"] <= 1.0
-    assert np.asarray(metrics["confusion_matrix"]).sum() == summary["records"] == 8
+    assert np.asarray(metrics["confusion_matrix"]).sum() == summary["records"] == 12
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 0
     pred = model.predict(np.load(sorted(Path(store["rate_class"]).parent.glob("r*.npy"))[0]), fs=500)
     assert pred.probabilities.shape == (3,) and abs(pred.probabilities.sum() - 1) < 1e-5
@@ -64,4 +64,15 @@ def test_regression_end_to_end(store, tmp_path):
     assert set(summary["macro"]) >= {"mae", "rmse", "r2", "pearson_r"}
     assert (tmp_path / "eval" / "regression.png").stat().st_size > 0
     rows = (tmp_path / "eval" / "probabilities.csv").read_text().splitlines()
-    assert rows[0] == "record_id,heart_rate" and len(rows) == 9
+    assert rows[0] == "record_id,heart_rate" and len(rows) == 13
+
+
+def test_binary_one_logit_end_to_end(store, tmp_path):
+    result = _train(store["tachycardia"], tmp_path, "binary", "auroc")
+    model = load_model(result.best_dir)
+    assert model.config.head.num_labels == 1 and len(model.info.thresholds) == 1
+    summary = evaluate(result.best_dir, store["tachycardia"], tmp_path / "eval", n_bootstrap=50)
+    assert 0.0 <= summary["macro"]["auroc"] <= 1.0
+    pred = model.predict(np.load(sorted(Path(store["tachycardia"]).parent.glob("r*.npy"))[1]), fs=500)
+    assert pred.probabilities.shape == () or pred.probabilities.shape == (1,)
+    assert int(np.atleast_1d(pred.decisions)[0]) == int(np.atleast_1d(pred.probabilities)[0] >= model.info.thresholds[0])

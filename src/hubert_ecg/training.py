@@ -437,6 +437,9 @@ def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainC
         if value is None:
             raise ValueError(f"validation did not produce the monitored metric {cfg.monitor!r} "
                              f"(have: {', '.join(sorted(metrics))})")
+        if isinstance(value, float) and math.isnan(value):
+            warnings.warn(f"validation {cfg.monitor} is undefined at step {state.step} (e.g. a label with only one "
+                          "class in the validation split); best/ is kept only when it is defined")
         if _improved(value, state.best, cfg):
             state.best, state.best_step, state.bad_rounds = float(value), state.step, 0
             best_dir = Path(cfg.out_dir) / "best"
