@@ -59,3 +59,22 @@ def test_inspect_reports_each_record_and_plots(tmp_path, capsys):
     assert any(line.startswith("OK     syn00000: wfdb, 500 Hz, 10.0 s, units mV") for line in out)
     assert (tmp_path / "plots" / "syn00001.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["inspect", str(d / "bad.hea")]) == 2
+
+
+def test_allow_missing_leads_flag(tmp_path, capsys):
+    import numpy as np
+    from conftest import synthetic_12_lead
+    signal = synthetic_12_lead(np.random.default_rng(0), 2500)
+    names = ["I", "II", "V1", "V2", "V3", "V4", "V5"]  # limb leads derivable; V6 missing
+    rows = signal[[0, 1, 6, 7, 8, 9, 10]].T
+    path = tmp_path / "seven.csv"
+    path.write_text(",".join(names) + "\n" + "\n".join(",".join(f"{v:.5f}" for v in r) for r in rows) + "\n")
+    assert main(["inspect", str(path), "--fs", "500"]) == 2
+    assert "V6" in capsys.readouterr().out
+    assert main(["inspect", str(path), "--fs", "500", "--allow-missing-leads"]) == 0
+    assert "1 readable, 0 rejected" in capsys.readouterr().out
+    assert main(["prepare", str(path), "--fs", "500", "--allow-missing-leads", "--out", str(tmp_path / "s"),
+                 "--quiet"]) == 0
+    from hubert_ecg.store import ECGStore
+    x = ECGStore(tmp_path / "s").signals([0])[0]
+    assert np.all(x[11] == 0) and np.isfinite(x).all()  # V6 zero-filled, the rest preprocessed

@@ -390,6 +390,7 @@ def preprocess_batch(signals: np.ndarray, fs: float, spec: PreprocessSpec) -> np
         raise PreprocessError(
             f"record is {n} samples ({n / fs:.3f} s at {fs:g} Hz) long; the minimum is {spec.min_window_s:g} s"
         )
+    absent = missing_leads(x)  # (B, 12): leads with no finite sample (not recorded)
     x = _clean_nonfinite(x, spec.nan_policy)
 
     if spec.scaling != "none":
@@ -438,6 +439,9 @@ def preprocess_batch(signals: np.ndarray, fs: float, spec: PreprocessSpec) -> np
             x = decimate(x, q, axis=-1)
 
     out = x.astype(np.float32)
+    # A lead that was never recorded is 0 in the model input, the middle of the [-1, 1] range (the
+    # published min-max formula would map its zero fill to -1, as for a flat recorded lead).
+    out[absent] = 0.0
     if not np.isfinite(out).all():
         raise PreprocessError("preprocessing produced non-finite values; input amplitudes exceed float range")
     return out

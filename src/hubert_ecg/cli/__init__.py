@@ -47,6 +47,27 @@ def add_command(sub: argparse._SubParsersAction, name: str, help_: str, handler:
     return parser
 
 
+def add_read_options(parser: argparse.ArgumentParser) -> None:
+    """Reader options shared by every command that reads ECG files."""
+    parser.add_argument("--fs", type=float, help="sampling rate for formats that do not store it (.npy, bare .mat, CSV)")
+    parser.add_argument("--units", help="override units (mV, uV) for formats without them")
+    parser.add_argument("--allow-missing-leads", action="store_true",
+                        help="accept records missing leads that cannot be derived (filled with zeros and flagged; "
+                             "the published models were trained on all 12)")
+
+
+def read_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The reader keyword arguments of :func:`add_read_options`."""
+    out: dict[str, Any] = {}
+    if args.fs:
+        out["fs"] = args.fs
+    if args.units:
+        out["units"] = args.units
+    if args.allow_missing_leads:
+        out["allow_missing_leads"] = True
+    return out
+
+
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 

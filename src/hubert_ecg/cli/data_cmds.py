@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_command, register
+from . import add_command, add_read_options, read_kwargs, register
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -26,13 +26,8 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     if args.labels:
         labels = LabelTable.from_csv(args.labels, id_column=args.id_column, label_start_index=args.label_start_index,
                                      label_columns=args.label_columns, split_column=args.split_column)
-    read_kwargs = {}
-    if args.fs:
-        read_kwargs["fs"] = args.fs
-    if args.units:
-        read_kwargs["units"] = args.units
     result = prepare_store(args.inputs, args.out, spec=spec, labels=labels, row_seconds=args.row_seconds,
-                           shard_records=args.shard_records, workers=args.workers, read_kwargs=read_kwargs,
+                           shard_records=args.shard_records, workers=args.workers, read_kwargs=read_kwargs(args),
                            progress=not args.quiet, split_fractions=(args.val_fraction, args.test_fraction),
                            seed=args.seed, allow_outside_root=args.allow_absolute_paths)
     print(f"store {result.store}: {result.records} records in {result.rows} rows, {result.rejected} rejected"
@@ -68,14 +63,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..io import discover_sources, read_source
     from ..preprocess import PreprocessSpec, preprocess_signal
 
-    read_kwargs = {k: v for k, v in (("fs", args.fs), ("units", args.units)) if v}
+    options = read_kwargs(args)
     sources = discover_sources(args.inputs, allow_outside_root=args.allow_absolute_paths)
     if not sources:
         raise ValueError(f"no ECG records found under {', '.join(args.inputs)}")
     bad = 0
     for src in sources:
         try:
-            record = read_source(src, **read_kwargs)
+            record = read_source(src, **options)
         except ValueError as err:
             bad += 1
             print(f"REJECT {src.record_id}: {str(err).splitlines()[0]}")
@@ -105,8 +100,7 @@ def _add(sub: argparse._SubParsersAction) -> None:
                     _cmd_inspect)
     p.add_argument("inputs", nargs="+", help="files, folders or manifests")
     p.add_argument("--plot", metavar="DIR", help="write one PNG per record: the leads as read and the model input")
-    p.add_argument("--fs", type=float, help="sampling rate for formats that do not store it")
-    p.add_argument("--units", help="override units (mV, uV)")
+    add_read_options(p)
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="let manifest entries point outside the manifest's folder")
 
@@ -127,8 +121,7 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel reader/preprocessing processes")
     p.add_argument("--row-seconds", type=float, default=10.0, help="seconds per stored row (longer records span rows)")
     p.add_argument("--shard-records", type=int, default=512, help="records per shard (the unit of resume)")
-    p.add_argument("--fs", type=float, help="sampling rate for formats that do not store it (.npy, bare .mat, CSV)")
-    p.add_argument("--units", help="override units (mV, uV) for formats without them")
+    add_read_options(p)
     p.add_argument("--reference-preprocessing", action="store_true",
                    help="decimate the flattened 12-lead window exactly as the published loader")
     p.add_argument("--baseline-highpass", type=float, metavar="HZ", help="add a real baseline-wander high-pass")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_command, register
+from . import add_command, add_read_options, read_kwargs, register
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -28,21 +28,12 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
     return load_model(args.checkpoint, device=device)
 
 
-def _read_kwargs(args: argparse.Namespace) -> dict:
-    out = {}
-    if args.fs:
-        out["fs"] = args.fs
-    if args.units:
-        out["units"] = args.units
-    return out
-
-
 def _cmd_predict(args: argparse.Namespace) -> None:
     from ..inference import predict_files
 
     summary = predict_files(_load(args), args.inputs, args.out, mode="predict", windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
-                            read_kwargs=_read_kwargs(args), progress=not args.quiet,
+                            read_kwargs=read_kwargs(args), progress=not args.quiet,
                             allow_outside_root=args.allow_absolute_paths, engine=args.engine,
                             workers=args.workers)
     _print_summary(summary)
@@ -53,7 +44,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
     summary = predict_files(_load(args), args.inputs, args.out, mode="embed", layer=args.layer, windows=args.windows,
                             aggregate=args.aggregate, stride_s=args.stride, batch_size=args.batch_size,
-                            read_kwargs=_read_kwargs(args), progress=not args.quiet,
+                            read_kwargs=read_kwargs(args), progress=not args.quiet,
                             allow_outside_root=args.allow_absolute_paths, engine=args.engine,
                             workers=args.workers)
     _print_summary(summary)
@@ -81,8 +72,7 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="combine the windows of a record")
     p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass (across records)")
     p.add_argument("--workers", type=int, default=1, help="processes that read and preprocess records")
-    p.add_argument("--fs", type=float, help="sampling rate for formats that do not store it")
-    p.add_argument("--units", help="override units (mV, uV)")
+    add_read_options(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="let manifest entries point outside the manifest's folder (absolute or '..' paths)")
