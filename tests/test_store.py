@@ -140,3 +140,15 @@ def test_columnar_index_equals_the_manifest(synthetic_dir, tmp_path):
     slow = ECGStore(tmp_path / "s")
     for name in ("record_ids", "segments", "lengths", "shard_of", "shard_row", "splits", "labels"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+
+
+def test_duplicate_ids_of_long_records_keep_all_their_segments(tmp_path):
+    from hubert_ecg.synthetic import synthetic_record
+    rng = np.random.default_rng(1)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        np.save(tmp_path / sub / "same.npy", synthetic_record(rng, seconds=25.0).signal)
+    prepare_store([tmp_path / "a", tmp_path / "b"], tmp_path / "s", read_kwargs={"fs": 500.0}, progress=False)
+    store = ECGStore(tmp_path / "s")
+    assert store.record_ids.tolist() == ["same"] * 3 + ["same@1"] * 3
+    assert store.segments.tolist() == [0, 1, 2, 0, 1, 2]

@@ -220,59 +220,85 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     ``allow_outside_root`` lets manifest entries point outside the manifest's folder (absolute or
     ``..`` paths); by default they are refused before anything is written.
     """
-    from .io import discover_sources
+    from .io import iter_sources
 
     spec = spec or PreprocessSpec()
-    # Inputs first: a bad manifest must not leave an empty store folder behind.
-    sources = discover_sources([str(p) for p in inputs], allow_outside_root=allow_outside_root)
+    input_paths = [str(p) for p in inputs]
+
+    def sources() -> Iterator[Any]:
+        return iter_sources(input_paths, allow_outside_root=allow_outside_root)
+
+    # A first pass counts the records and checks every input and manifest row before anything is
+    # written (a bad manifest must not leave an empty store folder behind); neither pass holds the
+    # record list in memory, so millions of records cost a walk of the folders, not gigabytes.
+    n_sources = sum(1 for _ in sources())
+    if not n_sources:
+        raise StoreError(f"no ECG records found under {', '.join(input_paths)}")
     out = check_writable(out)
     (out / "shards").mkdir(exist_ok=True)
     # Temporary files of writes cut short by a kill (SIGKILL skips their clean-up); one job owns a store.
     for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
         stale.unlink(missing_ok=True)
-    if not sources:
-        raise StoreError(f"no ECG records found under {', '.join(str(p) for p in inputs)}")
     row_samples = int(round(row_seconds * spec.target_hz))
     header = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocessing": spec.to_dict(),
               "row_samples": row_samples, "fs": spec.target_hz, "n_leads": 12,
               "label_names": labels.names if labels else [], "shard_records": shard_records,
-              "n_sources": len(sources)}
+              "n_sources": n_sources}
     meta_path = out / "store.json"
     if meta_path.exists():
         previous = json.loads(meta_path.read_text())
         for key in ("preprocessing", "row_samples", "shard_records", "label_names"):
             if previous.get(key) != header[key]:
                 raise StoreError(f"{out}: exists with a different {key}; use a new --out or delete it")
-        if previous.get("complete") and previous.get("n_sources") == len(sources):
+        if previous.get("complete") and previous.get("n_sources") == n_sources:
             return _result_from_existing(out, previous)
     atomic_write_json(meta_path, {**header, "complete": False})
 
-    blocks = [sources[i:i + shard_records] for i in range(0, len(sources), shard_records)]
-    todo = [b for b in range(len(blocks)) if not _shard_done(out, b)]
-    skipped_done = sum(len(blocks[b]) for b in range(len(blocks)) if b not in set(todo))
+    n_blocks = math.ceil(n_sources / shard_records)
+    done = {b for b in range(n_blocks) if _shard_done(out, b)}
+    skipped_done = sum(min(shard_records, n_sources - b * shard_records) for b in done)
     tasks_kwargs = read_kwargs or {}
     spec_dict = spec.to_dict()
-    bar = _progress(total=len(sources), initial=skipped_done, enabled=progress, desc="prepare", unit="rec")
+    bar = _progress(total=n_sources, initial=skipped_done, enabled=progress, desc="prepare", unit="rec")
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
     # The in-process path gets the same one-thread BLAS limit; the previous limits come back after.
     limiter = _limit_blas_threads() if pool is None else None
+    stopped = False
     try:
-        for n_done, b in enumerate(todo):
-            if stop_after_shards is not None and n_done >= stop_after_shards:
+        written = 0
+        # Blocks are consecutive runs of the discovery order, so block b is the same set of
+        # records on every run and a finished shard never needs redoing.
+        for b, block in enumerate(_chunks(sources(), shard_records)):
+            if b in done:
+                continue
+            if stop_after_shards is not None and written >= stop_after_shards:
+                stopped = True
                 break
-            args = [(src, spec_dict, row_samples, spec.target_hz, tasks_kwargs) for src in blocks[b]]
+            args = [(src, spec_dict, row_samples, spec.target_hz, tasks_kwargs) for src in block]
             results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
             _write_shard(out, b, list(results), labels, split_fractions, seed, spec.target_hz, row_samples)
-            bar.update(len(blocks[b]))
+            written += 1
+            bar.update(len(block))
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
         if limiter is not None:
             limiter.restore_original_limits()
-    if stop_after_shards is not None and len(todo) > stop_after_shards:
+    if stopped:
         raise StoreError(f"{out}: stopped after {stop_after_shards} shards (incomplete)")
-    return _finalise(out, header, len(blocks), skipped_done)
+    return _finalise(out, header, n_blocks, skipped_done)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    block: list[Any] = []
+    for item in items:
+        block.append(item)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def _shard_done(out: Path, block: int) -> bool:
@@ -339,8 +365,10 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
     fields = MANIFEST_FIELDS + ["shard", "shard_row"] + [LABEL_PREFIX + n for n in label_names]
     n_rows = 0
     warned = 0
-    records: set[str] = set()
-    seen_ids: dict[str, str] = {}
+    n_records = 0
+    # id digest -> source digest: ids repeated by different files are told apart in little memory.
+    seen_ids: dict[int, int] = {}
+    current_id = ""
     all_rejects: list[tuple[str, str]] = []
     with atomic_path(out / "manifest.csv") as tmp_manifest, atomic_path(out / "rejects.csv") as tmp_rejects:
         with open(tmp_manifest, "w", newline="") as fm, open(tmp_rejects, "w", newline="") as fr:
@@ -355,26 +383,35 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
                         all_rejects.append((rec["source"], rec["reason"]))
                 with open(out / "shards" / f"{b:05d}.csv", newline="") as fh:
                     for shard_row, rec in enumerate(csv.DictReader(fh)):
-                        rid = rec["record_id"]
                         if rec["segment"] == "0":
-                            if rid in seen_ids and seen_ids[rid] != rec["source"]:
+                            rid = rec["record_id"]
+                            id_key, source_key = _digest(rid), _digest(rec["source"])
+                            if seen_ids.get(id_key, source_key) != source_key:
                                 # Same id from two files: keep both, but make the second id unique.
-                                rid = f"{rid}@{len(records)}"
-                            seen_ids[rid] = rec["source"]
-                            records.add(rid)
+                                rid = f"{rid}@{n_records}"
+                                id_key = _digest(rid)
+                            seen_ids[id_key] = source_key
+                            current_id = rid
+                            n_records += 1
                             if '"warnings":[' in rec["meta"] and '"warnings":[]' not in rec["meta"]:
                                 warned += 1
-                        rec.update(row=n_rows, shard=b, shard_row=shard_row, record_id=rid)
+                        # Later segments follow their first row (and its renaming, if any).
+                        rec.update(row=n_rows, shard=b, shard_row=shard_row, record_id=current_id)
                         manifest.writerow(rec)
                         n_rows += 1
-    summary = {**header, "complete": True, "n_rows": n_rows, "n_records": len(records), "n_warned": warned,
+    summary = {**header, "complete": True, "n_rows": n_rows, "n_records": n_records, "n_warned": warned,
                "n_rejected": len(all_rejects), "n_shards": n_blocks}
     # Columnar copy of what training reads, so that opening a store of millions of rows is instant.
     with atomic_path(out / INDEX_FILE) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **_parse_manifest(out / "manifest.csv", label_names))
     atomic_write_json(out / "store.json", summary)
-    return PrepareResult(out, len(records), n_rows, len(all_rejects), skipped_done, all_rejects, warned)
+    return PrepareResult(out, n_records, n_rows, len(all_rejects), skipped_done, all_rejects, warned)
+
+
+def _digest(text: str) -> int:
+    import hashlib
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def _parse_manifest(manifest: Path, label_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -517,15 +554,6 @@ class ECGStore:
         uniq, inverse = np.unique(self.record_ids[rows].astype(str), return_inverse=True)
         return uniq, inverse
 
-    def iter_batches(self, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-        for start in range(0, len(rows), batch_size):
-            yield rows[start:start + batch_size]
-
 
 def open_store(path: str | os.PathLike) -> ECGStore:
     return ECGStore(path)
-
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

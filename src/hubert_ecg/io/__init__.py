@@ -6,7 +6,7 @@ from hubert_ecg.io.leads import STANDARD_LEADS, arrange_leads, canonical_lead_na
 from hubert_ecg.io.quality import amplitude_warnings
 from hubert_ecg.io.reader import detect_format, read_record
 from hubert_ecg.io.record import Record, RecordError, RecordSource
-from hubert_ecg.io.sources import discover_sources, read_source
+from hubert_ecg.io.sources import discover_sources, iter_sources, read_source
 
 __all__ = [
     "STANDARD_LEADS",
@@ -18,6 +18,7 @@ __all__ = [
     "canonical_lead_name",
     "detect_format",
     "discover_sources",
+    "iter_sources",
     "read_record",
     "read_source",
 ]

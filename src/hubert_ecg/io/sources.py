@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,8 @@ def _outside_root(root: Path, target: Path) -> bool:
     return os.path.commonpath([root_abs, target_abs]) != root_abs
 
 
-def _from_manifest(path: Path, allow_outside_root: bool = False) -> list[RecordSource]:
-    sources: list[RecordSource] = []
+def _from_manifest(path: Path, allow_outside_root: bool = False) -> Iterator[RecordSource]:
+    """Manifest rows as sources, one at a time (a manifest may list millions of records)."""
     for number, row in _manifest_rows(path):
         entry = next((row[c] for c in _MANIFEST_PATH_COLUMNS if row.get(c)), "")
         if not entry:
@@ -116,16 +117,15 @@ def _from_manifest(path: Path, allow_outside_root: bool = False) -> list[RecordS
         key = next((row[c] for c in _MANIFEST_KEY_COLUMNS if row.get(c)), None)
         record_id = next((row[c] for c in _MANIFEST_ID_COLUMNS if row.get(c)), None)
         if key is not None and target.suffix.lower() in _HDF5_SUFFIXES:
-            sources.append(RecordSource(str(target), key, record_id or key))
+            yield RecordSource(str(target), key, record_id or key)
             continue
-        found = _sources_for_file(target, explicit=True, allow_outside_root=allow_outside_root)
+        found = list(_sources_for_file(target, explicit=True, allow_outside_root=allow_outside_root))
         if record_id and len(found) == 1:
             found = [RecordSource(found[0].path, found[0].key, record_id)]
-        sources.extend(found)
-    return sources
+        yield from found
 
 
-def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = False) -> list[RecordSource]:
+def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = False) -> Iterable[RecordSource]:
     """Sources in one file. From folder walks (``explicit=False``) companion and non-ECG
     files are skipped silently; an explicitly named file is always taken as a record."""
     suffix = path.suffix.lower()
@@ -187,8 +187,8 @@ def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
-                     allow_outside_root: bool = False) -> list[RecordSource]:
+def iter_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
+                 allow_outside_root: bool = False) -> Iterator[RecordSource]:
     """Expand files, folders and manifests into one ``RecordSource`` per record.
 
     * a folder is walked (recursively by default) in sorted order; WFDB companions (the ``.dat``
@@ -206,27 +206,34 @@ def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
     Raises:
         RecordError: an input or manifest entry that does not exist, or that leaves the data root.
     """
-    sources: list[RecordSource] = []
+    # Duplicates are recognised by an 8-byte digest of (path, key): about 60 bytes per record
+    # instead of the record itself, so millions of records stream through in little memory.
+    seen: set[int] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for file in _walk(path, recursive):
-                sources.extend(_sources_for_file(file, explicit=False, allow_outside_root=allow_outside_root))
+            found: Iterable[RecordSource] = (
+                source for file in _walk(path, recursive)
+                for source in _sources_for_file(file, explicit=False, allow_outside_root=allow_outside_root))
         elif path.is_file():
-            sources.extend(_sources_for_file(path, explicit=True, allow_outside_root=allow_outside_root))
+            found = _sources_for_file(path, explicit=True, allow_outside_root=allow_outside_root)
         elif path.with_name(path.name + ".hea").is_file():
             header = path.with_name(path.name + ".hea")
-            sources.append(RecordSource(str(header), None, header.stem))
+            found = [RecordSource(str(header), None, header.stem)]
         else:
             raise RecordError(path, "input not found")
-    seen: set[tuple[str, str | None]] = set()
-    unique: list[RecordSource] = []
-    for source in sources:
-        marker = (os.path.normpath(source.path), source.key)
-        if marker not in seen:
-            seen.add(marker)
-            unique.append(source)
-    return unique
+        for source in found:
+            marker = f"{os.path.normpath(source.path)}\0{source.key}".encode()
+            digest = int.from_bytes(hashlib.blake2b(marker, digest_size=8).digest(), "little")
+            if digest not in seen:
+                seen.add(digest)
+                yield source
+
+
+def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
+                     allow_outside_root: bool = False) -> list[RecordSource]:
+    """All sources of :func:`iter_sources` as a list (same order, duplicates dropped, same errors)."""
+    return list(iter_sources(inputs, recursive=recursive, allow_outside_root=allow_outside_root))
 
 
 def read_source(src: RecordSource, **kw: Any) -> Record:
