@@ -188,7 +188,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 def _add(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "features", "per-token descriptors (hand-made or hidden states of a layer) for k-means",
                     _cmd_features)
-    p.add_argument("store")
+    p.add_argument("store", help="prepared store (from `hubert-ecg prepare`)")
     p.add_argument("--kind", choices=["tf", "mfcc", "tf+mfcc", "hidden"], default="tf+mfcc",
                    help="16 time-frequency statistics, 13 MFCC, both (29), or hidden states of --layer")
     p.add_argument("--checkpoint", help="model for --kind hidden")
@@ -214,7 +214,7 @@ def _add(sub: argparse._SubParsersAction) -> None:
 
     p = add_command(sub, "label", "assign every token its cluster id(s) and store the targets beside the store",
                     _cmd_label)
-    p.add_argument("store")
+    p.add_argument("store", help="prepared store (from `hubert-ecg prepare`)")
     p.add_argument("--kmeans", nargs="+", required=True, help="k-means model(s); several give several codebooks")
     p.add_argument("--name", default="targets", help="targets name inside the store")
     p.add_argument("--checkpoint", help="model for hidden-state features (when the k-means was fit on them)")
@@ -224,9 +224,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true")
 
     p = add_command(sub, "pretrain", "masked-prediction pre-training on k-means targets", _cmd_pretrain)
-    p.add_argument("store")
+    p.add_argument("store", help="prepared store (from `hubert-ecg prepare`)")
     p.add_argument("--targets", nargs="+", required=True, help="target names written by `hubert-ecg label`")
-    p.add_argument("--size", default="small", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--size", default="small", choices=["tiny", "small", "base", "large"],
+                   help="model size for a new model (default: small)")
     p.add_argument("--init-from", help="start from this model (next iteration: fresh codebooks)")
     p.add_argument("--out", required=True, help="run directory (re-run the same command to resume)")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the masked loss (1 - alpha: unmasked)")
