@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from hubert_ecg.data import BatchSampler, StoreWindows, make_loader
+from hubert_ecg.loader import BatchSampler, StoreWindows, make_loader
 from hubert_ecg.preprocess import PreprocessSpec
 from hubert_ecg.store import MANIFEST_FIELDS, STORE_FORMAT, STORE_VERSION, ECGStore
 

@@ -34,7 +34,7 @@ SEED = 0
 
 def ludb_labels(work: Path) -> tuple[Path, dict[str, np.ndarray], np.ndarray]:
     """LUDB label table (via the library) -> (csv path, {label: (200,) int}, record ids (200,) str)."""
-    from hubert_ecg.datasets import ludb_labels_table
+    from hubert_ecg.label_tables import ludb_labels_table
 
     table = ludb_labels_table(LUDB, work / "ludb_labels.csv")
     import csv

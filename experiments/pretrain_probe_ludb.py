@@ -39,7 +39,7 @@ def record_embeddings(model: torch.nn.Module, store, layers: list[int]) -> tuple
 
     Returns record ids (N,) and {layer: (N, H)}.
     """
-    from hubert_ecg.data import StoreWindows, evaluation_windows, window_batches
+    from hubert_ecg.loader import StoreWindows, evaluation_windows, window_batches
     from hubert_ecg.metrics import aggregate_windows
 
     model.eval()
@@ -62,8 +62,8 @@ def record_embeddings(model: torch.nn.Module, store, layers: list[int]) -> tuple
 
 def hand_embeddings(store) -> tuple[np.ndarray, np.ndarray]:
     """Reference descriptor without learning: mean and s.d. over tokens of the 29 tf+mfcc values, per record."""
-    from hubert_ecg.data import StoreWindows, evaluation_windows
-    from hubert_ecg.features import hand_features
+    from hubert_ecg.loader import StoreWindows, evaluation_windows
+    from hubert_ecg.pretraining.features import hand_features
     from hubert_ecg.metrics import aggregate_windows
 
     dataset = StoreWindows(store, crop="given")
@@ -101,9 +101,9 @@ def main() -> None:
 
     from hubert_ecg.checkpoint import load_model
     from hubert_ecg.model import create_model
-    from hubert_ecg.pretrain import PretrainObjective, default_val_rows, majority_baseline, run_pretrain
+    from hubert_ecg.pretraining.objective import PretrainObjective, default_val_rows, majority_baseline, run_pretrain
     from hubert_ecg.store import ECGStore, LabelTable, prepare_store
-    from hubert_ecg.targets import cluster_features, dump_features, label_store
+    from hubert_ecg.pretraining.targets import cluster_features, dump_features, label_store
     from hubert_ecg.training import TrainConfig, read_history
 
     torch.manual_seed(SEED)

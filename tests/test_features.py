@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from conftest import shared_path
-from hubert_ecg.features import (
+from hubert_ecg.pretraining.features import (
     DEFAULT_CONV_LAYOUTS,
     FeatureInputError,
     conv_layout,

@@ -15,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies
 from sklearn.preprocessing import Normalizer
 
 from conftest import shared_path
-from hubert_ecg.kmeans import (
+from hubert_ecg.pretraining.kmeans import (
     FeatureNormaliser,
     KMeansFileError,
     KMeansInputError,
@@ -240,7 +240,7 @@ def test_sweep_k_inertia_falls_until_the_true_k(blobs) -> None:
 def test_real_descriptors_cluster_and_round_trip(tmp_path: Path) -> None:
     """Iteration-1 pipeline on real PTB-XL leads: descriptors -> streamed k-means -> file -> same labels."""
     wfdb = pytest.importorskip("wfdb")
-    from hubert_ecg.features import hand_features
+    from hubert_ecg.pretraining.features import hand_features
 
     root = shared_path("ptbxl-unlabelled-100hz")
     names = [line.split(",")[1] for line in (root / "records.csv").read_text().splitlines()[1:13]]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hubert_ecg.pretrain_loop import load_config, run_pretrain_loop
+from hubert_ecg.pretraining.loop import load_config, run_pretrain_loop
 from hubert_ecg.store import ECGStore, prepare_store
 from hubert_ecg.synthetic import write_synthetic_dataset
 

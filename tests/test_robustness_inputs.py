@@ -194,15 +194,15 @@ def test_predict_over_the_corpus_writes_rejects_and_every_good_record(corpus, ti
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. single-input commands: exit 2, one line, no traceback (unless --debug)
+# 3. single-input commands: exit 1, one line, no traceback (unless --debug)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["npy_truncated", "too_short", "duplicated_leads"])
-def test_predict_on_one_bad_file_exits_2_naming_file_and_problem(name: str, tiny_classifier: Path,
+def test_predict_on_one_bad_file_exits_1_naming_file_and_problem(name: str, tiny_classifier: Path,
                                                                  tmp_path: Path, capsys) -> None:
     path = write_case(name, tmp_path / "in")
     out = tmp_path / "pred.csv"
     code, _, err = run_main(capsys, "predict", tiny_classifier, path, "--out", out, "--quiet", "--device", "cpu")
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, re.escape(str(path)), CASES[name].reason)
     assert not out.exists()
 
@@ -210,7 +210,7 @@ def test_predict_on_one_bad_file_exits_2_naming_file_and_problem(name: str, tiny
 def test_subprocess_error_is_one_line_and_debug_shows_the_traceback(tiny_classifier: Path, tmp_path: Path) -> None:
     path = write_case("muse_bad_base64", tmp_path)
     plain = cli("predict", tiny_classifier, path, "--out", tmp_path / "p.csv", "--quiet", "--device", "cpu")
-    assert plain.returncode == 2
+    assert plain.returncode == 1
     assert_one_line_error(plain.stderr, re.escape(str(path)), "lead V3: invalid base64")
     debug = cli("--debug", "predict", tiny_classifier, path, "--out", tmp_path / "p.csv", "--quiet", "--device", "cpu")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "invalid base64" in debug.stderr
@@ -225,13 +225,13 @@ def test_info_on_damaged_and_hostile_checkpoints(tiny_classifier: Path, tmp_path
     weights = cut / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     code, _, err = run_main(capsys, "info", cut)
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"cut/model\.safetensors: checksum mismatch")
     # a .pt that is not a checkpoint at all
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage" * 100)
     code, _, err = run_main(capsys, "info", junk)
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"junk\.pt: not a readable PyTorch checkpoint")
     # a pickle whose reduce runs a shell command: refused, and the command never runs
     import torch
@@ -240,7 +240,7 @@ def test_info_on_damaged_and_hostile_checkpoints(tiny_classifier: Path, tmp_path
     hostile = tmp_path / "evil.pt"
     torch.save({"model_config": _Hostile(f"touch {marker}"), "model_state_dict": {}}, hostile)
     proc = cli("info", hostile)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert_one_line_error(proc.stderr, r"evil\.pt: .*(posix|os)\.system")
     assert not marker.exists()
 
@@ -282,7 +282,7 @@ def test_label_csv_problems_are_one_line_errors_naming_the_row(small_set: Path, 
         store = tmp_path / f"s{i}"
         code, _, err = run_main(capsys, "prepare", small_set, "--out", store, "--labels", labels, "--fs", 500,
                                 "--quiet")
-        assert code == 2, text
+        assert code == 1, text
         assert_one_line_error(err, pattern)
         assert not store.exists()  # refused before anything was written
 
@@ -304,7 +304,7 @@ def test_blank_and_out_of_range_labels(small_set: Path, tmp_path: Path, capsys) 
     run = tmp_path / "run"
     code, _, err = run_main(capsys, "finetune", store, "--random-init", "--size", "tiny", "--out", run,
                             "--max-steps", 1, "--batch-size", 2, "--workers", 0, "--logger", "none", "--quiet")
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"record 'syn00004', label 'b' is 2; multi_label labels must be 0 or 1")
     assert not (run / "last").exists()
 
@@ -338,7 +338,7 @@ def test_manifest_rows_that_are_missing_or_leave_the_data_root(small_set: Path, 
         manifest.write_text(text)
         store = tmp_path / f"s_{name}"
         code, _, err = run_main(capsys, "prepare", manifest, "--out", store, "--fs", 500, "--quiet")
-        assert code == 2, name
+        assert code == 1, name
         assert_one_line_error(err, pattern)
         assert not store.exists()
     # the user may allow it explicitly
@@ -357,7 +357,7 @@ def test_predict_refuses_a_manifest_leaving_the_root(small_set: Path, tiny_class
     out = tmp_path / "p.csv"
     code, _, err = run_main(capsys, "predict", tiny_classifier, manifest, "--out", out, "--fs", 500, "--quiet",
                             "--device", "cpu")
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"list\.txt: row 1: .*syn00003\.npy is outside the data root")
     assert not out.exists()
     code, _, err = run_main(capsys, "embed", tiny_classifier, manifest, "--out", out, "--fs", 500, "--quiet",
@@ -384,7 +384,7 @@ def test_checkpoint_whose_label_count_does_not_match_the_store(small_set: Path, 
     ckpt = save_pretrained(model, tmp_path / "three")
     code, _, err = run_main(capsys, "evaluate", ckpt, tmp_path / "store", "--split", "", "--out", tmp_path / "ev",
                             "--bootstrap", 0, "--device", "cpu")
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"the model predicts 3 labels but .*store has 5 label columns")
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
@@ -395,11 +395,11 @@ def test_output_that_cannot_be_written(small_set: Path, tiny_classifier: Path, t
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     code, _, err = run_main(capsys, "prepare", small_set, "--out", blocker / "store", "--fs", 500, "--quiet")
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"file\.txt/store: cannot write here \(Not a directory\)")
     code, _, err = run_main(capsys, "predict", tiny_classifier, small_set / "syn00000.npy", "--fs", 500,
                             "--out", blocker / "sub" / "p.csv", "--quiet", "--device", "cpu")
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"file\.txt/sub")
     assert blocker.read_text() == "not a folder"
 
@@ -433,7 +433,7 @@ def test_full_disk_during_prepare_leaves_no_half_file_and_the_rerun_completes(sm
     # store.json + shard 0 (3 files, 2 fsyncs each incl. the directory) get through; shard 1 hits the full disk
     monkeypatch.setattr(atomic, "os", _FullDiskOS(allowed=8))
     code, _, err = run_main(capsys, *args, "--out", store)
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"No space left on device: '.*full/(shards/0000\d\.(npy|csv|rejects\.csv)|store\.json)'")
     assert leftovers(store) == []
     assert json.loads((store / "store.json").read_text())["complete"] is False
@@ -457,7 +457,7 @@ def test_full_disk_during_predict_leaves_no_output(small_set: Path, tiny_classif
     monkeypatch.setattr(atomic, "os", _FullDiskOS(allowed=0))
     code, _, err = run_main(capsys, "predict", tiny_classifier, small_set, "--fs", 500, "--out", out, "--quiet",
                             "--device", "cpu")
-    assert code == 2
+    assert code == 1
     assert_one_line_error(err, r"No space left on device: '.*pred\.csv'")
     assert not out.exists() and leftovers(tmp_path) == []
 
@@ -465,7 +465,7 @@ def test_full_disk_during_predict_leaves_no_output(small_set: Path, tiny_classif
 def test_offline_hub_id_not_in_cache_says_how_to_download(tmp_path: Path) -> None:
     proc = cli("info", "Edoardo-BS/hubert-ecg-small",
                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf")})
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert_one_line_error(proc.stderr, r"Edoardo-BS/hubert-ecg-small: not in the local Hugging Face cache and "
                                        r"HF_HUB_OFFLINE is set; download it while online, e\.g\. "
                                        r"`huggingface-cli download Edoardo-BS/hubert-ecg-small --local-dir DIR`")

@@ -132,7 +132,7 @@ def test_prepare_killed_and_rerun_gives_an_identical_store(records: Path, tmp_pa
 
 
 def test_features_killed_and_rerun_gives_identical_shards(labelled_store: Path, tmp_path: Path) -> None:
-    import hubert_ecg.targets as targets
+    import hubert_ecg.pretraining.targets as targets
 
     args = ["features", labelled_store, "--kind", "tf", "--batch-size", 2, "--quiet", "--device", "cpu"]
     real_default = targets.dump_features.__kwdefaults__["shard_rows"]
@@ -142,8 +142,8 @@ def test_features_killed_and_rerun_gives_identical_shards(labelled_store: Path, 
     finally:
         targets.dump_features.__kwdefaults__["shard_rows"] = real_default
     out = tmp_path / "killed"
-    env = dict(SLOW="hubert_ecg.targets:_FeatureComputer.batch:0.15",
-               DEFAULTS="hubert_ecg.targets:dump_features:shard_rows=2")
+    env = dict(SLOW="hubert_ecg.pretraining.targets:_FeatureComputer.batch:0.15",
+               DEFAULTS="hubert_ecg.pretraining.targets:dump_features:shard_rows=2")
     kill_when([*args, "--out", out], lambda: (out / "features-r0-00000.npy").exists(), 0.8, **env)
     assert not (out / "features.json").exists()
     run_cli(*args, "--out", out, DEFAULTS=env["DEFAULTS"])
@@ -163,7 +163,7 @@ def test_label_killed_and_rerun_gives_identical_targets(labelled_store: Path, tm
     args = ["--kmeans", kmeans / "k4", "--name", "t", "--batch-size", 2, "--quiet", "--device", "cpu"]
     quiet_main("label", ref, *args)
     kill_when(["label", killed, *args], lambda: (killed / "targets" / "t.progress-r0.json").exists(), 0.8,
-              SLOW="hubert_ecg.targets:_FeatureComputer.batch:0.15")
+              SLOW="hubert_ecg.pretraining.targets:_FeatureComputer.batch:0.15")
     assert not (killed / "targets" / "t.npy").exists()
     assert (killed / "targets" / "t.npy.partial").exists()
     run_cli("label", killed, *args)

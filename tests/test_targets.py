@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from hubert_ecg.checkpoint import load_model, save_pretrained
-from hubert_ecg.data import StoreWindows, batch_mask
-from hubert_ecg.features import hand_features
-from hubert_ecg.kmeans import KMeansModel, cluster_quality, fit_kmeans
+from hubert_ecg.loader import StoreWindows, batch_mask
+from hubert_ecg.pretraining.features import hand_features
+from hubert_ecg.pretraining.kmeans import KMeansModel, cluster_quality, fit_kmeans
 from hubert_ecg.model import create_model, token_mask_from_sample_mask
 from hubert_ecg.store import ECGStore, prepare_store
-from hubert_ecg.targets import (
+from hubert_ecg.pretraining.targets import (
     LabelInterrupted,
     TargetsError,
     cluster_features,
@@ -105,7 +105,7 @@ def test_dumped_hand_features_equal_hand_features_of_first_windows(store: ECGSto
 
 
 def test_iter_feature_batches_yields_valid_tokens_only(hand_dump: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hubert_ecg.targets as targets_module
+    import hubert_ecg.pretraining.targets as targets_module
 
     monkeypatch.setattr(targets_module, "_ITER_ECGS", 2)  # several chunks per 5-row shard
     dumped = _read_dump(hand_dump)

@@ -126,7 +126,7 @@ def test_two_gloo_processes_match_one_process(store_path, tmp_path):
 def test_mixed_precision_paths_train_on_cpu(store_path, tmp_path, precision):
     """The autocast / GradScaler code that runs on GPUs, exercised through CPU autocast."""
     from hubert_ecg.model import create_model
-    from hubert_ecg.pretrain import PretrainObjective
+    from hubert_ecg.pretraining.objective import PretrainObjective
     from hubert_ecg.training import TrainConfig, train
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from hubert_ecg.model import create_model
-from hubert_ecg.pretrain import PretrainObjective
+from hubert_ecg.pretraining.objective import PretrainObjective
 from hubert_ecg.store import ECGStore
 from hubert_ecg.training import TrainConfig, train
 

@@ -29,10 +29,10 @@ def run_demo(out: str | Path, *, data: str | None = None, records: int = 400, qu
     from .evaluate import evaluate
     from .finetune import FinetuneOptions, run_finetune
     from .inference import predict_files
-    from .pretrain import run_pretrain
+    from .pretraining.objective import run_pretrain
     from .store import ECGStore, LabelTable, prepare_store
     from .synthetic import write_synthetic_dataset
-    from .targets import cluster_features, dump_features, label_store
+    from .pretraining.targets import cluster_features, dump_features, label_store
     from .training import TrainConfig
     from .checkpoint import load_model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -24,17 +25,34 @@ class DistEnv:
         return self.world_size > 1
 
 
+# Collectives wait this long before failing (NCCL's default is 10 minutes; a checkpoint write or a
+# slow validation on one rank must not kill the job).
+TIMEOUT = datetime.timedelta(minutes=30)
+
+
 def init_distributed(device: str | torch.device | None = None) -> DistEnv:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise one process."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise one process.
+
+    ``device`` as for :func:`hubert_ecg.runtime.resolve_device`: ``"auto"``/None/``"cuda"`` use
+    ``cuda:{LOCAL_RANK}`` when CUDA is available -- then the backend is NCCL, the process's current
+    device is set to its GPU (so that nothing lands on GPU 0 by default) and ``device_id`` binds the
+    group to it; otherwise Gloo. An explicit ``cuda:N`` is refused (every rank would use GPU N).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    text = "auto" if device is None else str(device)
+    if text.startswith("cuda:"):
+        raise ValueError(f"--device {text}: under torchrun every process picks its own GPU from LOCAL_RANK; "
+                         "use --device cuda or auto")
+    use_cuda = torch.cuda.is_available() and (text == "auto" or text == "cuda")
     if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            dist.init_process_group(backend="nccl", timeout=TIMEOUT, device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo", timeout=TIMEOUT)
     return DistEnv(rank, world, local_rank)
 
 
@@ -48,6 +66,14 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= env.world_size
+    return value
+
+
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum of ``value`` over ranks (``value`` itself in one process)."""
+    if env.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
 
 
@@ -66,8 +92,12 @@ def cleanup(env: DistEnv) -> None:
 
 
 def default_device(env: DistEnv, requested: str | None = None) -> torch.device:
-    if requested and requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", env.local_rank)
-    return torch.device("cpu")
+    """The device of this rank: ``"auto"``/None/``"cuda"`` -> ``cuda:{local_rank}`` when CUDA is there."""
+    text = "auto" if requested is None else str(requested)
+    if text.startswith("cuda:") and env.enabled:
+        raise ValueError(f"--device {text}: under torchrun every process picks its own GPU from LOCAL_RANK; "
+                         "use --device cuda or auto")
+    if text == "auto":
+        return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(text)
+    return torch.device("cuda", env.local_rank) if device.type == "cuda" and device.index is None else device

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path, atomic_write_json, check_writable
-from .data import StoreWindows, evaluation_windows, window_batches
+from .loader import StoreWindows, evaluation_windows, window_batches
 from .model import HubertECG
 from .store import ECGStore
 

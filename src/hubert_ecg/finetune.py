@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HeadConfig, TASKS
-from .data import StoreWindows
+from .loader import StoreWindows
 from .distributed import DistEnv
 from .evaluate import Scores, score_rows, targets_for_metrics
 from .model import HubertECG
@@ -272,7 +272,7 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
     """Fine-tune on a labelled store; keeps ``best`` and ``last``, tunes thresholds on validation."""
     from .checkpoint import load_model
     from .model import create_model
-    from .pretrain import default_val_rows
+    from .pretraining.objective import default_val_rows
     from .training import autocast_context, train, _precision
     from .distributed import default_device, init_distributed
 

@@ -58,29 +58,46 @@ def model_windows(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Seq
     return cut_windows(prepared, spec, starts)
 
 
-def _runner(model: HubertECG, engine: str, layer: int | None) -> Any:
-    """The forward to use: the model itself (exact float32) or a fast path of ``fast_inference``."""
+def _runner(model: HubertECG, engine: str, layer: int | None, cache: dict[str, Any] | None = None) -> Any:
+    """The forward to use: the model itself (exact float32) or a fast path of ``fast_inference``.
+
+    Fast engines are built once per ``cache`` (an :class:`~hubert_ecg.pipeline.ECGPipeline` or one
+    file job owns it), so the model object itself never carries hidden state."""
     if engine == "eager":
         return None
     if layer is not None:
         raise ValueError("fast inference engines give the last layer only; use --engine eager with --layer")
     from .fast_inference import optimise_for_inference
-    cache = model.__dict__.setdefault("_fast_runners", {})
+    cache = {} if cache is None else cache
     if engine not in cache:
         cache[engine] = optimise_for_inference(model, next(model.parameters()).device, engine)
     return cache[engine]
 
 
+def check_layer(model: HubertECG, layer: int | None) -> None:
+    """Refuse a hidden-state index the model does not have before any record is read."""
+    if layer is None:
+        return
+    n = model.config.num_hidden_layers
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n:
+        raise ValueError(f"layer {layer!r} does not exist: this model has hidden states 0..{n} "
+                         f"(0 = encoder input, {n} = last layer)")
+
+
 @torch.no_grad()
 def run_windows(model: HubertECG, x: np.ndarray, mask: np.ndarray, *, batch_size: int = 64,
-                layer: int | None = None, tokens: bool = False, engine: str = "eager") -> dict[str, np.ndarray]:
-    """Forward windows in batches. Returns ``logits`` (W, L) when the model has a head, and
-    ``embedding`` (W, H) (mean over valid tokens) or (W, T, H) with ``tokens``, from ``layer``
-    (hidden-state numbering: 0 = encoder input, i = output of layer i; None = last).
-    ``engine``: ``eager`` (exact float32) or a fast path (``auto``, ``bf16``, ``int8``, ``onnx``,
-    ``compile``; accuracy costs in :mod:`hubert_ecg.fast_inference`)."""
+                layer: int | None = None, tokens: bool = False, engine: str = "eager",
+                runners: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Forward windows in batches of ``batch_size`` (one model call per batch, windows of any records).
+
+    Returns ``logits`` (W, L) when the model has a head, and ``embedding`` (W, H) (mean over valid
+    tokens) or (W, T, H) with ``tokens``, from ``layer`` (hidden-state numbering: 0 = encoder input,
+    i = output of layer i; None = last). ``engine``: ``eager`` (exact float32) or a fast path
+    (``auto``, ``bf16``, ``int8``, ``onnx``, ``compile``; accuracy costs in
+    :mod:`hubert_ecg.fast_inference`), cached in ``runners`` when given."""
+    check_layer(model, layer)
     device = next(model.parameters()).device
-    runner = _runner(model, engine, layer)
+    runner = _runner(model, engine, layer, runners)
     outs: dict[str, list[np.ndarray]] = {"logits": [], "embedding": []}
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
@@ -102,67 +119,29 @@ def run_windows(model: HubertECG, x: np.ndarray, mask: np.ndarray, *, batch_size
     return {k: np.concatenate(v) for k, v in outs.items() if v}
 
 
-@dataclass
-class Prediction:
-    """Per-record output of :func:`predict_array`."""
-
-    probabilities: np.ndarray  # (L,) (multi-label, binary) / (C,) class probabilities / regression values
-    decisions: np.ndarray  # (L,) 0/1 at the model's thresholds (0.5 when none); argmax one-hot for multi-class
-    label_names: list[str]
-    n_windows: int
-    window_probabilities: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
-
-    def as_dict(self) -> dict[str, float]:
-        return {name: float(p) for name, p in zip(self.label_names, np.atleast_1d(self.probabilities))}
+def label_names(model: HubertECG) -> list[str]:
+    """The model's output names (``output_i`` when it carries none); empty without a head."""
+    if model.info.label_names:
+        return list(model.info.label_names)
+    return [f"output_{i}" for i in range(model.config.head.num_labels)] if model.config.head else []
 
 
-def _decisions(model: HubertECG, probs: np.ndarray) -> np.ndarray:
-    task = model.info.task or "multi_label"
+def decisions(task: str, probs: np.ndarray, thresholds: Sequence[float] | np.ndarray | None) -> np.ndarray:
+    """Decisions for probabilities ``(..., L)``: 0/1 at ``thresholds`` (0.5 when None), argmax one-hot
+    for multi-class, -1 for regression (no decision)."""
+    probs = np.asarray(probs)
     if task == "multi_class":
         out = np.zeros_like(probs, dtype=np.int64)
-        out[np.argmax(probs)] = 1
+        np.put_along_axis(out, np.argmax(probs, axis=-1)[..., None], 1, axis=-1)
         return out
     if task == "regression":
         return np.full(np.shape(probs), -1, dtype=np.int64)
-    thresholds = np.asarray(model.info.thresholds if model.info.thresholds else 0.5, dtype=np.float64)
-    return (np.atleast_1d(probs) >= thresholds).astype(np.int64)
+    limit = np.asarray(thresholds if thresholds is not None and len(thresholds) else 0.5, dtype=np.float64)
+    return (probs >= limit).astype(np.int64)
 
 
-def predict_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
-                  windows: str = "sliding", aggregate: str = "mean", stride_s: float | None = None,
-                  n_crops: int = 3, batch_size: int = 64, engine: str = "eager") -> Prediction:
-    """Probabilities (and decisions at the stored thresholds) for one record of any length."""
-    if model.config.head is None:
-        raise ValueError("this model has no classification head: use embed() or fine-tune it first")
-    x, mask = model_windows(model, signal, fs, leads=leads, windows=windows, stride_s=stride_s, n_crops=n_crops)
-    was_training = model.training
-    model.eval()
-    try:
-        logits = run_windows(model, x, mask, batch_size=batch_size, engine=engine)["logits"]
-    finally:
-        model.train(was_training)
-    task = model.info.task or "multi_label"
-    window_probs = probabilities(task, torch.from_numpy(logits)).numpy()
-    probs = window_probs.max(0) if aggregate == "max" else window_probs.mean(0)
-    names = model.info.label_names or [f"output_{i}" for i in range(np.atleast_1d(probs).size)]
-    return Prediction(probs, _decisions(model, probs), list(names), len(x), window_probs)
-
-
-def embed_array(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
-                layer: int | None = None, tokens: bool = False, windows: str = "sliding",
-                aggregate: str = "mean", stride_s: float | None = None, batch_size: int = 64,
-                engine: str = "eager") -> np.ndarray:
-    """Embedding of one record: (H,) pooled over tokens and windows, or (W, T, H) per token with ``tokens``."""
-    x, mask = model_windows(model, signal, fs, leads=leads, windows=windows, stride_s=stride_s)
-    was_training = model.training
-    model.eval()
-    try:
-        emb = run_windows(model, x, mask, batch_size=batch_size, layer=layer, tokens=tokens, engine=engine)["embedding"]
-    finally:
-        model.train(was_training)
-    if tokens:
-        return emb
-    return emb.max(0) if aggregate == "max" else emb.mean(0)
+def _decisions(model: HubertECG, probs: np.ndarray) -> np.ndarray:
+    return decisions(model.info.task or "multi_label", np.atleast_1d(probs), model.info.thresholds)
 
 
 # ---------------------------------------------------------------------------------------------

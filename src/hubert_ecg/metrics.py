@@ -52,10 +52,17 @@ TASKS = ("multi_label", "multi_class", "binary", "regression")
 Task = Literal["multi_label", "multi_class", "binary", "regression"]
 
 # Metric names, in display order. "_at_thr" variants use caller-supplied per-label thresholds.
-THRESHOLD_METRICS = ("f1", "precision", "sensitivity", "specificity", "accuracy")
-LABEL_METRICS = ("auroc", "auprc") + THRESHOLD_METRICS
-MULTICLASS_LABEL_METRICS = ("auroc", "auprc", "f1", "precision", "sensitivity", "specificity")
-MULTICLASS_OVERALL_METRICS = ("accuracy", "balanced_accuracy")
+# "precision" is the positive predictive value (PPV); "npv" the negative predictive value.
+THRESHOLD_METRICS = ("f1", "precision", "npv", "sensitivity", "specificity", "accuracy")
+# Calibration of the probabilities themselves (no threshold): Brier score and expected calibration error.
+CALIBRATION_METRICS = ("brier", "ece")
+LABEL_METRICS = ("auroc", "auprc") + THRESHOLD_METRICS + CALIBRATION_METRICS
+MULTICLASS_LABEL_METRICS = ("auroc", "auprc", "f1", "precision", "npv", "sensitivity", "specificity",
+                            "brier", "ece")
+MULTICLASS_OVERALL_METRICS = ("accuracy", "balanced_accuracy", "brier", "ece_top_label")
+# Expected calibration error: ECE_BINS equal-width bins on [0, 1], right-closed like scikit-learn's
+# calibration_curve(strategy="uniform") (bin k holds k/B < p <= (k+1)/B; p = 0 goes to the first bin).
+ECE_BINS = 10
 REGRESSION_METRICS = ("mae", "rmse", "r2", "pearson_r")
 
 # Bootstrap memory bound: number of resamples x records processed at once.
@@ -408,22 +415,52 @@ def _confusion_counts(
 
 
 def _threshold_metrics(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
-    """F1, precision, sensitivity, specificity, accuracy from confusion counts (B, L).
+    """F1, precision (PPV), NPV, sensitivity, specificity, accuracy from confusion counts (B, L).
 
     0/0 gives NaN, except precision of a label that has positives but was never predicted:
     that classifier found none of them, so it gets precision 0 (sklearn's zero_division=0)
-    rather than being excused.
+    rather than being excused. NPV is handled the same way (negatives present, none predicted).
     """
     n_pos = tp + fn
+    n_neg = tn + fp
     precision = _safe_divide(tp, tp + fp)
     precision[np.isnan(precision) & (n_pos > 0)] = 0.0
+    npv = _safe_divide(tn, tn + fn)
+    npv[np.isnan(npv) & (n_neg > 0)] = 0.0
     return {
         "f1": _safe_divide(2 * tp, 2 * tp + fp + fn),
         "precision": precision,
+        "npv": npv,
         "sensitivity": _safe_divide(tp, n_pos),
         "specificity": _safe_divide(tn, tn + fp),
         "accuracy": _safe_divide(tp + tn, tp + fp + fn + tn),
     }
+
+
+def ece_bin_index(score: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin of every probability for the ECE / reliability diagram (scikit-learn's uniform binning)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], score, side="left")
+
+
+def _calibration_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Weighted Brier score and expected calibration error per label, each (B, L).
+
+    Brier = mean of (p - y)^2. ECE = sum over bins of (records in bin / N) x |mean y - mean p| in
+    that bin = sum_k |sum_{i in k} w_i (y_i - p_i)| / sum_i w_i, with :data:`ECE_BINS` equal-width
+    bins (see :func:`ece_bin_index`). Both are defined whenever there is a record.
+    """
+    yf = y.astype(np.float64)
+    err = score - yf
+    total = weights.sum(axis=1, keepdims=True)
+    brier = _safe_divide(weights @ (err**2), total)
+    ece = np.full(brier.shape, np.nan)
+    bins = ece_bin_index(score)
+    for label in range(y.shape[1]):
+        onehot = np.zeros((len(score), ECE_BINS))
+        onehot[np.arange(len(score)), bins[:, label]] = -err[:, label]
+        ece[:, label] = _safe_divide(np.abs(weights @ onehot).sum(axis=1), total[:, 0])
+    return {"brier": brier, "ece": ece}
 
 
 def _regression_metrics(y: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -471,18 +508,26 @@ def _core(
         predicted[np.arange(len(prep.classes)), prep.score.argmax(axis=1)] = True
         tp, fp, fn, tn = _confusion_counts(prep.y, predicted, weights)
         stats = _threshold_metrics(tp, fp, fn, tn)
+        stats.update(_calibration_metrics(prep.y, prep.score, weights))
         for metric in MULTICLASS_LABEL_METRICS[2:]:
             per_label[metric] = stats[metric]
         total = weights.sum(axis=1)
+        # Top-label calibration: confidence = max probability, outcome = argmax was right.
+        confidence = prep.score.max(axis=1, keepdims=True)
+        correct = predicted[np.arange(len(predicted)), prep.classes][:, None]
         overall = {
             "accuracy": tp.sum(axis=1) / total,
             # Mean recall over the classes present (sklearn's balanced_accuracy_score).
             "balanced_accuracy": _nanmean_rows(stats["sensitivity"]),
+            # Multi-class Brier score: sum over classes of (p_c - y_c)^2, averaged over records.
+            "brier": (weights @ ((prep.score - prep.y) ** 2).sum(axis=1)) / total,
+            "ece_top_label": _calibration_metrics(correct, confidence, weights)["ece"][:, 0],
         }
         return per_label, overall
 
     tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= 0.5, weights)
     per_label.update(_threshold_metrics(tp, fp, fn, tn))
+    per_label.update(_calibration_metrics(prep.y, prep.score, weights))
     if thresholds is not None:
         tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= thresholds[None, :], weights)
         for metric, values in _threshold_metrics(tp, fp, fn, tn).items():

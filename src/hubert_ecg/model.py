@@ -52,6 +52,11 @@ def sample_span_mask(batch: int, num_tokens: int, *, mask_prob: float, mask_leng
     on the number of processes.
     """
     if token_mask is None:
+        # The device comes from what was passed in: a CPU mask meeting CUDA scores fails at step 1.
+        if scores is not None:
+            device = scores.device
+        elif u is not None:
+            device = u.device
         token_mask = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
     device = token_mask.device
     valid = token_mask.sum(-1)  # (B,)
@@ -91,6 +96,19 @@ class ConvLayer(nn.Module):
         return F.gelu(x)
 
 
+def _patches(x: Tensor, kernel: int, stride: int) -> Tensor:
+    """(B, L) -> (B, T, k) frames of ``kernel`` samples every ``stride`` samples.
+
+    ``Tensor.unfold`` is a view: exact, no FLOPs (a one-hot conv gives the same numbers on a CPU
+    but on a GPU runs through cuDNN, whose TF32 default rounds inputs to 10 mantissa bits). Only
+    under ONNX export the one-hot conv is used: the exporter turns unfold into a Slice per frame.
+    """
+    if torch.onnx.is_in_onnx_export():
+        one_hot = torch.eye(kernel, device=x.device, dtype=x.dtype).unsqueeze(1)  # (k, 1, k)
+        return F.conv1d(x.unsqueeze(1), one_hot, stride=stride).transpose(1, 2)
+    return x.unfold(-1, kernel, stride)
+
+
 def _first_conv_group_norm(layer: ConvLayer, x: Tensor) -> Tensor:
     """Conv1d(1 -> C) + GroupNorm(C, C) + GELU as one batched matmul. (B, L) -> (B, T, C), time-major.
 
@@ -106,10 +124,7 @@ def _first_conv_group_norm(layer: ConvLayer, x: Tensor) -> Tensor:
     weight = conv.weight.squeeze(1)  # (C, k)
     with torch.autocast(x.device.type, enabled=False):
         # The moments need float32: the variance of a bf16 product would be off by ~1%.
-        # Patches through a one-hot conv rather than Tensor.unfold: the same numbers (each output
-        # is one input sample times 1.0), and the ONNX exporter turns unfold into a Slice per frame.
-        one_hot = torch.eye(kernel, device=x.device, dtype=torch.float32).unsqueeze(1)  # (k, 1, k)
-        patches = F.conv1d(x.float().unsqueeze(1), one_hot, stride=stride).transpose(1, 2)  # (B, T, k)
+        patches = _patches(x.float(), kernel, stride)  # (B, T, k)
         centred = patches - patches.mean(1, keepdim=True)
         cov = centred.transpose(1, 2) @ centred / patches.shape[1]  # (B, k, k)
         w32 = weight.float()
@@ -335,8 +350,10 @@ class CosineClassifier(nn.Module):
             self.register_buffer("log_scale", scale)
 
     def forward(self, pooled: Tensor) -> Tensor:
-        cos = F.normalize(pooled, dim=-1) @ F.normalize(self.label_embedding.weight, dim=-1).T
-        return cos * self.log_scale.exp()
+        # In float32 even under autocast: a bf16 cosine is off by ~4e-3, times the scale (~10).
+        with torch.autocast(pooled.device.type, enabled=False):
+            cos = F.normalize(pooled.float(), dim=-1) @ F.normalize(self.label_embedding.weight.float(), dim=-1).T
+            return cos * self.log_scale.float().exp()
 
 
 def build_classifier(hidden: int, head: HeadConfig) -> nn.Module:
@@ -395,6 +412,10 @@ class HubertECG(nn.Module):
         self.classifier_dropout = nn.Dropout(config.head.dropout if config.head else 0.0)
         self.classifier = build_classifier(config.hidden_size, config.head) if config.head else None
         self.apply(self._init_weights)
+        for name in self.inert_parameters(masking=True):
+            # Never used by forward: frozen, so that DDP (find_unused_parameters=False) and the
+            # optimizer never wait for a gradient that cannot come.
+            self.get_parameter(name).requires_grad_(False)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -460,9 +481,13 @@ class HubertECG(nn.Module):
             raise ValueError("this model has no pre-training codebooks (vocab_sizes is empty)")
         out = []
         for proj, codebook in zip(self.final_proj, self.label_embedding):
-            z = F.normalize(proj(hidden), dim=-1, eps=1e-8)
-            c = F.normalize(codebook.weight, dim=-1, eps=1e-8)
-            out.append((z @ c.T.to(z.dtype)) / self.config.codebook_temperature)
+            projected = proj(hidden)
+            # The cosine in float32 even under autocast (as torch.cosine_similarity in the reference):
+            # a bf16 product divided by the temperature 0.1 would err by ~0.03 per logit.
+            with torch.autocast(hidden.device.type, enabled=False):
+                z = F.normalize(projected.float(), dim=-1, eps=1e-8)
+                c = F.normalize(codebook.weight.float(), dim=-1, eps=1e-8)
+                out.append((z @ c.T) / self.config.codebook_temperature)
         return out
 
     # -- head management -----------------------------------------------------------------------
@@ -525,6 +550,39 @@ class HubertECG(nn.Module):
             layer.attention.dropout = c.attention_dropout
         if c.head is not None:
             self.classifier_dropout.p = c.head.dropout
+
+    # -- what trains, and how (optimizer groups are built from this by runtime.param_groups) ---
+    def inert_parameters(self, masking: bool) -> list[str]:
+        """Names of parameters that get no gradient: the first conv's bias when GroupNorm follows
+        (it cancels in the norm) and, when the job never masks (fine-tuning), ``masked_spec_embed``."""
+        names = []
+        first = self.feature_extractor.conv_layers[0]
+        if first.layer_norm is not None and first.conv.bias is not None:
+            names.append("feature_extractor.conv_layers.0.conv.bias")
+        if not masking:
+            names.append("masked_spec_embed")
+        return names
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: biases, LayerNorm/GroupNorm weights, scalars (the
+        cosine head's ``log_scale``) and single vectors (``masked_spec_embed``): everything below 2-D."""
+        return {name for name, p in self.named_parameters() if p.ndim < 2}
+
+    def num_layer_ids(self) -> int:
+        """Depth levels for layer-wise LR decay: stem, embeddings, N layers, heads."""
+        return self.config.num_hidden_layers + 3
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a parameter: stem 0; embeddings (feature projection, positional conv, encoder
+        LayerNorm, ``masked_spec_embed``) 1; transformer layer i -> i + 2; heads (codebooks,
+        classifier) ``num_layer_ids() - 1``."""
+        if name.startswith("feature_extractor."):
+            return 0
+        if name.startswith("encoder.layers."):
+            return int(name.split(".")[2]) + 2
+        if name.startswith(("final_proj.", "label_embedding.", "classifier.")):
+            return self.num_layer_ids() - 1
+        return 1
 
     def num_parameters(self, backbone_only: bool = False) -> int:
         skip = ("final_proj.", "label_embedding.", "classifier.") if backbone_only else ()

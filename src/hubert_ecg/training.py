@@ -36,7 +36,7 @@ from torch import nn
 
 from .atomic import atomic_write_json, check_writable, sha256_file
 from .checkpoint import CheckpointError, load_model, save_pretrained
-from .data import BatchSampler, StoreWindows, make_loader
+from .loader import BatchSampler, StoreWindows, make_loader
 from .distributed import (DistEnv, all_reduce_mean, barrier, broadcast_flag, cleanup, default_device,
                           init_distributed)
 from .model import HubertECG

@@ -1,8 +1,12 @@
 """The ``hubert-ecg`` command line: one subcommand per pipeline step.
 
 Every handler is a thin layer over the library: parse arguments, call one function, print where
-the results are. Errors from bad input are printed as one line and exit with status 2; ``--debug``
-shows the traceback instead.
+the results are.
+
+Exit status: 0 success; 1 a handled runtime error (bad input, refused checkpoint, missing file),
+printed as one line naming the file and the problem; 2 a usage error (unknown option, a value out of
+range: argparse's convention); 130 interrupted. An unexpected exception (a bug in this package) is
+reported as an internal error, also on one line, with status 1; ``--debug`` shows every traceback.
 """
 
 from __future__ import annotations
@@ -93,25 +97,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Errors that mean "the input or the environment is wrong", reported as one line. Anything else is a
+# bug in this package and is reported as an internal error (still one line, still status 1).
+HANDLED_ERRORS = (ValueError, OSError, KeyError, RuntimeError, LookupError, EOFError, ImportError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    message = text.splitlines()[0] if text else type(err).__name__
+    if isinstance(err, KeyError) and text.startswith(("'", '"')):
+        message = f"missing key {message}"
+    if isinstance(err, OSError) and getattr(err, "filename", None) and str(err.filename) not in message:
+        message = f"{err.filename}: {err.strerror or message}"
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         result = args.handler(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         print("hubert-ecg: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, KeyError, RuntimeError) as err:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `hubert-ecg ... | head`: the reader went away; stop quietly, as Unix tools do.
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except HANDLED_ERRORS as err:
         if args.debug:
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, OSError) and getattr(err, "filename", None) and str(err.filename) not in message:
-            message = f"{err.filename}: {err.strerror or message}"
-        print(f"hubert-ecg: error: {message}", file=sys.stderr)
-        return 2
+        print(f"hubert-ecg: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # noqa: BLE001  (a bug: say so on one line; --debug shows where)
+        if args.debug:
+            raise
+        print(f"hubert-ecg: internal error ({type(err).__name__}: {_one_line(err)}); "
+              "rerun with --debug for the traceback and please report it", file=sys.stderr)
+        return EXIT_ERROR
     return int(result or 0)
 
 

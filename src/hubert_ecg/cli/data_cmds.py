@@ -37,7 +37,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
-    from .. import datasets
+    from .. import label_tables as datasets
 
     if args.dataset == "ptbxl":
         paths = datasets.build_ptbxl_tables(args.root, args.out, task=args.task, sampling=args.sampling,
@@ -91,7 +91,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                      title=f"{record.record_id} ({record.source})")
             print(f"       plot: {out}")
     print(f"{len(sources) - bad} readable, {bad} rejected")
-    return 2 if bad == len(sources) else 0
+    return 1 if bad == len(sources) else 0
 
 
 @register

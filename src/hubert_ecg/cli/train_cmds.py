@@ -90,7 +90,7 @@ def _train_config(args: argparse.Namespace, kind: str, recipe: dict[str, Any] | 
 def _cmd_features(args: argparse.Namespace) -> None:
     from ..distributed import init_distributed
     from ..store import ECGStore
-    from ..targets import dump_features
+    from ..pretraining.targets import dump_features
 
     env = init_distributed(args.device)
     out = dump_features(ECGStore(args.store), args.out, kind=args.kind, checkpoint=args.checkpoint, layer=args.layer,
@@ -101,7 +101,7 @@ def _cmd_features(args: argparse.Namespace) -> None:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> None:
-    from ..targets import cluster_features
+    from ..pretraining.targets import cluster_features
 
     results = cluster_features(args.features, args.k, args.out, normaliser=args.normaliser,
                                held_out_fraction=args.held_out, seed=args.seed, backend=args.backend,
@@ -117,7 +117,7 @@ def _cmd_label(args: argparse.Namespace) -> None:
 
     from ..distributed import init_distributed
     from ..store import ECGStore
-    from ..targets import label_store
+    from ..pretraining.targets import label_store
 
     env = init_distributed(args.device)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,7 +128,7 @@ def _cmd_label(args: argparse.Namespace) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from ..pretrain import run_pretrain
+    from ..pretraining.objective import run_pretrain
 
     cfg = _train_config(args, "pretrain")
     result = run_pretrain(args.store, args.targets, cfg, size=args.size, init_from=args.init_from, alpha=args.alpha,
@@ -139,7 +139,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_pretrain_loop(args: argparse.Namespace) -> None:
-    from ..pretrain_loop import run_pretrain_loop
+    from ..pretraining.loop import run_pretrain_loop
 
     final = run_pretrain_loop(args.config, dry_run=args.dry_run)
     print(f"pre-training loop finished; final model: {final}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import ECGStore
+from ..store import ECGStore
 
 _ITERATION_KEYS = {"name", "features", "kmeans", "train"}
 _TOP_KEYS = {"store", "out", "size", "device", "seed", "iterations", "model"}
@@ -60,8 +60,8 @@ def _training_done(run_dir: Path, max_steps: int) -> bool:
 def run_pretrain_loop(config_path: str | Path, *, dry_run: bool = False) -> Path | None:
     """Run every iteration of the config; returns the final model directory."""
     from .targets import cluster_features, dump_features, label_store
-    from .pretrain import run_pretrain
-    from .training import TrainConfig
+    from .objective import run_pretrain
+    from ..training import TrainConfig
 
     config = load_config(config_path)
     store_path, out = Path(config["store"]), Path(config["out"])
@@ -121,5 +121,5 @@ def _device(device: str) -> str:
 
 def summarise_iteration(store: ECGStore, target_name: str, train_rows: np.ndarray, val_rows: np.ndarray) -> dict[str, float]:
     """Majority-cluster baseline for the masked-token accuracy of one iteration."""
-    from .pretrain import majority_baseline
+    from .objective import majority_baseline
     return {"majority_baseline_acc": majority_baseline(store, target_name, val_rows, train_rows)}

@@ -3,8 +3,9 @@
 Loss (reference doc §1.7): for each codebook i, cross-entropy of ``cosine(final_proj_i(h), codebook_i) / 0.1``
 against the token's cluster id, averaged over masked tokens (weight ``alpha``) and over unmasked
 valid tokens (weight ``1 - alpha``), summed over codebooks. Masks are drawn on the device from a
-generator seeded by the step, for the global batch, and each process takes its rows: the loss
-curve does not depend on the number of processes.
+generator seeded by the optimizer step, for all the samples of that step (every micro-batch of every
+process), and each micro-batch of each process takes its rows: the masks differ between micro-batches
+and do not depend on the number of processes or on how the step is split into micro-batches.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import StoreWindows, make_loader
-from .distributed import DistEnv
-from .model import HubertECG, sample_span_mask
-from .store import ECGStore
+from ..loader import StoreWindows, make_loader
+from ..distributed import DistEnv, all_reduce_sum
+from ..model import HubertECG, sample_span_mask
+from ..store import ECGStore
 
 if TYPE_CHECKING:
-    from .training import TrainConfig, TrainResult
+    from ..training import TrainConfig, TrainResult
 
 
 class MaskedPrediction(nn.Module):
@@ -76,6 +77,8 @@ class PretrainObjective:
     alpha: float = 1.0
     seed: int = 0
     val_batch: int = 64
+    max_val_rows: int | None = 10_000  # a seeded subset: validation must stay cheap on a large store
+    sharded_validation = True  # every rank validates its share (see validate)
 
     def __post_init__(self) -> None:
         sizes = [int(np.asarray(self.store.targets(n)).max()) + 1 for n in self.target_names]
@@ -85,29 +88,32 @@ class PretrainObjective:
         if len(self.target_names) != len(self.model.config.vocab_sizes):
             raise ValueError(f"{len(self.target_names)} target sets but the model has "
                              f"{len(self.model.config.vocab_sizes)} codebooks")
+        if self.max_val_rows is not None and len(self.val_rows) > self.max_val_rows:
+            pick = np.random.default_rng([self.seed, 7]).choice(len(self.val_rows), self.max_val_rows, replace=False)
+            self.val_rows = np.asarray(self.val_rows)[np.sort(pick)]
         self.module = MaskedPrediction(self.model)
         self.dataset = StoreWindows(self.store, crop="first", targets=self.target_names, seed=self.seed)
         self.val_dataset = StoreWindows(self.store, crop="first", targets=self.target_names, seed=self.seed)
 
     def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "layer_norm" in name or name == "masked_spec_embed" else decay).append(p)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        from ..runtime import param_groups
+        return param_groups(model, lr)  # one LR for all layers; no decay on what no_weight_decay() names
 
     def _masks(self, batch: dict[str, torch.Tensor], key: int, offset: int, global_batch: int,
                token_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Span masks for rows ``offset:offset + B`` of the ``global_batch`` samples drawn under ``key``."""
         config = self.model.config
         tokens = config.num_tokens(batch["input"].shape[1])
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(self.seed) * 1_000_003 + int(key))
+        # A seeded generator on the batch's device (masks never cross the bus); the meta device used
+        # by placement tests has no generator, and its values are never read.
+        generator = None if device.type == "meta" else torch.Generator(device=device)
+        if generator is not None:
+            generator.manual_seed(int(self.seed) * 1_000_003 + int(key))
         u = torch.rand((), device=device, generator=generator)
         scores = torch.rand(global_batch, tokens, device=device, generator=generator)[offset:offset + len(batch["input"])]
         return sample_span_mask(len(batch["input"]), tokens, mask_prob=config.mask_time_prob,
                                 mask_length=config.mask_time_length, min_masks=config.mask_time_min_masks,
-                                token_mask=token_mask, scores=scores, u=u)
+                                token_mask=token_mask, scores=scores, u=u, device=device)
 
     def _forward(self, module: nn.Module, batch: dict[str, torch.Tensor], key: int, offset: int,
                  global_batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -119,25 +125,39 @@ class PretrainObjective:
         return masked_prediction_loss(logits, batch["targets"], mask, token_mask, self.alpha)
 
     def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
-                      env: DistEnv) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      env: DistEnv, micro: int = 0, accum: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of micro-batch ``micro`` (of ``accum``) of optimizer step ``step`` on this rank.
+
+        The step's samples are numbered micro-batch by micro-batch, rank by rank within one
+        (the order of the sampler's global batches), and sample j gets mask row j of the step's draw.
+        """
         local = len(batch["input"])
-        return self._forward(module, batch, key=step, offset=env.rank * local, global_batch=local * env.world_size)
+        global_batch = local * env.world_size
+        return self._forward(module, batch, key=step, offset=micro * global_batch + env.rank * local,
+                             global_batch=global_batch * accum)
 
     @torch.no_grad()
-    def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]:
-        """Masked loss and masked-token accuracy on the fixed validation rows, with fixed masks."""
+    def validate(self, model: HubertECG, device: torch.device, autocast: Any,
+                 env: DistEnv | None = None) -> dict[str, float]:
+        """Masked loss and masked-token accuracy on the fixed validation rows, with fixed masks.
+
+        Called on every rank: rank r scores batches r, r + world, ... and the sums are all-reduced,
+        so the result is the same for any number of processes and no rank idles in a collective.
+        """
+        env = env or DistEnv()
         module = MaskedPrediction(model)
-        losses, accs, weights = [], [], []
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, accuracy * n, n
         for i, start in enumerate(range(0, len(self.val_rows), self.val_batch)):
+            if i % env.world_size != env.rank:
+                continue
             rows = self.val_rows[start:start + self.val_batch]
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.val_dataset[(i, rows)].items()}
             with autocast():
                 loss, stats = self._forward(module, batch, key=10**9 + i, offset=0, global_batch=len(rows))
-            losses.append(float(loss))
-            accs.append(float(stats["masked_acc"]))
-            weights.append(len(rows))
-        w = np.asarray(weights, dtype=float)
-        return {"val_loss": float(np.average(losses, weights=w)), "val_masked_acc": float(np.average(accs, weights=w))}
+            sums += torch.stack([loss.double() * len(rows), stats["masked_acc"].double() * len(rows),
+                                 torch.tensor(float(len(rows)), dtype=torch.float64, device=device)])
+        loss_sum, acc_sum, n = all_reduce_sum(sums, env).tolist()
+        return {"val_loss": loss_sum / max(n, 1.0), "val_masked_acc": acc_sum / max(n, 1.0)}
 
 
 def majority_baseline(store: ECGStore, target_name: str, rows: np.ndarray, train_rows: np.ndarray) -> float:
@@ -175,9 +195,9 @@ def run_pretrain(store_path: str, targets: Sequence[str], cfg: "TrainConfig", *,
     """
     import json
 
-    from .checkpoint import load_model
-    from .model import create_model
-    from .training import train
+    from ..checkpoint import load_model
+    from ..model import create_model
+    from ..training import train
 
     store = ECGStore(store_path)
     targets = list(targets)

@@ -12,11 +12,11 @@ The HuBERT loop over a prepared store (:mod:`hubert_ecg.store`)::
 What a token's descriptor is
 ----------------------------
 The model input of a row is its *first* 5 s window, flattened to ``(12 * window,)`` (6000 samples at
-100 Hz) with a sample mask, exactly as :class:`~hubert_ecg.data.StoreWindows` with ``crop="first"``
+100 Hz) with a sample mask, exactly as :class:`~hubert_ecg.loader.StoreWindows` with ``crop="first"``
 delivers it to pre-training (the same code makes both). Descriptor ``t`` is computed from token ``t``'s
-own receptive field (:func:`hubert_ecg.features.token_spans`), so target ``t`` belongs to token ``t``.
+own receptive field (:func:`hubert_ecg.pretraining.features.token_spans`), so target ``t`` belongs to token ``t``.
 
-* ``"tf"``, ``"mfcc"``, ``"tf+mfcc"``: :func:`hubert_ecg.features.hand_features` with the conv layout
+* ``"tf"``, ``"mfcc"``, ``"tf+mfcc"``: :func:`hubert_ecg.pretraining.features.hand_features` with the conv layout
   of the store's rate (16, 13 (39 with ``mfcc_deltas``), 29 values).
 * ``"hidden"``: ``hidden_states[layer]`` of a checkpoint, numbered as
   :class:`~hubert_ecg.model.HubertECG` numbers them: 0 = encoder input (projected conv features after
@@ -78,8 +78,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_json, sha256_file
-from .store import ECGStore
+from ..atomic import atomic_path, atomic_write_json, sha256_file
+from ..store import ECGStore
 
 __all__ = [
     "FeatureSpec",
@@ -159,7 +159,7 @@ class _FeatureComputer:
     """Computes ``(features (B, T, F) float32, valid (B, T) bool)`` for store rows, first window only."""
 
     def __init__(self, store: ECGStore, spec: FeatureSpec, checkpoint: Any = None, device: str = "cpu") -> None:
-        from .data import StoreWindows
+        from ..loader import StoreWindows
         from .features import conv_layout, hand_feature_dim, token_spans
 
         self.store, self.spec = store, spec
@@ -184,13 +184,13 @@ class _FeatureComputer:
         self.n_tokens = int(self.spans.shape[0])
 
     def _load_model(self, checkpoint: Any) -> Any:
-        from .model import HubertECG
+        from ..model import HubertECG
 
         layer = int(self.spec.layer)  # type: ignore[arg-type]
         if isinstance(checkpoint, HubertECG):
             model = checkpoint  # the caller's model: used as it is, never truncated
         else:
-            from .checkpoint import load_model
+            from ..checkpoint import load_model
 
             model = load_model(checkpoint)
         n_layers = model.config.num_hidden_layers
@@ -205,7 +205,7 @@ class _FeatureComputer:
 
     def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Descriptors and token validity of the first window of ``rows``: (B, T, F) float32, (B, T) bool."""
-        from .data import batch_mask
+        from ..loader import batch_mask
 
         rows = np.asarray(rows, dtype=np.int64)
         item = self.windows[(0, rows)]
@@ -473,7 +473,7 @@ def iter_feature_batches(
         exclude_rows / only_rows: store rows whose tokens to skip / to keep (held-out splits).
 
     Padded tokens (``valid`` False) are never yielded. Pass ``lambda: iter_feature_batches(d)`` to
-    :func:`~hubert_ecg.kmeans.fit_kmeans` when several passes are needed.
+    :func:`~hubert_ecg.pretraining.kmeans.fit_kmeans` when several passes are needed.
     """
     features_dir = Path(features_dir)
     meta = _read_features_json(features_dir)
@@ -528,7 +528,7 @@ def cluster_features(
     """Fit one k-means model per K on a feature dump, streaming over its shards.
 
     A seeded ``held_out_fraction`` of the dump's ECG rows (whole ECGs, since tokens of one ECG are
-    correlated) is kept out of fitting and scored with :func:`~hubert_ecg.kmeans.cluster_quality`
+    correlated) is kept out of fitting and scored with :func:`~hubert_ecg.pretraining.kmeans.cluster_quality`
     (at most ``max_held_out_rows`` tokens are read for it). With ``held_out_fraction=0`` quality is
     measured on (the first tokens of) the fitting data, and ``quality.json`` says so.
 
@@ -598,7 +598,7 @@ def cluster_features(
     summary = [{key: value for key, value in r.items() if key != "cluster_sizes"} for r in results]
     atomic_write_json(out_dir / "sweep.json", {"features": settings["features"], "results": summary})
     if len(ks) > 1:
-        from .plots import plot_inertia_vs_k
+        from ..plots import plot_inertia_vs_k
 
         plot_inertia_vs_k([r["k"] for r in results], [r["inertia_total"] for r in results],
                           out_dir / "inertia_vs_k.png")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hubert_ecg.data import BatchSampler, StoreWindows, crop_rows, evaluation_windows, make_loader
+from hubert_ecg.loader import BatchSampler, StoreWindows, crop_rows, evaluation_windows, make_loader
 from hubert_ecg.preprocess import PreprocessSpec, cut_windows
 from hubert_ecg.store import ECGStore, LabelTable, prepare_store
 from hubert_ecg.synthetic import write_synthetic_dataset

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from hubert_ecg.datasets import (
+from hubert_ecg.label_tables import (
     PTBXL_LABEL_START_INDEX,
     PTBXL_META_COLUMNS,
     DatasetTableError,
