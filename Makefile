@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 DATA ?=
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow lint format bench gpu-check experiments clean docs docs-serve
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "hubert-ecg needs Python >= 3.10")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[test,dev]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,9 +34,42 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# ruff (lint + format check) and mypy on the package; the import layering is a test (tests/test_architecture.py).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
+	$(VENV)/bin/ruff format src tests benchmarks experiments
+
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/loader.py
 
+# The prepared GPU check (issue 15): < 8 min on one H100/H200; writes $(GPU_CHECK_OUT)/gpu_check.{json,md}.
+# GPU_CHECK_ARGS=--dry-run checks its plumbing on a CPU.
+GPU_CHECK_OUT ?= gpu_check_out
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	PY=$(PY) benchmarks/gpu_check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+# Real-data experiments (docs/EXPERIMENTS.md, README Results): runs them on ../shared/data (skips with a message
+# when absent), writes experiments/results/ and regenerates the tables. About 1-2 CPU-hours on a 2-core machine.
+EXP_WORK ?= /tmp/hubert-ecg-exp
+EXP_STEPS ?= 160 640
+experiments: $(STAMP)
+	$(PY) experiments/run_all.py --work $(EXP_WORK) --steps $(EXP_STEPS)
+
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info src/*.egg-info
+
+# Documentation site (mkdocs.yml, docs/): warnings are errors, as in CI.
+docs: $(STAMP)
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[docs]"
+	$(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[docs]"
+	$(PY) -m mkdocs serve

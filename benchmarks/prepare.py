@@ -72,8 +72,10 @@ def child_prepare(job: dict[str, Any]) -> dict[str, Any]:
         tracemalloc.start()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
+    # The synthetic .npy files are 500 Hz; a .npy states no rate and the reader never assumes one.
+    reading = {"fs": 500.0} if any("npy" in Path(i).name for i in job["inputs"]) else None
     result = store_module.prepare_store(job["inputs"], out, workers=job["workers"], progress=False,
-                                        shard_records=job.get("shard_records", 512))
+                                        shard_records=job.get("shard_records", 512), read_kwargs=reading)
     wall = time.perf_counter() - t0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # pool workers, once joined

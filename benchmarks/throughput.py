@@ -22,8 +22,11 @@ Two comparisons:
 * **like for like**: the same batch, dtype and compile setting for both.
 
 On CUDA it also reports model FLOP utilisation (MFU) against the device's dense bf16 peak and
-the peak GPU memory per size. FLOPs are counted analytically (see :func:`forward_flops`).
-With ``--write`` (default) a dated section is appended to ``benchmarks/RESULTS.md``.
+the peak GPU memory of our step alone (measured in a separate pass with the reference and the spare
+copy of our weights moved to the CPU). FLOPs are counted analytically (see :func:`forward_flops`);
+layerdrop is 0 on both sides, so no layer's FLOPs are skipped and MFU is not inflated.
+A dated section is appended to ``--results`` (default ``benchmarks/RESULTS.md``; ``--no-write`` to skip);
+``--json PATH`` also writes every row as JSON (used by ``benchmarks/gpu_check.py``).
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ def build_pair(size: str, seed: int = 0) -> tuple[nn.Module, HubertECG, ModelCon
     import transformers
     from hf_reference import hf_config_dict
 
-    config = create_config(size)
+    # layerdrop 0 on both sides: skipped layers would make MFU (counted for every layer) read ~7% high.
+    config = create_config(size, layerdrop=0.0)
     torch.manual_seed(seed)
     hf_cfg = {k: v for k, v in hf_config_dict(config).items() if k not in ("model_type", "vocab_sizes", "ensemble_length")}
     reference = transformers.HubertModel(transformers.HubertConfig(**hf_cfg, attn_implementation="sdpa"))
@@ -375,6 +379,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CPU smoke run: small, batch 16, few steps, CPU modes")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write every measured row to this JSON file")
+    parser.add_argument("--memory-batch", type=int, default=None,
+                        help="batch of the checkpointed peak-memory row on CUDA (default: --train-batch)")
     args = parser.parse_args(argv)
     if args.quick:
         # A CPU training step of small takes seconds: time few of them, at batch 8.
@@ -386,15 +393,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    from hubert_ecg.runtime import precision_dtype, resolve_device
+
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    native_bf16 = cuda or cpu_has_native_bf16()
-    ours_dtype = torch.bfloat16 if native_bf16 else None
+    # Our default: bf16 where native (compute capability >= 8.0, AMX CPUs), fp16 on older GPUs.
+    ours_dtype = precision_dtype("auto", device) if cuda else (torch.bfloat16 if cpu_has_native_bf16() else None)
     # The reference ships fp16 autocast + GradScaler on CUDA, float32 on CPU.
     ref_shipped = dict(dtype=torch.float16 if cuda else None, grad_scaler=cuda)
     like_dtype = torch.bfloat16 if cuda else None  # on CPU like for like is float32 (the reference's CPU mode)
     peak = bf16_peak(device)
     lines: list[str] = []
+    records: list[dict] = []
 
     def emit(line: str = "") -> None:
         print(line, flush=True)
@@ -454,22 +464,31 @@ def main(argv: list[str] | None = None) -> int:
                     steps = finetune_steps(reference, ours, config, device, rs, os_)
                 else:
                     steps = pretrain_steps(reference, ours, config, device, rs, os_)
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats(device)
                 n_steps = args.steps if workload == "inference" else args.train_steps
                 speeds = compare(steps, {"reference": rs.batch, "ours": os_.batch}, device, n_steps, args.warmup,
                                  args.rounds)
                 row = (f"| {size} | {workload} | {name} | {rs.label()} | {os_.label()} | {speeds['reference']:,.1f} | "
                        f"{speeds['ours']:,.1f} | {speeds['ours'] / speeds['reference']:.2f}x |")
+                record = dict(size=size, workload=workload, comparison=name, reference=rs.label(), ours=os_.label(),
+                              reference_ecg_s=speeds["reference"], ours_ecg_s=speeds["ours"],
+                              ratio=speeds["ours"] / speeds["reference"])
+                del steps
                 if cuda:
                     per_ecg = flops["total"] if workload == "inference" else 3 * flops["total"]
-                    mfu = f"{speeds['ours'] * per_ecg / peak:.1%}" if peak else "n/a"
-                    # Both sides ran since the reset; the figure bounds ours from above.
-                    row += f" {mfu} | {torch.cuda.max_memory_allocated(device) / 2**30:.1f} |"
+                    record["mfu"] = speeds["ours"] * per_ecg / peak if peak else None
+                    mfu = f"{record['mfu']:.1%}" if peak else "n/a"
+                    record["peak_gib_ours"] = our_peak_memory(workload, reference, ours, config, device, os_)
+                    row += f" {mfu} | {record['peak_gib_ours']:.1f} |"
                 emit(row)
-                del steps
+                records.append(record)
         if cuda and "finetune" in args.workloads:
-            emit(memory_row(size, ours, config, device, args.train_batch))
+            batch = args.memory_batch or args.train_batch
+            setting = Setting(batch, ours_dtype, fused_adam=True, checkpointing=True)
+            gib = our_peak_memory("finetune", reference, ours, config, device, setting, steps=3)
+            records.append(dict(size=size, workload="finetune", comparison="peak memory, gradient checkpointing",
+                                ours=setting.label(), peak_gib_ours=gib, fits_16gb=gib <= 16))
+            emit(f"\nPeak memory, {size} fine-tune step at batch {batch} with gradient checkpointing "
+                 f"({setting.label()}, ours alone): {gib:.2f} GiB ({'fits' if gib <= 16 else 'does NOT fit'} 16 GB).\n")
         if args.cpu_modes and not cuda:
             emit()
             emit(f"CPU inference modes, {size}, batch {args.infer_batch}, against the reference (float32 eager):")
@@ -501,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.results, "a") as f:
             f.write(header + "\n".join(lines) + "\n\n")
         print(f"appended to {args.results}")
+    if args.json is not None:
+        import json
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": records},
+                                        indent=1) + "\n")
     return 0
 
 
@@ -511,19 +535,27 @@ def _load() -> str:
         return "n/a"
 
 
-def memory_row(size: str, ours: HubertECG, config: ModelConfig, device: torch.device, batch: int) -> str:
-    """Peak memory of our fine-tune step at ``batch`` with gradient checkpointing (bf16, fused AdamW)."""
+def our_peak_memory(workload: str, reference: nn.Module, ours: HubertECG, config: ModelConfig,
+                    device: torch.device, setting: Setting, steps: int = 2) -> float:
+    """Peak GiB of our step alone: the reference and our spare weights sit on the CPU meanwhile, so
+    the figure is what a user of our model needs (weights, gradients, AdamW states, activations)."""
+    reference.cpu()
+    ours.cpu()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    setting = Setting(batch, torch.bfloat16, fused_adam=True, checkpointing=True)
-    steps = finetune_steps(nn.Identity(), ours, config, device, setting, setting)  # reference side unused
-    del steps["reference"]
-    torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(steps["ours"], device, 3, 1)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
-    verdict = "fits" if peak <= 16 else "does NOT fit"
-    return (f"\nPeak memory, {size} fine-tune at batch {batch} with gradient checkpointing (bf16): {peak:.1f} GiB "
-            f"({verdict} a 16 GB T4); {batch / seconds:,.0f} ECG/s.\n")
+    if workload == "inference":
+        ours.to(device)
+        step = inference_step(ours, torch.randn(setting.batch, SAMPLES, device=device), device, setting)
+    else:
+        build = finetune_steps if workload == "finetune" else pretrain_steps
+        step = build(nn.Identity(), ours, config, device, setting, setting)["ours"]  # reference side never run
+    timed(step, device, steps, 1)
+    gib = torch.cuda.max_memory_allocated(device) / 2**30
+    del step
+    torch.cuda.empty_cache()
+    reference.to(device)
+    ours.to(device)
+    return gib
 
 
 RESULTS_HEADER = """# Throughput results

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def auroc_summary(y: np.ndarray, score: np.ndarray, fold: np.ndarray, seed: int 
 
     per_fold = [float(roc_auc_score(y[fold == k], score[fold == k])) for k in np.unique(fold)]
     boot = bootstrap_ci("binary", y, score, n_resamples=1000, seed=seed)
-    stats = boot["macro"]["auroc"] if "auroc" in boot["macro"] else boot["per_label"][next(iter(boot["per_label"]))]["auroc"]
+    stats = (boot["macro"]["auroc"] if "auroc" in boot["macro"]
+             else boot["per_label"][next(iter(boot["per_label"]))]["auroc"])
     return {"fold_auroc": per_fold, "fold_mean": float(np.mean(per_fold)), "fold_sd": float(np.std(per_fold, ddof=1)),
             "pooled_auroc": float(stats["point"]), "ci_low": float(stats["lower"]), "ci_high": float(stats["upper"])}
 
@@ -91,23 +93,82 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished child processes (prepare workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Timer:
-    """Wall time per named stage, for the report."""
+    """Wall time and CPU time (user + sys, this process and its children) per named stage, for the report."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.cpu_start = cpu_seconds()
         self.stages: dict[str, float] = {}
+        self.cpu_stages: dict[str, float] = {}
         self._t = self.start
+        self._c = self.cpu_start
 
     def lap(self, name: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), cpu_seconds()
         self.stages[name] = round(now - self._t, 1)
-        self._t = now
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.stages[name]:.1f} s", flush=True)
+        self.cpu_stages[name] = round(cpu - self._c, 1)
+        self._t, self._c = now, cpu
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: wall {self.stages[name]:.1f} s, "
+              f"cpu {self.cpu_stages[name]:.1f} s", flush=True)
 
     def total(self) -> float:
         return round(time.perf_counter() - self.start, 1)
 
+    def summary(self) -> dict[str, Any]:
+        """{"wall_s": {stage: s, "total": s}, "cpu_s": {stage: s, "total": s}} (user + sys CPU seconds)."""
+        return {"wall_s": {**self.stages, "total": self.total()},
+                "cpu_s": {**self.cpu_stages, "total": round(cpu_seconds() - self.cpu_start, 1)}}
+
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=float))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A small CSV of raw outputs; floats with 6 significant digits (enough to recompute every AUROC)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([f"{v:.6g}" if isinstance(v, (float, np.floating)) else v for v in row])
+
+
+def provenance() -> dict[str, Any]:
+    """Which code produced a result: git commit (or ``HUBERT_ECG_COMMIT`` for a snapshot without .git), package
+    location and version, machine, and the start time (UTC)."""
+    import subprocess
+
+    import hubert_ecg
+
+    commit, dirty = os.environ.get("HUBERT_ECG_COMMIT"), None
+    if commit is None:
+        try:
+            root = Path(__file__).resolve().parent
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "experiments"],
+                                        capture_output=True, text=True, check=True).stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+    return {"git_commit": commit, "uncommitted_changes": dirty, "package": getattr(hubert_ecg, "__version__", None),
+            "machine": machine(), "machine_note": os.environ.get("HUBERT_ECG_MACHINE_NOTE", ""),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def default_results_dir(steps: int) -> Path:
+    """``experiments/results/pretrain-<steps>``: one folder per pre-training budget, A and B outputs together."""
+    return RESULTS / f"pretrain-{steps}"

@@ -29,8 +29,23 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ludb_common import (ENCODER_OVERRIDES, ENCODER_SIZE, LABELS, LUDB, PRETRAIN_INPUTS, SEED, Timer,  # noqa: E402
-                         auroc_summary, ludb_folds, ludb_labels, machine, paired_auroc_difference, write_json)
+from ludb_common import (  # noqa: E402
+    ENCODER_OVERRIDES,
+    ENCODER_SIZE,
+    LABELS,
+    LUDB,
+    PRETRAIN_INPUTS,
+    SEED,
+    Timer,
+    auroc_summary,
+    default_results_dir,
+    ludb_folds,
+    ludb_labels,
+    paired_auroc_difference,
+    provenance,
+    write_csv,
+    write_json,
+)
 
 
 @torch.no_grad()
@@ -63,8 +78,8 @@ def record_embeddings(model: torch.nn.Module, store, layers: list[int]) -> tuple
 def hand_embeddings(store) -> tuple[np.ndarray, np.ndarray]:
     """Reference descriptor without learning: mean and s.d. over tokens of the 29 tf+mfcc values, per record."""
     from hubert_ecg.loader import StoreWindows, evaluation_windows
-    from hubert_ecg.pretraining.features import hand_features
     from hubert_ecg.metrics import aggregate_windows
+    from hubert_ecg.pretraining.features import hand_features
 
     dataset = StoreWindows(store, crop="given")
     win = evaluation_windows(store, store.rows(), window=dataset.window, mode="sliding", stride=dataset.window)
@@ -97,20 +112,24 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--k", type=int, default=100, help="clusters of the training targets")
     parser.add_argument("--workers", type=int, default=2, help="prepare worker processes")
+    parser.add_argument("--val-every", type=int, default=40, help="validation (and best-checkpoint) interval in steps")
+    parser.add_argument("--results", help="folder for the raw outputs (default experiments/results/pretrain-STEPS)")
     args = parser.parse_args()
+    out = Path(args.results) if args.results else default_results_dir(args.steps)
 
     from hubert_ecg.checkpoint import load_model
     from hubert_ecg.model import create_model
     from hubert_ecg.pretraining.objective import PretrainObjective, default_val_rows, majority_baseline, run_pretrain
-    from hubert_ecg.store import ECGStore, LabelTable, prepare_store
     from hubert_ecg.pretraining.targets import cluster_features, dump_features, label_store
+    from hubert_ecg.store import ECGStore, LabelTable, prepare_store
     from hubert_ecg.training import TrainConfig, read_history
 
     torch.manual_seed(SEED)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     timer = Timer()
-    results: dict = {"machine": machine(), "settings": vars(args), "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES}}
+    results: dict = {"provenance": provenance(), "settings": {k: v for k, v in vars(args).items() if k != "results"},
+                     "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES}}
 
     # 1. stores ---------------------------------------------------------------------------------
     pre = prepare_store([str(p) for p in PRETRAIN_INPUTS], work / "pretrain-store", workers=args.workers,
@@ -137,14 +156,16 @@ def main() -> None:
 
     # 3. pre-training -------------------------------------------------------------------------------
     cfg = TrainConfig(out_dir=str(work / "pretrain-run"), max_steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, warmup_fraction=0.08, val_every=max(1, args.steps // 4), log_every=25,
+                      lr=args.lr, warmup_fraction=0.08, val_every=args.val_every, log_every=20,
                       num_workers=0, logger="none", progress=False, seed=SEED)
     run = run_pretrain(str(store.path), [target], cfg, size=ENCODER_SIZE, model_overrides=dict(ENCODER_OVERRIDES))
     timer.lap("pretrain")
     train_rows, val_rows = default_val_rows(store, "val", 0.05, SEED)
     untrained = create_model(ENCODER_SIZE, input_rate_hz=int(store.fs), vocab_sizes=[args.k], **ENCODER_OVERRIDES)
-    objective = PretrainObjective(untrained, store, [target], train_rows, val_rows, global_batch=args.batch_size, seed=SEED)
-    untrained_val = objective.validate(untrained.eval(), torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    objective = PretrainObjective(untrained, store, [target], train_rows, val_rows, global_batch=args.batch_size,
+                                  seed=SEED)
+    untrained_val = objective.validate(untrained.eval(), torch.device("cpu"),
+                                       lambda: torch.autocast("cpu", enabled=False))
     best_dir = run.best_dir or run.last_dir
     history = read_history(run.run_dir)
     results["pretrain"] = {
@@ -156,7 +177,12 @@ def main() -> None:
         "untrained_val_masked_acc": untrained_val["val_masked_acc"], "untrained_val_loss": untrained_val["val_loss"],
         "majority_baseline": majority_baseline(store, target, val_rows, train_rows),
         "n_train_rows": int(len(train_rows)), "n_val_rows": int(len(val_rows)),
-        "parameters": int(load_model(best_dir).num_parameters(backbone_only=True)), "checkpoint": str(best_dir)}
+        "parameters": int(load_model(best_dir).num_parameters(backbone_only=True))}
+    steps = sorted({s for key in ("train/loss", "val/val_loss", "val/val_masked_acc") for s, _ in history.get(key, [])})
+    by_key = {key: dict(history.get(key, [])) for key in ("train/loss", "val/val_loss", "val/val_masked_acc")}
+    write_csv(out / "pretrain_history.csv", ["step", "train_loss", "val_loss", "val_masked_acc"],
+              [[s] + [by_key[key].get(s, "") for key in by_key] for s in steps])
+    write_json(out / "kmeans_quality.json", results["kmeans"])
 
     # 4. probes -----------------------------------------------------------------------------------
     _, label_by_id, ids = ludb_labels(work)
@@ -191,9 +217,14 @@ def main() -> None:
             probes[label][f"pretrained - random, layer {layer}"] = paired_auroc_difference(
                 y, oof[(label, f"pretrained, layer {layer}")], oof[(label, f"random init, layer {layer}")])
     results["probe"] = probes
+    names = list(embeddings)
+    write_csv(out / "probe_predictions.csv", ["record_id", "fold", "label", "y"] + names,
+              [[str(record_ids[i]), int(fold[i]), label, int(label_by_id[label][order][i])]
+               + [float(oof[(label, name)][i]) for name in names] for label in LABELS for i in range(len(order))])
     timer.lap("probe")
-    results["wall_s"] = {**timer.stages, "total": timer.total()}
+    results.update(timer.summary())
     write_json(work / "results_pretrain_probe.json", results)
+    write_json(out / "pretrain_probe.json", results)
     print(json.dumps({"pretrain": {k: v for k, v in results["pretrain"].items() if "history" not in k},
                       "probe": probes}, indent=1, default=float))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,18 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def single_threaded() -> Iterator[None]:
+    """One BLAS/OpenMP thread: sklearn's k-means is many times slower on tiny data when 2 CI cores are shared.
+
+    Modules that need it everywhere declare ``pytestmark = pytest.mark.usefixtures("single_threaded")``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def synthetic_12_lead(rng: np.random.Generator, n: int = 2000, fs: float = 500.0) -> np.ndarray:

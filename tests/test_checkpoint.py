@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 import hubert_ecg
-from hubert_ecg import checkpoint
-from hubert_ecg.checkpoint import CheckpointError, load_model
-from hubert_ecg.config import HeadConfig, create_config
-from hubert_ecg.model import create_model
 from hf_reference import hf_config_dict
+from hubert_ecg.checkpoint import CheckpointError, load_model
+from hubert_ecg.config import HeadConfig
+from hubert_ecg.model import create_model
 
 X = torch.randn(2, 6000, generator=torch.Generator().manual_seed(0))
 
@@ -137,7 +135,8 @@ def test_reference_pt_with_pickled_config_loads(tmp_path, finetuned):
 def test_pt_with_transformers_config_loads_without_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     src = create_model("tiny", vocab_sizes=[9]).eval()
-    cfg = {k: v for k, v in hf_config_dict(src.config).items() if k not in ("model_type", "vocab_sizes", "ensemble_length")}
+    skip = ("model_type", "vocab_sizes", "ensemble_length")
+    cfg = {k: v for k, v in hf_config_dict(src.config).items() if k not in skip}
     payload = {"model_config": transformers.HubertConfig(**cfg), "model_state_dict": _published_state(src)}
     path = tmp_path / "old.pt"
     torch.save(payload, path)
@@ -215,5 +214,35 @@ def test_hub_id_resolves_from_offline_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     loaded = load_model("Edoardo-BS/hubert-ecg-small")
     _same_outputs(src, loaded)
-    with pytest.raises(CheckpointError, match="huggingface-cli download Edoardo-BS/hubert-ecg-base"):
+    # The hint names the command this huggingface_hub installs (`hf` from 1.0 on, else `huggingface-cli`).
+    import huggingface_hub
+    command = "hf download" if int(huggingface_hub.__version__.split(".")[0]) >= 1 else "huggingface-cli download"
+    with pytest.raises(CheckpointError, match=f"`{command} Edoardo-BS/hubert-ecg-base --local-dir DIR`"):
         load_model("Edoardo-BS/hubert-ecg-base")
+
+
+@pytest.mark.parametrize("kind,licence", [("published-pt", "cc-by-nc-4.0"), ("published-hf", "cc-by-nc-4.0"),
+                                          ("bare-state-dict", "other"), ("transformers-dir", "other")])
+def test_licence_of_foreign_weights_is_carried_into_saved_models(tmp_path, kind, licence):
+    """Published weights (CC BY-NC 4.0) pass their licence on; other foreign weights record their source."""
+    src = create_model("tiny", vocab_sizes=[4]).eval()
+    if kind == "published-pt":
+        path = _pickle_with_reference_config(tmp_path, src)
+    elif kind == "published-hf":
+        path = _write_hf_dir(tmp_path, src)
+    elif kind == "bare-state-dict":
+        path = tmp_path / "weights.pt"
+        torch.save(src.state_dict(), path)
+    else:
+        path = _write_hf_dir(tmp_path, src)
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.update(model_type="hubert", architectures=["HubertModel"])
+        del cfg["auto_map"]
+        (path / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(path)
+    assert loaded.info.extra.get("license") == (licence if licence != "other" else None)
+    assert loaded.info.extra["base_model"] == path.name or loaded.info.extra["base_model"] == str(path)
+    saved = loaded.save_pretrained(tmp_path / "out")
+    card = (saved / "README.md").read_text()
+    assert f"license: {licence}\n" in card
+    assert load_model(saved).info.extra == loaded.info.extra  # and so on to anything fine-tuned from it

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from hubert_ecg import load_model
-from hubert_ecg.finetune import FinetuneOptions, layerwise_groups, prepare_model, run_finetune
+from hubert_ecg import embed, load_model, predict
+from hubert_ecg.finetune import FinetuneOptions, prepare_model, run_finetune
+from hubert_ecg.runtime import param_groups
 from hubert_ecg.model import create_model
 from hubert_ecg.store import LabelTable, prepare_store
 from hubert_ecg.synthetic import synthetic_record
@@ -83,7 +84,7 @@ def test_cli_and_python_api_give_identical_predictions(trained, tmp_path):
     assert rows[0][:4] == ["record_id", "source", "n_windows", "p_fast"]
     model = load_model(result.best_dir)
     for row, f in zip(rows[1:], files):
-        pred = model.predict(np.load(f), fs=500)
+        pred = predict(model, np.load(f), fs=500)
         assert row[0] == f.stem
         assert float(row[3]) == pytest.approx(float(pred.probabilities[0]), abs=1e-6)
         assert int(row[4]) == int(pred.decisions[0])
@@ -93,11 +94,11 @@ def test_embed_any_length_and_minimum(trained):
     root, result = trained
     model = load_model(result.best_dir)
     signal = np.load(root / "data" / "r000.npy")
-    assert model.embed(signal, fs=500).shape == (model.config.hidden_size,)
-    assert model.embed(signal[:, :1000], fs=500).shape == (model.config.hidden_size,)  # 2 s: padded
+    assert embed(model, signal, fs=500).shape == (model.config.hidden_size,)
+    assert embed(model, signal[:, :1000], fs=500).shape == (model.config.hidden_size,)  # 2 s: padded
     with pytest.raises(ValueError, match=r"the minimum is 1.5 s"):
-        model.embed(signal[:, :500], fs=500)
-    tokens = model.embed(signal, fs=500, tokens=True)
+        embed(model, signal[:, :500], fs=500)
+    tokens = embed(model, signal, fs=500, tokens=True)
     assert tokens.shape == (2, 93, model.config.hidden_size)  # 6 s -> windows at 0 and 1 s
 
 
@@ -105,7 +106,7 @@ def test_layerwise_lr_decay_and_freezing():
     model = create_model("tiny")
     opts = FinetuneOptions(layer_decay=0.5, head_lr_mult=10.0, train_last_blocks=1)
     prepare_model(model, opts, 3, ["a", "b", "c"])
-    groups = layerwise_groups(model, 1.0, 0.5, 10.0)
+    groups = param_groups(model, 1.0, layer_decay=0.5, head_lr_mult=10.0)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert lr_of[id(named["classifier.weight"])] == 10.0
@@ -114,7 +115,7 @@ def test_layerwise_lr_decay_and_freezing():
     assert not named["feature_extractor.conv_layers.0.conv.weight"].requires_grad
     full = create_model("tiny")
     prepare_model(full, FinetuneOptions(layer_decay=0.5), 3, ["a", "b", "c"])
-    lr_full = {id(p): g["lr"] for g in layerwise_groups(full, 1.0, 0.5, 10.0) for p in g["params"]}
+    lr_full = {id(p): g["lr"] for g in param_groups(full, 1.0, layer_decay=0.5, head_lr_mult=10.0) for p in g["params"]}
     named = dict(full.named_parameters())
     assert lr_full[id(named["encoder.layers.0.attention.q_proj.weight"])] == 0.5
     assert lr_full[id(named["feature_projection.projection.weight"])] == 0.25
@@ -149,12 +150,12 @@ def test_fast_engines_stay_within_their_stated_tolerance(trained):
     root, result = trained
     model = load_model(result.best_dir)
     signal = np.load(root / "data" / "r001.npy")
-    exact = model.predict(signal, fs=500).probabilities
+    exact = predict(model, signal, fs=500).probabilities
     for engine in ("int8", "onnx"):
-        fast = model.predict(signal, fs=500, engine=engine).probabilities
+        fast = predict(model, signal, fs=500, engine=engine).probabilities
         assert np.abs(fast - exact).max() <= TOLERANCES[engine][1]
     with pytest.raises(ValueError, match="last layer only"):
-        model.embed(signal, fs=500, layer=1, engine="int8")
+        embed(model, signal, fs=500, layer=1, engine="int8")
 
 
 def test_keep_head_keeps_the_trained_head_and_drops_codebooks():
@@ -179,3 +180,52 @@ def test_predict_files_with_worker_processes_matches_one_process(trained, tmp_pa
                         workers=2)
     assert one.written == two.written == 6
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
+
+
+def _groups_by_param(model, groups, default_wd):
+    optimizer = torch.optim.AdamW(groups, lr=123.0, weight_decay=default_wd)
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert id(p) not in out, "a parameter in two groups"
+            out[id(p)] = (group["lr"], group["weight_decay"])
+    return {name: out.get(id(p)) for name, p in model.named_parameters()}
+
+
+def test_param_groups_exact_lr_and_no_weight_decay_rule_same_in_pretraining_and_finetuning():
+    """Every parameter's LR and weight decay, for fine-tuning (layer-wise decay) and pre-training (flat)."""
+    from hubert_ecg.finetune import FinetuneObjective
+    from hubert_ecg.pretraining.objective import PretrainObjective
+
+    decay, lr, mult = 0.5, 1.0, 10.0
+    model = create_model("tiny", head={"num_labels": 3, "type": "cosine"})
+    prepare_model(model, FinetuneOptions(layer_decay=decay, head_lr_mult=mult, train_conv_stem=True), 3,
+                  ["a", "b", "c"])
+    ft = FinetuneObjective.__new__(FinetuneObjective)
+    ft.opts = FinetuneOptions(layer_decay=decay, head_lr_mult=mult)
+    got = _groups_by_param(model, ft.parameter_groups(model, lr), 0.01)
+    n = model.config.num_hidden_layers
+    for name, p in model.named_parameters():
+        if name == "masked_spec_embed":
+            assert got[name] is None and not p.requires_grad  # fine-tuning never masks: frozen, not optimised
+            continue
+        if name.startswith("feature_extractor."):
+            want_lr = lr * decay ** (n + 1)
+        elif name.startswith("encoder.layers."):
+            want_lr = lr * decay ** (n - 1 - int(name.split(".")[2]))
+        elif name.startswith("classifier."):
+            want_lr = lr * mult
+        else:  # feature projection, positional conv, encoder LayerNorm
+            want_lr = lr * decay ** n
+        want_wd = 0.0 if (name.endswith(("bias", "log_scale")) or "layer_norm" in name) else 0.01
+        assert got[name] == pytest.approx((want_lr, want_wd)), name
+
+    pre = create_model("tiny", vocab_sizes=[4])
+    po = PretrainObjective.__new__(PretrainObjective)
+    got = _groups_by_param(pre, po.parameter_groups(pre, lr), 0.01)
+    for name, p in pre.named_parameters():
+        if not p.requires_grad:
+            assert got[name] is None
+            continue
+        want_wd = 0.0 if (name.endswith("bias") or "layer_norm" in name or name == "masked_spec_embed") else 0.01
+        assert got[name] == pytest.approx((lr, want_wd)), name

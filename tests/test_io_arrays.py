@@ -21,13 +21,17 @@ def test_npy_reference_layout_and_transposed(tmp_path: Path, rng: np.random.Gene
     np.save(tmp_path / "leads_first.npy", signal)
     np.save(tmp_path / "time_first.npy", signal.T)
     for name in ("leads_first.npy", "time_first.npy"):
-        record = read_record(tmp_path / name)
+        # A .npy states no rate: never assumed (not even the reference's 500 Hz); the message names the flag.
+        with pytest.raises(RecordError, match=rf"{name[:-4]}\.npy: sampling rate unknown: .*pass --fs HZ or a sidecar "
+                                              rf"{name[:-4]}\.json"):
+            read_record(tmp_path / name)
+        record = read_record(tmp_path / name, fs=500)
         np.testing.assert_array_equal(record.signal, signal)
-        assert record.fs == 500.0 and record.meta["fs_assumed"] is True
+        assert record.fs == 500.0
         assert record.units == "unknown"  # reference files are scaled, not calibrated
         assert record.record_id == Path(name).stem
     record = read_record(tmp_path / "leads_first.npy", fs=100, units="uV")
-    assert record.fs == 100.0 and record.units == "mV" and "fs_assumed" not in record.meta
+    assert record.fs == 100.0 and record.units == "mV"
     np.testing.assert_allclose(record.signal, signal / 1000, rtol=1e-6)
 
 
@@ -54,10 +58,10 @@ def test_numpy_errors(tmp_path: Path, rng: np.random.Generator) -> None:
         read_record(tmp_path / "zero.npy")
     np.save(tmp_path / "nan.npy", np.full((12, 100), np.nan, np.float32))
     with pytest.raises(RecordError, match=r"nan\.npy: no finite samples \(NaN/inf everywhere\)$"):
-        read_record(tmp_path / "nan.npy")
+        read_record(tmp_path / "nan.npy", fs=500)
     inf = signal.copy()
     inf[3, :5] = np.inf
-    record = read_record(_save(tmp_path / "inf.npy", inf))
+    record = read_record(_save(tmp_path / "inf.npy", inf), fs=500)
     assert np.isnan(record.signal[3, :5]).all() and "5 infinite samples replaced by NaN" in record.meta["warnings"]
 
     np.save(tmp_path / "cut.npy", signal)

@@ -118,4 +118,4 @@ def test_muse_corrupt_files(tmp_path: Path, rng: np.random.Generator) -> None:
     other = tmp_path / "other.xml"
     other.write_text("<?xml version='1.0'?><AnnotatedECG/>")
     with pytest.raises(RecordError, match=r"other\.xml: not a MUSE XML ECG \(root element <AnnotatedECG>"):
-        read_record(other)
+        read_record(other, fmt="muse")  # forced: detection sends an AnnotatedECG root to the HL7 reader

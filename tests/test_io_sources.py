@@ -118,14 +118,15 @@ def test_dispatch_and_format_errors(mixed_folder: Path, tmp_path: Path) -> None:
     assert detect_format(suffixless) == "dicom"
     assert read_record(suffixless).fs == 1000.0
     (tmp_path / "mystery.bin").write_bytes(b"\x00" * 300)
-    with pytest.raises(RecordError, match=r"mystery\.bin: unrecognised ECG file format \(suffix \.bin\); pass fmt=\.\.\.$"):
+    with pytest.raises(RecordError, match=r"mystery\.bin: unrecognised ECG file format \(suffix \.bin\); name it with --format "
+                       r"\(one of wfdb, mat, numpy, text, hdf5, dicom, muse, hl7, philips, edf\)$"):
         read_record(tmp_path / "mystery.bin")
     # fmt= forces a reader regardless of the suffix.
     np.save(tmp_path / "x.npy", _signal(np.random.default_rng(1)))
     shutil.move(tmp_path / "x.npy", tmp_path / "x.bin")
-    assert read_record(tmp_path / "x.bin", fmt="npy").signal.shape == (12, 500)
-    with pytest.raises(RecordError, match=r"x\.bin: unknown format 'edf'"):
-        read_record(tmp_path / "x.bin", fmt="edf")
+    assert read_record(tmp_path / "x.bin", fmt="npy", fs=500).signal.shape == (12, 500)
+    with pytest.raises(RecordError, match=r"x\.bin: unknown format 'scp' \(--format\); use one of wfdb, "):
+        read_record(tmp_path / "x.bin", fmt="scp")
     with pytest.raises(RecordError, match=r"a\.npy: key='3' only applies to multi-record HDF5 files"):
         read_record(mixed_folder / "other" / "a.npy", key="3")
     with pytest.raises(RecordError, match=r"gone\.npy: file not found$"):

@@ -46,7 +46,8 @@ def test_text_without_time_needs_fs_and_index_column_is_ignored(tmp_path: Path, 
     signal = synthetic_12_lead(rng, 300)
     header = ["sample"] + list(STANDARD_LEADS)
     path = write_table(tmp_path / "r.txt", header, np.vstack([np.arange(300), signal]), ";")
-    with pytest.raises(RecordError, match=r"r\.txt: sampling rate unknown: pass fs=\.\.\. or add a time column$"):
+    with pytest.raises(RecordError, match=r"r\.txt: sampling rate unknown \(no time column, no '# fs:' line\): pass --fs HZ "
+                                          r"or a sidecar r\.json with \{\"fs\": HZ\}$"):
         read_record(path)
     record = read_record(path, fs=500, units="mV")
     np.testing.assert_allclose(record.signal, signal, atol=5e-7 + 1e-7)

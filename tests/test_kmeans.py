@@ -27,13 +27,7 @@ from hubert_ecg.pretraining.kmeans import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_threaded() -> Iterator[None]:
-    """sklearn's OpenMP k-means is many times slower on small data when the 2 CI cores are shared."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture
@@ -256,3 +250,62 @@ def test_real_descriptors_cluster_and_round_trip(tmp_path: Path) -> None:
     quality = cluster_quality(model, features)
     assert quality["n_rows"] == 12 * 93 and sum(quality["cluster_sizes"]) == 12 * 93
     assert quality["majority_fraction"] < 0.5 and np.isfinite(quality["davies_bouldin"])
+
+
+# ------------------------------------------------------------------ what each normaliser option is for
+def _direction_clusters(rng: np.random.Generator, n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """4 clusters that are directions; per-token magnitudes spread 100-fold (e.g. loud and quiet leads)."""
+    truth = rng.integers(0, 4, size=n)
+    x = (np.eye(4)[truth] + 0.1 * rng.standard_normal((n, 4))) * np.exp(rng.uniform(np.log(0.1), np.log(10), (n, 1)))
+    return x.astype(np.float32), truth
+
+
+def _affine_clusters(rng: np.random.Generator, n: int = 1500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4 clusters in dims 0-2 plus an uninformative dim 3; and the same data after a per-feature affine map."""
+    truth = rng.integers(0, 4, size=n)
+    centres = 3.0 * np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], dtype=float)
+    x = np.column_stack([centres[truth] + 0.3 * rng.standard_normal((n, 3)), rng.standard_normal(n)])
+    scaled = x * np.array([0.001, 0.01, 1.0, 1000.0]) + np.array([50.0, -3.0, 7.0, 100.0])
+    return x.astype(np.float32), scaled.astype(np.float32), truth
+
+
+@pytest.mark.parametrize("mode,invariant", [("l2", True), ("standardise", False), ("none", False),
+                                            ("standardise+l2", False)])
+def test_l2_alone_makes_labels_invariant_to_per_token_scale(rng: np.random.Generator, mode: str,
+                                                           invariant: bool) -> None:
+    x, truth = _direction_clusters(rng)
+    model = fit_kmeans(x, 4, normaliser=mode, seed=0)
+    rescaled = x * rng.uniform(0.05, 20.0, size=(len(x), 1)).astype(np.float32)
+    same = np.mean(model.assign(rescaled) == model.assign(x))
+    recovered = adjusted_rand_score(truth, model.assign(x))
+    if invariant:
+        assert same == 1.0 and recovered > 0.95
+    else:  # magnitude, not direction, drives these clusters
+        assert same < 0.8 and recovered < 0.6
+
+
+@pytest.mark.parametrize("mode,invariant", [("standardise", True), ("standardise+l2", True), ("l2", False),
+                                            ("none", False)])
+def test_standardising_makes_labels_invariant_to_per_feature_affine_maps(rng: np.random.Generator, mode: str,
+                                                                        invariant: bool) -> None:
+    x, scaled, truth = _affine_clusters(rng)
+    labels = fit_kmeans(x, 4, normaliser=mode, seed=0).assign(x)
+    labels_scaled = fit_kmeans(scaled, 4, normaliser=mode, seed=0).assign(scaled)
+    agreement = adjusted_rand_score(labels, labels_scaled)
+    if invariant:
+        assert agreement > 0.99 and adjusted_rand_score(truth, labels_scaled) > 0.9
+    else:  # the 1000x uninformative dimension (or the offsets) decide the clusters after the map
+        assert agreement < 0.5 and adjusted_rand_score(truth, labels_scaled) < 0.5
+
+
+def test_standardise_then_l2_is_that_order(rng: np.random.Generator) -> None:
+    """``standardise+l2`` = z-score with the fitted statistics, then unit rows (sklearn's scaler then Normalizer)."""
+    from sklearn.preprocessing import StandardScaler
+
+    x, scaled, _ = _affine_clusters(rng, 500)
+    scaled = scaled.astype(np.float64)
+    ours = FeatureNormaliser("standardise+l2").fit(scaled).transform(scaled)
+    expected = Normalizer().transform(StandardScaler().fit(scaled).transform(scaled))
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+    swapped = StandardScaler().fit_transform(Normalizer().transform(scaled))
+    assert np.abs(ours - swapped).max() > 0.1

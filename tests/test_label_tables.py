@@ -292,7 +292,7 @@ def test_cinc_labels_from_dx_lines(tmp_path: Path) -> None:
     _write_cinc_header(base / "G12EC" / "E002.hea", "426783006", age="NaN", sex="Female")
     _write_cinc_header(base / "CPSC" / "A001.hea", "59118001, 164889003")
     _write_cinc_header(base / "CPSC" / "A002.hea", None)
-    out = cinc_labels_table(base, tmp_path / "cinc.csv")
+    out = cinc_labels_table(base, tmp_path / "cinc.csv", classes="all")
     assert out.labels == ["59118001", "164889003", "426783006"]  # numeric order, not text order
     assert out.label_start_index == 4 and out.dropped == {"no_label": 1} and out.n_records == 3
     assert out.positives == {"59118001": 1, "164889003": 2, "426783006": 2}
@@ -300,7 +300,7 @@ def test_cinc_labels_from_dx_lines(tmp_path: Path) -> None:
     assert header == ["record_id", "path", "age", "sex", "59118001", "164889003", "426783006"]
     assert [(r["record_id"], r["path"], r["age"], r["sex"]) for r in rows] == [
         ("A001", "CPSC/A001", "60", "M"), ("E001", "G12EC/E001", "60", "M"), ("E002", "G12EC/E002", "", "F")]
-    rare = cinc_labels_table(base, tmp_path / "rare.csv", min_count=2)
+    rare = cinc_labels_table(base, tmp_path / "rare.csv", min_count=2, classes="all")
     assert rare.labels == ["164889003", "426783006"] and rare.n_records == 3
 
 
@@ -318,7 +318,7 @@ def test_cinc_real_headers_match_wfdb(tmp_path: Path) -> None:
     import wfdb
 
     base = shared_path("cinc2021-smoke")
-    out = cinc_labels_table(base, tmp_path / "cinc.csv")
+    out = cinc_labels_table(base, tmp_path / "cinc.csv", classes="all")
     table = LabelTable.from_csv(out.path, id_column="record_id", label_start_index=out.label_start_index)
     headers = sorted(base.rglob("*.hea"))
     assert out.n_records == len(headers) == len(table.by_key)
@@ -406,3 +406,36 @@ def test_reference_split_table_merges_and_keeps_test_whole(tmp_path: Path) -> No
     with pytest.raises(DatasetTableError) as err:
         reference_split_table({"train": paths["train"]}, tmp_path / "m3.csv", label_start_index=0)
     assert str(err.value) == f"{paths['train']}: label_start_index 0 does not point after 'filename' inside the 5 columns"
+
+
+def test_cinc_scored_classes_merge_equivalent_codes(tmp_path: Path) -> None:
+    from hubert_ecg.label_tables import CINC2020_SCORED, CINC2021_SCORED
+
+    # the challenge's label spaces: 2021 26 classes from 30 codes, 2020 24 from 27
+    assert len(CINC2021_SCORED) == 26 and sum(len(c) for c, _ in CINC2021_SCORED.values()) == 30
+    assert len(CINC2020_SCORED) == 24 and sum(len(c) for c, _ in CINC2020_SCORED.values()) == 27
+    assert CINC2021_SCORED["RBBB"][0] == ("713427006", "59118001")
+    assert CINC2021_SCORED["LBBB"][0] == ("733534002", "164909002")
+    assert CINC2021_SCORED["PAC"][0] == ("284470004", "63593006")
+    assert CINC2021_SCORED["PVC"][0] == ("427172004", "17338001")
+    base = tmp_path / "cinc"
+    _write_cinc_header(base / "A1.hea", "713427006,164889003")  # complete RBBB + AF
+    _write_cinc_header(base / "A2.hea", "59118001")  # RBBB: same class
+    _write_cinc_header(base / "A3.hea", "733534002")  # complete LBBB: LBBB in 2021, unscored in 2020
+    _write_cinc_header(base / "A4.hea", "11157007")  # unscored only: kept, all 0
+    _write_cinc_header(base / "A5.hea", None)  # no #Dx: dropped
+    out = cinc_labels_table(base, tmp_path / "scored.csv")
+    assert out.labels == list(CINC2021_SCORED) and out.label_start_index == 5
+    assert out.n_records == 4 and out.dropped == {"no_label": 1}
+    assert out.positives["RBBB"] == 2 and out.positives["AF"] == 1 and out.positives["LBBB"] == 1
+    header, rows = _read(out.path)
+    assert header[:5] == ["record_id", "path", "age", "sex", "dx"]
+    by_id = {r["record_id"]: r for r in rows}
+    assert by_id["A1"]["dx"] == "164889003;713427006"  # raw codes kept beside the classes
+    assert all(by_id["A4"][c] == "0" for c in out.labels)
+    old = cinc_labels_table(base, tmp_path / "scored2020.csv", classes="scored2020")
+    assert "LBBB" in old.labels and "BBB" not in old.labels and old.positives["LBBB"] == 0
+    table = LabelTable.from_csv(out.path, label_start_index=out.label_start_index)
+    assert table.names == list(CINC2021_SCORED)
+    with pytest.raises(DatasetTableError, match="classes must be one of scored2021, scored2020, all"):
+        cinc_labels_table(base, tmp_path / "x.csv", classes="scored2019")

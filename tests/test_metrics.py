@@ -285,6 +285,7 @@ def test_stratified_resamples_keep_class_counts(rng: np.random.Generator) -> Non
     np.testing.assert_array_equal(weights @ y, np.full(50, y.sum()))
 
 
+@pytest.mark.slow  # a timing bound: kept out of the default run, where a shared CI core can stall it
 def test_bootstrap_speed_n2000_l20() -> None:
     rng = np.random.default_rng(0)
     y = (rng.random((2000, 20)) < 0.1).astype(int)

@@ -149,3 +149,41 @@ def test_parameter_counts_match_published_sizes():
     # Reference doc §1.2 (verified counts of the published architecture).
     assert create_model("small", vocab_sizes=[100]).num_parameters(backbone_only=True) == 30_209_664
     assert create_model("small", vocab_sizes=[100]).num_parameters() == 30_366_592
+
+
+def test_model_declares_its_no_decay_parameters_and_depths():
+    from hubert_ecg.config import HeadConfig
+    model = create_model("tiny", vocab_sizes=[5], head=HeadConfig(num_labels=3, type="cosine"), conv_bias=True)
+    names = dict(model.named_parameters())
+    exempt = model.no_weight_decay()
+    for name in ("masked_spec_embed", "classifier.log_scale", "encoder.layers.1.layer_norm.weight",
+                 "encoder.layers.0.final_layer_norm.bias", "encoder.layer_norm.weight",
+                 "feature_projection.layer_norm.weight", "feature_extractor.conv_layers.0.layer_norm.weight",
+                 "encoder.layers.0.attention.q_proj.bias", "encoder.pos_conv_embed.conv.bias",
+                 "feature_extractor.conv_layers.1.conv.bias"):
+        assert name in exempt, name
+    for name in ("encoder.layers.0.attention.q_proj.weight", "feature_projection.projection.weight",
+                 "encoder.pos_conv_embed.conv.weight_v", "label_embedding.0.weight", "classifier.label_embedding.weight",
+                 "feature_extractor.conv_layers.0.conv.weight", "final_proj.0.weight"):
+        assert name in names and name not in exempt, name
+    assert exempt <= set(names)
+    n = model.config.num_hidden_layers
+    assert model.num_layer_ids() == n + 3
+    expected = {"feature_extractor.conv_layers.0.conv.weight": 0, "feature_extractor.conv_layers.2.conv.weight": 0,
+                "feature_projection.projection.weight": 1, "encoder.pos_conv_embed.conv.weight_g": 1,
+                "encoder.layer_norm.weight": 1, "masked_spec_embed": 1,
+                "encoder.layers.0.attention.q_proj.weight": 2, "encoder.layers.1.feed_forward.output_dense.bias": 3,
+                "classifier.label_embedding.weight": n + 2, "final_proj.0.weight": n + 2, "label_embedding.0.weight": n + 2}
+    assert {k: model.layer_id(k) for k in expected} == expected
+    assert all(0 <= model.layer_id(k) <= n + 2 for k in names)
+
+
+def test_first_conv_bias_under_group_norm_is_frozen_because_it_cancels():
+    model = create_model("tiny", conv_bias=True).eval()
+    bias = model.feature_extractor.conv_layers[0].conv.bias
+    assert not bias.requires_grad
+    x = torch.randn(2, 6000)
+    before = model(x).last_hidden_state
+    with torch.no_grad():
+        bias.add_(3.0)
+    torch.testing.assert_close(model(x).last_hidden_state, before)  # no effect on the output at all

@@ -11,6 +11,7 @@ import pytest
 from scipy.signal import decimate, filtfilt, firwin, freqz, resample
 
 from conftest import shared_path
+from hubert_ecg.config import token_mask_from_sample_mask
 from hubert_ecg.preprocess import (
     LEAD_NAMES,
     MissingLeadWarning,
@@ -23,7 +24,6 @@ from hubert_ecg.preprocess import (
     missing_leads,
     preprocess_batch,
     preprocess_signal,
-    token_mask_from_sample_mask,
     unflatten_window,
     window_starts,
 )
@@ -445,9 +445,9 @@ def test_token_mask_equals_receptive_field_check_for_interior_padding(rng):
 
 
 def test_token_mask_errors():
-    with pytest.raises(PreprocessError, match=r"^mask of length 9 is shorter than conv kernel 10$"):
+    with pytest.raises(ValueError, match=r"^mask of length 9 is shorter than conv kernel 10$"):
         token_mask_from_sample_mask(np.ones((1, 9), dtype=bool))
-    with pytest.raises(PreprocessError, match=r"^conv_kernels \(10, 3\) and conv_strides \(4,\) differ in length$"):
+    with pytest.raises(ValueError, match=r"^conv_kernels \(10, 3\) and conv_strides \(4,\) differ in length$"):
         token_mask_from_sample_mask(np.ones((1, 100), dtype=bool), (10, 3), (4,))
 
 

@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.signal import cheby1, sosfiltfilt
 
+from hubert_ecg.config import token_mask_from_sample_mask
 from hubert_ecg.preprocess import (
     MissingLeadWarning,
     PreprocessSpec,
     cut_windows,
     preprocess_signal,
-    token_mask_from_sample_mask,
     window_starts,
 )
 

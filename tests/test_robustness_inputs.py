@@ -463,10 +463,12 @@ def test_full_disk_during_predict_leaves_no_output(small_set: Path, tiny_classif
 
 
 def test_offline_hub_id_not_in_cache_says_how_to_download(tmp_path: Path) -> None:
+    from hubert_ecg.hub import download_command  # `hf download` with huggingface_hub >= 1.0
+
     proc = cli("info", "Edoardo-BS/hubert-ecg-small",
                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf")})
     assert proc.returncode == 1
     assert_one_line_error(proc.stderr, r"Edoardo-BS/hubert-ecg-small: not in the local Hugging Face cache and "
                                        r"HF_HUB_OFFLINE is set; download it while online, e\.g\. "
-                                       r"`huggingface-cli download Edoardo-BS/hubert-ecg-small --local-dir DIR`")
+                                       rf"`{re.escape(download_command())} Edoardo-BS/hubert-ecg-small --local-dir DIR`")
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.safetensors"))

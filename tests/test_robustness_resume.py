@@ -201,7 +201,8 @@ def test_finetune_killed_and_rerun_gives_identical_weights(labelled_store: Path,
         assert a.keys() == b.keys()
         for key in a:
             assert bool((a[key] == b[key]).all()), (name, key)
-        thresholds = [json.loads((d / name / "config.json").read_text())["info"]["thresholds"]
-                      for d in (tmp_path / "ref", run)]
+        from hubert_ecg.checkpoint import load_model
+
+        thresholds = [load_model(d / name).info.thresholds for d in (tmp_path / "ref", run)]
         assert thresholds[0] == thresholds[1]
     assert json.loads(state.read_text())["step"] == 12

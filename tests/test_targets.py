@@ -30,13 +30,7 @@ from hubert_ecg.pretraining.targets import (
 RECORD_SAMPLES = [7000, 5000, 5000, 2000, 5000, 5000, 7000, 5000, 5000, 3000]
 
 
-@pytest.fixture(autouse=True)
-def _single_threaded() -> Iterator[None]:
-    """sklearn's OpenMP k-means is many times slower on tiny data when the 2 CI cores are shared."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ECGStore:
         beat = np.sin(2 * np.pi * (1.0 + 0.15 * i) * t) ** 15  # spiky, ECG-like periodicity
         x = beat[None] * np.linspace(0.5, 1.5, 12)[:, None] + 0.05 * rng.standard_normal((12, n))
         np.save(records / f"rec{i:02d}.npy", x.astype(np.float32))
-    prepare_store([records], root / "store", progress=False, shard_records=4)
+    prepare_store([records], root / "store", progress=False, shard_records=4, read_kwargs={"fs": 500.0})
     return ECGStore(root / "store")
 
 
@@ -314,3 +308,32 @@ def test_hidden_targets_follow_the_kmeans_metadata(store: ECGStore, tiny_checkpo
     info = json.loads(store.targets_path("hidden-it2").with_suffix(".json").read_text())
     assert (info["kind"], info["layer"], info["checkpoint"]) == ("hidden", 1, str(tiny_checkpoint.resolve()))
     shutil.rmtree(tmp_path / "h")
+
+
+# ------------------------------------------------------------------ run records of the stages
+def test_every_stage_writes_a_run_record(store: ECGStore, hand_dump: Path, clustered: tuple[Path, list[dict]],
+                                         tmp_path: Path) -> None:
+    """features, cluster and label each record their resolved settings, versions and input fingerprints."""
+    features = json.loads((hand_dump / "run.json").read_text())
+    assert features["kind"] == "features" and features["settings"]["features"]["kind"] == "tf+mfcc"
+    assert features["settings"]["features"]["shard_rows"] == 5 and features["settings"]["features"]["batch_size"] == 3
+    assert features["inputs"]["store"]["rows"] == len(store)
+    assert len(features["inputs"]["store"]["manifest_sha256"]) == 64
+    assert "torch" in features["versions"] and features["command"]
+    out, _ = clustered
+    cluster = json.loads((out / "run.json").read_text())
+    assert cluster["settings"]["cluster"]["normaliser"] == "standardise"
+    assert cluster["settings"]["cluster"]["ks"][0] == 3  # [3, 5], or [3] after the skip-finished-K test
+    assert cluster["inputs"]["features"]["rows_sha256"] == json.loads((hand_dump / "features.json").read_text())[
+        "rows_sha256"]
+    label_store(store, [out / "k3"], "recorded", progress=False)
+    label = json.loads(store.targets_path("recorded").with_name("recorded.run.json").read_text())
+    assert label["kind"] == "label" and label["settings"]["label"]["names"] == ["recorded"]
+    assert label["inputs"]["kmeans_sha256"] == [json.loads(store.targets_path("recorded").with_suffix(".json")
+                                                           .read_text())["kmeans_sha256"]]
+    # a re-run with other settings keeps the earlier record
+    cluster_features(hand_dump, [2], tmp_path, normaliser="standardise", held_out_fraction=0.25, seed=1)
+    cluster_features(hand_dump, [2], tmp_path, normaliser="l2", held_out_fraction=0.25, seed=1)
+    again = json.loads((tmp_path / "run.json").read_text())
+    assert again["settings"]["cluster"]["normaliser"] == "l2"
+    assert again["earlier"][-1]["settings"]["cluster"]["normaliser"] == "standardise"

@@ -122,6 +122,44 @@ def test_two_gloo_processes_match_one_process(store_path, tmp_path):
     np.testing.assert_allclose([h2[s] for s in h1], [h1[s] for s in h1], rtol=1e-4, atol=1e-5)
 
 
+FINETUNE_SCRIPT = Path(__file__).with_name("finetune_script.py")
+
+
+@pytest.fixture(scope="module")
+def labelled_store_path(tmp_path_factory) -> str:
+    from hubert_ecg.store import LabelTable
+    from hubert_ecg.synthetic import SYNTHETIC_LABELS
+
+    d = write_synthetic_dataset(tmp_path_factory.mktemp("lab"), 24, fmt="npy", seed=5, seconds=5.0)
+    labels = LabelTable.from_csv(d / "labels.csv", id_column="record_id", split_column="split",
+                                 label_columns=list(SYNTHETIC_LABELS[:3]))
+    out = tmp_path_factory.mktemp("lstore") / "s"
+    prepare_store([d], out, labels=labels, read_kwargs={"fs": 500.0}, progress=False)
+    return str(out)
+
+
+def test_two_gloo_processes_finetune_like_one_process(labelled_store_path, tmp_path):
+    """DDP fine-tuning (linear probe, then all blocks): runs past step 2 (masked_spec_embed and other
+    parameters without gradients are frozen), writes one history line per step, equals one process."""
+    one = _run([str(FINETUNE_SCRIPT), labelled_store_path, str(tmp_path / "one"), "4", "2"])
+    out1 = one.communicate(timeout=300)[0].decode()
+    assert one.returncode == 0, out1[-3000:]
+    two = _run(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(30500 + os.getpid() % 1000), str(FINETUNE_SCRIPT), labelled_store_path, str(tmp_path / "two"),
+                "4", "2"])
+    out = two.communicate(timeout=300)[0].decode()
+    assert two.returncode == 0, out[-3000:]
+    for stage in ("linear-probe", ""):
+        h1, h2 = _history(tmp_path / "one" / stage), _history(tmp_path / "two" / stage)
+        steps = [json.loads(line)["step"] for line in (tmp_path / "two" / stage / "history.jsonl").read_text()
+                 .splitlines() if "train/loss" in line]
+        assert steps == list(range(1, (2 if stage else 4) + 1))  # one line per step, from rank 0 only
+        np.testing.assert_allclose([h2[s] for s in sorted(h1)], [h1[s] for s in sorted(h1)], rtol=1e-4, atol=1e-5)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)  # Adam magnifies summation order
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_paths_train_on_cpu(store_path, tmp_path, precision):
     """The autocast / GradScaler code that runs on GPUs, exercised through CPU autocast."""
@@ -142,3 +180,42 @@ def test_mixed_precision_paths_train_on_cpu(store_path, tmp_path, precision):
     assert all(np.isfinite(v) for v in hist.values())
     state = torch.load(tmp_path / precision / "last" / "trainer_state.pt", weights_only=True)
     assert (state["scaler"] is not None) == (precision == "fp16")
+
+
+def _masks_by_row(store_path: str, out: Path, batch_size: int, grad_accum: int, steps: int = 2) -> dict:
+    """Run the real loop and record, per optimizer step, the span mask each store row received."""
+    from hubert_ecg.model import create_model
+    from hubert_ecg.pretraining.objective import PretrainObjective
+    from hubert_ecg.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = create_model("tiny", vocab_sizes=[4])
+    store = ECGStore(store_path)
+    rows = store.rows()
+    objective = PretrainObjective(model, store, ["fake"], rows[:-4], rows[-4:], global_batch=batch_size)
+    seen: dict = {}
+    real = objective._forward
+
+    def record(module, batch, key, offset, global_batch):
+        mask = objective._masks(batch, key, offset, global_batch, None, batch["input"].device)
+        for r, m in zip(batch["rows"].tolist(), mask):
+            seen.setdefault(key, {})[r] = m.clone()
+        return real(module, batch, key, offset, global_batch)
+    objective._forward = record
+    cfg = TrainConfig(out_dir=str(out), max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=1e-3,
+                      val_every=100, num_workers=0, progress=False, logger="none")
+    train(model, objective, cfg)
+    return {k: v for k, v in seen.items() if k < 10**9}  # training steps only (validation keys are 1e9 + i)
+
+
+def test_masks_differ_per_micro_batch_and_do_not_depend_on_the_accumulation_split(store_path, tmp_path):
+    one = _masks_by_row(store_path, tmp_path / "a1", batch_size=8, grad_accum=1)
+    two = _masks_by_row(store_path, tmp_path / "a2", batch_size=4, grad_accum=2)
+    assert sorted(one) == sorted(two) == [0, 1]
+    for step in one:
+        assert one[step].keys() == two[step].keys() and len(one[step]) == 8  # the same 8 rows per step
+        for row in one[step]:
+            assert torch.equal(one[step][row], two[step][row]), (step, row)
+        # The two micro-batches of a step do not share one mask pattern (the bug: keyed by step only).
+        masks = torch.stack([two[step][r] for r in sorted(two[step])])
+        assert len({tuple(m.tolist()) for m in masks}) == 8

@@ -43,6 +43,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; the final file should get the mode any new file of the user gets.
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -96,6 +98,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
     try:
         yield tmp
         for child in tmp.iterdir():
@@ -127,3 +130,96 @@ def check_writable(directory: str | os.PathLike) -> Path:
     except OSError as err:
         raise PermissionError(f"{directory}: cannot write here ({err.strerror or err})") from None
     return directory
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only for a moment)
+    os.umask(mask)
+    return mask
+
+
+def check_output_dir(directory: str | os.PathLike, *, marker: str, what: str = "output folder") -> Path:
+    """Check, without creating anything, that ``directory`` can be an output folder of ours.
+
+    Refused on one line: a path that is a file, a parent that is a file, and an existing folder
+    that holds other files but no ``marker`` (it is not ours: writing there could mix or, on a
+    re-run, delete the user's files). An empty folder, a missing one, or one with ``marker`` is fine.
+    """
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory}: cannot write here (Not a directory): it is a file; "
+                                 f"give a folder for the {what}")
+    for parent in directory.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{directory}: cannot write here (Not a directory): {parent} is a file")
+            break
+    if directory.is_dir() and not (directory / marker).exists():
+        try:
+            others = [p.name for p in directory.iterdir() if not p.name.startswith(".")]
+        except OSError as err:
+            raise PermissionError(f"{directory}: cannot list ({err.strerror})") from None
+        if others:
+            raise FileExistsError(f"{directory}: exists and holds other files ({', '.join(sorted(others)[:3])}"
+                                  f"{' ...' if len(others) > 3 else ''}) but no {marker}: not a {what} of ours; "
+                                  "give a new or empty folder")
+    return directory
+
+
+def _age_s(path: Path) -> float:
+    import time
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(directory: str | os.PathLike, name: str = ".lock") -> Iterator[Path]:
+    """Hold ``directory/.lock`` (our PID) while writing there; a second writer gets a one-line error.
+
+    A lock left by a process that no longer exists (killed) is stale and taken over.
+    """
+    lock = Path(directory) / name
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if not pid and _age_s(lock) < 10:  # just created; its owner is writing its PID
+                raise BlockingIOError(f"{directory}: already in use (lock file {lock} was just taken)") from None
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                raise BlockingIOError(f"{directory}: already in use by PID {pid} (lock file {lock}); wait for that "
+                                      "job to finish, or delete the lock file if it is not running") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise BlockingIOError(f"{directory}: cannot take the lock file {lock}")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence, TypeVar
+
+import numpy as np
 
 # Hidden size, layers, heads, FFN size, codebook projection size, pre-training layerdrop.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
@@ -35,6 +37,87 @@ CONV_STEMS: dict[int, dict[str, tuple[int, ...]]] = {
     100: dict(conv_kernel=(10, 3, 3, 2, 2), conv_stride=(4, 2, 2, 2, 2)),
     50: dict(conv_kernel=(10, 3, 3, 2), conv_stride=(4, 2, 2, 2)),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Conv-stem geometry: the one home of receptive fields, token counts, token spans and token
+# validity (used by the model, the hand-crafted features, the k-means targets and the loaders).
+# ---------------------------------------------------------------------------------------------
+def stem_layout(rate_hz: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(kernels, strides) of the released stem for an input rate; a one-line error for other rates."""
+    stem = CONV_STEMS.get(int(rate_hz)) if float(rate_hz).is_integer() else None
+    if stem is None:
+        raise ValueError(f"no default conv layout for fs={float(rate_hz)} Hz (known: "
+                         f"{', '.join(str(r) for r in sorted(CONV_STEMS, reverse=True))}); "
+                         "pass conv_kernels and conv_strides")
+    return tuple(stem["conv_kernel"]), tuple(stem["conv_stride"])
+
+
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Input samples one token depends on: ``1 + sum_i (k_i - 1) * prod_{j<i} s_j`` (82 at 100 Hz)."""
+    field_, jump = 1, 1
+    for k, s in zip(kernels, strides):
+        field_ += (int(k) - 1) * jump
+        jump *= int(s)
+    return field_
+
+
+def total_stride(strides: Sequence[int]) -> int:
+    """Input samples between consecutive tokens (64 at 100 Hz)."""
+    out = 1
+    for s in strides:
+        out *= int(s)
+    return out
+
+
+def num_tokens(num_samples: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Tokens the stem makes from ``num_samples`` samples: ``floor((L - k) / s) + 1`` layer by layer (0 if too short)."""
+    length = int(num_samples)
+    for k, s in zip(kernels, strides):
+        if length < k:
+            return 0
+        length = (length - int(k)) // int(s) + 1
+    return length
+
+
+def token_spans(num_samples: int, kernels: Sequence[int], strides: Sequence[int]) -> np.ndarray:
+    """int64 (T, 2): ``[start, stop)`` of the input samples token t depends on, ``[t S, t S + R)``."""
+    count = num_tokens(num_samples, kernels, strides)
+    if count == 0:
+        raise ValueError(f"input of {num_samples} samples is shorter than the conv receptive field (kernels "
+                         f"{tuple(kernels)}, strides {tuple(strides)})")
+    starts = np.arange(count, dtype=np.int64) * total_stride(strides)
+    return np.stack([starts, starts + receptive_field(kernels, strides)], axis=1)
+
+
+MaskT = TypeVar("MaskT")
+
+
+def token_mask_from_sample_mask(sample_mask: MaskT, conv_kernels: Sequence[int] = CONV_STEMS[100]["conv_kernel"],
+                                conv_strides: Sequence[int] = CONV_STEMS[100]["conv_stride"]) -> MaskT:
+    """Token-level mask from a sample-level mask: bool ``(B, L)`` -> bool ``(B, T)`` (numpy or torch).
+
+    A token is valid iff every sample in its receptive field is valid (82 samples at stride 64 for
+    the 100 Hz stem). Computed layer by layer -- output t of a conv layer sees inputs
+    ``[s t, s t + k)`` -- which composes to the receptive field, for interior holes too. For a
+    right-padded mask with ``v`` valid samples the count equals the HF length formula chained over
+    the layers (0 when ``v`` is shorter than the receptive field). Stays on the input's device.
+    """
+    if len(conv_kernels) != len(conv_strides):
+        raise ValueError(f"conv_kernels {tuple(conv_kernels)} and conv_strides {tuple(conv_strides)} differ in length")
+    mask: Any = sample_mask
+    for kernel, stride in zip(conv_kernels, conv_strides):
+        length = mask.shape[-1]
+        out_len = (length - kernel) // stride + 1
+        if out_len < 1:
+            raise ValueError(f"mask of length {length} is shorter than conv kernel {kernel}")
+        stop = stride * (out_len - 1) + 1
+        acc = mask[..., 0:stop:stride]
+        for offset in range(1, kernel):
+            acc = acc & mask[..., offset: offset + stop: stride]
+        mask = acc
+    return mask
+
 
 HEAD_TYPES = ("linear", "mlp", "cosine")
 TASKS = ("multi_label", "multi_class", "binary", "regression")
@@ -114,27 +197,19 @@ class ModelConfig:
     # Derived geometry -----------------------------------------------------------------------
     @property
     def total_stride(self) -> int:
-        stride = 1
-        for s in self.conv_stride:
-            stride *= s
-        return stride
+        return total_stride(self.conv_stride)
 
     @property
     def receptive_field(self) -> int:
-        field_, jump = 1, 1
-        for k, s in zip(self.conv_kernel, self.conv_stride):
-            field_ += (k - 1) * jump
-            jump *= s
-        return field_
+        return receptive_field(self.conv_kernel, self.conv_stride)
 
     def num_tokens(self, num_samples: int) -> int:
         """Number of tokens the conv stem makes from ``num_samples`` samples (0 if too short)."""
-        length = num_samples
-        for k, s in zip(self.conv_kernel, self.conv_stride):
-            if length < k:
-                return 0
-            length = (length - k) // s + 1
-        return length
+        return num_tokens(num_samples, self.conv_kernel, self.conv_stride)
+
+    def token_mask(self, sample_mask: MaskT) -> MaskT:
+        """Sample mask (B, L) -> token mask (B, T) for this stem (see :func:`token_mask_from_sample_mask`)."""
+        return token_mask_from_sample_mask(sample_mask, self.conv_kernel, self.conv_stride)
 
     @property
     def window_samples(self) -> int:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -42,11 +44,7 @@ def init_distributed(device: str | torch.device | None = None) -> DistEnv:
     if world <= 1:
         return DistEnv()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    text = "auto" if device is None else str(device)
-    if text.startswith("cuda:"):
-        raise ValueError(f"--device {text}: under torchrun every process picks its own GPU from LOCAL_RANK; "
-                         "use --device cuda or auto")
-    use_cuda = torch.cuda.is_available() and (text == "auto" or text == "cuda")
+    use_cuda = resolve_device(device, local_rank=local_rank).type == "cuda"  # refuses cuda:N
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
@@ -89,15 +87,3 @@ def broadcast_flag(flag: bool, env: DistEnv, device: torch.device) -> bool:
 def cleanup(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def default_device(env: DistEnv, requested: str | None = None) -> torch.device:
-    """The device of this rank: ``"auto"``/None/``"cuda"`` -> ``cuda:{local_rank}`` when CUDA is there."""
-    text = "auto" if requested is None else str(requested)
-    if text.startswith("cuda:") and env.enabled:
-        raise ValueError(f"--device {text}: under torchrun every process picks its own GPU from LOCAL_RANK; "
-                         "use --device cuda or auto")
-    if text == "auto":
-        return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(text)
-    return torch.device("cuda", env.local_rank) if device.type == "cuda" and device.index is None else device

@@ -22,26 +22,12 @@ from .atomic import atomic_path, atomic_write_json, check_writable
 from .loader import StoreWindows, evaluation_windows, window_batches
 from .model import HubertECG
 from .store import ECGStore
-
-
-def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
-    """Logits -> what metrics take: sigmoid (multi-label, binary), softmax (multi-class), identity (regression)."""
-    if task == "multi_class":
-        return logits.float().softmax(-1)
-    if task == "regression":  # one target: (B,), as the labels it is scored against
-        return logits.float()[:, 0] if logits.shape[-1] == 1 else logits.float()
-    if task == "binary":
-        return torch.sigmoid(logits.float()[:, 0])
-    return torch.sigmoid(logits.float())
+from .tasks import get_task, probabilities  # noqa: F401  (probabilities: moved to tasks)
 
 
 def targets_for_metrics(task: str, labels: np.ndarray) -> np.ndarray:
     """Store label columns (N, L) -> the y_true shape of :func:`hubert_ecg.metrics.compute_metrics`."""
-    if task in ("multi_class", "binary"):
-        return labels[:, 0].astype(np.int64)
-    if task == "regression" and labels.shape[1] == 1:
-        return labels[:, 0]
-    return labels
+    return get_task(task).metric_targets(labels)
 
 
 @dataclass
@@ -58,8 +44,12 @@ def score_rows(model: HubertECG, store: ECGStore, rows: np.ndarray, *, task: str
                device: torch.device | str = "cpu", autocast: Callable[[], Any] | None = None,
                windows: str = "first", n_crops: int = 3, aggregate: str = "mean", stride: int | None = None,
                batch_size: int = 64, seed: int = 0,
-               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Scores:
-    """Run the model over evaluation windows of ``rows`` and aggregate per record (mean or max)."""
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+               keep_leads: np.ndarray | None = None) -> Scores:
+    """Run the model over evaluation windows of ``rows`` and aggregate per record (mean or max).
+
+    ``keep_leads`` (12,) bool: score with only these leads, the others zeroed (reduced-lead evaluation).
+    """
     from contextlib import nullcontext
 
     from .metrics import aggregate_windows
@@ -74,6 +64,10 @@ def score_rows(model: HubertECG, store: ECGStore, rows: np.ndarray, *, task: str
     for item in window_batches(win, batch_size):
         batch = dataset[item]
         x = batch["input"].to(device)
+        if keep_leads is not None:
+            from .preprocess import zero_leads
+
+            x = zero_leads(x, keep_leads)
         mask = None if batch["full"] else batch["attention_mask"].to(device)
         with autocast():
             logits = model(x, mask).logits
@@ -123,66 +117,542 @@ def write_probabilities(path: Path, scores: Scores, label_names: list[str]) -> P
     return path
 
 
-def evaluate(checkpoint: str | Path, store_path: str | Path, out_dir: str | Path, *, split: str = "test",
-             windows: str = "first", n_crops: int = 3, aggregate: str = "mean", stride: int | None = None,
-             batch_size: int = 64, n_bootstrap: int = 1000, seed: int = 0, device: str = "auto",
-             data_note: str | None = None, title: str | None = None) -> dict[str, Any]:
-    """Evaluate a fine-tuned model on a split of a store and write the report; returns a summary."""
-    from .checkpoint import load_model
-    from .distributed import DistEnv, default_device
-    from .metrics import bootstrap_ci, compute_metrics
-    from . import plots
-    from .report import write_report
-    from .training import autocast_context
+@dataclass
+class ScoredSplit:
+    """A model's record-level probabilities on a store split, ready for the metrics."""
 
-    out = check_writable(out_dir)
-    device_ = default_device(DistEnv(), device)
+    task: str
+    record_ids: np.ndarray  # (N,) records with known labels, in store order
+    y_true: np.ndarray
+    y_score: np.ndarray
+    label_names: list[str] | None  # metric label names (None: class_0 ... for multi-class)
+    thresholds: list[float] | None
+    n_windows: int
+    all_scores: Scores  # every scored record, blank labels included (for probabilities.csv)
+
+
+def _load_and_check(checkpoint: str | Path, store: ECGStore, device: str) -> tuple[HubertECG, torch.device]:
+    from .checkpoint import load_model
+    from .runtime import resolve_device
+
+    device_ = resolve_device(device)
     model = load_model(checkpoint, device=device_)
-    store = ECGStore(store_path)
     check_compatible(model, store)
-    task = model.info.task or "multi_label"
+    return model, device_
+
+
+def _split_rows(store: ECGStore, split: str) -> np.ndarray:
     rows = store.rows(split) if split else store.rows()
     if len(rows) == 0:
         raise ValueError(f"{store.path}: no rows in split {split!r} (splits present: "
                          f"{', '.join(sorted(set(store.splits.tolist()))) or 'none'})")
-    autocast = autocast_context(device_, torch.bfloat16 if device_.type == "cuda" else None)
-    scores = score_rows(model, store, rows, task=task, device=device_, autocast=autocast, windows=windows,
-                        n_crops=n_crops, aggregate=aggregate, stride=stride, batch_size=batch_size, seed=seed)
-    label_names = model.info.label_names or store.label_names
-    write_probabilities(out / "probabilities.csv", scores, list(label_names))
+    return rows
+
+
+def score_split(model: HubertECG, store: ECGStore, split: str, *, device: torch.device, windows: str = "first",
+                n_crops: int = 3, aggregate: str = "mean", stride: int | None = None, batch_size: int = 64,
+                seed: int = 0, keep_leads: np.ndarray | None = None, warn_blank: bool = True) -> ScoredSplit:
+    """Score every record of ``split`` (with ``keep_leads``: only those leads, the others zeroed)."""
+    from .runtime import autocast_context, precision_dtype
+
+    task = model.info.task or "multi_label"
+    rows = _split_rows(store, split)
+    autocast = autocast_context(device, precision_dtype("auto", device))
+    scores = score_rows(model, store, rows, task=task, device=device, autocast=autocast, windows=windows,
+                        n_crops=n_crops, aggregate=aggregate, stride=stride, batch_size=batch_size, seed=seed,
+                        keep_leads=keep_leads)
+    label_names = list(model.info.label_names or store.label_names)
     y_true = targets_for_metrics(task, scores.labels)
     known = np.isfinite(scores.labels).all(axis=1)
-    if not known.all():
+    if warn_blank and not known.all():
         warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics")
-    y_true, y_score = y_true[known], scores.probabilities[known]
-    thresholds = model.info.thresholds if task in ("multi_label", "binary") else None
-    names = list(label_names) if task != "multi_class" else None
+    thresholds = model.info.thresholds if get_task(task).uses_thresholds else None
+    names: list[str] | None = label_names if task != "multi_class" else None
     if task == "binary":
-        names = list(label_names)[:1] or None
-    result = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=names)
+        names = label_names[:1] or None
+    return ScoredSplit(task, scores.record_ids[known], y_true[known], scores.probabilities[known], names,
+                       thresholds, scores.n_windows, scores)
+
+
+def store_columns(store: ECGStore, record_ids: np.ndarray, names: list[str]) -> dict[str, list[Any]]:
+    """Values of manifest fields, record metadata keys (``age``, ``sex``, ...) or label columns per record.
+
+    Raises ValueError naming the column when it is in none of them (and listing what is available).
+    """
+    from .store import LABEL_PREFIX
+
+    with open(store.path / "manifest.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        first: dict[str, dict[str, Any]] = {}
+        for row in reader:
+            rid = row["record_id"]
+            if rid in first:
+                continue
+            meta = {}
+            try:
+                meta = json.loads(row.get("meta") or "{}")
+            except json.JSONDecodeError:
+                pass
+            values: dict[str, Any] = {k: v for k, v in row.items() if k != "meta"}
+            values.update({k[len(LABEL_PREFIX):]: v for k, v in row.items() if k.startswith(LABEL_PREFIX)})
+            values.update({k: v for k, v in meta.items() if not isinstance(v, (list, dict))})
+            first[rid] = values
+    available = sorted({k for v in first.values() for k in v} - {"row", "shard", "shard_row"})
+    out: dict[str, list[Any]] = {}
+    for name in names:
+        if name not in available:
+            raise ValueError(f"--subgroups: no column {name!r} in {store.path} (manifest fields, record metadata "
+                             f"or labels; available: {', '.join(available)})")
+        out[name] = [first.get(str(rid), {}).get(name) for rid in record_ids]
+    return out
+
+
+def _fmt_p(value: Any) -> str:
+    return "" if value is None or not np.isfinite(value) else f"{value:.3g}"
+
+
+def report_scores(out: Path, *, task: str, y_true: np.ndarray, y_score: np.ndarray, label_names: list[str] | None,
+                  thresholds: Any = None, n_bootstrap: int = 1000, seed: int = 0, ci_method: str = "percentile",
+                  stratify: bool = False, subgroup_columns: dict[str, list[Any]] | None = None,
+                  calibration_info: dict[str, Any] | None = None, uncalibrated: np.ndarray | None = None,
+                  lead_subsets: dict[str, np.ndarray] | None = None, title: str, data_note: str,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+    """Metrics, CIs, plots and the report for record-level probabilities; returns the summary.
+
+    ``uncalibrated``: probabilities before post-hoc calibration (``y_score`` is after), for the
+    before/after table. ``lead_subsets``: lead-set name -> probabilities of the same records with
+    only those leads (reported as paired differences against ``y_score``).
+    """
+    from . import plots
+    from .compare import paired_bootstrap
+    from .metrics import bootstrap_ci, compute_metrics
+    from .report import ReportSection, format_interval, write_report
+
+    result = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=label_names)
     ci = bootstrap_ci(task, y_true, y_score, n_resamples=n_bootstrap, seed=seed, thresholds=thresholds,
-                      label_names=names) if n_bootstrap > 0 else None
+                      label_names=label_names, method=ci_method, stratify=stratify) if n_bootstrap > 0 else None
+    names = label_names or list(result.label_names)
     figures: dict[str, Path] = {}
+    sections: list[ReportSection] = []
+    details: dict[str, Any] = {}
     if task in ("multi_label", "binary", "multi_class"):
         figures["ROC and precision-recall curves"] = plots.plot_roc_pr(y_true, y_score, names, out / "roc_pr.png")
         if ci is not None:
             figures["AUROC per label with 95% CI"] = plots.plot_per_label_auroc(ci, out / "auroc_per_label.png")
+        figures["Reliability diagrams (calibration)"] = plots.plot_reliability(y_true, y_score, names,
+                                                                                out / "reliability.png")
     if task == "multi_class" and result.confusion_matrix is not None:
-        figures["Confusion matrix"] = plots.plot_confusion_matrix(result.confusion_matrix, list(label_names) or
-                                                                  [str(i) for i in range(len(result.confusion_matrix))],
+        figures["Confusion matrix"] = plots.plot_confusion_matrix(result.confusion_matrix, names,
                                                                   out / "confusion_matrix.png")
     if task == "regression":
         figures["Predicted vs true"] = plots.plot_regression(y_true, y_score, out / "regression.png")
-    note = data_note or (f"Evaluated on split '{split}' of {store.path} ({len(scores.record_ids)} records). "
-                         "Check the data provenance before drawing clinical conclusions.")
-    report = write_report(out, title=title or f"HuBERT-ECG evaluation: {Path(str(checkpoint)).name}",
-                          metrics_result=result, ci=ci, plots=figures, data_note=note,
-                          extra={"checkpoint": str(checkpoint), "store": str(store.path), "split": split,
-                                 "windows": windows, "aggregate": aggregate, "records": len(scores.record_ids),
-                                 "windows scored": scores.n_windows, "bootstrap resamples": n_bootstrap})
-    summary = {"report": str(report), "records": int(len(scores.record_ids)), "macro": result.macro,
+
+    if calibration_info is not None and uncalibrated is not None:
+        before = compute_metrics(task, y_true, uncalibrated, thresholds=thresholds, label_names=label_names)
+        rows = []
+        for metric in ("brier", "ece"):
+            rows.append([f"macro {metric}", f"{before.macro[metric]:.4f}", f"{result.macro[metric]:.4f}"])
+        for metric in ("brier", "ece_top_label"):
+            if metric in result.overall:
+                rows.append([metric, f"{before.overall[metric]:.4f}", f"{result.overall[metric]:.4f}"])
+        params = {k: v for k, v in calibration_info.items() if k not in ("a", "b")}
+        sections.append(ReportSection(
+            "Post-hoc calibration", ["metric", "before", "after"], rows,
+            intro=f"Probabilities in this report are calibrated: {json.dumps(params)} "
+                  "(fitted on validation records only, never on the records evaluated here). "
+                  "Platt scaling and temperature scaling keep the ranking, so AUROC is unchanged."))
+        details["calibration"] = {"fit": calibration_info, "before": {"macro": before.macro, "overall": before.overall}}
+
+    if subgroup_columns:
+        from .subgroups import subgroup_results
+
+        sub = subgroup_results(task, y_true, y_score, subgroup_columns, label_names=label_names,
+                               thresholds=thresholds, n_resamples=n_bootstrap, seed=seed, method=ci_method,
+                               stratify=stratify)
+        key = "auroc" if task != "regression" else "mae"
+        header = ["column", "group", "records", f"macro {key}", "macro AUPRC" if key == "auroc" else "macro R²",
+                  "note"]
+        second = "auprc" if key == "auroc" else "r2"
+        rows, forest, groups = [], [], []
+        for column, entry in sub.items():
+            for group, info in entry["groups"].items():
+                stats = info["macro"].get(key, {})
+                rows.append([column, group, str(info["n_records"]), format_interval(stats),
+                             format_interval(info["macro"].get(second, {})), info["note"] or ""])
+                forest.append((f"{column} = {group} (n={info['n_records']})", stats.get("point", np.nan),
+                               stats.get("lower", np.nan), stats.get("upper", np.nan)))
+                groups.append(column)
+        plot = plots.plot_intervals(forest, out / "subgroups.png", xlabel=f"macro {key.upper()} (bootstrap CI)",
+                                    title="Subgroups", reference=0.5 if key == "auroc" else None, groups=groups)
+        from .subgroups import AGE_BANDS, MAX_NUMERIC_LEVELS, MIN_GROUP_RECORDS
+
+        sections.append(ReportSection(
+            "Subgroups", header, rows, plots={f"macro {key.upper()} per subgroup": plot},
+            intro=f"Each group is bootstrapped on its own. Grouping: text columns by value; numeric columns with at "
+                  f"most {MAX_NUMERIC_LEVELS} values by value; 'age' in bands "
+                  f"{', '.join(b[2] for b in AGE_BANDS)}; other numeric columns at their quartiles; blank = "
+                  f"'missing'. Groups under {MIN_GROUP_RECORDS} records get no interval."))
+        details["subgroups"] = sub
+
+    if lead_subsets:
+        key = "auroc" if task != "regression" else "mae"
+        rows, forest = [], []
+        lead_details = {}
+        for name, probs in lead_subsets.items():
+            paired = paired_bootstrap(task, y_true, y_score, probs, n_resamples=max(n_bootstrap, 1), seed=seed,
+                                      label_names=label_names, thresholds_a=thresholds, thresholds_b=thresholds,
+                                      method=ci_method, stratify=stratify)
+            sub_ci = bootstrap_ci(task, y_true, probs, n_resamples=max(n_bootstrap, 1), seed=seed,
+                                  thresholds=thresholds, label_names=label_names, method=ci_method, stratify=stratify)
+            d = paired["macro"][key]
+            rows.append([name, format_interval(sub_ci["macro"][key]), format_interval(d, "difference", signed=True),
+                         _fmt_p(d["p_value"]), format_interval(paired["macro"]["f1"], "difference", signed=True)
+                         if "f1" in paired["macro"] else ""])
+            forest.append((name, d["difference"], d["lower"], d["upper"]))
+            lead_details[name] = {"macro": sub_ci["macro"], "paired_difference_vs_all_leads": paired["macro"]}
+        plot = plots.plot_intervals(forest, out / "lead_subsets.png", xlabel=f"change in macro {key.upper()} "
+                                    "vs all 12 leads (paired bootstrap CI)", title="Reduced-lead input", reference=0.0)
+        sections.append(ReportSection(
+            "Reduced leads", ["leads kept", f"macro {key}", "change vs 12 leads", "p", "change in macro F1"],
+            rows, plots={"Change vs 12 leads": plot},
+            intro="The same records scored again with only these leads (the others zeroed, as a missing lead "
+                  "reaches the model); differences are paired bootstrap intervals against the 12-lead scores."))
+        details["lead_subsets"] = lead_details
+
+    report = write_report(out, title=title, metrics_result=result, ci=ci, plots=figures, data_note=data_note,
+                          extra=extra, sections=sections, details=details)
+    summary = {"report": str(report), "records": int(len(y_true)), "macro": result.macro,
                "undefined_labels": result.undefined_labels, "out": str(out)}
     if ci is not None:
         summary["macro_ci"] = ci.get("macro")
+        summary["ci_method"] = ci_method
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _calibration_for(model: HubertECG, store: ECGStore, method: str, split: str, *, device: torch.device,
+                     windows: str, n_crops: int, aggregate: str, stride: int | None, batch_size: int,
+                     seed: int) -> dict[str, Any]:
+    """Fit post-hoc calibration on the records of ``split`` (validation) only."""
+    from .calibration import fit_calibration
+
+    task = model.info.task or "multi_label"
+    expected = "temperature" if task == "multi_class" else "platt"
+    if task == "regression":
+        raise ValueError("--calibrate: a regression model has no probabilities to calibrate")
+    if method not in ("auto", expected):
+        raise ValueError(f"--calibrate {method}: a {task} model is calibrated with '{expected}'")
+    val = score_split(model, store, split, device=device, windows=windows, n_crops=n_crops, aggregate=aggregate,
+                      stride=stride, batch_size=batch_size, seed=seed, warn_blank=False)
+    fit = fit_calibration(task, val.y_true, val.y_score)
+    fit["split"] = split
+    return fit
+
+
+def evaluate(checkpoint: str | Path, store_path: str | Path, out_dir: str | Path, *, split: str = "test",
+             windows: str = "first", n_crops: int = 3, aggregate: str = "mean", stride: int | None = None,
+             batch_size: int = 64, n_bootstrap: int = 1000, seed: int = 0, device: str = "auto",
+             data_note: str | None = None, title: str | None = None, ci_method: str = "percentile",
+             stratify: bool = False, subgroups: list[str] | None = None, leads: list[str] | None = None,
+             calibrate: str | None = None, calibration_split: str = "val", save_calibration: bool = False,
+             use_saved_calibration: bool = True) -> dict[str, Any]:
+    """Evaluate a fine-tuned model on a split of a store and write the report; returns a summary.
+
+    ``ci_method``: "percentile" or "bca"; ``stratify``: resample within classes / label sets.
+    ``subgroups``: manifest / metadata / label columns to report per group (see :mod:`hubert_ecg.subgroups`).
+    ``leads``: lead sets (``limb``, ``precordial``, ``I``, ``II`` or ``I,II,V1``...) to score again with the
+    other leads zeroed, reported as paired differences against all 12 leads.
+    ``calibrate``: "platt" / "temperature" / "auto": fit post-hoc calibration on ``calibration_split``
+    (never the evaluated split) and report calibrated probabilities; ``save_calibration`` stores the fit in
+    the checkpoint's config (``info.calibration``); a stored calibration is applied unless
+    ``use_saved_calibration`` is False.
+    """
+    from .calibration import apply_calibration
+    from .preprocess import lead_keep_mask, parse_lead_set
+
+    out = check_writable(out_dir)
+    store = ECGStore(store_path)
+    model, device_ = _load_and_check(checkpoint, store, device)
+    if calibrate and calibration_split == split:
+        raise ValueError(f"--calibration-split {split!r} is the evaluated split: calibration must be fitted on "
+                         "other (validation) records")
+    lead_sets = {name: parse_lead_set(name) for name in (leads or [])}
+    opts = dict(device=device_, windows=windows, n_crops=n_crops, aggregate=aggregate, stride=stride,
+                batch_size=batch_size, seed=seed)
+    scored = score_split(model, store, split, **opts)
+    task = scored.task
+    write_probabilities(out / "probabilities.csv", scored.all_scores, list(model.info.label_names or
+                                                                           store.label_names))
+    calibration = None
+    if calibrate:
+        calibration = _calibration_for(model, store, calibrate, calibration_split, **opts)
+        if save_calibration:
+            from .checkpoint import update_saved_info
+
+            update_saved_info(checkpoint, calibration=calibration)
+    elif use_saved_calibration:
+        calibration = (model.info.extra or {}).get("calibration")
+    y_score = apply_calibration(calibration, scored.y_score) if calibration else scored.y_score
+    lead_scores = {}
+    for name, names in lead_sets.items():
+        sub = score_split(model, store, split, keep_leads=lead_keep_mask(names), warn_blank=False, **opts)
+        lead_scores[name] = apply_calibration(calibration, sub.y_score) if calibration else sub.y_score
+    columns = store_columns(store, scored.record_ids, subgroups) if subgroups else None
+    note = data_note or (f"Evaluated on split '{split}' of {store.path} ({len(scored.all_scores.record_ids)} "
+                         "records). Check the data provenance before drawing clinical conclusions.")
+    extra = {"checkpoint": str(checkpoint), "store": str(store.path), "split": split, "windows": windows,
+             "aggregate": aggregate, "records": len(scored.all_scores.record_ids),
+             "windows scored": scored.n_windows, "bootstrap resamples": n_bootstrap,
+             "CI method": ci_method, "stratified resampling": stratify}
+    if calibration:
+        extra["calibration"] = {k: v for k, v in calibration.items() if k not in ("a", "b")}
+    return report_scores(out, task=task, y_true=scored.y_true, y_score=y_score, label_names=scored.label_names,
+                         thresholds=scored.thresholds, n_bootstrap=n_bootstrap, seed=seed, ci_method=ci_method,
+                         stratify=stratify, subgroup_columns=columns, calibration_info=calibration,
+                         uncalibrated=scored.y_score if calibration else None, lead_subsets=lead_scores or None,
+                         title=title or f"HuBERT-ECG evaluation: {Path(str(checkpoint)).name}", data_note=note,
+                         extra=extra)
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions made elsewhere: a predictions CSV scored against a labels CSV
+# --------------------------------------------------------------------------------------------
+
+_NON_SCORE_COLUMNS = {"record_id", "source", "n_windows", "missing_leads", "split"}
+
+
+def _read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = list(reader.fieldnames or [])
+    if "record_id" not in header:
+        raise ValueError(f"{path}: needs a 'record_id' column (columns: {', '.join(header[:10])})")
+    return header, rows
+
+
+def _float(path: str | Path, line: int, column: str, text: str) -> float:
+    text = (text or "").strip()
+    if text == "":
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}: row {line}, column {column!r}: {text!r} is not a number") from None
+
+
+@dataclass
+class PredictionTable:
+    """Predictions and labels matched by record id."""
+
+    task: str
+    record_ids: np.ndarray
+    y_true: np.ndarray
+    y_score: np.ndarray
+    label_names: list[str] | None
+    label_rows: list[dict[str, str]]  # the labels CSV row of every record (for --subgroups)
+
+
+def read_predictions(predictions: str | Path, labels: str | Path, *, task: str = "multi_label",
+                     label_columns: list[str] | None = None) -> PredictionTable:
+    """Match a predictions CSV to a labels CSV by ``record_id``.
+
+    Predictions: one row per record, probabilities in columns ``p_<label>`` (``hubert-ecg predict``
+    output) or ``<label>`` (``evaluate``'s probabilities.csv, other tools). Labels: ``record_id`` and
+    one column per label with 0/1 (multi-label, binary) or the class index (multi-class: prediction
+    columns ``NAME=0``, ``NAME=1``... or ``class_0``...; the label column is ``NAME`` or the only
+    remaining column), or the target (regression). Records in only one file are a one-line error
+    naming the first; blank labels leave the record out (with a warning).
+    """
+    p_header, p_rows = _read_csv(predictions, "predictions")
+    l_header, l_rows = _read_csv(labels, "labels")
+    prob_cols = [c for c in p_header if c.startswith("p_")]
+    if prob_cols:
+        names = [c[2:] for c in prob_cols]
+    else:
+        prob_cols = [c for c in p_header if c not in _NON_SCORE_COLUMNS and not c.startswith(("y_", "y_true_"))]
+        names = list(prob_cols)
+    if label_columns:
+        missing = [c for c in label_columns if c not in names]
+        if missing:
+            raise ValueError(f"{predictions}: no prediction column for {', '.join(missing)} "
+                             f"(prediction columns: {', '.join(names[:10])})")
+        keep = [names.index(c) for c in label_columns]
+        prob_cols, names = [prob_cols[i] for i in keep], [names[i] for i in keep]
+    if not prob_cols:
+        raise ValueError(f"{predictions}: no probability columns (expected p_<label> or <label> columns)")
+    if task == "multi_class":
+        stem = {n.rsplit("=", 1)[0] for n in names if "=" in n}
+        if len(stem) == 1 and stem.pop() in l_header:
+            target_cols = [names[0].rsplit("=", 1)[0]]
+        else:
+            rest = [c for c in l_header if c not in _NON_SCORE_COLUMNS]
+            if len(rest) != 1:
+                raise ValueError(f"{labels}: multi_class needs one label column with class indices; "
+                                 f"found {', '.join(rest[:10]) or 'none'}")
+            target_cols = rest
+    else:
+        missing = [n for n in names if n not in l_header]
+        if missing:
+            raise ValueError(f"{labels}: no label column for prediction(s) {', '.join(missing[:5])} "
+                             f"(label columns: {', '.join(l_header[:10])})")
+        target_cols = names
+    by_id = {}
+    for i, row in enumerate(l_rows, start=2):
+        by_id.setdefault(row["record_id"], (i, row))
+    seen = set()
+    ids, ys, ps, rows = [], [], [], []
+    for line, row in enumerate(p_rows, start=2):
+        rid = row["record_id"]
+        if rid in seen:
+            raise ValueError(f"{predictions}: row {line}: record {rid!r} appears twice")
+        seen.add(rid)
+        if rid not in by_id:
+            raise ValueError(f"{predictions}: row {line}: record {rid!r} is not in {labels}")
+        l_line, l_row = by_id[rid]
+        ids.append(rid)
+        ps.append([_float(predictions, line, c, row[c]) for c in prob_cols])
+        ys.append([_float(labels, l_line, c, l_row[c]) for c in target_cols])
+        rows.append(l_row)
+    unmatched = [rid for rid in by_id if rid not in seen]
+    if unmatched:
+        raise ValueError(f"{labels}: record {unmatched[0]!r} has no prediction in {predictions} "
+                         f"({len(unmatched)} unmatched)")
+    y = np.asarray(ys, dtype=np.float64)
+    p = np.asarray(ps, dtype=np.float64)
+    bad = ~np.isfinite(p)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"{predictions}: row {r + 2}, column {prob_cols[c]!r} is blank or not finite")
+    known = np.isfinite(y).all(axis=1)
+    if not known.all():
+        warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics")
+    y, p = y[known], p[known]
+    rows = [r for r, k in zip(rows, known) if k]
+    record_ids = np.asarray(ids)[known]
+    label_names: list[str] | None = names
+    if task in ("multi_class", "binary") or (task == "regression" and y.shape[1] == 1):
+        y = y[:, 0]
+        if task == "binary":
+            p = p[:, 0]
+            label_names = names[:1]
+        if task == "multi_class":
+            label_names = names
+        if task == "regression":
+            p = p[:, 0]
+    return PredictionTable(task, record_ids, y, p, label_names, rows)
+
+
+def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: str | Path, *,
+                         task: str = "multi_label", label_columns: list[str] | None = None,
+                         n_bootstrap: int = 1000, seed: int = 0, ci_method: str = "percentile",
+                         stratify: bool = False, subgroups: list[str] | None = None,
+                         data_note: str | None = None, title: str | None = None) -> dict[str, Any]:
+    """Score predictions made elsewhere (any model or vendor algorithm) with the same metrics, CIs and report.
+
+    ``subgroups`` name columns of the labels CSV.
+    """
+    out = check_writable(out_dir)
+    table = read_predictions(predictions, labels, task=task, label_columns=label_columns)
+    columns = None
+    if subgroups:
+        header = set(table.label_rows[0]) if table.label_rows else set()
+        missing = [c for c in subgroups if c not in header]
+        if missing:
+            raise ValueError(f"--subgroups: no column {missing[0]!r} in {labels} (columns: {', '.join(sorted(header))})")
+        columns = {c: [r[c] for r in table.label_rows] for c in subgroups}
+    note = data_note or (f"Predictions from {predictions} scored against {labels} ({len(table.record_ids)} "
+                         "records). Check the data provenance before drawing clinical conclusions.")
+    extra = {"predictions": str(predictions), "labels": str(labels), "task": task,
+             "records": len(table.record_ids), "bootstrap resamples": n_bootstrap, "CI method": ci_method,
+             "stratified resampling": stratify}
+    return report_scores(out, task=task, y_true=table.y_true, y_score=table.y_score, label_names=table.label_names,
+                         n_bootstrap=n_bootstrap, seed=seed, ci_method=ci_method, stratify=stratify,
+                         subgroup_columns=columns, title=title or f"Evaluation of {Path(str(predictions)).name}",
+                         data_note=note, extra=extra)
+
+
+# --------------------------------------------------------------------------------------------
+# Two models on the same records
+# --------------------------------------------------------------------------------------------
+
+
+def compare_models(a: str | Path, b: str | Path, out_dir: str | Path, *, store: str | Path | None = None,
+                   split: str = "test", labels: str | Path | None = None, task: str = "multi_label",
+                   n_bootstrap: int = 1000, seed: int = 0, ci_method: str = "percentile", stratify: bool = False,
+                   names: tuple[str, str] | None = None, device: str = "auto", windows: str = "first",
+                   batch_size: int = 64, data_note: str | None = None, title: str | None = None) -> dict[str, Any]:
+    """Compare two models on the same records and write ``compare.html`` (see :func:`hubert_ecg.compare.compare_scores`).
+
+    ``a``/``b`` are checkpoints scored on ``split`` of ``store``, or predictions CSVs scored against
+    ``labels``. Differences are ``B - A``. Returns ``{"report", "comparison", "lines"}``.
+    """
+    from . import plots
+    from .compare import compare_scores
+    from .report import write_compare_report
+
+    out = check_writable(out_dir)
+    names = names or (Path(str(a)).name or str(a), Path(str(b)).name or str(b))
+    if names[0] == names[1]:
+        names = (f"A: {names[0]}", f"B: {names[1]}")
+    if store is not None and labels is not None:
+        raise ValueError("compare: give --store (two checkpoints) or --labels (two predictions CSVs), not both")
+    if store is not None:
+        st = ECGStore(store)
+        model_a, device_ = _load_and_check(a, st, device)
+        model_b, _ = _load_and_check(b, st, device)
+        if (model_a.info.task or "multi_label") != (model_b.info.task or "multi_label"):
+            raise ValueError(f"compare: {a} is a {model_a.info.task} model but {b} is a {model_b.info.task} model")
+        opts = dict(device=device_, windows=windows, batch_size=batch_size, seed=seed)
+        sa = score_split(model_a, st, split, **opts)
+        del model_a
+        sb = score_split(model_b, st, split, warn_blank=False, **opts)
+        if sa.label_names != sb.label_names:
+            raise ValueError(f"compare: the models predict different labels ({sa.label_names} vs {sb.label_names})")
+        task, y_true, score_a, score_b = sa.task, sa.y_true, sa.y_score, sb.y_score
+        label_names, thr_a, thr_b = sa.label_names, sa.thresholds, sb.thresholds
+        source = f"split '{split}' of {st.path}"
+    elif labels is not None:
+        ta = read_predictions(a, labels, task=task)
+        tb = read_predictions(b, labels, task=task, label_columns=ta.label_names if task != "multi_class" else None)
+        order = {rid: i for i, rid in enumerate(tb.record_ids)}
+        if set(order) != set(ta.record_ids.tolist()):
+            raise ValueError(f"compare: {a} and {b} score different records")
+        idx = np.array([order[rid] for rid in ta.record_ids])
+        y_true, score_a, score_b, label_names = ta.y_true, ta.y_score, tb.y_score[idx], ta.label_names
+        thr_a = thr_b = None
+        source = f"records of {labels}"
+    else:
+        raise ValueError("compare: give --store STORE (two checkpoints) or --labels FILE (two predictions CSVs)")
+    comparison = compare_scores(task, y_true, score_a, score_b, label_names=label_names, n_resamples=max(n_bootstrap, 1),
+                                seed=seed, method=ci_method, stratify=stratify, thresholds_a=thr_a, thresholds_b=thr_b)
+    key = "auroc" if task != "regression" else "mae"
+    figures: dict[str, Path] = {}
+    res_a = comparison["a"]
+    per_a = [tuple(comparison["ci_a"]["per_label"][n][key][k] for k in ("point", "lower", "upper"))
+             for n in res_a.label_names]
+    per_b = [tuple(comparison["ci_b"]["per_label"][n][key][k] for k in ("point", "lower", "upper"))
+             for n in res_a.label_names]
+    figures[f"{key.upper()} per label, side by side"] = plots.plot_compare(
+        res_a.label_names, per_a, per_b, out / "compare_per_label.png", labels=names, metric=key.upper())
+    diff_rows = [(f"macro {m}", d["difference"], d["lower"], d["upper"])
+                 for m, d in comparison["paired"]["macro"].items()]
+    diff_rows += [(m, d["difference"], d["lower"], d["upper"]) for m, d in comparison["paired"]["overall"].items()]
+    figures["Paired differences B - A (macro)"] = plots.plot_intervals(
+        diff_rows, out / "compare_differences.png", xlabel=f"{names[1]} - {names[0]} (paired bootstrap CI)",
+        title="Paired differences, every metric", reference=0.0)
+    note = data_note or (f"Both models scored on the same {len(y_true)} records ({source}). "
+                         "Check the data provenance before drawing clinical conclusions.")
+    report = write_compare_report(out, title=title or f"{names[0]} vs {names[1]}", comparison=comparison,
+                                  names=names, data_note=note, plots=figures,
+                                  extra={"A": str(a), "B": str(b), "records": source, "task": task})
+    d = comparison["paired"]["macro"].get(key)
+    lines = [f"{len(y_true)} records; A = {names[0]}, B = {names[1]}"]
+    if d:
+        lines.append(f"macro {key} A {res_a.macro[key]:.3f}, B {comparison['b'].macro[key]:.3f}; "
+                     f"B - A {d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}] "
+                     f"(paired bootstrap, p {d['p_value']:.3g})")
+    return {"report": str(report), "comparison": comparison, "lines": lines}

@@ -6,8 +6,23 @@ fine-tuning head, to its logits and probabilities:
     input_values    float32 (B, L)        L = ``samples`` (6000 = 5 s x 12 leads at 100 Hz)
     attention_mask  bool    (B, L)        only with ``with_mask=True``; True = real signal
     -> last_hidden_state  float32 (B, T, H)    T = 93 for L = 6000
+    -> pooled_embedding   float32 (B, H)       mean of the last hidden states over valid tokens
     -> logits             float32 (B, num_labels)   models with a head only
     -> probabilities      float32 (B, num_labels)   sigmoid, or softmax for multi_class; not for regression
+
+The file carries what a deployment needs to reproduce our numbers, as ONNX ``metadata_props``
+(string keys, JSON values; read them with :func:`hubert_ecg.deploy.read_onnx_metadata` or
+``onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map``):
+
+    hubert_ecg.version      package version that exported the file
+    hubert_ecg.task         multi_label | multi_class | binary | regression | "" (backbone)
+    hubert_ecg.labels       JSON list of output names, in logit order
+    hubert_ecg.thresholds   JSON list of decision thresholds (null: 0.5)
+    hubert_ecg.preprocessing  JSON :class:`~hubert_ecg.preprocess.PreprocessSpec` (filter, rates, scaling, window)
+    hubert_ecg.inputs       JSON: input names, samples, leads order, sampling rate of the input
+
+:func:`hubert_ecg.deploy.onnx_inputs` turns a raw record into ``input_values``/``attention_mask``
+with NumPy and SciPy only (no PyTorch), applying that spec.
 
 ``onnx`` and ``onnxruntime`` are optional dependencies (``pip install hubert-ecg[onnx]``) and are
 imported only when an export runs.
@@ -19,6 +34,7 @@ import copy
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +43,7 @@ from torch import Tensor, nn
 from .model import HubertECG
 
 INPUT_NAMES = ("input_values", "attention_mask")
+METADATA_PREFIX = "hubert_ecg."
 
 
 class ExportError(ValueError):
@@ -35,9 +52,9 @@ class ExportError(ValueError):
 
 def probability_kind(model: HubertECG) -> str | None:
     """How logits become probabilities: ``"softmax"`` (multi_class), ``"sigmoid"``, or None (regression / no head)."""
-    if model.classifier is None or model.info.task == "regression":
-        return None
-    return "softmax" if model.info.task == "multi_class" else "sigmoid"
+    from .tasks import get_task
+
+    return None if model.classifier is None else get_task(model.info.task).activation
 
 
 def to_probabilities(logits: Tensor, kind: str | None) -> Tensor:
@@ -50,7 +67,7 @@ def to_probabilities(logits: Tensor, kind: str | None) -> Tensor:
 
 
 class _ExportGraph(nn.Module):
-    """Plain-tuple outputs for the tracer: (last_hidden_state[, logits[, probabilities]])."""
+    """Plain-tuple outputs for the tracer: (last_hidden_state, pooled_embedding[, logits[, probabilities]])."""
 
     def __init__(self, model: HubertECG, with_mask: bool) -> None:
         super().__init__()
@@ -60,16 +77,17 @@ class _ExportGraph(nn.Module):
 
     def forward(self, input_values: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, ...]:
         out = self.model(input_values, attention_mask if self.with_mask else None)
+        pooled = HubertECG.pool(out.last_hidden_state, out.token_mask)
         if out.logits is None:
-            return (out.last_hidden_state,)
+            return out.last_hidden_state, pooled
         if self.kind is None:
-            return out.last_hidden_state, out.logits
-        return out.last_hidden_state, out.logits, to_probabilities(out.logits, self.kind)
+            return out.last_hidden_state, pooled, out.logits
+        return out.last_hidden_state, pooled, out.logits, to_probabilities(out.logits, self.kind)
 
 
 def output_names(model: HubertECG) -> list[str]:
     """Names of the graph outputs, in order, for this model."""
-    names = ["last_hidden_state"]
+    names = ["last_hidden_state", "pooled_embedding"]
     if model.classifier is not None:
         names.append("logits")
         if probability_kind(model) is not None:
@@ -105,11 +123,39 @@ def export_onnx(model: HubertECG, path: str | Path, *, batch_dynamic: bool = Tru
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, example, str(path), dynamo=False, opset_version=opset, input_names=inputs,
                           output_names=names, dynamic_axes=dynamic_axes, do_constant_folding=True)
-    _inline_shared_initializers(path)
+    _finish_file(path, onnx_metadata(source, samples=samples, with_mask=with_mask))
     if verify:
         # A batch size other than the traced one proves the batch axis really is free.
         verify_onnx(graph, path, batch=3 if batch_dynamic else 2, samples=samples, atol=atol)
     return path
+
+
+def onnx_metadata(model: HubertECG, *, samples: int = 6000, with_mask: bool = False) -> dict[str, str]:
+    """The ``metadata_props`` written into an export (string values; JSON where structured)."""
+    import json
+
+    from . import __version__
+    from .preprocess import LEAD_NAMES, PreprocessSpec
+
+    spec = PreprocessSpec.from_dict(model.info.preprocessing or {}).to_dict()  # every field, defaults filled
+    names = list(model.info.label_names) or ([f"output_{i}" for i in range(model.config.head.num_labels)]
+                                             if model.config.head else [])
+    inputs = {"names": list(INPUT_NAMES[: 1 + int(with_mask)]), "samples": samples, "leads": list(LEAD_NAMES),
+              "layout": "leads end to end: input_values[:, i*T:(i+1)*T] is lead i", "fs": spec.get("target_hz")}
+    values = {"version": __version__, "task": model.info.task or ("" if model.classifier is None else "multi_label"),
+              "labels": json.dumps(names), "thresholds": json.dumps(model.info.thresholds),
+              "preprocessing": json.dumps(spec, sort_keys=True), "inputs": json.dumps(inputs)}
+    return {METADATA_PREFIX + key: value for key, value in values.items()}
+
+
+def _finish_file(path: Path, props: dict[str, str]) -> None:
+    """One load/save of the traced file: inline aliased initializers, then write the metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    _inline_shared_initializers(model)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
 
 
 def onnx_session(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
@@ -154,7 +200,7 @@ def verify_onnx(graph: nn.Module, path: Path, *, batch: int, samples: int, atol:
     return worst
 
 
-def _inline_shared_initializers(path: Path) -> None:
+def _inline_shared_initializers(model: Any) -> None:
     """Replace ``Identity(initializer)`` nodes with a copy of the initializer, in place.
 
     The TorchScript exporter stores parameters with equal values once and aliases the others
@@ -164,7 +210,6 @@ def _inline_shared_initializers(path: Path) -> None:
     """
     import onnx
 
-    model = onnx.load(str(path))
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     aliases = [node for node in graph.node if node.op_type == "Identity" and node.input[0] in initializers]
@@ -176,7 +221,6 @@ def _inline_shared_initializers(path: Path) -> None:
         copy_.name = node.output[0]
         graph.initializer.append(copy_)
         graph.node.remove(node)
-    onnx.save(model, str(path))
 
 
 def _example_inputs(batch: int, samples: int, with_mask: bool) -> tuple[Tensor, ...]:

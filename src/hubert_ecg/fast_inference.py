@@ -15,7 +15,8 @@ eager      the model as is, float32, ``torch.inference_mode``              anywh
 bf16       bf16 autocast (matmuls and convs in bf16, norms in float32)     CUDA; CPUs with AMX/AVX512-BF16
 compile    ``torch.compile`` (inductor) of the float32 model               anywhere with a C++ compiler
 int8       dynamic int8 quantisation of the transformer's Linear layers    CPU
-onnx       ONNX Runtime on the exported float32 graph                      CPU (CUDA provider if present)
+onnx       ONNX Runtime on the exported float32 graph                      CPU (CUDA provider if present;
+                                                                           ``providers`` says which ran)
 auto       bf16 where the hardware runs it natively, else eager            anywhere
 =========  ==============================================================  ===========================
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .model import HubertECG, HubertECGOutput
+from .runtime import bf16_is_native, exact_float32, resolve_device
 
 MODES = ("auto", "eager", "bf16", "compile", "int8", "onnx")
 
@@ -63,17 +65,11 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` / None -> CUDA when available, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def auto_mode(device: torch.device) -> str:
-    """The mode ``"auto"`` picks: bf16 on CUDA and on CPUs with native bf16, else float32 eager."""
+    """The mode ``"auto"`` picks: bf16 on GPUs and CPUs that run it natively (compute capability >= 8.0;
+    AMX / AVX512-BF16), else float32 eager (bf16 is emulated on a T4 or V100: slower and no gain)."""
     if device.type == "cuda":
-        return "bf16"
+        return "bf16" if bf16_is_native(device) else "eager"
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "eager"
@@ -87,6 +83,7 @@ class FastInference:
     device: torch.device
     tolerance: tuple[float, float]
     _forward: Callable[[Tensor, Tensor | None], HubertECGOutput]
+    providers: list[str] = field(default_factory=list)  # ONNX Runtime execution providers in use (onnx mode)
     _keepalive: list[Any] = field(default_factory=list, repr=False)  # e.g. the ONNX temp directory
 
     def __call__(self, input_values: Tensor | np.ndarray, attention_mask: Tensor | np.ndarray | None = None
@@ -119,18 +116,19 @@ def optimise_for_inference(model: HubertECG, device: str | torch.device | None =
         raise FastInferenceError("int8 dynamic quantisation runs on CPU only; use bf16 on CUDA")
     model = model.eval().to(device)
     keepalive: list[Any] = []
-    if mode == "eager":
-        forward = _torch_forward(model, device, autocast=False)
+    providers: list[str] = []
+    if mode == "eager":  # float32 means float32: TF32 off for the call (see _torch_forward)
+        forward = _torch_forward(model, device, autocast=False, exact=True)
     elif mode == "bf16":
         forward = _torch_forward(model, device, autocast=True)
     elif mode == "compile":
-        forward = _torch_forward(torch.compile(model), device, autocast=False)
+        forward = _torch_forward(torch.compile(model), device, autocast=False, exact=True)
     elif mode == "int8":
         forward = _torch_forward(quantise_linear_int8(model), device, autocast=False)
     else:
-        forward, keepalive = _onnx_forward(model, device, samples)
+        forward, keepalive, providers = _onnx_forward(model, device, samples)
     return FastInference(mode=mode, device=device, tolerance=TOLERANCES[mode], _forward=forward,
-                         _keepalive=keepalive)
+                         _keepalive=keepalive, providers=providers)
 
 
 def quantise_linear_int8(model: HubertECG) -> HubertECG:
@@ -153,12 +151,16 @@ def quantise_linear_int8(model: HubertECG) -> HubertECG:
         return quantize_dynamic(quantised, names, dtype=torch.qint8)
 
 
-def _torch_forward(model: Callable[..., HubertECGOutput], device: torch.device, autocast: bool
-                   ) -> Callable[[Tensor, Tensor | None], HubertECGOutput]:
+def _torch_forward(model: Callable[..., HubertECGOutput], device: torch.device, autocast: bool,
+                   exact: bool = False) -> Callable[[Tensor, Tensor | None], HubertECGOutput]:
+    import contextlib
+
     def forward(x: Tensor, mask: Tensor | None) -> HubertECGOutput:
         x = x.to(device, non_blocking=True)
         mask = None if mask is None else mask.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        # On a GPU, TF32 (cuDNN's default for convs) would round float32 inputs to 10 mantissa bits.
+        fp32 = exact_float32() if exact and device.type == "cuda" else contextlib.nullcontext()
+        with fp32, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x, mask)
         return _as_float32(out)
     return forward
@@ -172,7 +174,7 @@ def _as_float32(out: HubertECGOutput) -> HubertECGOutput:
 
 
 def _onnx_forward(model: HubertECG, device: torch.device, samples: int
-                  ) -> tuple[Callable[[Tensor, Tensor | None], HubertECGOutput], list[Any]]:
+                  ) -> tuple[Callable[[Tensor, Tensor | None], HubertECGOutput], list[Any], list[str]]:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -182,6 +184,11 @@ def _onnx_forward(model: HubertECG, device: torch.device, samples: int
     # The masked graph serves both cases (an all-true mask when none is given).
     directory = export_to_temporary(model, samples=samples, with_mask=True)
     session = onnx_session(f"{directory.name}/model.onnx", device)
+    providers = list(session.get_providers())
+    if device.type == "cuda" and "CUDAExecutionProvider" not in providers:
+        import warnings
+        warnings.warn("mode 'onnx' on CUDA is running on the CPU: this onnxruntime has no CUDA provider "
+                      f"(providers: {', '.join(providers)}); install onnxruntime-gpu, or use mode bf16")
     names = output_names(model)
     directory.cleanup()  # the session holds the graph in memory
 
@@ -198,4 +205,4 @@ def _onnx_forward(model: HubertECG, device: torch.device, samples: int
             out.logits = torch.from_numpy(got["logits"]).to(device)
             out.pooled = HubertECG.pool(hidden, token_mask)
         return out
-    return forward, []
+    return forward, [], providers

@@ -10,20 +10,20 @@ stored in the saved model so that prediction needs nothing else.
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import HeadConfig, TASKS
 from .loader import StoreWindows
 from .distributed import DistEnv
-from .evaluate import Scores, score_rows, targets_for_metrics
+from .evaluate import Scores, score_rows
+from .tasks import MONITORS, get_task, monitor_mode
 from .model import HubertECG
 from .store import ECGStore
 
@@ -53,17 +53,29 @@ class FinetuneOptions:
     activation_dropout: float | None = None
     layerdrop: float | None = 0.0
     classifier_dropout: float | None = None
-    monitor: str = "auroc"
+    monitor: str | None = None  # None = the task's default (auroc; mae for regression)
     eval_windows: str = "first"  # first | sliding | random (validation TTA)
     eval_crops: int = 3
     eval_aggregate: str = "mean"
     val_batch: int = 64
+    # Zero each lead of a training window with this probability (>= 1 lead kept): robustness to reduced-lead
+    # input (a 6-lead limb export, a 1-lead strip). Validation always sees the record as stored.
+    lead_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not 0 <= self.lead_dropout < 1:
+            raise ValueError(f"lead_dropout must be in [0, 1), got {self.lead_dropout}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        task = get_task(self.task)
+        if self.monitor is None:
+            self.monitor = task.monitor
+        monitor_mode(self.monitor)  # a known metric
+        if self.monitor not in task.monitors:
+            raise ValueError(f"--monitor {self.monitor} is not a validation metric of task {self.task} "
+                             f"(choose from {', '.join(task.monitors)})")
 
 
 def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
@@ -72,39 +84,22 @@ def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
     multi_label / binary need 0 or 1 (multi-label may be blank = unknown); multi_class needs a
     class index 0, 1, 2 ... in every used row. Regression takes any finite value or blank.
     """
-    values = store.labels[rows]
-    if task in ("binary", "multi_class"):
-        values = values[:, :1]  # these tasks read the first label column only
-    if task in ("multi_label", "binary"):
-        bad = np.isfinite(values) & (values != 0) & (values != 1)
-        rule = f"{task} labels must be 0 or 1" + (" (blank = unknown)" if task == "multi_label" else "")
-    elif task == "multi_class":
-        bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
-        rule = "multi_class labels must be class indices 0, 1, 2 ... (no blanks)"
-    else:
-        bad = np.isinf(values)
-        rule = "regression targets must be finite (blank = unknown)"
-    if task == "binary":
-        bad = bad | ~np.isfinite(values)
-        rule += " (no blanks)"
+    spec = get_task(task)
+    values = spec.label_columns(store.labels[rows])
+    bad, rule = spec.invalid_labels(values)
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise ValueError(f"{store.path}: record {str(store.record_ids[rows[i]])!r}, label {store.label_names[j]!r} is "
                          f"{values[i, j]:g}; {rule} ({int(bad.sum())} such value(s) in the rows used)")
 
 
-MONITOR_MODES = {"loss": "min", "mae": "min", "rmse": "min", "auroc": "max", "auprc": "max", "f1": "max",
-                 "accuracy": "max", "r2": "max", "balanced_accuracy": "max", "pearson_r": "max"}
+#: Monitor metric -> "min" / "max" (the one list lives in :data:`hubert_ecg.tasks.MONITORS`).
+MONITOR_MODES = MONITORS
 
 
 def num_outputs(task: str, labels: np.ndarray) -> int:
-    """Logits the head needs: labels (N, L) for multi-label, class count for multi-class, 1 otherwise."""
-    if task == "multi_label":
-        return labels.shape[1]
-    if task == "multi_class":
-        finite = labels[:, 0][np.isfinite(labels[:, 0])]
-        return int(finite.max()) + 1 if len(finite) else 2
-    return labels.shape[1] if task == "regression" else 1
+    """Logits the head needs: labels (N, L) for multi-label / regression, class count for multi-class, else 1."""
+    return get_task(task).num_outputs(labels)
 
 
 def prepare_model(model: HubertECG, opts: FinetuneOptions, n_outputs: int, label_names: list[str],
@@ -134,36 +129,11 @@ def prepare_model(model: HubertECG, opts: FinetuneOptions, n_outputs: int, label
             p.requires_grad = int(name.split(".")[2]) >= trainable_from
         else:  # feature projection, positional conv, encoder LayerNorm, mask embedding
             p.requires_grad = trainable_from == 0
+    # Fine-tuning never masks: masked_spec_embed (and the first conv's bias under GroupNorm) get no
+    # gradient; left trainable, DDP with find_unused_parameters=False fails at the second step.
+    for name in model.inert_parameters(masking=False):
+        model.get_parameter(name).requires_grad = False
     return model
-
-
-def layerwise_groups(model: HubertECG, lr: float, decay: float, head_lr_mult: float,
-                     weight_decay: float | None = None) -> list[dict[str, Any]]:
-    """Parameter groups with LR ``lr * decay ** depth`` (depth 0 = top layer); the head gets ``lr * head_lr_mult``."""
-    n_layers = model.config.num_hidden_layers
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("classifier."):
-            scale = head_lr_mult
-        elif name.startswith("encoder.layers."):
-            scale = decay ** (n_layers - 1 - int(name.split(".")[2]))
-        elif name.startswith("feature_extractor."):
-            scale = decay ** (n_layers + 1)
-        else:
-            scale = decay ** n_layers
-        no_decay = p.ndim < 2 or "layer_norm" in name or name == "masked_spec_embed" or name.endswith("log_scale")
-        groups.setdefault((scale, no_decay), []).append(p)
-    out = []
-    for (scale, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0]):
-        group: dict[str, Any] = {"params": params, "lr": lr * scale}
-        if no_decay:
-            group["weight_decay"] = 0.0
-        elif weight_decay is not None:
-            group["weight_decay"] = weight_decay
-        out.append(group)
-    return out
 
 
 @dataclass
@@ -186,43 +156,47 @@ class FinetuneObjective:
             raise ValueError(f"{self.store.path}: the store has no labels; prepare it with --labels")
         task = self.opts.task
         check_label_values(self.store, task, np.concatenate([self.rows, self.val_rows]))
-        train_labels = labels[self.rows]
-        if task in ("multi_label", "binary") and self.opts.pos_weight:
-            pos = np.nansum(train_labels == 1, axis=0)
-            neg = np.nansum(train_labels == 0, axis=0)
-            self.pos_weight = torch.tensor(neg / np.maximum(pos, 1), dtype=torch.float32)
-        if task == "multi_class" and self.opts.class_weights:
-            classes = num_outputs(task, labels)
-            counts = np.bincount(train_labels[:, 0][np.isfinite(train_labels[:, 0])].astype(int), minlength=classes)
-            self.class_weight = torch.tensor(len(train_labels) / (classes * np.maximum(counts, 1)), dtype=torch.float32)
+        # From the TRAINING rows only: a validation split with another prevalence must not change them.
+        self.pos_weight, self.class_weight = get_task(task).training_weights(
+            labels[self.rows], pos_weight=self.opts.pos_weight, class_weights=self.opts.class_weights)
         self.module = self.model
         self.dataset = StoreWindows(self.store, crop=self.opts.crop, labels=True, seed=self.seed)
 
     def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]:
-        return layerwise_groups(model, lr, self.opts.layer_decay, self.opts.head_lr_mult)
+        from .runtime import param_groups
+        return param_groups(model, lr, layer_decay=self.opts.layer_decay, head_lr_mult=self.opts.head_lr_mult)
+
+    def to(self, device: torch.device) -> "FinetuneObjective":
+        """Move the loss weights to ``device`` once (the training loop calls this after moving the
+        model): a per-step host-to-device copy would make the CPU wait for the forward every step."""
+        if self.pos_weight is not None:
+            self.pos_weight = self.pos_weight.to(device)
+        if self.class_weight is not None:
+            self.class_weight = self.class_weight.to(device)
+        return self
+
+    @staticmethod
+    def _on(weight: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        # A device comparison is free; the copy happens only if to() was not called (e.g. direct use).
+        return weight if weight is None or weight.device == device else weight.to(device)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        task, kind = self.opts.task, self.opts.loss
-        if task == "multi_label":
-            known = torch.isfinite(labels)
-            pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-            per = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(labels), reduction="none",
-                                                     pos_weight=pos_weight)
-            return (per * known).sum() / known.sum().clamp(min=1)
-        if task == "binary":
-            pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-            return F.binary_cross_entropy_with_logits(logits.float()[:, 0], labels[:, 0], pos_weight=pos_weight)
-        if task == "multi_class":
-            weight = None if self.class_weight is None else self.class_weight.to(logits.device)
-            return F.cross_entropy(logits.float(), labels[:, 0].long(), weight=weight)
-        if kind == "huber":
-            return F.huber_loss(logits.float(), labels)
-        return F.mse_loss(logits.float(), labels)
+        """The task's loss (:meth:`hubert_ecg.tasks.Task.loss`): blank labels are masked per label."""
+        return get_task(self.opts.task).loss(logits, labels, pos_weight=self._on(self.pos_weight, logits.device),
+                                             class_weight=self._on(self.class_weight, logits.device),
+                                             kind=self.opts.loss)
 
     def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
-                      env: DistEnv) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      env: DistEnv, micro: int = 0, accum: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = None if batch.get("full", False) else batch["attention_mask"]
-        out = module(batch["input"], mask)
+        x = batch["input"]
+        if self.opts.lead_dropout > 0:
+            from .preprocess import apply_lead_dropout
+
+            # Seeded by (seed, step, micro, rank): a resumed run drops the same leads it would have.
+            rng = np.random.default_rng([int(self.seed), int(step), int(micro), int(env.rank)])
+            x = apply_lead_dropout(x, self.opts.lead_dropout, rng)
+        out = module(x, mask)
         return self.loss(out.logits, batch["labels"]), {}
 
     def score(self, model: HubertECG, rows: np.ndarray, device: torch.device, autocast: Any) -> Scores:
@@ -233,11 +207,9 @@ class FinetuneObjective:
 
     @torch.no_grad()
     def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]:
-        from .metrics import compute_metrics
-
         scores = self.score(model, self.val_rows, device, autocast)
-        result = compute_metrics(self.opts.task, targets_for_metrics(self.opts.task, scores.labels),
-                                 scores.probabilities)
+        # A record with a blank label leaves that label's metrics only.
+        result = get_task(self.opts.task).metrics(scores.labels, scores.probabilities)
         metrics = {"loss": scores.loss if scores.loss is not None else float("nan")}
         metrics.update({k: float(v) for k, v in result.macro.items()})
         metrics.update({k: float(v) for k, v in result.overall.items()})
@@ -248,33 +220,75 @@ def tune_and_store_thresholds(objective: FinetuneObjective, model_dir: Path, dev
                               autocast: Any) -> list[float] | None:
     """Max-F1 thresholds on the validation rows, written into the saved model's config."""
     from .checkpoint import load_model
-    from .metrics import tune_thresholds
 
-    if objective.opts.task not in ("multi_label", "binary"):
+    task = get_task(objective.opts.task)
+    if not task.uses_thresholds:
         return None
     model = load_model(model_dir, device=device)
     scores = objective.score(model, objective.val_rows, device, autocast)
-    thresholds = tune_thresholds(targets_for_metrics(objective.opts.task, scores.labels),
-                                 scores.probabilities).tolist()
-    config_file = model_dir / "config.json"
-    config = json.loads(config_file.read_text())
-    config["info"]["thresholds"] = [float(t) for t in np.atleast_1d(thresholds)]
-    from .atomic import atomic_write_json
-    atomic_write_json(config_file, config)
-    return config["info"]["thresholds"]
+    thresholds = task.tune_thresholds(scores.labels, scores.probabilities).tolist()
+    from .checkpoint import update_saved_info
+    info = update_saved_info(model_dir, thresholds=[float(t) for t in np.atleast_1d(thresholds)])
+    return info.thresholds
+
+
+@dataclass
+class FinetuneRun:
+    """What to fine-tune, on what, from where: the ``run`` section of a fine-tuning ``run.json``.
+
+    The keyword arguments of :func:`run_finetune` (``store`` is its first argument).
+    """
+
+    store: str | None = None
+    init: str | None = None
+    random_init_size: str | None = None
+    keep_head: bool = False
+    train_split: str = "train"
+    val_split: str = "val"
+    val_fraction: float = 0.1
+    lp_then_ft_steps: int = 0
+    gradient_checkpointing: bool = False
+    model_overrides: dict[str, Any] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`run_finetune` (all fields but ``store``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "store"}
+
+
+def finetune_settings(run: FinetuneRun, cfg: "TrainConfig", opts: FinetuneOptions) -> dict[str, Any]:
+    """The ``settings`` of a fine-tuning ``run.json`` (what ``--print-config`` prints, ``--config`` reads)."""
+    from .runs import to_jsonable
+
+    return {"run": to_jsonable(run), "train": to_jsonable(cfg), "finetune": to_jsonable(opts)}
+
+
+def _local_reference(reference: str | None) -> str | None:
+    """An existing local path as an absolute path (the run then compares equal from any folder)."""
+    if reference is None:
+        return None
+    path = Path(reference).expanduser()
+    return str(path.resolve()) if path.exists() else reference
 
 
 def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, init: str | None = None,
                  random_init_size: str | None = None, keep_head: bool = False, train_split: str = "train",
                  val_split: str = "val", val_fraction: float = 0.1, lp_then_ft_steps: int = 0,
                  gradient_checkpointing: bool = False,
-                 model_overrides: dict[str, Any] | None = None) -> "TrainResult":
-    """Fine-tune on a labelled store; keeps ``best`` and ``last``, tunes thresholds on validation."""
+                 model_overrides: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
+                 command: list[str] | None = None) -> "TrainResult":
+    """Fine-tune on a labelled store; keeps ``best`` and ``last``, tunes thresholds on validation.
+
+    ``cfg.out_dir`` gets a ``run.json`` (:mod:`hubert_ecg.runs`): re-running with the same settings
+    resumes; other settings are refused unless ``overwrite`` (the old run is moved aside) or ``resume``
+    with safe changes only (:data:`hubert_ecg.runs.SAFE_RESUME_CHANGES`).
+    """
     from .checkpoint import load_model
     from .model import create_model
-    from .pretraining.objective import default_val_rows
-    from .training import autocast_context, train, _precision
-    from .distributed import default_device, init_distributed
+    from .store import train_val_rows
+    from .training import train
+    from .distributed import init_distributed
+    from .runtime import autocast_context, precision_dtype, resolve_device
+    from .runs import begin_training_run
 
     store = ECGStore(store_path)
     if store.labels is None:
@@ -283,6 +297,13 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
         raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
     if init is not None and model_overrides:
         raise ValueError("--model-overrides changes the architecture of a fresh model; it needs --random-init")
+    cfg.monitor = opts.monitor
+    cfg.monitor_mode = monitor_mode(opts.monitor)
+    run = FinetuneRun(str(Path(store.path).resolve()), _local_reference(init), random_init_size, keep_head,
+                      train_split, val_split, val_fraction, lp_then_ft_steps, gradient_checkpointing,
+                      model_overrides)
+    begin_training_run(cfg.out_dir, cfg.device, "finetune", finetune_settings(run, cfg, opts), store=store,
+                       init=init, overwrite=overwrite, resume=resume, command=command)
     # Random weights (a fresh model, a new head) must come from --seed, not from the process: the same
     # command then gives the same model.
     torch.manual_seed(cfg.seed)
@@ -295,20 +316,25 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
         import warnings
         warnings.warn("the store's preprocessing differs from the checkpoint's; the fine-tuned model "
                       "records the store's")
-    train_rows, val_rows = default_val_rows(store, val_split, val_fraction, cfg.seed)
-    if train_split and train_split != "train":
-        train_rows = store.rows(train_split)
+    # Never validation rows from the test split; a store without 'val' gets a seeded share of its
+    # training records (whole records / patients), and the console says which rows were used.
+    train_rows, val_rows, split_note = train_val_rows(store, val_split=val_split, fraction=val_fraction,
+                                                      seed=cfg.seed, train_split=train_split or "train")
+    print(f"hubert-ecg: {store.path}: {split_note}", file=sys.stderr)
     label_names = list(store.label_names)
     n_out = num_outputs(opts.task, store.labels)
-    if opts.task in ("multi_class", "binary") and len(label_names) == 1:
-        label_names = [f"{label_names[0]}={c}" for c in range(n_out)] if opts.task == "multi_class" else label_names
+    classes = store.label_classes.get(label_names[0]) if label_names and opts.task == "multi_class" else None
+    if classes:
+        # Text labels (prepare on a categorical column): the stored class names, in index order.
+        n_out = max(n_out, len(classes))
+        label_names = list(classes) + [f"{label_names[0]}={c}" for c in range(len(classes), n_out)]
+    else:
+        label_names = get_task(opts.task).output_names(label_names, n_out)
     model = prepare_model(model, opts, n_out, label_names, keep_head=keep_head)
     model.update_config(gradient_checkpointing=gradient_checkpointing)
     model.info.preprocessing = spec
     model.info.source = (f"fine-tuned on {store.path} from {init}" if init
                          else f"trained from scratch ({random_init_size}) on {store.path}")
-    cfg.monitor = opts.monitor
-    cfg.monitor_mode = MONITOR_MODES.get(opts.monitor, "max")
     run_dir = Path(cfg.out_dir)
     if lp_then_ft_steps > 0 and not opts.linear_probe:
         lp_opts = dataclasses.replace(opts, linear_probe=True)
@@ -323,9 +349,10 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
     result = train(model, objective, cfg)
     env = init_distributed(cfg.device)
     if env.is_main:
-        device = default_device(env, cfg.device)
-        autocast = autocast_context(device, _precision(cfg, device))
+        device = resolve_device(cfg.device, local_rank=env.local_rank)
+        autocast = autocast_context(device, precision_dtype(cfg.precision, device))
         for directory in (result.best_dir, result.last_dir):
             if directory is not None and directory.exists():
                 tune_and_store_thresholds(objective, directory, device, autocast)
     return result
+

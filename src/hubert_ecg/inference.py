@@ -1,4 +1,9 @@
-"""Prediction and embeddings on any-length ECGs, from NumPy arrays or files in any supported format.
+"""The inference engine under :mod:`hubert_ecg.pipeline`: windows in, model outputs out; and file jobs.
+
+:func:`run_windows` forwards model windows of any number of records in device batches;
+:func:`predict_files` reads every record under some folders/files/manifests and writes one row per
+record (CSV, Parquet, or ``.npy`` for embeddings). In-memory arrays go through
+:class:`hubert_ecg.pipeline.ECGPipeline` (or :func:`hubert_ecg.embed` / :func:`hubert_ecg.predict`).
 
 The checkpoint's own preprocessing spec is replayed (the published pipeline when a checkpoint
 carries none). Records longer than the 5 s window are cut into windows (sliding by default, the
@@ -10,16 +15,15 @@ which a clear error is raised.
 from __future__ import annotations
 
 import csv
-import json
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .evaluate import probabilities
+from .deploy import standard_order, stride_samples  # noqa: F401  (torch-free; re-exported here)
+from .tasks import get_task, probabilities  # noqa: F401  (probabilities re-exported)
 from .model import HubertECG
 from .preprocess import PreprocessSpec, cut_windows, preprocess_signal, window_starts
 
@@ -29,33 +33,6 @@ def spec_of(model: HubertECG) -> PreprocessSpec:
     if model.info.preprocessing:
         return PreprocessSpec.from_dict(model.info.preprocessing)
     return PreprocessSpec()
-
-
-def _standard_order(signal: np.ndarray, leads: Sequence[str] | None) -> np.ndarray:
-    signal = np.asarray(signal, dtype=np.float64)
-    if signal.ndim != 2:
-        raise ValueError(f"expected a (leads, samples) array, got shape {signal.shape}")
-    if leads is None:
-        if signal.shape[0] != 12 and signal.shape[1] == 12:
-            signal = signal.T
-        if signal.shape[0] != 12:
-            raise ValueError(f"expected 12 leads in the order I..V6 (or pass leads=...), got shape {signal.shape}")
-        return signal
-    from .io import arrange_leads
-    ordered, _ = arrange_leads("<array>", signal, list(leads))
-    return ordered
-
-
-def model_windows(model: HubertECG, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None,
-                  windows: str = "sliding", stride_s: float | None = None, n_crops: int = 3,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Raw (leads, samples) at ``fs`` -> model windows (W, 12*T) and sample masks (W, 12*T)."""
-    spec = spec_of(model)
-    prepared = preprocess_signal(_standard_order(signal, leads), float(fs), spec)
-    stride = None if stride_s is None else max(1, int(round(stride_s * spec.target_hz)))
-    starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride,
-                           n_crops=n_crops, rng=seed)
-    return cut_windows(prepared, spec, starts)
 
 
 def _runner(model: HubertECG, engine: str, layer: int | None, cache: dict[str, Any] | None = None) -> Any:
@@ -129,15 +106,7 @@ def label_names(model: HubertECG) -> list[str]:
 def decisions(task: str, probs: np.ndarray, thresholds: Sequence[float] | np.ndarray | None) -> np.ndarray:
     """Decisions for probabilities ``(..., L)``: 0/1 at ``thresholds`` (0.5 when None), argmax one-hot
     for multi-class, -1 for regression (no decision)."""
-    probs = np.asarray(probs)
-    if task == "multi_class":
-        out = np.zeros_like(probs, dtype=np.int64)
-        np.put_along_axis(out, np.argmax(probs, axis=-1)[..., None], 1, axis=-1)
-        return out
-    if task == "regression":
-        return np.full(np.shape(probs), -1, dtype=np.int64)
-    limit = np.asarray(thresholds if thresholds is not None and len(thresholds) else 0.5, dtype=np.float64)
-    return (probs >= limit).astype(np.int64)
+    return get_task(task).decisions(probs, thresholds)
 
 
 def _decisions(model: HubertECG, probs: np.ndarray) -> np.ndarray:
@@ -153,166 +122,293 @@ class BatchJobSummary:
     written: int
     rejected: int
     rejects_path: Path | None
+    skipped: str = ""  # files seen but not records, counted by reason ("" when none)
+    unscored: int = 0  # rows written with a quality reason and empty probabilities
 
 
-def _writer(path: Path, header: list[str]) -> Any:
-    if path.suffix == ".parquet":
-        return _ParquetRows(path, header)
-    return _CsvRows(path, header)
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".npy")
 
 
-class _CsvRows:
-    def __init__(self, path: Path, header: list[str]) -> None:
+class _TableSink:
+    """The output table of one job, written atomically when closed.
+
+    One row per record: id columns (``record_id``, ``source``, one count) then a value vector.
+    CSV: one column per value (``columns``). Parquet: id columns plus, for embeddings, ONE
+    fixed-size-list float32 column ``embedding`` (a 768-wide embedding is one column, not 768
+    float64 ones); for predictions, one float column per value. ``.npy`` (embeddings only): the
+    (N, H) float32 matrix, with the id columns in ``<stem>.ids.csv`` beside it (same row order).
+    """
+
+    def __init__(self, path: Path, id_columns: list[str], columns: list[str], *, vector: str | None = None) -> None:
+        if path.suffix not in OUTPUT_SUFFIXES:
+            raise ValueError(f"{path}: unsupported output format {path.suffix or '(no suffix)'!r}; "
+                             f"use {', '.join(OUTPUT_SUFFIXES)}")
+        if path.suffix == ".npy" and vector is None:
+            raise ValueError(f"{path}: .npy output holds embeddings only; write predictions to .csv or .parquet")
+        if path.suffix == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise ValueError("writing Parquet needs `pip install pyarrow` (or use a .csv output)") from None
+        self.path, self.id_columns, self.columns, self.vector = path, id_columns, columns, vector
+        self.ids: list[list[Any]] = []
+        self.values: list[np.ndarray] = []
+
+    def add(self, ids: list[Any], values: np.ndarray) -> None:
+        self.ids.append(ids)
+        self.values.append(np.asarray(values))
+
+    @property
+    def ids_path(self) -> Path:
+        return self.path.with_suffix(".ids.csv")
+
+    def close(self) -> None:
         from .atomic import atomic_path
-        self._ctx = atomic_path(path)
-        self._tmp = self._ctx.__enter__()
-        self._fh = open(self._tmp, "w", newline="")
-        self._w = csv.writer(self._fh)
-        self._w.writerow(header)
 
-    def write(self, row: list[Any]) -> None:
-        self._w.writerow(row)
+        values = np.stack(self.values) if self.values else np.zeros((0, len(self.columns)))
+        with atomic_path(self.path) as tmp:
+            if self.path.suffix == ".csv":
+                self._write_csv(tmp, self.id_columns + self.columns, values)
+            elif self.path.suffix == ".parquet":
+                self._write_parquet(tmp, values)
+            else:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, values.astype(np.float32))
+        if self.path.suffix == ".npy":
+            with atomic_path(self.ids_path) as tmp:
+                self._write_csv(tmp, self.id_columns, None)
 
-    def close(self) -> None:
-        self._fh.close()
-        self._ctx.__exit__(None, None, None)
+    def _write_csv(self, tmp: Path, header: list[str], values: np.ndarray | None) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            for i, ids in enumerate(self.ids):
+                row = [] if values is None else [_cell(v) for v in values[i].tolist()]
+                w.writerow([*ids, *row])
 
-
-class _ParquetRows:
-    def __init__(self, path: Path, header: list[str]) -> None:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ValueError("writing Parquet needs `pip install pyarrow` (or use a .csv output)") from None
-        self.path, self.header, self.rows = path, header, []
-
-    def write(self, row: list[Any]) -> None:
-        self.rows.append(row)
-
-    def close(self) -> None:
+    def _write_parquet(self, tmp: Path, values: np.ndarray) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from .atomic import atomic_path
-        columns = {name: [r[i] for r in self.rows] for i, name in enumerate(self.header)}
-        with atomic_path(self.path) as tmp:
-            pq.write_table(pa.table(columns), str(tmp))
+        table = {name: [ids[j] for ids in self.ids] for j, name in enumerate(self.id_columns)}
+        if self.vector is not None:
+            flat = pa.array(values.astype(np.float32).reshape(-1), type=pa.float32())
+            table[self.vector] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1] if values.ndim == 2 else 0)
+        else:
+            for j, name in enumerate(self.columns):
+                column = values[:, j] if len(values) else np.zeros(0)
+                decision = name.startswith("y_") and not name.startswith("y_true_")
+                # NaN (a record that could not be scored) is a null cell, never a number.
+                table[name] = pa.array([None if np.isnan(v) else int(v) for v in column], type=pa.int64()) \
+                    if decision else pa.array(column, from_pandas=True)
+        pq.write_table(pa.table(table), str(tmp))
+
+
+def _cell(value: float) -> Any:
+    """CSV cell: blank for NaN, integral values without ".0" (decisions, 0/1 labels), else 6 decimals."""
+    if isinstance(value, float):
+        if np.isnan(value):
+            return ""
+        return int(value) if value.is_integer() else round(value, 6)
+    return value
+
+
+def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Read an ``embed`` output back: (record ids, (N, H) float32) from .parquet, .npy (+ .ids.csv) or .csv."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(str(path))
+        ids = [str(v) for v in table.column("record_id").to_pylist()]
+        column = table.column("embedding").combine_chunks()
+        width = column.type.list_size
+        return ids, column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32)
+    if path.suffix == ".npy":
+        with open(path.with_suffix(".ids.csv"), newline="") as fh:
+            ids = [row["record_id"] for row in csv.DictReader(fh)]
+        return ids, np.load(path)
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = [c for c in (rows[0] if rows else {}) if c.startswith("e") and c[1:].isdigit()]
+    return [r["record_id"] for r in rows], np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float32)
 
 
 def _source_windows(args: tuple[Any, dict[str, Any], str, int | None, dict[str, Any]]) -> tuple[str, Any]:
     """Worker: read one record and cut its model windows -> ("ok", payload) or ("reject", reason)."""
-    from .io import read_source
+    from .io import quality_label, read_source
 
     src, spec_dict, windows, stride, read_kwargs = args
     spec = PreprocessSpec.from_dict(spec_dict)
     try:
         record = read_source(src, **read_kwargs)
+        if record.meta.get("unscorable"):  # read, but physically implausible: no probabilities for it
+            return "unscored", (record.record_id, record.source, quality_label(record))
         prepared = preprocess_signal(record.signal, record.fs, spec)
         starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride)
         x, mask = cut_windows(prepared, spec, starts)
     except ValueError as err:
         return "reject", (src.record_id, src.path, str(err).splitlines()[0])
     seconds = int(np.ceil(record.signal.shape[1] / record.fs))
-    return "ok", (record.record_id, record.source, seconds, x, mask)
+    return "ok", (record.record_id, record.source, seconds, x, mask, quality_label(record))
+
+
+def _truth_columns(model: HubertECG, labels: Any) -> list[int] | None:
+    """Column of ``labels`` (a :class:`~hubert_ecg.store.LabelTable`) for each model output, or None."""
+    if labels is None:
+        return None
+    names = label_names(model)
+    missing = [n for n in names if n not in labels.names]
+    if missing:
+        raise ValueError(f"labels table has no column for the model's output(s) {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''} (its columns: {', '.join(labels.names[:8])})")
+    return [labels.names.index(n) for n in names]
 
 
 def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, mode: str = "predict",
                   layer: int | None = None, windows: str = "sliding", aggregate: str = "mean",
                   stride_s: float | None = None, batch_size: int = 64, read_kwargs: dict[str, Any] | None = None,
                   progress: bool = True, allow_outside_root: bool = False, engine: str = "eager",
-                  workers: int = 1) -> BatchJobSummary:
-    """Predict (or embed) every record under ``inputs``; one output row per record (CSV or Parquet).
+                  workers: int = 1, labels: Any = None) -> BatchJobSummary:
+    """Predict (or embed) every record under ``inputs``; one output row per record (.csv, .parquet, or .npy
+    for embeddings; layouts in :class:`_TableSink`).
 
     Records are read and cut into windows by ``workers`` processes, and windows of several records
     share a forward batch, so a GPU is not left waiting on one record at a time. Bad records are
     skipped and listed with their reason in ``<out>.rejects.csv``; the job goes on.
+    ``labels`` (a :class:`~hubert_ecg.store.LabelTable` with the model's label names as columns) adds
+    ``y_true_<label>`` columns to predictions (blank for records the table lacks).
     ``allow_outside_root``: see :func:`hubert_ecg.io.discover_sources` (manifest path safety).
     """
-    import multiprocessing as mp
-
-    from tqdm.auto import tqdm
-
-    from .atomic import atomic_path
     from .io import discover_sources
-    from .store import _init_prepare_worker
 
     if mode == "predict" and model.config.head is None:
         raise ValueError("this model has no classification head: use embed or fine-tune it first")
+    check_layer(model, layer)
     out = Path(out)
-    sources = discover_sources(list(inputs), allow_outside_root=allow_outside_root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not sources:
-        raise ValueError(f"no ECG records found under {', '.join(inputs)}")
-    spec = spec_of(model)
-    stride = None if stride_s is None else max(1, int(round(stride_s * spec.target_hz)))
-    tasks = [(src, spec.to_dict(), windows, stride, read_kwargs or {}) for src in sources]
-    task = model.info.task or "multi_label"
-    names = model.info.label_names or ([f"output_{i}" for i in range(model.config.head.num_labels)]
-                                       if model.config.head else [])
-    rejects: list[tuple[str, str, str]] = []
-    writer = None
-    written = 0
-    pending: list[tuple[str, str, int, np.ndarray, np.ndarray]] = []
-
-    def flush() -> None:
-        nonlocal writer, written
-        if not pending:
-            return
-        x = np.concatenate([p[3] for p in pending])
-        mask = np.concatenate([p[4] for p in pending])
-        model.eval()
-        outputs = run_windows(model, x, mask, batch_size=batch_size, layer=layer, engine=engine)
-        offset = 0
-        for record_id, source, seconds, xr, _ in pending:
-            n = len(xr)
-            if mode == "predict":
-                window_probs = probabilities(task, torch.from_numpy(outputs["logits"][offset:offset + n])).numpy()
-                probs = window_probs.max(0) if aggregate == "max" else window_probs.mean(0)
-                values = [*np.atleast_1d(probs).tolist(), *np.atleast_1d(_decisions(model, probs)).tolist()]
-                header = [f"p_{k}" for k in names] + [f"y_{k}" for k in names]
-                extra = [n]
-            else:
-                emb = outputs["embedding"][offset:offset + n]
-                values = (emb.max(0) if aggregate == "max" else emb.mean(0)).tolist()
-                header = [f"e{i}" for i in range(len(values))]
-                extra = [seconds]
-            offset += n
-            if writer is None:
-                writer = _writer(out, ["record_id", "source", "n_windows" if mode == "predict" else "seconds", *header])
-            writer.write([record_id, source, *extra, *[round(v, 6) if isinstance(v, float) else v for v in values]])
-            written += 1
-        pending.clear()
-
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
-    try:
-        results = pool.imap(_source_windows, tasks, chunksize=8) if pool else map(_source_windows, tasks)
-        for status, payload in tqdm(results, total=len(tasks), disable=not progress, desc=mode, unit="rec",
-                                    dynamic_ncols=True):
-            if status == "reject":
-                rejects.append(payload)
-                continue
-            pending.append(payload)
-            if sum(len(p[3]) for p in pending) >= batch_size:
-                flush()
-        flush()
-    finally:
-        if pool is not None:
-            pool.terminate()
-    if writer is not None:
-        writer.close()
-    rejects_path = out.with_name(out.name + ".rejects.csv")
-    if rejects:
-        with atomic_path(rejects_path) as tmp:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["record_id", "source", "reason"])
-                w.writerows(rejects)
+    names = label_names(model)
+    truth = _truth_columns(model, labels) if mode == "predict" else None
+    if mode == "predict":
+        columns = [f"p_{k}" for k in names] + [f"y_{k}" for k in names] + [f"y_true_{k}" for k in names if truth]
+        sink = _TableSink(out, ["record_id", "source", "n_windows", "quality"], columns)
     else:
-        rejects_path.unlink(missing_ok=True)  # a table left by an earlier run would describe other records
-        rejects_path = None
-    if written == 0:
+        sink = _TableSink(out, ["record_id", "source", "seconds"], [f"e{i}" for i in range(model.config.hidden_size)],
+                          vector="embedding")
+    from .io import InputAccount
+
+    account = InputAccount()  # files seen but not taken as records, with the reason (<out>.skipped.csv)
+    sources = discover_sources(list(inputs), allow_outside_root=allow_outside_root, account=account)
+    if not sources:
+        raise ValueError(f"no ECG records found under {', '.join(inputs)}"
+                         + (f" ({account.summary()})" if account.skipped else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = spec_of(model)
+    stride = stride_samples(spec, stride_s)
+    tasks = [(src, spec.to_dict(), windows, stride, read_kwargs or {}) for src in sources]
+    job = _FileJob(model, mode, sink, layer=layer, aggregate=aggregate, batch_size=batch_size, engine=engine,
+                   labels=labels, truth=truth)
+    rejects = job.run(tasks, workers=workers, progress=progress)
+    rejects_path = _write_rejects(out, rejects)
+    if job.written == 0:
         if len(rejects) == 1:  # one input: its own reason is the useful message
             record_id, source, reason = rejects[0]
             raise ValueError(reason if reason.startswith(source) else f"{source}: {reason}")
         raise ValueError(f"no record could be processed ({len(rejects)} rejected; see {rejects_path})")
-    return BatchJobSummary(out, written, len(rejects), rejects_path)
+    if job.written == job.unscored:  # every record read was implausible: nothing was scored
+        raise ValueError(f"no record could be scored ({job.unscored} not scorable, {len(rejects)} rejected)")
+    sink.close()
+    # After the output: a full disk must fail on the table itself, and a failed job leaves no listing.
+    skipped_path = account.write_csv(out.with_name(out.name + ".skipped.csv"))
+    return BatchJobSummary(out, job.written, len(rejects), rejects_path,
+                           skipped=account.summary() + (f" (listed in {skipped_path})" if skipped_path else ""),
+                           unscored=job.unscored)
+
+
+class _FileJob:
+    """Reads records (optionally in worker processes), batches their windows across records, writes rows."""
+
+    def __init__(self, model: HubertECG, mode: str, sink: _TableSink, *, layer: int | None, aggregate: str,
+                 batch_size: int, engine: str, labels: Any, truth: list[int] | None) -> None:
+        self.model, self.mode, self.sink, self.layer, self.aggregate = model, mode, sink, layer, aggregate
+        self.batch_size, self.engine, self.labels, self.truth = batch_size, engine, labels, truth
+        self.task = model.info.task or "multi_label"
+        self.runners: dict[str, Any] = {}
+        self.pending: list[tuple[str, str, int, np.ndarray, np.ndarray, str]] = []
+        self.written = 0
+        self.unscored = 0
+
+    def run(self, tasks: list[Any], *, workers: int, progress: bool) -> list[tuple[str, str, str]]:
+        import multiprocessing as mp
+
+        from tqdm.auto import tqdm
+
+        from .store import _init_prepare_worker
+
+        rejects: list[tuple[str, str, str]] = []
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
+        try:
+            results = pool.imap(_source_windows, tasks, chunksize=8) if pool else map(_source_windows, tasks)
+            for status, payload in tqdm(results, total=len(tasks), disable=not progress, desc=self.mode, unit="rec",
+                                        dynamic_ncols=True):
+                if status == "reject":
+                    rejects.append(payload)
+                    continue
+                if status == "unscored":
+                    record_id, source, quality = payload
+                    if self.mode != "predict":  # an embedding of a flat line means nothing: list it
+                        rejects.append((record_id, source, f"{source}: not scorable: {quality}"))
+                        continue
+                    # A row with the reason and empty probabilities (not 0.5, not the decision threshold).
+                    self.sink.add([record_id, source, 0, quality], np.full(len(self.sink.columns), np.nan))
+                    self.written += 1
+                    self.unscored += 1
+                    continue
+                self.pending.append(payload)
+                if sum(len(p[3]) for p in self.pending) >= self.batch_size:
+                    self.flush()
+            self.flush()
+        finally:
+            if pool is not None:
+                pool.terminate()
+        return rejects
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        x = np.concatenate([p[3] for p in self.pending])
+        mask = np.concatenate([p[4] for p in self.pending])
+        self.model.eval()
+        outputs = run_windows(self.model, x, mask, batch_size=self.batch_size, layer=self.layer, engine=self.engine,
+                              runners=self.runners)
+        offset = 0
+        for record_id, source, seconds, xr, _, quality in self.pending:
+            n = len(xr)
+            if self.mode == "predict":
+                window_probs = probabilities(self.task, torch.from_numpy(outputs["logits"][offset:offset + n])).numpy()
+                probs = np.atleast_1d(window_probs.max(0) if self.aggregate == "max" else window_probs.mean(0))
+                values = [probs, _decisions(self.model, probs).astype(np.float64)]
+                if self.truth is not None:
+                    row = self.labels.lookup(record_id, source)
+                    values.append(np.full(len(self.truth), np.nan) if row is None else row[self.truth])
+                self.sink.add([record_id, source, n, quality], np.concatenate(values))
+            else:
+                emb = outputs["embedding"][offset:offset + n]
+                self.sink.add([record_id, source, seconds], emb.max(0) if self.aggregate == "max" else emb.mean(0))
+            offset += n
+            self.written += 1
+        self.pending.clear()
+
+
+def _write_rejects(out: Path, rejects: list[tuple[str, str, str]]) -> Path | None:
+    from .atomic import atomic_path
+
+    rejects_path = out.with_name(out.name + ".rejects.csv")
+    if not rejects:
+        rejects_path.unlink(missing_ok=True)  # a table left by an earlier run would describe other records
+        return None
+    with atomic_path(rejects_path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["record_id", "source", "reason"])
+            w.writerows(rejects)
+    return rejects_path

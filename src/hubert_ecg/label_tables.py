@@ -56,6 +56,9 @@ __all__ = [
     "build_ptbxl_tables",
     "ptbxl_labels_for",
     "cinc_labels_table",
+    "cinc_class_map",
+    "CINC2021_SCORED",
+    "CINC2020_SCORED",
     "ludb_labels_table",
     "reference_split_table",
 ]
@@ -351,6 +354,55 @@ def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, t
 CINC_META_COLUMNS: tuple[str, ...] = ("record_id", "path", "age", "sex")
 
 
+# The PhysioNet/CinC Challenge scored classes (evaluation-2021 ``weights.csv`` / evaluation-2020
+# ``weights.csv``): abbreviation -> (SNOMED CT codes scored as one class, full name). Codes in one
+# entry are the challenge's equivalence classes (e.g. RBBB = 713427006 complete RBBB | 59118001 RBBB);
+# a record carrying either code is positive for that class. Order = the weights.csv column order.
+CINC2021_SCORED: dict[str, tuple[tuple[str, ...], str]] = {
+    "AF": (("164889003",), "atrial fibrillation"),
+    "AFL": (("164890007",), "atrial flutter"),
+    "BBB": (("6374002",), "bundle branch block"),
+    "Brady": (("426627000",), "bradycardia"),
+    "LBBB": (("733534002", "164909002"), "complete left bundle branch block | left bundle branch block"),
+    "RBBB": (("713427006", "59118001"), "complete right bundle branch block | right bundle branch block"),
+    "IAVB": (("270492004",), "1st degree AV block"),
+    "IRBBB": (("713426002",), "incomplete right bundle branch block"),
+    "LAD": (("39732003",), "left axis deviation"),
+    "LAnFB": (("445118002",), "left anterior fascicular block"),
+    "LPR": (("164947007",), "prolonged PR interval"),
+    "LQRSV": (("251146004",), "low QRS voltages"),
+    "LQT": (("111975006",), "prolonged QT interval"),
+    "NSIVCB": (("698252002",), "nonspecific intraventricular conduction disorder"),
+    "NSR": (("426783006",), "sinus rhythm"),
+    "PAC": (("284470004", "63593006"), "premature atrial contraction | supraventricular premature beats"),
+    "PR": (("10370003",), "pacing rhythm"),
+    "PRWP": (("365413008",), "poor R wave progression"),
+    "PVC": (("427172004", "17338001"), "premature ventricular contractions | ventricular premature beats"),
+    "QAb": (("164917005",), "Q wave abnormal"),
+    "RAD": (("47665007",), "right axis deviation"),
+    "SA": (("427393009",), "sinus arrhythmia"),
+    "SB": (("426177001",), "sinus bradycardia"),
+    "STach": (("427084000",), "sinus tachycardia"),
+    "TAb": (("164934002",), "T wave abnormal"),
+    "TInv": (("59931005",), "T wave inversion"),
+}
+#: 2020: 24 classes (27 codes); no BBB, no PRWP, and LBBB is 164909002 alone.
+CINC2020_SCORED: dict[str, tuple[tuple[str, ...], str]] = {
+    **{k: v for k, v in CINC2021_SCORED.items() if k not in ("BBB", "PRWP", "LBBB")},
+    "LBBB": (("164909002",), "left bundle branch block"),
+}
+CINC_CLASS_SETS = ("scored2021", "scored2020", "all")
+
+
+def cinc_class_map(classes: str) -> dict[str, tuple[tuple[str, ...], str]]:
+    """Abbreviation -> (codes, name) of ``classes`` (``scored2021`` or ``scored2020``)."""
+    if classes == "scored2021":
+        return dict(CINC2021_SCORED)
+    if classes == "scored2020":
+        return dict(CINC2020_SCORED)
+    raise DatasetTableError(f"classes must be one of {', '.join(CINC_CLASS_SETS)}, got {classes!r}")
+
+
 def _header_comments(path: Path) -> list[str]:
     """Comment lines of a WFDB header without reading the signal (fast on thousands of records)."""
     try:
@@ -365,21 +417,30 @@ def _code_sort_key(code: str) -> tuple[int, int, str]:
 
 
 def cinc_labels_table(records_dir: str | os.PathLike, out_csv: str | os.PathLike, *,
-                      min_count: int = 1) -> LabelCSV:
+                      min_count: int = 1, classes: str = "scored2021") -> LabelCSV:
     """Multi-hot label CSV from the ``#Dx:`` SNOMED CT codes of CinC 2020/2021 WFDB headers.
 
     Every ``.hea`` under ``records_dir`` (recursively) is one record; its ``record_id`` is the
-    header's file stem, as ``hubert_ecg.io.discover_sources`` names it. Columns:
-    ``CINC_META_COLUMNS`` (``path`` relative to ``records_dir``) then one 0/1 column per SNOMED code
-    (numerically sorted) occurring in at least ``min_count`` records; labels start at index 4.
-    Records without any kept code (no ``#Dx`` line, or only rare codes) are dropped and counted in
-    ``dropped["no_label"]``.
+    header's file stem, as ``hubert_ecg.io.discover_sources`` names it.
+
+    ``classes="scored2021"`` (default) / ``"scored2020"``: the challenge's scored classes
+    (:data:`CINC2021_SCORED`: 26 classes from 30 codes; 2020: 24 from 27), equivalent codes merged,
+    columns named by abbreviation (``AF``, ``RBBB``, ...) in the challenge's order, all kept. Columns:
+    ``CINC_META_COLUMNS`` plus ``dx`` (the record's raw codes, ``;``-separated), labels from index 5.
+    A record whose codes are all unscored is kept with every class 0, as the challenge scores it;
+    a record without a ``#Dx`` line is dropped (``dropped["no_label"]``).
+
+    ``classes="all"``: the raw codes, one 0/1 column per SNOMED code (numerically sorted) occurring in
+    at least ``min_count`` records; labels start at index 4. Records without any kept code (no
+    ``#Dx`` line, or only rare codes) are dropped and counted in ``dropped["no_label"]``.
 
     Raises:
         DatasetTableError: no header found, or two headers with the same record name.
     """
     from .io.wfdb_reader import parse_header_comments
 
+    if classes not in CINC_CLASS_SETS:
+        raise DatasetTableError(f"classes must be one of {', '.join(CINC_CLASS_SETS)}, got {classes!r}")
     base = Path(records_dir)
     headers = sorted(base.rglob("*.hea")) if base.is_dir() else []
     if not headers:
@@ -395,7 +456,28 @@ def cinc_labels_table(records_dir: str | os.PathLike, out_csv: str | os.PathLike
         rows.append({"record_id": hea.stem, "path": hea.relative_to(base).with_suffix("").as_posix(),
                      "age": "" if age is None else _clean_number(str(age)), "sex": meta.get("sex") or "",
                      "labels": set(meta.get("labels") or [])})
-    return _write_multi_hot(Path(out_csv), rows, CINC_META_COLUMNS, min_count)
+    if classes == "all":
+        return _write_multi_hot(Path(out_csv), rows, CINC_META_COLUMNS, min_count)
+    scored = cinc_class_map(classes)
+    code_to_class = {code: abbr for abbr, (codes, _) in scored.items() for code in codes}
+    kept = []
+    for r in rows:
+        codes = r["labels"]
+        if not codes:
+            continue
+        r["dx"] = ";".join(sorted(codes, key=_code_sort_key))  # type: ignore[arg-type]
+        r["labels"] = {code_to_class[c] for c in codes if c in code_to_class}  # type: ignore[union-attr]
+        kept.append(r)
+    if not kept:
+        raise DatasetTableError(f"{base}: no header has a #Dx line")
+    labels = list(scored)
+    meta_columns = [*CINC_META_COLUMNS, "dx"]
+    out_path = Path(out_csv)
+    _write_table(out_path, meta_columns + labels,
+                 ([r[c] for c in meta_columns] + [int(lab in r["labels"]) for lab in labels] for r in kept))  # type: ignore[operator]
+    return LabelCSV(path=out_path, labels=labels, label_start_index=len(meta_columns), n_records=len(kept),
+                    dropped={"no_label": len(rows) - len(kept)},
+                    positives={lab: sum(1 for r in kept if lab in r["labels"]) for lab in labels})  # type: ignore[operator]
 
 
 def _write_multi_hot(out_csv: Path, rows: list[dict[str, object]], meta_columns: Sequence[str],

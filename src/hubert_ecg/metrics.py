@@ -44,6 +44,8 @@ __all__ = [
     "compute_metrics",
     "tune_thresholds",
     "bootstrap_ci",
+    "bca_bounds",
+    "ece_bin_index",
     "aggregate_windows",
     "to_jsonable",
 ]
@@ -574,9 +576,10 @@ def compute_metrics(
 ) -> MetricsResult:
     """Compute all metrics of a task (see the module docstring for the shapes).
 
-    Classification metrics per label: ``auroc``, ``auprc`` (average precision), and at threshold
-    0.5 ``f1``, ``precision``, ``sensitivity`` (recall), ``specificity``, ``accuracy``; with
-    ``thresholds`` (L,) the same five again as ``*_at_thr`` (prediction = score >= threshold).
+    Classification metrics per label: ``auroc``, ``auprc`` (average precision), at threshold
+    0.5 ``f1``, ``precision`` (PPV), ``npv``, ``sensitivity`` (recall), ``specificity``,
+    ``accuracy``, and the calibration metrics ``brier`` and ``ece`` (:data:`ECE_BINS` uniform
+    bins); with ``thresholds`` (L,) the six threshold metrics again as ``*_at_thr``.
     Multi-class: one-vs-rest ``auroc``/``auprc`` and argmax-based ``f1``, ``precision``,
     ``sensitivity``, ``specificity`` per class, ``overall`` accuracy (micro) and balanced
     accuracy, and the confusion matrix. Regression: ``mae``, ``rmse``, ``r2``, ``pearson_r`` per
@@ -700,14 +703,74 @@ def _strata(prep: _Prepared) -> list[np.ndarray]:
     return [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
 
 
-def _summarise(point: float, samples: np.ndarray, confidence: float) -> dict[str, Any]:
+CI_METHODS = ("percentile", "bca")
+
+
+def bca_bounds(point: float, samples: np.ndarray, jackknife: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Bias-corrected and accelerated (BCa) interval from bootstrap replicates and jackknife values.
+
+    Efron (1987), as in ``scipy.stats.bootstrap(method="BCa")``: the bias correction
+    z0 = Phi^-1(share of replicates below the estimate, ties counted half), the acceleration
+    a = sum(d^3) / (6 sum(d^2)^1.5) with d = mean(jackknife) - jackknife, and the percentile
+    levels Phi(z0 + (z0 + z) / (1 - a (z0 + z))) for z = Phi^-1(alpha), Phi^-1(1 - alpha).
+    Non-finite replicates/jackknife values are dropped; NaN when nothing usable is left or all
+    replicates lie on one side of the estimate.
+    """
+    from scipy.special import ndtr, ndtri
+
+    theta = samples[np.isfinite(samples)]
+    jack = jackknife[np.isfinite(jackknife)]
+    if theta.size == 0 or jack.size < 2 or not math.isfinite(point):
+        return float("nan"), float("nan")
+    share = ((theta < point).sum() + (theta <= point).sum()) / (2.0 * theta.size)
+    z0 = float(ndtri(share))
+    if not math.isfinite(z0):
+        return float("nan"), float("nan")
+    d = jack.mean() - jack
+    den = 6.0 * float((d**2).sum()) ** 1.5
+    accel = float((d**3).sum()) / den if den > 0 else 0.0
+    alpha = (1.0 - confidence) / 2.0
+    levels = []
+    for z in (ndtri(alpha), ndtri(1.0 - alpha)):
+        levels.append(float(ndtr(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))))
+    lower, upper = np.percentile(theta, [100 * levels[0], 100 * levels[1]])
+    return float(lower), float(upper)
+
+
+def _summarise(point: float, samples: np.ndarray, confidence: float,
+               jackknife: np.ndarray | None = None) -> dict[str, Any]:
     finite = samples[np.isfinite(samples)]
     alpha = (1.0 - confidence) / 2.0
     if finite.size == 0 or not math.isfinite(point):
         lower = upper = float("nan")
+    elif jackknife is not None:
+        lower, upper = bca_bounds(point, samples, jackknife, confidence)
     else:
         lower, upper = (float(v) for v in np.quantile(finite, [alpha, 1.0 - alpha]))
     return {"point": float(point), "lower": lower, "upper": upper, "n_used": int(finite.size)}
+
+
+def _jackknife(prep: _Prepared, thr: np.ndarray | None, defined: np.ndarray
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Leave-one-record-out values of every metric: per-label (N, L), macro (N,), overall (N,)."""
+    n_records = prep.y.shape[0]
+    chunk = max(1, min(n_records, _MAX_WEIGHT_CELLS // max(n_records, 1)))
+    per_label: dict[str, list[np.ndarray]] = {}
+    macro: dict[str, list[np.ndarray]] = {}
+    overall: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n_records, chunk):
+        stop = min(n_records, start + chunk)
+        weights = np.ones((stop - start, n_records))
+        weights[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        per_label_b, overall_b = _core(prep, weights, thr)
+        for metric, values in per_label_b.items():
+            per_label.setdefault(metric, []).append(values)
+        for metric, values in _macro(per_label_b, defined).items():
+            macro.setdefault(metric, []).append(values)
+        for metric, values in overall_b.items():
+            overall.setdefault(metric, []).append(values)
+    join = lambda parts: {m: np.concatenate(v, axis=0) for m, v in parts.items()}  # noqa: E731
+    return join(per_label), join(macro), join(overall)
 
 
 def bootstrap_ci(
@@ -721,8 +784,9 @@ def bootstrap_ci(
     thresholds: Any = None,
     stratify: bool = False,
     label_names: Sequence[str] | None = None,
+    method: str = "percentile",
 ) -> dict[str, Any]:
-    """Percentile bootstrap confidence intervals for every metric of :func:`compute_metrics`.
+    """Bootstrap confidence intervals (percentile or BCa) for every metric of :func:`compute_metrics`.
 
     Records are resampled with replacement (``n_resamples`` times, generator seeded with
     ``seed``, so the same call gives the same intervals). The interval is the
@@ -737,6 +801,11 @@ def bootstrap_ci(
     combinations are unique, and stratification then understates the variance, hence the
     default False.
 
+    ``method="bca"`` gives bias-corrected and accelerated intervals (:func:`bca_bounds`; the
+    acceleration comes from a leave-one-record-out jackknife, N extra metric evaluations) from the
+    same replicates. BCa corrects the skew of bounded metrics near 0 or 1 (AUROC of a good model)
+    but needs more resamples (>= 2000) for stable tail quantiles.
+
     Returns:
         ``{"method", "n_resamples", "confidence", "seed", "stratify", "n_records",
         "undefined_labels", "macro": {metric: stats}, "overall": {metric: stats},
@@ -747,6 +816,8 @@ def bootstrap_ci(
         raise MetricsInputError(f"n_resamples must be at least 1; got {n_resamples}")
     if not 0.0 < confidence < 1.0:
         raise MetricsInputError(f"confidence must be in (0, 1); got {confidence}")
+    if method not in CI_METHODS:
+        raise MetricsInputError(f"unknown CI method '{method}'; expected one of {', '.join(CI_METHODS)}")
     point = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=label_names)
     prep = _prepare(task, y_true, y_score, label_names)
     thr = point.thresholds
@@ -773,22 +844,28 @@ def bootstrap_ci(
         done += rows
 
     per_label_samples = {m: np.concatenate(parts, axis=0) for m, parts in per_label_parts.items()}
+    jack_label: dict[str, np.ndarray] = {}
+    jack_macro: dict[str, np.ndarray] = {}
+    jack_overall: dict[str, np.ndarray] = {}
+    if method == "bca":
+        jack_label, jack_macro, jack_overall = _jackknife(prep, thr, defined)
     per_label: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(point.label_names):
         per_label[name] = {
-            metric: _summarise(point.per_label[metric][i], samples[:, i], confidence)
+            metric: _summarise(point.per_label[metric][i], samples[:, i], confidence,
+                               jack_label[metric][:, i] if jack_label else None)
             for metric, samples in per_label_samples.items()
         }
     macro = {
-        metric: _summarise(point.macro[metric], np.concatenate(parts), confidence)
+        metric: _summarise(point.macro[metric], np.concatenate(parts), confidence, jack_macro.get(metric))
         for metric, parts in macro_parts.items()
     }
     overall = {
-        metric: _summarise(point.overall[metric], np.concatenate(parts), confidence)
+        metric: _summarise(point.overall[metric], np.concatenate(parts), confidence, jack_overall.get(metric))
         for metric, parts in overall_parts.items()
     }
     return {
-        "method": "percentile",
+        "method": method,
         "task": point.task,
         "n_resamples": int(n_resamples),
         "confidence": float(confidence),

@@ -20,8 +20,8 @@ model's device, and padded tokens are never masked.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import CheckpointInfo, HeadConfig, ModelConfig, create_config
-from .preprocess import token_mask_from_sample_mask
+from .config import token_mask_from_sample_mask  # noqa: F401  (re-exported: defined in config)
+from .hub import PretrainedMixin  # save/load base class; never imports this module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,15 +382,45 @@ class HubertECGOutput:
     pooled: Tensor | None = None
     logits: Tensor | None = None
 
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
+    # Behaves like transformers' ModelOutput: the fields that are set, in order, are its keys, so
+    # out.logits, out["logits"] and out[i] (the i-th field that is set) all work.
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(self.values())
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{key!r} is not set in this output (set: {', '.join(self.keys())})")
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
 
 
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
-class HubertECG(nn.Module):
+class HubertECG(PretrainedMixin, nn.Module):
     """HuBERT-ECG encoder with optional codebook (pre-training) and classification (fine-tuning) heads.
+
+    ``HubertECG.from_pretrained(dir_or_hub_id, revision=...)``, ``save_pretrained(dir)`` and
+    ``push_to_hub(repo_id)`` come from :class:`~hubert_ecg.hub.PretrainedMixin`.
 
     ``forward(x)`` takes (B, L) float32 flattened 12-lead windows at the stem's rate (leads I..V6
     end to end) and an optional sample-level ``attention_mask`` (B, L) (True = real signal).
@@ -437,7 +468,7 @@ class HubertECG(nn.Module):
     # -- pieces usable on their own --------------------------------------------------------
     def token_mask(self, attention_mask: Tensor) -> Tensor:
         """Sample mask (B, L) -> token mask (B, T): a token is valid iff its whole receptive field is."""
-        return token_mask_from_sample_mask(attention_mask.bool(), self.config.conv_kernel, self.config.conv_stride)
+        return self.config.token_mask(attention_mask.bool())
 
     def sample_mask(self, batch: int, num_tokens: int, token_mask: Tensor | None = None,
                     device: torch.device | None = None) -> Tensor:
@@ -588,18 +619,6 @@ class HubertECG(nn.Module):
         skip = ("final_proj.", "label_embedding.", "classifier.") if backbone_only else ()
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
 
-    # -- saving / user API (implemented in their own modules) ----------------------------------
-    def save_pretrained(self, directory: str, **kwargs: Any) -> None:
-        from .checkpoint import save_pretrained
-        save_pretrained(self, directory, **kwargs)
-
-    def predict(self, signal: Any, fs: float, **kwargs: Any) -> Any:
-        from .inference import predict_array
-        return predict_array(self, signal, fs, **kwargs)
-
-    def embed(self, signal: Any, fs: float, **kwargs: Any) -> Any:
-        from .inference import embed_array
-        return embed_array(self, signal, fs, **kwargs)
 
 
 def create_model(size: str = "small", *, input_rate_hz: int = 100, vocab_sizes: Sequence[int] = (),

@@ -331,3 +331,237 @@ def plot_ecg(signal: Any, fs: float, path: str | Path, *, model_input: Any = Non
     fig.legend(handles, [h.get_label() for h in handles], loc="upper right")
     fig.suptitle(title or "12-lead ECG")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Clinical evaluation: reliability diagrams, interval (forest) plots, side-by-side comparison
+# --------------------------------------------------------------------------------------------
+
+
+def plot_reliability(y_true: Any, y_score: Any, label_names: Sequence[str] | None, path: str | Path, *,
+                     n_bins: int | None = None, max_panels: int = 12) -> Path:
+    """Reliability diagram per label: observed frequency vs mean predicted probability per bin.
+
+    The bins are the ECE bins of :func:`hubert_ecg.metrics.ece_bin_index` (equal width, right-closed);
+    marker area is proportional to the records in the bin, the dashed diagonal is perfect
+    calibration and each panel title carries the label's ECE. Beyond ``max_panels`` labels the
+    ones with the most positives are drawn (the title says how many are not shown).
+    """
+    from .metrics import ECE_BINS, ece_bin_index
+
+    bins = n_bins or ECE_BINS
+    y, score = _binary_targets(y_true, y_score)
+    names = list(label_names) if label_names is not None else [f"label_{i}" for i in range(y.shape[1])]
+    order = np.argsort(-y.sum(axis=0), kind="stable")[:max_panels]
+    cols = min(4, len(order))
+    rows = math.ceil(len(order) / cols)
+    fig = _new_figure(3.2 * cols, 3.0 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, j in zip(axes, order):
+        b = ece_bin_index(score[:, j], bins)
+        counts = np.bincount(b, minlength=bins)
+        used = counts > 0
+        mean_p = np.bincount(b, weights=score[:, j], minlength=bins)[used] / counts[used]
+        freq = np.bincount(b, weights=y[:, j].astype(float), minlength=bins)[used] / counts[used]
+        ece = float((counts[used] * np.abs(freq - mean_p)).sum() / len(b))
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.plot(mean_p, freq, color="tab:blue", lw=1)
+        ax.scatter(mean_p, freq, s=15 + 200 * counts[used] / counts.max(), color="tab:blue", alpha=0.7, zorder=3)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{names[j]} (ECE {ece:.3f})")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(order):]:
+        ax.set_visible(False)
+    fig.supxlabel("mean predicted probability (bin)")
+    fig.supylabel("observed frequency of positives")
+    hidden = y.shape[1] - len(order)
+    fig.suptitle(f"Reliability diagrams ({bins} equal-width bins, marker area = records)"
+                 + (f"; {hidden} label(s) not shown" if hidden > 0 else ""))
+    return _save(fig, path)
+
+
+def plot_intervals(rows: Sequence[tuple[str, float, float, float]], path: str | Path, *, xlabel: str,
+                   title: str, reference: float | None = None, groups: Sequence[str] | None = None) -> Path:
+    """Forest plot: one line per (name, point, lower, upper); NaN intervals show the point only.
+
+    ``reference`` draws a vertical dashed line (0 for differences, 0.5 for AUROC); ``groups``
+    (one per row) separates blocks, e.g. the columns of a subgroup analysis.
+    """
+    n = max(len(rows), 1)
+    fig = _new_figure(8, min(1.5 + 0.3 * n, 40.0))
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    for yi, (name, point, lower, upper) in zip(y, rows):
+        if math.isfinite(lower) and math.isfinite(upper):
+            ax.plot([lower, upper], [yi, yi], color="black", lw=1.2)
+        if math.isfinite(point):
+            ax.plot([point], [yi], "s", color="tab:blue", ms=5)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize="small")
+    if groups is not None:
+        for i in range(1, len(rows)):
+            if groups[i] != groups[i - 1]:
+                ax.axhline(y[i] + 0.5, color="grey", lw=0.6)
+    if reference is not None:
+        ax.axvline(reference, color="grey", ls="--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_compare(names: Sequence[str], a: Sequence[tuple[float, float, float]], b: Sequence[tuple[float, float, float]],
+                 path: str | Path, *, labels: tuple[str, str] = ("A", "B"), metric: str = "AUROC") -> Path:
+    """Side-by-side horizontal bars of a per-label metric for two models, with CI whiskers."""
+    n = max(len(names), 1)
+    fig = _new_figure(8, min(1.8 + 0.45 * n, 60.0))
+    ax = fig.subplots()
+    pos = np.arange(len(names))
+    for offset, values, label, colour in ((-0.2, a, labels[0], "tab:grey"), (0.2, b, labels[1], "tab:blue")):
+        arr = np.asarray(values, dtype=np.float64).reshape(-1, 3)
+        ax.barh(pos + offset, np.nan_to_num(arr[:, 0]), height=0.38, color=colour, alpha=0.85, label=label)
+        ok = np.isfinite(arr[:, 1]) & np.isfinite(arr[:, 2])
+        if ok.any():
+            err = np.clip(np.vstack([arr[:, 0] - arr[:, 1], arr[:, 2] - arr[:, 0]]), 0, None)
+            err[:, ~ok] = 0
+            ax.errorbar(np.nan_to_num(arr[:, 0]), pos + offset, xerr=err, fmt="none", ecolor="black", capsize=2, lw=1)
+    ax.set_yticks(pos, list(names), fontsize="small")
+    ax.set_xlabel(f"{metric} (whiskers: bootstrap CI)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{metric} per label: {labels[0]} vs {labels[1]}")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Clinical 12-lead ECG: 3x4 layout + rhythm strip on ECG paper
+# --------------------------------------------------------------------------------------------
+
+#: Standard 3x4 layout: rows of (lead, column) -- each column shows the next 2.5 s of a 10 s record.
+CLINICAL_LAYOUT: tuple[tuple[str, ...], ...] = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"),
+                                               ("III", "aVF", "V3", "V6"))
+_STANDARD = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+_ROW_MM = 37.5  # vertical room per row on the paper (mm); +-1.9 mV at 10 mm/mV
+
+
+def _paper_grid(width_mm: float, height_mm: float) -> tuple[Any, Any]:
+    """Minor (1 mm) and major (5 mm) grid as two LineCollections (two draw calls, not hundreds)."""
+    from matplotlib.collections import LineCollection
+
+    def lines(step: float) -> np.ndarray:
+        xs = np.arange(0.0, width_mm + 1e-9, step)
+        ys = np.arange(0.0, height_mm + 1e-9, step)
+        vertical = np.stack([np.stack([xs, np.zeros_like(xs)], 1), np.stack([xs, np.full_like(xs, height_mm)], 1)], 1)
+        horizontal = np.stack([np.stack([np.zeros_like(ys), ys], 1), np.stack([np.full_like(ys, width_mm), ys], 1)], 1)
+        return np.concatenate([vertical, horizontal])
+
+    minor = LineCollection(lines(1.0), colors="#f6c3c3", linewidths=0.3, zorder=0)
+    major = LineCollection(lines(5.0), colors="#e88b8b", linewidths=0.6, zorder=0)
+    return minor, major
+
+
+def ecg_figure(signal: Any, fs: float, *, lead_names: Sequence[str] | None = None, title: str | None = None,
+               attribution: Any = None, rhythm_lead: str = "II", speed_mm_s: float = 25.0, gain_mm_mv: float = 10.0,
+               duration_s: float | None = None, fig: Figure | None = None, dpi: int = 100) -> Figure:
+    """A 12-lead ECG on ECG paper: standard 3x4 layout plus a rhythm strip, as printed in clinics.
+
+    Args:
+        signal: (12, n) in mV, rows in the standard order I, II, III, aVR, aVL, aVF, V1-V6
+            (or in the order of ``lead_names``). Missing leads (all-NaN) are drawn as a gap.
+        fs: sampling rate of ``signal`` in Hz.
+        attribution: optional (12, n) relevance on the same time base (absolute value used), drawn
+            as a red heat band behind each trace (white = none, dark red = the record's maximum), e.g. from
+            :func:`hubert_ecg.explain.explain_record`.
+        rhythm_lead: lead of the full-length strip at the bottom.
+        speed_mm_s, gain_mm_mv: paper speed and gain (25 mm/s, 10 mm/mV standard); the figure is
+            sized so 1 mm on the grid is 1 mm on paper at ``dpi``.
+        duration_s: time drawn (default: the record, at most 10 s); the 3x4 columns split it in four.
+        fig: a Figure to draw into (cleared first); reuse one for many records, it is much faster.
+
+    Returns:
+        the matplotlib Figure (render with ``fig.savefig``; nothing touches pyplot).
+    """
+    from matplotlib.collections import LineCollection
+
+    x = np.asarray(signal, dtype=np.float64)
+    names = list(lead_names) if lead_names is not None else list(_STANDARD)
+    if x.ndim != 2 or x.shape[0] != len(names):
+        raise MetricsInputError(f"expected a ({len(names)}, samples) signal for leads {', '.join(names)}; "
+                                f"got shape {x.shape}")
+    index = {name: i for i, name in enumerate(names)}
+    missing = [lead for row in CLINICAL_LAYOUT for lead in row if lead not in index]
+    if missing or rhythm_lead not in index:
+        raise MetricsInputError(f"the clinical layout needs leads {', '.join(missing or [rhythm_lead])}")
+    total_s = duration_s if duration_s is not None else min(x.shape[1] / fs, 10.0)
+    n_show = min(x.shape[1], int(round(total_s * fs)))
+    col_s = total_s / 4.0
+    width_mm = total_s * speed_mm_s
+    n_rows = len(CLINICAL_LAYOUT) + 1
+    height_mm = n_rows * _ROW_MM
+    margin_in = 0.3
+    size = (width_mm / 25.4 + 2 * margin_in, height_mm / 25.4 + 2 * margin_in + (0.3 if title else 0.0))
+    if fig is None:
+        from matplotlib.figure import Figure as _Figure
+
+        fig = _Figure(figsize=size, dpi=dpi)
+    else:
+        fig.clear()
+        fig.set_size_inches(*size)
+    ax = fig.add_axes((margin_in / size[0], margin_in / size[1], (width_mm / 25.4) / size[0],
+                       (height_mm / 25.4) / size[1]))
+    minor, major = _paper_grid(width_mm, height_mm)
+    ax.add_collection(minor)
+    ax.add_collection(major)
+
+    attr = None
+    if attribution is not None:
+        attr = np.abs(np.asarray(attribution, dtype=np.float64))
+        if attr.shape != x.shape:
+            raise MetricsInputError(f"attribution has shape {attr.shape} but the signal has {x.shape}")
+        top = np.nanmax(attr[:, :n_show]) if n_show else 0.0
+        attr = attr / top if top > 0 else np.zeros_like(attr)
+
+    traces: list[np.ndarray] = []
+    labels: list[tuple[float, float, str]] = []
+
+    def add(lead: str, start: int, stop: int, x0_mm: float, base_mm: float) -> None:
+        row = x[index[lead], start:stop]
+        t_mm = x0_mm + np.arange(stop - start) / fs * speed_mm_s
+        # One polyline per panel (a NaN breaks it at a missing stretch): 13 paths, not 10^4 segments.
+        traces.append(np.stack([t_mm, base_mm + gain_mm_mv * row], axis=1))
+        labels.append((x0_mm + 1.0, base_mm + 0.3 * _ROW_MM, lead))
+        if attr is not None:
+            # Relevance as a heat band behind the trace: one small image per panel.
+            band = attr[index[lead], start:stop][None, :]
+            ax.imshow(band, extent=(t_mm[0], t_mm[-1], base_mm - 0.45 * _ROW_MM, base_mm + 0.45 * _ROW_MM),
+                      cmap="Reds", vmin=0.0, vmax=1.0, alpha=0.55, aspect="auto", interpolation="nearest",
+                      zorder=1)
+
+    for r, row in enumerate(CLINICAL_LAYOUT):
+        base = height_mm - (r + 0.5) * _ROW_MM
+        for c, lead in enumerate(row):
+            start = int(round(c * col_s * fs))
+            stop = min(n_show, int(round((c + 1) * col_s * fs)) + 1)
+            if stop - start > 1:
+                add(lead, start, stop, c * col_s * speed_mm_s, base)
+    add(rhythm_lead, 0, n_show, 0.0, 0.5 * _ROW_MM)
+    ax.add_collection(LineCollection(traces, colors="black", linewidths=0.7, zorder=2))
+    # Column separators and the 1 mV calibration pulse at the start of every row.
+    for r in range(len(CLINICAL_LAYOUT)):
+        base = height_mm - (r + 0.5) * _ROW_MM
+        for c in range(1, 4):
+            ax.plot([c * col_s * speed_mm_s] * 2, [base - 3, base + 3], color="black", lw=0.8, zorder=2)
+    for text_x, text_y, lead in labels:
+        ax.text(text_x, text_y, lead, fontsize=8, fontweight="bold", zorder=3)
+    ax.set_xlim(0, width_mm)
+    ax.set_ylim(0, height_mm)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    note = f"{speed_mm_s:g} mm/s, {gain_mm_mv:g} mm/mV, rhythm strip: lead {rhythm_lead}"
+    fig.text(margin_in / size[0], 0.15 * margin_in / size[1], note, fontsize=7)
+    if title:
+        fig.text(margin_in / size[0], 1 - 0.6 * margin_in / size[1], title, fontsize=10, va="top")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Render a Figure to PNG with the Agg canvas (no pyplot)."""
+    return _save(fig, path)

@@ -19,7 +19,8 @@ Pipeline of :func:`preprocess_signal` / :func:`preprocess_batch`, for a record `
 
 The output is the whole record ``(12, m)`` at ``target_hz``; :func:`window_starts` and
 :func:`cut_windows` then cut it into flattened model inputs ``(W, 12 * T)`` with sample-level
-attention masks, and :func:`token_mask_from_sample_mask` turns those into token-level masks.
+attention masks, and :func:`hubert_ecg.config.token_mask_from_sample_mask` turns those into token-level
+masks (conv-stem geometry lives in :mod:`hubert_ecg.config`).
 
 Values: min-max scaling happens at ``resample_hz`` (as published), so before decimation every lead
 lies in [-1, 1]; the 40 Hz Chebyshev anti-alias filter that follows can ring slightly past +-1 at
@@ -55,17 +56,18 @@ __all__ = [
     "missing_leads",
     "preprocess_batch",
     "preprocess_signal",
-    "token_mask_from_sample_mask",
     "unflatten_window",
     "window_starts",
+    "LEAD_SETS",
+    "parse_lead_set",
+    "lead_keep_mask",
+    "zero_leads",
+    "lead_dropout_mask",
+    "apply_lead_dropout",
 ]
 
 LEAD_NAMES: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 N_LEADS = len(LEAD_NAMES)
-
-# Conv stem of the released models at 100 Hz (reference doc §1.3).
-DEFAULT_CONV_KERNELS: tuple[int, ...] = (10, 3, 3, 2, 2)
-DEFAULT_CONV_STRIDES: tuple[int, ...] = (4, 2, 2, 2, 2)
 
 # The published min-max formula adds this to the range so that a flat lead does not divide by zero.
 _SCALE_EPS = 1e-8
@@ -289,13 +291,49 @@ def bandpass_taps(fs: float, spec: PreprocessSpec) -> np.ndarray | None:
     return None
 
 
+def fir_filtfilt(taps: np.ndarray, x: np.ndarray, *, max_block_samples: int = 1 << 20) -> np.ndarray:
+    """``scipy.signal.filtfilt(taps, [1.0], x, axis=-1)`` for an FIR filter, in O(n) memory and O(n log n) time.
+
+    Same result as SciPy's (odd extension of ``3 * len(taps)`` samples, initial state ``lfilter_zi`` times
+    the first sample, forward then backward) to rounding: for an FIR filter, that initial state is
+    exactly what an input held at the first sample forever leaves behind, so each pass is a plain
+    convolution of the input preceded by ``len(taps) - 1`` copies of its first sample (done by FFT).
+    Why not SciPy's: ``lfilter_zi`` solves a dense ``(taps - 1)^2`` system (7 GB at 100 kHz, where
+    the published design has 30001 taps), and direct filtering costs ``n * taps`` per pass. Leads
+    are filtered a block at a time so that scratch memory stays near ``max_block_samples`` samples.
+    """
+    from scipy.signal import oaconvolve
+
+    taps = np.asarray(taps, dtype=np.float64)
+    m = len(taps)
+    padlen = 3 * m
+    n = x.shape[-1]
+    if n <= padlen:
+        raise PreprocessError(f"record of {n} samples is too short for a {m}-tap filter (needs > {padlen})")
+    flat = x.reshape(-1, n)
+    out = np.empty_like(flat, dtype=np.float64)
+    rows = max(1, max_block_samples // (n + 2 * padlen + m))
+
+    def one_pass(v: np.ndarray) -> np.ndarray:
+        held = np.concatenate([np.repeat(v[:, :1], m - 1, axis=1), v], axis=1)
+        return oaconvolve(held, taps[None, :], mode="valid", axes=1)
+
+    for start in range(0, flat.shape[0], rows):
+        v = flat[start:start + rows]
+        ext = np.concatenate([2 * v[:, :1] - v[:, padlen:0:-1], v, 2 * v[:, -1:] - v[:, -2:-(padlen + 2):-1]], axis=1)
+        y = one_pass(ext)
+        y = one_pass(y[:, ::-1])[:, ::-1]
+        out[start:start + rows] = y[:, padlen:padlen + n]
+    return out.reshape(x.shape)
+
+
 def missing_leads(signals: np.ndarray) -> np.ndarray:
     """Bool ``(..., 12)``: True for a lead without any finite sample. Input ``(..., 12, n)``."""
     return ~np.isfinite(np.asarray(signals)).any(axis=-1)
 
 
-def _clean_nonfinite(x: np.ndarray, policy: str) -> np.ndarray:
-    """Replace non-finite samples of ``x`` ``(B, 12, n)`` float64 in place per ``policy``."""
+def _clean_nonfinite(x: np.ndarray, policy: str, names: Sequence[str] = LEAD_NAMES) -> np.ndarray:
+    """Replace non-finite samples of ``x`` ``(B, L, n)`` float64 (leads ``names``) in place per ``policy``."""
     finite = np.isfinite(x)
     if finite.all():
         return x
@@ -303,7 +341,7 @@ def _clean_nonfinite(x: np.ndarray, policy: str) -> np.ndarray:
         b, lead = np.argwhere(~finite.all(axis=-1))[0]
         count = int((~finite[b, lead]).sum())
         where = f"record {b}, " if x.shape[0] > 1 else ""
-        raise PreprocessError(f"{where}lead {LEAD_NAMES[lead]} has {count} non-finite sample(s) and nan_policy is 'raise'")
+        raise PreprocessError(f"{where}lead {names[lead]} has {count} non-finite sample(s) and nan_policy is 'raise'")
     if policy == "zero":
         fill = np.zeros(x.shape[:-1])
     else:
@@ -319,7 +357,7 @@ def _clean_nonfinite(x: np.ndarray, policy: str) -> np.ndarray:
     if empty.any():
         parts = []
         for b, lead in np.argwhere(empty):
-            parts.append(f"{'record ' + str(b) + ' ' if x.shape[0] > 1 else ''}lead {LEAD_NAMES[lead]}")
+            parts.append(f"{'record ' + str(b) + ' ' if x.shape[0] > 1 else ''}lead {names[lead]}")
         warnings.warn(f"no finite samples, replaced by zeros: {', '.join(parts)}", MissingLeadWarning, stacklevel=3)
     return x
 
@@ -376,9 +414,7 @@ def preprocess_batch(signals: np.ndarray, fs: float, spec: PreprocessSpec) -> np
         PreprocessError: wrong shape, bad rate, record shorter than ``spec.min_window_s``, or a
             non-finite sample under ``nan_policy="raise"``.
     """
-    from scipy.signal import butter, decimate, filtfilt, resample, sosfiltfilt
-
-    x = np.array(signals, dtype=np.float64)  # a copy: the NaN clean-up writes in place
+    x = np.asarray(signals)
     if x.ndim != 3 or x.shape[1] != N_LEADS:
         hint = " (leads must be rows; transposed?)" if x.ndim == 3 and x.shape[2] == N_LEADS else ""
         raise PreprocessError(f"expected signals of shape (batch, 12, samples), got {tuple(x.shape)}{hint}")
@@ -390,8 +426,25 @@ def preprocess_batch(signals: np.ndarray, fs: float, spec: PreprocessSpec) -> np
         raise PreprocessError(
             f"record is {n} samples ({n / fs:.3f} s at {fs:g} Hz) long; the minimum is {spec.min_window_s:g} s"
         )
-    absent = missing_leads(x)  # (B, 12): leads with no finite sample (not recorded)
-    x = _clean_nonfinite(x, spec.nan_policy)
+    if spec.decimation != "flattened" and x.size > _LEADWISE_ABOVE_SAMPLES:
+        # Long or high-rate records (an hour at 500 Hz, seconds at 100 kHz): every step acts on each
+        # lead alone, so one lead at a time gives the same result with a twelfth of the scratch memory.
+        return np.concatenate([_chain(np.array(x[:, i:i + 1], dtype=np.float64), fs, spec, LEAD_NAMES[i:i + 1])
+                               for i in range(N_LEADS)], axis=1)
+    return _chain(np.array(x, dtype=np.float64), fs, spec, LEAD_NAMES)  # a copy: the NaN clean-up writes in place
+
+
+#: Above this many samples in a batch, :func:`preprocess_batch` processes one lead at a time.
+_LEADWISE_ABOVE_SAMPLES = 1 << 23
+
+
+def _chain(x: np.ndarray, fs: float, spec: PreprocessSpec, names: Sequence[str]) -> np.ndarray:
+    """Steps 1-6 on float64 ``(B, L, n)`` (modified in place), leads named ``names``; float32 out."""
+    from scipy.signal import butter, decimate, resample, sosfiltfilt
+
+    n = x.shape[-1]
+    absent = missing_leads(x)  # (B, L): leads with no finite sample (not recorded)
+    x = _clean_nonfinite(x, spec.nan_policy, names)
 
     if spec.scaling != "none":
         # Filters and resampler are linear and map constants to constants, and both scalers are
@@ -410,7 +463,7 @@ def preprocess_batch(signals: np.ndarray, fs: float, spec: PreprocessSpec) -> np
 
     taps = bandpass_taps(fs, spec)
     if taps is not None:
-        x = filtfilt(taps, [1.0], x, axis=-1)
+        x = fir_filtfilt(taps, x)
 
     rate = fs
     if spec.resample_hz is not None:
@@ -575,31 +628,93 @@ def cut_windows(signal100: np.ndarray, spec: PreprocessSpec, starts: Sequence[in
     return windows, mask
 
 
-def token_mask_from_sample_mask(
-    sample_mask: ArrayT,
-    conv_kernels: Sequence[int] = DEFAULT_CONV_KERNELS,
-    conv_strides: Sequence[int] = DEFAULT_CONV_STRIDES,
-) -> ArrayT:
-    """Token-level mask from a sample-level mask: bool ``(B, L)`` -> bool ``(B, T)``.
+# --------------------------------------------------------------------------------------------
+# Reduced-lead input: named lead sets, zeroing leads in flattened windows, lead dropout
+# --------------------------------------------------------------------------------------------
 
-    A token is valid iff every sample in its receptive field is valid (82 samples at stride 64 for
-    the 100 Hz stem). Computed layer by layer -- output t of a conv layer sees inputs
-    ``[s t, s t + k)`` -- which composes to the receptive field. Works for numpy arrays and torch
-    tensors (returns the same kind). For a right-padded mask with ``v`` valid samples the count of
-    valid tokens equals the HF length formula ``floor((v - k) / s) + 1`` chained over the layers
-    (0 when ``v`` is shorter than the receptive field).
+#: Named lead subsets for reduced-lead evaluation (``evaluate --leads``). A missing lead reaches the
+#: model as zeros (what preprocessing makes of a lead without samples), so a subset is simulated by
+#: zeroing the other leads of the flattened 12-lead input.
+LEAD_SETS: dict[str, tuple[str, ...]] = {
+    "all": LEAD_NAMES,
+    "limb": LEAD_NAMES[:6],
+    "precordial": LEAD_NAMES[6:],
+    "I": ("I",),
+    "II": ("II",),
+    "I,II": ("I", "II"),
+}
+
+
+def parse_lead_set(text: str) -> tuple[str, ...]:
+    """A named set (``limb``, ``precordial``, ``all``, ``I``, ``II``) or comma-separated lead names -> names.
+
+    Raises ValueError naming the unknown lead; names are matched case-insensitively (``avr`` = ``aVR``).
     """
-    if len(conv_kernels) != len(conv_strides):
-        raise PreprocessError(f"conv_kernels {tuple(conv_kernels)} and conv_strides {tuple(conv_strides)} differ in length")
-    mask = sample_mask
-    for kernel, stride in zip(conv_kernels, conv_strides):
-        length = mask.shape[-1]  # type: ignore[attr-defined]
-        out_len = (length - kernel) // stride + 1
-        if out_len < 1:
-            raise PreprocessError(f"mask of length {length} is shorter than conv kernel {kernel}")
-        stop = stride * (out_len - 1) + 1
-        acc = mask[..., 0:stop:stride]  # type: ignore[index]
-        for offset in range(1, kernel):
-            acc = acc & mask[..., offset : offset + stop : stride]  # type: ignore[index]
-        mask = acc
-    return mask
+    text = text.strip()
+    if text in LEAD_SETS:
+        return LEAD_SETS[text]
+    by_lower = {name.lower(): name for name in LEAD_NAMES}
+    names = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.lower() not in by_lower:
+            raise ValueError(f"unknown lead {part!r} in lead set {text!r} (leads: {', '.join(LEAD_NAMES)}; "
+                             f"named sets: {', '.join(LEAD_SETS)})")
+        names.append(by_lower[part.lower()])
+    if len(set(names)) != len(names):
+        raise ValueError(f"lead set {text!r} names a lead twice")
+    return tuple(sorted(names, key=LEAD_NAMES.index))
+
+
+def lead_keep_mask(leads: Sequence[str]) -> np.ndarray:
+    """(12,) bool, True for the leads in ``leads``."""
+    return np.isin(np.asarray(LEAD_NAMES), list(leads))
+
+
+def zero_leads(x: ArrayT, keep: Any) -> ArrayT:
+    """Copy of flattened windows ``x`` (B, 12 * T) (numpy or torch) with the leads not in ``keep`` zeroed.
+
+    ``keep``: (12,) or (B, 12) bool (numpy or torch).
+    """
+    shape = tuple(x.shape)  # type: ignore[attr-defined]
+    batch = shape[0]
+    keep_np = np.asarray(keep.cpu() if hasattr(keep, "cpu") else keep, dtype=bool)
+    if keep_np.shape not in ((N_LEADS,), (batch, N_LEADS)):
+        raise PreprocessError(f"lead mask of shape {keep_np.shape} does not fit {batch} windows of {N_LEADS} leads")
+    keep_np = np.broadcast_to(keep_np, (batch, N_LEADS))
+    grid = x.reshape(batch, N_LEADS, -1)  # type: ignore[attr-defined]
+    if isinstance(x, np.ndarray):
+        return (grid * keep_np[:, :, None]).reshape(shape)  # type: ignore[return-value]
+    mask = x.new_tensor(keep_np.astype(np.float32))  # type: ignore[attr-defined]
+    return (grid * mask[:, :, None]).reshape(shape)  # type: ignore[attr-defined]
+
+
+def lead_dropout_mask(batch: int, p: float, rng: np.random.Generator, present: np.ndarray | None = None) -> np.ndarray:
+    """(batch, 12) bool keep-mask for lead dropout: each lead is dropped with probability ``p``.
+
+    At least one lead is always kept per sample: if all were dropped, one of them (uniformly among the
+    ``present`` leads, default all 12) is put back, so the model never sees an all-zero input.
+    """
+    if not 0.0 <= p < 1.0:
+        raise PreprocessError(f"lead dropout probability must be in [0, 1), got {p}")
+    avail = np.ones((batch, N_LEADS), dtype=bool) if present is None else np.asarray(present, dtype=bool)
+    keep = (rng.random((batch, N_LEADS)) >= p) & avail
+    empty = ~keep.any(axis=1)
+    for b in np.flatnonzero(empty):
+        choices = np.flatnonzero(avail[b]) if avail[b].any() else np.arange(N_LEADS)
+        keep[b, rng.choice(choices)] = True
+    return keep
+
+
+def apply_lead_dropout(x: ArrayT, p: float, rng: np.random.Generator) -> ArrayT:
+    """Lead dropout on flattened windows ``x`` (B, 12 * T), numpy or torch: zero each lead with probability ``p``.
+
+    Leads that are already all zero (missing in the record) count as absent: the lead kept back by
+    :func:`lead_dropout_mask` is one that has signal, so no sample becomes an all-zero input.
+    """
+    if p <= 0:
+        return x
+    batch = int(x.shape[0])  # type: ignore[attr-defined]
+    grid = x.reshape(batch, N_LEADS, -1)  # type: ignore[attr-defined]
+    present = grid.abs().amax(-1) > 0 if not isinstance(x, np.ndarray) else np.abs(grid).max(-1) > 0
+    present_np = np.asarray(present.cpu() if hasattr(present, "cpu") else present, dtype=bool)
+    return zero_leads(x, lead_dropout_mask(batch, p, rng, present_np))

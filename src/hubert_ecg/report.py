@@ -18,23 +18,29 @@ import html
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from hubert_ecg.metrics import MetricsInputError, MetricsResult, to_jsonable
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "write_compare_report", "ReportSection", "format_interval"]
 
 _METRIC_LABELS = {
     "auroc": "AUROC",
     "auprc": "AUPRC (average precision)",
     "f1": "F1 @0.5",
-    "precision": "Precision @0.5",
+    "precision": "PPV (precision) @0.5",
+    "npv": "NPV @0.5",
+    "brier": "Brier score",
+    "ece": "ECE (10 bins)",
+    "ece_top_label": "ECE top-label (10 bins)",
     "sensitivity": "Sensitivity @0.5",
     "specificity": "Specificity @0.5",
     "accuracy": "Accuracy @0.5",
     "f1_at_thr": "F1 @thresholds",
-    "precision_at_thr": "Precision @thresholds",
+    "precision_at_thr": "PPV (precision) @thresholds",
+    "npv_at_thr": "NPV @thresholds",
     "sensitivity_at_thr": "Sensitivity @thresholds",
     "specificity_at_thr": "Specificity @thresholds",
     "accuracy_at_thr": "Accuracy @thresholds",
@@ -49,8 +55,9 @@ _METRIC_LABELS = {
 def _display_name(metric: str, task: str) -> str:
     if task == "multi_class":
         # Multi-class predictions are argmax, not a 0.5 cut.
-        return {"f1": "F1", "precision": "Precision", "sensitivity": "Sensitivity",
-                "specificity": "Specificity", "accuracy": "Accuracy (micro)"}.get(metric, _METRIC_LABELS.get(metric, metric))
+        return {"f1": "F1", "precision": "PPV (precision)", "npv": "NPV", "sensitivity": "Sensitivity",
+                "specificity": "Specificity", "accuracy": "Accuracy (micro)",
+                "brier": "Brier score (multi-class)"}.get(metric, _METRIC_LABELS.get(metric, metric))
     return _METRIC_LABELS.get(metric, metric)
 
 
@@ -68,6 +75,55 @@ def _fmt_interval(stats: Mapping[str, Any] | None) -> str:
     if lower is None or upper is None or not (math.isfinite(lower) and math.isfinite(upper)):
         return "n/a"
     return f"[{lower:.3f}, {upper:.3f}]"
+
+
+def format_interval(stats: Mapping[str, Any] | None, key: str = "point", signed: bool = False) -> str:
+    """``0.812 [0.780, 0.840]`` from a stats dict (``point``/``difference``, ``lower``, ``upper``)."""
+    if not stats:
+        return ""
+    value = stats.get(key)
+    if value is None or not math.isfinite(float(value)):
+        return "undefined"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    text = fmt.format(float(value))
+    lower, upper = stats.get("lower"), stats.get("upper")
+    if lower is not None and upper is not None and math.isfinite(lower) and math.isfinite(upper):
+        text += f" [{fmt.format(lower)}, {fmt.format(upper)}]"
+    return text
+
+
+@dataclass
+class ReportSection:
+    """A titled table (with an optional intro and plots) appended to a report."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    intro: str = ""
+    plots: dict[str, Path] = field(default_factory=dict)
+
+    def markdown(self, out: Path) -> list[str]:
+        md = [f"## {self.title}", ""]
+        if self.intro:
+            md += [self.intro, ""]
+        if self.rows:
+            md += [_md_table(self.header, self.rows), ""]
+        for caption, plot_path in self.plots.items():
+            rel = Path(os.path.relpath(Path(plot_path).resolve(), out.resolve())).as_posix()
+            md += [f"### {caption}", "", f"![{caption}]({rel})", ""]
+        return md
+
+    def html(self) -> list[str]:
+        parts = [f"<h2>{html.escape(self.title)}</h2>"]
+        if self.intro:
+            parts.append(f"<p>{html.escape(self.intro)}</p>")
+        if self.rows:
+            parts.append(_html_table(self.header, self.rows))
+        for caption, plot_path in self.plots.items():
+            encoded = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
+            parts.append(f"<h3>{html.escape(caption)}</h3>"
+                         f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">')
+        return parts
 
 
 def _summary_rows(result: MetricsResult, ci: Mapping[str, Any] | None) -> list[list[str]]:
@@ -144,8 +200,9 @@ def _facts(result: MetricsResult, ci: Mapping[str, Any] | None) -> list[str]:
     else:
         facts.append("Labels left out of macro averages: 0")
     if ci:
+        method = {"bca": "BCa (bias-corrected and accelerated)"}.get(ci["method"], ci["method"])
         facts.append(
-            f"Confidence intervals: {ci['method']} bootstrap, {int(round(100 * ci['confidence']))} %, "
+            f"Confidence intervals: {method} bootstrap over records, {int(round(100 * ci['confidence']))} %, "
             f"{ci['n_resamples']} resamples, seed {ci['seed']}, stratified: {'yes' if ci['stratify'] else 'no'}"
         )
     else:
@@ -162,6 +219,8 @@ def write_report(
     plots: Mapping[str, str | Path] | None = None,
     data_note: str,
     extra: Mapping[str, Any] | None = None,
+    sections: Sequence[ReportSection] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write report.md, report.html, metrics.json and metrics_per_label.csv into ``out_dir``.
 
@@ -173,6 +232,9 @@ def write_report(
         plots: caption -> PNG path; embedded in the HTML, linked relatively in the Markdown.
         data_note: what the numbers describe; shown prominently at the top.
         extra: further facts (checkpoint, split, command line, ...) listed in a table.
+        sections: further titled tables (calibration, subgroups, lead subsets, ...) placed after
+            the per-label table, each optionally with an intro paragraph and plots of its own.
+        details: further machine-readable results, stored under ``details`` in metrics.json.
 
     Returns:
         Path of report.html (report.md and the metrics files lie next to it).
@@ -210,6 +272,9 @@ def write_report(
         cm_rows = [[name] + [str(int(v)) for v in row]
                    for name, row in zip(metrics_result.label_names, metrics_result.confusion_matrix)]
         md += ["## Confusion matrix", "", _md_table(cm_header, cm_rows), ""]
+    sections = list(sections or [])
+    for section in sections:
+        md += section.markdown(out)
     if extra:
         md += ["## Details", "", _md_table(["item", "value"], _extra_rows(extra)), ""]
     (out / "report.md").write_text("\n".join(md))
@@ -240,6 +305,8 @@ def write_report(
     parts += ["<h2>Per label</h2>", _html_table(label_header, label_rows)]
     if metrics_result.confusion_matrix is not None:
         parts += ["<h2>Confusion matrix</h2>", _html_table(cm_header, cm_rows)]
+    for section in sections:
+        parts += section.html()
     if extra:
         parts += ["<h2>Details</h2>", _html_table(["item", "value"], _extra_rows(extra))]
     parts.append("</body></html>")
@@ -254,6 +321,96 @@ def write_report(
         "confidence_intervals": to_jsonable(ci) if ci else None,
         "extra": to_jsonable(extra),
     }
+    if details:
+        payload["details"] = to_jsonable(details)
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     metrics_result.write_csv(out / "metrics_per_label.csv")
+    return html_path
+
+
+def write_compare_report(
+    out_dir: str | Path,
+    *,
+    title: str,
+    comparison: Mapping[str, Any],
+    names: tuple[str, str],
+    data_note: str,
+    plots: Mapping[str, str | Path] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """One page with two models side by side: each model's metrics with CIs, the paired difference
+    ``B - A`` with its CI and bootstrap p-value, and DeLong's test per label.
+
+    ``comparison`` is the output of :func:`hubert_ecg.compare.compare_scores`. Writes
+    ``compare.html``, ``compare.md`` and ``comparison.json`` into ``out_dir``; returns the HTML path.
+    """
+    if not data_note or not data_note.strip():
+        raise MetricsInputError("data_note is empty: say what data and models the numbers describe")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res_a, res_b = comparison["a"], comparison["b"]
+    ci_a, ci_b, paired, delong = comparison["ci_a"], comparison["ci_b"], comparison["paired"], comparison["delong"]
+    a_name, b_name = names
+    method = {"bca": "BCa"}.get(paired["method"], paired["method"])
+    facts = [
+        f"A = {a_name}", f"B = {b_name}",
+        f"Task: {res_a.task}; records (the same for both): {res_a.n_records}; labels: {len(res_a.label_names)}",
+        f"Intervals: {method} bootstrap, {int(round(100 * paired['confidence']))} %, {paired['n_resamples']} "
+        f"paired resamples (both models scored on the same resampled records), seed {paired['seed']}, "
+        f"stratified: {'yes' if paired['stratify'] else 'no'}; p = two-sided bootstrap p-value of B - A",
+    ]
+    if res_a.undefined_labels:
+        facts.append(f"Labels left out of macro averages: {', '.join(res_a.undefined_labels)}")
+    header = ["metric", f"A: {a_name}", f"B: {b_name}", "B - A", "p (bootstrap)"]
+    rows = []
+    for group in ("overall", "macro"):
+        for metric, diff in paired[group].items():
+            label = _display_name(metric, res_a.task) if group == "overall" else f"macro {_display_name(metric, res_a.task)}"
+            rows.append([label, format_interval(ci_a[group].get(metric)), format_interval(ci_b[group].get(metric)),
+                         format_interval(diff, "difference", signed=True),
+                         "" if diff["p_value"] is None or not math.isfinite(diff["p_value"]) else f"{diff['p_value']:.3g}"])
+    delong_header = ["label", "AUROC A", "AUROC B", "B - A [95 % CI]", "z", "p (DeLong)"]
+    delong_rows = [[name, f"{d['auroc_a']:.3f}", f"{d['auroc_b']:.3f}",
+                    f"{d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]", f"{d['z']:.2f}",
+                    f"{d['p_value']:.3g}"] for name, d in delong.items()]
+    main_metric = "auroc" if res_a.task != "regression" else "mae"
+    label_header = ["label", f"{_display_name(main_metric, res_a.task)} A", "B", "B - A (paired bootstrap)"]
+    label_rows = [[name, format_interval(ci_a["per_label"][name].get(main_metric)),
+                   format_interval(ci_b["per_label"][name].get(main_metric)),
+                   format_interval(paired["per_label"][name].get(main_metric), "difference", signed=True)]
+                  for name in res_a.label_names]
+    sections = [ReportSection("Summary: both models and their paired difference", header, rows)]
+    if delong_rows:
+        sections.append(ReportSection(
+            "DeLong's test for AUROC", delong_header, delong_rows,
+            intro="DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves on the same records "
+                  "(fast midrank algorithm of Sun & Xu 2014); normal-approximation interval and p-value."))
+    sections.append(ReportSection(f"Per label ({_display_name(main_metric, res_a.task)})", label_header, label_rows,
+                                  plots={k: Path(v) for k, v in (plots or {}).items()}))
+    md = [f"# {title}", "", f"> **Note:** {data_note.strip()}", ""] + [f"- {f}" for f in facts] + [""]
+    for section in sections:
+        md += section.markdown(out)
+    if extra:
+        md += ["## Details", "", _md_table(["item", "value"], _extra_rows(extra)), ""]
+    (out / "compare.md").write_text("\n".join(md))
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+             "th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left}th{background:#f2f2f2}"
+             ".note{background:#fff4d6;border-left:6px solid #e0a800;padding:0.8em 1em;font-size:1.1em}"
+             "img{max-width:100%;border:1px solid #ddd}</style></head><body>",
+             f"<h1>{esc(title)}</h1>", f'<div class="note"><strong>Note:</strong> {esc(data_note.strip())}</div>',
+             "<ul>" + "".join(f"<li>{esc(f)}</li>" for f in facts) + "</ul>"]
+    for section in sections:
+        parts += section.html()
+    if extra:
+        parts += ["<h2>Details</h2>", _html_table(["item", "value"], _extra_rows(extra))]
+    parts.append("</body></html>")
+    html_path = out / "compare.html"
+    html_path.write_text("\n".join(parts), encoding="utf-8")
+    payload = {"title": title, "data_note": data_note.strip(), "a": a_name, "b": b_name,
+               "metrics_a": res_a.to_dict(), "metrics_b": res_b.to_dict(), "ci_a": ci_a, "ci_b": ci_b,
+               "paired_difference_b_minus_a": paired, "delong": delong, "extra": dict(extra or {})}
+    (out / "comparison.json").write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
     return html_path

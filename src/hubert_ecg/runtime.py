@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Any, Callable, ContextManager, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from .model import HubertECG
+if TYPE_CHECKING:  # runtime sits below the network: it only needs the model's methods
+    from .model import HubertECG
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -132,7 +133,7 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> No
         torch.backends.cudnn.benchmark = False
 
 
-def compile_regions(model: HubertECG, **options: Any) -> HubertECG:
+def compile_regions(model: "HubertECG", **options: Any) -> HubertECG:
     """Regional compilation: each encoder layer, the stem and the projection compiled on their own.
 
     Compiling the whole model puts layerdrop's Python decisions inside the graph: a graph break and
@@ -149,7 +150,7 @@ def compile_regions(model: HubertECG, **options: Any) -> HubertECG:
 # ---------------------------------------------------------------------------------------------
 # Optimizer parameter groups
 # ---------------------------------------------------------------------------------------------
-def param_groups(model: HubertECG, lr: float, *, layer_decay: float = 1.0, weight_decay: float | None = None,
+def param_groups(model: "HubertECG", lr: float, *, layer_decay: float = 1.0, weight_decay: float | None = None,
                  head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups for the trainable parameters of ``model``: one rule for pre-training and fine-tuning.
 

@@ -32,15 +32,16 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_json, check_writable
-from .preprocess import PreprocessSpec, preprocess_signal
+from .atomic import atomic_path, atomic_write_json, check_output_dir, check_writable, output_lock
+from .io.record import RecordError
+from .preprocess import PreprocessError, PreprocessSpec, preprocess_signal
 
 STORE_FORMAT = "hubert-ecg-store"
 STORE_VERSION = 1
 LABEL_PREFIX = "label:"
 INDEX_FILE = "index.npz"
 MANIFEST_FIELDS = ["row", "record_id", "segment", "start_s", "length", "source", "orig_fs", "orig_samples",
-                   "units", "split", "meta"]
+                   "units", "split", "meta", "group"]
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
@@ -53,72 +54,397 @@ class StoreError(ValueError):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class LabelTable:
-    """Labels keyed by record id (or file stem): values (N, L) float32 with NaN for blanks."""
+    """Labels keyed by record id (or file stem): values (N, L) float32 with NaN for blanks.
+
+    ``classes`` maps a categorical column (text values such as ``SR``/``AF``) to its class names:
+    a column kept as class indices has ``classes[name]`` with index i meaning ``classes[name][i]``;
+    one-hot columns are named ``column=CLASS`` and need no mapping. ``groups`` and ``times`` hold
+    the ``--group-column`` / ``--time-column`` values used by grouped and temporal splits.
+    """
 
     names: list[str]
     by_key: dict[str, np.ndarray]
     splits: dict[str, str] = field(default_factory=dict)
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+    times: dict[str, str] = field(default_factory=dict)
+    path: str = ""
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike, *, id_column: str | None = None,
                  label_columns: Sequence[str] | None = None, label_start_index: int | None = None,
-                 split_column: str | None = None) -> "LabelTable":
+                 split_column: str | None = None, group_column: str | None = None,
+                 time_column: str | None = None, categorical: str = "index") -> "LabelTable":
         """Read a labels CSV: an id column (``record_id``, ``filename``, ``ecg_id`` ...) and label columns.
 
         Label columns are ``label_columns``, or every column from ``label_start_index`` on (the
-        reference's contract), or every numeric column but the id and split. Blank cells become NaN;
-        values that are not numbers are a one-line error naming the row.
+        reference's contract), or every column but the id, split, group and time columns. Blank
+        cells (and ``nan``/``NA``) become NaN; a column with text values is categorical: its
+        classes (sorted) become class indices (``categorical="index"``) or one 0/1 column per class
+        (``"onehot"``). Infinite values, duplicated column names, a file that is not a text CSV and
+        split values outside :data:`SPLIT_ALIASES` are one-line errors naming the file (and row).
         """
+        if categorical not in ("index", "onehot"):
+            raise StoreError(f"categorical must be 'index' or 'onehot', got {categorical!r}")
         path = Path(path)
-        try:
-            with open(path, newline="") as fh:
-                sample = fh.read(4096)
-                fh.seek(0)
-                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
-                reader = csv.DictReader(fh, dialect=dialect)
-                rows = list(reader)
-                header = reader.fieldnames or []
-        except OSError as err:
-            raise StoreError(f"{path}: cannot read labels ({err.strerror})") from None
-        if not header or not rows:
-            raise StoreError(f"{path}: the labels file is empty")
+        header, rows = _read_label_rows(path)
+        dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
+        if dup is not None:
+            cols = [str(i + 1) for i, c in enumerate(header) if c == dup]
+            raise StoreError(f"{path}: column {dup!r} appears {len(cols)} times (columns {', '.join(cols)})")
         id_column = id_column or next((c for c in ("record_id", "filename", "ecg_id", "id", "exam_id", "path")
                                        if c in header), header[0])
-        if id_column not in header:
-            raise StoreError(f"{path}: no column {id_column!r} (columns: {', '.join(header)})")
+        for option, column in (("--id-column", id_column), ("--split-column", split_column),
+                               ("--group-column", group_column), ("--time-column", time_column)):
+            if column is not None and column not in header:
+                raise StoreError(f"{path}: no column {column!r} for {option} (columns: {', '.join(header)})")
         if label_columns is None:
             if label_start_index is not None:
+                if not 0 <= label_start_index < len(header):
+                    raise StoreError(f"{path}: --label-start-index {label_start_index} is outside the "
+                                     f"{len(header)} columns")
                 label_columns = header[label_start_index:]
             else:
-                label_columns = [c for c in header if c not in (id_column, split_column)]
+                label_columns = [c for c in header if c not in (id_column, split_column, group_column, time_column)]
         missing = [c for c in label_columns if c not in header]
         if missing:
             raise StoreError(f"{path}: label columns not found: {', '.join(missing)}")
+        if len(set(label_columns)) != len(label_columns):
+            raise StoreError(f"{path}: a label column is named twice in --label-columns")
+        # A column whose values are all text (not numbers; blanks aside) is categorical. Text among
+        # numbers is more likely a typo than a class, so it stays an error naming the row.
+        first_text: dict[str, int] = {}
+        has_number: set[str] = set()
+        for line, row in enumerate(rows, start=2):
+            for col in label_columns:
+                cell = _cell(row, col)
+                if not cell:
+                    continue
+                if _is_number(cell):
+                    has_number.add(col)
+                else:
+                    first_text.setdefault(col, line)
+        classes: dict[str, list[str]] = {}
+        for col in label_columns:
+            if col in first_text and col in has_number:
+                line = first_text[col]
+                cell = _cell(rows[line - 2], col)
+                raise StoreError(f"{path}, row {line}: column {col!r} is not a number ({cell!r}); "
+                                 "a categorical column must hold text values only")
+            if col in first_text:
+                classes[col] = sorted({_cell(r, col) for r in rows} - {""})
+        names: list[str] = []
+        for col in label_columns:
+            if col in classes and categorical == "onehot":
+                names.extend(f"{col}={c}" for c in classes[col])
+            else:
+                names.append(col)
         by_key: dict[str, np.ndarray] = {}
         splits: dict[str, str] = {}
+        groups: dict[str, str] = {}
+        times: dict[str, str] = {}
         for line, row in enumerate(rows, start=2):
-            key = record_key(row[id_column])
+            raw_id = (row.get(id_column) or "").strip()
+            if not raw_id:
+                raise StoreError(f"{path}, row {line}: empty record id in column {id_column!r}")
+            key = record_key(raw_id)
             if key in by_key:
-                raise StoreError(f"{path}, row {line}: duplicate record id {row[id_column]!r}")
-            values = np.full(len(label_columns), np.nan, dtype=np.float32)
-            for j, col in enumerate(label_columns):
-                cell = (row.get(col) or "").strip()
-                if cell == "":
+                raise StoreError(f"{path}, row {line}: duplicate record id {raw_id!r}")
+            values: list[float] = []
+            for col in label_columns:
+                cell = _cell(row, col)
+                if col in classes:
+                    index = classes[col].index(cell) if cell else -1
+                    if categorical == "onehot":
+                        values.extend(np.nan if index < 0 else float(i == index) for i in range(len(classes[col])))
+                    else:
+                        values.append(np.nan if index < 0 else float(index))
                     continue
-                try:
-                    values[j] = float(cell)
-                except ValueError:
-                    raise StoreError(f"{path}, row {line}: column {col!r} is not a number ({cell!r})") from None
-            by_key[key] = values
+                value = float(cell) if cell else np.nan
+                if np.isinf(value):
+                    raise StoreError(f"{path}, row {line}: column {col!r} is not a finite number ({cell!r})")
+                values.append(value)
+            by_key[key] = np.asarray(values, dtype=np.float32)
             if split_column:
                 splits[key] = (row.get(split_column) or "").strip()
-        return cls(list(label_columns), by_key, splits)
+            if group_column:
+                groups[key] = (row.get(group_column) or "").strip()
+                if not groups[key]:
+                    raise StoreError(f"{path}, row {line}: empty {group_column!r} (--group-column)")
+            if time_column:
+                times[key] = (row.get(time_column) or "").strip()
+        if split_column:
+            splits = dict(zip(splits, normalise_splits(list(splits.values()), f"{path}: column {split_column!r}")))
+        table = cls(names, by_key, splits, {c: classes[c] for c in classes if categorical == "index"}, groups,
+                    times, str(path))
+        if split_column and group_column:
+            check_groups_within_splits(groups, splits, f"{path}: column {split_column!r}")
+        return table
 
     def lookup(self, record_id: str, source: str) -> np.ndarray | None:
         for key in (record_key(record_id), record_key(source)):
             if key in self.by_key:
                 return self.by_key[key]
         return None
+
+    def key_of(self, record_id: str, source: str) -> str | None:
+        for key in (record_key(record_id), record_key(source)):
+            if key in self.by_key:
+                return key
+        return None
+
+    def assign_splits(self, strategy: str, fractions: tuple[float, float], seed: int = 0) -> str:
+        """Fill ``splits`` by ``strategy`` (grouped, temporal, grouped_temporal); returns a one-line summary.
+
+        Every group goes to one split; see :func:`grouped_splits` and :func:`temporal_splits`.
+        """
+        keys = list(self.by_key)
+        if strategy in ("grouped", "grouped_temporal") and not self.groups:
+            raise StoreError(f"--split-strategy {strategy} needs --group-column")
+        if strategy in ("temporal", "grouped_temporal") and not self.times:
+            raise StoreError(f"--split-strategy {strategy} needs --time-column")
+        groups = [self.groups[k] for k in keys] if self.groups else keys
+        if strategy == "grouped":
+            labels = np.stack([self.by_key[k] for k in keys]) if self.names else np.zeros((len(keys), 0))
+            split = grouped_splits(groups, fractions, seed=seed, labels=labels)
+        elif strategy in ("temporal", "grouped_temporal"):
+            times = [_parse_time(self.times[k], f"{self.path}, record {k!r}: --time-column") for k in keys]
+            split = temporal_splits(times, fractions, groups=groups if strategy == "grouped_temporal" else None)
+        else:
+            raise StoreError(f"unknown split strategy {strategy!r}")
+        self.splits = dict(zip(keys, split))
+        counts = {s: split.count(s) for s in ("train", "val", "test")}
+        return (f"{strategy} split of {len(keys)} labelled records in {len(set(groups))} groups: "
+                + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def _read_label_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a labels CSV; refuses binary files and undecodable text on one line."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192)
+    except IsADirectoryError:
+        raise StoreError(f"{path}: is a directory, not a labels CSV") from None
+    except OSError as err:
+        raise StoreError(f"{path}: cannot read labels ({err.strerror})") from None
+    kind = _binary_kind(head)
+    if kind:
+        raise StoreError(f"{path}: not a CSV file ({kind}); export the labels as comma-separated text")
+    encoding = "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        with open(path, newline="", encoding=encoding) as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            try:
+                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
+            except csv.Error:
+                dialect = csv.excel  # one column, or a table the sniffer cannot decide: plain commas
+            reader = csv.DictReader(fh, dialect=dialect)
+            rows = list(reader)
+            header = [h.strip() if h else "" for h in (reader.fieldnames or [])]
+    except UnicodeDecodeError as err:
+        raise StoreError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the labels as UTF-8 CSV") \
+            from None
+    except csv.Error as err:
+        raise StoreError(f"{path}: not a readable CSV ({err})") from None
+    if not header or not rows:
+        raise StoreError(f"{path}: the labels file is empty")
+    if reader.fieldnames and header != list(reader.fieldnames):
+        rows = [{h: r.get(o) for h, o in zip(header, reader.fieldnames)} for r in rows]
+    return header, rows
+
+
+def _binary_kind(head: bytes) -> str:
+    """What a file that is not text looks like ('' for text), from its first bytes."""
+    for magic, kind in ((b"PK\x03\x04", "a zip archive, e.g. an Excel .xlsx workbook"),
+                        (b"\xd0\xcf\x11\xe0", "an OLE file, e.g. an old Excel .xls workbook"),
+                        (b"%PDF", "a PDF document"), (b"\x89HDF", "an HDF5 file"), (b"\x93NUMPY", "a NumPy array"),
+                        (b"\x1f\x8b", "gzip-compressed data"), (b"PAR1", "a Parquet file")):
+        if head.startswith(magic):
+            return kind
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "binary data"
+    return ""
+
+
+_BLANKS = frozenset({"", "nan", "na", "n/a", "null", "none"})
+
+
+def _cell(row: dict[str, str | None], col: str) -> str:
+    cell = (row.get(col) or "").strip()
+    return "" if cell.lower() in _BLANKS else cell
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits: one documented spelling rule, grouped and temporal assignment, leak checks
+# ---------------------------------------------------------------------------------------------
+#: Accepted spellings of split values (case-insensitive, surrounding spaces ignored). Integer fold
+#: numbers are mapped as PTB-XL's: the highest fold is test, the next highest val, the rest train.
+SPLIT_ALIASES: dict[str, str] = {
+    **dict.fromkeys(("train", "training", "trn", "tr"), "train"),
+    **dict.fromkeys(("val", "valid", "validation", "validate", "dev", "development", "tune", "tuning"), "val"),
+    **dict.fromkeys(("test", "testing", "tst", "holdout", "hold-out", "held-out", "heldout"), "test"),
+}
+
+
+def normalise_splits(values: Sequence[str], what: str) -> list[str]:
+    """Map split spellings to train/val/test by :data:`SPLIT_ALIASES` (or fold numbers), else refuse.
+
+    All-blank values mean "no split" and stay blank. Anything else the rule does not map (a blank
+    among non-blank values included) raises a one-line error listing the values found.
+    """
+    found = sorted({str(v).strip() for v in values})
+    if found in ([], [""]):
+        return ["" for _ in values]
+    mapping: dict[str, str] = {}
+    folds = [v for v in found if v.lstrip("-").isdigit()]
+    if folds and len(folds) == len(found):
+        ordered = sorted({int(v) for v in folds})
+        if len(ordered) < 3:
+            raise StoreError(f"{what}: fold numbers {', '.join(map(str, ordered))} cannot give train/val/test "
+                             "(need at least 3 folds: highest = test, next = val, the rest train)")
+        role = {ordered[-1]: "test", ordered[-2]: "val"}
+        mapping = {v: role.get(int(v), "train") for v in folds}
+    else:
+        unknown = [v for v in found if v.lower() not in SPLIT_ALIASES]
+        if unknown:
+            shown = ", ".join(repr(v) for v in found[:12]) + (" ..." if len(found) > 12 else "")
+            raise StoreError(f"{what}: split values {', '.join(repr(v) for v in unknown[:5])} are not train/val/test "
+                             f"(values found: {shown}; accepted: {', '.join(sorted(set(SPLIT_ALIASES)))}, "
+                             "or fold numbers)")
+        mapping = {v: SPLIT_ALIASES[v.lower()] for v in found}
+    return [mapping[str(v).strip()] for v in values]
+
+
+def check_groups_within_splits(groups: dict[str, str], splits: dict[str, str], what: str) -> None:
+    """Refuse a split assignment where one group (patient) has records in two splits."""
+    seen: dict[str, tuple[str, str]] = {}
+    crossing: dict[str, set[str]] = {}
+    for key, group in groups.items():
+        split = splits.get(key, "")
+        if group in seen and seen[group][0] != split:
+            crossing.setdefault(group, {seen[group][0]}).add(split)
+        seen.setdefault(group, (split, key))
+    if crossing:
+        group, where = next(iter(crossing.items()))
+        raise StoreError(f"{what}: group {group!r} has records in {' and '.join(sorted(where))} "
+                         f"({len(crossing)} group(s) cross splits); a patient's records must stay in one split")
+
+
+def _seeded_order(items: Sequence[str], seed: int) -> list[int]:
+    import hashlib
+    return sorted(range(len(items)), key=lambda i: hashlib.sha1(f"{seed}:{items[i]}".encode()).digest())
+
+
+def grouped_splits(groups: Sequence[str], fractions: tuple[float, float], *, seed: int = 0,
+                   labels: np.ndarray | None = None) -> list[str]:
+    """train/val/test per record such that every group is in one split, stratified on ``labels``.
+
+    Greedy iterative stratification (Sechidis et al. 2011) over groups: groups holding the rarest
+    label go first, each to the split furthest below its target share of that label's positives
+    (records when a group has no positive label); ties break by a seeded hash, so the same inputs
+    and seed give the same split. Targets are ``(1 - val - test, val, test)``.
+    """
+    val, test = fractions
+    shares = np.array([1.0 - val - test, val, test])
+    names = ("train", "val", "test")
+    uniq: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        uniq.setdefault(g, []).append(i)
+    gnames = list(uniq)
+    n_labels = 0 if labels is None else labels.shape[1]
+    # Per group: record count and positives per label (non-zero finite values count as positive;
+    # class-index columns are stratified on their classes).
+    counts = np.array([len(uniq[g]) for g in gnames], dtype=float)
+    if n_labels:
+        lab = np.nan_to_num(np.asarray(labels, dtype=float), nan=0.0)
+        cols = []
+        for j in range(n_labels):
+            values = np.unique(lab[:, j])
+            if len(values) > 2 or not set(values.tolist()) <= {0.0, 1.0}:
+                cols.extend((lab[:, j] == v).astype(float) for v in values)
+            else:
+                cols.append((lab[:, j] != 0).astype(float))
+        pos_rec = np.stack(cols, axis=1)
+        pos = np.stack([pos_rec[uniq[g]].sum(0) for g in gnames])
+    else:
+        pos = np.zeros((len(gnames), 0))
+    totals = pos.sum(0)
+    want_pos = shares[:, None] * totals[None, :]
+    want_n = shares * counts.sum()
+    have_pos = np.zeros_like(want_pos)
+    have_n = np.zeros(3)
+    rank = {g: r for r, g in enumerate(gnames[i] for i in _seeded_order(gnames, seed))}
+    rarity = [(float(totals[pos[i] > 0].min()) if (pos[i] > 0).any() else np.inf, rank[g])
+              for i, g in enumerate(gnames)]
+    out = [""] * len(groups)
+    for i in sorted(range(len(gnames)), key=lambda i: rarity[i]):
+        present = pos[i] > 0
+        if present.any():
+            j = int(np.flatnonzero(present)[np.argmin(totals[present])])
+            deficit = want_pos[:, j] - have_pos[:, j]
+        else:
+            deficit = want_n - have_n
+        deficit = np.where(shares > 0, deficit, -np.inf)
+        # Among equal deficits prefer the split furthest below its record target.
+        s = int(np.lexsort((-(want_n - have_n), -deficit))[0])
+        have_pos[s] += pos[i]
+        have_n[s] += counts[i]
+        for r in uniq[gnames[i]]:
+            out[r] = names[s]
+    return out
+
+
+def temporal_splits(times: Sequence[float], fractions: tuple[float, float], *,
+                    groups: Sequence[str] | None = None) -> list[str]:
+    """Oldest records train, then val, newest test (by record counts ``1 - val - test``, ``val``, ``test``).
+
+    With ``groups`` each group moves as a whole, placed by its earliest record, so a patient's later
+    visits never reach an earlier split than the first one.
+    """
+    val, test = fractions
+    n = len(times)
+    if groups is None:
+        groups = [str(i) for i in range(n)]
+    first: dict[str, float] = {}
+    members: dict[str, list[int]] = {}
+    for i, (t, g) in enumerate(zip(times, groups)):
+        first[g] = min(first.get(g, np.inf), t)
+        members.setdefault(g, []).append(i)
+    out = [""] * n
+    done = 0
+    for g in sorted(first, key=lambda g: (first[g], g)):
+        position = done / max(n, 1)
+        split = "train" if position < 1 - val - test else "val" if position < 1 - test else "test"
+        for i in members[g]:
+            out[i] = split
+        done += len(members[g])
+    return out
+
+
+def _parse_time(text: str, what: str) -> float:
+    """A number, or an ISO date/time (``2021-03-04``, ``2021-03-04T10:00``), as seconds."""
+    from datetime import datetime, timezone
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise StoreError(f"{what}: {text!r} is neither a number nor an ISO date (YYYY-MM-DD[THH:MM])") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
 
 
 def record_key(value: str) -> str:
@@ -142,6 +468,8 @@ class PrepareResult:
     skipped_done: int
     rejects: list[tuple[str, str]]
     warned: int = 0  # accepted records whose reader flagged something (units, amplitude, Einthoven ...)
+    notes: list[str] = field(default_factory=list)  # one line each: split chosen, records appended/changed
+    new_records: int = 0  # records appended to a complete store by this run
 
 
 def _limit_blas_threads() -> Any:
@@ -165,6 +493,12 @@ def _init_prepare_worker() -> None:
     _limit_blas_threads()
 
 
+#: What makes a record a reject rather than a failure of `prepare`: RecordError (the file cannot be read or
+#: fails validation; :func:`hubert_ecg.io.read_record` also turns a format library's exception on a damaged
+#: file into one) and PreprocessError (the signal cannot be preprocessed: too short, non-finite, ...).
+REJECTED_ERRORS: tuple[type[Exception], ...] = (RecordError, PreprocessError)
+
+
 def _process_source(args: tuple[Any, dict[str, Any], int, int, dict[str, Any]]) -> tuple[str, Any]:
     """Worker: read + preprocess one record -> ("ok", payload) or ("reject", reason)."""
     from .io import read_source
@@ -173,11 +507,14 @@ def _process_source(args: tuple[Any, dict[str, Any], int, int, dict[str, Any]]) 
     spec = PreprocessSpec.from_dict(spec_dict)
     try:
         record = read_source(source, **read_kwargs)
+        if record.meta.get("unscorable"):  # physically implausible: not a training/evaluation example
+            return "reject", (source.record_id, _source_ident(source),
+                              f"{source.source}: not scorable: {record.meta['unscorable']}")
         signal = preprocess_signal(record.signal, record.fs, spec)
-    except ValueError as err:  # RecordError, PreprocessError and friends: one line each
-        return "reject", (source.record_id, source.path, str(err).splitlines()[0])
-    except Exception as err:  # a reader bug must not stop a million-record job either
-        return "reject", (source.record_id, source.path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    except REJECTED_ERRORS as err:  # the record's fault: one line each in rejects.csv
+        return "reject", (source.record_id, _source_ident(source), str(err).splitlines()[0])
+    # Anything else is a bug in this package, not a bad record: it propagates and stops `prepare`
+    # (one-line internal error; --debug shows the traceback) instead of hiding among the rejects.
     length = signal.shape[1]
     n_segments = max(1, math.ceil(length / row_samples))
     rows = np.zeros((n_segments, 12, row_samples), dtype=np.float32)
@@ -211,83 +548,206 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                   row_seconds: float = 10.0, shard_records: int = 512, workers: int = 1,
                   read_kwargs: dict[str, Any] | None = None, progress: bool = True,
                   split_fractions: tuple[float, float] = (0.0, 0.0), seed: int = 0,
-                  stop_after_shards: int | None = None, allow_outside_root: bool = False) -> PrepareResult:
+                  stop_after_shards: int | None = None, allow_outside_root: bool = False,
+                  split_strategy: str | None = None) -> PrepareResult:
     """Read every record under ``inputs``, preprocess it once and write a store at ``out``.
 
-    Re-running the same command resumes: finished shards are kept, unfinished blocks redone. A record
-    that fails goes to ``rejects.csv`` with its reason and never stops the job. ``split_fractions``
-    (val, test) assigns splits by a hash of the record id when the labels give none.
-    ``allow_outside_root`` lets manifest entries point outside the manifest's folder (absolute or
-    ``..`` paths); by default they are refused before anything is written.
+    Re-running the same command resumes: finished shards are kept, unfinished blocks redone. Re-running
+    it after records were added appends them as new shards; records whose file changed or vanished
+    since they were stored are reported (``changes.csv``), not silently re-read. A record that fails
+    goes to ``rejects.csv`` with its reason and never stops the job. ``split_fractions`` (val, test)
+    assigns splits when the labels give none: by ``split_strategy`` (``grouped``, ``temporal``,
+    ``grouped_temporal``; grouped is the default when the labels have a group column), else by a
+    hash of the record id. ``allow_outside_root`` lets manifest entries point outside the
+    manifest's folder (absolute or ``..`` paths); by default they are refused before anything is
+    written. Only one job may write a store at a time (``STORE/.lock``).
     """
-    from .io import iter_sources
+    from .io import InputAccount, iter_sources
 
     spec = spec or PreprocessSpec()
     input_paths = [str(p) for p in inputs]
+    out = check_output_dir(out, marker="store.json", what="store")
+    notes: list[str] = []
+    val_fraction, test_fraction = split_fractions
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise StoreError(f"val and test fractions must be in [0, 1) with a sum below 1, got {val_fraction:g} "
+                         f"and {test_fraction:g}")
+    if split_strategy not in (None, "random", "grouped", "temporal", "grouped_temporal"):
+        raise StoreError(f"unknown split strategy {split_strategy!r}")
+    if split_strategy not in (None, "random") and labels is None:
+        raise StoreError(f"--split-strategy {split_strategy} needs --labels with a group or time column")
+    if labels is not None and labels.groups and split_strategy in (None, "random") and not labels.splits \
+            and val_fraction + test_fraction > 0:
+        split_strategy = "grouped"  # a group column never gets a per-record split
+    if labels is not None and split_strategy not in (None, "random"):
+        if labels.splits:
+            raise StoreError(f"--split-strategy {split_strategy} and --split-column both give splits; use one")
+        if val_fraction + test_fraction <= 0:
+            raise StoreError(f"--split-strategy {split_strategy} needs --val-fraction and/or --test-fraction")
+        notes.append(labels.assign_splits(split_strategy, split_fractions, seed))
 
-    def sources() -> Iterator[Any]:
-        return iter_sources(input_paths, allow_outside_root=allow_outside_root)
+    def sources(account: Any = None) -> Iterator[Any]:
+        return iter_sources(input_paths, allow_outside_root=allow_outside_root, account=account)
 
     # A first pass counts the records and checks every input and manifest row before anything is
     # written (a bad manifest must not leave an empty store folder behind); neither pass holds the
     # record list in memory, so millions of records cost a walk of the folders, not gigabytes.
-    n_sources = sum(1 for _ in sources())
-    if not n_sources:
-        raise StoreError(f"no ECG records found under {', '.join(input_paths)}")
+    # The walk also compares what is already stored (a re-run) with what is there now.
+    known, next_block = _stored_sources(out, shard_records)
+    n_current = n_pending = 0
+    changed: list[str] = []
+    seen: set[int] = set()
+    account = InputAccount()  # every file the walk saw but did not take as a record, with the reason
+    for src in sources(account):
+        n_current += 1
+        ident = _source_ident(src)
+        key = _digest(ident)
+        seen.add(key)
+        if key not in known:
+            n_pending += 1
+        elif known[key][1] and known[key][1] != _fingerprint(src.path):
+            changed.append(ident)
+    if not n_current and not known:
+        raise StoreError(f"no ECG records found under {', '.join(input_paths)}"
+                         + (f" ({account.summary()})" if account.skipped else ""))
+    missing = [name for key, (name, _) in known.items() if key not in seen]
+    n_sources = len(known) + n_pending
     out = check_writable(out)
-    (out / "shards").mkdir(exist_ok=True)
-    # Temporary files of writes cut short by a kill (SIGKILL skips their clean-up); one job owns a store.
-    for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
-        stale.unlink(missing_ok=True)
-    row_samples = int(round(row_seconds * spec.target_hz))
-    header = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocessing": spec.to_dict(),
-              "row_samples": row_samples, "fs": spec.target_hz, "n_leads": 12,
-              "label_names": labels.names if labels else [], "shard_records": shard_records,
-              "n_sources": n_sources}
-    meta_path = out / "store.json"
-    if meta_path.exists():
-        previous = json.loads(meta_path.read_text())
-        for key in ("preprocessing", "row_samples", "shard_records", "label_names"):
-            if previous.get(key) != header[key]:
-                raise StoreError(f"{out}: exists with a different {key}; use a new --out or delete it")
-        if previous.get("complete") and previous.get("n_sources") == n_sources:
-            return _result_from_existing(out, previous)
-    atomic_write_json(meta_path, {**header, "complete": False})
+    with output_lock(out):
+        # Temporary files of writes cut short by a kill (SIGKILL skips their clean-up); one job owns a store.
+        for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)
+        row_samples = int(round(row_seconds * spec.target_hz))
+        header = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocessing": spec.to_dict(),
+                  "row_samples": row_samples, "fs": spec.target_hz, "n_leads": 12,
+                  "label_names": labels.names if labels else [], "shard_records": shard_records,
+                  "n_sources": n_sources}
+        if labels is not None and labels.classes:
+            header["label_classes"] = labels.classes
+        meta_path = out / "store.json"
+        previous = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if previous is not None:
+            for key in ("preprocessing", "row_samples", "shard_records", "label_names", "label_classes"):
+                if previous.get(key) != header.get(key):
+                    raise StoreError(f"{out}: exists with a different {key}; use a new --out or delete it")
+        _write_changes(out, changed, missing)
 
-    n_blocks = math.ceil(n_sources / shard_records)
-    done = {b for b in range(n_blocks) if _shard_done(out, b)}
-    skipped_done = sum(min(shard_records, n_sources - b * shard_records) for b in done)
-    tasks_kwargs = read_kwargs or {}
-    spec_dict = spec.to_dict()
-    bar = _progress(total=n_sources, initial=skipped_done, enabled=progress, desc="prepare", unit="rec")
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
-    # The in-process path gets the same one-thread BLAS limit; the previous limits come back after.
-    limiter = _limit_blas_threads() if pool is None else None
-    stopped = False
-    try:
-        written = 0
-        # Blocks are consecutive runs of the discovery order, so block b is the same set of
-        # records on every run and a finished shard never needs redoing.
-        for b, block in enumerate(_chunks(sources(), shard_records)):
-            if b in done:
-                continue
-            if stop_after_shards is not None and written >= stop_after_shards:
-                stopped = True
-                break
-            args = [(src, spec_dict, row_samples, spec.target_hz, tasks_kwargs) for src in block]
-            results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
-            _write_shard(out, b, list(results), labels, split_fractions, seed, spec.target_hz, row_samples)
-            written += 1
-            bar.update(len(block))
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-        if limiter is not None:
-            limiter.restore_original_limits()
-    if stopped:
-        raise StoreError(f"{out}: stopped after {stop_after_shards} shards (incomplete)")
-    return _finalise(out, header, n_blocks, skipped_done)
+        def list_skipped() -> None:  # written last, so that a full disk fails on the store's own files first
+            if account.write_csv(out / "skipped.csv") is not None:
+                notes.append(f"{account.summary()}: not ECG records (listed in {out / 'skipped.csv'})")
+        if missing:
+            notes.append(f"{len(missing)} stored record(s) no longer found in the inputs (kept; listed in "
+                         f"{out / 'changes.csv'})")
+        if changed:
+            notes.append(f"{len(changed)} stored record(s) changed on disk since they were stored (kept as stored; "
+                         f"listed in {out / 'changes.csv'}; prepare a new store to use the new content)")
+        if previous is not None and previous.get("complete") and not n_pending:
+            list_skipped()
+            return _result_from_existing(out, previous, notes)
+        if previous is not None and previous.get("complete") and n_pending:
+            notes.append(f"{n_pending} new record(s) appended to the existing store")
+        atomic_write_json(meta_path, {**header, "complete": False})
+        (out / "shards").mkdir(exist_ok=True)
+
+        n_blocks = next_block + math.ceil(n_pending / shard_records)
+        skipped_done = len(known)
+        tasks_kwargs = read_kwargs or {}
+        spec_dict = spec.to_dict()
+        bar = _progress(total=n_sources, initial=skipped_done, enabled=progress, desc="prepare", unit="rec")
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
+        # The in-process path gets the same one-thread BLAS limit; the previous limits come back after.
+        limiter = _limit_blas_threads() if pool is None else None
+        stopped = False
+        try:
+            written = 0
+            # New blocks are consecutive runs of the discovery order of the records not stored yet, so a
+            # re-run after a kill forms the same blocks and a finished shard never needs redoing.
+            pending = (src for src in sources() if _digest(_source_ident(src)) not in known)
+            for b, block in enumerate(_chunks(pending, shard_records), start=next_block):
+                if stop_after_shards is not None and written >= stop_after_shards:
+                    stopped = True
+                    break
+                args = [(src, spec_dict, row_samples, spec.target_hz, tasks_kwargs) for src in block]
+                results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
+                _write_shard(out, b, list(results), labels, split_fractions, seed, spec.target_hz, row_samples,
+                             block)
+                written += 1
+                bar.update(len(block))
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+            if limiter is not None:
+                limiter.restore_original_limits()
+        if stopped:
+            raise StoreError(f"{out}: stopped after {stop_after_shards} shards (incomplete)")
+        result = _finalise(out, header, n_blocks, skipped_done)
+        check_store_splits(ECGStore(out))
+        list_skipped()
+        result.notes = notes
+        result.new_records = n_pending if previous is not None and previous.get("complete") else 0
+        return result
+
+
+def _source_ident(src: Any) -> str:
+    """One string per record source: the file, plus ``#key`` for one record inside a multi-record file."""
+    return src.path if src.key is None else f"{src.path}#{src.key}"
+
+
+def _fingerprint(path: str) -> str:
+    """Size and modification time of a record's file(s): a cheap "has this changed" check (no reading)."""
+    parts = []
+    p = Path(path)
+    candidates = [p]
+    if p.suffix.lower() == ".hea":  # WFDB: the samples live beside the header
+        candidates += [p.with_suffix(s) for s in (".dat", ".mat")]
+    for c in candidates:
+        try:
+            st = c.stat()
+        except OSError:
+            continue
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return "/".join(parts)
+
+
+def _stored_sources(out: Path, shard_records: int) -> tuple[dict[int, tuple[str, str]], int]:
+    """Sources held by the finished shards of an existing store (digest -> (source, fingerprint)), and
+    the next free block number. Unfinished shards are redone, so their sources count as not stored."""
+    known: dict[int, tuple[str, str]] = {}
+    shards = out / "shards"
+    if not (out / "store.json").exists() or not shards.is_dir():
+        return known, 0
+    done = sorted(int(p.stem) for p in shards.glob("[0-9][0-9][0-9][0-9][0-9].csv") if p.stem.isdigit()
+                  and _shard_done(out, int(p.stem)))
+    next_block = 0
+    for b in done:
+        if b != next_block:
+            break  # blocks are written in order; anything after a gap is redone
+        listing = shards / f"{b:05d}.sources.csv"
+        if listing.exists():
+            with open(listing, newline="") as fh:
+                for rec in csv.DictReader(fh):
+                    known[_digest(rec["source"])] = (rec["source"], rec["fingerprint"])
+        else:  # a store written before sources were listed: its rows and rejects name them
+            for part in (f"{b:05d}.csv", f"{b:05d}.rejects.csv"):
+                with open(shards / part, newline="") as fh:
+                    for rec in csv.DictReader(fh):
+                        known.setdefault(_digest(rec["source"]), (rec["source"], ""))
+        next_block = b + 1
+    return known, next_block
+
+
+def _write_changes(out: Path, changed: list[str], missing: list[str]) -> None:
+    path = out / "changes.csv"
+    if not changed and not missing:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["source", "change"])
+            writer.writerows([(s, "changed on disk since stored (kept as stored)") for s in changed])
+            writer.writerows([(s, "no longer found in the inputs (kept)") for s in missing])
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -315,7 +775,8 @@ def _split_for(record_id: str, fractions: tuple[float, float], seed: int) -> str
 
 
 def _write_shard(out: Path, block: int, results: list[tuple[str, Any]], labels: LabelTable | None,
-                 split_fractions: tuple[float, float], seed: int, fs: float, row_samples: int) -> None:
+                 split_fractions: tuple[float, float], seed: int, fs: float, row_samples: int,
+                 block_sources: Sequence[Any] = ()) -> None:
     oks = [payload for status, payload in results if status == "ok"]
     rejects = [payload for status, payload in results if status == "reject"]
     label_names = labels.names if labels else []
@@ -328,13 +789,15 @@ def _write_shard(out: Path, block: int, results: list[tuple[str, Any]], labels: 
             if label_values is None:
                 rejects.append((info["record_id"], info["source"], "no row for this record in the labels file"))
                 continue
-        split = (labels.splits.get(record_key(info["record_id"])) if labels and labels.splits else None) \
+        key = labels.key_of(info["record_id"], info["source"]) if labels is not None else None
+        split = (labels.splits.get(key) if key is not None and labels.splits else None) \
             or _split_for(info["record_id"], split_fractions, seed)
+        group = labels.groups.get(key, "") if key is not None and labels.groups else ""
         for segment, length in enumerate(info["lengths"]):
             row = {"record_id": info["record_id"], "segment": segment, "start_s": segment * row_samples / fs,
                    "length": length, "source": info["source"], "orig_fs": info["orig_fs"],
                    "orig_samples": info["orig_samples"], "units": info["units"], "split": split,
-                   "meta": _json_meta(info["meta"]) if segment == 0 else "{}"}
+                   "meta": _json_meta(info["meta"]) if segment == 0 else "{}", "group": group}
             for name, value in zip(label_names, label_values if label_values is not None else []):
                 row[LABEL_PREFIX + name] = "" if np.isnan(value) else f"{value:g}"
             table_rows.append(row)
@@ -351,6 +814,12 @@ def _write_shard(out: Path, block: int, results: list[tuple[str, Any]], labels: 
             writer = csv.writer(fh)
             writer.writerow(["record_id", "source", "reason"])
             writer.writerows(rejects)
+    # Every source of the block and its fingerprint: what a re-run compares to find new or changed records.
+    with atomic_path(out / "shards" / f"{block:05d}.sources.csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["source", "fingerprint"])
+            writer.writerows((_source_ident(src), _fingerprint(src.path)) for src in block_sources)
     # The manifest part is written last: its presence marks the shard complete.
     with atomic_path(out / "shards" / f"{block:05d}.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
@@ -416,7 +885,7 @@ def _digest(text: str) -> int:
 
 def _parse_manifest(manifest: Path, label_names: Sequence[str]) -> dict[str, np.ndarray]:
     """manifest.csv -> the columns training needs, as arrays (strings as fixed-width unicode)."""
-    ids, segments, lengths, shards, shard_rows, splits, labels = [], [], [], [], [], [], []
+    ids, segments, lengths, shards, shard_rows, splits, labels, groups = [], [], [], [], [], [], [], []
     label_cols = [LABEL_PREFIX + n for n in label_names]
     with open(manifest, newline="") as fh:
         for rec in csv.DictReader(fh):
@@ -426,19 +895,21 @@ def _parse_manifest(manifest: Path, label_names: Sequence[str]) -> dict[str, np.
             shards.append(int(rec["shard"]))
             shard_rows.append(int(rec["shard_row"]))
             splits.append(rec["split"])
+            groups.append(rec.get("group") or "")
             labels.append([float(rec[c]) if rec[c] != "" else np.nan for c in label_cols])
     return {"record_ids": np.asarray(ids, dtype=str), "segments": np.asarray(segments, dtype=np.int32),
             "lengths": np.asarray(lengths, dtype=np.int32), "shard_of": np.asarray(shards, dtype=np.int32),
             "shard_row": np.asarray(shard_rows, dtype=np.int64), "splits": np.asarray(splits, dtype=str),
+            "groups": np.asarray(groups, dtype=str),
             "labels": np.asarray(labels, dtype=np.float32).reshape(len(ids), len(label_cols))}
 
 
-def _result_from_existing(out: Path, meta: dict[str, Any]) -> PrepareResult:
+def _result_from_existing(out: Path, meta: dict[str, Any], notes: list[str] | None = None) -> PrepareResult:
     rejects = []
     with open(out / "rejects.csv", newline="") as fh:
         rejects = [(r["source"], r["reason"]) for r in csv.DictReader(fh)]
     return PrepareResult(out, meta["n_records"], meta["n_rows"], meta["n_rejected"], meta["n_sources"], rejects,
-                         meta.get("n_warned", 0))
+                         meta.get("n_warned", 0), list(notes or []))
 
 
 def _progress(**kwargs: Any) -> Any:
@@ -466,6 +937,8 @@ class ECGStore:
         self.fs = float(self.meta["fs"])
         self.row_samples = int(self.meta["row_samples"])
         self.label_names: list[str] = list(self.meta.get("label_names", []))
+        #: class names of categorical label columns kept as class indices (``prepare`` on text labels)
+        self.label_classes: dict[str, list[str]] = dict(self.meta.get("label_classes", {}))
         self._read_manifest()
         self._shards: dict[int, np.ndarray] = {}
 
@@ -479,6 +952,7 @@ class ECGStore:
         self.shard_of = arrays["shard_of"]
         self.shard_row = arrays["shard_row"]
         self.splits = arrays["splits"]
+        self.groups = arrays["groups"] if "groups" in arrays else np.full(len(self.record_ids), "", dtype=str)
         self.labels = arrays["labels"] if self.label_names else None
 
     def __len__(self) -> int:
@@ -557,3 +1031,86 @@ class ECGStore:
 
 def open_store(path: str | os.PathLike) -> ECGStore:
     return ECGStore(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing training and validation rows (fine-tuning and pre-training)
+# ---------------------------------------------------------------------------------------------
+def check_store_splits(store: ECGStore) -> None:
+    """Refuse a store whose split values the rule cannot map, or where a group or record crosses splits."""
+    splits = store_splits(store)
+    if not splits.any():
+        return
+    for what, keys in (("group", store.groups), ("record", store.record_ids)):
+        if what == "group" and not (keys != "").any():
+            continue
+        pairs = np.unique(np.stack([keys.astype(str), splits]), axis=1)
+        owners, counts = np.unique(pairs[0], return_counts=True)
+        crossing = owners[counts > 1]
+        if what == "group":
+            crossing = crossing[crossing != ""]
+        if len(crossing):
+            first = str(crossing[0])
+            where = sorted(set(pairs[1][pairs[0] == first].tolist()))
+            raise StoreError(f"{store.path}: {what} {first!r} has rows in {' and '.join(where)} "
+                             f"({len(crossing)} {what}(s) cross splits); rebuild the store with one split per {what}")
+
+
+def store_splits(store: ECGStore) -> np.ndarray:
+    """The store's split column mapped to train/val/test by :func:`normalise_splits` (refused if unmapped)."""
+    cached = getattr(store, "_normalised_splits", None)
+    if cached is None:
+        raw = store.splits.astype(str)
+        values, inverse = np.unique(raw, return_inverse=True)
+        mapped = normalise_splits(values.tolist(), f"{store.path}: split column")
+        cached = np.asarray(mapped, dtype=str)[inverse.reshape(-1)] if len(values) else raw
+        store._normalised_splits = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def train_val_rows(store: ECGStore, *, val_split: str = "val", fraction: float = 0.1, seed: int = 0,
+                   train_split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
+    """(training rows, validation rows, a one-line note of what was chosen) -- never test rows.
+
+    The store's ``train``/``val`` rows when both exist (spellings mapped by :data:`SPLIT_ALIASES`).
+    Without validation rows, a seeded ``fraction`` of the *training* records (whole groups when the
+    store has a group column, whole records otherwise, so no record's segments straddle) becomes
+    validation; test rows are never touched. A store without any split uses all its rows the same
+    way. Values the rule cannot map, or a group that crosses splits, are refused.
+    """
+    if not 0 < fraction < 1:
+        raise StoreError(f"validation fraction must be in (0, 1), got {fraction:g}")
+    check_store_splits(store)
+    splits = store_splits(store)
+    train_split = SPLIT_ALIASES.get(train_split.lower(), train_split) if train_split else "train"
+    val_split = SPLIT_ALIASES.get(val_split.lower(), val_split) if val_split else ""
+    found = sorted(set(splits.tolist()) - {""})
+    if found:
+        train_rows = np.flatnonzero(splits == train_split)
+        if not len(train_rows):
+            raise StoreError(f"{store.path}: no {train_split!r} rows to train on (splits found: {', '.join(found)})")
+        val_rows = np.flatnonzero(splits == val_split) if val_split else np.array([], dtype=np.int64)
+        if len(val_rows):
+            return train_rows, val_rows, (f"training on {len(train_rows)} {train_split!r} rows, validating on "
+                                          f"{len(val_rows)} {val_split!r} rows")
+        pool, where = train_rows, f"the {train_split!r} records (the store has no {val_split or 'val'!r} rows; " \
+                                  f"{'test rows untouched' if 'test' in found else 'splits: ' + ', '.join(found)})"
+    else:
+        pool, where = np.arange(len(store), dtype=np.int64), "all records (the store has no split column)"
+    has_groups = bool((store.groups[pool] != "").any())
+    units = store.groups[pool].astype(str) if has_groups else store.record_ids[pool].astype(str)
+    uniq, inverse = np.unique(units, return_inverse=True)
+    if len(uniq) < 2:
+        raise StoreError(f"{store.path}: {len(uniq)} {'group' if has_groups else 'record'} to split into training "
+                         "and validation; give the store a 'val' split")
+    rng = np.random.default_rng(seed)
+    is_val = rng.random(len(uniq)) < fraction
+    if not is_val.any():
+        is_val[rng.integers(len(uniq))] = True
+    if is_val.all():
+        is_val[0] = False
+    val_mask = is_val[inverse.reshape(-1)]
+    kind = "groups" if has_groups else "records"
+    note = (f"validation: a random {fraction:.0%} of {where}, by {kind[:-1]} (seed {seed}): "
+            f"{int(is_val.sum())} {kind}, {int(val_mask.sum())} rows; training: {int((~val_mask).sum())} rows")
+    return pool[~val_mask], pool[val_mask], note

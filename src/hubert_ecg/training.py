@@ -37,9 +37,10 @@ from torch import nn
 from .atomic import atomic_write_json, check_writable, sha256_file
 from .checkpoint import CheckpointError, load_model, save_pretrained
 from .loader import BatchSampler, StoreWindows, make_loader
-from .distributed import (DistEnv, all_reduce_mean, barrier, broadcast_flag, cleanup, default_device,
-                          init_distributed)
+from .distributed import DistEnv, all_reduce_mean, barrier, broadcast_flag, cleanup, init_distributed
 from .model import HubertECG
+from .runtime import (autocast_context, compile_regions, configure_backends, precision_dtype, resolve_device,
+                      seed_everything)
 
 log = logging.getLogger("hubert_ecg")
 
@@ -58,7 +59,7 @@ class TrainConfig:
     eps: float = 1e-8
     warmup_fraction: float = 0.08
     clip_grad_norm: float | None = None
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    precision: str = "auto"  # auto (bf16 on GPUs with native bf16, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
     val_every: int = 500
     save_every: int | None = None  # defaults to val_every
     patience: int | None = None  # validation rounds without improvement before stopping
@@ -105,9 +106,13 @@ class Objective(Protocol):
     def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]: ...
 
     def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
-                      env: DistEnv) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+                      env: DistEnv, micro: int = 0, accum: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of micro-batch ``micro`` (0 .. accum - 1) of optimizer step ``step`` on this rank."""
 
-    def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]: ...
+    def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]:
+        """Validation metrics. An objective with ``sharded_validation = True`` is called on every
+        rank with ``env=`` and must return the same all-reduced metrics everywhere; otherwise only
+        rank 0 validates. Objectives may also define ``to(device)`` for their loss constants."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,14 +192,16 @@ def read_history(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 def save_training_checkpoint(run_dir: Path, model: HubertECG, optimizer: torch.optim.Optimizer,
-                             scheduler: Any, scaler: Any, state: TrainState) -> None:
-    """Write ``last`` atomically, keeping the previous ``last`` as ``previous``."""
+                             scheduler: Any, scaler: Any, state: TrainState,
+                             cuda_rng: list[Any] | None = None) -> None:
+    """Write ``last`` atomically, keeping the previous ``last`` as ``previous``.
+
+    ``cuda_rng``: every rank's CUDA generator state in rank order (:func:`_gather_cuda_rng`)."""
     tmp = run_dir / ".last.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     save_pretrained(model, tmp)
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda_per_rank": list(cuda_rng or [])}
     payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng}
     torch.save(payload, tmp / "trainer_state.pt")
@@ -208,10 +215,17 @@ def save_training_checkpoint(run_dir: Path, model: HubertECG, optimizer: torch.o
 
 
 def load_training_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], TrainState] | None:
-    """The newest good checkpoint (``last``, else ``previous``); a corrupt one is reported and skipped."""
+    """The newest good checkpoint (``last``, else ``previous``); None when the run has none yet.
+
+    A corrupt ``last`` falls back to ``previous`` with a warning. When checkpoints exist but none can be
+    read, :class:`CheckpointError` is raised: restarting from step 0 in silence would throw the run away.
+    """
+    import pickle
+
+    problems = []
     for name in ("last", "previous"):
         directory = run_dir / name
-        if not (directory / "trainer_state.json").exists():
+        if not directory.exists():
             continue
         try:
             meta = json.loads((directory / "trainer_state.json").read_text())
@@ -219,10 +233,19 @@ def load_training_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], Train
                 raise CheckpointError(f"{directory / 'trainer_state.pt'}: checksum mismatch")
             load_model(directory)  # verifies the weights' checksum
             payload = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=True)
-        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as err:
-            warnings.warn(f"ignoring corrupt checkpoint {directory}: {str(err).splitlines()[0]}")
+            state = TrainState(**meta)
+        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError, TypeError,
+                pickle.UnpicklingError) as err:
+            problem = f"{directory}: {str(err).splitlines()[0] if str(err).strip() else type(err).__name__}"
+            warnings.warn(f"ignoring corrupt checkpoint {problem}")
+            problems.append(problem)
             continue
-        return directory, payload, TrainState(**meta)
+        if problems:
+            print(f"warning: {problems[0]}; resuming from {directory} instead")
+        return directory, payload, state
+    if problems:
+        raise CheckpointError(f"{run_dir}: no readable checkpoint to resume from ({'; '.join(problems)}); "
+                              "start over with --overwrite (the old run is moved aside) or use another --out")
     return None
 
 
@@ -239,27 +262,45 @@ def _linear_warmup_decay(total: int, warmup_fraction: float) -> Any:
     return factor
 
 
-def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
-        return None
-    if cfg.precision == "fp16":
-        return torch.float16
-    return torch.bfloat16
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches of every epoch from ``(epoch, start_batch)`` on, as one endless sequence.
+
+    One DataLoader over this serves the whole run, so worker processes start once instead of once
+    per epoch. Each epoch is a :class:`~hubert_ecg.loader.BatchSampler` (same order, keys and
+    per-rank slices as before); the loop counts ``batches_per_epoch`` to keep the resume position.
+    """
+
+    def __init__(self, rows: np.ndarray, batch_size: int, *, seed: int, rank: int, world_size: int,
+                 epoch: int, start_batch: int) -> None:
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, epoch, start_batch
+
+    def epoch_sampler(self, epoch: int, start_batch: int = 0) -> BatchSampler:
+        return BatchSampler(self.rows, self.batch_size, shuffle=True, seed=self.seed, drop_last=True,
+                            rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
+
+    def batches_per_epoch(self) -> int:
+        return self.epoch_sampler(0).batches_per_epoch()
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        epoch, start = self.epoch, self.start_batch
+        while True:
+            yield from self.epoch_sampler(epoch, start)
+            epoch, start = epoch + 1, 0
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def set_seed(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+def _gather_cuda_rng(env: DistEnv, device: torch.device) -> list[Any]:
+    """Every rank's CUDA generator state, in rank order (collective; [] off CUDA). Each rank draws
+    its own dropout masks on its own GPU, so each must get its own state back on resume."""
+    if device.type != "cuda":
+        return []
+    state = torch.cuda.get_rng_state(device)
+    if not env.enabled:
+        return [state]
+    import torch.distributed as dist
+    states: list[Any] = [None] * env.world_size
+    dist.all_gather_object(states, state)
+    return [torch.as_tensor(s) for s in states]
 
 
 def _improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
@@ -282,22 +323,30 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
           env: DistEnv | None = None) -> TrainResult:
     """Run (or resume) a training job in ``cfg.out_dir``; see the module docstring."""
     env = env or init_distributed(cfg.device)
-    device = default_device(env, cfg.device)
+    device = resolve_device(cfg.device, local_rank=env.local_rank)
     run_dir = Path(cfg.out_dir)
     if env.is_main:
         check_writable(run_dir)
     barrier(env)
-    set_seed(cfg.seed, cfg.deterministic)
+    seed_everything(cfg.seed, env.rank, cfg.deterministic)
     state = TrainState()
     resume = load_training_checkpoint(run_dir)
     if resume is not None:
         directory, payload, state = resume
         model.load_state_dict(load_model(directory).state_dict())
-        if env.is_main:
-            log.info("resuming from %s at step %d", directory, state.step)
+        if env.is_main:  # on the console, not the log: the CLI configures no logging
+            if state.step >= cfg.max_steps or state.stopped_early:
+                why = "stopped early" if state.stopped_early else "step limit"
+                print(f"run in {run_dir} is already finished at step {state.step} of {cfg.max_steps} ({why}); "
+                      "nothing to train (--resume --max-steps N continues a step-limited run)")
+            else:
+                print(f"resuming from step {state.step} of {cfg.max_steps} ({directory})")
     model.to(device)
     objective.module.to(device)
-    dtype = _precision(cfg, device)
+    if hasattr(objective, "to"):  # loss constants (pos_weight, class weights): moved once, not per step
+        objective.to(device)
+    dtype = precision_dtype(cfg.precision, device)
+    configure_backends(device, dtype, cfg.deterministic)
     autocast = autocast_context(device, dtype)
     groups = objective.parameter_groups(model, cfg.lr)
     fused = device.type == "cuda"
@@ -313,12 +362,13 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
         torch.set_rng_state(payload["rng"]["torch"])
         random.setstate(tuple(payload["rng"]["python"]) if isinstance(payload["rng"]["python"], list)
                         else payload["rng"]["python"])
-        if torch.cuda.is_available() and payload["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        cuda_states = payload["rng"].get("cuda_per_rank") or []
+        if device.type == "cuda" and len(cuda_states) == env.world_size:
+            torch.cuda.set_rng_state(cuda_states[env.rank].cpu(), device)
 
     module: nn.Module = objective.module
-    if cfg.compile:
-        module = torch.compile(module)
+    if cfg.compile:  # per layer: layerdrop's skips stay outside the graphs (no recompilation)
+        compile_regions(model)
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -333,26 +383,28 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
     window_start, window_wait, window_samples, window_steps = time.perf_counter(), 0.0, 0, 0
     model.train()
     stop = state.step >= cfg.max_steps or state.stopped_early
+    sampler = EpochBatches(objective.rows, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+                           epoch=state.epoch, start_batch=state.batch_in_epoch)
+    per_epoch = sampler.batches_per_epoch()
+    if state.batch_in_epoch >= per_epoch:  # saved exactly at the end of an epoch
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        sampler.epoch, sampler.start_batch = state.epoch, 0
     try:
-        while not stop:
-            sampler = BatchSampler(objective.rows, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                                   rank=env.rank, world_size=env.world_size, epoch=state.epoch,
-                                   start_batch=state.batch_in_epoch)
-            if len(sampler) <= 0:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                continue
+        if not stop:
             loader = make_loader(objective.dataset, sampler, num_workers=cfg.num_workers,
                                  pin_memory=device.type == "cuda")
             fetch_start = time.perf_counter()
             for batch in loader:
                 window_wait += time.perf_counter() - fetch_start
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                in_step = micro % cfg.grad_accum  # which micro-batch of this optimizer step
                 micro += 1
                 sync_now = micro % cfg.grad_accum == 0
                 ctx = module.no_sync() if env.enabled and not sync_now else contextlib.nullcontext()
                 with ctx:
                     with autocast():
-                        loss, stats = objective.training_loss(module, batch, state.step, env)
+                        loss, stats = objective.training_loss(module, batch, state.step, env, micro=in_step,
+                                                              accum=cfg.grad_accum)
                     scaled = loss / cfg.grad_accum
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 running["loss"] += loss.detach()
@@ -360,6 +412,8 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
                     running[k] = running.get(k, torch.zeros((), device=device)) + v.detach()
                 window_samples += len(batch["input"]) * env.world_size
                 state.batch_in_epoch += 1
+                if state.batch_in_epoch >= per_epoch:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 if sync_now:
                     if cfg.clip_grad_norm:
                         if scaler is not None:
@@ -392,16 +446,16 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
                         stop = _validate_and_checkpoint(model, objective, cfg, state, device, autocast,
                                                         logger, env) or stop
                     if state.step % save_every == 0 or state.step == cfg.max_steps or stop:
+                        cuda_rng = _gather_cuda_rng(env, device)
                         if env.is_main:
-                            save_training_checkpoint(run_dir, model, optimizer, scheduler, scaler, state)
+                            save_training_checkpoint(run_dir, model, optimizer, scheduler, scaler, state,
+                                                     cuda_rng=cuda_rng)
                         barrier(env)
                     if state.step >= cfg.max_steps:
                         stop = True
                     if stop:
                         break
                 fetch_start = time.perf_counter()
-            else:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     finally:
         bar.close()
         logger.close()
@@ -424,13 +478,17 @@ def _plot_curves(run_dir: Path) -> None:
 
 def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainConfig, state: TrainState,
                              device: torch.device, autocast: Any, logger: RunLogger, env: DistEnv) -> bool:
-    """Validate on rank 0, keep ``best``, decide early stopping; returns True to stop."""
+    """Validate (on every rank when the objective shards validation, else on rank 0), keep ``best``
+    on rank 0, decide early stopping; returns True to stop (the same decision on every rank)."""
     stop = False
-    if env.is_main:
+    sharded = bool(getattr(objective, "sharded_validation", False))
+    if sharded or env.is_main:
         model.eval()
         with torch.no_grad():
-            metrics = objective.validate(model, device, autocast)
+            metrics = (objective.validate(model, device, autocast, env=env) if sharded  # type: ignore[call-arg]
+                       else objective.validate(model, device, autocast))
         model.train()
+    if env.is_main:
         state.last_metrics = metrics
         logger.log(state.step, {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         value = metrics.get(cfg.monitor)

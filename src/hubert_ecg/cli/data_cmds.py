@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_command, add_read_options, read_kwargs, register
+from . import (
+    add_command,
+    add_read_options,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+    read_kwargs,
+    register,
+)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -22,18 +31,57 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         if args.already_preprocessed:
             changes["scaling"] = "none"
         spec = PreprocessSpec.from_dict({**spec.to_dict(), **changes})
+    from ..atomic import check_output_dir
+
+    # The output folder is checked before any record or label is read.
+    check_output_dir(args.out, marker="store.json", what="store")
+    if args.val_fraction + args.test_fraction >= 1:
+        raise ValueError(f"--val-fraction {args.val_fraction:g} + --test-fraction {args.test_fraction:g} leave no "
+                         "training records (their sum must be below 1)")
+    if not args.labels and (args.group_column or args.time_column or args.split_column):
+        raise ValueError("--group-column, --time-column and --split-column name columns of --labels; give --labels")
     labels = None
     if args.labels:
         labels = LabelTable.from_csv(args.labels, id_column=args.id_column, label_start_index=args.label_start_index,
-                                     label_columns=args.label_columns, split_column=args.split_column)
+                                     label_columns=args.label_columns, split_column=args.split_column,
+                                     group_column=args.group_column, time_column=args.time_column,
+                                     categorical=args.categorical)
+        for name, classes in labels.classes.items():
+            print(f"label {name!r}: text values stored as class indices "
+                  + ", ".join(f"{i}={c}" for i, c in enumerate(classes)))
+    reading = read_kwargs(args)
+    if args.already_preprocessed and "fs" not in reading:
+        from ..io.arrays import REFERENCE_FS
+        reading["fs"] = REFERENCE_FS  # the reference's preprocessed .npy files are 500 Hz by definition
     result = prepare_store(args.inputs, args.out, spec=spec, labels=labels, row_seconds=args.row_seconds,
-                           shard_records=args.shard_records, workers=args.workers, read_kwargs=read_kwargs(args),
+                           shard_records=args.shard_records, workers=args.workers, read_kwargs=reading,
                            progress=not args.quiet, split_fractions=(args.val_fraction, args.test_fraction),
-                           seed=args.seed, allow_outside_root=args.allow_absolute_paths)
+                           seed=args.seed, allow_outside_root=args.allow_absolute_paths,
+                           split_strategy=args.split_strategy)
+    for note in result.notes:
+        print(note)
     print(f"store {result.store}: {result.records} records in {result.rows} rows, {result.rejected} rejected"
           + (f" (reasons in {result.store / 'rejects.csv'})" if result.rejected else "")
           + (f"; {result.skipped_done} already done" if result.skipped_done else "")
-          + (f"; {result.warned} accepted with warnings (see the meta column of manifest.csv)" if result.warned else ""))
+          + (f"; {result.warned} accepted with warnings (see the meta column of manifest.csv)"
+             if result.warned else ""))
+    unknown_units = _count_unknown_units(result.store / "manifest.csv")
+    if unknown_units:  # nothing assumed silently: say how many records carry no amplitude calibration
+        print(f"{unknown_units} record(s) with unknown amplitude units: values kept as stored (pass --units, or a "
+              "sidecar, if you know them; per-lead scaling makes the model input independent of the unit)")
+    if result.records == 0:  # a batch job that accepts nothing has failed (docs/RELIABILITY.md)
+        raise ValueError(f"{result.store}: no record accepted ({result.rejected} rejected; reasons in "
+                         f"{result.store / 'rejects.csv'})")
+
+
+def _count_unknown_units(manifest: Path) -> int:
+    """Records (first segments) of a store manifest whose units are ``unknown``."""
+    import csv
+
+    if not manifest.is_file():
+        return 0
+    with open(manifest, newline="") as handle:
+        return sum(row.get("segment") == "0" and row.get("units") == "unknown" for row in csv.DictReader(handle))
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
@@ -47,7 +95,8 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
         paths = {"labels": datasets.reference_split_table(splits, Path(args.out) / "labels.csv",
                                                           label_start_index=args.label_start_index)}
     elif args.dataset == "cinc":
-        paths = {"labels": datasets.cinc_labels_table(args.root, Path(args.out) / "labels.csv")}
+        paths = {"labels": datasets.cinc_labels_table(args.root, Path(args.out) / "labels.csv", classes=args.classes,
+                                                      min_count=args.min_count)}
     else:
         paths = {"labels": datasets.ludb_labels_table(args.root, Path(args.out) / "labels.csv")}
     for name, path in paths.items():
@@ -60,37 +109,60 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Read each record as `prepare` would and say what was found; optionally plot it."""
-    from ..io import discover_sources, read_source
+    import warnings
+
+    import numpy as np
+
+    from ..io import STANDARD_LEADS, InputAccount, discover_sources, quality_label, read_source
     from ..preprocess import PreprocessSpec, preprocess_signal
 
     options = read_kwargs(args)
-    sources = discover_sources(args.inputs, allow_outside_root=args.allow_absolute_paths)
+    account = InputAccount()
+    sources = discover_sources(args.inputs, allow_outside_root=args.allow_absolute_paths, account=account)
+    for path, reason in account.skipped:
+        print(f"SKIP   {path}: {reason}")
     if not sources:
-        raise ValueError(f"no ECG records found under {', '.join(args.inputs)}")
-    bad = 0
-    for src in sources:
+        raise ValueError(f"no ECG records found under {', '.join(args.inputs)}"
+                         + (f" ({account.summary()})" if account.skipped else ""))
+    from ..progress import progress, say
+
+    # Plotting takes about a second a record: show a bar (stderr) and print lines above it.
+    emit = say if args.plot else print
+    bad = flagged = 0
+    for src in progress(sources, desc="plots", unit="rec", enabled=bool(args.plot), leave=False):
         try:
             record = read_source(src, **options)
         except ValueError as err:
             bad += 1
-            print(f"REJECT {src.record_id}: {str(err).splitlines()[0]}")
+            emit(f"REJECT {src.record_id}: {str(err).splitlines()[0]}")
             continue
         seconds = record.signal.shape[1] / record.fs
-        ranges = record.signal.max(axis=1) - record.signal.min(axis=1)
-        print(f"OK     {record.record_id}: {record.meta.get('format', '?')}, {record.fs:g} Hz, {seconds:.1f} s, "
-              f"units {record.units}, peak-to-peak {ranges.min():.3g}-{ranges.max():.3g}"
-              + (f", derived {'/'.join(record.meta['derived_leads'])}" if record.meta.get("derived_leads") else "")
-              + (f", labels {record.meta['labels']}" if record.meta.get("labels") else ""))
+        recorded = [i for i, lead in enumerate(STANDARD_LEADS) if lead not in record.meta.get("missing_leads", [])]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a lead without finite samples: NaN, said below
+            ranges = np.nanmax(record.signal[recorded], axis=1) - np.nanmin(record.signal[recorded], axis=1)
+        unscorable = record.meta.get("unscorable")
+        flagged += bool(unscorable)
+        units = record.units if record.units != "unknown" else "unknown (values kept as stored)"
+        emit(f"{'FLAG  ' if unscorable else 'OK    '} {record.record_id}: {record.meta.get('format', '?')}, "
+             f"{record.fs:g} Hz" + (f" ({record.meta['fs_source']})" if record.meta.get("fs_source") else "")
+             + f", {seconds:.1f} s, units {units}, peak-to-peak {np.nanmin(ranges):.3g}-{np.nanmax(ranges):.3g}"
+             + (f", derived {'/'.join(record.meta['derived_leads'])}" if record.meta.get("derived_leads") else "")
+             + (f", labels {record.meta['labels']}" if record.meta.get("labels") else ""))
+        if unscorable:
+            emit(f"       quality: {quality_label(record)}")
         for warning in record.meta.get("warnings", []):
-            print(f"       warning: {warning}")
+            emit(f"       warning: {warning}")
         if args.plot:
             from ..plots import plot_ecg
             out = Path(args.plot) / f"{record.record_id}.png"
             model_input = preprocess_signal(record.signal, record.fs, PreprocessSpec())
             plot_ecg(record.signal, record.fs, out, model_input=model_input,
                      title=f"{record.record_id} ({record.source})")
-            print(f"       plot: {out}")
-    print(f"{len(sources) - bad} readable, {bad} rejected")
+            emit(f"       plot: {out}")
+    print(f"{len(sources) - bad} readable, {bad} rejected"
+          + (f", {flagged} flagged as not scorable" if flagged else "")
+          + (f", {account.summary()}" if account.skipped else ""))
     return 1 if bad == len(sources) else 0
 
 
@@ -113,36 +185,57 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="store directory")
     p.add_argument("--labels", help="CSV with a record id column and label columns")
     p.add_argument("--id-column", help="record id column of --labels (default: record_id, filename, ecg_id ...)")
-    p.add_argument("--label-start-index", type=int, help="first label column (the reference's contract)")
+    p.add_argument("--label-start-index", type=non_negative_int, help="first label column (the reference's contract)")
     p.add_argument("--label-columns", nargs="+", help="label columns by name")
-    p.add_argument("--split-column", help="column of --labels holding train/val/test")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="hash-based validation split when no split column")
-    p.add_argument("--test-fraction", type=float, default=0.0, help="hash-based test split when no split column")
-    p.add_argument("--workers", type=int, default=1, help="parallel reader/preprocessing processes")
-    p.add_argument("--row-seconds", type=float, default=10.0, help="seconds per stored row (longer records span rows)")
-    p.add_argument("--shard-records", type=int, default=512, help="records per shard (the unit of resume)")
+    p.add_argument("--split-column", help="column of --labels holding the split: train/training, val/valid/"
+                   "validation/dev, test/holdout (any case), or fold numbers (highest = test, next = val)")
+    p.add_argument("--group-column", metavar="COLUMN",
+                   help="column of --labels grouping records (e.g. patient_id): every group stays in one split")
+    p.add_argument("--time-column", metavar="COLUMN",
+                   help="column of --labels with the recording date/time (ISO or a number) for temporal splits")
+    p.add_argument("--split-strategy", choices=["random", "grouped", "temporal", "grouped_temporal"],
+                   help="how --val-fraction/--test-fraction are drawn: random (hash of the record id), grouped "
+                        "(whole groups, stratified on the labels; the default with --group-column), temporal "
+                        "(newest records test), grouped_temporal (whole groups by their first record)")
+    p.add_argument("--categorical", choices=["index", "onehot"], default="index",
+                   help="text label columns (SR/AF/OTHER): one column of class indices (multi_class) or one 0/1 "
+                        "column per class (COLUMN=CLASS); the class names are stored in the store")
+    p.add_argument("--val-fraction", type=open_fraction, default=0.0,
+                   help="share of records for validation when --labels gives no split column (see --split-strategy)")
+    p.add_argument("--test-fraction", type=open_fraction, default=0.0,
+                   help="share of records for test when --labels gives no split column (see --split-strategy)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel reader/preprocessing processes")
+    p.add_argument("--row-seconds", type=positive_float, default=10.0,
+                   help="seconds per stored row (longer records span rows)")
+    p.add_argument("--shard-records", type=positive_int, default=512, help="records per shard (the unit of resume)")
     add_read_options(p)
     p.add_argument("--reference-preprocessing", action="store_true",
                    help="decimate the flattened 12-lead window exactly as the published loader")
-    p.add_argument("--baseline-highpass", type=float, metavar="HZ", help="add a real baseline-wander high-pass")
+    p.add_argument("--baseline-highpass", type=positive_float, metavar="HZ",
+                   help="add a real baseline-wander high-pass")
     p.add_argument("--no-filter", action="store_true", help="skip the band-pass filter")
     p.add_argument("--already-preprocessed", action="store_true",
                    help="inputs are the reference's preprocessed .npy files (500 Hz, filtered, scaled)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hash-based split assignment")
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="let manifest entries point outside the manifest's folder (absolute or '..' paths)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add_command(sub, "datasets", "build label tables for public benchmarks from a local copy", _cmd_datasets)
     p.add_argument("dataset", choices=["ptbxl", "cinc", "ludb", "reference-splits"],
-                   help="ptbxl: standard PTB-XL benchmark tables (folds 1-8/9/10); cinc: SNOMED multi-hot table "
-                        "from CinC-2021 headers; ludb: LUDB rhythm/hypertrophy/... labels; reference-splits: merge "
-                        "the reference's train/val/test CSVs into one table with a split column")
+                   help="ptbxl: standard PTB-XL benchmark tables (folds 1-8/9/10); cinc: scored-class (or raw "
+                        "SNOMED) table from CinC 2020/2021 headers; ludb: LUDB rhythm/hypertrophy/... labels; "
+                        "reference-splits: merge the reference's train/val/test CSVs into one table with a split "
+                        "column")
     p.add_argument("--root", help="local dataset folder (ptbxl, cinc, ludb)")
     p.add_argument("--splits", nargs="+", metavar="CSV", help="reference-splits: TRAIN.csv VAL.csv [TEST.csv]")
-    p.add_argument("--label-start-index", type=int, default=3, help="reference-splits: first label column")
-    p.add_argument("--min-count", type=int, default=1, help="ptbxl: keep labels with at least this many records")
+    p.add_argument("--label-start-index", type=non_negative_int, default=3, help="reference-splits: first label column")
+    p.add_argument("--min-count", type=positive_int, default=1,
+                   help="ptbxl, cinc --classes all: keep labels with at least this many records")
     p.add_argument("--out", required=True, help="output folder for the tables")
     p.add_argument("--task", default="all", choices=["all", "diag", "subdiag", "superdiag", "form", "rhythm"],
                    help="PTB-XL task")
+    p.add_argument("--classes", default="scored2021", choices=["scored2021", "scored2020", "all"],
+                   help="cinc: the challenge's scored classes (2021: 26, 2020: 24; equivalent codes merged, columns "
+                        "named AF, RBBB, ...) or all raw SNOMED codes (columns named by code)")
     p.add_argument("--sampling", default="500", choices=["100", "500"], help="PTB-XL records100 or records500")

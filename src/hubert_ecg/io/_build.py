@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from hubert_ecg.io.leads import STANDARD_LEADS, arrange_leads
-from hubert_ecg.io.quality import amplitude_warnings
+from hubert_ecg.io.quality import MIN_FS, amplitude_warnings, unscorable_reason
 from hubert_ecg.io.record import Record, RecordError, unit_scale_to_mv
 
 
@@ -58,6 +58,9 @@ def build_record(
         units_explained: the reader already put the reason for missing units in ``meta``.
     """
     fs_value = check_fs(path, fs)
+    if fs_value < MIN_FS:
+        raise RecordError(path, f"sampling rate {fs_value:g} Hz is too low for the model's 0.05-47 Hz band "
+                                f"(needs at least {MIN_FS:g} Hz)")
     try:
         data = np.asarray(channels, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -88,7 +91,8 @@ def build_record(
         if stated:
             warnings.append(f"units {', '.join(map(repr, stated))} are not a voltage; values kept as stored")
         elif not units_explained:
-            warnings.append("file states no amplitude units; values kept as stored (pass units=...)")
+            warnings.append("file states no amplitude units; values kept as stored, units unknown "
+                            "(pass --units mV or uV)")
 
     if lead_names is None:
         if n_channels != len(STANDARD_LEADS):
@@ -98,6 +102,9 @@ def build_record(
         lead_names = STANDARD_LEADS
     signal, lead_info = arrange_leads(path, data, lead_names, allow_missing_leads=allow_missing_leads)
     meta.update(lead_info)
+    if lead_info.get("ignored_leads"):
+        warnings.append(f"ignored {len(lead_info['ignored_leads'])} lead(s) beyond the standard 12: "
+                        f"{', '.join(lead_info['ignored_leads'])}")
 
     infinite = np.isinf(signal)
     if infinite.any():
@@ -105,6 +112,12 @@ def build_record(
         signal[infinite] = np.nan
     if not np.isfinite(signal).any():
         raise RecordError(path, "no finite samples (NaN/inf everywhere)")
+    nan = np.isnan(signal)
+    partial = nan.any(axis=1) & ~nan.all(axis=1)  # whole-lead NaN is reported as a missing/empty lead
+    if partial.any():
+        leads = [STANDARD_LEADS[i] for i in np.flatnonzero(partial)]
+        warnings.append(f"{int(nan[partial].sum())} NaN sample(s) in lead(s) {', '.join(leads)} "
+                        "filled with the lead mean before filtering")
 
     record = Record(
         signal=signal.astype(np.float32),
@@ -115,4 +128,7 @@ def build_record(
         meta=meta,
     )
     record.meta["warnings"] = warnings + amplitude_warnings(record)
+    reason = unscorable_reason(record)
+    if reason:
+        record.meta["unscorable"] = reason
     return record

@@ -14,7 +14,8 @@ from hubert_ecg.io.record import Record, RecordError
 
 __all__ = ["read_numpy", "read_matlab", "orient_leads_first", "REFERENCE_FS"]
 
-#: Sampling rate of the reference ``.npy`` layout (preprocessed, (12, N) at 500 Hz).
+#: Sampling rate of the reference ``.npy`` layout (preprocessed, (12, N) at 500 Hz); never assumed
+#: by the reader, but ``prepare --already-preprocessed`` passes it.
 REFERENCE_FS = 500.0
 # Array names tried in order inside .npz / .mat containers.
 _SIGNAL_KEYS = ("val", "signal", "ecg", "data", "x", "X", "arr_0")
@@ -91,17 +92,19 @@ def _build_from_arrays(
         stored = next((arrays[k] for k in _LEAD_KEYS if k in arrays), None)
         names = _as_str_list(stored) if stored is not None else None
     signal = orient_leads_first(path, signal, len(names) if names else len(STANDARD_LEADS))
+    if signal.shape[1] == 0:
+        raise RecordError(path, f"zero-length signal (array shape {signal.shape})")
     file_fs = next((_scalar(arrays[k]) for k in _FS_KEYS if k in arrays), None)
     rate = fs if fs is not None else file_fs if file_fs is not None else default_fs
     if rate is None:
-        raise RecordError(path, "sampling rate unknown: the file stores none, pass fs=...")
-    file_units = None
+        raise RecordError(path, "sampling rate unknown: the file stores none (no 'fs' entry); "
+                               f"pass --fs HZ or a sidecar {path.stem}.json with {{\"fs\": HZ}}")
+    file_units: str | list[str] | None = None
     if "units" in arrays:
-        file_units = _as_str_list(arrays["units"])
-        file_units = file_units[0] if len(set(file_units)) == 1 else file_units
-    meta: dict[str, Any] = {"format": fmt, "array_name": key}
-    if fs is None and file_fs is None:
-        meta["fs_assumed"] = True  # the reference layout's rate, not read from the file
+        stated = _as_str_list(arrays["units"])
+        file_units = stated[0] if len(set(stated)) == 1 else stated
+    meta: dict[str, Any] = {"format": fmt, "array_name": key,
+                            "fs_source": "file" if fs is None else "given (--fs or sidecar)"}
     return build_record(
         path, signal, names, fs=rate, channel_units=file_units, record_id=path.stem,
         meta=meta, units_override=units, allow_missing_leads=allow_missing_leads,
@@ -118,10 +121,12 @@ def read_numpy(
 ) -> Record:
     """Read a ``.npy`` array or a ``.npz`` archive.
 
-    The reference layout is ``(12, N)`` at 500 Hz in standard lead order; ``(N, 12)`` is
-    transposed. An ``.npz`` may also hold ``fs``, ``lead_names`` and ``units`` entries next to
-    its signal (named ``signal``, ``ecg``, ``val``, ``data`` or the only 2-D array). Arguments
-    override what the file stores. Units default to "unknown" (reference files are scaled).
+    The layout is ``(12, N)`` in standard lead order; ``(N, 12)`` is transposed. An ``.npz`` may
+    also hold ``fs``, ``lead_names`` and ``units`` entries next to its signal (named ``signal``,
+    ``ecg``, ``val``, ``data`` or the only 2-D array). Arguments override what the file stores.
+    A sampling rate is never assumed: a ``.npy`` (and an ``.npz`` without ``fs``) needs ``fs``
+    (``--fs`` or a sidecar JSON), even for the reference's 500 Hz files. Units default to
+    "unknown" (reference files are scaled).
     """
     path = Path(path)
     try:
@@ -136,7 +141,7 @@ def read_numpy(
         raise RecordError(path, f"cannot read NumPy file: {type(exc).__name__}: {exc}") from None
     return _build_from_arrays(
         path, arrays, fmt="npz" if path.suffix.lower() == ".npz" else "npy",
-        default_fs=REFERENCE_FS, fs=fs, units=units, lead_names=lead_names,
+        default_fs=None, fs=fs, units=units, lead_names=lead_names,
         allow_missing_leads=allow_missing_leads,
     )
 

@@ -44,9 +44,9 @@ def dicom_channel_lead(channel: Any) -> tuple[str, str | None]:
     if label:
         labels.append(label)
     for text in labels:
-        lead = canonical_lead_name(text)
-        if lead is not None:
-            return text, lead
+        found = canonical_lead_name(text)
+        if found is not None:
+            return text, found
     return (labels[0] if labels else "?"), None
 
 

@@ -6,9 +6,10 @@ Two layouts:
   ``exam_id`` dataset; each exam is one record (``key`` = exam id, or row index when there is
   no ``exam_id``). Records shorter than 4096 samples are zero-padded symmetrically in the file;
   the padding is trimmed.
-* One record per file, e.g. SPH: a 2-D dataset ``ecg`` (12, 5000) at 500 Hz in mV. A
-  ``metadata.csv`` next to SPH files (columns ``ECG_ID``, ``Age``, ``Sex``, ``SNOMEDCTCode``)
-  fills age, sex and labels.
+* One record per file, e.g. SPH: a 2-D dataset ``ecg`` (12, 5000) in mV. A ``metadata.csv``
+  next to SPH files (columns ``ECG_ID``, ``Age``, ``Sex``, ``SNOMEDCTCode``) fills age, sex and
+  labels, and marks the file as SPH, whose rate is 500 Hz. Any other single-record file needs an
+  ``fs`` attribute, ``--fs`` or a sidecar JSON: the rate is never guessed.
 
 Attributes ``fs`` / ``sampling_rate``, ``units`` and ``lead_names`` on the dataset or the file
 override these defaults; function arguments override everything.
@@ -50,7 +51,9 @@ def hdf5_record_keys(path: str | Path) -> list[str] | None:
     """Keys of the records in a multi-record (CODE-15%-style) file, or None for one record.
 
     Keys are exam ids as strings; rows whose exam id is 0 are skipped (CODE-15% parts end with
-    such an all-zero filler row). Without an ``exam_id`` dataset the keys are row indices.
+    such an all-zero filler row). Without an ``exam_id`` dataset the keys are row indices. An exam id
+    that appears again in the same file is not dropped: its later rows get the key ``<id>@row<r>``
+    (read by row, so the second exam is not silently replaced by the first).
     """
     path = Path(path)
     with _open(path) as handle:
@@ -59,8 +62,15 @@ def hdf5_record_keys(path: str | Path) -> list[str] | None:
         try:
             n = int(handle["tracings"].shape[0])
             if "exam_id" in handle:
-                ids = np.asarray(handle["exam_id"][()]).ravel()
-                return [str(_id_text(v)) for v in ids[:n] if _id_text(v) not in ("0", "")]
+                ids = [_id_text(v) for v in np.asarray(handle["exam_id"][()]).ravel()[:n]]
+                seen: set[str] = set()
+                keys = []
+                for row, exam in enumerate(ids):
+                    if exam in ("0", ""):
+                        continue
+                    keys.append(exam if exam not in seen else f"{exam}@row{row}")
+                    seen.add(exam)
+                return keys
         except Exception as exc:
             raise RecordError(path, f"cannot read HDF5 index: {type(exc).__name__}: {exc}") from None
         return [str(i) for i in range(n)]
@@ -142,6 +152,10 @@ def _read_multi(path, handle, key, fs, units, lead_names, allow_missing_leads) -
     file_units = _attr([tracings, handle], ("units",))
     exam_id = _id_text(handle["exam_id"][row]) if "exam_id" in handle else str(row)
     meta: dict[str, Any] = {"format": "hdf5-code15", "row": row, "trimmed_padding": padding}
+    if key is not None and "@row" in str(key):
+        exam_id = str(key)
+        meta["warnings"] = [f"exam id {key.partition('@row')[0]} appears more than once in the file; "
+                            f"this is row {row}"]
     return build_record(
         path, exam, names,
         fs=fs if fs is not None else (float(file_fs) if file_fs is not None else CODE15_FS),
@@ -154,6 +168,9 @@ def _read_multi(path, handle, key, fs, units, lead_names, allow_missing_leads) -
 def _row_for_key(path: Path, handle, key: str, n: int) -> int:
     if "exam_id" in handle:
         ids = [_id_text(v) for v in np.asarray(handle["exam_id"][()]).ravel()[:n]]
+        exam, at, row_text = key.partition("@row")
+        if at and row_text.isdigit() and int(row_text) < n and ids[int(row_text)] == exam:
+            return int(row_text)
         if key in ids:
             return ids.index(key)
         raise RecordError(path, f"exam id {key} not in file")
@@ -198,13 +215,22 @@ def _read_single(path, handle, fs, units, lead_names, allow_missing_leads) -> Re
     file_fs = _attr([dataset, handle], _FS_ATTRS)
     file_units = _attr([dataset, handle], ("units",))
     meta: dict[str, Any] = {"format": "hdf5", "dataset": name}
-    meta.update(_sph_metadata(path))
-    if fs is None and file_fs is None:
-        meta["fs_assumed"] = True
+    sph = _sph_metadata(path)
+    meta.update(sph)
+    rate = fs if fs is not None else (float(file_fs) if file_fs is not None else None)
+    if rate is None:
+        if not sph:
+            # Only the SPH layout (a metadata.csv row for this file) documents its rate; never guess.
+            raise RecordError(path, f"sampling rate unknown: dataset {name!r} has no 'fs' attribute and the file is "
+                                    f"not listed in an SPH metadata.csv; pass --fs HZ or a sidecar {path.stem}.json "
+                                    'with {"fs": HZ}')
+        rate = SPH_FS
+        meta["fs_source"] = "SPH layout (metadata.csv): 500 Hz"
     return build_record(
         path, signal, names,
-        fs=fs if fs is not None else (float(file_fs) if file_fs is not None else SPH_FS),
-        channel_units=_text_list(file_units)[0] if file_units is not None else "mV",
+        fs=rate,
+        # SPH is documented in mV; any other file without a units attribute has unknown units.
+        channel_units=_text_list(file_units)[0] if file_units is not None else ("mV" if sph else None),
         record_id=path.stem, meta=meta, units_override=units,
         allow_missing_leads=allow_missing_leads,
     )

@@ -10,7 +10,7 @@ import numpy as np
 
 from hubert_ecg.io.record import RecordError
 
-__all__ = ["STANDARD_LEADS", "LIMB_LEADS", "canonical_lead_name", "arrange_leads"]
+__all__ = ["STANDARD_LEADS", "LIMB_LEADS", "canonical_lead_name", "arrange_leads", "is_extra_lead"]
 
 STANDARD_LEADS: tuple[str, ...] = (
     "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
@@ -28,6 +28,18 @@ _ALIASES: dict[str, str] = {
 for _k in range(1, 7):
     # "C1".."C6" is the European (IEC) name of the chest leads V1..V6.
     _ALIASES[f"v{_k}"] = _ALIASES[f"c{_k}"] = f"V{_k}"
+
+
+# Recorded ECG leads beyond the standard 12 (Frank X/Y/Z of PTB-style 15-lead records, right-sided
+# and posterior chest leads, rhythm strips): read past with a warning, never a reason to reject.
+_EXTRA_LEADS = {"x", "y", "z", "vx", "vy", "vz", "v7", "v8", "v9", "c7", "c8", "c9", "v3r", "v4r", "v5r", "v6r",
+                "v7r", "rhythm", "rhythmstrip"}
+
+
+def is_extra_lead(name: str) -> bool:
+    """True for a lead that is an ECG channel but not one of the 12 standard leads (Frank ``X``/``Y``/``Z``,
+    ``V7``-``V9``, ``V3R``-``V6R``, a rhythm strip), which readers drop with a warning."""
+    return _squash(name) in _EXTRA_LEADS
 
 
 def _squash(name: str) -> str:
@@ -66,6 +78,9 @@ def arrange_leads(
         ``(signal, info)``: signal is float64 ``(12, n_samples)``; info has
         ``original_lead_names``, ``derived_leads`` and ``missing_leads`` (lists of str).
 
+    Channels of extra ECG leads (:func:`is_extra_lead`: Frank X/Y/Z, V7-V9, rhythm strips) are left
+    out and listed in ``info["ignored_leads"]``.
+
     Raises:
         RecordError: unknown or duplicated lead names, a name count that does not match the
             channel count, or missing leads without ``allow_missing_leads``.
@@ -77,8 +92,12 @@ def arrange_leads(
             f"signal channels (array shape {channels.shape})"
         )
     rows: dict[str, int] = {}
+    ignored: list[str] = []
     for i, raw in enumerate(names):
         canon = canonical_lead_name(raw)
+        if canon is None and is_extra_lead(raw):
+            ignored.append(raw)
+            continue
         if canon is None:
             raise RecordError(
                 path, f"unknown lead name {raw!r} (channel {i}); expected the 12 standard leads "
@@ -128,7 +147,9 @@ def arrange_leads(
     if missing and not allow_missing_leads:
         raise RecordError(
             path, f"missing leads {', '.join(missing)} (file has {', '.join(names)}); "
-            "pass allow_missing_leads=True to keep them as NaN"
+            "pass --allow-missing-leads to keep them (zero in the model input, flagged)"
         )
     info = {"original_lead_names": names, "derived_leads": derived, "missing_leads": missing}
+    if ignored:
+        info["ignored_leads"] = ignored
     return signal, info

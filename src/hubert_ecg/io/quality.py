@@ -7,7 +7,15 @@ import numpy as np
 from hubert_ecg.io.leads import STANDARD_LEADS
 from hubert_ecg.io.record import Record
 
-__all__ = ["amplitude_warnings", "lead_ranges"]
+__all__ = ["amplitude_warnings", "lead_ranges", "unscorable_reason", "quality_label", "MIN_FS",
+           "UNSCORABLE_ABOVE_MV", "UNSCORABLE_BELOW_MV"]
+
+#: Lowest sampling rate read: the model's band ends at 47 Hz, which needs a Nyquist rate of 47 Hz.
+MIN_FS = 94.0
+# Amplitudes no unit mix-up explains: 1000x beyond the uV-as-mV / mV-as-uV warnings below (which
+# stay usable, since per-lead min-max scaling makes the model input independent of the unit).
+UNSCORABLE_ABOVE_MV = 1e5
+UNSCORABLE_BELOW_MV = 1e-4
 
 # A surface ECG lead spans roughly 0.3-5 mV peak to peak; the median over 12 leads of a real
 # recording stays well inside [0.05, 20] mV even for large QRS voltages. The limits below sit
@@ -66,12 +74,12 @@ def amplitude_warnings(record: Record) -> list[str]:
         if typical > _UV_AS_MV_ABOVE_MV:
             warnings.append(
                 f"median lead range {typical:.4g} mV is ~1000x too large for an ECG: "
-                "values look like microvolts labelled as mV (pass units='uV')"
+                "values look like microvolts labelled as mV (pass --units uV)"
             )
         elif typical < _MV_AS_UV_BELOW_MV:
             warnings.append(
                 f"median lead range {typical:.4g} mV is ~1000x too small for an ECG: "
-                "values look like millivolts labelled as microvolts (pass units='mV')"
+                "values look like millivolts labelled as microvolts (pass --units mV)"
             )
 
     einthoven = _einthoven_fraction(signal, names, record.meta.get("derived_leads", []))
@@ -105,3 +113,41 @@ def _einthoven_fraction(
     residual = limb[2, ok] - (limb[1, ok] - limb[0, ok])
     residual = residual - np.median(residual)
     return float(np.sqrt(np.mean(residual**2))) / scale
+
+
+def unscorable_reason(record: Record) -> str | None:
+    """Why ``record`` is physically implausible and must not be scored, or None.
+
+    * every recorded lead flat (constant) or without finite samples: leads off / no signal;
+    * (units mV) a median lead range above :data:`UNSCORABLE_ABOVE_MV` or below
+      :data:`UNSCORABLE_BELOW_MV`: far outside any ECG, beyond what a unit mix-up explains.
+
+    The model's per-lead min-max scaling would turn a flat line plus rounding noise, or garbage
+    of any size, into a full-scale "ECG", so such records get no probabilities.
+    """
+    signal = np.asarray(record.signal, dtype=np.float64)
+    missing = set(record.meta.get("missing_leads", []))
+    names = list(STANDARD_LEADS) if signal.shape[0] == len(STANDARD_LEADS) else [str(i) for i in range(len(signal))]
+    recorded = [i for i, name in enumerate(names) if name not in missing]
+    ranges = lead_ranges(signal[recorded])
+    live = ranges[np.isfinite(ranges) & (ranges > 0)]
+    if live.size == 0 or all(_is_flat(signal[i]) or not np.isfinite(signal[i]).any() for i in recorded):
+        return "all leads flat (leads off or no signal)"
+    if record.units == "mV":
+        typical = float(np.median(live))
+        if typical > UNSCORABLE_ABOVE_MV:
+            return f"amplitude far outside the ECG range (median lead range {typical:.3g} mV)"
+        if typical < UNSCORABLE_BELOW_MV:
+            return f"amplitude far below the ECG range (median lead range {typical:.3g} mV; leads off?)"
+    return None
+
+
+def quality_label(record: Record) -> str:
+    """One-cell summary for tables: ``ok``, ``warning: ...``, ``uncalibrated: ...`` or ``unscorable: ...``."""
+    reason = record.meta.get("unscorable")
+    if reason:
+        return f"unscorable: {reason}"
+    warnings = [str(w) for w in record.meta.get("warnings", [])]
+    if record.meta.get("uncalibrated"):
+        return "uncalibrated: " + "; ".join(w.removeprefix("uncalibrated: ") for w in warnings)
+    return "warning: " + "; ".join(warnings) if warnings else "ok"

@@ -2,88 +2,100 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hubert_ecg.io.record import Record, RecordError
+from hubert_ecg.io.registry import format_names, get_format, identify, read_head, xml_formats, xml_root_name
 
-__all__ = ["read_record", "detect_format", "FORMATS"]
+__all__ = ["read_record", "detect_format", "load_sidecar", "SIDECAR_KEYS"]
 
-#: Canonical format names accepted by ``read_record(fmt=...)``, with their aliases.
-FORMATS: dict[str, str] = {
-    "wfdb": "wfdb", "hea": "wfdb", "dat": "wfdb",
-    "mat": "mat", "matlab": "mat",
-    "npy": "numpy", "npz": "numpy", "numpy": "numpy",
-    "csv": "text", "tsv": "text", "txt": "text", "text": "text",
-    "hdf5": "hdf5", "h5": "hdf5", "hdf": "hdf5",
-    "dicom": "dicom", "dcm": "dicom",
-    "muse": "muse", "xml": "muse",
-}
-_BY_SUFFIX = {
-    ".hea": "wfdb", ".dat": "wfdb", ".npy": "numpy", ".npz": "numpy",
-    ".csv": "text", ".tsv": "text", ".txt": "text",
-    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
-    ".dcm": "dicom", ".dicom": "dicom", ".xml": "muse",
-}
+#: Keys of a sidecar ``<record>.json`` (what the file itself does not say).
+SIDECAR_KEYS = ("fs", "units", "leads")
+# Signal files a WFDB header points to: the header is the record.
+_WFDB_SIGNAL_SUFFIXES = (".dat", ".mat")
+
+
+def _format_list() -> str:
+    return ", ".join(format_names())
 
 
 def detect_format(path: str | Path) -> str:
-    """Canonical format name of ``path`` from its suffix, companion files or magic bytes.
+    """Canonical format name of ``path`` from its suffix, companion files or content.
 
-    A ``.mat`` with a ``.hea`` beside it is a WFDB record (CinC 2020/2021); a path without
-    suffix whose ``<path>.hea`` exists is a WFDB record name.
+    A ``.mat``/``.dat`` with a ``.hea`` beside it is a WFDB record (CinC 2020/2021); a path without
+    suffix whose ``<path>.hea`` exists is a WFDB record name. Everything else is decided by the reader
+    registry (:mod:`hubert_ecg.io.registry`).
 
     Raises:
-        RecordError: the file does not exist or its format is not recognised.
+        RecordError: the file does not exist, cannot be opened, or its format is not recognised.
     """
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix == ".mat":
-        return "wfdb" if p.with_suffix(".hea").is_file() else "mat"
-    if suffix in _BY_SUFFIX:
-        return _BY_SUFFIX[suffix]
+    if suffix in _WFDB_SIGNAL_SUFFIXES and p.with_suffix(".hea").is_file():
+        return "wfdb"
+    if p.exists() and not p.is_file() and not p.is_dir():
+        raise RecordError(p, "not a regular file (FIFO, socket or device); not opened")
     if not p.is_file():
         if p.with_name(p.name + ".hea").is_file():
             return "wfdb"
         raise RecordError(p, "file not found")
     try:
-        with open(p, "rb") as handle:
-            head = handle.read(4096)
+        head = read_head(p)
     except OSError as exc:
         raise RecordError(p, f"cannot open file: {exc.strerror or exc}") from None
-    if head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "hdf5"
-    if head.startswith(b"\x93NUMPY") or head.startswith(b"PK\x03\x04"):
-        return "numpy"
-    if b"<RestingECG" in head:
-        return "muse"
-    raise RecordError(p, f"unrecognised ECG file format (suffix {suffix or 'none'}); pass fmt=...")
+    fmt = identify(p, head, explicit=True)
+    if fmt is not None:
+        return fmt.name
+    root = xml_root_name(head)
+    if root is not None and suffix in ("", ".xml"):
+        known = ", ".join(f"<{r}> ({f.name})" for f in xml_formats() for r in f.xml_roots)
+        raise RecordError(p, f"XML root element <{root}> is not an ECG format this package reads ({known})")
+    raise RecordError(p, f"unrecognised ECG file format (suffix {suffix or 'none'}); "
+                         f"name it with --format (one of {_format_list()})")
 
 
-def _reader(fmt: str) -> Callable[..., Record]:
-    # Imported on demand so that one format's optional dependency never blocks another.
-    if fmt == "wfdb":
-        from hubert_ecg.io.wfdb_reader import read_wfdb
-        return read_wfdb
-    if fmt == "mat":
-        from hubert_ecg.io.arrays import read_matlab
-        return read_matlab
-    if fmt == "numpy":
-        from hubert_ecg.io.arrays import read_numpy
-        return read_numpy
-    if fmt == "text":
-        from hubert_ecg.io.text import read_text
-        return read_text
-    if fmt == "hdf5":
-        from hubert_ecg.io.hdf5 import read_hdf5
-        return read_hdf5
-    if fmt == "dicom":
-        from hubert_ecg.io.dicom import read_dicom
-        return read_dicom
-    from hubert_ecg.io.muse import read_muse
-    return read_muse
+def load_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The sidecar ``<record>.json`` of ``path`` (``{"fs": 250, "units": "uV", "leads": [...]}``), or None.
+
+    Raises:
+        RecordError: the sidecar is not valid JSON, not an object, has unknown keys or bad values.
+    """
+    p = Path(path)
+    sidecar = p.with_suffix(".json") if p.suffix else p.with_name(p.name + ".json")
+    if sidecar == p or not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(p, f"sidecar {sidecar.name}: unreadable JSON: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecordError(p, f"sidecar {sidecar.name} must be a JSON object like {{\"fs\": 500}}, "
+                             f"got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SIDECAR_KEYS))
+    if unknown:
+        raise RecordError(p, f"sidecar {sidecar.name}: unknown key(s) {', '.join(unknown)}; "
+                             f"allowed: {', '.join(SIDECAR_KEYS)}")
+    out: dict[str, Any] = {}
+    if data.get("fs") is not None:
+        fs = data["fs"]
+        if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not math.isfinite(fs) or fs <= 0:
+            raise RecordError(p, f"sidecar {sidecar.name}: 'fs' must be a positive number of Hz, got {fs!r}")
+        out["fs"] = float(fs)
+    if data.get("units") is not None:
+        if not isinstance(data["units"], str):
+            raise RecordError(p, f"sidecar {sidecar.name}: 'units' must be a string such as \"mV\" or \"uV\", "
+                                 f"got {data['units']!r}")
+        out["units"] = data["units"]
+    if data.get("leads") is not None:
+        leads = data["leads"]
+        if not isinstance(leads, list) or not all(isinstance(n, str) for n in leads) or not leads:
+            raise RecordError(p, f"sidecar {sidecar.name}: 'leads' must be a list of lead names, got {leads!r}")
+        out["lead_names"] = leads
+    return sidecar, out
 
 
 def read_record(
@@ -100,11 +112,14 @@ def read_record(
 
     Args:
         path: the file: WFDB header/signal file/record name, ``.mat``, ``.npy``/``.npz``,
-            ``.csv``/``.tsv``/``.txt``, ``.h5``/``.hdf5``, DICOM, MUSE ``.xml``.
-        fmt: force a format (``wfdb``, ``mat``, ``npy``, ``csv``, ``hdf5``, ``dicom``,
-            ``muse`` or an alias) instead of detecting it.
-        fs: sampling rate in Hz; overrides what the file says (needed for bare ``.mat`` and
-            text without a time column).
+            ``.csv``/``.tsv``/``.txt``, ``.h5``/``.hdf5``, DICOM, GE MUSE / HL7 aECG / Philips
+            ``.xml``, EDF/BDF (every format of :mod:`hubert_ecg.io.registry`).
+        fmt: force a format (a registry name such as ``wfdb``, ``numpy``, ``edf``, ``hl7``, or an
+            alias) instead of detecting it.
+        fs: sampling rate in Hz; overrides what the file says (needed for ``.npy``, ``.npz``
+            without ``fs``, bare ``.mat`` and text without a time column or ``# fs:`` line, unless
+            a sidecar ``<record>.json`` gives it). Arguments win over the sidecar, the sidecar
+            over the file.
         units: unit of the stored values (``"mV"``, ``"uV"``, ...); overrides the file's.
         lead_names: channel labels in file order; override the file's.
         key: exam id or row inside a multi-record HDF5 file (CODE-15%).
@@ -118,20 +133,41 @@ def read_record(
         RecordError: any unusable file; the message is ``"<path>: <reason>"`` on one line.
     """
     if fmt is not None:
-        canonical = FORMATS.get(fmt.strip().lower().lstrip("."))
-        if canonical is None:
-            raise RecordError(path, f"unknown format {fmt!r}; use one of {', '.join(sorted(set(FORMATS.values())))}")
+        chosen = get_format(fmt)
+        if chosen is None:
+            raise RecordError(path, f"unknown format {fmt!r} (--format); use one of {_format_list()}")
+        canonical = chosen.name
     else:
         canonical = detect_format(path)
-    if key is not None and canonical != "hdf5":
+        chosen = get_format(canonical)
+    assert chosen is not None
+    if key is not None and not chosen.keyed:
         raise RecordError(path, f"key={key!r} only applies to multi-record HDF5 files, not {canonical}")
     if canonical != "wfdb" and not Path(path).is_file():
-        raise RecordError(path, "file not found")
-    kwargs = {"fs": fs, "units": units, "lead_names": lead_names, "allow_missing_leads": allow_missing_leads}
-    if canonical == "hdf5":
+        special = Path(path).exists() and not Path(path).is_dir()
+        raise RecordError(path, "not a regular file (FIFO, socket or device); not opened" if special
+                          else "file not found")
+    sidecar = load_sidecar(path)
+    meta_extra: dict[str, Any] = {}
+    if sidecar is not None:
+        sidecar_path, values = sidecar
+        # Command-line options win over the sidecar, the sidecar over the file.
+        fs = fs if fs is not None else values.get("fs")
+        units = units if units is not None else values.get("units")
+        lead_names = lead_names if lead_names is not None else values.get("lead_names")
+        meta_extra["sidecar"] = str(sidecar_path)
+    kwargs: dict[str, Any] = {"fs": fs, "units": units, "lead_names": lead_names,
+                              "allow_missing_leads": allow_missing_leads}
+    if chosen.keyed:
         kwargs["key"] = key
     try:
-        return _reader(canonical)(path, **kwargs)
+        reader = chosen.load()
+    except ImportError as exc:
+        hint = f" (pip install 'hubert-ecg[{chosen.extra}]')" if chosen.extra else ""
+        raise RecordError(path, f"reading {canonical} files needs a library that is not installed: {exc}{hint}") \
+            from None
+    try:
+        record = reader(path, **kwargs)
     except RecordError:
         raise
     except MemoryError:
@@ -140,3 +176,5 @@ def read_record(
         # Last line of defence: a batch job must get a one-line, file-naming error, never a
         # library traceback, even for damage the format reader did not anticipate.
         raise RecordError(path, f"cannot read {canonical} file: {type(exc).__name__}: {exc}") from exc
+    record.meta.update(meta_extra)
+    return record

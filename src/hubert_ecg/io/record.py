@@ -54,7 +54,10 @@ class Record:
         meta: free-form metadata. Keys the readers fill when they know them: ``format``,
             ``age`` (float), ``sex`` ("M"/"F"), ``labels`` (list of str, e.g. SNOMED CT codes),
             ``original_lead_names`` (list of str, file order), ``derived_leads`` (list of str),
-            ``missing_leads`` (list of str), ``warnings`` (list of str).
+            ``missing_leads`` (list of str), ``ignored_leads`` (leads beyond the 12, dropped),
+            ``warnings`` (list of str), ``unscorable`` (why the record is physically implausible
+            and must get no probabilities), ``uncalibrated`` (WFDB gain 0), ``sidecar`` (the
+            ``<record>.json`` that was applied), ``fs_source`` (where the rate came from).
     """
 
     signal: np.ndarray

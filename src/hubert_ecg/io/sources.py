@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import csv
+import errno
+import glob
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hubert_ecg.io.leads import canonical_lead_name
 from hubert_ecg.io.reader import read_record
 from hubert_ecg.io.record import Record, RecordError, RecordSource
+from hubert_ecg.io.registry import get_format, identify, read_head, xml_root_name
 
-__all__ = ["discover_sources", "read_source", "is_manifest"]
+__all__ = ["discover_sources", "iter_sources", "read_source", "is_manifest", "InputAccount"]
 
 _MANIFEST_PATH_COLUMNS = ("path", "filename", "file", "filepath", "file_path", "record", "record_path", "ecg_path")
 _MANIFEST_ID_COLUMNS = ("record_id", "id")
 _MANIFEST_KEY_COLUMNS = ("key", "exam_id")
 _TEXT_SUFFIXES = {".csv", ".tsv", ".txt"}
-_HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf"}
-_PLAIN_SUFFIXES = {".npy", ".npz", ".dcm", ".dicom"}
 
 
 def _first_line(path: Path) -> str:
@@ -64,12 +65,6 @@ def is_manifest(path: str | Path) -> bool:
         candidate = p.parent / line.strip()
         return candidate.is_file() or candidate.with_name(candidate.name + ".hea").is_file()
     return False
-
-
-def _looks_like_ecg_table(path: Path) -> bool:
-    """A text file whose header names at least two standard leads (metadata CSVs do not)."""
-    cells = _cells(_first_line(path))
-    return sum(canonical_lead_name(c.split("(")[0].split("[")[0]) is not None for c in cells) >= 2
 
 
 def _resolve(base: Path, entry: str) -> Path:
@@ -116,7 +111,8 @@ def _from_manifest(path: Path, allow_outside_root: bool = False) -> Iterator[Rec
             raise RecordError(path, f"row {number}: {entry} not found")
         key = next((row[c] for c in _MANIFEST_KEY_COLUMNS if row.get(c)), None)
         record_id = next((row[c] for c in _MANIFEST_ID_COLUMNS if row.get(c)), None)
-        if key is not None and target.suffix.lower() in _HDF5_SUFFIXES:
+        container = get_format(target.suffix) if target.suffix else None
+        if key is not None and container is not None and container.keyed:
             yield RecordSource(str(target), key, record_id or key)
             continue
         found = list(_sources_for_file(target, explicit=True, allow_outside_root=allow_outside_root))
@@ -125,23 +121,136 @@ def _from_manifest(path: Path, allow_outside_root: bool = False) -> Iterator[Rec
         yield from found
 
 
-def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = False) -> Iterable[RecordSource]:
-    """Sources in one file. From folder walks (``explicit=False``) companion and non-ECG
-    files are skipped silently; an explicitly named file is always taken as a record."""
+class InputAccount:
+    """Every path a discovery walk saw and did not turn into a record, with the reason.
+
+    Records found are counted by the caller (they are read, then accepted or rejected). Files that
+    are part of a record (the ``.dat``/``.mat`` signal files a WFDB header names, a sidecar
+    ``<record>.json``) are counted as ``companions``; manifests as ``manifests``. Everything else
+    is in ``skipped`` as ``(path, reason)``: ``unsupported format (.pdf)``, ``not a recognised
+    layout (...)``, ``unreadable: permission denied``, ``not a regular file (FIFO)``,
+    ``symlink loop``, ``hidden file``.
+    """
+
+    def __init__(self) -> None:
+        self.skipped: list[tuple[str, str]] = []
+        self.companions = 0
+        self.manifests = 0
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+
+    def counts(self) -> dict[str, int]:
+        """Skipped paths per reason class (the reason up to its first ``(`` or ``:``)."""
+        out: dict[str, int] = {}
+        for _, reason in self.skipped:
+            category = reason.split("(")[0].split(":")[0].strip()
+            out[category] = out.get(category, 0) + 1
+        return dict(sorted(out.items(), key=lambda item: (-item[1], item[0])))
+
+    def summary(self) -> str:
+        """``"3 skipped (2 unsupported format, 1 not a regular file)"``, or ``""`` when none."""
+        if not self.skipped:
+            return ""
+        parts = ", ".join(f"{n} {category}" for category, n in self.counts().items())
+        return f"{len(self.skipped)} skipped ({parts})"
+
+    def write_csv(self, path: str | Path) -> Path | None:
+        """Write ``path, reason`` rows atomically (the file is removed when nothing was skipped)."""
+        from hubert_ecg.atomic import atomic_path
+
+        path = Path(path)
+        if not self.skipped:
+            path.unlink(missing_ok=True)
+            return None
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["path", "reason"])
+                writer.writerows(self.skipped)
+        return path
+
+
+_KIND = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+         (stat.S_ISBLK, "block device"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """Reason a path of this ``st_mode`` is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KIND if test(mode)), "special file")
+    return f"not a regular file ({kind})"
+
+
+def _stat_reason(path: Path, exc: OSError) -> str:
+    if path.is_symlink():
+        return "symlink loop" if exc.errno == errno.ELOOP else "broken symlink (target missing)"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    return f"unreadable: {exc.strerror or exc}"
+
+
+def _skip_or_raise(account: InputAccount | None, explicit: bool, path: Path, reason: str) -> list[RecordSource]:
+    if explicit:
+        raise RecordError(path, reason)
+    if account is not None:
+        account.skip(path, reason)
+    return []
+
+
+def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = False,
+                      account: InputAccount | None = None) -> Iterable[RecordSource]:
+    """Sources in one regular file. From folder walks (``explicit=False``) companion and non-ECG
+    files are skipped and recorded in ``account`` with the reason; an explicitly named file is
+    always taken as a record, or refused with the reason."""
     suffix = path.suffix.lower()
+    try:
+        special = _not_regular(path.stat().st_mode)  # a manifest may name a FIFO: never open one
+    except OSError as exc:
+        return _skip_or_raise(account, explicit, path, _stat_reason(path, exc))
+    if special is not None:
+        return _skip_or_raise(account, explicit, path, special)
     if suffix == ".hea":
         return [RecordSource(str(path), None, path.stem)]
-    if suffix in (".dat", ".mat"):
-        header = path.with_suffix(".hea")
-        if header.is_file():
-            # The header is the record; a folder walk meets it on its own.
-            return [RecordSource(str(header), None, header.stem)] if explicit else []
-        if suffix == ".dat":
-            if explicit:
-                raise RecordError(path, "WFDB signal file without its .hea header")
-            return []
-        return [RecordSource(str(path), None, path.stem)]
-    if suffix in _HDF5_SUFFIXES:
+    header = path.with_suffix(".hea")
+    if suffix in (".dat", ".mat") and header.is_file():
+        # The header is the record; a folder walk meets it on its own.
+        if explicit:
+            return [RecordSource(str(header), None, header.stem)]
+        if account is not None:
+            account.companions += 1
+        return []
+    if suffix == ".dat":
+        return _skip_or_raise(account, explicit, path, "WFDB signal file without its .hea header")
+    if suffix == ".json" and not explicit and _has_record_sibling(path):
+        if account is not None:
+            account.companions += 1  # a sidecar: read with its record
+        return []
+    try:
+        head = read_head(path)
+    except OSError as exc:
+        return _skip_or_raise(account, explicit, path, _stat_reason(path, exc))
+    if suffix in _TEXT_SUFFIXES and is_manifest(path):
+        if account is not None:
+            account.manifests += 1
+        return _from_manifest(path, allow_outside_root)
+    fmt = identify(path, head, explicit=explicit)
+    if fmt is None:
+        if explicit:
+            from hubert_ecg.io.reader import detect_format
+
+            detect_format(path)  # raises the precise reason
+        root = xml_root_name(head)
+        if root is not None:
+            reason = f"not a recognised layout (XML root <{root}>)"
+        elif get_format(suffix) is not None or suffix in _TEXT_SUFFIXES:
+            reason = "not a recognised layout (no lead columns)" if suffix in _TEXT_SUFFIXES else \
+                f"not a recognised layout ({suffix} file)"
+        else:
+            reason = f"unsupported format ({suffix or 'no suffix'})"
+        return _skip_or_raise(account, explicit, path, reason)
+    if fmt.keyed:
         from hubert_ecg.io.hdf5 import hdf5_record_keys
 
         try:
@@ -151,48 +260,79 @@ def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = 
         if keys is None:
             return [RecordSource(str(path), None, path.stem)]
         return [RecordSource(str(path), key, key) for key in keys]
-    if suffix in _TEXT_SUFFIXES:
-        if is_manifest(path):
-            return _from_manifest(path, allow_outside_root)
-        if explicit or _looks_like_ecg_table(path):
-            return [RecordSource(str(path), None, path.stem)]
-        return []
-    if suffix in _PLAIN_SUFFIXES:
-        return [RecordSource(str(path), None, path.stem)]
-    if suffix == ".xml":
-        from hubert_ecg.io.muse import is_muse_xml
+    return [RecordSource(str(path), None, path.stem)]
 
-        return [RecordSource(str(path), None, path.stem)] if explicit or is_muse_xml(path) else []
-    if explicit or suffix == "":
+
+def _has_record_sibling(path: Path) -> bool:
+    try:
+        return any(p != path and p.suffix.lower() != ".json" for p in path.parent.glob(glob.escape(path.stem) + ".*"))
+    except OSError:
+        return False
+
+
+def _walk(folder: Path, recursive: bool, account: InputAccount | None = None) -> Iterator[Path]:
+    """Regular files under ``folder`` in sorted order (a folder's files before its sub-folders).
+
+    Nothing but ``stat`` touches a path before it is known to be a regular file, so FIFOs, sockets
+    and devices are never opened (opening a FIFO blocks until a writer comes). Symlinked folders
+    are followed once: a folder already searched (a symlink loop) is skipped, as are unreadable
+    folders and hidden entries; each skip is recorded in ``account``.
+    """
+    visited: set[tuple[int, int]] = set()
+
+    def skip(path: Path, reason: str) -> None:
+        if account is not None:
+            account.skip(path, reason)
+
+    def visit(directory: Path) -> Iterator[Path]:
         try:
-            from hubert_ecg.io.reader import detect_format
+            info = directory.stat()
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError as exc:
+            reason = _stat_reason(directory, exc)
+            skip(directory, reason.replace("unreadable:", "unreadable folder:", 1))
+            return
+        if (info.st_dev, info.st_ino) in visited:
+            skip(directory, "symlink loop (folder already searched)")
+            return
+        visited.add((info.st_dev, info.st_ino))
+        folders: list[Path] = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                mode = entry.stat(follow_symlinks=True).st_mode
+            except OSError as exc:
+                skip(path, _stat_reason(path, exc))
+                continue
+            if entry.name.startswith("."):
+                skip(path, "hidden folder (not searched)" if stat.S_ISDIR(mode) else "hidden file")
+                continue
+            if stat.S_ISDIR(mode):
+                if recursive:
+                    folders.append(path)
+                else:
+                    skip(path, "folder not searched (not recursive)")
+                continue
+            special = _not_regular(mode)
+            if special is not None:
+                skip(path, special)
+                continue
+            yield path
+        for sub in folders:
+            yield from visit(sub)
 
-            detect_format(path)
-        except RecordError:
-            if explicit:
-                raise
-            return []
-        return [RecordSource(str(path), None, path.stem)]
-    return []
-
-
-def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
-    if not recursive:
-        yield from sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        return
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(root) / name
+    yield from visit(folder)
 
 
 def iter_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
-                 allow_outside_root: bool = False) -> Iterator[RecordSource]:
+                 allow_outside_root: bool = False, account: InputAccount | None = None) -> Iterator[RecordSource]:
     """Expand files, folders and manifests into one ``RecordSource`` per record.
 
     * a folder is walked (recursively by default) in sorted order; WFDB companions (the ``.dat``
-      or ``.mat`` of a ``.hea``), annotation files and metadata CSVs are skipped;
+      or ``.mat`` of a ``.hea``), sidecar JSONs, annotation files, metadata CSVs and anything that
+      is not an ECG are skipped, and recorded with their reason in ``account`` when given
+      (special files and symlink loops are never opened);
     * a ``.csv``/``.txt`` manifest (column ``path``, ``filename``, ``file`` or ``record``,
       relative to the manifest's folder; optional ``record_id`` and ``key``/``exam_id``) lists
       records; PTB-XL's ``records.csv`` style record names without suffix resolve to ``.hea``;
@@ -204,18 +344,29 @@ def iter_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
     unless ``allow_outside_root`` (the check is lexical, so symlinks inside the root work).
 
     Raises:
-        RecordError: an input or manifest entry that does not exist, or that leaves the data root.
+        RecordError: an input or manifest entry that does not exist, that leaves the data root,
+            or an input named explicitly that is not a regular file or not an ECG.
     """
     # Duplicates are recognised by an 8-byte digest of (path, key): about 60 bytes per record
     # instead of the record itself, so millions of records stream through in little memory.
     seen: set[int] = set()
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        try:
+            mode: int | None = path.stat().st_mode
+        except OSError as exc:
+            if path.is_symlink() or isinstance(exc, PermissionError):
+                raise RecordError(path, _stat_reason(path, exc)) from None
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
             found: Iterable[RecordSource] = (
-                source for file in _walk(path, recursive)
-                for source in _sources_for_file(file, explicit=False, allow_outside_root=allow_outside_root))
-        elif path.is_file():
+                source for file in _walk(path, recursive, account)
+                for source in _sources_for_file(file, explicit=False, allow_outside_root=allow_outside_root,
+                                                account=account))
+        elif mode is not None:
+            refused = _not_regular(mode)
+            if refused is not None:
+                raise RecordError(path, refused)
             found = _sources_for_file(path, explicit=True, allow_outside_root=allow_outside_root)
         elif path.with_name(path.name + ".hea").is_file():
             header = path.with_name(path.name + ".hea")
@@ -231,9 +382,9 @@ def iter_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
 
 
 def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
-                     allow_outside_root: bool = False) -> list[RecordSource]:
+                     allow_outside_root: bool = False, account: InputAccount | None = None) -> list[RecordSource]:
     """All sources of :func:`iter_sources` as a list (same order, duplicates dropped, same errors)."""
-    return list(iter_sources(inputs, recursive=recursive, allow_outside_root=allow_outside_root))
+    return list(iter_sources(inputs, recursive=recursive, allow_outside_root=allow_outside_root, account=account))
 
 
 def read_source(src: RecordSource, **kw: Any) -> Record:

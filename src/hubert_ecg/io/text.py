@@ -14,7 +14,7 @@ from hubert_ecg.io._build import build_record
 from hubert_ecg.io.leads import STANDARD_LEADS
 from hubert_ecg.io.record import Record, RecordError
 
-__all__ = ["read_text", "split_unit_suffix", "sniff_delimiter"]
+__all__ = ["read_text", "split_unit_suffix", "sniff_delimiter", "looks_like_ecg_table", "decode_text"]
 
 _TIME_SECONDS = {"time", "t", "times", "timestamp", "seconds", "second", "sec", "s", "time_s", "timesec"}
 _TIME_MILLIS = {"time_ms", "timems", "ms", "millis", "milliseconds"}
@@ -56,6 +56,38 @@ def _column_role(name: str) -> str:
     return "lead"
 
 
+def decode_text(data: bytes) -> str:
+    """Text of a file's bytes: UTF-8 (with or without BOM) or UTF-16/32 with a BOM; Latin-1 otherwise."""
+    import codecs
+
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding, "replace")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def looks_like_ecg_table(path: Path, head: bytes) -> bool:
+    """True for a text table holding an ECG: a header naming at least two standard leads, or a
+    header-less table of at least 8 numeric columns. Metadata and label CSVs (``metadata.csv``,
+    ``labels.csv``) are not."""
+    from hubert_ecg.io.leads import canonical_lead_name
+
+    lines = [line for line in decode_text(head).splitlines()[:-1] or decode_text(head).splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        return False
+    delimiter = sniff_delimiter(Path(path), lines[0])
+    cells = lines[0].split() if delimiter is None else [c.strip().strip('"') for c in lines[0].split(delimiter)]
+    if sum(canonical_lead_name(split_unit_suffix(c)[0]) is not None for c in cells) >= 2:
+        return True
+    # Header-less: 8 (I, II, V1-V6) or more numeric columns look like leads; reading then says what is missing.
+    return len(cells) >= 8 and all(_is_number(c) for c in cells)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -85,9 +117,15 @@ def read_text(
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        # Sniff the head before reading the whole file: a large binary file named .csv is refused
+        # after 64 KiB, not after decoding gigabytes.
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+        if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise RecordError(path, "not a text table: binary data (NUL bytes) in the first "
+                                    f"{len(head) // 1024} KiB")
+        lines = decode_text(path.read_bytes()).splitlines()
+    except OSError as exc:
         raise RecordError(path, f"cannot read text file: {type(exc).__name__}: {exc}") from None
 
     comment_fs: float | None = None
@@ -111,10 +149,12 @@ def read_text(
     warnings: list[str] = []
     if all(_is_number(cell) for cell in header if cell):
         if lead_names is None and len(header) != len(STANDARD_LEADS):
-            raise RecordError(path, "no header row of lead names (first row is numeric); pass lead_names=...")
+            raise RecordError(path, f"no header row of lead names and {len(header)} columns (first row is numeric); "
+                                     "pass --lead-names NAME ... in column order")
         header = list(lead_names) if lead_names is not None else list(STANDARD_LEADS)
         if lead_names is None:
-            warnings.append("no header row; assumed 12 columns in standard lead order")
+            warnings.append("no header row; assumed 12 columns in standard lead order I, II, III, aVR, aVL, aVF, "
+                            "V1-V6 (pass --lead-names if not)")
         body_start = first
     else:
         body_start = first + 1
@@ -159,7 +199,8 @@ def read_text(
     if rate is None and time_columns:
         rate = _fs_from_time(path, table[:, time_columns[0]], roles[time_columns[0]] == "time_ms")
     if rate is None:
-        raise RecordError(path, "sampling rate unknown: pass fs=... or add a time column")
+        raise RecordError(path, "sampling rate unknown (no time column, no '# fs:' line): "
+                               f"pass --fs HZ or a sidecar {path.stem}.json with {{\"fs\": HZ}}")
 
     known = [u for u in column_units if u is not None]
     channel_units: list[str | None] | None = column_units if known else None
@@ -174,12 +215,12 @@ def read_text(
 def _fs_from_time(path: Path, time: np.ndarray, millis: bool) -> float:
     seconds = time / (1000.0 if millis else 1.0)
     if seconds.size < 2 or not np.all(np.isfinite(seconds)) or np.any(np.diff(seconds) <= 0):
-        raise RecordError(path, "time column is not finite and strictly increasing; pass fs=...")
+        raise RecordError(path, "time column is not finite and strictly increasing; pass --fs HZ")
     # End-to-end span is immune to the rounding of printed time stamps; a gap or jump of half
     # a sample anywhere means the samples are not on one uniform grid.
     step = (seconds[-1] - seconds[0]) / (seconds.size - 1)
     grid = seconds[0] + step * np.arange(seconds.size)
     if np.max(np.abs(seconds - grid)) > 0.5 * step:
-        raise RecordError(path, "time column is not uniformly sampled; pass fs=...")
+        raise RecordError(path, "time column is not uniformly sampled; pass --fs HZ")
     rate = 1.0 / step
     return float(round(rate)) if abs(rate - round(rate)) < 1e-3 * rate else float(rate)

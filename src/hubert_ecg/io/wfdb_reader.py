@@ -89,6 +89,10 @@ def read_wfdb(
     if not header.is_file():
         raise RecordError(path, f"WFDB header {header.name} not found")
     record_name = str(header.with_suffix(""))
+    _sniff_header(header)
+    multi_segment, uncalibrated = _header_facts(header)
+    if multi_segment:
+        return _read_multi_segment(wfdb, header, record_name, fs, units, lead_names, allow_missing_leads)
     try:
         # One parse of the header: rdrecord reads it; the slower diagnosis runs only on failure.
         rec = wfdb.rdrecord(record_name, physical=False)
@@ -109,7 +113,14 @@ def read_wfdb(
     warnings: list[str] = []
     channel_units: list[str | None] | None = list(rec.units or [None] * rec.n_sig)
 
-    if _gains_are_self_normalising(digital, rec.adc_gain):
+    if uncalibrated:
+        # WFDB gain 0 means "uncalibrated"; wfdb silently substitutes 200 units/mV. Keep the counts.
+        values = (digital.astype(np.float64) - np.asarray(rec.baseline, dtype=np.float64)).T
+        channel_units = None
+        meta["uncalibrated"] = True
+        warnings.append(f"uncalibrated: WFDB gain 0 for signal(s) {', '.join(uncalibrated)}; values are ADC counts, "
+                        "units unknown (pass --units if you know the scale)")
+    elif _gains_are_self_normalising(digital, rec.adc_gain):
         # LUDB v1.0.1 headers store each lead's own peak-to-peak range as its "gain", which
         # would rescale every lead to a range of 1 and break III = II - I. The ADC counts
         # themselves are consistent across leads, so keep them with one common scale.
@@ -167,3 +178,67 @@ def _gains_are_self_normalising(digital: np.ndarray, gains: Sequence[float] | No
         return False
     ptp = np.ptp(digital.astype(np.float64), axis=0)
     return bool(np.all(np.abs(ptp - np.asarray(gains, dtype=np.float64)) <= 1.0))
+
+
+#: A WFDB header is a short text file (one line per signal plus comments); far larger is not a header.
+_MAX_HEADER_BYTES = 1 << 20
+
+
+def _sniff_header(header: Path) -> None:
+    """Refuse a file that cannot be a WFDB header from its size and first bytes, without reading it all."""
+    try:
+        size = header.stat().st_size
+        with open(header, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise RecordError(header, f"cannot read WFDB header: {exc.strerror or exc}") from None
+    if b"\x00" in head:
+        raise RecordError(header, "not a WFDB header: binary data (NUL bytes) in the first bytes")
+    if size > _MAX_HEADER_BYTES:
+        raise RecordError(header, f"not a WFDB header: {size / 1e6:.0f} MB (a header is a small text file)")
+
+
+def _header_facts(header: Path) -> tuple[bool, list[str]]:
+    """(multi-segment record?, names of signals with gain 0) from the header text itself (wfdb hides both)."""
+    try:
+        lines = [line.split("#")[0].split() for line in header.read_text(errors="replace").splitlines()]
+    except OSError:
+        return False, []
+    lines = [tokens for tokens in lines if tokens]
+    if not lines:
+        return False, []
+    if "/" in lines[0][0]:
+        return True, []
+    uncalibrated = []
+    for tokens in lines[1:]:
+        if len(tokens) >= 3:
+            match = re.match(r"^[-+]?[0-9.]+(?:[eE][-+]?\d+)?", tokens[2])
+            if match and _is_zero(match.group(0)):
+                uncalibrated.append(tokens[8] if len(tokens) > 8 else tokens[0])
+    return False, uncalibrated
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0.0
+    except ValueError:
+        return False
+
+
+def _read_multi_segment(wfdb: Any, header: Path, record_name: str, fs: float | None, units: str | None,
+                        lead_names: Sequence[str] | None, allow_missing_leads: bool) -> Record:
+    """A multi-segment record, joined by wfdb into physical values (each segment has its own gains,
+    so the digital samples of different segments cannot share one scale)."""
+    try:
+        rec = wfdb.rdrecord(record_name, physical=True, m2s=True)
+    except Exception as exc:
+        raise RecordError(header, f"cannot read multi-segment WFDB record: {type(exc).__name__}: {exc}") from None
+    values = rec.p_signal
+    if values is None or values.ndim != 2 or values.shape[0] == 0:
+        raise RecordError(header, "multi-segment WFDB record without samples")
+    meta: dict[str, Any] = {"format": "wfdb", "multi_segment": True,
+                            "warnings": ["multi-segment WFDB record: segments joined (gaps between layouts are NaN)"]}
+    meta.update(parse_header_comments(rec.comments or []))
+    return build_record(header, values.T, list(lead_names) if lead_names is not None else list(rec.sig_name),
+                        fs=fs if fs is not None else rec.fs, channel_units=list(rec.units), record_id=header.stem,
+                        meta=meta, units_override=units, allow_missing_leads=allow_missing_leads)

@@ -45,6 +45,9 @@ from typing import Literal
 
 import numpy as np
 
+from ..config import CONV_STEMS, stem_layout
+from ..config import token_spans as _stem_token_spans
+
 __all__ = [
     "DEFAULT_CONV_LAYOUTS",
     "FeatureInputError",
@@ -60,11 +63,9 @@ __all__ = [
 
 HandFeatureKind = Literal["tf", "mfcc", "tf+mfcc"]
 
-# Conv front ends of the released models, keyed by input sampling rate (reference section 1.3).
+# Conv front ends of the released models, keyed by input sampling rate: a view of config.CONV_STEMS.
 DEFAULT_CONV_LAYOUTS: dict[float, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    500.0: ((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)),
-    100.0: ((10, 3, 3, 2, 2), (4, 2, 2, 2, 2)),
-    50.0: ((10, 3, 3, 2), (4, 2, 2, 2)),
+    float(rate): (tuple(stem["conv_kernel"]), tuple(stem["conv_stride"])) for rate, stem in CONV_STEMS.items()
 }
 
 TF_FEATURE_NAMES: tuple[str, ...] = (
@@ -116,12 +117,10 @@ def conv_layout(
         if min(kernels) < 1 or min(strides) < 1:
             raise FeatureInputError(f"conv kernels {kernels} and strides {strides} must be positive")
         return kernels, strides
-    layout = DEFAULT_CONV_LAYOUTS.get(float(fs))
-    if layout is None:
-        raise FeatureInputError(
-            f"no default conv layout for fs={fs} Hz (known: 500, 100, 50); pass conv_kernels and conv_strides"
-        )
-    return layout
+    try:
+        return stem_layout(fs)
+    except ValueError as err:
+        raise FeatureInputError(str(err)) from None
 
 
 def token_spans(
@@ -142,20 +141,10 @@ def token_spans(
         ``floor((L - k) / s) + 1`` layer by layer (6000 -> 93 at 100 Hz).
     """
     kernels, strides = conv_layout(0.0, conv_kernels, conv_strides)
-    length = int(n_samples)
-    for kernel, stride in zip(kernels, strides):
-        if length < kernel:
-            raise FeatureInputError(
-                f"input of {n_samples} samples is shorter than the conv receptive field (kernels {kernels}, "
-                f"strides {strides})"
-            )
-        length = (length - kernel) // stride + 1
-    field, jump = 1, 1
-    for kernel, stride in zip(kernels, strides):
-        field += (kernel - 1) * jump
-        jump *= stride
-    starts = np.arange(length, dtype=np.int64) * jump
-    return np.stack([starts, starts + field], axis=1)
+    try:
+        return _stem_token_spans(n_samples, kernels, strides)  # the geometry lives in hubert_ecg.config
+    except ValueError as err:
+        raise FeatureInputError(str(err)) from None
 
 
 def _as_signal_batch(x: object, name: str = "x") -> np.ndarray:

@@ -428,87 +428,122 @@ def fit_kmeans(
     Returns:
         the fitted :class:`KMeansModel` (its normaliser is the one every row was transformed with).
     """
-    if n_threads is not None:
-        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-        with threadpool_limits(limits=n_threads):
-            return fit_kmeans(
-                feature_batches, k, normaliser=normaliser, normaliser_sample=normaliser_sample,
-                normaliser_rows=normaliser_rows, seed=seed, backend=backend, batch_size=batch_size,
-                epochs=epochs, max_rows=max_rows, faiss_gpu=faiss_gpu, n_threads=None, metadata=metadata,
-            )
-    if k < 1:
-        raise KMeansInputError(f"k must be >= 1, got {k}")
-    if batch_size < 1:
-        raise KMeansInputError(f"batch_size must be >= 1, got {batch_size}")
-    if epochs is not None and epochs < 1:
-        raise KMeansInputError(f"epochs must be >= 1, got {epochs}")
-    if backend not in ("sklearn", "faiss"):
-        raise KMeansInputError(f"unknown k-means backend {backend!r}; expected 'sklearn' or 'faiss'")
+    opts = KMeansOptions(int(k), normaliser_rows, int(seed), backend, batch_size, epochs, max_rows, faiss_gpu)
+    opts.check()
     norm = normaliser if isinstance(normaliser, FeatureNormaliser) else FeatureNormaliser(normaliser)
     if not norm.is_fitted and normaliser_sample is not None:
         norm.fit(normaliser_sample)
-
-    dim: list[int] = []
-
-    def epoch_rows(epoch: int) -> Iterator[np.ndarray]:
-        stream = _checked_chunks(_open_source(feature_batches, epoch), dim)
-        if not norm.is_fitted:
-            stream = _fit_normaliser_from_head(norm, stream, normaliser_rows)
-        return _limit_rows(stream, max_rows) if max_rows is not None else stream
-
     # A copy, so that sweep_k (or a caller reusing one metadata object) never shares it between models.
     meta = replace(metadata, extra=dict(metadata.extra)) if metadata is not None else KMeansMetadata()
-    meta.seed, meta.backend = int(seed), backend
+    meta.seed, meta.backend = opts.seed, opts.backend
+    stream = _EpochRows(feature_batches, norm, opts)
     in_memory = isinstance(feature_batches, np.ndarray) or hasattr(feature_batches, "detach")
+    with _thread_limit(n_threads):
+        if opts.backend == "faiss":
+            return _fit_faiss(stream, norm, opts, meta)
+        if in_memory and max_rows is None:
+            return _fit_sklearn_in_memory(stream, norm, opts, meta)
+        return _fit_sklearn_streaming(stream, norm, opts, meta)
 
-    if backend == "faiss":
-        faiss = _import_faiss()
-        chunks = list(epoch_rows(0))
-        if not chunks:
-            raise KMeansInputError("no feature rows to fit k-means on: the feature source is empty")
-        data = np.ascontiguousarray(norm.transform(np.concatenate(chunks)), dtype=np.float32)
-        _check_enough_rows(data.shape[0], k)
-        km = faiss.Kmeans(data.shape[1], k, niter=epochs or 25, seed=seed, gpu=faiss_gpu, verbose=False)
-        km.train(data)
-        meta.n_fit_rows = int(data.shape[0])
-        return KMeansModel(np.asarray(km.centroids), norm, meta)
 
+@dataclass(frozen=True)
+class KMeansOptions:
+    """How :func:`fit_kmeans` fits (its keyword arguments other than the data, normaliser and provenance)."""
+
+    k: int
+    normaliser_rows: int = 100_000
+    seed: int = 0
+    backend: str = "sklearn"
+    batch_size: int = 10_000
+    epochs: int | None = None
+    max_rows: int | None = None
+    faiss_gpu: bool = False
+
+    def check(self) -> None:
+        if self.k < 1:
+            raise KMeansInputError(f"k must be >= 1, got {self.k}")
+        if self.batch_size < 1:
+            raise KMeansInputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs is not None and self.epochs < 1:
+            raise KMeansInputError(f"epochs must be >= 1, got {self.epochs}")
+        if self.backend not in ("sklearn", "faiss"):
+            raise KMeansInputError(f"unknown k-means backend {self.backend!r}; expected 'sklearn' or 'faiss'")
+
+
+class _EpochRows:
+    """Checked 2-D row chunks of one pass over the source; the normaliser is fitted on the first pass's head."""
+
+    def __init__(self, source: FeatureSource, norm: FeatureNormaliser, opts: KMeansOptions) -> None:
+        self.source, self.norm, self.opts = source, norm, opts
+        self.dim: list[int] = []
+
+    def __call__(self, epoch: int) -> Iterator[np.ndarray]:
+        stream = _checked_chunks(_open_source(self.source, epoch), self.dim)
+        if not self.norm.is_fitted:
+            stream = _fit_normaliser_from_head(self.norm, stream, self.opts.normaliser_rows)
+        return _limit_rows(stream, self.opts.max_rows) if self.opts.max_rows is not None else stream
+
+
+def _thread_limit(n_threads: int | None) -> Any:
+    """A cap on OpenMP/BLAS threads while fitting, or nothing (``None``: library defaults)."""
+    if n_threads is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    return threadpool_limits(limits=n_threads)
+
+
+def _fit_faiss(stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions, meta: KMeansMetadata) -> KMeansModel:
+    faiss = _import_faiss()
+    chunks = list(stream(0))
+    if not chunks:
+        raise KMeansInputError("no feature rows to fit k-means on: the feature source is empty")
+    data = np.ascontiguousarray(norm.transform(np.concatenate(chunks)), dtype=np.float32)
+    _check_enough_rows(data.shape[0], opts.k)
+    km = faiss.Kmeans(data.shape[1], opts.k, niter=opts.epochs or 25, seed=opts.seed, gpu=opts.faiss_gpu,
+                      verbose=False)
+    km.train(data)
+    meta.n_fit_rows = int(data.shape[0])
+    return KMeansModel(np.asarray(km.centroids), norm, meta)
+
+
+def _fit_sklearn_in_memory(stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions,
+                           meta: KMeansMetadata) -> KMeansModel:
+    """One array: ``MiniBatchKMeans.fit`` with ``epochs`` as max_iter (default 100, early stopping)."""
     from sklearn.cluster import MiniBatchKMeans
 
-    if in_memory and max_rows is None:
-        chunks = list(epoch_rows(0))
-        if not chunks:
-            raise KMeansInputError("no feature rows to fit k-means on: the feature array is empty")
-        data = norm.transform(chunks[0]).astype(np.float32, copy=False)
-        _check_enough_rows(data.shape[0], k)
-        max_iter = epochs or 100
-        fit_batch = min(batch_size, data.shape[0])
-        if max_iter * data.shape[0] // fit_batch < 2:
-            # sklearn's MiniBatchKMeans.fit fails after a single step (no running inertia yet): use two.
-            fit_batch = max(1, data.shape[0] // 2)
-        estimator = MiniBatchKMeans(
-            n_clusters=k,
-            init="k-means++",
-            batch_size=fit_batch,
-            max_iter=max_iter,
-            random_state=seed,
-            compute_labels=False,
-            n_init=1,
-        ).fit(data)
-        meta.n_fit_rows = int(data.shape[0])
-        return KMeansModel(estimator.cluster_centers_, norm, meta)
+    chunks = list(stream(0))
+    if not chunks:
+        raise KMeansInputError("no feature rows to fit k-means on: the feature array is empty")
+    data = norm.transform(chunks[0]).astype(np.float32, copy=False)
+    _check_enough_rows(data.shape[0], opts.k)
+    max_iter = opts.epochs or 100
+    fit_batch = min(opts.batch_size, data.shape[0])
+    if max_iter * data.shape[0] // fit_batch < 2:
+        # sklearn's MiniBatchKMeans.fit fails after a single step (no running inertia yet): use two.
+        fit_batch = max(1, data.shape[0] // 2)
+    estimator = MiniBatchKMeans(n_clusters=opts.k, init="k-means++", batch_size=fit_batch, max_iter=max_iter,
+                                random_state=opts.seed, compute_labels=False, n_init=1).fit(data)
+    meta.n_fit_rows = int(data.shape[0])
+    return KMeansModel(estimator.cluster_centers_, norm, meta)
 
-    estimator = MiniBatchKMeans(
-        n_clusters=k, init="k-means++", batch_size=batch_size, random_state=seed, compute_labels=False, n_init=1
-    )
+
+def _fit_sklearn_streaming(stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions,
+                           meta: KMeansMetadata) -> KMeansModel:
+    """A stream: ``partial_fit`` passes (``epochs``, default 1); the first batch has >= 3 k rows for k-means++."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    estimator = MiniBatchKMeans(n_clusters=opts.k, init="k-means++", batch_size=opts.batch_size,
+                                random_state=opts.seed, compute_labels=False, n_init=1)
     n_rows_first_epoch = 0
-    for epoch in range(epochs or 1):
-        for batch in _rebatch(epoch_rows(epoch), batch_size, first_size=max(batch_size, 3 * k)):
+    for epoch in range(opts.epochs or 1):
+        for batch in _rebatch(stream(epoch), opts.batch_size, first_size=max(opts.batch_size, 3 * opts.k)):
             if epoch == 0:
                 n_rows_first_epoch += batch.shape[0]
                 if not hasattr(estimator, "cluster_centers_"):
-                    _check_enough_rows(batch.shape[0], k)
+                    _check_enough_rows(batch.shape[0], opts.k)
             estimator.partial_fit(norm.transform(batch).astype(np.float32, copy=False))
     if not hasattr(estimator, "cluster_centers_"):
         raise KMeansInputError("no feature rows to fit k-means on: the feature source is empty")

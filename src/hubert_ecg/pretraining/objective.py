@@ -78,6 +78,7 @@ class PretrainObjective:
     seed: int = 0
     val_batch: int = 64
     max_val_rows: int | None = 10_000  # a seeded subset: validation must stay cheap on a large store
+    lead_dropout: float = 0.0  # zero each input lead with this probability (>= 1 kept); targets stay 12-lead
     sharded_validation = True  # every rank validates its share (see validate)
 
     def __post_init__(self) -> None:
@@ -133,6 +134,12 @@ class PretrainObjective:
         """
         local = len(batch["input"])
         global_batch = local * env.world_size
+        if self.lead_dropout > 0:
+            from ..preprocess import apply_lead_dropout
+
+            # The targets still describe all 12 leads: the model learns to infer what a missing lead held.
+            rng = np.random.default_rng([int(self.seed), int(step), int(micro), int(env.rank), 11])
+            batch = {**batch, "input": apply_lead_dropout(batch["input"], self.lead_dropout, rng)}
         return self._forward(module, batch, key=step, offset=micro * global_batch + env.rank * local,
                              global_batch=global_batch * accum)
 
@@ -184,23 +191,77 @@ def default_val_rows(store: ECGStore, split: str, fraction: float, seed: int) ->
     return rows[~is_val], rows[is_val]
 
 
+@dataclass
+class PretrainRun:
+    """What to pre-train, on what, from where: the ``run`` section of a pre-training ``run.json``.
+
+    The keyword arguments of :func:`run_pretrain` (``store`` and ``targets`` are its first two arguments).
+    """
+
+    store: str | None = None
+    targets: list[str] | None = None
+    size: str = "small"
+    init_from: str | None = None
+    alpha: float = 1.0
+    mask_prob: float | None = None
+    mask_length: int | None = None
+    val_split: str = "val"
+    val_fraction: float = 0.05
+    model_overrides: dict[str, Any] | None = None
+    lead_dropout: float = 0.0
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`run_pretrain` (all fields but ``store`` and ``targets``)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("store", "targets")}
+
+
+def pretrain_settings(run: PretrainRun, cfg: "TrainConfig") -> dict[str, Any]:
+    """The ``settings`` of a pre-training ``run.json`` (what ``--print-config`` prints, ``--config`` reads)."""
+    from ..runs import to_jsonable
+
+    return {"run": to_jsonable(run), "train": to_jsonable(cfg)}
+
+
+def _targets_fingerprint(store: ECGStore, name: str) -> dict[str, Any]:
+    import json
+
+    path = store.targets_path(name)
+    meta_file = path.with_suffix(".json")
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return {"kmeans_sha256": meta.get("kmeans_sha256"), "k": meta.get("k"), "rows": meta.get("n_rows"),
+            "bytes": path.stat().st_size if path.exists() else None}
+
+
 def run_pretrain(store_path: str, targets: Sequence[str], cfg: "TrainConfig", *, size: str = "small",
                  init_from: str | None = None, alpha: float = 1.0, mask_prob: float | None = None,
                  mask_length: int | None = None, val_split: str = "val", val_fraction: float = 0.05,
-                 model_overrides: dict[str, Any] | None = None) -> "TrainResult":
+                 model_overrides: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
+                 command: list[str] | None = None, lead_dropout: float = 0.0) -> "TrainResult":
     """Masked-prediction pre-training on a store with k-means targets (see ``hubert-ecg pretrain``).
 
     ``init_from`` starts iteration n+1 from iteration n: all encoder weights are kept, the codebooks
-    are fresh (sized by the new targets).
+    are fresh (sized by the new targets). ``cfg.out_dir`` gets a ``run.json``; ``overwrite``/``resume``
+    as in :func:`hubert_ecg.finetune.run_finetune`.
     """
     import json
+    from pathlib import Path
 
     from ..checkpoint import load_model
     from ..model import create_model
+    from ..runs import begin_training_run
     from ..training import train
 
     store = ECGStore(store_path)
     targets = list(targets)
+    if cfg.monitor == "val_loss":
+        cfg.monitor_mode = "min"
+    init_path = Path(init_from).expanduser() if init_from else None
+    run = PretrainRun(str(Path(store.path).resolve()), targets, size,
+                      str(init_path.resolve()) if init_path is not None and init_path.exists() else init_from,
+                      alpha, mask_prob, mask_length, val_split, val_fraction, model_overrides, lead_dropout)
+    begin_training_run(cfg.out_dir, cfg.device, "pretrain", pretrain_settings(run, cfg), store=store, init=init_from,
+                       extra_inputs={"targets": {n: _targets_fingerprint(store, n) for n in targets}},
+                       overwrite=overwrite, resume=resume, command=command)
     vocab_sizes = []
     kmeans_refs = []
     for name in targets:
@@ -231,7 +292,5 @@ def run_pretrain(store_path: str, targets: Sequence[str], cfg: "TrainConfig", *,
     model.info.source = f"pre-trained on {store.path}" + (f" from {init_from}" if init_from else "")
     train_rows, val_rows = default_val_rows(store, val_split, val_fraction, cfg.seed)
     objective = PretrainObjective(model, store, targets, train_rows, val_rows, global_batch=cfg.batch_size,
-                                  alpha=alpha, seed=cfg.seed)
-    if cfg.monitor == "val_loss":
-        cfg.monitor_mode = "min"
+                                  alpha=alpha, seed=cfg.seed, lead_dropout=lead_dropout)
     return train(model, objective, cfg)

@@ -72,13 +72,14 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json, sha256_file
+from ..config import token_mask_from_sample_mask
 from ..store import ECGStore
 
 __all__ = [
@@ -210,7 +211,7 @@ class _FeatureComputer:
         rows = np.asarray(rows, dtype=np.int64)
         item = self.windows[(0, rows)]
         sample_mask = batch_mask(item).numpy()
-        valid = _token_validity(sample_mask, self.spans)
+        valid = token_mask_from_sample_mask(sample_mask, self.kernels, self.strides)
         if self.model is None:
             from .features import FeatureInputError, hand_features
 
@@ -237,13 +238,6 @@ class _FeatureComputer:
             out = self.model(x.to(self.device), None if full else mask.to(self.device),  # type: ignore[misc]
                              output_hidden_states=True)
         return out.hidden_states[int(self.spec.layer)].float().cpu().numpy()  # type: ignore[arg-type]
-
-
-def _token_validity(sample_mask: np.ndarray, spans: np.ndarray) -> np.ndarray:
-    """Token t is valid iff every sample of its span ``[start, stop)`` is real: (B, L) bool -> (B, T) bool."""
-    invalid = np.concatenate([np.zeros((sample_mask.shape[0], 1), np.int64),
-                              np.cumsum(~sample_mask.astype(bool), axis=1, dtype=np.int64)], axis=1)
-    return (invalid[:, spans[:, 1]] - invalid[:, spans[:, 0]]) == 0
 
 
 def _progress(enabled: bool, **kwargs: Any) -> Any:
@@ -356,11 +350,11 @@ def dump_features(
         ``out_dir``. Shards already on disk are kept (resume); ``features.json`` appears once every
         rank's shards exist.
     """
-    _check_rank(rank, world_size)
-    if dtype not in ("float32", "float16"):
-        raise TargetsError(f"dtype must be float32 or float16, got {dtype!r}")
-    if batch_size < 1 or shard_rows < 1:
-        raise TargetsError(f"batch_size and shard_rows must be >= 1, got {batch_size} and {shard_rows}")
+    opts = DumpOptions(kind=kind, checkpoint=checkpoint, layer=layer, rows=rows, sample_fraction=sample_fraction,
+                       seed=seed, batch_size=batch_size, shard_rows=shard_rows, rank=rank, world_size=world_size,
+                       device=device, progress=progress, dtype=dtype, mfcc_deltas=mfcc_deltas,
+                       stop_after_shards=stop_after_shards)
+    opts.check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Shard files of this rank cut short by a kill (SIGKILL skips their clean-up); only this rank writes them.
@@ -369,42 +363,15 @@ def dump_features(
     spec = _make_spec(store, kind, checkpoint, layer, mfcc_deltas)
     selected = _select_rows(store, rows, sample_fraction, seed)
     computer = _FeatureComputer(store, spec, checkpoint, device)
-    plan = {
-        "format": _FEATURES_FORMAT, "version": 1, **spec.to_dict(),
-        "store": str(Path(store.path).resolve()), "store_rows": len(store),
-        "n_tokens": computer.n_tokens, "dim": computer.dim, "dtype": dtype,
-        "n_rows": int(selected.size), "rows_sha256": hashlib.sha256(selected.tobytes()).hexdigest(),
-        "sample_fraction": float(sample_fraction), "seed": int(seed), "shard_rows": int(shard_rows),
-        "world_size": int(world_size),
-    }
+    plan = _dump_plan(store, spec, computer, selected, opts)
     _check_or_write_plan(out_dir / "plan.json", plan,
                          f"{out_dir}: holds features dumped with other settings; use a new directory or delete it")
+    if rank == 0:
+        _record_stage(out_dir, "features", {**plan, "batch_size": int(batch_size), "device": str(device),
+                                            "rows_given": rows is not None},
+                      {"store": _store_print(store), "checkpoint": _checkpoint_print(spec.checkpoint)})
     shards = _rank_shards(selected, world_size, shard_rows)
-    todo = [(name, part) for name, part in shards[rank] if not _shard_done(out_dir, name)]
-    bar = _progress(progress, total=sum(len(p) for _, p in shards[rank]),
-                    initial=sum(len(p) for _, p in shards[rank]) - sum(len(p) for _, p in todo),
-                    desc=f"features r{rank}", unit="ECG")
-    try:
-        for n_written, (name, part) in enumerate(todo):
-            if stop_after_shards is not None and n_written >= stop_after_shards:
-                raise LabelInterrupted(f"{out_dir}: stopped after {stop_after_shards} shards (incomplete); "
-                                       "re-run the same command to finish")
-            valid = np.empty((len(part), computer.n_tokens), dtype=bool)
-            # Descriptors go straight into the (temporary) .npy file: a 4096-row shard of 768-wide
-            # latents is over 1 GB, which need not sit in memory. Renamed last: it marks the shard done.
-            with atomic_path(out_dir / f"{name}.npy") as tmp:
-                feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                                  shape=(len(part), computer.n_tokens, computer.dim))
-                for s in range(0, len(part), batch_size):
-                    f, v = computer.batch(part[s:s + batch_size])
-                    feats[s:s + len(f)], valid[s:s + len(f)] = f, v
-                    bar.update(len(f))
-                feats.flush()
-                del feats
-                _save_npy(out_dir / f"{name}.rows.npy", part)
-                _save_npy(out_dir / f"{name}.valid.npy", valid)
-    finally:
-        bar.close()
+    _write_shards(out_dir, shards[rank], computer, opts)
     if _dist_ready(world_size):
         _barrier()
         if rank != 0:
@@ -415,6 +382,96 @@ def dump_features(
                    "shards": [{"name": name, "n": len(part)} for name, part in all_shards]}
         atomic_write_json(out_dir / "features.json", summary)
     return out_dir
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    """The keyword arguments of :func:`dump_features` (see there), grouped and checked."""
+
+    kind: str
+    checkpoint: Any = None
+    layer: int | None = None
+    rows: Any = None
+    sample_fraction: float = 1.0
+    seed: int = 0
+    batch_size: int = 256
+    shard_rows: int = 4096
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    progress: bool = True
+    dtype: str = "float32"
+    mfcc_deltas: bool = False
+    stop_after_shards: int | None = None
+
+    def check(self) -> None:
+        _check_rank(self.rank, self.world_size)
+        if self.dtype not in ("float32", "float16"):
+            raise TargetsError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        if self.batch_size < 1 or self.shard_rows < 1:
+            raise TargetsError(f"batch_size and shard_rows must be >= 1, got {self.batch_size} and {self.shard_rows}")
+
+
+def _dump_plan(store: ECGStore, spec: FeatureSpec, computer: _FeatureComputer, selected: np.ndarray,
+               opts: DumpOptions) -> dict[str, Any]:
+    """What defines a dump (checked on resume; ``features.json`` repeats it)."""
+    return {
+        "format": _FEATURES_FORMAT, "version": 1, **spec.to_dict(),
+        "store": str(Path(store.path).resolve()), "store_rows": len(store),
+        "n_tokens": computer.n_tokens, "dim": computer.dim, "dtype": opts.dtype,
+        "n_rows": int(selected.size), "rows_sha256": hashlib.sha256(selected.tobytes()).hexdigest(),
+        "sample_fraction": float(opts.sample_fraction), "seed": int(opts.seed), "shard_rows": int(opts.shard_rows),
+        "world_size": int(opts.world_size),
+    }
+
+
+def _write_shards(out_dir: Path, shards: list[tuple[str, np.ndarray]], computer: _FeatureComputer,
+                  opts: DumpOptions) -> None:
+    """Write this rank's unfinished shards (rows and validity first, descriptors last: they mark it done)."""
+    todo = [(name, part) for name, part in shards if not _shard_done(out_dir, name)]
+    bar = _progress(opts.progress, total=sum(len(p) for _, p in shards),
+                    initial=sum(len(p) for _, p in shards) - sum(len(p) for _, p in todo),
+                    desc=f"features r{opts.rank}", unit="ECG")
+    try:
+        for n_written, (name, part) in enumerate(todo):
+            if opts.stop_after_shards is not None and n_written >= opts.stop_after_shards:
+                raise LabelInterrupted(f"{out_dir}: stopped after {opts.stop_after_shards} shards (incomplete); "
+                                       "re-run the same command to finish")
+            valid = np.empty((len(part), computer.n_tokens), dtype=bool)
+            # Descriptors go straight into the (temporary) .npy file: a 4096-row shard of 768-wide
+            # latents is over 1 GB, which need not sit in memory. Renamed last: it marks the shard done.
+            with atomic_path(out_dir / f"{name}.npy") as tmp:
+                feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=opts.dtype,
+                                                  shape=(len(part), computer.n_tokens, computer.dim))
+                for s in range(0, len(part), opts.batch_size):
+                    f, v = computer.batch(part[s:s + opts.batch_size])
+                    feats[s:s + len(f)], valid[s:s + len(f)] = f, v
+                    bar.update(len(f))
+                feats.flush()
+                del feats
+                _save_npy(out_dir / f"{name}.rows.npy", part)
+                _save_npy(out_dir / f"{name}.valid.npy", valid)
+    finally:
+        bar.close()
+
+
+def _record_stage(where: Path, kind: str, settings: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """The stage's ``run.json`` (:func:`hubert_ecg.runs.write_stage_record`): settings, command, versions, inputs."""
+    from ..runs import write_stage_record
+
+    write_stage_record(where, kind, {kind: settings}, inputs=inputs)
+
+
+def _store_print(store: ECGStore) -> dict[str, Any]:
+    from ..runs import store_fingerprint
+
+    return store_fingerprint(store)
+
+
+def _checkpoint_print(checkpoint: str | None) -> dict[str, Any] | None:
+    from ..runs import checkpoint_fingerprint
+
+    return None if checkpoint is None or checkpoint == "<in-memory model>" else checkpoint_fingerprint(checkpoint)
 
 
 def _check_or_write_plan(path: Path, plan: dict[str, Any], conflict: str) -> None:
@@ -540,7 +597,6 @@ def cluster_features(
     Returns:
         one dict per K: ``k``, ``path`` (the safetensors file), ``held_out``, and the quality numbers.
     """
-    from .kmeans import KMeansMetadata, cluster_quality, fit_kmeans
 
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     meta = _read_features_json(features_dir)
@@ -549,60 +605,80 @@ def cluster_features(
         raise TargetsError(f"k values must be positive integers, got {ks}")
     if not 0.0 <= held_out_fraction < 1.0:
         raise TargetsError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
-    all_rows = np.concatenate([rows for rows, _, _ in _iter_shards(features_dir, meta)])
-    held_rows = np.zeros(0, dtype=np.int64)
-    if held_out_fraction > 0:
-        n_held = min(len(all_rows) - 1, max(1, int(round(held_out_fraction * len(all_rows)))))
-        if n_held < 1:
-            raise TargetsError(f"{features_dir}: {len(all_rows)} rows are too few to hold any out")
-        held_rows = np.sort(np.random.default_rng(seed).choice(all_rows, size=n_held, replace=False))
+    held_rows = _held_out_rows(features_dir, meta, held_out_fraction, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_npy(out_dir / "held_out_rows.npy", held_rows)  # which ECGs quality was measured on
-    if held_rows.size:
-        held_chunks = list(iter_feature_batches(features_dir, max_held_out_rows, only_rows=held_rows))
-    else:
-        held_chunks = list(iter_feature_batches(features_dir, max_held_out_rows))
+    _record_stage(out_dir, "cluster", {"ks": ks, "normaliser": normaliser, "held_out_fraction": held_out_fraction,
+                                       "seed": seed, "backend": backend, "max_fit_rows": max_fit_rows,
+                                       "max_held_out_rows": max_held_out_rows, "epochs": epochs,
+                                       "fit_batch_size": fit_batch_size},
+                  {"features": {"path": str(features_dir.resolve()), "rows_sha256": meta["rows_sha256"],
+                                "rows": meta["n_rows"]}})
+    held_chunks = list(iter_feature_batches(features_dir, max_held_out_rows,
+                                            only_rows=held_rows if held_rows.size else None))
     if not held_chunks:
         raise TargetsError(f"{features_dir}: the held-out rows have no valid tokens")
-    held_out = np.concatenate(held_chunks)
-
-    spec = FeatureSpec.from_dict(meta)
-    settings = {"features": str(features_dir.resolve()), "features_rows_sha256": meta["rows_sha256"],
-                "normaliser": normaliser, "held_out_fraction": held_out_fraction, "seed": seed,
-                "backend": backend, "max_fit_rows": max_fit_rows, "epochs": epochs,
-                "fit_batch_size": fit_batch_size}
-    results = []
-    for k in ks:
-        k_dir = out_dir / f"k{k}"
-        model_path, quality_path = k_dir / "kmeans.safetensors", k_dir / "quality.json"
-        if model_path.exists() and quality_path.exists():
-            previous = json.loads(quality_path.read_text())
-            if previous.get("settings") == settings:
-                results.append(previous)
-                continue
-        metadata = KMeansMetadata(kind=_kmeans_kind(spec.kind), layer=spec.layer, source_checkpoint=spec.checkpoint,
-                                  extra={"feature_spec": spec.to_dict(), "features_dir": settings["features"],
-                                         "n_tokens": meta["n_tokens"], "dim": meta["dim"]})
-        model = fit_kmeans(lambda: iter_feature_batches(features_dir, exclude_rows=held_rows), k,
-                           normaliser=normaliser,  # type: ignore[arg-type]
-                           seed=seed, backend=backend, batch_size=fit_batch_size,  # type: ignore[arg-type]
-                           epochs=epochs, max_rows=max_fit_rows, n_threads=n_threads, metadata=metadata)
-        with atomic_path(model_path) as tmp:
-            model.save(tmp)
-        quality = cluster_quality(model, held_out, seed=seed)
-        record = {"k": k, "path": str(model_path), "held_out": bool(held_rows.size),
-                  "n_held_out_ecgs": int(held_rows.size), **quality, "settings": settings,
-                  "kmeans_sha256": sha256_file(model_path)}
-        atomic_write_json(quality_path, record)  # last: marks this K done
-        results.append(record)
+    job = _ClusterJob(features_dir, meta, held_rows, np.concatenate(held_chunks), n_threads, {
+        "features": str(features_dir.resolve()), "features_rows_sha256": meta["rows_sha256"],
+        "normaliser": normaliser, "held_out_fraction": held_out_fraction, "seed": seed, "backend": backend,
+        "max_fit_rows": max_fit_rows, "epochs": epochs, "fit_batch_size": fit_batch_size})
+    results = [job.fit(k, out_dir / f"k{k}") for k in ks]
     summary = [{key: value for key, value in r.items() if key != "cluster_sizes"} for r in results]
-    atomic_write_json(out_dir / "sweep.json", {"features": settings["features"], "results": summary})
+    atomic_write_json(out_dir / "sweep.json", {"features": job.settings["features"], "results": summary})
     if len(ks) > 1:
         from ..plots import plot_inertia_vs_k
 
         plot_inertia_vs_k([r["k"] for r in results], [r["inertia_total"] for r in results],
                           out_dir / "inertia_vs_k.png")
     return results
+
+
+def _held_out_rows(features_dir: Path, meta: dict[str, Any], fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of the dump's ECG rows (whole ECGs), sorted; empty for fraction 0."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    all_rows = np.concatenate([rows for rows, _, _ in _iter_shards(features_dir, meta)])
+    n_held = min(len(all_rows) - 1, max(1, int(round(fraction * len(all_rows)))))
+    if n_held < 1:
+        raise TargetsError(f"{features_dir}: {len(all_rows)} rows are too few to hold any out")
+    return np.sort(np.random.default_rng(seed).choice(all_rows, size=n_held, replace=False))
+
+
+@dataclass
+class _ClusterJob:
+    """One dump, its held-out split and the fit settings; :meth:`fit` makes (or reuses) one K."""
+
+    features_dir: Path
+    meta: dict[str, Any]
+    held_rows: np.ndarray
+    held_out: np.ndarray  # held-out descriptors for the quality numbers
+    n_threads: int | None
+    settings: dict[str, Any]  # recorded in quality.json; a K with the same settings is reused
+
+    def fit(self, k: int, k_dir: Path) -> dict[str, Any]:
+        from .kmeans import KMeansMetadata, cluster_quality, fit_kmeans
+
+        model_path, quality_path = k_dir / "kmeans.safetensors", k_dir / "quality.json"
+        if model_path.exists() and quality_path.exists():
+            previous = json.loads(quality_path.read_text())
+            if previous.get("settings") == self.settings:
+                return previous
+        spec, cfg = FeatureSpec.from_dict(self.meta), self.settings
+        metadata = KMeansMetadata(kind=_kmeans_kind(spec.kind), layer=spec.layer, source_checkpoint=spec.checkpoint,
+                                  extra={"feature_spec": spec.to_dict(), "features_dir": cfg["features"],
+                                         "n_tokens": self.meta["n_tokens"], "dim": self.meta["dim"]})
+        model = fit_kmeans(lambda: iter_feature_batches(self.features_dir, exclude_rows=self.held_rows), k,
+                           normaliser=cfg["normaliser"], seed=cfg["seed"], backend=cfg["backend"],
+                           batch_size=cfg["fit_batch_size"], epochs=cfg["epochs"], max_rows=cfg["max_fit_rows"],
+                           n_threads=self.n_threads, metadata=metadata)
+        with atomic_path(model_path) as tmp:
+            model.save(tmp)
+        quality = cluster_quality(model, self.held_out, seed=cfg["seed"])
+        record = {"k": k, "path": str(model_path), "held_out": bool(self.held_rows.size),
+                  "n_held_out_ecgs": int(self.held_rows.size), **quality, "settings": cfg,
+                  "kmeans_sha256": sha256_file(model_path)}
+        atomic_write_json(quality_path, record)  # last: marks this K done
+        return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,8 +785,6 @@ def label_store(
         ``{name}.npy`` is int16 ``(len(store), T)``, with ``{name}.json`` beside it (k-means path and
         sha256, K, kind/layer/checkpoint). Finished targets with the same k-means are kept as they are.
     """
-    from .kmeans import KMeansModel
-
     _check_rank(rank, world_size)
     if batch_size < 1:
         raise TargetsError(f"batch_size must be >= 1, got {batch_size}")
@@ -718,101 +792,167 @@ def label_store(
         raise TargetsError("label_store needs at least one k-means model")
     if not name or "/" in name or name.startswith("."):
         raise TargetsError(f"invalid target name {name!r}")
-    files = [_resolve_kmeans_file(p) for p in kmeans_paths]
-    models = [KMeansModel.load(f) for f in files]
-    for f, model in zip(files, models):
-        if model.k > np.iinfo(np.int16).max:
-            raise TargetsError(f"{f}: K={model.k} does not fit int16 targets")
-    names = [name] if len(models) == 1 else [f"{name}-{i}" for i in range(len(models))]
-    specs = [_spec_for_model(store, m, kind, checkpoint, layer) for m in models]
-    shas = [sha256_file(f) for f in files]
-    targets_dir = store.targets_path(names[0]).parent
-    targets_dir.mkdir(parents=True, exist_ok=True)
-
-    def finished(i: int) -> bool:
-        final, info = store.targets_path(names[i]), targets_dir / f"{names[i]}.json"
-        if not final.exists():
-            return False
-        recorded = json.loads(info.read_text()).get("kmeans_sha256") if info.exists() else None
-        if recorded != shas[i]:
-            raise TargetsError(f"{final}: targets from another k-means model exist; use another name or delete them")
-        return True
-
-    if all(finished(i) for i in range(len(names))):
-        return names
-
-    computers: dict[FeatureSpec, _FeatureComputer] = {}
-    for spec in specs:
-        if spec not in computers:
-            computers[spec] = _FeatureComputer(store, spec, checkpoint if spec.kind == "hidden" else None, device)
-    for f, spec, model in zip(files, specs, models):
-        if computers[spec].dim != model.dim:
-            raise TargetsError(f"{f}: the model has {model.dim}-dimensional centroids but {spec.kind} descriptors "
-                               f"have {computers[spec].dim}")
-    n_tokens = next(iter(computers.values())).n_tokens
-    n_rows = len(store)
-    n_blocks = max(1, math.ceil(n_rows / batch_size))
-    plan = {"format": _TARGETS_FORMAT, "names": names, "kmeans_sha256": shas, "n_rows": n_rows,
-            "n_tokens": n_tokens, "block_rows": batch_size, "feature_specs": [s.to_dict() for s in specs]}
-    job = names[0]  # the progress of the whole job is kept under the first name
-    _check_or_write_plan(targets_dir / f"{job}.label-plan.json", plan,
-                         f"{targets_dir / job}.npy.partial: an unfinished labelling with other settings exists; "
-                         f"re-run it with its own settings, or delete {targets_dir / job}.* to start over")
-    partials = [store.targets_path(n).with_name(f"{n}.npy.partial") for n in names]
-    for p in partials:
-        _create_memmap_once(p, (n_rows, n_tokens))
-    outputs = [np.load(p, mmap_mode="r+") for p in partials]
-    for p, out in zip(partials, outputs):
-        if out.shape != (n_rows, n_tokens) or out.dtype != np.int16:
-            raise TargetsError(f"{p}: partial targets of shape {out.shape} {out.dtype}, expected "
-                               f"({n_rows}, {n_tokens}) int16; delete it and re-run")
-
-    progress_file = targets_dir / f"{job}.progress-r{rank}.json"
-    own = _read_ranges(progress_file)
-    done = _done_blocks(targets_dir, job, n_blocks)
-    my_blocks = np.array_split(np.arange(n_blocks), world_size)[rank]
-    todo = [int(b) for b in my_blocks if not done[b]]
-    bar = _progress(progress, total=int(sum(min(batch_size, n_rows - b * batch_size) for b in my_blocks)),
-                    desc=f"label r{rank}", unit="ECG")
-    bar.update(int(sum(min(batch_size, n_rows - b * batch_size) for b in my_blocks if done[b])))
-    try:
-        for n_done, block in enumerate(todo):
-            if stop_after_blocks is not None and n_done >= stop_after_blocks:
-                raise LabelInterrupted(f"{partials[0]}: stopped after {stop_after_blocks} blocks (incomplete); "
-                                       "re-run the same command to finish")
-            rows = np.arange(block * batch_size, min((block + 1) * batch_size, n_rows), dtype=np.int64)
-            feats = {spec: comp.batch(rows)[0] for spec, comp in computers.items()}
-            assign_device = device if str(device).startswith("cuda") else None
-            for out, model, spec in zip(outputs, models, specs):
-                out[rows[0]:rows[-1] + 1] = model.assign(feats[spec], device=assign_device)
-            for out in outputs:
-                out.flush()  # labels reach the file before the block is recorded as done
-            own = _add_block(own, block)
-            atomic_write_json(progress_file, {"done": own})
-            bar.update(len(rows))
-    finally:
-        bar.close()
+    job = _LabelJob.create(store, kmeans_paths, name, kind, checkpoint, layer, batch_size)
+    if job.finished():
+        return job.names
+    job.start(checkpoint, device, rank)
+    outputs = job.open_outputs()
+    job.run_blocks(outputs, rank, world_size, device, progress, stop_after_blocks)
     del outputs
-
     if _dist_ready(world_size):
         _barrier()
         if rank != 0:
-            return names
-    if not _done_blocks(targets_dir, job, n_blocks).all():
-        return names  # other ranks still running; the last one to finish completes the job
-    for i, (n, p) in enumerate(zip(names, partials)):
-        info = {"format": _TARGETS_FORMAT, "name": n, "kmeans": str(files[i].resolve()), "kmeans_sha256": shas[i],
-                "k": models[i].k, "kind": specs[i].kind, "layer": specs[i].layer, "checkpoint": specs[i].checkpoint,
-                "feature_spec": specs[i].to_dict(), "normaliser": models[i].normaliser.mode,
-                "n_rows": n_rows, "n_tokens": n_tokens, "dtype": "int16",
-                "store": str(Path(store.path).resolve())}
-        atomic_write_json(targets_dir / f"{n}.json", info)
+            return job.names
+    if job.all_blocks_done():  # else other ranks still run; the last one to finish completes the job
+        job.finish()
+    return job.names
+
+
+@dataclass
+class _LabelJob:
+    """One labelling of a store with one or more k-means models (see :func:`label_store`)."""
+
+    store: ECGStore
+    files: list[Path]
+    models: list[Any]
+    names: list[str]
+    specs: list[FeatureSpec]
+    shas: list[str]
+    batch_size: int
+    computers: dict[FeatureSpec, _FeatureComputer] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, store: ECGStore, kmeans_paths: Sequence[str | os.PathLike], name: str, kind: str | None,
+               checkpoint: Any, layer: int | None, batch_size: int) -> _LabelJob:
+        from .kmeans import KMeansModel
+
+        files = [_resolve_kmeans_file(p) for p in kmeans_paths]
+        models = [KMeansModel.load(f) for f in files]
+        for f, model in zip(files, models):
+            if model.k > np.iinfo(np.int16).max:
+                raise TargetsError(f"{f}: K={model.k} does not fit int16 targets")
+        names = [name] if len(models) == 1 else [f"{name}-{i}" for i in range(len(models))]
+        specs = [_spec_for_model(store, m, kind, checkpoint, layer) for m in models]
+        job = cls(store, files, models, names, specs, [sha256_file(f) for f in files], batch_size)
+        job.targets_dir.mkdir(parents=True, exist_ok=True)
+        return job
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.store.targets_path(self.names[0]).parent
+
+    @property
+    def job(self) -> str:
+        return self.names[0]  # the progress of the whole job is kept under the first name
+
+    @property
+    def n_blocks(self) -> int:
+        return max(1, math.ceil(len(self.store) / self.batch_size))
+
+    @property
+    def partials(self) -> list[Path]:
+        return [self.store.targets_path(n).with_name(f"{n}.npy.partial") for n in self.names]
+
+    def finished(self) -> bool:
+        """True when every target exists from these k-means models; another model's targets are refused."""
+        for name, sha in zip(self.names, self.shas):
+            final, info = self.store.targets_path(name), self.targets_dir / f"{name}.json"
+            if not final.exists():
+                return False
+            recorded = json.loads(info.read_text()).get("kmeans_sha256") if info.exists() else None
+            if recorded != sha:
+                raise TargetsError(f"{final}: targets from another k-means model exist; use another name or "
+                                   "delete them")
+        return True
+
+    def start(self, checkpoint: Any, device: str, rank: int) -> None:
+        """Build the descriptor computers, check the plan, write the run record (rank 0)."""
+        for spec in self.specs:
+            if spec not in self.computers:
+                self.computers[spec] = _FeatureComputer(self.store, spec, checkpoint if spec.kind == "hidden" else None,
+                                                        device)
+        for f, spec, model in zip(self.files, self.specs, self.models):
+            if self.computers[spec].dim != model.dim:
+                raise TargetsError(f"{f}: the model has {model.dim}-dimensional centroids but {spec.kind} "
+                                   f"descriptors have {self.computers[spec].dim}")
+        plan = {"format": _TARGETS_FORMAT, "names": self.names, "kmeans_sha256": self.shas,
+                "n_rows": len(self.store), "n_tokens": self.n_tokens, "block_rows": self.batch_size,
+                "feature_specs": [s.to_dict() for s in self.specs]}
+        where = self.targets_dir / self.job
+        _check_or_write_plan(self.targets_dir / f"{self.job}.label-plan.json", plan,
+                             f"{where}.npy.partial: an unfinished labelling with other settings exists; "
+                             f"re-run it with its own settings, or delete {where}.* to start over")
+        if rank == 0:
+            _record_stage(self.targets_dir / f"{self.job}.run.json", "label",
+                          {**plan, "kmeans": [str(f.resolve()) for f in self.files], "device": str(device)},
+                          {"store": _store_print(self.store), "kmeans_sha256": self.shas,
+                           "checkpoint": _checkpoint_print(self.specs[0].checkpoint)})
+
+    @property
+    def n_tokens(self) -> int:
+        return next(iter(self.computers.values())).n_tokens
+
+    def open_outputs(self) -> list[np.ndarray]:
+        """The shared ``.npy.partial`` memmaps (created once, by whichever rank comes first)."""
+        shape = (len(self.store), self.n_tokens)
+        for p in self.partials:
+            _create_memmap_once(p, shape)
+        outputs = [np.load(p, mmap_mode="r+") for p in self.partials]
+        for p, out in zip(self.partials, outputs):
+            if out.shape != shape or out.dtype != np.int16:
+                raise TargetsError(f"{p}: partial targets of shape {out.shape} {out.dtype}, expected "
+                                   f"{shape} int16; delete it and re-run")
+        return outputs
+
+    def run_blocks(self, outputs: list[np.ndarray], rank: int, world_size: int, device: str, progress: bool,
+                   stop_after_blocks: int | None) -> None:
+        """Label this rank's unfinished blocks; each is flushed before it is recorded as done."""
+        n_rows, size = len(self.store), self.batch_size
+        progress_file = self.targets_dir / f"{self.job}.progress-r{rank}.json"
+        own = _read_ranges(progress_file)
+        done = _done_blocks(self.targets_dir, self.job, self.n_blocks)
+        my_blocks = np.array_split(np.arange(self.n_blocks), world_size)[rank]
+        todo = [int(b) for b in my_blocks if not done[b]]
+        bar = _progress(progress, total=int(sum(min(size, n_rows - b * size) for b in my_blocks)),
+                        desc=f"label r{rank}", unit="ECG")
+        bar.update(int(sum(min(size, n_rows - b * size) for b in my_blocks if done[b])))
+        assign_device = device if str(device).startswith("cuda") else None
         try:
-            os.replace(p, store.targets_path(n))
-        except FileNotFoundError:  # another rank finished the same job a moment earlier
-            if not store.targets_path(n).exists():
-                raise
-    for leftover in (list(targets_dir.glob(f"{job}.progress-r*.json")) + [targets_dir / f"{job}.label-plan.json"]
-                     + list(targets_dir.glob(f".{job}.progress-r*.tmp"))):  # progress writes cut by a kill
-        leftover.unlink(missing_ok=True)
-    return names
+            for n_done, block in enumerate(todo):
+                if stop_after_blocks is not None and n_done >= stop_after_blocks:
+                    raise LabelInterrupted(f"{self.partials[0]}: stopped after {stop_after_blocks} blocks "
+                                           "(incomplete); re-run the same command to finish")
+                rows = np.arange(block * size, min((block + 1) * size, n_rows), dtype=np.int64)
+                feats = {spec: comp.batch(rows)[0] for spec, comp in self.computers.items()}
+                for out, model, spec in zip(outputs, self.models, self.specs):
+                    out[rows[0]:rows[-1] + 1] = model.assign(feats[spec], device=assign_device)
+                for out in outputs:
+                    out.flush()  # labels reach the file before the block is recorded as done
+                own = _add_block(own, block)
+                atomic_write_json(progress_file, {"done": own})
+                bar.update(len(rows))
+        finally:
+            bar.close()
+
+    def all_blocks_done(self) -> bool:
+        return bool(_done_blocks(self.targets_dir, self.job, self.n_blocks).all())
+
+    def finish(self) -> None:
+        """Write each ``{name}.json``, rename the partial files into place, remove progress and plan files."""
+        for i, (n, p) in enumerate(zip(self.names, self.partials)):
+            spec = self.specs[i]
+            info = {"format": _TARGETS_FORMAT, "name": n, "kmeans": str(self.files[i].resolve()),
+                    "kmeans_sha256": self.shas[i], "k": self.models[i].k, "kind": spec.kind, "layer": spec.layer,
+                    "checkpoint": spec.checkpoint, "feature_spec": spec.to_dict(),
+                    "normaliser": self.models[i].normaliser.mode, "n_rows": len(self.store),
+                    "n_tokens": self.n_tokens, "dtype": "int16", "store": str(Path(self.store.path).resolve())}
+            atomic_write_json(self.targets_dir / f"{n}.json", info)
+            try:
+                os.replace(p, self.store.targets_path(n))
+            except FileNotFoundError:  # another rank finished the same job a moment earlier
+                if not self.store.targets_path(n).exists():
+                    raise
+        job, folder = self.job, self.targets_dir
+        for leftover in (list(folder.glob(f"{job}.progress-r*.json")) + [folder / f"{job}.label-plan.json"]
+                         + list(folder.glob(f".{job}.progress-r*.tmp"))):  # progress writes cut by a kill
+            leftover.unlink(missing_ok=True)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import HEAD_TYPES, TASKS
+from ..tasks import MONITORS as _MONITOR_MODES, get_task
 
 __all__ = ["KNOWN_KEYS", "MODEL_SIZES", "RecipeError", "list_recipes", "load_recipe", "resolve_recipe",
            "validate_recipe"]
 
 MODEL_SIZES: tuple[str, ...] = ("small", "base", "large")
-MONITORS: tuple[str, ...] = ("auroc", "auprc", "f1", "accuracy", "balanced_accuracy", "loss", "mae", "rmse",
-                             "r2", "pearson_r")
+#: Monitor metrics a recipe may name: the one list of :data:`hubert_ecg.tasks.MONITORS`.
+MONITORS: tuple[str, ...] = tuple(_MONITOR_MODES)
 
 
 class RecipeError(ValueError):
@@ -95,6 +96,11 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
         check, expected = _CHECKS[key]
         if not check(value):
             raise RecipeError(f"{source}: {key} must be {expected}, got {value!r}")
+    if "monitor" in recipe and "task" in recipe:
+        allowed = get_task(recipe["task"]).monitors
+        if recipe["monitor"] not in allowed:
+            raise RecipeError(f"{source}: monitor {recipe['monitor']} is not a validation metric of task "
+                              f"{recipe['task']} (choose from {', '.join(allowed)})")
     if "val_every" in recipe and "max_steps" in recipe and recipe["val_every"] > recipe["max_steps"]:
         raise RecipeError(f"{source}: val_every ({recipe['val_every']}) exceeds max_steps ({recipe['max_steps']})")
     return recipe

@@ -1,0 +1,89 @@
+"""EDF, EDF+ and BDF/BDF+ files through ``edfio`` (pure Python; optional extra ``edf``).
+
+Each ordinary signal is a channel named by its label (``ECG I``, ``EKG V1``, ``II``: the ``ECG``/
+``EKG`` prefix is dropped) in its physical dimension (``uV``, ``mV``). EDF+ annotation signals
+are not channels. All channels used must share one sampling rate (EDF allows one per signal).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubert_ecg.io._build import build_record
+from hubert_ecg.io.leads import canonical_lead_name, is_extra_lead
+from hubert_ecg.io.record import Record, RecordError
+
+__all__ = ["read_edf", "edf_channel_lead"]
+
+
+def edf_channel_lead(label: str) -> str:
+    """A signal label without the ``ECG``/``EKG`` prefix (``"ECG V1"`` -> ``"V1"``)."""
+    return re.sub(r"^\s*(ecg|ekg)[\s_\-:]*", "", label.strip(), flags=re.I) or label.strip()
+
+
+def read_edf(
+    path: str | Path,
+    *,
+    fs: float | None = None,
+    units: str | None = None,
+    lead_names: Sequence[str] | None = None,
+    allow_missing_leads: bool = False,
+) -> Record:
+    """Read the ECG channels of an EDF/EDF+/BDF file.
+
+    Channels whose label is not an ECG lead (EEG, respiration, SpO2 ...) are dropped with a
+    warning when ``lead_names`` is not given.
+
+    Raises:
+        RecordError: unreadable or truncated file, channels at different rates, bad leads.
+    """
+    try:
+        import edfio
+    except ImportError:
+        raise ImportError("edfio (pip install 'hubert-ecg[edf]')") from None
+    path = Path(path)
+    with open(path, "rb") as handle:
+        is_bdf = handle.read(8) == b"\xffBIOSEMI"
+    try:
+        with warnings.catch_warnings():
+            # edfio reads a file cut short up to its last whole data record, with a warning: refuse it.
+            warnings.simplefilter("error", UserWarning)
+            edf = edfio.read_bdf(path) if is_bdf else edfio.read_edf(path, lazy_load_data=False)
+            signals: list[Any] = list(edf.signals)
+            for signal in signals:
+                signal.data  # noqa: B018  (load now, inside the warning filter)
+    except Exception as exc:  # ValueError for header damage, truncated data records ...
+        raise RecordError(path, f"cannot read {'BDF' if is_bdf else 'EDF'} file: {type(exc).__name__}: {exc}") from None
+    if not signals:
+        raise RecordError(path, "EDF file has no signals")
+    labels = [edf_channel_lead(s.label) for s in signals]
+    notes: list[str] = []
+    if lead_names is None:
+        keep = [i for i, name in enumerate(labels) if canonical_lead_name(name) is not None or is_extra_lead(name)]
+        dropped = [signals[i].label for i in range(len(signals)) if i not in keep]
+        if not keep:
+            raise RecordError(path, f"no ECG lead among the EDF signals ({', '.join(s.label for s in signals)}); "
+                                    "pass --lead-names to name them")
+        if dropped:
+            notes.append(f"ignored {len(dropped)} non-ECG signal(s): {', '.join(dropped)}")
+    else:
+        keep = list(range(len(signals)))
+    rates = sorted({float(signals[i].sampling_frequency) for i in keep})
+    if len(rates) != 1:
+        raise RecordError(path, f"ECG channels have different sampling rates {rates} Hz")
+    try:
+        data = [np.asarray(signals[i].data, dtype=np.float64) for i in keep]
+    except Exception as exc:
+        raise RecordError(path, f"cannot read EDF signal data: {type(exc).__name__}: {exc}") from None
+    meta: dict[str, Any] = {"format": "bdf" if is_bdf else "edf", "labels": [], "warnings": notes}
+    return build_record(
+        path, np.vstack(data), list(lead_names) if lead_names is not None else [labels[i] for i in keep],
+        fs=fs if fs is not None else rates[0], channel_units=[signals[i].physical_dimension or None for i in keep],
+        record_id=path.stem, meta=meta, units_override=units, allow_missing_leads=allow_missing_leads,
+    )
