@@ -18,7 +18,6 @@ Writes ``results/lead-dropout/lead_dropout.json`` and ``lead_dropout_predictions
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -54,9 +53,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lead-dropout", type=float, default=0.5)
+    parser.add_argument("--layer-decay", type=float, default=1.0)
+    parser.add_argument("--head-lr-mult", type=float, default=3.0)
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(N_FOLDS)))
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--results", default=str(RESULTS / "lead-dropout"))
+    parser.add_argument("--init", help="start both runs from this checkpoint (e.g. experiment A's pre-trained "
+                                       "encoder, WORK/pretrain-run/best) instead of a fresh small encoder")
     args = parser.parse_args()
     if not LUDB.exists():
         print(f"{LUDB}: no LUDB data; nothing to do")
@@ -77,8 +80,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     timer = Timer()
     started = provenance()
-    init = work / "random-init-model"
-    if not (init / "config.json").exists():
+    init = Path(args.init) if args.init else work / "random-init-model"
+    if not args.init and not (init / "config.json").exists():
         torch.manual_seed(SEED)
         save_pretrained(create_model("tiny", **ENCODER), init)
     labels_csv, label_by_id, ids = ludb_labels(work)
@@ -103,8 +106,8 @@ def main() -> None:
                               val_every=max(1, args.steps // 4), log_every=max(1, args.steps // 4),
                               clip_grad_norm=1.0, num_workers=0, logger="none", progress=False, seed=SEED)
             opts = FinetuneOptions(task="multi_label", monitor="auroc", crop="random", train_conv_stem=True,
-                                   layer_decay=1.0, head_lr_mult=3.0, lead_dropout=p)
-            result = run_finetune(str(store.path), cfg, opts, init=str(init))
+                                   layer_decay=args.layer_decay, head_lr_mult=args.head_lr_mult, lead_dropout=p)
+            result = run_finetune(str(store.path), cfg, opts, init=str(init), overwrite=True)
             model = load_model(result.best_dir or result.last_dir).eval()
             for name, lead_set in LEAD_SETS.items():
                 scores = score_rows(model, store, test_rows, task="multi_label", windows="sliding",
@@ -143,7 +146,7 @@ def main() -> None:
               ["record_id", "fold", "run", "leads"] + [f"y_{lab}" for lab in LABELS] + [f"p_{lab}" for lab in LABELS],
               rows)
     results = {"provenance": started, "settings": {k: v for k, v in vars(args).items() if k not in ("work", "results")},
-               "encoder": {"size": "tiny", **ENCODER}, "n_records": int(done.sum()), "runs": bookkeeping,
+               "encoder": {"init": str(init)} if args.init else {"size": "tiny", **ENCODER}, "n_records": int(done.sum()), "runs": bookkeeping,
                "summary": summary, **timer.summary()}
     write_json(out / "lead_dropout.json", results)
     for name, entry in summary.items():

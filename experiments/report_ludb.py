@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ludb_common import paired_auroc_difference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -121,8 +120,40 @@ def prediction_arrays(rows: list[dict[str, str]], label: str, column: str,
     return np.asarray(ids)[order], np.asarray(y)[order], np.asarray(p)[order]
 
 
+def rank_auroc(y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """AUROC of each row (Mann-Whitney with average ranks for ties: equal to ``roc_auc_score``), vectorised."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score, axis=-1)
+    n1 = y.sum(-1)
+    return ((ranks * y).sum(-1) - n1 * (n1 + 1) / 2) / (n1 * (y.shape[-1] - n1))
+
+
+def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """AUROC(a) - AUROC(b) on the same records with a paired percentile bootstrap 95 % CI (``n`` resamples of the
+    records, resamples holding one class only dropped): the method of ``ludb_common.paired_auroc_difference``,
+    vectorised (its own draws, so the interval can differ from a loop's in the third decimal)."""
+    idx = np.random.default_rng(seed).integers(0, len(y), (n, len(y)))
+    yy = y[idx]
+    keep = (yy.min(1) != yy.max(1))
+    idx, yy = idx[keep], yy[keep]
+    diffs = rank_auroc(yy, a[idx]) - rank_auroc(yy, b[idx])
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": float(rank_auroc(y, a) - rank_auroc(y, b)), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+_DIFFERENCES: dict[tuple, dict[str, float] | None] = {}
+
+
 def budget_difference(longer: dict, shorter: dict, label: str, kind: str) -> dict[str, float] | None:
     """AUROC of the pre-trained encoder at ``longer`` steps minus at ``shorter`` steps, paired over records."""
+    key = (str(longer["dir"]), str(shorter["dir"]), label, kind)
+    if key not in _DIFFERENCES:
+        _DIFFERENCES[key] = _budget_difference(longer, shorter, label, kind)
+    return _DIFFERENCES[key]
+
+
+def _budget_difference(longer: dict, shorter: dict, label: str, kind: str) -> dict[str, float] | None:
     if kind == "probe":
         a = prediction_arrays(longer["probe_pred"], label, probe_key(longer))
         b = prediction_arrays(shorter["probe_pred"], label, probe_key(shorter))
@@ -133,7 +164,7 @@ def budget_difference(longer: dict, shorter: dict, label: str, kind: str) -> dic
         b = prediction_arrays(shorter["ft_pred"], label, "", start="pretrained")
     if list(a[0]) != list(b[0]) or list(a[1]) != list(b[1]):
         raise ValueError(f"{longer['dir']} and {shorter['dir']}: the prediction files cover different records")
-    return paired_auroc_difference(a[1], a[2], b[2])
+    return paired_difference(a[1], a[2], b[2])
 
 
 def history_points(b: dict, column: str) -> list[tuple[int, float]]:
@@ -148,6 +179,7 @@ def setup_section(budgets: list[dict]) -> list[str]:
     st, p, enc, s = a["pretrain_store"], a["pretrain"], a["encoder"], a["settings"]
     ft = next((b["B"] for b in reversed(budgets) if "B" in b), None)
     steps = " and ".join(f"**{b['steps']}**" for b in budgets)
+    runs = " (separate runs, each with its own schedule)" if len(budgets) > 1 else ""
     n = a["probe"]["sinus_rhythm"]["n"]
     lines = ["## Setup", "", "| | |", "|---|---|",
              "| pre-training data | the PTB-XL 100 Hz subset, the PhysioNet/CinC 2021 subsets (WFDB + SPH) and the "
@@ -164,8 +196,8 @@ def setup_section(budgets: list[dict]) -> list[str]:
              f"{len(enc['conv_dim'])} layers x {enc['conv_dim'][0]} channels (the published 100 Hz stem geometry); "
              f"{p['parameters']:,} backbone parameters |",
              "| pre-training | masked prediction (the script's span masking, masked loss only), AdamW, "
-             f"lr {s['lr']:g}, warm-up then linear decay, {steps} steps x {s['batch_size']} ECGs (separate runs, "
-             f"each with its own schedule), validation every {s['val_every']} steps, float32; `best` by validation "
+             f"lr {s['lr']:g}, warm-up then linear decay, {steps} steps x {s['batch_size']} ECGs{runs}, "
+             f"validation every {s['val_every']} steps, float32; `best` by validation "
              "masked loss |",
              f"| linear probe | frozen encoder; per record, mean over tokens of the last layer (layer "
              f"{enc['num_hidden_layers']}) or of layer {enc['num_hidden_layers'] // 2}, averaged over the two 5 s "
@@ -238,9 +270,14 @@ def pretrain_section(budgets: list[dict]) -> list[str]:
         out.append(f"| {km['k']} | {km['n_held_out_ecgs']} ({km['n_rows']:,}) | {km['inertia_mean']:.4f} | "
                    f"{km['davies_bouldin']:.3f} | {km['calinski_harabasz']:.1f} | {km['n_empty_clusters']} | "
                    f"{km['cluster_size_min']} / {km['cluster_size_max']} ({km['majority_fraction']:.3f}) |")
-    same = all(b["A"]["kmeans"] == km_b["A"]["kmeans"] for b in budgets)
-    out += ["", "The k-means fits of the other budgets' runs are " + ("identical (same data, same seed)." if same else
-            "**not** identical to this one (see their `kmeans_quality.json`)."), "",
+    def quality(b: dict) -> list[dict]:  # the file's location and checksum (its metadata holds paths) left out
+        return [{k: v for k, v in km.items() if k not in ("path", "kmeans_sha256")} for km in b["A"]["kmeans"]]
+
+    same = all(quality(b) == quality(km_b) for b in budgets)
+    if len(budgets) > 1:
+        out += ["", "The k-means of the other budgets' runs give " + ("the same quality numbers (same data, same seed)."
+                if same else "**different** quality numbers (see their `kmeans_quality.json`).")]
+    out += ["",
             "#### Linear probe on frozen embeddings (LUDB, 5-fold)", "",
             "AUROC: mean ± s.d. over the 5 test folds · pooled out-of-fold AUROC [95 % bootstrap CI]; "
             f"K = {k} targets.", ""]
@@ -347,8 +384,14 @@ def time_section(budgets: list[dict]) -> list[str]:
                        f"{n / cpu:.1f} ECG per CPU second.")
     prov = budgets[-1]["A"]["provenance"]
     out += ["", f"Machine: {prov['machine_note']}; {prov['machine']}. "
-            "Wall time depends on the other jobs' load on the shared machine; CPU time much less so.", ""]
-    return out
+            "Wall time depends on the other jobs' load on the shared machine; CPU time much less so."]
+    for b in budgets:
+        for exp in ("A", "B"):
+            other = b.get(exp, {}).get("provenance")
+            if other and (other["machine_note"], other["machine"]) != (prov["machine_note"], prov["machine"]):
+                out.append(f"Experiment {exp} of the {b['steps']}-step budget ran with: {other['machine_note']}; "
+                           f"{other['machine']}.")
+    return out + [""]
 
 
 def total_time(budgets: list[dict]) -> tuple[float, float]:
@@ -363,14 +406,16 @@ def findings(budgets: list[dict]) -> list[str]:
     a, lay = last["A"], n_layers(last)
     p = a["pretrain"]
     acc = history_points(last, "val_masked_acc")
-    trend = ("still rising at the last validation" if len(acc) > 1 and acc[-1][1] > acc[-2][1]
-             else "no longer rising at the last validation")
+    # "flattening" when the last quarter of the run added less than a quarter of the whole gain
+    quarter = next(v for step, v in acc if step >= 3 * last["steps"] // 4)
+    late, total = acc[-1][1] - quarter, acc[-1][1] - acc[0][1]
+    trend = "flattening" if late < total / 4 else "still rising"
     out = ["## What the numbers say", "",
            f"- Pre-training learns something: after {last['steps']} steps masked-token accuracy is "
            f"{p['best_val_masked_acc']:.3f} against {p['majority_baseline']:.3f} for always predicting the most "
            f"frequent cluster and {p['untrained_val_masked_acc']:.3f} untrained (K = {a['settings']['k']}); "
-           f"validation accuracy was {trend} ({acc[-2][1]:.3f} at step {acc[-2][0]}, {acc[-1][1]:.3f} at step "
-           f"{acc[-1][0]})."]
+           f"the validation curve is {trend} ({acc[0][1]:.3f} at step {acc[0][0]}, {quarter:.3f} at three quarters "
+           f"of the run, {acc[-1][1]:.3f} at step {acc[-1][0]})."]
     for label in ("sinus_rhythm", "lvh"):
         pr = a["probe"][label]
         d = pr[f"pretrained - random, layer {lay}"]
@@ -386,6 +431,13 @@ def findings(budgets: list[dict]) -> list[str]:
             seq = "; ".join(f"{b['steps']} steps {fmt_diff(b['A']['probe'][label][key], mark=False)} "
                             f"({verdict(b['A']['probe'][label][key])})" for b in budgets)
             out.append(f"- {LABEL_NAMES[label]}, probe gain over random init by pre-training budget: {seq}.")
+    if len(budgets) > 1:
+        key = f"random init, layer {lay}"
+        spread = {label: [b["A"]["probe"][label][key]["pooled_auroc"] for b in budgets] for label in LABEL_NAMES}
+        out.append("- The random-init baseline of the probe is one random draw of the encoder's weights per run (drawn "
+                   "after pre-training, so each budget's run draws different weights); between the runs its pooled "
+                   "AUROC moves by " + ", ".join(f"{max(v) - min(v):.3f} ({LABEL_NAMES[k]})" for k, v in spread.items())
+                   + ", which is part of the uncertainty of every pre-trained minus random difference.")
     ft_done = [b for b in budgets if "B" in b]
     if ft_done:
         b = ft_done[-1]
@@ -429,34 +481,35 @@ def experiments_block(budgets: list[dict]) -> str:
 # README Results
 # ------------------------------------------------------------------------------------------------
 def readme_block(budgets: list[dict]) -> str:
-    done = [b for b in budgets if "B" in b]
-    if not done:
+    if not budgets:
         return "\n".join([NOTE, "", "No results in `experiments/results/` yet: run `make experiments`.", ""])
-    b = done[-1]
-    a, enc, p = b["A"], b["A"]["encoder"], b["A"]["pretrain"]
-    lay = n_layers(b)
+    a, enc = budgets[-1]["A"], budgets[-1]["A"]["encoder"]
     st = a["pretrain_store"]
+    acc = "; ".join(f"{b['A']['pretrain']['best_val_masked_acc']:.3f} after {b['steps']} steps" for b in budgets)
+    p = a["pretrain"]
     out = [NOTE, "",
-           "**Real ECGs, small scale** ([docs/EXPERIMENTS.md](docs/EXPERIMENTS.md), raw outputs in "
-           "[experiments/results/](experiments/results/), `make experiments` regenerates them and these tables). "
+           "**Real ECGs, small scale** ([docs/EXPERIMENTS.md](docs/EXPERIMENTS.md); raw outputs in "
+           "[experiments/results/](experiments/results/); `make experiments` reruns them and rewrites these tables). "
            f"A reduced encoder ({enc['num_hidden_layers']} layers, hidden {enc['hidden_size']}, "
            f"{p['parameters'] / 1e6:.1f} M parameters; the published `small` is too slow for a 2-core CPU) pre-trained "
-           f"for {p['steps']} steps x {a['settings']['batch_size']} ECGs on the {st['records']:,} unlabelled records "
-           f"in the test data (PTB-XL at 100 Hz, CinC-2021/SPH, LUDB signals), iteration-1 targets (tf+mfcc, "
-           f"K = {a['settings']['k']}). Masked-token accuracy {p['best_val_masked_acc']:.3f} against "
-           f"{p['majority_baseline']:.3f} for the majority cluster and {p['untrained_val_masked_acc']:.3f} untrained. "
-           f"Then LUDB ({a['probe']['lvh']['n']} records), 5-fold by record, AUROC as mean ± s.d. over folds · pooled "
+           f"with batches of {a['settings']['batch_size']} ECGs on the {st['records']:,} unlabelled records of the "
+           f"test data (PTB-XL at 100 Hz, CinC-2021/SPH, LUDB signals), iteration-1 targets (tf+mfcc, "
+           f"K = {a['settings']['k']}). Masked-token accuracy {acc}, against {p['majority_baseline']:.3f} for the "
+           f"majority cluster and {p['untrained_val_masked_acc']:.3f} untrained. Then LUDB "
+           f"({a['probe']['lvh']['n']} records), 5-fold by record, AUROC as mean ± s.d. over folds · pooled "
            "out-of-fold [95 % bootstrap CI]:", "",
-           "| LUDB task (positives) | linear probe, pre-trained | linear probe, random init | "
-           "fine-tuned, pre-trained | fine-tuned, random init |", "|---|---|---|---|---|"]
+           "| LUDB task (positives) | pre-training | linear probe, pre-trained | linear probe, random init | "
+           "fine-tuned, pre-trained | fine-tuned, random init |", "|---|---|---|---|---|---|"]
     for label in ("sinus_rhythm", "lvh"):
-        pr, ft = a["probe"][label], b["B"]["finetune"][label]
-        out.append(f"| {LABEL_NAMES[label]} ({pr['positives']}) | {fmt_auroc(pr[probe_key(b)])} | "
-                   f"{fmt_auroc(pr[f'random init, layer {lay}'])} | {fmt_auroc(ft['pretrained'])} | "
-                   f"{fmt_auroc(ft['random init'])} |")
-    out += ["", "Paired differences, pre-trained minus random init [95 % paired bootstrap CI; **bold**: excludes 0], "
-            "by pre-training budget:", "",
-            "| pre-training | probe, sinus rhythm | probe, LVH | fine-tuned, sinus rhythm | fine-tuned, LVH |",
+        for b in budgets:
+            pr = b["A"]["probe"][label]
+            ft = [fmt_auroc(b["B"]["finetune"][label][s]) if "B" in b else "not run"
+                  for s in ("pretrained", "random init")]
+            out.append(f"| {LABEL_NAMES[label]} ({pr['positives']}) | {b['steps']} steps | "
+                       f"{fmt_auroc(pr[probe_key(b)])} | {fmt_auroc(pr[f'random init, layer {n_layers(b)}'])} | "
+                       f"{ft[0]} | {ft[1]} |")
+    out += ["", "Paired differences, pre-trained minus random init [95 % paired bootstrap CI; **bold**: excludes 0]:",
+            "", "| pre-training | probe, sinus rhythm | probe, LVH | fine-tuned, sinus rhythm | fine-tuned, LVH |",
             "|---|---|---|---|---|"]
     for x in budgets:
         key = f"pretrained - random, layer {n_layers(x)}"
@@ -464,12 +517,17 @@ def readme_block(budgets: list[dict]) -> str:
                for lab in ("sinus_rhythm", "lvh")]
         out.append(f"| {x['steps']} steps | {fmt_diff(x['A']['probe']['sinus_rhythm'][key])} | "
                    f"{fmt_diff(x['A']['probe']['lvh'][key])} | {fts[0]} | {fts[1]} |")
+    if len(budgets) > 1:
+        lo, hi = budgets[0], budgets[-1]
+        parts = [f"{LABEL_NAMES[lab]} {fmt_diff(budget_difference(hi, lo, lab, 'probe'))}" for lab in LABEL_NAMES]
+        out += ["", f"Longer pre-training, probe AUROC at {hi['steps']} minus at {lo['steps']} steps (paired): "
+                + ", ".join(parts) + "."]
     wall, cpu = total_time(budgets)
-    out += ["", f"All of it took {minutes(cpu)} of CPU time (user + sys) and {minutes(wall)} wall-clock on "
-            f"{a['provenance']['machine_note'] or a['provenance']['machine']} (torch "
-            f"{a['provenance']['machine'].split('torch ')[1].split(' ')[0]}). Caveats: LUDB signals (not labels) were "
-            "in the pre-training corpus; a few minutes of training; the intervals are wide. These are sanity checks "
-            "of the pipeline on real data, not clinical accuracy.", ""]
+    prov = a["provenance"]
+    out += ["", f"All of it took {minutes(cpu)} of CPU time (user + sys) and {minutes(wall)} wall-clock on a "
+            f"{prov['machine_note'] or prov['machine']} (torch {prov['machine'].split('torch ')[1].split(' ')[0]}). "
+            "Caveats: LUDB signals (not labels) were in the pre-training corpus; minutes of training; the intervals "
+            "are wide. These are sanity checks of the pipeline on real data, not clinical accuracy.", ""]
     return "\n".join(out)
 
 

@@ -414,6 +414,12 @@ def edf_without_ecg(folder: Path) -> Path:
     return write_edf(folder / "edf_without_ecg.edf", _signal()[:2], labels=["EEG Fp1", "Resp"])
 
 
+def muse_utf16_bom(folder: Path) -> Path:
+    path = folder / "muse_utf16_bom.xml"
+    path.write_bytes(_muse(_muse_leads(_signal())).replace("ISO-8859-1", "UTF-16").encode("utf-16"))
+    return path
+
+
 def csv_headerless_11_columns(folder: Path) -> Path:
     path = folder / "csv_headerless_11_columns.csv"
     np.savetxt(path, _signal(seconds=3.0)[:11].T, delimiter=",", header="fs: 500", comments="# ", fmt="%.4f")
@@ -522,6 +528,7 @@ CASES: dict[str, Case] = {c.name: c for c in [
          "HL7 aECG with one lead 10 samples short", hl7_lengths_differ),
     Case("edf_mixed_rates", "reject", r"edf_mixed_rates\.edf: ECG channels have different sampling rates "
          r"\[250\.0, 500\.0\] Hz", "EDF whose V6 is sampled at 250 Hz, the rest at 500 Hz", edf_mixed_rates),
+    Case("muse_utf16_bom", "ok", "", "GE MUSE XML in UTF-16 with a BOM", muse_utf16_bom),
     Case("hl7_ok", "ok", "", "HL7 aECG (rhythm series, MDC lead codes, uV scale)", hl7_ok),
     Case("hl7_utf16_bom", "ok", "", "HL7 aECG in UTF-16 with a BOM", hl7_utf16_bom),
     Case("hl7_truncated", "reject", r"hl7_truncated\.xml: malformed HL7 aECG XML", "HL7 aECG cut in half",

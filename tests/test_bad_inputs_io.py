@@ -91,8 +91,7 @@ def test_unreadable_subfolder_and_file_are_listed(messy: Path, monkeypatch: pyte
     assert skipped["metadata.csv"] == "unreadable: permission denied"
 
 
-def test_prepare_inspect_predict_write_skipped_and_count_them(messy: Path, tiny_classifier: Path,  # noqa: F811
-                                                               tmp_path: Path, capsys) -> None:
+def test_prepare_and_inspect_write_skipped_and_count_them(messy: Path, tmp_path: Path, capsys) -> None:
     code, out, err = run_main(capsys, "prepare", messy, "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
     assert "10 skipped (2 not a recognised layout, 2 not a regular file, 2 symlink loop, 2 unsupported format, " \
@@ -101,10 +100,6 @@ def test_prepare_inspect_predict_write_skipped_and_count_them(messy: Path, tiny_
     assert {Path(r["path"]).name: r["reason"] for r in rows} == EXPECTED_SKIPS
     code, out, err = run_main(capsys, "inspect", messy)
     assert code == 0 and out.count("SKIP   ") == 10 and "2 readable, 0 rejected, 10 skipped" in out
-    pred = tmp_path / "p.csv"
-    code, out, err = run_main(capsys, "predict", tiny_classifier, messy, "--out", pred, "--quiet", "--device", "cpu")
-    assert code == 0, err
-    assert "10 skipped" in out and len(read_rows(Path(f"{pred}.skipped.csv"))) == 10
 
 
 def test_batch_that_accepts_nothing_exits_1(tmp_path: Path, capsys) -> None:
@@ -169,10 +164,13 @@ def test_implausible_records_are_flagged_with_empty_probabilities(tiny_classifie
     _good(folder, "fine")
     _wfdb(folder, "leads_off", np.zeros((12, 2000)))
     np.savez(folder / "huge.npz", signal=_signal(seconds=3.0) * 1e6, fs=500.0, units="mV")
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4")
     pred = tmp_path / "p.csv"
     code, out, err = run_main(capsys, "predict", tiny_classifier, folder, "--out", pred, "--quiet", "--device", "cpu")
     assert code == 0, err
-    assert "wrote 3 records" in out and "2 not scorable" in out
+    assert "wrote 3 records" in out and "2 not scorable" in out and "1 skipped (1 unsupported format)" in out
+    assert read_rows(Path(f"{pred}.skipped.csv")) == [{"path": str(folder / "scan.pdf"),
+                                                        "reason": "unsupported format (.pdf)"}]
     rows = {r["record_id"]: r for r in read_rows(pred)}
     assert rows["leads_off"]["quality"] == "unscorable: all leads flat (leads off or no signal)"
     assert rows["huge"]["quality"].startswith("unscorable: amplitude far outside the ECG range")
@@ -180,6 +178,11 @@ def test_implausible_records_are_flagged_with_empty_probabilities(tiny_classifie
         assert all(rows[rid][c] == "" for c in rows[rid] if c.startswith(("p_", "y_")))  # empty, not 0.5
     assert rows["fine"]["quality"] == "ok" and all(0 <= float(rows["fine"][c]) <= 1 for c in rows["fine"]
                                                   if c.startswith("p_"))
+    emb = tmp_path / "e.csv"
+    code, out, err = run_main(capsys, "embed", tiny_classifier, folder, "--out", emb, "--quiet", "--device", "cpu")
+    assert code == 0, err  # an embedding of a flat line means nothing: listed, not written
+    assert [r["record_id"] for r in read_rows(emb)] == ["fine"]
+    assert {r["record_id"] for r in read_rows(Path(f"{emb}.rejects.csv"))} == {"leads_off", "huge"}
     code, out, err = run_main(capsys, "prepare", folder, "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
     rejects = {r["record_id"]: r["reason"] for r in read_rows(tmp_path / "s" / "rejects.csv")}

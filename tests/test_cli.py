@@ -12,13 +12,16 @@ from hubert_ecg.cli import build_parser, main
 from hubert_ecg.model import create_model
 
 COMMANDS = ["info", "convert", "export", "inspect", "prepare", "datasets", "features", "cluster", "label", "pretrain",
-            "pretrain-loop", "finetune", "evaluate", "predict", "embed", "demo", "config", "store-export",
-            "store-import", "compare", "explain"]
+            "pretrain-loop", "finetune", "evaluate", "compare", "explain", "predict", "embed", "demo", "store-export",
+            "store-import", "config"]
 
 
 def test_every_command_is_listed_and_has_help(capsys):
     parser = build_parser()
     top = parser.format_help()
+    positions = [top.index(f"\n    {name} ") if f"\n    {name} " in top else top.index(f"\n    {name}\n")
+                 for name in COMMANDS]
+    assert positions == sorted(positions)  # listed in pipeline order, not in module-import order
     for name in COMMANDS:
         assert f"    {name}" in top
         with pytest.raises(SystemExit) as exit_:
@@ -64,6 +67,7 @@ def test_inspect_reports_each_record_and_plots(tmp_path, capsys):
 
 def test_allow_missing_leads_flag(tmp_path, capsys):
     import numpy as np
+
     from conftest import synthetic_12_lead
     signal = synthetic_12_lead(np.random.default_rng(0), 2500)
     names = ["I", "II", "V1", "V2", "V3", "V4", "V5"]  # limb leads derivable; V6 missing

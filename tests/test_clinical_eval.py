@@ -191,7 +191,8 @@ def test_paired_bootstrap_uses_same_resamples(rng: np.random.Generator) -> None:
     y, a = _data(rng, 300, 3)
     b = np.clip(a + 0.15 * y, 0, 1)
     paired = paired_bootstrap("multi_label", y, a, b, n_resamples=400, seed=3)
-    point_diff = compute_metrics("multi_label", y, b).macro["auroc"] - compute_metrics("multi_label", y, a).macro["auroc"]
+    point_diff = (compute_metrics("multi_label", y, b).macro["auroc"]
+                  - compute_metrics("multi_label", y, a).macro["auroc"])
     d = paired["macro"]["auroc"]
     assert d["difference"] == pytest.approx(point_diff)
     assert d["lower"] > 0 and d["p_value"] < 0.01

@@ -93,7 +93,6 @@ def test_pretrain_and_finetune_train_on_cuda(store, tmp_path, precision):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("objective_kind", ["pretrain", "finetune"])
 def test_training_steps_do_not_sync_with_the_host(store, objective_kind):
-    from hubert_ecg.config import HeadConfig
     from hubert_ecg.distributed import DistEnv
     from hubert_ecg.finetune import FinetuneObjective, FinetuneOptions, prepare_model
     from hubert_ecg.loader import StoreWindows
@@ -137,7 +136,6 @@ def test_training_steps_do_not_sync_with_the_host(store, objective_kind):
 # ---------------------------------------------------------------------------------------------
 def _pair(size: str):
     from hf_reference import build_hf_model
-
     from hubert_ecg import checkpoint
     from hubert_ecg.config import create_config
 

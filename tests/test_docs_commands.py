@@ -49,7 +49,9 @@ def _commands_in(text: str) -> list[tuple[str, str]]:
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
         found += [("block", line) for line in _logical_lines(block) if line.startswith("hubert-ecg ")]
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    found += [("inline", span.replace("\\|", "|")) for span in re.findall(r"`(hubert-ecg [^`]+)`", prose)]
+    spans = re.findall(r"`(hubert-ecg [^`\n]+)`", prose)
+    # a quoted error message (`hubert-ecg predict: error: ...`) is output, not a command line
+    found += [("inline", span.replace("\\|", "|")) for span in spans if not re.match(r"hubert-ecg [\w-]*:", span)]
     return found
 
 

@@ -44,8 +44,10 @@ def test_fast_stem_equals_conv_chain_values_and_gradients(rate, conv_bias):
     slow = _reference_conv_chain(model, x)
     assert fast.shape == slow.shape == (2, 93, 64)
     torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-4)
-    inputs = [x, *model.feature_extractor.parameters()]
-    # The first conv's bias cancels in its GroupNorm: the fast stem leaves it unused (gradient 0).
+    # The first conv's bias cancels in its GroupNorm: the fast stem leaves it unused, and the model freezes it.
+    assert all(p.requires_grad != (n == "conv_layers.0.conv.bias")
+               for n, p in model.feature_extractor.named_parameters())
+    inputs = [x, *(p for p in model.feature_extractor.parameters() if p.requires_grad)]
     g_fast = torch.autograd.grad(fast.square().sum(), inputs, allow_unused=True, materialize_grads=True)
     g_slow = torch.autograd.grad(slow.square().sum(), inputs)
     for a, b in zip(g_fast, g_slow):

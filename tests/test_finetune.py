@@ -80,14 +80,17 @@ def test_cli_and_python_api_give_identical_predictions(trained, tmp_path):
                            *map(str, files), "--out", str(out), "--fs", "500", "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = [line.split(",") for line in out.read_text().splitlines()]
-    assert rows[0][:4] == ["record_id", "source", "n_windows", "p_fast"]
+    import csv
+    with open(out, newline="") as fh:
+        rows = list(csv.reader(fh))  # the quality column may hold commas (quoted)
+    header = rows[0]
+    assert header[:3] == ["record_id", "source", "n_windows"] and {"p_fast", "y_fast"} <= set(header)
     model = load_model(result.best_dir)
     for row, f in zip(rows[1:], files):
         pred = predict(model, np.load(f), fs=500)
         assert row[0] == f.stem
-        assert float(row[3]) == pytest.approx(float(pred.probabilities[0]), abs=1e-6)
-        assert int(row[4]) == int(pred.decisions[0])
+        assert float(row[header.index("p_fast")]) == pytest.approx(float(pred.probabilities[0]), abs=1e-6)
+        assert int(row[header.index("y_fast")]) == int(pred.decisions[0])
 
 
 def test_embed_any_length_and_minimum(trained):
@@ -229,3 +232,42 @@ def test_param_groups_exact_lr_and_no_weight_decay_rule_same_in_pretraining_and_
             continue
         want_wd = 0.0 if (name.endswith("bias") or "layer_norm" in name or name == "masked_spec_embed") else 0.01
         assert got[name] == pytest.approx((lr, want_wd)), name
+
+
+def test_pos_weight_and_class_weights_ignore_the_validation_rows(tmp_path):
+    """pos_weight = negatives / positives of the TRAINING rows; a validation split with another prevalence
+    (or other classes) must not move it. Class weights likewise."""
+    from types import SimpleNamespace
+
+    from hubert_ecg.finetune import FinetuneObjective
+
+    train = np.array([[1, 0], [0, 0], [0, 1], [0, 1]], np.float32)  # label 0: 1 pos / 3 neg; label 1: 2 / 2
+    rows, val_rows = np.arange(4), np.arange(4, 8)
+
+    def objective(val_labels, task="multi_label", class_weights=False):
+        labels = np.concatenate([train, val_labels]).astype(np.float32)
+        store = SimpleNamespace(path=tmp_path, labels=labels, record_ids=np.array([f"r{i}" for i in range(8)]),
+                                label_names=["a", "b"], spec=SimpleNamespace(window_s=5.0), fs=100.0)
+        opts = FinetuneOptions(task=task, class_weights=class_weights)
+        return FinetuneObjective(create_model("tiny"), store, opts, rows, val_rows)
+
+    for val in (np.ones((4, 2)), np.zeros((4, 2)), np.array([[1, 0], [1, 1], [0, 0], [1, 1]])):
+        assert objective(val).pos_weight.tolist() == [3.0, 1.0]
+    # multi-class: classes 0, 1, 1, 1 in training -> weight N / (C * count) = 4 / (2 * 1), 4 / (2 * 3)
+    train = np.array([[0, 0], [1, 0], [1, 0], [1, 0]], np.float32)
+    for val in (np.array([[0, 0]] * 4), np.array([[1, 0]] * 4), np.array([[0, 0], [1, 0]] * 2)):
+        weights = objective(val, task="multi_class", class_weights=True).class_weight
+        torch.testing.assert_close(weights, torch.tensor([2.0, 2 / 3]))
+
+
+def test_class_weights_cover_every_output_even_a_class_missing_from_training(tmp_path):
+    from types import SimpleNamespace
+
+    from hubert_ecg.finetune import FinetuneObjective
+
+    labels = np.array([[0], [1], [1], [1], [2], [2], [0], [1]], np.float32)
+    store = SimpleNamespace(path=tmp_path, labels=labels, record_ids=np.array([f"r{i}" for i in range(8)]),
+                            label_names=["c"], spec=SimpleNamespace(window_s=5.0), fs=100.0)
+    obj = FinetuneObjective(create_model("tiny"), store, FinetuneOptions(task="multi_class", class_weights=True),
+                            np.arange(4), np.arange(4, 8))
+    assert obj.class_weight.shape == (3,)  # the head has 3 outputs (classes 0, 1, 2)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hubert_ecg.store import LabelTable, StoreError, prepare_store
 from hubert_ecg.hf_datasets import export_store, import_store
+from hubert_ecg.store import LabelTable, StoreError, prepare_store
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -121,3 +121,12 @@ def test_pretrain_training_loss_drops_input_leads_only() -> None:
     assert zeroed.any() and (~zeroed).any(dim=1).all()
     assert captured["targets"][0] is targets  # the codebook targets are left as they are
     assert "lead_dropout" in PretrainRun(lead_dropout=0.2).kwargs()
+
+
+def test_evaluate_leads_option_one_set_per_value() -> None:
+    from hubert_ecg.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "CKPT", "STORE", "--out", "E", "--leads", "limb",
+                                      "--leads", "I,II;V1"])
+    assert args.leads == [["limb"], ["I,II", "V1"]]
+    assert parse_lead_set("I,II") == ("I", "II")  # "--leads I,II" is one two-lead set

@@ -87,3 +87,15 @@ def test_predictions_carry_y_true_when_labels_are_known(records, model, tmp_path
     with pytest.raises(ValueError, match=r"labels table has no column for the model's output\(s\) af, lbbb"):
         predict_files(model, [str(root)], tmp_path / "p2.csv", read_kwargs={"fs": 500.0}, progress=False,
                       labels=wrong)
+
+
+def test_embed_files_returns_ids_and_the_matrix_and_warns_about_rejects(records, model, tmp_path):
+    root, signals = records
+    (tmp_path / "data").mkdir()
+    for name in ("r0", "r3"):
+        np.save(tmp_path / "data" / f"{name}.npy", signals[name])
+    np.save(tmp_path / "data" / "short.npy", signals["r0"][:, :400])  # 0.8 s: below the 1.5 s minimum
+    with pytest.warns(UserWarning, match=r"1 record\(s\) left out; first: .*short\.npy: .*minimum is 1\.5 s"):
+        ids, matrix = hubert_ecg.embed_files(model, str(tmp_path / "data"), read_kwargs={"fs": 500.0})
+    assert ids == ["r0", "r3"] and matrix.dtype == np.float32
+    np.testing.assert_allclose(matrix, hubert_ecg.embed(model, [signals["r0"], signals["r3"]], fs=500), atol=1e-5)

@@ -8,8 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hubert_ecg.runs import (RUN_FILE, SAFE_RESUME_CHANGES, RunSettingsError, begin_run, decide, diff_settings,
-                             format_changes, load_config_file, read_run)
+from hubert_ecg.runs import (
+    RUN_FILE,
+    SAFE_RESUME_CHANGES,
+    RunSettingsError,
+    begin_run,
+    decide,
+    diff_settings,
+    format_changes,
+    load_config_file,
+    read_run,
+)
 
 
 def _settings(**train: object) -> dict:
@@ -241,15 +250,24 @@ def _tiny_store(root: Path) -> Path:
     return root.parent / "store"
 
 
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_store(tmp_path_factory.mktemp("runs") / "data")
+
+
+def _base(store: Path, out: Path) -> list[str]:
+    return ["finetune", str(store), "--random-init", "--size", "tiny", "--model-overrides",
+            '{"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}',
+            "--out", str(out), "--batch-size", "4", "--val-every", "2", "--workers", "0", "--quiet", "--logger", "none"]
+
+
 @pytest.mark.slow
-def test_cli_run_policy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Same settings: finished / resumed; other settings refused; --resume safe only; run.json replayable."""
+def test_cli_run_policy_end_to_end(tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Same settings: finished / resumed; other settings refused; --resume takes safe changes only."""
     from hubert_ecg.cli import main
 
-    store = _tiny_store(tmp_path / "data")
     out = tmp_path / "run"
-    base = ["finetune", str(store), "--random-init", "--size", "tiny", "--out", str(out), "--batch-size", "4",
-            "--val-every", "2", "--workers", "0", "--quiet", "--logger", "none"]
+    base = _base(tiny_store, out)
     assert main(base + ["--max-steps", "2"]) == 0
     capsys.readouterr()
     assert main(base + ["--max-steps", "2"]) == 0
@@ -263,8 +281,17 @@ def test_cli_run_policy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "resuming from step 2 of 3" in text and "finished at step 3" in text
     history = [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()]
     assert history == sorted(history) and history[-1] == 3  # continued, not restarted
-    # replay the record into a new folder: identical settings (the output folder aside)
+    assert read_run(out)["inputs"]["store"]["rows"] == 12
+
+
+@pytest.mark.slow
+def test_a_run_json_replays_to_identical_settings(tiny_store: Path, tmp_path: Path) -> None:
+    from hubert_ecg.cli import main
+
+    out = tmp_path / "run"
+    assert main(_base(tiny_store, out) + ["--max-steps", "1", "--lr", "0.002", "--task", "binary"]) == 0
     assert main(["finetune", "--config", str(out / RUN_FILE), "--out", str(tmp_path / "replay")]) == 0
     first, replay = read_run(out)["settings"], read_run(tmp_path / "replay")["settings"]
     assert diff_settings(first, replay) == []
-    assert read_run(out)["inputs"]["store"]["rows"] == 12
+    assert replay["train"]["lr"] == 0.002 and replay["finetune"]["task"] == "binary"
+    assert replay["train"]["out_dir"] == str(tmp_path / "replay")

@@ -98,7 +98,8 @@ def test_binary_one_logit_end_to_end(store, tmp_path):
     assert summary["macro"]["accuracy_at_thr"] >= majority + 0.15, (summary["macro"], majority)
     pred = predict(model, np.load(sorted((Path(store["tachycardia"]).parent / "data").glob("r*.npy"))[1]), fs=500)
     assert pred.probabilities.shape == () or pred.probabilities.shape == (1,)
-    assert int(np.atleast_1d(pred.decisions)[0]) == int(np.atleast_1d(pred.probabilities)[0] >= model.info.thresholds[0])
+    probability = np.atleast_1d(pred.probabilities)[0]
+    assert int(np.atleast_1d(pred.decisions)[0]) == int(probability >= model.info.thresholds[0])
 
 
 # ---------------------------------------------------------------------------------------------

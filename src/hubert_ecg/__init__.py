@@ -35,7 +35,7 @@ _EXPORTS = {
     "HubertECG": "model", "HubertECGOutput": "model", "create_model": "model",
     "PreprocessSpec": "preprocess", "read_record": "io", "Record": "io",
     "ECGPipeline": "pipeline", "Prediction": "pipeline", "Predictions": "pipeline", "embed": "pipeline",
-    "predict": "pipeline",
+    "predict": "pipeline", "embed_files": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -7,7 +7,8 @@ too conservative. Here both models are judged on the same resamples:
 * :func:`paired_bootstrap` draws record resamples once and computes every metric of both models
   on each, so the interval of ``B - A`` reflects the pairing (percentile or BCa, optional
   stratification; the same vectorised core as :func:`hubert_ecg.metrics.bootstrap_ci`). The
-  two-sided bootstrap p-value is ``2 * min(P(diff <= 0), P(diff >= 0))`` over the resamples.
+  two-sided bootstrap p-value is ``2 * min(P(diff <= 0), P(diff >= 0))`` over the resamples, never
+  below ``1 / resamples`` (the resolution of the bootstrap).
 * :func:`delong_test` is DeLong, DeLong & Clarke-Pearson (1988) for correlated AUROCs, computed
   with the fast midrank algorithm of Sun & Xu (2014), O(N log N) per label.
 """
@@ -114,7 +115,8 @@ def _diff_stats(point: float, samples: np.ndarray, confidence: float, method: st
     else:
         alpha = (1.0 - confidence) / 2.0
         lower, upper = (float(v) for v in np.quantile(finite, [alpha, 1.0 - alpha]))
-    p = min(1.0, 2.0 * min(float((finite <= 0).mean()), float((finite >= 0).mean())))
+    # Never 0: with B resamples the p-value is only known to be below about 1/B.
+    p = min(1.0, max(2.0 * min(float((finite <= 0).mean()), float((finite >= 0).mean())), 1.0 / finite.size))
     return {"difference": float(point), "lower": lower, "upper": upper, "p_value": p, "n_used": int(finite.size)}
 
 

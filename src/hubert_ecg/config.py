@@ -71,7 +71,7 @@ def total_stride(strides: Sequence[int]) -> int:
 
 
 def num_tokens(num_samples: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
-    """Tokens the stem makes from ``num_samples`` samples: ``floor((L - k) / s) + 1`` layer by layer (0 if too short)."""
+    """Tokens the stem makes from ``num_samples`` samples: ``floor((L - k) / s) + 1`` per layer (0 if too short)."""
     length = int(num_samples)
     for k, s in zip(kernels, strides):
         if length < k:

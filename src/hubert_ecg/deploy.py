@@ -23,8 +23,9 @@ This module imports neither torch nor the model; it needs ``numpy``, ``scipy`` a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -165,7 +165,7 @@ def score_split(model: HubertECG, store: ECGStore, split: str, *, device: torch.
     y_true = targets_for_metrics(task, scores.labels)
     known = np.isfinite(scores.labels).all(axis=1)
     if warn_blank and not known.all():
-        warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics")
+        warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics", stacklevel=2)
     thresholds = model.info.thresholds if get_task(task).uses_thresholds else None
     names: list[str] | None = label_names if task != "multi_class" else None
     if task == "binary":
@@ -529,7 +529,7 @@ def read_predictions(predictions: str | Path, labels: str | Path, *, task: str =
         raise ValueError(f"{predictions}: row {r + 2}, column {prob_cols[c]!r} is blank or not finite")
     known = np.isfinite(y).all(axis=1)
     if not known.all():
-        warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics")
+        warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics", stacklevel=2)
     y, p = y[known], p[known]
     rows = [r for r, k in zip(rows, known) if k]
     record_ids = np.asarray(ids)[known]
@@ -562,7 +562,8 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
         header = set(table.label_rows[0]) if table.label_rows else set()
         missing = [c for c in subgroups if c not in header]
         if missing:
-            raise ValueError(f"--subgroups: no column {missing[0]!r} in {labels} (columns: {', '.join(sorted(header))})")
+            raise ValueError(f"--subgroups: no column {missing[0]!r} in {labels} "
+                             f"(columns: {', '.join(sorted(header))})")
         columns = {c: [r[c] for r in table.label_rows] for c in subgroups}
     note = data_note or (f"Predictions from {predictions} scored against {labels} ({len(table.record_ids)} "
                          "records). Check the data provenance before drawing clinical conclusions.")
@@ -585,7 +586,7 @@ def compare_models(a: str | Path, b: str | Path, out_dir: str | Path, *, store: 
                    n_bootstrap: int = 1000, seed: int = 0, ci_method: str = "percentile", stratify: bool = False,
                    names: tuple[str, str] | None = None, device: str = "auto", windows: str = "first",
                    batch_size: int = 64, data_note: str | None = None, title: str | None = None) -> dict[str, Any]:
-    """Compare two models on the same records and write ``compare.html`` (see :func:`hubert_ecg.compare.compare_scores`).
+    """Compare two models on the same records and write ``compare.html`` (:func:`hubert_ecg.compare.compare_scores`).
 
     ``a``/``b`` are checkpoints scored on ``split`` of ``store``, or predictions CSVs scored against
     ``labels``. Differences are ``B - A``. Returns ``{"report", "comparison", "lines"}``.
@@ -627,8 +628,9 @@ def compare_models(a: str | Path, b: str | Path, out_dir: str | Path, *, store: 
         source = f"records of {labels}"
     else:
         raise ValueError("compare: give --store STORE (two checkpoints) or --labels FILE (two predictions CSVs)")
-    comparison = compare_scores(task, y_true, score_a, score_b, label_names=label_names, n_resamples=max(n_bootstrap, 1),
-                                seed=seed, method=ci_method, stratify=stratify, thresholds_a=thr_a, thresholds_b=thr_b)
+    comparison = compare_scores(task, y_true, score_a, score_b, label_names=label_names,
+                                n_resamples=max(n_bootstrap, 1), seed=seed, method=ci_method, stratify=stratify,
+                                thresholds_a=thr_a, thresholds_b=thr_b)
     key = "auroc" if task != "regression" else "mae"
     figures: dict[str, Path] = {}
     res_a = comparison["a"]

@@ -171,7 +171,7 @@ def onnx_session(path: str | Path, device: str | torch.device = "cpu", threads: 
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def verify_onnx(graph: nn.Module, path: Path, *, batch: int, samples: int, atol: float) -> float:
+def verify_onnx(graph: _ExportGraph, path: Path, *, batch: int, samples: int, atol: float) -> float:
     """Max abs difference between ONNX Runtime and PyTorch on random input; raises past ``atol``."""
     with_mask = getattr(graph, "with_mask", False)
     generator = torch.Generator().manual_seed(0)
@@ -234,7 +234,8 @@ def _cpu_float_copy(model: HubertECG) -> HubertECG:
     return copy.deepcopy(model).to("cpu", torch.float32).eval()
 
 
-def export_to_temporary(model: HubertECG, *, samples: int = 6000, with_mask: bool = False) -> tempfile.TemporaryDirectory:
+def export_to_temporary(model: HubertECG, *, samples: int = 6000,
+                        with_mask: bool = False) -> tempfile.TemporaryDirectory:
     """Export into a fresh temporary directory (``<dir>/model.onnx``) without the parity run; caller cleans up."""
     directory = tempfile.TemporaryDirectory(prefix="hubert_ecg_onnx_")
     export_onnx(model, Path(directory.name) / "model.onnx", samples=samples, with_mask=with_mask, verify=False)

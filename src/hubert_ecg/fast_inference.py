@@ -188,7 +188,7 @@ def _onnx_forward(model: HubertECG, device: torch.device, samples: int
     if device.type == "cuda" and "CUDAExecutionProvider" not in providers:
         import warnings
         warnings.warn("mode 'onnx' on CUDA is running on the CPU: this onnxruntime has no CUDA provider "
-                      f"(providers: {', '.join(providers)}); install onnxruntime-gpu, or use mode bf16")
+                      f"(providers: {', '.join(providers)}); install onnxruntime-gpu, or use mode bf16", stacklevel=3)
     names = output_names(model)
     directory.cleanup()  # the session holds the graph in memory
 

@@ -85,6 +85,8 @@ def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
     class index 0, 1, 2 ... in every used row. Regression takes any finite value or blank.
     """
     spec = get_task(task)
+    if store.labels is None:
+        raise ValueError(f"{store.path}: the store has no labels; prepare it with --labels")
     values = spec.label_columns(store.labels[rows])
     bad, rule = spec.invalid_labels(values)
     if bad.any():
@@ -158,7 +160,8 @@ class FinetuneObjective:
         check_label_values(self.store, task, np.concatenate([self.rows, self.val_rows]))
         # From the TRAINING rows only: a validation split with another prevalence must not change them.
         self.pos_weight, self.class_weight = get_task(task).training_weights(
-            labels[self.rows], pos_weight=self.opts.pos_weight, class_weights=self.opts.class_weights)
+            labels[self.rows], pos_weight=self.opts.pos_weight, class_weights=self.opts.class_weights,
+            n_outputs=num_outputs(task, labels))  # one weight per head output, whatever the split
         self.module = self.model
         self.dataset = StoreWindows(self.store, crop=self.opts.crop, labels=True, seed=self.seed)
 
@@ -208,6 +211,7 @@ class FinetuneObjective:
     @torch.no_grad()
     def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]:
         scores = self.score(model, self.val_rows, device, autocast)
+        assert scores.labels is not None  # scored from a labelled store
         # A record with a blank label leaves that label's metrics only.
         result = get_task(self.opts.task).metrics(scores.labels, scores.probabilities)
         metrics = {"loss": scores.loss if scores.loss is not None else float("nan")}
@@ -226,7 +230,8 @@ def tune_and_store_thresholds(objective: FinetuneObjective, model_dir: Path, dev
         return None
     model = load_model(model_dir, device=device)
     scores = objective.score(model, objective.val_rows, device, autocast)
-    thresholds = task.tune_thresholds(scores.labels, scores.probabilities).tolist()
+    assert scores.labels is not None  # scored from a labelled store
+    thresholds = np.asarray(task.tune_thresholds(scores.labels, scores.probabilities)).tolist()
     from .checkpoint import update_saved_info
     info = update_saved_info(model_dir, thresholds=[float(t) for t in np.atleast_1d(thresholds)])
     return info.thresholds
@@ -297,8 +302,8 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
         raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
     if init is not None and model_overrides:
         raise ValueError("--model-overrides changes the architecture of a fresh model; it needs --random-init")
-    cfg.monitor = opts.monitor
-    cfg.monitor_mode = monitor_mode(opts.monitor)
+    cfg.monitor = opts.monitor or get_task(opts.task).monitor  # resolved by FinetuneOptions already
+    cfg.monitor_mode = monitor_mode(cfg.monitor)
     run = FinetuneRun(str(Path(store.path).resolve()), _local_reference(init), random_init_size, keep_head,
                       train_split, val_split, val_fraction, lp_then_ft_steps, gradient_checkpointing,
                       model_overrides)

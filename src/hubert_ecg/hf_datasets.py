@@ -27,13 +27,14 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from .atomic import atomic_path
-from .store import (LABEL_PREFIX, MANIFEST_FIELDS, STORE_FORMAT, STORE_VERSION, ECGStore, StoreError, _finalise)
+from .store import LABEL_PREFIX, MANIFEST_FIELDS, STORE_FORMAT, STORE_VERSION, ECGStore, StoreError, _finalise
 
 __all__ = ["export_store", "from_hf_dataset", "import_store", "to_hf_dataset"]
 

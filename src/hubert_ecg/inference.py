@@ -15,17 +15,18 @@ which a clear error is raised.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .deploy import standard_order, stride_samples  # noqa: F401  (torch-free; re-exported here)
-from .tasks import get_task, probabilities  # noqa: F401  (probabilities re-exported)
 from .model import HubertECG
 from .preprocess import PreprocessSpec, cut_windows, preprocess_signal, window_starts
+from .tasks import get_task, probabilities  # noqa: F401  (probabilities re-exported)
 
 
 def spec_of(model: HubertECG) -> PreprocessSpec:

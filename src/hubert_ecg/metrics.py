@@ -8,8 +8,9 @@ probabilities. It fixes the weak points of the reference evaluation (see
   left out of every macro average, and the result names them (the reference counted them as 0);
 * scores must be probabilities; logits are rejected instead of being silently squashed;
 * per-label thresholds can be tuned on validation data instead of a fixed 0.5;
-* bootstrap confidence intervals use the plain percentile method with a seeded generator and an
-  order that never depends on file modification times;
+* bootstrap confidence intervals (percentile, or BCa with a jackknife acceleration) use a seeded
+  generator and an order that never depends on file modification times;
+* PPV/NPV beside sensitivity/specificity, and calibration (Brier score, expected calibration error);
 * regression has real metrics (MAE, RMSE, R², Pearson r).
 
 Task types and array shapes:
@@ -921,3 +922,21 @@ def aggregate_windows(
         out = np.full((n_groups,) + values.shape[1:], -np.inf)
         np.maximum.at(out, group_of_window, values)
     return unique[appearance], out
+
+
+#: Every validation metric a fine-tuning run can monitor, with its direction ("min": lower is better).
+#: The one list used by ``FinetuneOptions``, the recipes and the ``--monitor`` choices (kept here, free of
+#: torch, so that building the command line stays instant; ``tasks`` re-exports it).
+MONITORS: dict[str, str] = {
+    "loss": "min", "mae": "min", "rmse": "min",
+    "auroc": "max", "auprc": "max", "f1": "max", "accuracy": "max", "balanced_accuracy": "max",
+    "r2": "max", "pearson_r": "max",
+}
+
+
+def monitor_mode(metric: str) -> str:
+    """``"min"`` or ``"max"``: the direction of a monitor metric (unknown names are a one-line error)."""
+    try:
+        return MONITORS[metric]
+    except KeyError:
+        raise ValueError(f"unknown monitor metric {metric!r} (choose from {', '.join(MONITORS)})") from None

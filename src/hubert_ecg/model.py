@@ -45,7 +45,8 @@ def sample_span_mask(batch: int, num_tokens: int, *, mask_prob: float, mask_leng
 
     Per sample with ``n`` valid tokens: ``max(min_masks, int(mask_prob * n / mask_length + u))``
     span starts (u ~ U[0, 1) once per call, as in wav2vec2), drawn without replacement among valid
-    positions, each covering ``mask_length`` tokens; padded tokens are never masked. With
+    positions that leave room for the span (start <= n - mask_length, as wav2vec2), each covering
+    ``mask_length`` tokens; padded tokens are never masked. With
     p = 0.33, span 1 and 93 valid tokens every sample gets 30 or 31 masked tokens.
 
     ``scores`` (B, T) and ``u`` may be passed in: distributed training draws them for the global
@@ -66,7 +67,8 @@ def sample_span_mask(batch: int, num_tokens: int, *, mask_prob: float, mask_leng
     num_spans = (mask_prob * valid / mask_length + u).floor().long().clamp(min=min_masks)
     num_spans = torch.minimum(num_spans, valid // mask_length)
     position = torch.arange(num_tokens, device=device)
-    eligible = token_mask & (position <= num_tokens - mask_length)
+    # As wav2vec2: a span starts where it fits inside the sample's valid length (not across padding).
+    eligible = token_mask & (position <= (valid - mask_length).unsqueeze(-1))
     if scores is None:
         scores = torch.rand(batch, num_tokens, device=device, generator=generator)
     scores = scores.masked_fill(~eligible, -1.0)
@@ -588,6 +590,7 @@ class HubertECG(PretrainedMixin, nn.Module):
         (it cancels in the norm) and, when the job never masks (fine-tuning), ``masked_spec_embed``."""
         names = []
         first = self.feature_extractor.conv_layers[0]
+        assert isinstance(first, ConvLayer)
         if first.layer_norm is not None and first.conv.bias is not None:
             names.append("feature_extractor.conv_layers.0.conv.bias")
         if not masking:

@@ -27,8 +27,9 @@ the same result alone or in a batch (tested to 1e-5).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from .model import HubertECG
 from .preprocess import PreprocessSpec, cut_windows, preprocess_batch, window_starts
 from .tasks import probabilities
 
-__all__ = ["ECGPipeline", "Prediction", "Predictions", "embed", "predict"]
+__all__ = ["ECGPipeline", "Prediction", "Predictions", "embed", "embed_files", "predict"]
 
 # Records preprocessed together at most (memory: ~3 x B x 12 x n x 8 bytes of scratch).
 _PREPROCESS_CHUNK = 128
@@ -269,3 +270,36 @@ def predict(model: HubertECG, signals: Any, fs: float | Sequence[float] | None =
     ``options`` are :class:`ECGPipeline` arguments (``thresholds``, ``windows``, ``engine`` ...).
     """
     return ECGPipeline(model, **options).predict(signals, fs, leads=leads)
+
+
+def embed_files(model: HubertECG, inputs: str | Sequence[str], *, layer: int | None = None, windows: str = "sliding",
+                stride_s: float | None = None, aggregate: str = "mean", batch_size: int = 64, engine: str = "eager",
+                workers: int = 1, progress: bool = False,
+                read_kwargs: dict[str, Any] | None = None) -> tuple[list[str], np.ndarray]:
+    """Embed every record under ``inputs`` (files, folders, manifests; any supported format).
+
+    Returns (record ids, (N, hidden) float32), rows in discovery order; the same numbers as
+    ``hubert-ecg embed``. ``read_kwargs`` are the reader options (``fs``, ``units``, ``lead_names``
+    ...). Records that cannot be used are left out with one warning giving their count and the first
+    reason; when none can be used the error says why.
+    """
+    import csv
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    from .inference import predict_files, read_embeddings
+
+    paths = [inputs] if isinstance(inputs, str) else list(inputs)
+    with tempfile.TemporaryDirectory(prefix="hubert_ecg_embed_") as tmp:
+        out = Path(tmp) / "embeddings.npy"
+        summary = predict_files(model, paths, out, mode="embed", layer=layer, windows=windows, stride_s=stride_s,
+                                aggregate=aggregate, batch_size=batch_size, read_kwargs=read_kwargs,
+                                progress=progress, engine=engine, workers=workers)
+        if summary.rejects_path is not None:
+            with open(summary.rejects_path, newline="") as fh:
+                first = next(csv.DictReader(fh))
+            reason = first["reason"] if first["reason"].startswith(first["source"]) else \
+                f"{first['source']}: {first['reason']}"
+            warnings.warn(f"{summary.rejected} record(s) left out; first: {reason}", stacklevel=2)
+        return read_embeddings(out)

@@ -390,7 +390,7 @@ def plot_intervals(rows: Sequence[tuple[str, float, float, float]], path: str | 
     fig = _new_figure(8, min(1.5 + 0.3 * n, 40.0))
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
-    for yi, (name, point, lower, upper) in zip(y, rows):
+    for yi, (_, point, lower, upper) in zip(y, rows):
         if math.isfinite(lower) and math.isfinite(upper):
             ax.plot([lower, upper], [yi, yi], color="black", lw=1.2)
         if math.isfinite(point):

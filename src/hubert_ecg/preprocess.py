@@ -358,7 +358,7 @@ def _clean_nonfinite(x: np.ndarray, policy: str, names: Sequence[str] = LEAD_NAM
         parts = []
         for b, lead in np.argwhere(empty):
             parts.append(f"{'record ' + str(b) + ' ' if x.shape[0] > 1 else ''}lead {names[lead]}")
-        warnings.warn(f"no finite samples, replaced by zeros: {', '.join(parts)}", MissingLeadWarning, stacklevel=3)
+        warnings.warn(f"no finite samples, replaced by zeros: {', '.join(parts)}", MissingLeadWarning, stacklevel=4)
     return x
 
 

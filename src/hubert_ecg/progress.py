@@ -12,7 +12,8 @@ terminal (CI logs, ``2> file``) tqdm still writes, but less often (``mininterval
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str | None = None,

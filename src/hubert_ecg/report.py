@@ -365,10 +365,12 @@ def write_compare_report(
     rows = []
     for group in ("overall", "macro"):
         for metric, diff in paired[group].items():
-            label = _display_name(metric, res_a.task) if group == "overall" else f"macro {_display_name(metric, res_a.task)}"
+            name = _display_name(metric, res_a.task)
+            label = name if group == "overall" else f"macro {name}"
+            p_value = diff["p_value"]
             rows.append([label, format_interval(ci_a[group].get(metric)), format_interval(ci_b[group].get(metric)),
                          format_interval(diff, "difference", signed=True),
-                         "" if diff["p_value"] is None or not math.isfinite(diff["p_value"]) else f"{diff['p_value']:.3g}"])
+                         "" if p_value is None or not math.isfinite(p_value) else f"{p_value:.3g}"])
     delong_header = ["label", "AUROC A", "AUROC B", "B - A [95 % CI]", "z", "p (DeLong)"]
     delong_rows = [[name, f"{d['auroc_a']:.3f}", f"{d['auroc_b']:.3f}",
                     f"{d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]", f"{d['z']:.2f}",

@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -86,7 +88,7 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager[Any]]:
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager[Any]]:
     """A zero-argument factory of the autocast context for ``dtype`` (a null context for float32)."""
     if dtype is None or device.type == "meta":
         return contextlib.nullcontext
@@ -133,7 +135,7 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> No
         torch.backends.cudnn.benchmark = False
 
 
-def compile_regions(model: "HubertECG", **options: Any) -> HubertECG:
+def compile_regions(model: HubertECG, **options: Any) -> HubertECG:
     """Regional compilation: each encoder layer, the stem and the projection compiled on their own.
 
     Compiling the whole model puts layerdrop's Python decisions inside the graph: a graph break and
@@ -150,7 +152,7 @@ def compile_regions(model: "HubertECG", **options: Any) -> HubertECG:
 # ---------------------------------------------------------------------------------------------
 # Optimizer parameter groups
 # ---------------------------------------------------------------------------------------------
-def param_groups(model: "HubertECG", lr: float, *, layer_decay: float = 1.0, weight_decay: float | None = None,
+def param_groups(model: HubertECG, lr: float, *, layer_decay: float = 1.0, weight_decay: float | None = None,
                  head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups for the trainable parameters of ``model``: one rule for pre-training and fine-tuning.
 

@@ -96,6 +96,11 @@ def _order(labels: Sequence[str]) -> list[str]:
     return sorted(set(labels), key=key)
 
 
+def _no_interval(values: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    nan = float("nan")
+    return {m: {"point": v, "lower": nan, "upper": nan, "n_used": 0} for m, v in values.items()}
+
+
 def subgroup_results(task: str, y_true: Any, y_score: Any, columns: Mapping[str, Sequence[Any]], *,
                      label_names: Sequence[str] | None = None, thresholds: Any = None, n_resamples: int = 1000,
                      seed: int = 0, method: str = "percentile", stratify: bool = False) -> dict[str, Any]:
@@ -120,10 +125,7 @@ def subgroup_results(task: str, y_true: Any, y_score: Any, columns: Mapping[str,
             info: dict[str, Any] = {"n_records": int(len(rows)), "n_positive": n_pos, "note": None}
             if len(rows) < MIN_GROUP_RECORDS or n_resamples <= 0:
                 point = compute_metrics(task, yg, sg, label_names=label_names, thresholds=thresholds)
-                nan = float("nan")
-                wrap = lambda d: {m: {"point": v, "lower": nan, "upper": nan, "n_used": 0}  # noqa: E731
-                                  for m, v in d.items()}
-                info.update(macro=wrap(point.macro), overall=wrap(point.overall), per_label={})
+                info.update(macro=_no_interval(point.macro), overall=_no_interval(point.overall), per_label={})
                 if len(rows) < MIN_GROUP_RECORDS:
                     info["note"] = f"only {len(rows)} records: no interval"
             else:

@@ -34,27 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import TASKS
-from .metrics import MetricsResult, compute_metrics, tune_thresholds
+from .metrics import MONITORS, MetricsResult, compute_metrics, monitor_mode, tune_thresholds
 
 __all__ = ["MONITORS", "TASKS", "BinaryTask", "MultiClassTask", "MultiLabelTask", "RegressionTask", "Task", "get_task",
            "monitor_mode", "probabilities"]
-
-#: Every validation metric a fine-tuning run can monitor, with its direction ("min": lower is better).
-#: The one list used by ``FinetuneOptions``, the recipes and the ``--monitor`` choices.
-MONITORS: dict[str, str] = {
-    "loss": "min", "mae": "min", "rmse": "min",
-    "auroc": "max", "auprc": "max", "f1": "max", "accuracy": "max", "balanced_accuracy": "max",
-    "r2": "max", "pearson_r": "max",
-}
-
-
-def monitor_mode(metric: str) -> str:
-    """``"min"`` or ``"max"``: the direction of a monitor metric (unknown names are a one-line error)."""
-    try:
-        return MONITORS[metric]
-    except KeyError:
-        raise ValueError(f"unknown monitor metric {metric!r} (choose from {', '.join(MONITORS)})") from None
-
 
 class Task:
     """The behaviour of one task; see the module docstring. Instances come from :func:`get_task`.
@@ -99,12 +82,13 @@ class Task:
         return labels[:, 0].astype(np.int64) if self.first_column_only else labels
 
     # ---- training -------------------------------------------------------------------------------
-    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool
-                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool,
+                         n_outputs: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(BCE ``pos_weight``, CE class weights) from the TRAINING rows' labels only.
 
         ``pos_weight`` = negatives / positives per label (known values only); class weights =
-        ``N / (C * count)`` per class index (sklearn's "balanced").
+        ``N / (C * count)`` per class index (sklearn's "balanced"), one per head output: ``n_outputs``
+        (the class count of the whole store) covers a class that no training row has (count taken as 1).
         """
         if not pos_weight:
             return None, None
@@ -229,11 +213,11 @@ class MultiClassTask(Task):
         bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
         return bad, "multi_class labels must be class indices 0, 1, 2 ... (no blanks)"
 
-    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool
-                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool,
+                         n_outputs: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not class_weights:
             return None, None
-        classes = self.num_outputs(train_labels)
+        classes = max(n_outputs or 0, self.num_outputs(train_labels))
         column = train_labels[:, 0]
         counts = np.bincount(column[np.isfinite(column)].astype(int), minlength=classes)
         return None, torch.tensor(len(train_labels) / (classes * np.maximum(counts, 1)), dtype=torch.float32)
@@ -269,8 +253,8 @@ class RegressionTask(Task):
     def metric_targets(self, labels: np.ndarray) -> np.ndarray:
         return labels[:, 0] if labels.shape[1] == 1 else labels
 
-    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool
-                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool,
+                         n_outputs: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return None, None
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, *, pos_weight: torch.Tensor | None = None,

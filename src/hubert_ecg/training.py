@@ -350,7 +350,7 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
     autocast = autocast_context(device, dtype)
     groups = objective.parameter_groups(model, cfg.lr)
     fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
                                   weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.max_steps, cfg.warmup_fraction))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
@@ -359,12 +359,7 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
         scheduler.load_state_dict(payload["scheduler"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        random.setstate(tuple(payload["rng"]["python"]) if isinstance(payload["rng"]["python"], list)
-                        else payload["rng"]["python"])
-        cuda_states = payload["rng"].get("cuda_per_rank") or []
-        if device.type == "cuda" and len(cuda_states) == env.world_size:
-            torch.cuda.set_rng_state(cuda_states[env.rank].cpu(), device)
+        # The RNG states are restored below, once the batch iterator exists (see _restore_rng).
 
     module: nn.Module = objective.module
     if cfg.compile:  # per layer: layerdrop's skips stay outside the graphs (no recompilation)
@@ -393,14 +388,18 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
         if not stop:
             loader = make_loader(objective.dataset, sampler, num_workers=cfg.num_workers,
                                  pin_memory=device.type == "cuda")
+            batches = iter(loader)  # draws its base seed from the global CPU generator
+            if resume is not None:
+                _restore_rng(payload["rng"], env, device)
             fetch_start = time.perf_counter()
-            for batch in loader:
+            for batch in batches:
                 window_wait += time.perf_counter() - fetch_start
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 in_step = micro % cfg.grad_accum  # which micro-batch of this optimizer step
                 micro += 1
                 sync_now = micro % cfg.grad_accum == 0
-                ctx = module.no_sync() if env.enabled and not sync_now else contextlib.nullcontext()
+                no_sync = env.enabled and not sync_now
+                ctx = module.no_sync() if no_sync else contextlib.nullcontext()  # type: ignore[operator]
                 with ctx:
                     with autocast():
                         loss, stats = objective.training_loss(module, batch, state.step, env, micro=in_step,
@@ -436,7 +435,7 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
                         values = {k: (v / (window_steps * cfg.grad_accum)).item() for k, v in running.items()}
                         values.update(ecg_per_s=window_samples / max(elapsed, 1e-9),
                                       data_wait=window_wait / max(elapsed, 1e-9),
-                                      lr=scheduler.get_last_lr()[0])
+                                      lr=float(scheduler.get_last_lr()[0]))
                         logger.log(state.step, {f"train/{k}": v for k, v in values.items()})
                         bar.set_postfix({k: f"{values[k]:.3g}" for k in values if k != "lr"})
                         running = {k: torch.zeros((), device=device) for k in running}
@@ -464,6 +463,20 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
         _plot_curves(run_dir)
     best = run_dir / "best"
     return TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last")
+
+
+def _restore_rng(rng: dict[str, Any], env: DistEnv, device: torch.device) -> None:
+    """Put the generators back as they were when the checkpoint was written.
+
+    Called after the batch iterator is created: creating it draws from the CPU generator, which the
+    uninterrupted run did before its first step, long before the checkpoint. Restored earlier, that
+    draw would shift every later dropout mask and the resumed run would diverge from the uninterrupted one.
+    """
+    torch.set_rng_state(rng["torch"])
+    random.setstate(tuple(rng["python"]) if isinstance(rng["python"], list) else rng["python"])
+    cuda_states = rng.get("cuda_per_rank") or []
+    if device.type == "cuda" and len(cuda_states) == env.world_size:
+        torch.cuda.set_rng_state(cuda_states[env.rank].cpu(), device)
 
 
 def _plot_curves(run_dir: Path) -> None:

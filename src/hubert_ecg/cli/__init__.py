@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -27,7 +28,7 @@ typical flow:
   hubert-ecg predict run/best my_ecgs/ --out predictions.csv
 
 clinical evaluation:
-  hubert-ecg evaluate run/best store/ --out eval/ --subgroups sex,age --calibrate auto --leads limb,II
+  hubert-ecg evaluate run/best store/ --out eval/ --subgroups sex,age --calibrate auto --leads limb --leads II
   hubert-ecg evaluate --predictions preds.csv --labels labels.csv --out eval/    predictions made elsewhere
   hubert-ecg compare run-a/best run-b/best --store store/ --out cmp/    paired bootstrap + DeLong
   hubert-ecg explain run/best record.hea --label AF --out why.png       attribution on the 12-lead ECG
@@ -227,8 +228,9 @@ def register(func: Callable[[argparse._SubParsersAction], None]) -> Callable[[ar
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    # Each module registers its commands on import; this order is the order of `hubert-ecg --help`.
-    from . import model_cmds, data_cmds, train_cmds, eval_cmds, share_cmds, config_cmds  # noqa: F401
+
+    # Each module registers its commands on import.
+    from . import config_cmds, data_cmds, eval_cmds, model_cmds, share_cmds, train_cmds  # noqa: F401
 
     parser = argparse.ArgumentParser(
         prog="hubert-ecg", formatter_class=_Formatter, epilog=EPILOG,
@@ -237,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hubert-ecg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for registrar in _REGISTRARS:
+    # The order of `hubert-ecg --help` follows the pipeline, whatever order the modules were imported in.
+    order = ["model_cmds", "data_cmds", "train_cmds", "eval_cmds", "share_cmds", "config_cmds"]
+    rank = {name: i for i, name in enumerate(order)}
+    for registrar in sorted(_REGISTRARS, key=lambda f: rank.get(f.__module__.rsplit(".", 1)[-1], len(order))):
         registrar(sub)
     return parser
 

@@ -26,11 +26,10 @@ def _csv_list(text: str) -> list[str]:
 
 
 def _lead_sets(text: str) -> list[str]:
-    """Lead sets separated by ';' or named sets separated by ',': ``limb,precordial,II`` or ``I,II;V1``."""
-    from ..preprocess import LEAD_SETS, parse_lead_set
+    """One lead set (a name: ``limb``, ``precordial``, ``I``, ``II``; or leads ``I,II``), several separated by ';'."""
+    from ..preprocess import parse_lead_set
 
-    parts = [p.strip() for p in text.split(";")] if ";" in text else (
-        [p.strip() for p in text.split(",")] if all(p.strip() in LEAD_SETS for p in text.split(",")) else [text])
+    parts = [p.strip() for p in text.split(";") if p.strip()]
     for part in parts:
         try:
             parse_lead_set(part)
@@ -75,7 +74,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                        aggregate=args.aggregate, stride=_stride_in_store_samples(args.store, args.stride),
                        batch_size=args.batch_size,
                        n_bootstrap=args.bootstrap, seed=args.seed, device=args.device, ci_method=args.ci_method,
-                       stratify=args.stratify, subgroups=args.subgroups, leads=args.leads,
+                       stratify=args.stratify, subgroups=args.subgroups,
+                       leads=[s for group in args.leads for s in group] if args.leads else None,
                        calibrate=args.calibrate, calibration_split=args.calibration_split,
                        save_calibration=args.save_calibration)
     _print_eval_summary(summary)
@@ -186,7 +186,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _add_ci_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for CIs (0 = none)")
     p.add_argument("--ci-method", choices=["percentile", "bca"], default="percentile",
-                   help="bootstrap interval: percentile, or BCa (bias-corrected and accelerated; use >= 2000 resamples)")
+                   help="bootstrap interval: percentile, or BCa (bias-corrected and accelerated; "
+                        "use >= 2000 resamples)")
     p.add_argument("--stratify", action="store_true",
                    help="resample within each class / label combination (keeps the prevalence fixed)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap (and random crops)")
@@ -240,9 +241,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subgroups", type=_csv_list, metavar="COL,COL",
                    help="metrics with CIs per group of these manifest/metadata/label columns (e.g. sex,age,site); "
                         "numeric columns are binned (age: <40/40-59/60-79/>=80, others: quartiles)")
-    p.add_argument("--leads", type=_lead_sets, metavar="SETS",
-                   help="also score with only these leads (others zeroed) and report the change vs 12 leads: named "
-                        "sets limb,precordial,I,II or lead lists separated by ';' (e.g. 'I,II;V1,V2')")
+    p.add_argument("--leads", type=_lead_sets, action="append", metavar="SET",
+                   help="also score with only these leads (others zeroed) and report the change vs 12 leads: a named "
+                        "set (limb, precordial, I, II) or a lead list (I,II); repeat the option or separate sets "
+                        "with ';' (--leads limb --leads 'I,II;V1')"),
     p.add_argument("--calibrate", choices=["auto", "platt", "temperature"],
                    help="fit post-hoc calibration on --calibration-split and report calibrated probabilities "
                         "(auto: Platt per label for multi-label/binary, temperature for multi-class)")

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..config import TASKS
-from ..tasks import MONITORS, monitor_mode
+from ..metrics import MONITORS, monitor_mode
 from . import (
     add_command,
     fraction,
@@ -49,9 +49,12 @@ def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
         g.add_argument(flag, type=type_, default=argparse.SUPPRESS, help=f"{help_} (default: {suffix}{shown})")
     # Defaults of None: an option not given keeps the value of --config (then the recipe, then the default).
     g.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="auto = bf16 autocast on GPU, float32 on CPU (default: auto)")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+                   help="auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), fp16 with "
+                        "loss scaling on older GPUs, float32 on CPU; fp32 also switches TF32 off (default: auto)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: auto; under torchrun each process "
+                                    "uses cuda:LOCAL_RANK, and cuda:N is refused)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile each transformer layer on its own (no recompiles with layerdrop)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute layer activations in the backward pass (large batches in less memory)")
     g.add_argument("--deterministic", action="store_true", default=None,

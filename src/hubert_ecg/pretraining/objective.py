@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loader import StoreWindows, make_loader
+from ..loader import StoreWindows
 from ..distributed import DistEnv, all_reduce_sum
 from ..model import HubertECG, sample_span_mask
 from ..store import ECGStore
@@ -111,7 +111,8 @@ class PretrainObjective:
         if generator is not None:
             generator.manual_seed(int(self.seed) * 1_000_003 + int(key))
         u = torch.rand((), device=device, generator=generator)
-        scores = torch.rand(global_batch, tokens, device=device, generator=generator)[offset:offset + len(batch["input"])]
+        scores = torch.rand(global_batch, tokens, device=device, generator=generator)
+        scores = scores[offset:offset + len(batch["input"])]
         return sample_span_mask(len(batch["input"]), tokens, mask_prob=config.mask_time_prob,
                                 mask_length=config.mask_time_length, min_masks=config.mask_time_min_masks,
                                 token_mask=token_mask, scores=scores, u=u, device=device)

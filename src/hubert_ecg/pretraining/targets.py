@@ -892,7 +892,7 @@ class _LabelJob:
     def n_tokens(self) -> int:
         return next(iter(self.computers.values())).n_tokens
 
-    def open_outputs(self) -> list[np.ndarray]:
+    def open_outputs(self) -> list[Any]:
         """The shared ``.npy.partial`` memmaps (created once, by whichever rank comes first)."""
         shape = (len(self.store), self.n_tokens)
         for p in self.partials:
@@ -904,7 +904,7 @@ class _LabelJob:
                                    f"{shape} int16; delete it and re-run")
         return outputs
 
-    def run_blocks(self, outputs: list[np.ndarray], rank: int, world_size: int, device: str, progress: bool,
+    def run_blocks(self, outputs: list[Any], rank: int, world_size: int, device: str, progress: bool,
                    stop_after_blocks: int | None) -> None:
         """Label this rank's unfinished blocks; each is flushed before it is recorded as done."""
         n_rows, size = len(self.store), self.batch_size
