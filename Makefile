@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "hubert-ecg needs Python >= 3.10")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[test,dev]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[test,dev,docs]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -56,7 +56,7 @@ gpu-check: $(STAMP)
 	PY=$(PY) benchmarks/gpu_check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # Real-data experiments (docs/EXPERIMENTS.md, README Results): runs them on ../shared/data (skips with a message
-# when absent), writes experiments/results/ and regenerates the tables. About 1-2 CPU-hours on a 2-core machine.
+# when absent), writes experiments/results/ and regenerates the tables (CPU time: docs/EXPERIMENTS.md).
 EXP_WORK ?= /tmp/hubert-ecg-exp
 EXP_STEPS ?= 160 640
 experiments: $(STAMP)
@@ -67,9 +67,7 @@ clean:
 
 # Documentation site (mkdocs.yml, docs/): warnings are errors, as in CI.
 docs: $(STAMP)
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[docs]"
 	$(PY) -m mkdocs build --strict
 
 docs-serve: $(STAMP)
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[docs]"
 	$(PY) -m mkdocs serve

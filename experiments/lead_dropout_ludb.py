@@ -146,7 +146,8 @@ def main() -> None:
               ["record_id", "fold", "run", "leads"] + [f"y_{lab}" for lab in LABELS] + [f"p_{lab}" for lab in LABELS],
               rows)
     results = {"provenance": started, "settings": {k: v for k, v in vars(args).items() if k not in ("work", "results")},
-               "encoder": {"init": str(init)} if args.init else {"size": "tiny", **ENCODER}, "n_records": int(done.sum()), "runs": bookkeeping,
+               "encoder": {"init": str(init)} if args.init else {"size": "tiny", **ENCODER},
+               "n_records": int(done.sum()), "runs": bookkeeping,
                "summary": summary, **timer.summary()}
     write_json(out / "lead_dropout.json", results)
     for name, entry in summary.items():

@@ -42,6 +42,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def load_random_draws(results: Path = RESULTS) -> dict[str, Any] | None:
+    """``random-init-probe/``: the probe of several seeded random encoders (``random_probe_ludb.py``), or None."""
+    folder = results / "random-init-probe"
+    if not (folder / "random_probe.json").exists():
+        return None
+    return {"dir": folder, "json": json.loads((folder / "random_probe.json").read_text()),
+            "pred": read_csv(folder / "random_probe_predictions.csv")}
+
+
 def load_budgets(results: Path = RESULTS) -> list[dict[str, Any]]:
     """One dict per ``pretrain-<steps>`` folder with a finished experiment A, sorted by steps.
 
@@ -120,29 +129,48 @@ def prediction_arrays(rows: list[dict[str, str]], label: str, column: str,
     return np.asarray(ids)[order], np.asarray(y)[order], np.asarray(p)[order]
 
 
-def rank_auroc(y: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """AUROC of each row (Mann-Whitney with average ranks for ties: equal to ``roc_auc_score``), vectorised."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score, axis=-1)
-    n1 = y.sum(-1)
-    return ((ranks * y).sum(-1) - n1 * (n1 + 1) / 2) / (n1 * (y.shape[-1] - n1))
+def rank_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney statistic over all (positive, negative) pairs, ties counted one half: equal to
+    ``roc_auc_score`` (tested), without scikit-learn's overhead."""
+    sp, sn = score[y == 1][:, None], score[y == 0][None, :]
+    return float(((sp > sn) + 0.5 * (sp == sn)).mean())
 
 
 def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = 0) -> dict[str, float]:
     """AUROC(a) - AUROC(b) on the same records with a paired percentile bootstrap 95 % CI (``n`` resamples of the
     records, resamples holding one class only dropped): the method of ``ludb_common.paired_auroc_difference``,
     vectorised (its own draws, so the interval can differ from a loop's in the third decimal)."""
+    return paired_differences(y, a, b[None], n, seed)[0]
+
+
+def paired_differences(y: np.ndarray, a: np.ndarray, bs: np.ndarray, n: int = 1000,
+                       seed: int = 0) -> list[dict[str, float]]:
+    """``paired_difference(y, a, b)`` for each row ``b`` of ``bs`` (the same resamples for all), at once.
+
+    A resample is a vector of record counts; its AUROC is the count-weighted Mann-Whitney statistic over all
+    (positive, negative) pairs, which equals the AUROC of the resampled records (duplicates included, ties
+    counted one half) without re-ranking 1000 resamples.
+    """
     idx = np.random.default_rng(seed).integers(0, len(y), (n, len(y)))
-    yy = y[idx]
-    keep = (yy.min(1) != yy.max(1))
-    idx, yy = idx[keep], yy[keep]
-    diffs = rank_auroc(yy, a[idx]) - rank_auroc(yy, b[idx])
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"diff": float(rank_auroc(y, a) - rank_auroc(y, b)), "ci_low": float(lo), "ci_high": float(hi)}
+    counts = np.bincount((idx + len(y) * np.arange(n)[:, None]).ravel(), minlength=n * len(y)).reshape(n, len(y))
+    pos, neg = counts[:, y == 1].astype(float), counts[:, y == 0].astype(float)
+    keep = (pos.sum(1) > 0) & (neg.sum(1) > 0)
+    pos, neg = pos[keep], neg[keep]
+
+    def boot(score: np.ndarray) -> np.ndarray:
+        sp, sn = score[y == 1][:, None], score[y == 0][None, :]
+        wins = (sp > sn) + 0.5 * (sp == sn)
+        return ((pos @ wins) * neg).sum(1) / (pos.sum(1) * neg.sum(1))
+
+    boot_a, point_a = boot(a), rank_auroc(y, a)
+    out = []
+    for b in bs:
+        lo, hi = np.percentile(boot_a - boot(b), [2.5, 97.5])
+        out.append({"diff": float(point_a - rank_auroc(y, b)), "ci_low": float(lo), "ci_high": float(hi)})
+    return out
 
 
-_DIFFERENCES: dict[tuple, dict[str, float] | None] = {}
+_DIFFERENCES: dict[tuple, Any] = {}  # computed once per run of the report
 
 
 def budget_difference(longer: dict, shorter: dict, label: str, kind: str) -> dict[str, float] | None:
@@ -329,6 +357,50 @@ def finetune_section(budgets: list[dict]) -> list[str]:
     return out
 
 
+def draw_differences(b: dict, draws: dict, label: str) -> list[dict[str, float]]:
+    """Pre-trained probe (last layer) of budget ``b`` minus each random draw's probe, paired over records."""
+    key = (str(b["dir"]), str(draws["dir"]), label, "draws")
+    if key not in _DIFFERENCES:
+        _DIFFERENCES[key] = _draw_differences(b, draws, label)  # type: ignore[assignment]
+    return _DIFFERENCES[key]  # type: ignore[return-value]
+
+
+def _draw_differences(b: dict, draws: dict, label: str) -> list[dict[str, float]]:
+    ids, y, p = prediction_arrays(b["probe_pred"], label, probe_key(b))
+    others = []
+    for seed in draws["json"]["settings"]["seeds"]:
+        rid, ry, rp = prediction_arrays(draws["pred"], label, f"random init seed {seed}, layer {n_layers(b)}")
+        if list(rid) != list(ids) or list(ry) != list(y):
+            raise ValueError(f"{draws['dir']}: the random-draw predictions cover other records than {b['dir']}")
+        others.append(rp)
+    return paired_differences(y, p, np.stack(others))
+
+
+def random_draws_section(budgets: list[dict], draws: dict | None) -> list[str]:
+    if draws is None:
+        return []
+    seeds = draws["json"]["settings"]["seeds"]
+    out = [f"## Random-init baseline over {len(seeds)} random draws", "",
+           "Experiment A compares the pre-trained encoder with one random draw of the same architecture's weights. "
+           f"`random_probe_ludb.py` draws {len(seeds)} seeded random encoders and fits the same probe (last layer); "
+           "each pre-trained probe is then set against every draw (paired bootstrap, computed by `report_ludb.py` "
+           "from the prediction files).", "",
+           "| LUDB task | random draws: pooled AUROC min / median / max | "
+           + " | ".join(f"{b['steps']} steps: pre-trained minus draw, range of differences; draws significantly "
+                        "beaten" for b in budgets) + " |", "|---|---|" + "---|" * len(budgets)]
+    for label in ("sinus_rhythm", "lvh"):
+        auc = [d["pooled_auroc"] for d in draws["json"]["probe"][label]["draws"].values()]
+        cells = []
+        for b in budgets:
+            diffs = draw_differences(b, draws, label)
+            wins = sum(d["ci_low"] > 0 for d in diffs)
+            cells.append(f"{min(d['diff'] for d in diffs):+.3f} to {max(d['diff'] for d in diffs):+.3f}; "
+                         f"{wins} of {len(diffs)}")
+        out.append(f"| {LABEL_NAMES[label]} | {min(auc):.3f} / {float(np.median(auc)):.3f} / {max(auc):.3f} | "
+                   + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def budget_section(budgets: list[dict]) -> list[str]:
     if len(budgets) < 2:
         return []
@@ -364,7 +436,7 @@ def time_rows(b: dict) -> list[tuple[str, float, float]]:
     return rows
 
 
-def time_section(budgets: list[dict]) -> list[str]:
+def time_section(budgets: list[dict], draws: dict | None = None) -> list[str]:
     out = ["## CPU time", "",
            "Measured by the scripts: wall-clock and CPU time (user + system of the process and of its finished "
            "child processes, i.e. the `prepare` workers), per stage; fine-tuning as the sum over its runs.", "",
@@ -375,6 +447,12 @@ def time_section(budgets: list[dict]) -> list[str]:
             out.append(f"| {b['steps']} steps | {name} | {minutes(wall)} | {minutes(cpu)} |")
             total_wall += wall
             total_cpu += cpu
+    if draws is not None:
+        t = draws["json"]
+        out.append(f"| random draws | {len(t['settings']['seeds'])} random encoders, embeddings + probes | "
+                   f"{minutes(t['wall_s']['total'])} | {minutes(t['cpu_s']['total'])} |")
+        total_wall += t["wall_s"]["total"]
+        total_cpu += t["cpu_s"]["total"]
     out += [f"| **all** | | **{minutes(total_wall)}** | **{minutes(total_cpu)}** |", ""]
     for b in budgets:
         wall, cpu = b["A"]["wall_s"].get("pretrain"), b["A"]["cpu_s"].get("pretrain")
@@ -394,13 +472,15 @@ def time_section(budgets: list[dict]) -> list[str]:
     return out + [""]
 
 
-def total_time(budgets: list[dict]) -> tuple[float, float]:
+def total_time(budgets: list[dict], draws: dict | None = None) -> tuple[float, float]:
     """(wall s, CPU s) of everything in the results."""
     rows = [r for b in budgets for r in time_rows(b)]
+    if draws is not None:
+        rows.append(("draws", draws["json"]["wall_s"]["total"], draws["json"]["cpu_s"]["total"]))
     return sum(r[1] for r in rows), sum(r[2] for r in rows)
 
 
-def findings(budgets: list[dict]) -> list[str]:
+def findings(budgets: list[dict], draws: dict | None = None) -> list[str]:
     """The "What the numbers say" bullets, worded from the numbers (significance = CI excludes 0)."""
     last = budgets[-1]
     a, lay = last["A"], n_layers(last)
@@ -438,6 +518,15 @@ def findings(budgets: list[dict]) -> list[str]:
                    "after pre-training, so each budget's run draws different weights); between the runs its pooled "
                    "AUROC moves by " + ", ".join(f"{max(v) - min(v):.3f} ({LABEL_NAMES[k]})" for k, v in spread.items())
                    + ", which is part of the uncertainty of every pre-trained minus random difference.")
+    if draws is not None:
+        parts = []
+        for label in ("sinus_rhythm", "lvh"):
+            for b in budgets:
+                diffs = draw_differences(b, draws, label)
+                parts.append(f"{LABEL_NAMES[label]} at {b['steps']} steps {sum(d['ci_low'] > 0 for d in diffs)} of "
+                             f"{len(diffs)}")
+        out.append("- Against many random draws instead of one, the pre-trained probe's CI excludes 0 for: "
+                   + "; ".join(parts) + " draws.")
     ft_done = [b for b in budgets if "B" in b]
     if ft_done:
         b = ft_done[-1]
@@ -461,26 +550,29 @@ def findings(budgets: list[dict]) -> list[str]:
             ft = budget_difference(hi, lo, label, "finetune")
             if ft:
                 parts.append(f"{LABEL_NAMES[label]} fine-tuned {fmt_diff(ft, mark=False)} ({verdict(ft)})")
-        out.append(f"- {hi['steps']} instead of {lo['steps']} pre-training steps, same records: " + "; ".join(parts)
-                   + ".")
+        acc_lo, acc_hi = (x["A"]["pretrain"]["best_val_masked_acc"] for x in (lo, hi))
+        out.append(f"- {hi['steps']} instead of {lo['steps']} pre-training steps: masked-token accuracy "
+                   f"{acc_lo:.3f} -> {acc_hi:.3f}; downstream AUROC of the pre-trained encoder, paired on the same "
+                   "records: " + "; ".join(parts) + ".")
     n = a["probe"]["lvh"]["n"]
     out += [f"- Everything rests on {n} labelled records: the 95 % intervals are wide. These are sanity checks of the "
             "pipeline on real data with a reduced encoder and minutes of CPU training, not clinical results.", ""]
     return out
 
 
-def experiments_block(budgets: list[dict]) -> str:
+def experiments_block(budgets: list[dict], draws: dict | None = None) -> str:
     if not budgets:
         return "\n".join([NOTE, "", "No results in `experiments/results/` yet: run `make experiments`.", ""])
     lines = [NOTE, ""] + setup_section(budgets) + pretrain_section(budgets) + finetune_section(budgets) \
-        + budget_section(budgets) + findings(budgets) + time_section(budgets)
+        + budget_section(budgets) + random_draws_section(budgets, draws) + findings(budgets, draws) \
+        + time_section(budgets, draws)
     return "\n".join(lines).rstrip() + "\n"
 
 
 # ------------------------------------------------------------------------------------------------
 # README Results
 # ------------------------------------------------------------------------------------------------
-def readme_block(budgets: list[dict]) -> str:
+def readme_block(budgets: list[dict], draws: dict | None = None) -> str:
     if not budgets:
         return "\n".join([NOTE, "", "No results in `experiments/results/` yet: run `make experiments`.", ""])
     a, enc = budgets[-1]["A"], budgets[-1]["A"]["encoder"]
@@ -519,12 +611,29 @@ def readme_block(budgets: list[dict]) -> str:
                    f"{fmt_diff(x['A']['probe']['lvh'][key])} | {fts[0]} | {fts[1]} |")
     if len(budgets) > 1:
         lo, hi = budgets[0], budgets[-1]
-        parts = [f"{LABEL_NAMES[lab]} {fmt_diff(budget_difference(hi, lo, lab, 'probe'))}" for lab in LABEL_NAMES]
-        out += ["", f"Longer pre-training, probe AUROC at {hi['steps']} minus at {lo['steps']} steps (paired): "
-                + ", ".join(parts) + "."]
-    wall, cpu = total_time(budgets)
+        parts = []
+        for kind, name in (("probe", "probe"), ("finetune", "fine-tuned")):
+            for lab in LABEL_NAMES:
+                d = budget_difference(hi, lo, lab, kind)
+                if d:
+                    parts.append(f"{name}, {LABEL_NAMES[lab]} {fmt_diff(d)}")
+        out += ["", f"Longer pre-training, AUROC of the pre-trained encoder at {hi['steps']} minus at {lo['steps']} "
+                "steps (paired, same records): " + "; ".join(parts) + "."]
+    if draws is not None:
+        b = budgets[-1]
+        parts = []
+        for label in ("sinus_rhythm", "lvh"):
+            auc = [d["pooled_auroc"] for d in draws["json"]["probe"][label]["draws"].values()]
+            diffs = draw_differences(b, draws, label)
+            parts.append(f"{LABEL_NAMES[label]}: random-init probes {min(auc):.3f}-{max(auc):.3f}, the "
+                         f"{b['steps']}-step pre-trained probe significantly better than "
+                         f"{sum(d['ci_low'] > 0 for d in diffs)} of them")
+        out += ["", f"The random-init baseline is one random draw; over {len(draws['json']['settings']['seeds'])} "
+                "seeded draws: " + "; ".join(parts) + "."]
+    wall, cpu = total_time(budgets, draws)
     prov = a["provenance"]
-    out += ["", f"All of it took {minutes(cpu)} of CPU time (user + sys) and {minutes(wall)} wall-clock on a "
+    out += ["", f"All of it took {minutes(cpu)} of CPU time (user + sys) and {minutes(wall)} wall-clock (summed over "
+            "stages) on a "
             f"{prov['machine_note'] or prov['machine']} (torch {prov['machine'].split('torch ')[1].split(' ')[0]}). "
             "Caveats: LUDB signals (not labels) were in the pre-training corpus; minutes of training; the intervals "
             "are wide. These are sanity checks of the pipeline on real data, not clinical accuracy.", ""]
@@ -544,7 +653,9 @@ def replace_block(text: str, block: str, path: Path) -> str:
 def targets(results: Path = RESULTS) -> dict[Path, str]:
     """{document: its text with freshly generated results blocks}."""
     budgets = load_budgets(results)
-    docs = {ROOT / "docs" / "EXPERIMENTS.md": experiments_block(budgets), ROOT / "README.md": readme_block(budgets)}
+    draws = load_random_draws(results)
+    docs = {ROOT / "docs" / "EXPERIMENTS.md": experiments_block(budgets, draws),
+            ROOT / "README.md": readme_block(budgets, draws)}
     return {path: replace_block(path.read_text(), block, path) for path, block in docs.items()}
 
 
@@ -556,7 +667,7 @@ def main() -> int:
     mode.add_argument("--print", action="store_true", help="print the EXPERIMENTS.md block, change nothing")
     args = parser.parse_args()
     if args.print:
-        print(experiments_block(load_budgets(args.results)))
+        print(experiments_block(load_budgets(args.results), load_random_draws(args.results)))
         return 0
     stale = []
     for path, text in targets(args.results).items():

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import base64
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -28,6 +28,7 @@ def hf_config_dict(config: ModelConfig) -> dict:
 def build_hf_model(config: ModelConfig, seed: int = 0):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
-    hf_cfg = {k: v for k, v in hf_config_dict(config).items() if k not in ("model_type", "vocab_sizes", "ensemble_length")}
+    skipped = ("model_type", "vocab_sizes", "ensemble_length")
+    hf_cfg = {k: v for k, v in hf_config_dict(config).items() if k not in skipped}
     model = transformers.HubertModel(transformers.HubertConfig(**hf_cfg, attn_implementation="eager"))
     return model.eval()

@@ -80,6 +80,30 @@ def test_summaries_match_the_prediction_files(budgets):
                 assert roc_auc_score(y, p) == pytest.approx(block[start]["pooled_auroc"], abs=2e-3), (label, start)
 
 
+def test_random_draw_summaries_match_their_predictions(report, budgets):
+    draws = report.load_random_draws()
+    if draws is None:
+        pytest.skip("no random-init-probe results")
+    layer = draws["json"]["settings"]["layer"]
+    for label, block in draws["json"]["probe"].items():
+        sel = [r for r in draws["pred"] if r["label"] == label]
+        y = np.array([int(r["y"]) for r in sel])
+        for seed, s in block["draws"].items():
+            p = np.array([float(r[f"random init seed {seed}, layer {layer}"]) for r in sel])
+            assert roc_auc_score(y, p) == pytest.approx(s["pooled_auroc"], abs=2e-3), (label, seed)
+
+
+def test_vectorised_paired_difference_equals_sklearn(report):
+    """The report's rank AUROC is sklearn's (ties included) and its paired CI brackets the point difference."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(120) < 0.4).astype(int)
+    a, b = np.round(rng.random(120), 1), y * 0.5 + rng.random(120)  # a has many ties
+    assert report.rank_auroc(y, a) == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    d = report.paired_difference(y, b, a)
+    assert d["diff"] == pytest.approx(roc_auc_score(y, b) - roc_auc_score(y, a), abs=1e-12)
+    assert d["ci_low"] < d["diff"] < d["ci_high"] and d["ci_low"] > 0  # b is informative, a is noise
+
+
 def test_results_folder_is_small_and_holds_no_checkpoints():
     files = [p for p in (EXPERIMENTS / "results").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 2_000_000

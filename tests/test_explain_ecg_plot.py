@@ -141,3 +141,29 @@ def test_ecg_figure_speed_80_records(tmp_path, rng: np.random.Generator) -> None
     per_record = (time.process_time() - start) / 8
     # CPU time, so a busy machine does not fail it: 80 records must take well under a minute.
     assert per_record * 80 < 40, per_record
+
+
+def test_inspect_plot_uses_the_clinical_layout(tmp_path, capsys) -> None:
+    from hubert_ecg.cli import main
+    from hubert_ecg.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "d", 2, fmt="wfdb")
+    assert main(["inspect", str(data), "--plot", str(tmp_path / "clinical")]) == 0
+    assert main(["inspect", str(data), "--plot", str(tmp_path / "model"), "--plot-model-input"]) == 0
+    clinical = (tmp_path / "clinical" / "syn00000.png").read_bytes()
+    model_view = (tmp_path / "model" / "syn00000.png").read_bytes()
+    assert clinical[:4] == model_view[:4] == b"\x89PNG" and clinical != model_view
+    # The clinical page is 250 mm wide at 100 dpi plus margins: about 1040 px, wider than tall.
+    width, height = int.from_bytes(clinical[16:20], "big"), int.from_bytes(clinical[20:24], "big")
+    assert 1000 < width < 1100 and height < width
+
+
+def test_explain_record_reports_a_small_completeness_gap_even_for_a_model_in_train_mode(
+        rng: np.random.Generator) -> None:
+    model = _tiny(1)  # train mode: dropout must not leak into the probability or the completeness check
+    signal = rng.normal(0, 0.1, (12, 2500))
+    explanation = explain_record(model, signal, 500.0, 0, steps=32)
+    assert model.training
+    assert explanation.completeness_gap < 0.06
+    again = explain_record(model, signal, 500.0, 0, steps=32)
+    assert again.probability == explanation.probability

@@ -7,8 +7,7 @@ import torch
 
 from hubert_ecg import fast_inference
 from hubert_ecg.config import HeadConfig
-from hubert_ecg.fast_inference import (TOLERANCES, FastInferenceError, cpu_has_native_bf16,
-                                       optimise_for_inference)
+from hubert_ecg.fast_inference import TOLERANCES, FastInferenceError, cpu_has_native_bf16, optimise_for_inference
 from hubert_ecg.model import HubertECG, create_model
 
 
@@ -112,7 +111,8 @@ def test_auto_picks_bf16_only_with_native_support(monkeypatch):
     model = create_model("tiny")
     monkeypatch.setattr(fast_inference, "cpu_has_native_bf16", lambda: False)
     assert optimise_for_inference(model, "cpu", "auto").mode == "eager"
-    with pytest.raises(FastInferenceError, match="^bf16 inference needs a CUDA device or a CPU with AMX or AVX512-BF16$"):
+    with pytest.raises(FastInferenceError,
+                       match="^bf16 inference needs a CUDA device or a CPU with AMX or AVX512-BF16$"):
         optimise_for_inference(model, "cpu", "bf16")
     monkeypatch.setattr(fast_inference, "cpu_has_native_bf16", lambda: True)
     assert optimise_for_inference(model, "cpu", "auto").mode == "bf16"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ import torch
 
 from hubert_ecg import embed, load_model, predict
 from hubert_ecg.finetune import FinetuneOptions, prepare_model, run_finetune
-from hubert_ecg.runtime import param_groups
 from hubert_ecg.model import create_model
+from hubert_ecg.runtime import param_groups
 from hubert_ecg.store import LabelTable, prepare_store
 from hubert_ecg.synthetic import synthetic_record
 from hubert_ecg.training import TrainConfig

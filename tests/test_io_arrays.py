@@ -14,8 +14,6 @@ from conftest import synthetic_12_lead
 from hubert_ecg.io import STANDARD_LEADS, RecordError, read_record
 
 
-
-
 def test_npy_reference_layout_and_transposed(tmp_path: Path, rng: np.random.Generator) -> None:
     signal = synthetic_12_lead(rng).astype(np.float32)
     np.save(tmp_path / "leads_first.npy", signal)
@@ -51,7 +49,9 @@ def test_npz_with_fs_lead_names_and_units(tmp_path: Path, rng: np.random.Generat
 def test_numpy_errors(tmp_path: Path, rng: np.random.Generator) -> None:
     signal = synthetic_12_lead(rng, 500).astype(np.float32)
     np.save(tmp_path / "eleven.npy", signal[:11])
-    with pytest.raises(RecordError, match=r"eleven\.npy: wrong lead count: expected 12 leads on one axis, got shape \(11, 500\)$"):
+    with pytest.raises(
+        RecordError, match=r"eleven\.npy: wrong lead count: expected 12 leads on one axis, got shape \(11, 500\)$"
+    ):
         read_record(tmp_path / "eleven.npy")
     np.save(tmp_path / "zero.npy", np.zeros((12, 0), np.float32))
     with pytest.raises(RecordError, match=r"zero\.npy: zero-length signal"):

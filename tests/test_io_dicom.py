@@ -10,10 +10,8 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from conftest import synthetic_12_lead
+from conftest import synthetic_12_lead  # noqa: E402
 from hubert_ecg.io import STANDARD_LEADS, RecordError, read_record  # noqa: E402
-
-
 
 
 @pytest.fixture

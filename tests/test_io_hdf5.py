@@ -7,11 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
 from conftest import shared_path, synthetic_12_lead
-
 from hubert_ecg.io import RecordError, discover_sources, read_record, read_source
-
-
 
 
 def float16_einthoven_tolerance(signal: np.ndarray) -> np.ndarray:

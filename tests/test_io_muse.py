@@ -102,7 +102,9 @@ def test_muse_corrupt_files(tmp_path: Path, rng: np.random.Generator) -> None:
 
     short = tmp_path / "short.xml"
     short.write_text(muse_xml(counts, None, V3={"declared": 1200}))
-    with pytest.raises(RecordError, match=r"short\.xml: lead V3: waveform data truncated \(2000 bytes for 1200 samples\)$"):
+    with pytest.raises(
+        RecordError, match=r"short\.xml: lead V3: waveform data truncated \(2000 bytes for 1200 samples\)$"
+    ):
         read_record(short)
 
     bad = tmp_path / "bad64.xml"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import scipy.io
 import wfdb
-from conftest import shared_path
 
+from conftest import shared_path
 from hubert_ecg.io import RecordError, RecordSource, detect_format, discover_sources, read_record, read_source
 
 LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -70,7 +70,8 @@ def test_folder_walk_finds_each_record_once(mixed_folder: Path) -> None:
     assert [Path(s.path).name for s in discover_sources([mixed_folder / "other"], recursive=False)] == [
         "a.npy", "bare.mat", "code15.hdf5", "code15.hdf5", "sph.h5", "t.csv"]
     # Naming companions explicitly resolves to the record; duplicates collapse.
-    again = discover_sources([mixed_folder / "wfdb" / "w1.dat", mixed_folder / "wfdb" / "w1", mixed_folder / "wfdb" / "c1.mat"])
+    wfdb_dir = mixed_folder / "wfdb"
+    again = discover_sources([wfdb_dir / "w1.dat", wfdb_dir / "w1", wfdb_dir / "c1.mat"])
     assert [(Path(s.path).name, s.record_id) for s in again] == [("w1.hea", "w1"), ("c1.hea", "c1")]
 
 
@@ -118,7 +119,8 @@ def test_dispatch_and_format_errors(mixed_folder: Path, tmp_path: Path) -> None:
     assert detect_format(suffixless) == "dicom"
     assert read_record(suffixless).fs == 1000.0
     (tmp_path / "mystery.bin").write_bytes(b"\x00" * 300)
-    with pytest.raises(RecordError, match=r"mystery\.bin: unrecognised ECG file format \(suffix \.bin\); name it with --format "
+    with pytest.raises(RecordError, match=r"mystery\.bin: unrecognised ECG file format \(suffix \.bin\); "
+                       r"name it with --format "
                        r"\(one of wfdb, mat, numpy, text, hdf5, dicom, muse, hl7, philips, edf\)$"):
         read_record(tmp_path / "mystery.bin")
     # fmt= forces a reader regardless of the suffix.

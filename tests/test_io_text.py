@@ -11,8 +11,6 @@ from conftest import synthetic_12_lead
 from hubert_ecg.io import STANDARD_LEADS, RecordError, read_record
 
 
-
-
 def write_table(path: Path, header: list[str], columns: np.ndarray, delimiter: str, fmt: str = "%.6f") -> Path:
     np.savetxt(path, columns.T, delimiter=delimiter, header=delimiter.join(header), comments="", fmt=fmt)
     return path
@@ -46,8 +44,8 @@ def test_text_without_time_needs_fs_and_index_column_is_ignored(tmp_path: Path, 
     signal = synthetic_12_lead(rng, 300)
     header = ["sample"] + list(STANDARD_LEADS)
     path = write_table(tmp_path / "r.txt", header, np.vstack([np.arange(300), signal]), ";")
-    with pytest.raises(RecordError, match=r"r\.txt: sampling rate unknown \(no time column, no '# fs:' line\): pass --fs HZ "
-                                          r"or a sidecar r\.json with \{\"fs\": HZ\}$"):
+    with pytest.raises(RecordError, match=r"r\.txt: sampling rate unknown \(no time column, no '# fs:' line\): "
+                                          r"pass --fs HZ or a sidecar r\.json with \{\"fs\": HZ\}$"):
         read_record(path)
     record = read_record(path, fs=500, units="mV")
     np.testing.assert_allclose(record.signal, signal, atol=5e-7 + 1e-7)

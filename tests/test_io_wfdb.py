@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.io
 import wfdb
-from conftest import shared_path, synthetic_12_lead
 
+from conftest import shared_path, synthetic_12_lead
 from hubert_ecg.io import STANDARD_LEADS, RecordError, read_record
 
 LOWER = ["i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5", "v6"]
@@ -104,7 +104,8 @@ def test_truncated_dat_and_broken_header(tmp_path: Path, rng: np.random.Generato
     (tmp_path / "bad.hea").write_text("this is not a header\n???\n")
     with pytest.raises(RecordError, match=r"bad\.hea: unreadable WFDB header"):
         read_record(tmp_path / "bad.hea")
-    (tmp_path / "lonely.hea").write_text(header.read_text().replace("cut.dat", "lonely.dat").replace("cut ", "lonely ", 1))
+    lonely = header.read_text().replace("cut.dat", "lonely.dat").replace("cut ", "lonely ", 1)
+    (tmp_path / "lonely.hea").write_text(lonely)
     with pytest.raises(RecordError, match=r"lonely\.hea: signal file lonely\.dat named by the header is missing"):
         read_record(tmp_path / "lonely.hea")
     (tmp_path / "empty.hea").write_text("empty 12 500 0\n" + "".join(

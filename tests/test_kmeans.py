@@ -26,7 +26,6 @@ from hubert_ecg.pretraining.kmeans import (
     sweep_k,
 )
 
-
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
 

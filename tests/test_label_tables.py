@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_path
 
+from conftest import shared_path
+from hubert_ecg.io import discover_sources
 from hubert_ecg.label_tables import (
     PTBXL_LABEL_START_INDEX,
     PTBXL_META_COLUMNS,
@@ -19,7 +20,6 @@ from hubert_ecg.label_tables import (
     ludb_labels_table,
     reference_split_table,
 )
-from hubert_ecg.io import discover_sources
 from hubert_ecg.store import LabelTable
 
 LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -90,7 +90,8 @@ def _write_ptbxl(root: Path, database: dict[int, tuple[object, dict]] = DATABASE
         w.writerow(["ecg_id", "patient_id", "age", "sex", "scp_codes", "strat_fold", "filename_lr", "filename_hr"])
         for ecg_id, (fold, codes) in database.items():
             scp = (scp_override or {}).get(ecg_id, repr(codes))
-            w.writerow([ecg_id, f"{1000.0 + ecg_id}", "56.0", ecg_id % 2, scp, fold, _stem(ecg_id), _stem(ecg_id, "500")])
+            w.writerow([ecg_id, f"{1000.0 + ecg_id}", "56.0", ecg_id % 2, scp, fold, _stem(ecg_id),
+                        _stem(ecg_id, "500")])
     return root
 
 
@@ -223,7 +224,8 @@ def test_ptbxl_scp_codes_are_never_evaluated(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"task": "diagnostic"}, "unknown PTB-XL task 'diagnostic' (choose from all, diag, subdiag, superdiag, form, rhythm)"),
+    ({"task": "diagnostic"},
+     "unknown PTB-XL task 'diagnostic' (choose from all, diag, subdiag, superdiag, form, rhythm)"),
     ({"sampling": "250"}, "unknown PTB-XL sampling '250' (choose 100 or 500)"),
     ({"min_count": 0}, "min_count must be >= 1, got 0"),
 ])
@@ -244,7 +246,8 @@ def test_ptbxl_bad_files(tmp_path: Path) -> None:
     (root / "scp_statements.csv").write_text(",description,diagnostic\nNORM,x,1.0\n")
     with pytest.raises(DatasetTableError) as err:
         build_ptbxl_tables(root, tmp_path / "out")
-    assert str(err.value) == f"{root / 'scp_statements.csv'}: missing column(s) form, rhythm, diagnostic_class, diagnostic_subclass"
+    assert str(err.value) == (f"{root / 'scp_statements.csv'}: "
+                              "missing column(s) form, rhythm, diagnostic_class, diagnostic_subclass")
 
 
 def test_ptbxl_layout_of_real_records_is_discoverable(tmp_path: Path) -> None:
@@ -253,7 +256,8 @@ def test_ptbxl_layout_of_real_records_is_discoverable(tmp_path: Path) -> None:
     real = shared_path("ptbxl-unlabelled-100hz")
     with open(real / "records.csv", newline="") as fh:
         listed = list(csv.DictReader(fh))[:25]
-    database = {int(r["ecg_id"]): ((i % 10) + 1, {"NORM": 100.0} if i % 3 else {"SR": 0.0}) for i, r in enumerate(listed)}
+    database = {int(r["ecg_id"]): ((i % 10) + 1, {"NORM": 100.0} if i % 3 else {"SR": 0.0})
+                for i, r in enumerate(listed)}
     meta = tmp_path / "meta"
     meta.mkdir()
     with open(meta / "scp_statements.csv", "w", newline="") as fh:
@@ -340,7 +344,8 @@ def test_ludb_labels_on_a_small_csv(tmp_path: Path) -> None:
                "Extrasystolies", "Hypertrophies", "Cardiac pacing", "Ischemia",
                "Non-specific repolarization abnormalities", "Other states"]
     rows = [
-        ["1", "F\n", "51\n", "Sinus rhythm", "", "", "", "Left ventricular hypertrophy\nLeft atrial hypertrophy", "", "", "", ""],
+        ["1", "F\n", "51\n", "Sinus rhythm", "", "", "", "Left ventricular hypertrophy\nLeft atrial hypertrophy",
+         "", "", "", ""],
         ["2", "M\n", ">89\n", "Sinus rhythm\nWandering atrial pacemaker", "", "", "", "", "", "Stemi: septal", "", ""],
         ["3", "M\n", "40\n", "Atrial fibrillation", "", "", "", "Left ventricular overload", "", "", "", ""],
     ]
@@ -349,7 +354,8 @@ def test_ludb_labels_on_a_small_csv(tmp_path: Path) -> None:
         csv.writer(fh).writerows([columns] + rows)
     out = ludb_labels_table(src, tmp_path / "labels.csv")
     _, got = _read(out.path)
-    assert [(r["record_id"], r["sex"], r["age"]) for r in got] == [("1", "F", "51"), ("2", "M", ">89"), ("3", "M", "40")]
+    assert [(r["record_id"], r["sex"], r["age"]) for r in got] == [
+        ("1", "F", "51"), ("2", "M", ">89"), ("3", "M", "40")]
     assert [r["sinus_rhythm"] for r in got] == ["1", "0", "0"]  # exactly 'Sinus rhythm' and nothing else
     assert [r["sinus_origin"] for r in got] == ["1", "1", "0"]
     assert [r["lvh"] for r in got] == ["1", "0", "0"]  # 'overload' is not hypertrophy
@@ -405,7 +411,8 @@ def test_reference_split_table_merges_and_keeps_test_whole(tmp_path: Path) -> No
     assert str(err.value) == f"{paths['train']}: columns differ from {tmp_path / 'other.csv'}"
     with pytest.raises(DatasetTableError) as err:
         reference_split_table({"train": paths["train"]}, tmp_path / "m3.csv", label_start_index=0)
-    assert str(err.value) == f"{paths['train']}: label_start_index 0 does not point after 'filename' inside the 5 columns"
+    assert str(err.value) == (f"{paths['train']}: "
+                              "label_start_index 0 does not point after 'filename' inside the 5 columns")
 
 
 def test_cinc_scored_classes_merge_equivalent_codes(tmp_path: Path) -> None:

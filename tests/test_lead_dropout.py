@@ -130,3 +130,29 @@ def test_evaluate_leads_option_one_set_per_value() -> None:
                                       "--leads", "I,II;V1"])
     assert args.leads == [["limb"], ["I,II", "V1"]]
     assert parse_lead_set("I,II") == ("I", "II")  # "--leads I,II" is one two-lead set
+
+
+def test_predict_and_embed_flag_missing_leads(tmp_path) -> None:
+    import csv
+    import warnings
+
+    from hubert_ecg.config import CheckpointInfo
+    from hubert_ecg.inference import predict_files
+    from hubert_ecg.model import create_model
+
+    rng = np.random.default_rng(0)
+    header = "I,II,III,aVR,aVL,aVF"
+    np.savetxt(tmp_path / "six.csv", rng.normal(0, 0.1, (3000, 6)), delimiter=",", header=header, comments="")
+    np.savetxt(tmp_path / "full.csv", rng.normal(0, 0.1, (3000, 12)), delimiter=",",
+               header=",".join(LEAD_NAMES), comments="")
+    model = create_model("tiny", head={"type": "linear", "num_labels": 1})
+    model.info = CheckpointInfo(task="multi_label", label_names=["x"])
+    kwargs = {"fs": 500.0, "allow_missing_leads": True, "units": "mV"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mode, out in (("predict", tmp_path / "p.csv"), ("embed", tmp_path / "e.csv")):
+            predict_files(model, [str(tmp_path / "six.csv"), str(tmp_path / "full.csv")], out, mode=mode,
+                          read_kwargs=kwargs, progress=False)
+            rows = {r["record_id"]: r for r in csv.DictReader(out.open())}
+            assert rows["six"]["missing_leads"] == "V1,V2,V3,V4,V5,V6", mode
+            assert rows["full"]["missing_leads"] == "", mode

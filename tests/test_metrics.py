@@ -367,3 +367,64 @@ def test_csv_and_json_round_trip(tmp_path, rng: np.random.Generator) -> None:
     loaded = json.loads(result.write_json(tmp_path / "m.json").read_text())
     assert loaded["undefined_labels"] == ["c"]
     assert loaded["macro"]["auroc"] == pytest.approx(result.macro["auroc"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Blank labels (NaN = unknown) leave one cell out, never the whole record
+# ---------------------------------------------------------------------------------------------
+def _with_blanks(rng: np.random.Generator, n: int = 120, n_labels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    y = (rng.random((n, n_labels)) < 0.4).astype(float)
+    p = np.clip(0.3 * y + 0.7 * rng.random((n, n_labels)), 0, 1)
+    y[rng.random((n, n_labels)) < 0.15] = np.nan
+    y[0] = [np.nan, 1.0, 0.0]  # record 0: blank in label 0 only; a positive scored low for label 1
+    p[0, 1] = 0.01
+    return y, p
+
+
+def test_a_blank_label_leaves_the_record_out_of_that_label_only() -> None:
+    from sklearn.metrics import brier_score_loss, f1_score, roc_auc_score
+
+    y, p = _with_blanks(np.random.default_rng(3))
+    result = compute_metrics("multi_label", y, p)
+    for j in range(y.shape[1]):
+        known = np.isfinite(y[:, j])
+        assert result.per_label["auroc"][j] == pytest.approx(roc_auc_score(y[known, j], p[known, j]), abs=1e-12)
+        assert result.per_label["f1"][j] == pytest.approx(f1_score(y[known, j], p[known, j] >= 0.5), abs=1e-12)
+        assert result.per_label["brier"][j] == pytest.approx(brier_score_loss(y[known, j], p[known, j]), abs=1e-12)
+    # record 0 still counts for labels 1 and 2: dropping it everywhere would change their AUROC
+    rest = np.arange(1, len(y))
+    known1 = np.isfinite(y[rest, 1])
+    assert result.per_label["auroc"][1] != pytest.approx(roc_auc_score(y[rest][known1, 1], p[rest][known1, 1]))
+    assert result.n_positive.tolist() == [int(np.nansum(y[:, j])) for j in range(y.shape[1])]
+
+
+def test_bootstrap_with_blank_labels_matches_per_label_bootstrap_of_known_cells() -> None:
+    y, p = _with_blanks(np.random.default_rng(4))
+    ci = bootstrap_ci("multi_label", y, p, n_resamples=200, seed=1)
+    for j, name in enumerate(ci["per_label"]):
+        known = np.isfinite(y[:, j])
+        assert ci["per_label"][name]["auroc"]["point"] == pytest.approx(
+            compute_metrics("binary", y[known, j], p[known, j]).per_label["auroc"][0], abs=1e-12)
+        low, high = ci["per_label"][name]["auroc"]["lower"], ci["per_label"][name]["auroc"]["upper"]
+        assert low <= ci["per_label"][name]["auroc"]["point"] <= high
+
+
+def test_regression_blank_targets_are_left_out_per_output() -> None:
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=(80, 2))
+    pred = y + 0.3 * rng.normal(size=(80, 2))
+    y[rng.random((80, 2)) < 0.2] = np.nan
+    result = compute_metrics("regression", y, pred)
+    for j in range(2):
+        known = np.isfinite(y[:, j])
+        assert result.per_label["mae"][j] == pytest.approx(mean_absolute_error(y[known, j], pred[known, j]))
+        assert result.per_label["r2"][j] == pytest.approx(r2_score(y[known, j], pred[known, j]))
+
+
+def test_infinite_labels_are_still_refused() -> None:
+    y, p = _with_blanks(np.random.default_rng(6))
+    y[5, 2] = np.inf
+    with pytest.raises(MetricsInputError, match="row 5, column 2"):
+        compute_metrics("multi_label", y, p)

@@ -43,7 +43,7 @@ def test_parquet_embeddings_are_one_float32_list_column(records, model, tmp_path
     summary = predict_files(model, [str(root)], out, mode="embed", read_kwargs={"fs": 500.0}, progress=False)
     assert summary.written == 4
     table = pq.read_table(out)
-    assert table.column_names == ["record_id", "source", "seconds", "embedding"]
+    assert table.column_names == ["record_id", "source", "seconds", "missing_leads", "embedding"]
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), model.config.hidden_size)
     ids, matrix = read_embeddings(out)
     expected = hubert_ecg.embed(model, [signals[i] for i in ids], fs=500)

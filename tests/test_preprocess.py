@@ -76,7 +76,8 @@ def published_loader_window(x500: np.ndarray, start: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fs, seconds, offset", [(500, 10, 0.0), (500, 7.3, 2000.0), (1000, 10, 0.0), (257, 8, 0.0), (360, 6, -5.0)])
+@pytest.mark.parametrize("fs, seconds, offset",
+                         [(500, 10, 0.0), (500, 7.3, 2000.0), (1000, 10, 0.0), (257, 8, 0.0), (360, 6, -5.0)])
 def test_default_spec_matches_direct_scipy_pipeline(rng, fs, seconds, offset):
     x = synthetic_ecg(rng, seconds, fs, offset)
     expected = decimate(published_offline(x, fs), 5, axis=-1)
@@ -109,7 +110,8 @@ def test_reference_spec_on_real_ludb_record():
     fs = fields["fs"]
     assert [name.lower() for name in fields["sig_name"]] == [name.lower() for name in LEAD_NAMES]
     out = preprocess_signal(x, fs, PreprocessSpec.reference())
-    np.testing.assert_allclose(flatten_window(out[:, :500]), published_loader_window(published_offline(x, fs)), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(flatten_window(out[:, :500]), published_loader_window(published_offline(x, fs)),
+                               atol=1e-6, rtol=0)
     # Per-lead decimation of a real ECG rings only slightly past the min-max range.
     per_lead = preprocess_signal(x, fs, PreprocessSpec())
     assert np.abs(per_lead).max() <= 1.05
@@ -117,7 +119,8 @@ def test_reference_spec_on_real_ludb_record():
 
 def test_batch_equals_per_record_processing(rng):
     batch = np.stack([synthetic_ecg(rng, 6.0, 400) for _ in range(3)])
-    for spec in (PreprocessSpec(), PreprocessSpec.reference(), PreprocessSpec(scaling="zscore", baseline_highpass_hz=0.5)):
+    specs = (PreprocessSpec(), PreprocessSpec.reference(), PreprocessSpec(scaling="zscore", baseline_highpass_hz=0.5))
+    for spec in specs:
         out = preprocess_batch(batch, 400, spec)
         for i in range(3):
             np.testing.assert_allclose(out[i], preprocess_signal(batch[i], 400, spec), atol=1e-6, rtol=0)
@@ -217,8 +220,10 @@ def test_nan_and_inf_become_the_lead_mean_and_an_empty_lead_becomes_zeros(rng):
     zero_filled[2, 700] = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingLeadWarning)
-        out_zero = preprocess_signal(np.where(np.arange(12)[:, None] == 7, x, dirty), 500, PreprocessSpec(nan_policy="zero"))
-    np.testing.assert_allclose(out_zero, preprocess_signal(np.where(np.arange(12)[:, None] == 7, x, zero_filled), 500, spec), atol=1e-6)
+        out_zero = preprocess_signal(np.where(np.arange(12)[:, None] == 7, x, dirty), 500,
+                                     PreprocessSpec(nan_policy="zero"))
+    expected = preprocess_signal(np.where(np.arange(12)[:, None] == 7, x, zero_filled), 500, spec)
+    np.testing.assert_allclose(out_zero, expected, atol=1e-6)
 
 
 def test_nan_policy_raise_names_the_lead(rng):
@@ -237,13 +242,20 @@ def test_nan_policy_raise_names_the_lead(rng):
 
 def test_bad_shapes_and_short_records_give_one_line_errors(rng):
     spec = PreprocessSpec()
-    with pytest.raises(PreprocessError, match=r"^expected a signal of shape \(12, samples\), got \(5000, 12\) \(leads must be rows; transposed\?\)$"):
+    with pytest.raises(PreprocessError, match=r"^expected a signal of shape \(12, samples\), got \(5000, 12\) "
+                                              r"\(leads must be rows; transposed\?\)$"):
         preprocess_signal(np.zeros((5000, 12)), 500, spec)
-    with pytest.raises(PreprocessError, match=r"^expected signals of shape \(batch, 12, samples\), got \(2, 8, 5000\)$"):
+    with pytest.raises(
+        PreprocessError, match=r"^expected signals of shape \(batch, 12, samples\), got \(2, 8, 5000\)$"
+    ):
         preprocess_batch(np.zeros((2, 8, 5000)), 500, spec)
-    with pytest.raises(PreprocessError, match=r"^record is 600 samples \(1\.200 s at 500 Hz\) long; the minimum is 1\.5 s$"):
+    with pytest.raises(
+        PreprocessError, match=r"^record is 600 samples \(1\.200 s at 500 Hz\) long; the minimum is 1\.5 s$"
+    ):
         preprocess_signal(np.zeros((12, 600)), 500, spec)
-    with pytest.raises(PreprocessError, match=r"^cannot decimate 360 Hz to target_hz 100 by an integer factor; set resample_hz$"):
+    with pytest.raises(
+        PreprocessError, match=r"^cannot decimate 360 Hz to target_hz 100 by an integer factor; set resample_hz$"
+    ):
         preprocess_signal(synthetic_ecg(rng, 3.0, 360), 360, PreprocessSpec(resample_hz=None))
     with pytest.raises(PreprocessError, match=r"^fs must be > 0, got -1$"):
         preprocess_signal(np.zeros((12, 5000)), -1, spec)
@@ -270,7 +282,8 @@ def test_resample_none_decimates_from_the_native_rate(rng):
     [
         PreprocessSpec(),
         PreprocessSpec.reference(),
-        PreprocessSpec(bandpass_hz=None, resample_hz=None, scaling="none", baseline_highpass_hz=0.5, nan_policy="raise"),
+        PreprocessSpec(bandpass_hz=None, resample_hz=None, scaling="none", baseline_highpass_hz=0.5,
+                       nan_policy="raise"),
         PreprocessSpec(target_hz=50.0, window_s=10.0, min_window_s=2.0, scaling="zscore"),
     ],
 )
@@ -350,11 +363,13 @@ def test_window_starts_modes():
     starts = window_starts(1000, 500, mode="random", n_crops=200, rng=7)
     assert starts.dtype == np.int64 and starts.min() >= 0 and starts.max() <= 500
     assert len(np.unique(starts)) > 100  # uniform over 501 positions, not a constant
-    np.testing.assert_array_equal(starts, window_starts(1000, 500, mode="random", n_crops=200, rng=np.random.default_rng(7)))
+    again = window_starts(1000, 500, mode="random", n_crops=200, rng=np.random.default_rng(7))
+    np.testing.assert_array_equal(starts, again)
 
 
 def test_window_starts_rejects_bad_arguments():
-    with pytest.raises(PreprocessError, match=r"^mode must be one of \['first', 'random', 'sliding', 'all_non_overlapping'\], got 'tiles'$"):
+    with pytest.raises(PreprocessError, match=r"^mode must be one of "
+                                              r"\['first', 'random', 'sliding', 'all_non_overlapping'\], got 'tiles'$"):
         window_starts(1000, 500, mode="tiles")
     with pytest.raises(PreprocessError, match=r"^stride must be a positive integer, got 0$"):
         window_starts(1000, 500, mode="sliding", stride=0)
@@ -389,13 +404,18 @@ def test_short_record_is_padded_at_the_end_of_each_lead(rng):
 
 def test_cut_windows_errors(rng):
     spec = PreprocessSpec()
-    with pytest.raises(PreprocessError, match=r"^record is 120 samples \(1\.20 s at 100 Hz\) long; the minimum is 1\.5 s \(150 samples\)$"):
+    with pytest.raises(PreprocessError, match=r"^record is 120 samples \(1\.20 s at 100 Hz\) long; "
+                                              r"the minimum is 1\.5 s \(150 samples\)$"):
         cut_windows(np.zeros((12, 120)), spec, [0])
-    with pytest.raises(PreprocessError, match=r"^window start 501 out of range \[0, 500\] for a record of 1000 samples$"):
+    with pytest.raises(
+        PreprocessError, match=r"^window start 501 out of range \[0, 500\] for a record of 1000 samples$"
+    ):
         cut_windows(np.zeros((12, 1000)), spec, [0, 501])
     with pytest.raises(PreprocessError, match=r"^window start 10 out of range \[0, 0\] for a record of 300 samples$"):
         cut_windows(np.zeros((12, 300)), spec, [10])
-    with pytest.raises(PreprocessError, match=r"^expected a preprocessed signal of shape \(12, samples\), got \(6000,\)$"):
+    with pytest.raises(
+        PreprocessError, match=r"^expected a preprocessed signal of shape \(12, samples\), got \(6000,\)$"
+    ):
         cut_windows(np.zeros(6000), spec, [0])
 
 

@@ -29,7 +29,8 @@ def test_two_iterations_end_to_end(tmp_path):
     assert final == tmp_path / "loop" / "it2" / "run" / "best"
     store = ECGStore(tmp_path / "store")
     assert np.asarray(store.targets("it1-k8")).max() < 8 and np.asarray(store.targets("it2-k12")).max() < 12
-    history = [json.loads(l) for l in (tmp_path / "loop" / "it1" / "run" / "history.jsonl").read_text().splitlines()]
+    history_path = tmp_path / "loop" / "it1" / "run" / "history.jsonl"
+    history = [json.loads(line) for line in history_path.read_text().splitlines()]
     losses = [h["train/loss"] for h in history if "train/loss" in h]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     from hubert_ecg import load_model

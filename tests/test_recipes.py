@@ -51,7 +51,8 @@ def test_recipe_matches_reference(name: str) -> None:
     # Common to every published run: batch 64, lr 1e-5, target auroc, --use_loss_weights, linear head,
     # one LR for all layers, dropout 0, frozen conv stem.
     assert (recipe["batch_size"], recipe["lr"], recipe["monitor"], recipe["head_type"]) == (64, 1e-5, "auroc", "linear")
-    assert (recipe["layer_decay"], recipe["head_lr_mult"], recipe["dropout"], recipe["train_conv_stem"]) == (1.0, 1.0, 0.0, False)
+    assert (recipe["layer_decay"], recipe["head_lr_mult"], recipe["dropout"], recipe["train_conv_stem"]) == (
+        1.0, 1.0, 0.0, False)
     assert recipe["pos_weight"] is (task == "multi_label") and recipe["class_weights"] is (task == "multi_class")
     if n_augs is None:
         assert (recipe["eval_windows"], recipe["eval_crops"]) == ("first", 1)

@@ -470,5 +470,6 @@ def test_offline_hub_id_not_in_cache_says_how_to_download(tmp_path: Path) -> Non
     assert proc.returncode == 1
     assert_one_line_error(proc.stderr, r"Edoardo-BS/hubert-ecg-small: not in the local Hugging Face cache and "
                                        r"HF_HUB_OFFLINE is set; download it while online, e\.g\. "
-                                       rf"`{re.escape(download_command())} Edoardo-BS/hubert-ecg-small --local-dir DIR`")
+                                       rf"`{re.escape(download_command())} "
+                                       r"Edoardo-BS/hubert-ecg-small --local-dir DIR`")
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.safetensors"))

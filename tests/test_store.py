@@ -18,8 +18,9 @@ from hubert_ecg.synthetic import write_synthetic_dataset
 def synthetic_dir(tmp_path_factory) -> Path:
     d = write_synthetic_dataset(tmp_path_factory.mktemp("syn"), 12, fmt="wfdb", seed=3)
     # one long record (25 s) and one short one (3 s), and a corrupt file
-    from hubert_ecg.synthetic import synthetic_record
     import wfdb
+
+    from hubert_ecg.synthetic import synthetic_record
     rng = np.random.default_rng(0)
     for rid, seconds in (("long", 25.0), ("short", 3.0)):
         rec = synthetic_record(rng, seconds=seconds)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,9 @@ import torch
 
 from hubert_ecg.checkpoint import load_model, save_pretrained
 from hubert_ecg.loader import StoreWindows, batch_mask
+from hubert_ecg.model import create_model, token_mask_from_sample_mask
 from hubert_ecg.pretraining.features import hand_features
 from hubert_ecg.pretraining.kmeans import KMeansModel, cluster_quality, fit_kmeans
-from hubert_ecg.model import create_model, token_mask_from_sample_mask
-from hubert_ecg.store import ECGStore, prepare_store
 from hubert_ecg.pretraining.targets import (
     LabelInterrupted,
     TargetsError,
@@ -25,6 +23,7 @@ from hubert_ecg.pretraining.targets import (
     iter_feature_batches,
     label_store,
 )
+from hubert_ecg.store import ECGStore, prepare_store
 
 # 500 Hz samples of each synthetic record: 14 s (two rows), 10 s, 4 s (a padded window), ...
 RECORD_SAMPLES = [7000, 5000, 5000, 2000, 5000, 5000, 7000, 5000, 5000, 3000]

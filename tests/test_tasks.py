@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hubert_ecg import embed, load_model, predict
+from hubert_ecg import load_model, predict
 from hubert_ecg.evaluate import evaluate
 from hubert_ecg.finetune import FinetuneOptions, run_finetune
 from hubert_ecg.store import LabelTable, prepare_store

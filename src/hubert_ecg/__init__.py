@@ -16,7 +16,6 @@ import importlib
 from typing import Any
 
 
-
 def _installed_version() -> str:
     # One source of truth: the version in pyproject.toml, as installed.
     from importlib.metadata import PackageNotFoundError, version

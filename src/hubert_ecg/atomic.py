@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -55,7 +55,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as err:
-        if err.filename is None and err.errno is not None:  # e.g. ENOSPC from write/fsync: say which output could not be written
+        # e.g. ENOSPC from write/fsync: say which output could not be written
+        if err.filename is None and err.errno is not None:
             raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     finally:
@@ -86,38 +87,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a directory under a temporary name, then swap it into place in one rename.
-
-    An existing directory at ``path`` is moved aside first and deleted only after the new one is in
-    place, so a crash leaves the old or the new directory (plus at most a stray ``.old`` folder).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
-    try:
-        yield tmp
-        for child in tmp.iterdir():
-            if child.is_file():
-                with open(child, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable(directory: str | os.PathLike) -> Path:

@@ -12,8 +12,9 @@ architecture at 100 Hz.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -225,14 +226,14 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -272,7 +273,7 @@ class CheckpointInfo:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "CheckpointInfo":
+    def from_dict(cls, data: dict[str, Any] | None) -> CheckpointInfo:
         data = dict(data or {})
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: data.pop(k) for k in list(data) if k not in known}

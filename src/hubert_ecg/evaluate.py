@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,26 @@ from .loader import StoreWindows, evaluation_windows, window_batches
 from .model import HubertECG
 from .store import ECGStore
 from .tasks import get_task, probabilities  # noqa: F401  (probabilities: moved to tasks)
+
+
+def _scorable(task: str, labels: np.ndarray, *, warn: bool) -> np.ndarray:
+    """(N,) records that enter the metrics, given their label rows (NaN = blank = unknown).
+
+    Multi-label and regression keep every record: a blank label leaves that record out of that
+    label's metrics only (see :mod:`hubert_ecg.metrics`). Binary and multi-class read one label column,
+    so a record whose label is blank cannot be scored and is left out.
+    """
+    blank = ~np.isfinite(labels.reshape(len(labels), -1))
+    if task in ("binary", "multi_class"):
+        keep = ~blank[:, 0]
+        if warn and not keep.all():
+            warnings.warn(f"{int((~keep).sum())} records with a blank label were left out of the metrics",
+                          stacklevel=3)
+        return keep
+    if warn and blank.any():
+        warnings.warn(f"{int(blank.sum())} blank label values ({int(blank.any(axis=1).sum())} records) were left "
+                      "out of their own label's metrics only", stacklevel=3)
+    return np.ones(len(labels), dtype=bool)
 
 
 def targets_for_metrics(task: str, labels: np.ndarray) -> np.ndarray:
@@ -162,15 +183,13 @@ def score_split(model: HubertECG, store: ECGStore, split: str, *, device: torch.
                         n_crops=n_crops, aggregate=aggregate, stride=stride, batch_size=batch_size, seed=seed,
                         keep_leads=keep_leads)
     label_names = list(model.info.label_names or store.label_names)
-    y_true = targets_for_metrics(task, scores.labels)
-    known = np.isfinite(scores.labels).all(axis=1)
-    if warn_blank and not known.all():
-        warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics", stacklevel=2)
+    known = _scorable(task, scores.labels, warn=warn_blank)
+    y_true = targets_for_metrics(task, scores.labels[known])
     thresholds = model.info.thresholds if get_task(task).uses_thresholds else None
     names: list[str] | None = label_names if task != "multi_class" else None
     if task == "binary":
         names = label_names[:1] or None
-    return ScoredSplit(task, scores.record_ids[known], y_true[known], scores.probabilities[known], names,
+    return ScoredSplit(task, scores.record_ids[known], y_true, scores.probabilities[known], names,
                        thresholds, scores.n_windows, scores)
 
 
@@ -418,7 +437,7 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, out_dir: str | Path
 # Predictions made elsewhere: a predictions CSV scored against a labels CSV
 # --------------------------------------------------------------------------------------------
 
-_NON_SCORE_COLUMNS = {"record_id", "source", "n_windows", "missing_leads", "split"}
+_NON_SCORE_COLUMNS = {"record_id", "source", "n_windows", "seconds", "quality", "missing_leads", "split"}
 
 
 def _read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -527,9 +546,7 @@ def read_predictions(predictions: str | Path, labels: str | Path, *, task: str =
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ValueError(f"{predictions}: row {r + 2}, column {prob_cols[c]!r} is blank or not finite")
-    known = np.isfinite(y).all(axis=1)
-    if not known.all():
-        warnings.warn(f"{int((~known).sum())} records with blank labels were left out of the metrics", stacklevel=2)
+    known = _scorable(task, y, warn=True)
     y, p = y[known], p[known]
     rows = [r for r, k in zip(rows, known) if k]
     record_ids = np.asarray(ids)[known]

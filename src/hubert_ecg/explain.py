@@ -156,8 +156,8 @@ class Explanation:
 
 
 @torch.no_grad()
-def _logits(model: HubertECG, x: torch.Tensor) -> torch.Tensor:
-    return model(x).logits.float()
+def _logits(model: HubertECG, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return model(x, mask).logits.float()
 
 
 def explain_record(model: HubertECG, signal: Any, fs: float, label: str | int, *,
@@ -178,12 +178,19 @@ def explain_record(model: HubertECG, signal: Any, fs: float, label: str | int, *
     attr = attribute(model, x, target, method=method, steps=steps, attention_mask=None if full else mask)
     device = next(model.parameters()).device
     xt = torch.as_tensor(x, device=device)
-    logits = _logits(model, xt)
+    mt = None if full else torch.as_tensor(mask, device=device)
+    was_training = model.training
+    model.eval()  # the same deterministic network the attributions were computed on (no dropout)
+    try:
+        logits = _logits(model, xt, mt)
+        start = _logits(model, IG_START * xt, mt) if method == "integrated_gradients" else None
+    finally:
+        model.train(was_training)
     probs = get_task(model.info.task).probabilities(logits).cpu().numpy()
     prob = float(np.mean(probs if probs.ndim == 1 else probs[:, target]))
     gap = float("nan")
-    if method == "integrated_gradients":
-        delta = (logits[:, target] - _logits(model, IG_START * xt)[:, target]).cpu().numpy()
+    if start is not None:
+        delta = (logits[:, target] - start[:, target]).cpu().numpy()
         sums = attr.sum(axis=(1, 2))
         ok = np.abs(delta) > 1e-8
         gap = float(np.mean(np.abs(sums[ok] - delta[ok]) / np.abs(delta[ok]))) if ok.any() else 0.0

@@ -27,8 +27,9 @@ probabilities from float32 eager that each mode is tested to stay within.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ def _torch_forward(model: Callable[..., HubertECGOutput], device: torch.device, 
 def _as_float32(out: HubertECGOutput) -> HubertECGOutput:
     def f(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.float()
-    return HubertECGOutput(last_hidden_state=f(out.last_hidden_state), token_mask=out.token_mask,
+    return HubertECGOutput(last_hidden_state=out.last_hidden_state.float(), token_mask=out.token_mask,
                            pooled=f(out.pooled), logits=f(out.logits))
 
 

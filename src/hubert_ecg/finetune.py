@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import HeadConfig, TASKS
-from .loader import StoreWindows
+from .config import TASKS, HeadConfig
 from .distributed import DistEnv
 from .evaluate import Scores, score_rows
-from .tasks import MONITORS, get_task, monitor_mode
+from .loader import StoreWindows
 from .model import HubertECG
 from .store import ECGStore
+from .tasks import get_task, monitor_mode
 
 if TYPE_CHECKING:
     from .training import TrainConfig, TrainResult
@@ -93,10 +93,6 @@ def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
         i, j = np.argwhere(bad)[0]
         raise ValueError(f"{store.path}: record {str(store.record_ids[rows[i]])!r}, label {store.label_names[j]!r} is "
                          f"{values[i, j]:g}; {rule} ({int(bad.sum())} such value(s) in the rows used)")
-
-
-#: Monitor metric -> "min" / "max" (the one list lives in :data:`hubert_ecg.tasks.MONITORS`).
-MONITOR_MODES = MONITORS
 
 
 def num_outputs(task: str, labels: np.ndarray) -> int:
@@ -169,7 +165,7 @@ class FinetuneObjective:
         from .runtime import param_groups
         return param_groups(model, lr, layer_decay=self.opts.layer_decay, head_lr_mult=self.opts.head_lr_mult)
 
-    def to(self, device: torch.device) -> "FinetuneObjective":
+    def to(self, device: torch.device) -> FinetuneObjective:
         """Move the loss weights to ``device`` once (the training loop calls this after moving the
         model): a per-step host-to-device copy would make the CPU wait for the forward every step."""
         if self.pos_weight is not None:
@@ -260,7 +256,7 @@ class FinetuneRun:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "store"}
 
 
-def finetune_settings(run: FinetuneRun, cfg: "TrainConfig", opts: FinetuneOptions) -> dict[str, Any]:
+def finetune_settings(run: FinetuneRun, cfg: TrainConfig, opts: FinetuneOptions) -> dict[str, Any]:
     """The ``settings`` of a fine-tuning ``run.json`` (what ``--print-config`` prints, ``--config`` reads)."""
     from .runs import to_jsonable
 
@@ -275,12 +271,12 @@ def _local_reference(reference: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else reference
 
 
-def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, init: str | None = None,
+def run_finetune(store_path: str, cfg: TrainConfig, opts: FinetuneOptions, *, init: str | None = None,
                  random_init_size: str | None = None, keep_head: bool = False, train_split: str = "train",
                  val_split: str = "val", val_fraction: float = 0.1, lp_then_ft_steps: int = 0,
                  gradient_checkpointing: bool = False,
                  model_overrides: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
-                 command: list[str] | None = None) -> "TrainResult":
+                 command: list[str] | None = None) -> TrainResult:
     """Fine-tune on a labelled store; keeps ``best`` and ``last``, tunes thresholds on validation.
 
     ``cfg.out_dir`` gets a ``run.json`` (:mod:`hubert_ecg.runs`): re-running with the same settings
@@ -288,12 +284,12 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
     with safe changes only (:data:`hubert_ecg.runs.SAFE_RESUME_CHANGES`).
     """
     from .checkpoint import load_model
+    from .distributed import init_distributed
     from .model import create_model
+    from .runs import begin_training_run
+    from .runtime import autocast_context, precision_dtype, resolve_device
     from .store import train_val_rows
     from .training import train
-    from .distributed import init_distributed
-    from .runtime import autocast_context, precision_dtype, resolve_device
-    from .runs import begin_training_run
 
     store = ECGStore(store_path)
     if store.labels is None:
@@ -314,13 +310,15 @@ def run_finetune(store_path: str, cfg: "TrainConfig", opts: FinetuneOptions, *, 
     torch.manual_seed(cfg.seed)
     if init is not None:
         model = load_model(init)
-    else:
+    elif random_init_size is not None:
         model = create_model(random_init_size, input_rate_hz=int(round(store.fs)), **(model_overrides or {}))
+    else:  # excluded by the exactly-one check above; narrows random_init_size for the type checker
+        raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
     spec = store.spec.to_dict()
     if model.info.preprocessing is not None and model.info.preprocessing != spec:
         import warnings
         warnings.warn("the store's preprocessing differs from the checkpoint's; the fine-tuned model "
-                      "records the store's")
+                      "records the store's", stacklevel=2)
     # Never validation rows from the test split; a store without 'val' gets a seeded share of its
     # training records (whole records / patients), and the console says which rows were used.
     train_rows, val_rows, split_note = train_val_rows(store, val_split=val_split, fraction=val_fraction,

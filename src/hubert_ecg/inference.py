@@ -244,14 +244,27 @@ def _source_windows(args: tuple[Any, dict[str, Any], str, int | None, dict[str, 
     try:
         record = read_source(src, **read_kwargs)
         if record.meta.get("unscorable"):  # read, but physically implausible: no probabilities for it
-            return "unscored", (record.record_id, record.source, quality_label(record))
+            return "unscored", (record.record_id, record.source, quality_label(record), _missing_leads(record))
         prepared = preprocess_signal(record.signal, record.fs, spec)
         starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride)
         x, mask = cut_windows(prepared, spec, starts)
     except ValueError as err:
         return "reject", (src.record_id, src.path, str(err).splitlines()[0])
     seconds = int(np.ceil(record.signal.shape[1] / record.fs))
-    return "ok", (record.record_id, record.source, seconds, x, mask, quality_label(record))
+    return "ok", (record.record_id, record.source, seconds, x, mask, quality_label(record), _missing_leads(record))
+
+
+def _missing_leads(record: Any) -> str:
+    """Leads absent from the record (zeroed in the model input), comma-separated; "" for a full 12-lead record.
+
+    The ``missing_leads`` column of predict/embed: a reduced-lead record is scored the way `evaluate --leads`
+    measures, and the output says so (see docs/CLINICAL_EVALUATION.md).
+    """
+    from .preprocess import LEAD_NAMES, missing_leads
+
+    absent = set(record.meta.get("missing_leads") or []) | {
+        LEAD_NAMES[i] for i in np.flatnonzero(missing_leads(record.signal))}
+    return ",".join(n for n in LEAD_NAMES if n in absent)
 
 
 def _truth_columns(model: HubertECG, labels: Any) -> list[int] | None:
@@ -291,10 +304,10 @@ def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, m
     truth = _truth_columns(model, labels) if mode == "predict" else None
     if mode == "predict":
         columns = [f"p_{k}" for k in names] + [f"y_{k}" for k in names] + [f"y_true_{k}" for k in names if truth]
-        sink = _TableSink(out, ["record_id", "source", "n_windows", "quality"], columns)
+        sink = _TableSink(out, ["record_id", "source", "n_windows", "quality", "missing_leads"], columns)
     else:
-        sink = _TableSink(out, ["record_id", "source", "seconds"], [f"e{i}" for i in range(model.config.hidden_size)],
-                          vector="embedding")
+        sink = _TableSink(out, ["record_id", "source", "seconds", "missing_leads"],
+                          [f"e{i}" for i in range(model.config.hidden_size)], vector="embedding")
     from .io import InputAccount
 
     account = InputAccount()  # files seen but not taken as records, with the reason (<out>.skipped.csv)
@@ -355,12 +368,12 @@ class _FileJob:
                     rejects.append(payload)
                     continue
                 if status == "unscored":
-                    record_id, source, quality = payload
+                    record_id, source, quality, missing = payload
                     if self.mode != "predict":  # an embedding of a flat line means nothing: list it
                         rejects.append((record_id, source, f"{source}: not scorable: {quality}"))
                         continue
                     # A row with the reason and empty probabilities (not 0.5, not the decision threshold).
-                    self.sink.add([record_id, source, 0, quality], np.full(len(self.sink.columns), np.nan))
+                    self.sink.add([record_id, source, 0, quality, missing], np.full(len(self.sink.columns), np.nan))
                     self.written += 1
                     self.unscored += 1
                     continue
@@ -382,7 +395,7 @@ class _FileJob:
         outputs = run_windows(self.model, x, mask, batch_size=self.batch_size, layer=self.layer, engine=self.engine,
                               runners=self.runners)
         offset = 0
-        for record_id, source, seconds, xr, _, quality in self.pending:
+        for record_id, source, seconds, xr, _, quality, missing in self.pending:
             n = len(xr)
             if self.mode == "predict":
                 window_probs = probabilities(self.task, torch.from_numpy(outputs["logits"][offset:offset + n])).numpy()
@@ -391,10 +404,11 @@ class _FileJob:
                 if self.truth is not None:
                     row = self.labels.lookup(record_id, source)
                     values.append(np.full(len(self.truth), np.nan) if row is None else row[self.truth])
-                self.sink.add([record_id, source, n, quality], np.concatenate(values))
+                self.sink.add([record_id, source, n, quality, missing], np.concatenate(values))
             else:
                 emb = outputs["embedding"][offset:offset + n]
-                self.sink.add([record_id, source, seconds], emb.max(0) if self.aggregate == "max" else emb.mean(0))
+                self.sink.add([record_id, source, seconds, missing],
+                              emb.max(0) if self.aggregate == "max" else emb.mean(0))
             offset += n
             self.written += 1
         self.pending.clear()

@@ -36,9 +36,9 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from .atomic import atomic_path, atomic_write_json
 
@@ -113,6 +113,18 @@ def _read_table(path: Path, required: Sequence[str]) -> tuple[list[str], list[di
     if missing:
         raise DatasetTableError(f"{path}: missing column(s) {', '.join(missing)}")
     return header, rows
+
+
+@dataclass
+class _LabelledRecord:
+    """One record of a label table being built: its metadata cells by column, and its label set."""
+
+    meta: dict[str, object]
+    labels: set[str]
+
+    def row(self, meta_columns: Sequence[str], labels: Sequence[str]) -> list[object]:
+        """The output row: the metadata cells, then one 0/1 cell per label."""
+        return [self.meta[c] for c in meta_columns] + [int(lab in self.labels) for lab in labels]
 
 
 def _write_table(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
@@ -273,7 +285,7 @@ def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, t
     _, db_rows = _read_table(db_path, _PTBXL_DB_COLUMNS)
     file_column = "filename_lr" if sampling == "100" else "filename_hr"
 
-    records: list[dict[str, object]] = []
+    records: list[_LabelledRecord] = []
     seen_ids: dict[str, int] = {}
     for line, row in enumerate(db_rows, start=2):
         fold_text = _clean_number(row["strat_fold"])
@@ -284,27 +296,30 @@ def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, t
             raise DatasetTableError(f"{db_path}, row {line}: empty {file_column}")
         record_id = Path(rel).name
         if record_id in seen_ids:
-            raise DatasetTableError(f"{db_path}, row {line}: record {record_id} already listed in row {seen_ids[record_id]}")
+            raise DatasetTableError(
+                f"{db_path}, row {line}: record {record_id} already listed in row {seen_ids[record_id]}"
+            )
         seen_ids[record_id] = line
         codes = _parse_scp_codes(row["scp_codes"], db_path, line)
-        records.append({"record_id": record_id, "ecg_id": _clean_number(row["ecg_id"]), "path": rel,
-                        "patient_id": _clean_number(row["patient_id"]), "age": _clean_number(row.get("age", "")),
-                        "sex": _clean_number(row.get("sex", "")), "strat_fold": int(fold_text),
-                        "split": PTBXL_SPLIT_OF_FOLD[int(fold_text)],
-                        "labels": ptbxl_labels_for(codes, task, statements)})
+        meta: dict[str, object] = {
+            "record_id": record_id, "ecg_id": _clean_number(row["ecg_id"]), "path": rel,
+            "patient_id": _clean_number(row["patient_id"]), "age": _clean_number(row.get("age", "")),
+            "sex": _clean_number(row.get("sex", "")), "strat_fold": int(fold_text),
+            "split": PTBXL_SPLIT_OF_FOLD[int(fold_text)]}
+        records.append(_LabelledRecord(meta, ptbxl_labels_for(codes, task, statements)))
 
     # Counted over the whole database, so the label set does not depend on which files a user has.
-    counts = Counter(label for rec in records for label in rec["labels"])  # type: ignore[attr-defined]
+    counts = Counter(label for rec in records for label in rec.labels)
     labels = sorted(label for label, n in counts.items() if n >= min_count)
     kept_set = set(labels)
     dropped_no_label = dropped_missing = 0
-    kept: list[dict[str, object]] = []
+    kept: list[_LabelledRecord] = []
     for rec in records:
-        rec["labels"] = rec["labels"] & kept_set  # type: ignore[operator]
-        if not rec["labels"]:
+        rec.labels = rec.labels & kept_set
+        if not rec.labels:
             dropped_no_label += 1
             continue
-        if check_files and not (root / f"{rec['path']}.hea").is_file():
+        if check_files and not (root / f"{rec.meta['path']}.hea").is_file():
             dropped_missing += 1
             continue
         kept.append(rec)
@@ -315,21 +330,21 @@ def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, t
 
     columns = list(PTBXL_META_COLUMNS) + labels
 
-    def table_rows(subset: Iterable[dict[str, object]]) -> Iterable[list[object]]:
+    def table_rows(subset: Iterable[_LabelledRecord]) -> Iterable[list[object]]:
         for rec in subset:
-            yield [rec[c] for c in PTBXL_META_COLUMNS] + [int(lab in rec["labels"]) for lab in labels]  # type: ignore[operator]
+            yield rec.row(PTBXL_META_COLUMNS, labels)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / f"{name}.csv" for name in ("all", "train", "val", "test")}
     _write_table(paths["all"], columns, table_rows(kept))
     for split in ("train", "val", "test"):
-        _write_table(paths[split], columns, table_rows(r for r in kept if r["split"] == split))
+        _write_table(paths[split], columns, table_rows(r for r in kept if r.meta["split"] == split))
     paths["manifest"] = out_dir / "manifest.txt"
     with atomic_path(paths["manifest"]) as tmp:
-        tmp.write_text("".join(f"{root / rec['path']}.hea\n" for rec in kept), encoding="utf-8")
+        tmp.write_text("".join(f"{root / str(rec.meta['path'])}.hea\n" for rec in kept), encoding="utf-8")
 
-    split_counts = Counter(str(r["split"]) for r in kept)
-    positives = {lab: {s: sum(1 for r in kept if r["split"] == s and lab in r["labels"])  # type: ignore[operator]
+    split_counts = Counter(str(r.meta["split"]) for r in kept)
+    positives = {lab: {s: sum(1 for r in kept if r.meta["split"] == s and lab in r.labels)
                        for s in ("train", "val", "test")} for lab in labels}
     summary = {
         "dataset": "ptbxl", "task": task, "sampling_hz": int(sampling), "min_count": int(min_count),
@@ -445,7 +460,7 @@ def cinc_labels_table(records_dir: str | os.PathLike, out_csv: str | os.PathLike
     headers = sorted(base.rglob("*.hea")) if base.is_dir() else []
     if not headers:
         raise DatasetTableError(f"{base}: no WFDB .hea headers found")
-    rows: list[dict[str, object]] = []
+    rows: list[_LabelledRecord] = []
     seen: dict[str, Path] = {}
     for hea in headers:
         if hea.stem in seen:
@@ -453,46 +468,45 @@ def cinc_labels_table(records_dir: str | os.PathLike, out_csv: str | os.PathLike
         seen[hea.stem] = hea
         meta = parse_header_comments(_header_comments(hea))
         age = meta.get("age")
-        rows.append({"record_id": hea.stem, "path": hea.relative_to(base).with_suffix("").as_posix(),
-                     "age": "" if age is None else _clean_number(str(age)), "sex": meta.get("sex") or "",
-                     "labels": set(meta.get("labels") or [])})
+        rows.append(_LabelledRecord(
+            {"record_id": hea.stem, "path": hea.relative_to(base).with_suffix("").as_posix(),
+             "age": "" if age is None else _clean_number(str(age)), "sex": meta.get("sex") or ""},
+            set(meta.get("labels") or [])))
     if classes == "all":
         return _write_multi_hot(Path(out_csv), rows, CINC_META_COLUMNS, min_count)
     scored = cinc_class_map(classes)
     code_to_class = {code: abbr for abbr, (codes, _) in scored.items() for code in codes}
     kept = []
     for r in rows:
-        codes = r["labels"]
+        codes = r.labels
         if not codes:
             continue
-        r["dx"] = ";".join(sorted(codes, key=_code_sort_key))  # type: ignore[arg-type]
-        r["labels"] = {code_to_class[c] for c in codes if c in code_to_class}  # type: ignore[union-attr]
+        r.meta["dx"] = ";".join(sorted(codes, key=_code_sort_key))
+        r.labels = {code_to_class[c] for c in codes if c in code_to_class}
         kept.append(r)
     if not kept:
         raise DatasetTableError(f"{base}: no header has a #Dx line")
     labels = list(scored)
     meta_columns = [*CINC_META_COLUMNS, "dx"]
     out_path = Path(out_csv)
-    _write_table(out_path, meta_columns + labels,
-                 ([r[c] for c in meta_columns] + [int(lab in r["labels"]) for lab in labels] for r in kept))  # type: ignore[operator]
+    _write_table(out_path, meta_columns + labels, (r.row(meta_columns, labels) for r in kept))
     return LabelCSV(path=out_path, labels=labels, label_start_index=len(meta_columns), n_records=len(kept),
                     dropped={"no_label": len(rows) - len(kept)},
-                    positives={lab: sum(1 for r in kept if lab in r["labels"]) for lab in labels})  # type: ignore[operator]
+                    positives={lab: sum(1 for r in kept if lab in r.labels) for lab in labels})
 
 
-def _write_multi_hot(out_csv: Path, rows: list[dict[str, object]], meta_columns: Sequence[str],
+def _write_multi_hot(out_csv: Path, rows: list[_LabelledRecord], meta_columns: Sequence[str],
                      min_count: int) -> LabelCSV:
-    counts = Counter(code for r in rows for code in r["labels"])  # type: ignore[attr-defined]
+    counts = Counter(code for r in rows for code in r.labels)
     labels = sorted((c for c, n in counts.items() if n >= min_count), key=_code_sort_key)
     kept_set = set(labels)
-    kept = [r for r in rows if r["labels"] & kept_set]  # type: ignore[operator]
+    kept = [r for r in rows if r.labels & kept_set]
     if not kept:
         raise DatasetTableError(f"{out_csv}: no record has a label occurring at least {min_count} times")
-    _write_table(out_csv, list(meta_columns) + labels,
-                 ([r[c] for c in meta_columns] + [int(lab in r["labels"]) for lab in labels] for r in kept))  # type: ignore[operator]
+    _write_table(out_csv, list(meta_columns) + labels, (r.row(meta_columns, labels) for r in kept))
     return LabelCSV(path=out_csv, labels=labels, label_start_index=len(meta_columns), n_records=len(kept),
                     dropped={"no_label": len(rows) - len(kept)},
-                    positives={lab: sum(1 for r in kept if lab in r["labels"]) for lab in labels})  # type: ignore[operator]
+                    positives={lab: sum(1 for r in kept if lab in r.labels) for lab in labels})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,6 +576,7 @@ def ludb_labels_table(ludb_dir: str | os.PathLike, out_csv: str | os.PathLike) -
     needed = ["ID", "Sex", "Age"] + sorted({col for col, _, _ in LUDB_LABELS.values()})
     _, rows = _read_table(csv_path, needed)
     out_rows: list[list[object]] = []
+    label_rows: list[list[int]] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
         record_id = _clean_number(row["ID"])
@@ -571,13 +586,13 @@ def ludb_labels_table(ludb_dir: str | os.PathLike, out_csv: str | os.PathLike) -
             raise DatasetTableError(f"{csv_path}, row {line}: duplicate ID {record_id}")
         seen.add(record_id)
         values = [int(_ludb_rule(_cell_items(row[col]), rule)) for col, rule, _ in LUDB_LABELS.values()]
-        out_rows.append([record_id, (row["Sex"] or "").strip(), (row["Age"] or "").strip()] + values)
+        label_rows.append(values)
+        out_rows.append([record_id, (row["Sex"] or "").strip(), (row["Age"] or "").strip(), *values])
     labels = list(LUDB_LABELS)
     out_csv = Path(out_csv)
     _write_table(out_csv, list(LUDB_META_COLUMNS) + labels, out_rows)
-    start = len(LUDB_META_COLUMNS)
-    return LabelCSV(path=out_csv, labels=labels, label_start_index=start, n_records=len(out_rows),
-                    dropped={}, positives={lab: sum(int(r[start + j]) for r in out_rows)  # type: ignore[arg-type]
+    return LabelCSV(path=out_csv, labels=labels, label_start_index=len(LUDB_META_COLUMNS), n_records=len(out_rows),
+                    dropped={}, positives={lab: sum(values[j] for values in label_rows)
                                            for j, lab in enumerate(labels)})
 
 

@@ -19,8 +19,9 @@ Batch dictionary (B = rows in the batch, W = 12 * window samples):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .store import ECGStore
 
 
-def crop_rows(signals: np.ndarray, lengths: np.ndarray, window: int, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def crop_rows(
+    signals: np.ndarray, lengths: np.ndarray, window: int, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut (B, 12, L) rows at ``starts`` into flattened windows (B, 12*window) and masks (B, 12*window).
 
     Samples past a row's valid ``length`` (or past the row end) are zero and masked out, lead by lead.
@@ -77,10 +80,15 @@ class StoreWindows(Dataset):
     def __len__(self) -> int:  # the sampler decides; this is only for DataLoader's bookkeeping
         return len(self.store)
 
-    def __getitem__(self, item: tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
+    def __getitem__(
+        self, item: tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]
+    ) -> dict[str, Any]:
+        # Values: tensors, plus "attention_mask" (None when every sample is real) and "full" (bool).
         key, rows = item[0], np.asarray(item[1], dtype=np.int64)
         lengths = self.store.lengths[rows]
         if self.crop == "given":
+            if len(item) != 3:
+                raise ValueError("crop='given' needs (key, rows, starts) items from the sampler")
             starts = np.asarray(item[2], dtype=np.int64)
         elif self.crop == "random":
             rng = np.random.default_rng([self.seed, int(key)])
@@ -100,6 +108,8 @@ class StoreWindows(Dataset):
             batch["targets"] = torch.from_numpy(np.stack(
                 [np.asarray(self.store.targets(name)[rows], dtype=np.int64) for name in self.target_names], axis=1))
         if self.with_labels:
+            if self.store.labels is None:  # checked in __init__; the store object is not expected to change
+                raise ValueError(f"{self.store.path}: the store has no labels; prepare it with --labels")
             labels = self.store.labels[rows]
             batch["labels"] = torch.from_numpy(labels.astype(np.float32))
         return batch
@@ -178,7 +188,9 @@ def evaluation_windows(store: ECGStore, rows: np.ndarray, *, window: int, mode: 
         member_rows = rows[groups == g]
         member_rows = member_rows[np.argsort(store.segments[member_rows])]
         if mode == "first":
-            out_rows.append(member_rows[:1]); out_starts.append(np.zeros(1, np.int64)); out_groups.append([g])
+            out_rows.append(member_rows[:1])
+            out_starts.append(np.zeros(1, np.int64))
+            out_groups.append([g])
             continue
         candidates = []
         for r in member_rows:
@@ -189,11 +201,11 @@ def evaluation_windows(store: ECGStore, rows: np.ndarray, *, window: int, mode: 
                 starts = list(range(0, last + 1, step))
                 if starts[-1] != last:
                     starts.append(last)
+            elif length > window:
+                candidates.append((r, length))
+                continue
             else:
-                starts = [0] if length <= window else None
-                if starts is None:
-                    candidates.append((r, length))
-                    continue
+                starts = [0]
             for s in starts:
                 candidates.append((r, -s - 1))  # negative marks an explicit start
         if mode == "random":
@@ -222,19 +234,6 @@ def make_loader(dataset: StoreWindows, sampler: Any, *, num_workers: int = 0, pi
                       multiprocessing_context="fork" if hasattr(__import__("os"), "fork") else None)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                       pin_memory=pin_memory, **kwargs)
-
-
-class ListSampler(Sampler):
-    """Fixed sequence of sampler items (e.g. evaluation windows cut into batches)."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.items)
 
 
 def window_batches(windows: EvalWindows, batch_size: int) -> list[tuple[int, np.ndarray, np.ndarray]]:

@@ -32,9 +32,10 @@ import csv
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -223,6 +224,9 @@ class _Prepared:
     score: np.ndarray  # (N, L) float
     label_names: list[str]
     classes: np.ndarray | None = None  # (N,) int, multi-class only
+    # (N, L) bool: False where the label is blank (unknown; NaN in y_true). Multi-label and regression
+    # only. A blank cell takes no part in that label's metrics; the record still counts for the others.
+    known: np.ndarray | None = None
 
 
 def _first_bad(mask: np.ndarray) -> str:
@@ -279,8 +283,14 @@ def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | 
         )
     if y.ndim == 0 or y.shape[0] == 0:
         raise MetricsInputError("y_true is empty: nothing to evaluate")
-    _check_finite("y_true", y)
+    # Blank labels (NaN) are "unknown" for the per-label tasks; infinities are always an error.
+    blanks = np.isnan(y) if task in ("multi_label", "regression") else np.zeros(y.shape, dtype=bool)
+    _check_finite("y_true", np.where(blanks, 0.0, y))
     _check_finite("y_score", score)
+    known = None
+    if blanks.any():
+        known = ~blanks.reshape(len(y), -1)
+        y = np.where(blanks, 0.0, y)
 
     if task == "multi_class":
         if y.ndim != 1 or score.ndim != 2:
@@ -311,7 +321,7 @@ def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | 
             )
         y2 = y.reshape(len(y), -1)
         names = _check_names(label_names, y2.shape[1], "output_")
-        return _Prepared(task, y2, score.reshape(len(y), -1), names)
+        return _Prepared(task, y2, score.reshape(len(y), -1), names, known=known)
 
     # multi_label and binary share the per-label machinery.
     if task == "binary":
@@ -336,7 +346,7 @@ def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | 
         index = tuple(np.argwhere(bad)[0])
         raise MetricsInputError(f"y_true must be 0/1 for task '{task}'; {_first_bad(bad)} holds {y[index]:g}")
     _check_probabilities(task, score)
-    return _Prepared(task, y.astype(bool), score, names)
+    return _Prepared(task, y.astype(bool), score, names, known=known)
 
 
 def _check_thresholds(thresholds: Any, n_labels: int) -> np.ndarray:
@@ -359,7 +369,8 @@ def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ranking_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ranking_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray,
+                     known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted AUROC and average precision for every label.
 
     Args:
@@ -385,7 +396,7 @@ def _ranking_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> t
         sorted_pos = y[order, label]
         # Records with equal scores form one threshold step.
         starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
-        w_sorted = weights[:, order]
+        w_sorted = weights[:, order] if known is None else weights[:, order] * known[order, label]
         pos = np.add.reduceat(np.where(sorted_pos, w_sorted, 0.0), starts, axis=1)  # (B, G)
         neg = np.add.reduceat(np.where(sorted_pos, 0.0, w_sorted), starts, axis=1)
         tp = np.cumsum(pos, axis=1)
@@ -405,15 +416,19 @@ def _ranking_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> t
 
 
 def _confusion_counts(
-    y: np.ndarray, predicted: np.ndarray, weights: np.ndarray
+    y: np.ndarray, predicted: np.ndarray, weights: np.ndarray, known: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted TP, FP, FN, TN, each (B, L), from (N, L) bool targets and predictions."""
+    """Weighted TP, FP, FN, TN, each (B, L), from (N, L) bool targets and predictions (blank cells: none)."""
     yf = y.astype(np.float64)
     pf = predicted.astype(np.float64)
+    negative = 1.0 - yf
+    if known is not None:  # a blank cell is in none of the four counts
+        mask = known.astype(np.float64)
+        yf, negative = yf * mask, negative * mask
     tp = weights @ (yf * pf)
-    fp = weights @ ((1.0 - yf) * pf)
+    fp = weights @ (negative * pf)
     fn = weights @ (yf * (1.0 - pf))
-    tn = weights @ ((1.0 - yf) * (1.0 - pf))
+    tn = weights @ (negative * (1.0 - pf))
     return tp, fp, fn, tn
 
 
@@ -446,7 +461,8 @@ def ece_bin_index(score: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
     return np.searchsorted(edges[1:-1], score, side="left")
 
 
-def _calibration_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+def _calibration_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray,
+                         known: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Weighted Brier score and expected calibration error per label, each (B, L).
 
     Brier = mean of (p - y)^2. ECE = sum over bins of (records in bin / N) x |mean y - mean p| in
@@ -455,28 +471,36 @@ def _calibration_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray) 
     """
     yf = y.astype(np.float64)
     err = score - yf
-    total = weights.sum(axis=1, keepdims=True)
+    mask = np.ones(y.shape) if known is None else known.astype(np.float64)
+    err = err * mask
+    total = weights @ mask  # (B, L): weight of the known cells of each label
     brier = _safe_divide(weights @ (err**2), total)
     ece = np.full(brier.shape, np.nan)
     bins = ece_bin_index(score)
     for label in range(y.shape[1]):
         onehot = np.zeros((len(score), ECE_BINS))
         onehot[np.arange(len(score)), bins[:, label]] = -err[:, label]
-        ece[:, label] = _safe_divide(np.abs(weights @ onehot).sum(axis=1), total[:, 0])
+        ece[:, label] = _safe_divide(np.abs(weights @ onehot).sum(axis=1), total[:, label])
     return {"brier": brier, "ece": ece}
 
 
-def _regression_metrics(y: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Weighted MAE, RMSE, R², Pearson r per output, each (B, D); R²/r NaN for constant targets."""
-    total = weights.sum(axis=1, keepdims=True)  # (B, 1)
-    err = pred - y
-    mae = (weights @ np.abs(err)) / total
+def _regression_metrics(y: np.ndarray, pred: np.ndarray, weights: np.ndarray,
+                        known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Weighted MAE, RMSE, R², Pearson r per output, each (B, D); R²/r NaN for constant targets.
+
+    With ``known``, blank targets are left out of their output only (every sum runs over known cells).
+    """
+    mask = np.ones(y.shape) if known is None else known.astype(np.float64)
+    total = weights @ mask  # (B, D)
+    err = (pred - y) * mask
+    mae = _safe_divide(weights @ np.abs(err), total)
     sse = weights @ (err**2)
-    rmse = np.sqrt(sse / total)
+    rmse = np.sqrt(_safe_divide(sse, total))
     # Centre once on the full-data means: variances are shift invariant and centring avoids
     # catastrophic cancellation in sum(w y^2) - (sum(w y))^2 / n.
-    yc = y - y.mean(axis=0)
-    pc = pred - pred.mean(axis=0)
+    n_known = np.maximum(mask.sum(axis=0), 1.0)
+    yc = (y - (y * mask).sum(axis=0) / n_known) * mask
+    pc = (pred - (pred * mask).sum(axis=0) / n_known) * mask
     sum_y = weights @ yc
     sum_p = weights @ pc
     ss_y = weights @ (yc**2) - sum_y**2 / total
@@ -498,10 +522,10 @@ def _core(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """All metrics for every weight row: (per-label metric -> (B, L), overall metric -> (B,))."""
     if prep.task == "regression":
-        return _regression_metrics(prep.y, prep.score, weights), {}
+        return _regression_metrics(prep.y, prep.score, weights, prep.known), {}
 
     per_label: dict[str, np.ndarray] = {}
-    auroc, auprc = _ranking_metrics(prep.y, prep.score, weights)
+    auroc, auprc = _ranking_metrics(prep.y, prep.score, weights, prep.known)
     per_label["auroc"] = auroc
     per_label["auprc"] = auprc
 
@@ -528,11 +552,11 @@ def _core(
         }
         return per_label, overall
 
-    tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= 0.5, weights)
+    tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= 0.5, weights, prep.known)
     per_label.update(_threshold_metrics(tp, fp, fn, tn))
-    per_label.update(_calibration_metrics(prep.y, prep.score, weights))
+    per_label.update(_calibration_metrics(prep.y, prep.score, weights, prep.known))
     if thresholds is not None:
-        tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= thresholds[None, :], weights)
+        tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= thresholds[None, :], weights, prep.known)
         for metric, values in _threshold_metrics(tp, fp, fn, tn).items():
             per_label[f"{metric}_at_thr"] = values
     return per_label, {}
@@ -547,10 +571,13 @@ def _nanmean_rows(values: np.ndarray) -> np.ndarray:
 
 def _defined_mask(prep: _Prepared) -> np.ndarray:
     """(L,) True where the label's ranking metrics are defined on the full data."""
+    known = np.ones(prep.y.shape, dtype=bool) if prep.known is None else prep.known
     if prep.task == "regression":
-        return np.ptp(prep.y, axis=0) > 0
-    n_pos = prep.y.sum(axis=0)
-    return (n_pos > 0) & (n_pos < prep.y.shape[0])
+        low = np.where(known, prep.y, np.inf).min(axis=0)
+        high = np.where(known, prep.y, -np.inf).max(axis=0)
+        return high > low
+    n_pos = (prep.y & known).sum(axis=0)
+    return (n_pos > 0) & (n_pos < known.sum(axis=0))
 
 
 def _macro(per_label: dict[str, np.ndarray], defined: np.ndarray) -> dict[str, np.ndarray]:
@@ -613,7 +640,8 @@ def compute_metrics(
     n_positive = None
     confusion = None
     if prep.task != "regression":
-        n_positive = prep.y.sum(axis=0).astype(np.int64)
+        cells = prep.y if prep.known is None else prep.y & prep.known
+        n_positive = cells.sum(axis=0).astype(np.int64)
     if prep.task == "multi_class":
         assert prep.classes is not None
         predicted = prep.score.argmax(axis=1)

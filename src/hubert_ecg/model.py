@@ -20,17 +20,36 @@ model's device, and padded tokens are never masked.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import CheckpointInfo, HeadConfig, ModelConfig, create_config
-from .config import token_mask_from_sample_mask  # noqa: F401  (re-exported: defined in config)
+from .config import (
+    CheckpointInfo,
+    HeadConfig,
+    ModelConfig,
+    create_config,
+    token_mask_from_sample_mask,  # noqa: F401  (re-exported: defined in config)
+)
 from .hub import PretrainedMixin  # save/load base class; never imports this module
+
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
+
+def _members(modules: nn.ModuleList, kind: type[_ModuleT]) -> Sequence[_ModuleT]:
+    """``modules`` typed as a sequence of ``kind`` (``kind`` only informs the type checker).
+
+    ``nn.ModuleList`` indexes and iterates as plain ``nn.Module``, so attribute access on its members
+    type-checks as ``Tensor | Module``. Every list passed here is built from ``kind`` alone in this
+    module's constructors, so the cast holds by construction; it is the one cast in the model and
+    costs nothing at run time (no copy, no isinstance per forward).
+    """
+    return cast("Sequence[_ModuleT]", modules)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,12 +200,13 @@ class FeatureExtractor(nn.Module):
         """(B, L) -> (B, T, C). Same numbers as the Conv1d chain (to float32 rounding), about 2x
         faster: the first conv and its GroupNorm fold into one matmul, and the strided convs run
         as GEMMs on time-major frames, which is also the layout the projection wants."""
-        first = self.conv_layers[0]
+        conv_layers = _members(self.conv_layers, ConvLayer)
+        first = conv_layers[0]
         if first.layer_norm is not None:
             h = _first_conv_group_norm(first, x)
         else:
             h = first(x.unsqueeze(1)).transpose(1, 2)
-        for layer in self.conv_layers[1:]:
+        for layer in conv_layers[1:]:
             kernel, stride = layer.conv.kernel_size[0], layer.conv.stride[0]
             if layer.layer_norm is None and stride <= kernel <= 2 * stride:
                 h = _strided_conv_time_major(layer, h)
@@ -364,6 +384,8 @@ def build_classifier(hidden: int, head: HeadConfig) -> nn.Module:
     if head.type == "linear":
         return nn.Linear(hidden, head.num_labels)
     if head.type == "mlp":
+        if head.hidden_size is None:  # HeadConfig.__post_init__ rejects this first; narrows the type
+            raise ValueError("an MLP head needs hidden_size")
         activations = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
         if head.activation not in activations:
             raise ValueError(f"unknown MLP activation {head.activation!r}; choose one of {sorted(activations)}")
@@ -513,7 +535,7 @@ class HubertECG(PretrainedMixin, nn.Module):
         if not self.final_proj:
             raise ValueError("this model has no pre-training codebooks (vocab_sizes is empty)")
         out = []
-        for proj, codebook in zip(self.final_proj, self.label_embedding):
+        for proj, codebook in zip(self.final_proj, _members(self.label_embedding, nn.Embedding)):
             projected = proj(hidden)
             # The cosine in float32 even under autocast (as torch.cosine_similarity in the reference):
             # a bf16 product divided by the temperature 0.1 would err by ~0.03 per logit.
@@ -576,7 +598,7 @@ class HubertECG(PretrainedMixin, nn.Module):
         self.encoder.layerdrop, self.encoder.gradient_checkpointing = c.layerdrop, c.gradient_checkpointing
         self.feature_projection.dropout.p = c.feat_proj_dropout
         self.encoder.dropout.p = c.hidden_dropout
-        for layer in self.encoder.layers:
+        for layer in _members(self.encoder.layers, EncoderLayer):
             layer.dropout.p = c.hidden_dropout
             layer.feed_forward.output_dropout.p = c.hidden_dropout
             layer.feed_forward.intermediate_dropout.p = c.activation_dropout
@@ -589,8 +611,7 @@ class HubertECG(PretrainedMixin, nn.Module):
         """Names of parameters that get no gradient: the first conv's bias when GroupNorm follows
         (it cancels in the norm) and, when the job never masks (fine-tuning), ``masked_spec_embed``."""
         names = []
-        first = self.feature_extractor.conv_layers[0]
-        assert isinstance(first, ConvLayer)
+        first = _members(self.feature_extractor.conv_layers, ConvLayer)[0]
         if first.layer_norm is not None and first.conv.bias is not None:
             names.append("feature_extractor.conv_layers.0.conv.bias")
         if not masking:

@@ -39,8 +39,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -176,14 +177,16 @@ class PreprocessSpec:
         if self.decimation == "flattened" and self.resample_hz is not None:
             if not _is_integral(self.window_s * self.resample_hz):
                 raise PreprocessError(
-                    f"window_s * resample_hz must be a whole number of samples, got {self.window_s:g} * {self.resample_hz:g}"
+                    "window_s * resample_hz must be a whole number of samples, "
+                    f"got {self.window_s:g} * {self.resample_hz:g}"
                 )
         if self.min_window_s > self.window_s:
             raise PreprocessError(f"min_window_s ({self.min_window_s:g}) must not exceed window_s ({self.window_s:g})")
         if self.bandpass_hz is not None and 3 * self.filter_taps_factor >= self.min_window_s:
             # filtfilt pads by three filter lengths; the shortest accepted record must hold that.
             raise PreprocessError(
-                f"filter_taps_factor {self.filter_taps_factor:g} s is too long for min_window_s {self.min_window_s:g} s "
+                f"filter_taps_factor {self.filter_taps_factor:g} s is too long "
+                f"for min_window_s {self.min_window_s:g} s "
                 "(need 3 * filter_taps_factor < min_window_s)"
             )
 
@@ -454,7 +457,9 @@ def _chain(x: np.ndarray, fs: float, spec: PreprocessSpec, names: Sequence[str])
 
     if spec.baseline_highpass_hz is not None:
         if spec.baseline_highpass_hz >= fs / 2:
-            raise PreprocessError(f"baseline_highpass_hz {spec.baseline_highpass_hz:g} must be below fs / 2 = {fs / 2:g}")
+            raise PreprocessError(
+                f"baseline_highpass_hz {spec.baseline_highpass_hz:g} must be below fs / 2 = {fs / 2:g}"
+            )
         sos = butter(_BASELINE_ORDER, spec.baseline_highpass_hz, btype="highpass", fs=fs, output="sos")
         # The default padding (9 samples) leaves seconds-long edge transients at a 0.5 Hz cut-off;
         # an odd extension of one cut-off period continues the slow trend and keeps them small.
@@ -583,7 +588,9 @@ def window_starts(
     return starts
 
 
-def cut_windows(signal100: np.ndarray, spec: PreprocessSpec, starts: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cut_windows(
+    signal100: np.ndarray, spec: PreprocessSpec, starts: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut flattened model windows and sample-level attention masks from a preprocessed record.
 
     Args:
@@ -617,7 +624,9 @@ def cut_windows(signal100: np.ndarray, spec: PreprocessSpec, starts: Sequence[in
     last = max(m - window, 0)
     bad = (start_arr < 0) | (start_arr > last)
     if bad.any():
-        raise PreprocessError(f"window start {int(start_arr[bad][0])} out of range [0, {last}] for a record of {m} samples")
+        raise PreprocessError(
+            f"window start {int(start_arr[bad][0])} out of range [0, {last}] for a record of {m} samples"
+        )
 
     index = start_arr[:, None] + np.arange(window)[None, :]  # (W, T)
     valid = index < m  # (W, T): False only on the padding of a short record
@@ -683,9 +692,9 @@ def zero_leads(x: ArrayT, keep: Any) -> ArrayT:
     keep_np = np.broadcast_to(keep_np, (batch, N_LEADS))
     grid = x.reshape(batch, N_LEADS, -1)  # type: ignore[attr-defined]
     if isinstance(x, np.ndarray):
-        return (grid * keep_np[:, :, None]).reshape(shape)  # type: ignore[return-value]
+        return (grid * keep_np[:, :, None]).reshape(shape)
     mask = x.new_tensor(keep_np.astype(np.float32))  # type: ignore[attr-defined]
-    return (grid * mask[:, :, None]).reshape(shape)  # type: ignore[attr-defined]
+    return (grid * mask[:, :, None]).reshape(shape)
 
 
 def lead_dropout_mask(batch: int, p: float, rng: np.random.Generator, present: np.ndarray | None = None) -> np.ndarray:

@@ -26,9 +26,10 @@ import math
 import multiprocessing as mp
 import os
 import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class LabelTable:
     def from_csv(cls, path: str | os.PathLike, *, id_column: str | None = None,
                  label_columns: Sequence[str] | None = None, label_start_index: int | None = None,
                  split_column: str | None = None, group_column: str | None = None,
-                 time_column: str | None = None, categorical: str = "index") -> "LabelTable":
+                 time_column: str | None = None, categorical: str = "index") -> LabelTable:
         """Read a labels CSV: an id column (``record_id``, ``filename``, ``ecg_id`` ...) and label columns.
 
         Label columns are ``label_columns``, or every column from ``label_start_index`` on (the
@@ -218,7 +219,7 @@ class LabelTable:
                 + ", ".join(f"{n} {s}" for s, n in counts.items()))
 
 
-def _read_label_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_label_rows(path: Path) -> tuple[list[str], list[dict[str, str | None]]]:
     """Header and rows of a labels CSV; refuses binary files and undecodable text on one line."""
     try:
         with open(path, "rb") as fh:
@@ -270,7 +271,7 @@ def _binary_kind(head: bytes) -> str:
 _BLANKS = frozenset({"", "nan", "na", "n/a", "null", "none"})
 
 
-def _cell(row: dict[str, str | None], col: str) -> str:
+def _cell(row: Mapping[str, str | None], col: str) -> str:
     cell = (row.get(col) or "").strip()
     return "" if cell.lower() in _BLANKS else cell
 
@@ -366,7 +367,7 @@ def grouped_splits(groups: Sequence[str], fractions: tuple[float, float], *, see
     counts = np.array([len(uniq[g]) for g in gnames], dtype=float)
     if n_labels:
         lab = np.nan_to_num(np.asarray(labels, dtype=float), nan=0.0)
-        cols = []
+        cols: list[np.ndarray] = []
         for j in range(n_labels):
             values = np.unique(lab[:, j])
             if len(values) > 2 or not set(values.tolist()) <= {0.0, 1.0}:
@@ -499,11 +500,11 @@ def _init_prepare_worker() -> None:
 REJECTED_ERRORS: tuple[type[Exception], ...] = (RecordError, PreprocessError)
 
 
-def _process_source(args: tuple[Any, dict[str, Any], int, int, dict[str, Any]]) -> tuple[str, Any]:
+def _process_source(args: tuple[Any, dict[str, Any], int, dict[str, Any]]) -> tuple[str, Any]:
     """Worker: read + preprocess one record -> ("ok", payload) or ("reject", reason)."""
     from .io import read_source
 
-    source, spec_dict, row_samples, target_hz, read_kwargs = args
+    source, spec_dict, row_samples, read_kwargs = args
     spec = PreprocessSpec.from_dict(spec_dict)
     try:
         record = read_source(source, **read_kwargs)
@@ -627,9 +628,9 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         meta_path = out / "store.json"
         previous = json.loads(meta_path.read_text()) if meta_path.exists() else None
         if previous is not None:
-            for key in ("preprocessing", "row_samples", "shard_records", "label_names", "label_classes"):
-                if previous.get(key) != header.get(key):
-                    raise StoreError(f"{out}: exists with a different {key}; use a new --out or delete it")
+            for setting in ("preprocessing", "row_samples", "shard_records", "label_names", "label_classes"):
+                if previous.get(setting) != header.get(setting):
+                    raise StoreError(f"{out}: exists with a different {setting}; use a new --out or delete it")
         _write_changes(out, changed, missing)
 
         def list_skipped() -> None:  # written last, so that a full disk fails on the store's own files first
@@ -667,7 +668,7 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                 if stop_after_shards is not None and written >= stop_after_shards:
                     stopped = True
                     break
-                args = [(src, spec_dict, row_samples, spec.target_hz, tasks_kwargs) for src in block]
+                args = [(src, spec_dict, row_samples, tasks_kwargs) for src in block]
                 results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
                 _write_shard(out, b, list(results), labels, split_fractions, seed, spec.target_hz, row_samples,
                              block)
@@ -789,10 +790,14 @@ def _write_shard(out: Path, block: int, results: list[tuple[str, Any]], labels: 
             if label_values is None:
                 rejects.append((info["record_id"], info["source"], "no row for this record in the labels file"))
                 continue
-        key = labels.key_of(info["record_id"], info["source"]) if labels is not None else None
-        split = (labels.splits.get(key) if key is not None and labels.splits else None) \
-            or _split_for(info["record_id"], split_fractions, seed)
-        group = labels.groups.get(key, "") if key is not None and labels.groups else ""
+        split: str | None = None
+        group = ""
+        if labels is not None:
+            key = labels.key_of(info["record_id"], info["source"])
+            if key is not None:
+                split = labels.splits.get(key) if labels.splits else None
+                group = labels.groups.get(key, "") if labels.groups else ""
+        split = split or _split_for(info["record_id"], split_fractions, seed)
         for segment, length in enumerate(info["lengths"]):
             row = {"record_id": info["record_id"], "segment": segment, "start_s": segment * row_samples / fs,
                    "length": length, "source": info["source"], "orig_fs": info["orig_fs"],
@@ -823,9 +828,9 @@ def _write_shard(out: Path, block: int, results: list[tuple[str, Any]], labels: 
     # The manifest part is written last: its presence marks the shard complete.
     with atomic_path(out / "shards" / f"{block:05d}.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(table_rows)
+            manifest = csv.DictWriter(fh, fieldnames=fields)
+            manifest.writeheader()
+            manifest.writerows(table_rows)
 
 
 def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: int) -> PrepareResult:
@@ -873,7 +878,9 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
     # Columnar copy of what training reads, so that opening a store of millions of rows is instant.
     with atomic_path(out / INDEX_FILE) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **_parse_manifest(out / "manifest.csv", label_names))
+            # Typed as Any: numpy's stubs would match the ** values against savez's allow_pickle: bool.
+            columns: dict[str, Any] = _parse_manifest(out / "manifest.csv", label_names)
+            np.savez(fh, **columns)
     atomic_write_json(out / "store.json", summary)
     return PrepareResult(out, n_records, n_rows, len(all_rejects), skipped_done, all_rejects, warned)
 
@@ -1009,7 +1016,8 @@ class ECGStore:
             start = int(starts[i])
             stop = min(start + window, self.row_samples)
             out[i, :, : stop - start] = self.shard(int(shard_of[i]))[local[i], :, start:stop]
-        valid = (starts[:, None] + np.arange(window)[None, :]) < np.minimum(self.lengths[rows], self.row_samples)[:, None]
+        usable = np.minimum(self.lengths[rows], self.row_samples)
+        valid = (starts[:, None] + np.arange(window)[None, :]) < usable[:, None]
         if not valid.all():
             out *= valid[:, None, :]
         return out, valid

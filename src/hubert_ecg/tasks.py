@@ -134,11 +134,9 @@ class Task:
             keep = np.isfinite(labels[:, 0])
             return compute_metrics(self.name, labels[keep, 0].astype(np.int64), probs[keep], thresholds=thresholds,
                                    label_names=label_names)
-        y = self.metric_targets(labels)
-        if np.isfinite(y).all():
-            return compute_metrics(self.name, y, probs, thresholds=thresholds, label_names=label_names)
-        return _metrics_per_label(self.name, y.reshape(len(y), -1), probs.reshape(len(y), -1), thresholds,
-                                  label_names, squeeze=y.ndim == 1)
+        # compute_metrics reads NaN labels as blank and leaves each out of its own label only.
+        return compute_metrics(self.name, self.metric_targets(labels), probs, thresholds=thresholds,
+                               label_names=label_names)
 
     def tune_thresholds(self, labels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         """Max-F1 thresholds per label on known values only (None for tasks without thresholds)."""
@@ -270,34 +268,6 @@ class RegressionTask(Task):
 
     def decisions(self, probs: np.ndarray, thresholds: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
         return np.full(np.shape(probs), -1, dtype=np.int64)
-
-
-def _metrics_per_label(task: str, y: np.ndarray, probs: np.ndarray, thresholds: Any,
-                       label_names: Sequence[str] | None, squeeze: bool) -> MetricsResult:
-    """Metrics of each label column on its known rows, merged into one result (macro over defined labels)."""
-    n_labels = y.shape[1]
-    names = list(label_names) if label_names is not None else None
-    thr = None if thresholds is None else np.broadcast_to(np.asarray(thresholds, dtype=float), (n_labels,))
-    parts = []
-    for j in range(n_labels):
-        known = np.isfinite(y[:, j])
-        yj, pj = y[known, j:j + 1], probs[known, j:j + 1]
-        if squeeze:
-            yj, pj = yj[:, 0], pj[:, 0]
-        parts.append(compute_metrics(task, yj, pj, thresholds=None if thr is None else thr[j:j + 1],
-                                     label_names=None if names is None else names[j:j + 1]))
-    per_label = {m: np.concatenate([np.atleast_1d(p.per_label[m]) for p in parts]) for m in parts[0].per_label}
-    undefined = [p.label_names[0] for p in parts if p.undefined_labels]
-    defined = np.array([not p.undefined_labels for p in parts])
-    macro = {}
-    for metric, values in per_label.items():
-        chosen = values[defined]
-        macro[metric] = float(np.nanmean(chosen)) if np.isfinite(chosen).any() else float("nan")
-    n_positive = None if parts[0].n_positive is None else np.concatenate([p.n_positive for p in parts])
-    return MetricsResult(task=task, n_records=len(y), label_names=[p.label_names[0] for p in parts],
-                         per_label=per_label, macro=macro, overall={}, n_positive=n_positive,
-                         undefined_labels=undefined, thresholds=None if thr is None else np.asarray(thr),
-                         confusion_matrix=None)
 
 
 _REGISTRY: dict[str, Task] = {task.name: task for task in (MultiLabelTask(), MultiClassTask(), BinaryTask(),

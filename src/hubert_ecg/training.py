@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import random
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,13 +36,17 @@ from torch import nn
 
 from .atomic import atomic_write_json, check_writable, sha256_file
 from .checkpoint import CheckpointError, load_model, save_pretrained
+from .distributed import DistEnv, all_reduce_mean, barrier, broadcast_flag, init_distributed
 from .loader import BatchSampler, StoreWindows, make_loader
-from .distributed import DistEnv, all_reduce_mean, barrier, broadcast_flag, cleanup, init_distributed
 from .model import HubertECG
-from .runtime import (autocast_context, compile_regions, configure_backends, precision_dtype, resolve_device,
-                      seed_everything)
-
-log = logging.getLogger("hubert_ecg")
+from .runtime import (
+    autocast_context,
+    compile_regions,
+    configure_backends,
+    precision_dtype,
+    resolve_device,
+    seed_everything,
+)
 
 
 @dataclass
@@ -99,9 +103,14 @@ class TrainState:
 class Objective(Protocol):
     """What a training job defines; the loop does the rest."""
 
-    module: nn.Module  # what DDP wraps (its forward must touch every trained parameter)
     rows: np.ndarray  # training rows of the store
     dataset: StoreWindows
+
+    # Read-only, so an objective may hold a narrower module type (HubertECG, MaskedPrediction): a plain
+    # protocol attribute is invariant and would reject those.
+    @property
+    def module(self) -> nn.Module:
+        """What DDP wraps (its forward must touch every trained parameter)."""
 
     def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]: ...
 
@@ -133,7 +142,7 @@ class RunLogger:
                     from torch.utils.tensorboard import SummaryWriter
                     self.writers.append((kind, SummaryWriter(str(out_dir / "tensorboard"))))
                 except ImportError:
-                    warnings.warn("tensorboard is not installed; logging to history.jsonl only")
+                    warnings.warn("tensorboard is not installed; logging to history.jsonl only", stacklevel=2)
             elif kind == "wandb":
                 try:
                     import wandb
@@ -237,7 +246,7 @@ def load_training_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], Train
         except (CheckpointError, OSError, ValueError, RuntimeError, KeyError, TypeError,
                 pickle.UnpicklingError) as err:
             problem = f"{directory}: {str(err).splitlines()[0] if str(err).strip() else type(err).__name__}"
-            warnings.warn(f"ignoring corrupt checkpoint {problem}")
+            warnings.warn(f"ignoring corrupt checkpoint {problem}", stacklevel=2)
             problems.append(problem)
             continue
         if problems:
@@ -510,7 +519,7 @@ def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainC
                              f"(have: {', '.join(sorted(metrics))})")
         if isinstance(value, float) and math.isnan(value):
             warnings.warn(f"validation {cfg.monitor} is undefined at step {state.step} (e.g. a label with only one "
-                          "class in the validation split); best/ is kept only when it is defined")
+                          "class in the validation split); best/ is kept only when it is defined", stacklevel=2)
         if _improved(value, state.best, cfg):
             state.best, state.best_step, state.bad_rounds = float(value), state.step, 0
             best_dir = Path(cfg.out_dir) / "best"
@@ -522,6 +531,3 @@ def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainC
                 state.stopped_early = stop = True
     return broadcast_flag(stop, env, device)
 
-
-def finish_distributed(env: DistEnv) -> None:
-    cleanup(env)

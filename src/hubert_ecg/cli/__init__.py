@@ -12,7 +12,6 @@ reported as an internal error, also on one line, with status 1; ``--debug`` show
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -297,14 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "rerun with --debug for the traceback and please report it", file=sys.stderr)
         return EXIT_ERROR
     return int(result or 0)
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
-def output_path(path: str | Path) -> Path:
-    return Path(path).expanduser()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from . import (
     add_command,
@@ -38,7 +39,7 @@ def _lead_sets(text: str) -> list[str]:
     return parts
 
 
-def _print_eval_summary(summary: dict) -> None:  # type: ignore[type-arg]
+def _print_eval_summary(summary: dict[str, Any]) -> None:
     macro = summary["macro"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in macro.items() if k in ("auroc", "auprc", "f1", "brier", "mae", "r2"))
     print(f"{summary['records']} records: {shown}")
@@ -138,7 +139,6 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from ..inference import predict_files
-
     from ..store import LabelTable
 
     check_output_file(args.out, (".csv", ".parquet"))  # before the model or any record is loaded

@@ -10,7 +10,9 @@ EXAMPLES: dict[str, str] = {
     "inspect": """\
 examples:
   hubert-ecg inspect records/                           what each file holds: format, rate, units, warnings
-  hubert-ecg inspect rec.npy --fs 250 --plot plots/     a bare array at 250 Hz, with a raw-vs-model-input plot
+  hubert-ecg inspect records/ --plot plots/             one clinical 12-lead page per record (3x4 + rhythm strip)
+  hubert-ecg inspect rec.npy --fs 250 --plot plots/ --plot-model-input
+                                                        a bare array at 250 Hz, with a raw-vs-model-input plot
 """,
     "prepare": """\
 examples:

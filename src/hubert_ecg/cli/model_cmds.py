@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import add_command, check_output_file, positive_int, register
 
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from ..checkpoint import describe, load_model
 

@@ -34,10 +34,12 @@ _LOOP_OPTIONS: list[tuple[str, Any, str]] = [
     ("--workers", non_negative_int, "data-loader worker processes"),
     ("--seed", non_negative_int, "random seed"),
 ]
-_LOOP_DEFAULTS = {"pretrain": dict(max_steps=1000, batch_size=64, grad_accum=1, lr=5e-5, weight_decay=0.01, warmup=0.08,
-                                   clip_grad=None, val_every=200, patience=None, workers=2, seed=0),
-                  "finetune": dict(max_steps=2000, batch_size=64, grad_accum=1, lr=5e-5, weight_decay=0.01, warmup=0.08,
-                                   clip_grad=1.0, val_every=200, patience=8, workers=2, seed=0)}
+_LOOP_DEFAULTS: dict[str, dict[str, int | float | None]] = {
+    "pretrain": dict(max_steps=1000, batch_size=64, grad_accum=1, lr=5e-5, weight_decay=0.01, warmup=0.08,
+                     clip_grad=None, val_every=200, patience=None, workers=2, seed=0),
+    "finetune": dict(max_steps=2000, batch_size=64, grad_accum=1, lr=5e-5, weight_decay=0.01, warmup=0.08,
+                     clip_grad=1.0, val_every=200, patience=8, workers=2, seed=0),
+}
 
 
 def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -167,10 +169,9 @@ def _print_config(settings: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 def _cmd_features(args: argparse.Namespace) -> None:
     from ..distributed import init_distributed
-    from ..store import ECGStore
     from ..pretraining.targets import dump_features
-
     from ..runtime import resolve_device
+    from ..store import ECGStore
 
     env = init_distributed(args.device)
     # cuda:{LOCAL_RANK} under torchrun: a bare "cuda" would put every rank's model on GPU 0.
@@ -186,7 +187,7 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
 
     results = cluster_features(args.features, args.k, args.out, normaliser=args.normaliser,
                                held_out_fraction=args.held_out, seed=args.seed, backend=args.backend,
-                               max_fit_rows=args.max_rows)
+                               max_fit_rows=args.max_rows, show_progress=not args.quiet)
     for r in results:
         print(f"K={r['k']}: {r['path']}  held-out inertia/row {r['inertia_mean']:.4g}, Davies-Bouldin "
               f"{r['davies_bouldin']:.3f}, Calinski-Harabasz {r['calinski_harabasz']:.1f}, "
@@ -195,9 +196,9 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
 
 def _cmd_label(args: argparse.Namespace) -> None:
     from ..distributed import init_distributed
+    from ..pretraining.targets import label_store
     from ..runtime import resolve_device
     from ..store import ECGStore
-    from ..pretraining.targets import label_store
 
     env = init_distributed(args.device)
     device = str(resolve_device(args.device, local_rank=env.local_rank))  # this rank's GPU, never GPU 0 for all
@@ -333,6 +334,7 @@ def _add(sub: argparse._SubParsersAction) -> None:
                    help="k-means implementation (faiss: pip install faiss-cpu; much faster on millions of rows)")
     p.add_argument("--max-rows", type=positive_int, help="fit on at most this many token rows")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of k-means++ and the held-out split")
+    p.add_argument("--quiet", action="store_true", help="no progress bar over the K values")
 
     p = add_command(sub, "label", "assign every token its cluster id(s) and store the targets beside the store",
                     _cmd_label)

@@ -105,10 +105,6 @@ def format_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def all_formats() -> list[Format]:
-    return list(_REGISTRY.values())
-
-
 def get_format(name: str) -> Format | None:
     """The format called ``name`` (canonical, alias or suffix, any case, leading dot ignored)."""
     key = name.strip().lower().lstrip(".")

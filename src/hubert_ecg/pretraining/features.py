@@ -150,7 +150,7 @@ def token_spans(
 def _as_signal_batch(x: object, name: str = "x") -> np.ndarray:
     """Validate ``(B, L)`` input and return it as a float64 array (torch tensors are accepted)."""
     if hasattr(x, "detach"):  # torch.Tensor without importing torch
-        x = x.detach().cpu().numpy()  # type: ignore[attr-defined]
+        x = x.detach().cpu().numpy()
     array = np.asarray(x)
     if array.ndim != 2:
         raise FeatureInputError(f"{name}: expected shape (batch, samples), got {array.shape}")

@@ -24,9 +24,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported lazily: plain k-means on numpy does not need it
+    import torch
 
 __all__ = [
     "FeatureNormaliser",
@@ -60,7 +63,7 @@ class KMeansFileError(ValueError):
 def _as_rows(features: object, name: str = "features") -> tuple[np.ndarray, tuple[int, ...]]:
     """Features ``(N, D)`` or ``(B, T, D)`` -> float32/float64 rows ``(N', D)`` and the leading shape."""
     if hasattr(features, "detach"):  # torch.Tensor, without importing torch
-        features = features.detach().cpu().numpy()  # type: ignore[attr-defined]
+        features = features.detach().cpu().numpy()
     array = np.asarray(features)
     if array.ndim not in (2, 3):
         raise KMeansInputError(f"{name}: expected shape (N, D) or (B, T, D), got {array.shape}")
@@ -213,7 +216,7 @@ class KMeansModel:
         self,
         features: object,
         batch_size: int = 65536,
-        device: object | None = None,
+        device: str | torch.device | None = None,
     ) -> np.ndarray:
         """Nearest-centroid label of every row after applying the stored normaliser.
 
@@ -242,7 +245,7 @@ class KMeansModel:
         else:
             import torch
 
-            torch_device = torch.device(device)  # type: ignore[arg-type]
+            torch_device = torch.device(device)
             dtype = torch.float64 if rows.dtype == np.float64 else torch.float32
             centroids_t = torch.as_tensor(self.centroids, device=torch_device, dtype=dtype)
             centroid_sq_t = (centroids_t * centroids_t).sum(dim=1)
@@ -308,7 +311,7 @@ class KMeansModel:
         try:
             meta = KMeansMetadata(**json.loads(header.get("metadata", "{}")))
             normaliser = FeatureNormaliser(
-                header.get("normaliser_mode", "none"),  # type: ignore[arg-type]
+                header.get("normaliser_mode", "none"),
                 tensors.get("normaliser.mean"),
                 tensors.get("normaliser.std"),
             )
@@ -335,11 +338,11 @@ def _open_source(source: FeatureSource, epoch: int) -> Iterator[np.ndarray]:
         return iter([_as_rows(source)[0]])
     if callable(source):
         return iter(source())
-    if epoch > 0 and iter(source) is source:  # type: ignore[arg-type]
+    if epoch > 0 and iter(source) is source:
         raise KMeansInputError(
             "several epochs need a re-iterable feature source (array, list, or a function returning an iterator)"
         )
-    return iter(source)  # type: ignore[arg-type]
+    return iter(source)
 
 
 def _checked_chunks(chunks: Iterator[np.ndarray], dim: list[int]) -> Iterator[np.ndarray]:
@@ -567,7 +570,7 @@ def _check_enough_rows(n_rows: int, k: int) -> None:
 
 def _import_faiss() -> Any:
     try:
-        import faiss  # type: ignore[import-not-found]
+        import faiss
     except ImportError:
         raise KMeansInputError(
             "backend='faiss' needs the faiss package: pip install faiss-cpu (or faiss-gpu), or use backend='sklearn'"
@@ -649,7 +652,7 @@ def sweep_k(
         if not (isinstance(features, np.ndarray) or hasattr(features, "detach")):
             raise KMeansInputError("sweep_k needs held_out features when features is not an array")
         held_out = features
-    reiterable = isinstance(features, np.ndarray) or callable(features) or iter(features) is not features  # type: ignore[arg-type]
+    reiterable = isinstance(features, np.ndarray) or callable(features) or iter(features) is not features
     if not reiterable:
         raise KMeansInputError("sweep_k reads the features once per K: pass an array, a list or a function")
     results = []

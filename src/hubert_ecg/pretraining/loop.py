@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..store import ECGStore
 
 _ITERATION_KEYS = {"name", "features", "kmeans", "train"}
@@ -119,9 +117,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the config ({getattr(err, 'strerror', None) or err})") from None
     if path.suffix.lower() == ".toml":
         try:
-            import tomllib  # type: ignore[import-not-found]
+            import tomllib
         except ImportError:  # Python 3.10: the backport (a dependency there)
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         try:
             config = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
@@ -209,9 +207,9 @@ def _training_done(run_dir: Path, max_steps: int) -> bool:
 
 def run_pretrain_loop(config_path: str | Path, *, dry_run: bool = False) -> Path | None:
     """Run every iteration of the config; returns the final model directory."""
-    from .targets import cluster_features, dump_features, label_store
-    from .objective import run_pretrain
     from ..training import TrainConfig
+    from .objective import run_pretrain
+    from .targets import cluster_features, dump_features, label_store
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         # Features, k-means and labels are not split by rank here: N ranks would redo them and race
@@ -271,9 +269,3 @@ def run_pretrain_loop(config_path: str | Path, *, dry_run: bool = False) -> Path
 def _device(device: str) -> str:
     from ..runtime import resolve_device
     return str(resolve_device(device))
-
-
-def summarise_iteration(store: ECGStore, target_name: str, train_rows: np.ndarray, val_rows: np.ndarray) -> dict[str, float]:
-    """Majority-cluster baseline for the masked-token accuracy of one iteration."""
-    from .objective import majority_baseline
-    return {"majority_baseline_acc": majority_baseline(store, target_name, val_rows, train_rows)}

@@ -10,16 +10,17 @@ and do not depend on the number of processes or on how the step is split into mi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loader import StoreWindows
 from ..distributed import DistEnv, all_reduce_sum
+from ..loader import StoreWindows
 from ..model import HubertECG, sample_span_mask
 from ..store import ECGStore
 
@@ -41,7 +42,8 @@ class MaskedPrediction(nn.Module):
 
 
 def masked_prediction_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor,
-                           valid: torch.Tensor | None, alpha: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                           valid: torch.Tensor | None, alpha: float = 1.0
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over codebooks of alpha * CE(masked) + (1 - alpha) * CE(unmasked valid).
 
     ``logits``: per codebook (B, T, K_i); ``targets`` (B, E, T) int; ``mask``/``valid`` (B, T) bool.
@@ -216,7 +218,7 @@ class PretrainRun:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("store", "targets")}
 
 
-def pretrain_settings(run: PretrainRun, cfg: "TrainConfig") -> dict[str, Any]:
+def pretrain_settings(run: PretrainRun, cfg: TrainConfig) -> dict[str, Any]:
     """The ``settings`` of a pre-training ``run.json`` (what ``--print-config`` prints, ``--config`` reads)."""
     from ..runs import to_jsonable
 
@@ -233,11 +235,11 @@ def _targets_fingerprint(store: ECGStore, name: str) -> dict[str, Any]:
             "bytes": path.stat().st_size if path.exists() else None}
 
 
-def run_pretrain(store_path: str, targets: Sequence[str], cfg: "TrainConfig", *, size: str = "small",
+def run_pretrain(store_path: str, targets: Sequence[str], cfg: TrainConfig, *, size: str = "small",
                  init_from: str | None = None, alpha: float = 1.0, mask_prob: float | None = None,
                  mask_length: int | None = None, val_split: str = "val", val_fraction: float = 0.05,
                  model_overrides: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
-                 command: list[str] | None = None, lead_dropout: float = 0.0) -> "TrainResult":
+                 command: list[str] | None = None, lead_dropout: float = 0.0) -> TrainResult:
     """Masked-prediction pre-training on a store with k-means targets (see ``hubert-ecg pretrain``).
 
     ``init_from`` starts iteration n+1 from iteration n: all encoder weights are kept, the codebooks

@@ -79,6 +79,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json, sha256_file
+from ..progress import progress
 from ..config import token_mask_from_sample_mask
 from ..store import ECGStore
 
@@ -131,8 +132,11 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        return cls(**{k: data.get(k) for k in ("kind", "fs", "window", "layer", "checkpoint")},
-                   mfcc_deltas=bool(data.get("mfcc_deltas", False)))
+        missing = [k for k in ("kind", "fs", "window") if data.get(k) is None]
+        if missing:
+            raise TargetsError(f"feature spec is missing {', '.join(missing)}")
+        return cls(kind=data["kind"], fs=data["fs"], window=data["window"], layer=data.get("layer"),
+                   checkpoint=data.get("checkpoint"), mfcc_deltas=bool(data.get("mfcc_deltas", False)))
 
 
 def _checkpoint_string(checkpoint: Any) -> str | None:
@@ -581,6 +585,7 @@ def cluster_features(
     epochs: int | None = None,
     fit_batch_size: int = 10_000,
     n_threads: int | None = None,
+    show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Fit one k-means model per K on a feature dump, streaming over its shards.
 
@@ -622,7 +627,8 @@ def cluster_features(
         "features": str(features_dir.resolve()), "features_rows_sha256": meta["rows_sha256"],
         "normaliser": normaliser, "held_out_fraction": held_out_fraction, "seed": seed, "backend": backend,
         "max_fit_rows": max_fit_rows, "epochs": epochs, "fit_batch_size": fit_batch_size})
-    results = [job.fit(k, out_dir / f"k{k}") for k in ks]
+    results = [job.fit(k, out_dir / f"k{k}")
+               for k in progress(ks, desc="k-means", unit="K", enabled=show_progress and len(ks) > 1)]
     summary = [{key: value for key, value in r.items() if key != "cluster_sizes"} for r in results]
     atomic_write_json(out_dir / "sweep.json", {"features": job.settings["features"], "results": summary})
     if len(ks) > 1:

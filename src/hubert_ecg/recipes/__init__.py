@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import HEAD_TYPES, TASKS
-from ..tasks import MONITORS as _MONITOR_MODES, get_task
+from ..tasks import MONITORS as _MONITOR_MODES
+from ..tasks import get_task
 
 __all__ = ["KNOWN_KEYS", "MODEL_SIZES", "RecipeError", "list_recipes", "load_recipe", "resolve_recipe",
            "validate_recipe"]
