@@ -36,13 +36,13 @@ test-slow: $(STAMP)
 
 # ruff (lint + format check) and mypy on the package; the import layering is a test (tests/test_architecture.py).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks experiments
-	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+	$(VENV)/bin/ruff check src tests benchmarks experiments tools
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments tools
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
-	$(VENV)/bin/ruff format src tests benchmarks experiments
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments tools
+	$(VENV)/bin/ruff format src tests benchmarks experiments tools
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

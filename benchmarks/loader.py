@@ -33,8 +33,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,8 +71,15 @@ def synthetic_ecg(rng: np.random.Generator, n_records: int, n_samples: int, fs: 
     return (2 * (x - lo) / (hi - lo + 1e-8) - 1).astype(np.float32)
 
 
-def write_synthetic_store(path: Path, n_records: int, *, row_seconds: float = 10.0, shard_records: int = 512,
-                          short_fraction: float = 0.05, seed: int = 0) -> Path:
+def write_synthetic_store(
+    path: Path,
+    n_records: int,
+    *,
+    row_seconds: float = 10.0,
+    shard_records: int = 512,
+    short_fraction: float = 0.05,
+    seed: int = 0,
+) -> Path:
     """Write a complete store of ``n_records`` synthetic records at ``path`` without preprocessing them.
 
     Same files as :func:`hubert_ecg.store.prepare_store` writes: ``shards/NNNNN.npy`` float32
@@ -104,18 +112,39 @@ def write_synthetic_store(path: Path, n_records: int, *, row_seconds: float = 10
                 part = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS[1:])
                 part.writeheader()
                 for local in range(count):
-                    rec = {"record_id": f"syn{first + local:07d}", "segment": 0, "start_s": 0.0,
-                           "length": int(lengths[local]), "source": f"synthetic/{first + local:07d}.npy",
-                           "orig_fs": 500.0, "orig_samples": 5000, "units": "mV", "split": "", "meta": "{}"}
+                    rec = {
+                        "record_id": f"syn{first + local:07d}",
+                        "segment": 0,
+                        "start_s": 0.0,
+                        "length": int(lengths[local]),
+                        "source": f"synthetic/{first + local:07d}.npy",
+                        "orig_fs": 500.0,
+                        "orig_samples": 5000,
+                        "units": "mV",
+                        "split": "",
+                        "meta": "{}",
+                    }
                     part.writerow(rec)
                     manifest.writerow({**rec, "row": first + local, "shard": shard, "shard_row": local})
             n_shards += 1
     with open(path / "rejects.csv", "w", newline="") as fh:
         csv.writer(fh).writerow(["record_id", "source", "reason"])
-    meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocessing": spec.to_dict(),
-            "row_samples": row_samples, "fs": fs, "n_leads": 12, "label_names": [],
-            "shard_records": shard_records, "n_sources": n_records, "complete": True, "n_rows": n_records,
-            "n_records": n_records, "n_rejected": 0, "n_shards": n_shards}
+    meta = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "preprocessing": spec.to_dict(),
+        "row_samples": row_samples,
+        "fs": fs,
+        "n_leads": 12,
+        "label_names": [],
+        "shard_records": shard_records,
+        "n_sources": n_records,
+        "complete": True,
+        "n_rows": n_records,
+        "n_records": n_records,
+        "n_rejected": 0,
+        "n_shards": n_shards,
+    }
     (path / "store.json").write_text(json.dumps(meta, indent=1))  # written last: marks the store complete
     return path
 
@@ -131,6 +160,7 @@ def ensure_store(path: Path, n_records: int, rebuild: bool) -> ECGStore:
     t0 = time.perf_counter()
     if path.exists():
         import shutil
+
         shutil.rmtree(path)
     write_synthetic_store(path, n_records)
     print(f"  done in {time.perf_counter() - t0:.1f} s")
@@ -177,7 +207,7 @@ class ReferenceItemDataset(Dataset):
 
         ecg = np.load(self.files[index])  # (12, 5000) at 500 Hz
         start = int(self.rng.integers(0, ecg.shape[1] - REFERENCE_CROP + 1))
-        ecg = ecg[:, start:start + REFERENCE_CROP]
+        ecg = ecg[:, start : start + REFERENCE_CROP]
         if np.isnan(ecg).any():
             ecg = np.where(np.isnan(ecg), np.nanmean(ecg), ecg)
         flat = ecg.reshape(-1)  # leads end to end: 30000
@@ -195,7 +225,7 @@ class ReferenceItemDataset(Dataset):
                 last = t
                 break
         mask = np.zeros(leads.shape[1], dtype=np.int64)
-        mask[first:last + 1] = 1
+        mask[first : last + 1] = 1
         mask = np.tile(mask, 12)
         return torch.from_numpy(flat.astype(np.float32)), torch.from_numpy(mask)
 
@@ -209,8 +239,9 @@ def _reference_worker_init(worker_id: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # Measurement
 # ---------------------------------------------------------------------------------------------
-def time_loader(make: Callable[[], Iterable[Any]], batch_size_of: Callable[[Any], int],
-                max_batches: int) -> dict[str, float]:
+def time_loader(
+    make: Callable[[], Iterable[Any]], batch_size_of: Callable[[Any], int], max_batches: int
+) -> dict[str, float]:
     """Iterate ``max_batches`` batches of a fresh loader; ECG/s with and without the first batch."""
     t_start = time.perf_counter()
     iterator = iter(make())
@@ -224,14 +255,18 @@ def time_loader(make: Callable[[], Iterable[Any]], batch_size_of: Callable[[Any]
             break
     t_end = time.perf_counter()
     del iterator  # stops the workers before the next configuration starts
-    return {"batches": batches, "ecg": n_first + n_rest,
-            "steady_ecg_s": n_rest / (t_end - t_first) if n_rest else float("nan"),
-            "with_startup_ecg_s": (n_first + n_rest) / (t_end - t_start),
-            "first_batch_s": t_first - t_start}
+    return {
+        "batches": batches,
+        "ecg": n_first + n_rest,
+        "steady_ecg_s": n_rest / (t_end - t_first) if n_rest else float("nan"),
+        "with_startup_ecg_s": (n_first + n_rest) / (t_end - t_start),
+        "first_batch_s": t_first - t_start,
+    }
 
 
-def direct_window_gather(store: ECGStore, rows: np.ndarray, window: int,
-                         starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def direct_window_gather(
+    store: ECGStore, rows: np.ndarray, window: int, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Prototype for ``StoreWindows`` (not used by the package): copy each crop straight from its shard.
 
     ``StoreWindows`` now gathers whole rows ``(B, 12, row_samples)`` and then crops them with
@@ -244,7 +279,7 @@ def direct_window_gather(store: ECGStore, rows: np.ndarray, window: int,
     shard_of, local = store.shard_of[rows], store.shard_row[rows]
     for i in range(len(rows)):
         stop = min(int(starts[i]) + window, store.row_samples)
-        out[i, :, : stop - starts[i]] = store.shard(int(shard_of[i]))[local[i], :, starts[i]:stop]
+        out[i, :, : stop - starts[i]] = store.shard(int(shard_of[i]))[local[i], :, starts[i] : stop]
     valid = (starts[:, None] + np.arange(window)[None, :]) < lengths[:, None]
     if not valid.all():
         out *= valid[:, None, :]
@@ -268,8 +303,13 @@ class PrototypeWindows(StoreWindows):
         starts = (rng.random(len(rows)) * (np.maximum(lengths - self.window, 0) + 1)).astype(np.int64)
         x, mask = direct_window_gather(self.store, rows, self.window, starts)
         full = bool(mask.all())
-        return {"input": torch.from_numpy(x), "attention_mask": None if full else torch.from_numpy(mask),
-                "rows": torch.from_numpy(rows), "start": torch.from_numpy(starts), "full": full}
+        return {
+            "input": torch.from_numpy(x),
+            "attention_mask": None if full else torch.from_numpy(mask),
+            "rows": torch.from_numpy(rows),
+            "start": torch.from_numpy(starts),
+            "full": full,
+        }
 
 
 def compare_gather(dataset: StoreWindows, items: list[tuple[int, np.ndarray]]) -> dict[str, Any]:
@@ -286,8 +326,10 @@ def compare_gather(dataset: StoreWindows, items: list[tuple[int, np.ndarray]]) -
         x, mask = direct_window_gather(store, rows, window, starts_of[key])
         same &= bool(np.array_equal(ours["input"].numpy(), x) and np.array_equal(ours["attention_mask"].numpy(), mask))
     timings = {}
-    for name, fn in (("StoreWindows", lambda k, r: dataset[(k, r)]),
-                     ("direct gather", lambda k, r: direct_window_gather(store, r, window, starts_of[k]))):
+    for name, fn in (
+        ("StoreWindows", lambda k, r: dataset[(k, r)]),
+        ("direct gather", lambda k, r: direct_window_gather(store, r, window, starts_of[k])),
+    ):
         t0 = time.perf_counter()
         for key, rows in items:
             fn(key, rows)
@@ -318,8 +360,13 @@ def time_model_steps(batch: int, steps: int, threads: int | None) -> dict[str, f
         if step:
             durations.append(time.perf_counter() - t0)
     per_step = float(np.median(durations))
-    return {"batch": batch, "steps": steps, "s_per_step": per_step, "ecg_s": batch / per_step,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "batch": batch,
+        "steps": steps,
+        "s_per_step": per_step,
+        "ecg_s": batch / per_step,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -333,11 +380,18 @@ def machine_info() -> dict[str, Any]:
         pass
     import scipy
 
-    return {"date": _dt.datetime.now().isoformat(timespec="seconds"), "nproc": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cpu": cpu, "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "torch": torch.__version__, "platform": platform.platform()}
+    return {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu": cpu,
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,14 +405,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-batches", type=int, default=10, help="batches timed per reference run")
     parser.add_argument("--model-steps", type=int, default=2, help="timed CPU training steps (0 skips)")
     parser.add_argument("--model-batch", type=int, default=64)
-    parser.add_argument("--gpu-train-ecg-s", type=float, default=6_450.0,
-                        help="GPU training consumption to compare with (default: 3x the reference's 2,150 "
-                             "ECG/s for small on an H100, the Throughput floor; ~6,400 is also the compiled "
-                             "bf16 reference at batch 256)")
-    parser.add_argument("--gpu-infer-ecg-s", type=float, default=35_400.0,
-                        help="GPU inference consumption (default: 2x the reference's 17,700 ECG/s, small, H100)")
-    parser.add_argument("--no-prototype", dest="prototype", action="store_false",
-                        help="skip timing PrototypeWindows (a leaner StoreWindows proposed for the package)")
+    parser.add_argument(
+        "--gpu-train-ecg-s",
+        type=float,
+        default=6_450.0,
+        help="GPU training consumption to compare with (default: 3x the reference's 2,150 "
+        "ECG/s for small on an H100, the Throughput floor; ~6,400 is also the compiled "
+        "bf16 reference at batch 256)",
+    )
+    parser.add_argument(
+        "--gpu-infer-ecg-s",
+        type=float,
+        default=35_400.0,
+        help="GPU inference consumption (default: 2x the reference's 17,700 ECG/s, small, H100)",
+    )
+    parser.add_argument(
+        "--no-prototype",
+        dest="prototype",
+        action="store_false",
+        help="skip timing PrototypeWindows (a leaner StoreWindows proposed for the package)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rewrite the store and the reference files")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -382,42 +448,66 @@ def main(argv: list[str] | None = None) -> int:
     rows = store.rows()
     results: dict[str, Any] = {"machine": info, "records": len(store), "batch_size": args.batch_size, "runs": []}
     prototype = PrototypeWindows(store, crop="random", seed=0)
-    print(f"\n{'workers':>7} | {'ours ECG/s':>11} {'per worker':>11} {'w/ start-up':>11} | "
-          f"{'ref ECG/s':>9} {'per worker':>10} {'w/ start-up':>11} | {'ratio':>6} || {'prototype':>9} {'ratio':>6}")
+    print(
+        f"\n{'workers':>7} | {'ours ECG/s':>11} {'per worker':>11} {'w/ start-up':>11} | "
+        f"{'ref ECG/s':>9} {'per worker':>10} {'w/ start-up':>11} | {'ratio':>6} || {'prototype':>9} {'ratio':>6}"
+    )
     for workers in worker_counts:
         ours = time_loader(
             lambda: make_loader(dataset, BatchSampler(rows, args.batch_size, seed=workers), num_workers=workers),
-            lambda b: int(b["input"].shape[0]), args.batches)
+            lambda b: int(b["input"].shape[0]),
+            args.batches,
+        )
         ref = time_loader(
-            lambda: DataLoader(reference, batch_size=args.batch_size, num_workers=workers, drop_last=True,
-                               sampler=RandomSampler(reference, replacement=True,
-                                                     num_samples=args.batch_size * args.reference_batches),
-                               worker_init_fn=_reference_worker_init if workers else None),
-            lambda b: int(b[0].shape[0]), args.reference_batches)
-        proto = time_loader(
-            lambda: make_loader(prototype, BatchSampler(rows, args.batch_size, seed=workers), num_workers=workers),
-            lambda b: int(b["input"].shape[0]), args.batches) if args.prototype else None
+            lambda: DataLoader(
+                reference,
+                batch_size=args.batch_size,
+                num_workers=workers,
+                drop_last=True,
+                sampler=RandomSampler(
+                    reference, replacement=True, num_samples=args.batch_size * args.reference_batches
+                ),
+                worker_init_fn=_reference_worker_init if workers else None,
+            ),
+            lambda b: int(b[0].shape[0]),
+            args.reference_batches,
+        )
+        proto = (
+            time_loader(
+                lambda: make_loader(prototype, BatchSampler(rows, args.batch_size, seed=workers), num_workers=workers),
+                lambda b: int(b["input"].shape[0]),
+                args.batches,
+            )
+            if args.prototype
+            else None
+        )
         per = max(workers, 1)
         ratio = ours["steady_ecg_s"] / ref["steady_ecg_s"]
-        results["runs"].append({"workers": workers, "ours": ours, "reference": ref, "ratio": ratio,
-                                "prototype": proto})
-        proto_cols = (f" || {proto['steady_ecg_s']:>9,.0f} {proto['steady_ecg_s'] / ref['steady_ecg_s']:>5.1f}x"
-                      if proto else "")
-        print(f"{workers:>7} | {ours['steady_ecg_s']:>11,.0f} {ours['steady_ecg_s'] / per:>11,.0f} "
-              f"{ours['with_startup_ecg_s']:>11,.0f} | {ref['steady_ecg_s']:>9,.0f} "
-              f"{ref['steady_ecg_s'] / per:>10,.0f} {ref['with_startup_ecg_s']:>11,.0f} | {ratio:>5.1f}x"
-              + proto_cols, flush=True)
-    print("(steady = from the first batch to the last; 'w/ start-up' includes worker start and the first batch;"
-          " workers=0 is the main process; prototype = PrototypeWindows, steady ECG/s and ratio to the reference)")
+        results["runs"].append({"workers": workers, "ours": ours, "reference": ref, "ratio": ratio, "prototype": proto})
+        proto_cols = (
+            f" || {proto['steady_ecg_s']:>9,.0f} {proto['steady_ecg_s'] / ref['steady_ecg_s']:>5.1f}x" if proto else ""
+        )
+        print(
+            f"{workers:>7} | {ours['steady_ecg_s']:>11,.0f} {ours['steady_ecg_s'] / per:>11,.0f} "
+            f"{ours['with_startup_ecg_s']:>11,.0f} | {ref['steady_ecg_s']:>9,.0f} "
+            f"{ref['steady_ecg_s'] / per:>10,.0f} {ref['with_startup_ecg_s']:>11,.0f} | {ratio:>5.1f}x" + proto_cols,
+            flush=True,
+        )
+    print(
+        "(steady = from the first batch to the last; 'w/ start-up' includes worker start and the first batch;"
+        " workers=0 is the main process; prototype = PrototypeWindows, steady ECG/s and ratio to the reference)"
+    )
 
     items = list(BatchSampler(rows, args.batch_size, seed=99))[: args.batches]
     gather = compare_gather(dataset, items)
     results["gather_prototype"] = gather
     ms = gather["ms_per_batch"]
-    print(f"\nin-process batch assembly (batch {args.batch_size}, {len(items)} batches): StoreWindows "
-          f"{ms['StoreWindows']:.1f} ms = {args.batch_size / ms['StoreWindows'] * 1e3:,.0f} ECG/s; prototype "
-          f"direct_window_gather {ms['direct gather']:.1f} ms = {args.batch_size / ms['direct gather'] * 1e3:,.0f} "
-          f"ECG/s; identical outputs: {gather['identical']}")
+    print(
+        f"\nin-process batch assembly (batch {args.batch_size}, {len(items)} batches): StoreWindows "
+        f"{ms['StoreWindows']:.1f} ms = {args.batch_size / ms['StoreWindows'] * 1e3:,.0f} ECG/s; prototype "
+        f"direct_window_gather {ms['direct gather']:.1f} ms = {args.batch_size / ms['direct gather'] * 1e3:,.0f} "
+        f"ECG/s; identical outputs: {gather['identical']}"
+    )
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # One worker process is the honest unit for extrapolation: it pays the transfer to the main
@@ -425,8 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = results["runs"]
     one = next((r for r in runs if r["workers"] == 1), next((r for r in runs if r["workers"] == 0), runs[0]))
     per_core = one["ours"]["steady_ecg_s"]
-    print(f"\nloader, workers={one['workers']}: {per_core:,.0f} ECG/s; best measured here ({cores} cores): "
-          f"{max(r['ours']['steady_ecg_s'] for r in results['runs']):,.0f} ECG/s")
+    print(
+        f"\nloader, workers={one['workers']}: {per_core:,.0f} ECG/s; best measured here ({cores} cores): "
+        f"{max(r['ours']['steady_ecg_s'] for r in results['runs']):,.0f} ECG/s"
+    )
     import resource
 
     # Peak resident memory of the loader runs alone (the CPU model run below needs GBs of activations).
@@ -434,33 +526,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_steps:
         model = time_model_steps(args.model_batch, args.model_steps, None)
         results["model_cpu"] = model
-        print(f"model on this CPU: small fine-tune step at batch {model['batch']}: {model['s_per_step']:.2f} s/step "
-              f"= {model['ecg_s']:.1f} ECG/s ({model['torch_threads']} torch threads) -> the loader with "
-              f"workers={one['workers']} delivers {per_core / model['ecg_s']:,.0f}x what the model consumes: "
-              + ("on this CPU the model is the bottleneck" if per_core >= 2 * model["ecg_s"]
-                 else "the loader is the bottleneck here"))
+        print(
+            f"model on this CPU: small fine-tune step at batch {model['batch']}: {model['s_per_step']:.2f} s/step "
+            f"= {model['ecg_s']:.1f} ECG/s ({model['torch_threads']} torch threads) -> the loader with "
+            f"workers={one['workers']} delivers {per_core / model['ecg_s']:,.0f}x what the model consumes: "
+            + (
+                "on this CPU the model is the bottleneck"
+                if per_core >= 2 * model["ecg_s"]
+                else "the loader is the bottleneck here"
+            )
+        )
     # On a GPU host every worker has its own core; 4 workers then deliver about 4x the one-process
     # figure. Only the one-process figure is measured, and it is measured on a loaded 2-core VM.
     four = 4 * per_core
-    results["gpu_extrapolation"] = {"four_workers_ecg_s": four, "train_ecg_s": args.gpu_train_ecg_s,
-                                    "infer_ecg_s": args.gpu_infer_ecg_s}
-    print(f"GPU (consumption figures from the Throughput issue, not measured here): 4 workers ~ 4 x {per_core:,.0f} = "
-          f"{four:,.0f} ECG/s (extrapolated, one core each)")
+    results["gpu_extrapolation"] = {
+        "four_workers_ecg_s": four,
+        "train_ecg_s": args.gpu_train_ecg_s,
+        "infer_ecg_s": args.gpu_infer_ecg_s,
+    }
+    print(
+        f"GPU (consumption figures from the Throughput issue, not measured here): 4 workers ~ 4 x {per_core:,.0f} = "
+        f"{four:,.0f} ECG/s (extrapolated, one core each)"
+    )
     for name, need in (("training", args.gpu_train_ecg_s), ("inference", args.gpu_infer_ecg_s)):
         workers_needed = int(np.ceil(2 * need / per_core))
         verdict = "keeps up (>= 2x)" if four >= 2 * need else "does NOT reach 2x"
-        print(f"  {name}: model ~{need:,.0f} ECG/s -> 4 workers give {four / need:.1f}x: {verdict}; "
-              f"2x needs ~{workers_needed} worker(s)")
+        print(
+            f"  {name}: model ~{need:,.0f} ECG/s -> 4 workers give {four / need:.1f}x: {verdict}; "
+            f"2x needs ~{workers_needed} worker(s)"
+        )
     # Mapped shard pages that were touched count in RSS too, although they are page cache shared
     # with every other reader rather than memory the loader owns.
-    peak = {"main_loader_mib": loader_peak_mib,
-            "main_with_model_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "largest_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    peak = {
+        "main_loader_mib": loader_peak_mib,
+        "main_with_model_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "largest_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
     results["peak_rss"] = peak
-    print(f"peak RSS: main process {peak['main_loader_mib']:,.0f} MiB during the loader runs"
-          + (f" ({peak['main_with_model_mib']:,.0f} MiB after the CPU model run)" if args.model_steps else "")
-          + f", largest loader worker {peak['largest_worker_mib']:,.0f} MiB (both include touched memory-mapped "
-          "shard pages)")
+    print(
+        f"peak RSS: main process {peak['main_loader_mib']:,.0f} MiB during the loader runs"
+        + (f" ({peak['main_with_model_mib']:,.0f} MiB after the CPU model run)" if args.model_steps else "")
+        + f", largest loader worker {peak['largest_worker_mib']:,.0f} MiB (both include touched memory-mapped "
+        "shard pages)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0

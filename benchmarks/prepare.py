@@ -74,18 +74,36 @@ def child_prepare(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     # The synthetic .npy files are 500 Hz; a .npy states no rate and the reader never assumes one.
     reading = {"fs": 500.0} if any("npy" in Path(i).name for i in job["inputs"]) else None
-    result = store_module.prepare_store(job["inputs"], out, workers=job["workers"], progress=False,
-                                        shard_records=job.get("shard_records", 512), read_kwargs=reading)
+    result = store_module.prepare_store(
+        job["inputs"],
+        out,
+        workers=job["workers"],
+        progress=False,
+        shard_records=job.get("shard_records", 512),
+        read_kwargs=reading,
+    )
     wall = time.perf_counter() - t0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # pool workers, once joined
     peak_traced = tracemalloc.get_traced_memory()[1] if job.get("tracemalloc") else None
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime) \
-        + children.ru_utime + children.ru_stime
-    return {"records": result.records, "rows": result.rows, "rejected": result.rejected, "wall_s": wall,
-            "cpu_s": cpu, "rss_after_imports_kb": rss_before, "maxrss_kb": usage1.ru_maxrss,
-            "maxrss_workers_kb": children.ru_maxrss, "tracemalloc_peak_bytes": peak_traced,
-            "rejects": result.rejects[:5]}
+    cpu = (
+        (usage1.ru_utime - usage0.ru_utime)
+        + (usage1.ru_stime - usage0.ru_stime)
+        + children.ru_utime
+        + children.ru_stime
+    )
+    return {
+        "records": result.records,
+        "rows": result.rows,
+        "rejected": result.rejected,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rss_after_imports_kb": rss_before,
+        "maxrss_kb": usage1.ru_maxrss,
+        "maxrss_workers_kb": children.ru_maxrss,
+        "tracemalloc_peak_bytes": peak_traced,
+        "rejects": result.rejects[:5],
+    }
 
 
 def child_stages(job: dict[str, Any]) -> dict[str, Any]:
@@ -102,9 +120,15 @@ def child_stages(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     records = [read_source(s) for s in sources]
     read_s = (time.perf_counter() - t0) / len(sources)
-    out: dict[str, Any] = {"n": len(sources), "read_s": read_s,
-                           "blas": [{k: d.get(k) for k in ("internal_api", "num_threads", "version")}
-                                    for d in threadpool_info() if d.get("user_api") == "blas"]}
+    out: dict[str, Any] = {
+        "n": len(sources),
+        "read_s": read_s,
+        "blas": [
+            {k: d.get(k) for k in ("internal_api", "num_threads", "version")}
+            for d in threadpool_info()
+            if d.get("user_api") == "blas"
+        ],
+    }
     for label, limit in (("preprocess_default_threads_s", None), ("preprocess_one_thread_s", 1)):
         with threadpool_limits(limits=limit):
             t0 = time.perf_counter()
@@ -115,8 +139,9 @@ def child_stages(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({job.get('task', 'prepare')}): {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -157,8 +182,17 @@ def ensure_wfdb(folder: Path, n: int) -> Path:
     rng = np.random.default_rng(1)
     for name in names:
         signal = raw_ecg(rng, 5000, 500.0).astype(np.float64)
-        wfdb.wrsamp(name, fs=500, units=["mV"] * 12, sig_name=list(LEADS), p_signal=signal.T,
-                    fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+        wfdb.wrsamp(
+            name,
+            fs=500,
+            units=["mV"] * 12,
+            sig_name=list(LEADS),
+            p_signal=signal.T,
+            fmt=["16"] * 12,
+            adc_gain=[1000.0] * 12,
+            baseline=[0] * 12,
+            write_dir=str(folder),
+        )
     return folder
 
 
@@ -178,37 +212,55 @@ def write_manifest(path: Path, files: list[Path]) -> Path:
 def machine_info() -> dict[str, Any]:
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     import scipy
     import wfdb
 
-    return {"date": _dt.datetime.now().isoformat(timespec="seconds"), "nproc": os.cpu_count(), "cpu": cpu,
-            "load_avg": os.getloadavg(), "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "wfdb": wfdb.__version__, "platform": platform.platform()}
+    return {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "load_avg": os.getloadavg(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "wfdb": wfdb.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def report_line(name: str, workers: int, r: dict[str, Any]) -> str:
     rate = r["records"] / r["wall_s"]
-    return (f"{name:<34} {workers:>3} | {r['records']:>6} {r['rejected']:>4} {r['rows']:>6} | {r['wall_s']:>7.1f} "
-            f"{rate:>8.1f} {rate / workers:>8.1f} {r['records'] / r['cpu_s']:>9.1f} | "
-            f"{r['maxrss_kb'] / 1024:>7.0f} {r['maxrss_workers_kb'] / 1024:>7.0f}")
+    return (
+        f"{name:<34} {workers:>3} | {r['records']:>6} {r['rejected']:>4} {r['rows']:>6} | {r['wall_s']:>7.1f} "
+        f"{rate:>8.1f} {rate / workers:>8.1f} {r['records'] / r['cpu_s']:>9.1f} | "
+        f"{r['maxrss_kb'] / 1024:>7.0f} {r['maxrss_workers_kb'] / 1024:>7.0f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/hubert-ecg-bench/prepare"))
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"),
-                        help="real data root (skipped when absent)")
+    parser.add_argument(
+        "--data", type=Path, default=Path("/work/shared/data"), help="real data root (skipped when absent)"
+    )
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts for the throughput runs")
     parser.add_argument("--ptbxl", action="store_true", help="also run the 1,819 PTB-XL records (100 Hz)")
     parser.add_argument("--synthetic", type=int, default=200, help="synthetic records per format")
     parser.add_argument("--memory-n", type=int, default=200, help="N for the memory runs (N and factor x N)")
     parser.add_argument("--memory-factor", type=int, default=10)
-    parser.add_argument("--memory-shard-records", type=int, default=100,
-                        help="shard size of the memory runs (both runs hold at most one shard of records)")
+    parser.add_argument(
+        "--memory-shard-records",
+        type=int,
+        default=100,
+        help="shard size of the memory runs (both runs hold at most one shard of records)",
+    )
     parser.add_argument("--stage-records", type=int, default=60, help="LUDB records for the stage breakdown")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -243,12 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(("PTB-XL records100 (100 Hz)", [str(ptbxl)]))
     if not sets:
         print(f"no real data under {args.data}: real-data runs skipped")
-    sets.append((f"synthetic .npy (12, 5000) x{args.synthetic}",
-                 [str(write_manifest(work / f"npy_first{args.synthetic}.csv", npy_files[: args.synthetic]))]))
+    sets.append(
+        (
+            f"synthetic .npy (12, 5000) x{args.synthetic}",
+            [str(write_manifest(work / f"npy_first{args.synthetic}.csv", npy_files[: args.synthetic]))],
+        )
+    )
     sets.append((f"synthetic WFDB fmt16 x{args.synthetic}", [str(wfdb_dir)]))
 
-    header = (f"{'input':<34} {'wrk':>3} | {'recs':>6} {'rej':>4} {'rows':>6} | {'wall s':>7} {'rec/s':>8} "
-              f"{'/worker':>8} {'rec/cpu-s':>9} | {'RSS MiB':>7} {'wrk MiB':>7}")
+    header = (
+        f"{'input':<34} {'wrk':>3} | {'recs':>6} {'rej':>4} {'rows':>6} | {'wall s':>7} {'rec/s':>8} "
+        f"{'/worker':>8} {'rec/cpu-s':>9} | {'RSS MiB':>7} {'wrk MiB':>7}"
+    )
     print("\nthroughput (prepare_store, fresh store; wall includes worker start-up)\n" + header, flush=True)
     for name, inputs in sets:
         for workers in worker_counts:
@@ -264,33 +322,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  read_source (wfdb header + signal): {stages['read_s'] * 1e3:.1f} ms")
         print(f"  preprocess_signal, BLAS default threads: {stages['preprocess_default_threads_s'] * 1e3:.1f} ms")
         print(f"  preprocess_signal, BLAS one thread:      {stages['preprocess_one_thread_s'] * 1e3:.1f} ms")
-        before = run_child({"inputs": [str(ludb)], "out": str(work / "store-throughput"), "workers": 1,
-                            "blas_limit": False})
-        after = next(r for r in results["throughput"] if r["set"].startswith("LUDB") and r["workers"] == 1) \
-            if 1 in worker_counts else run_child({"inputs": [str(ludb)], "out": str(work / "store-throughput"),
-                                                  "workers": 1})
+        before = run_child(
+            {"inputs": [str(ludb)], "out": str(work / "store-throughput"), "workers": 1, "blas_limit": False}
+        )
+        after = (
+            next(r for r in results["throughput"] if r["set"].startswith("LUDB") and r["workers"] == 1)
+            if 1 in worker_counts
+            else run_child({"inputs": [str(ludb)], "out": str(work / "store-throughput"), "workers": 1})
+        )
         results["blas_limit_effect"] = {"without_limit": before, "with_limit": after}
-        print(f"  prepare_store LUDB, 1 worker: {before['records'] / before['wall_s']:.1f} rec/s without the "
-              f"one-thread BLAS limit, {after['records'] / after['wall_s']:.1f} rec/s with it")
+        print(
+            f"  prepare_store LUDB, 1 worker: {before['records'] / before['wall_s']:.1f} rec/s without the "
+            f"one-thread BLAS limit, {after['records'] / after['wall_s']:.1f} rec/s with it"
+        )
 
     print(f"\nmemory (synthetic .npy, 1 worker, shard_records={args.memory_shard_records})", flush=True)
-    print(f"{'records':>8} | {'RSS after imports':>17} {'peak RSS':>9} {'growth':>8} | {'tracemalloc peak':>16} | "
-          f"{'rec/s':>6}")
+    print(
+        f"{'records':>8} | {'RSS after imports':>17} {'peak RSS':>9} {'growth':>8} | {'tracemalloc peak':>16} | "
+        f"{'rec/s':>6}"
+    )
     for n in (args.memory_n, n_mem_large):
         manifest = write_manifest(work / f"npy_first{n}.csv", npy_files[:n])
-        job = {"inputs": [str(manifest)], "out": str(work / "store-memory"), "workers": 1,
-               "shard_records": args.memory_shard_records}
+        job = {
+            "inputs": [str(manifest)],
+            "out": str(work / "store-memory"),
+            "workers": 1,
+            "shard_records": args.memory_shard_records,
+        }
         plain = run_child(job)
         traced = run_child({**job, "tracemalloc": True})
         results["memory"].append({"records": n, "plain": plain, "tracemalloc": traced})
-        print(f"{n:>8} | {plain['rss_after_imports_kb'] / 1024:>13.0f} MiB {plain['maxrss_kb'] / 1024:>5.0f} MiB "
-              f"{(plain['maxrss_kb'] - plain['rss_after_imports_kb']) / 1024:>4.0f} MiB | "
-              f"{traced['tracemalloc_peak_bytes'] / 2**20:>12.1f} MiB | {plain['records'] / plain['wall_s']:>6.1f}",
-              flush=True)
+        print(
+            f"{n:>8} | {plain['rss_after_imports_kb'] / 1024:>13.0f} MiB {plain['maxrss_kb'] / 1024:>5.0f} MiB "
+            f"{(plain['maxrss_kb'] - plain['rss_after_imports_kb']) / 1024:>4.0f} MiB | "
+            f"{traced['tracemalloc_peak_bytes'] / 2**20:>12.1f} MiB | {plain['records'] / plain['wall_s']:>6.1f}",
+            flush=True,
+        )
     small, large = results["memory"]
-    print(f"peak RSS x{large['plain']['maxrss_kb'] / small['plain']['maxrss_kb']:.2f}, tracemalloc peak "
-          f"x{large['tracemalloc']['tracemalloc_peak_bytes'] / small['tracemalloc']['tracemalloc_peak_bytes']:.2f} "
-          f"for x{args.memory_factor} records")
+    print(
+        f"peak RSS x{large['plain']['maxrss_kb'] / small['plain']['maxrss_kb']:.2f}, tracemalloc peak "
+        f"x{large['tracemalloc']['tracemalloc_peak_bytes'] / small['tracemalloc']['tracemalloc_peak_bytes']:.2f} "
+        f"for x{args.memory_factor} records"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -31,6 +31,7 @@ def _child(case: str, workdir: Path) -> dict:
     from hubert_ecg.io import read_record
     from hubert_ecg.preprocess import PreprocessSpec, preprocess_signal
     from hubert_ecg.store import prepare_store
+
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     outcome = ""
@@ -50,11 +51,17 @@ def _child(case: str, workdir: Path) -> dict:
     elif case == "prepare_hour_record":
         out = workdir / "store"
         import shutil
+
         shutil.rmtree(out, ignore_errors=True)
         result = prepare_store([workdir / "hour.npy"], out, read_kwargs={"fs": 500.0}, progress=False)
         outcome = f"{result.records} record in {result.rows} rows"
-    return {"case": case, "base_mb": base / 1024, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "seconds": time.perf_counter() - start, "outcome": outcome}
+    return {
+        "case": case,
+        "base_mb": base / 1024,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": time.perf_counter() - start,
+        "outcome": outcome,
+    }
 
 
 def _inputs(workdir: Path) -> None:
@@ -64,7 +71,7 @@ def _inputs(workdir: Path) -> None:
     hour = workdir / "hour.npy"
     if not hour.exists():
         t = np.arange(500 * 3600) / 500.0
-        beats = np.exp(-(((t % 0.8) - 0.3) / 0.012) ** 2)
+        beats = np.exp(-((((t % 0.8) - 0.3) / 0.012) ** 2))
         np.save(hour, (np.outer(np.linspace(0.5, 1.5, 12), beats)).astype(np.float32))
     head = np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
     for suffix in ("csv", "hea"):
@@ -89,15 +96,21 @@ def main() -> None:
     print("| case | peak RSS MB | after imports MB | growth MB | seconds | outcome |")
     print("|---|---:|---:|---:|---:|---|")
     for case in CASES:
-        proc = subprocess.run([sys.executable, __file__, "--child", case, "--workdir", str(args.workdir)],
-                              capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", case, "--workdir", str(args.workdir)],
+            capture_output=True,
+            text=True,
+            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        )
         if proc.returncode != 0:
             print(f"| {case} | failed: {proc.stderr.strip().splitlines()[-1]} |||||")
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"| {case} | {row['peak_mb']:.0f} | {row['base_mb']:.0f} | {row['peak_mb'] - row['base_mb']:.0f} | "
-              f"{row['seconds']:.1f} | {row['outcome']} |")
+        print(
+            f"| {case} | {row['peak_mb']:.0f} | {row['base_mb']:.0f} | {row['peak_mb'] - row['base_mb']:.0f} | "
+            f"{row['seconds']:.1f} | {row['outcome']} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

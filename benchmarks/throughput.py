@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,8 +58,17 @@ VOCAB = 100  # one codebook of 100 clusters, as in the first pre-training iterat
 SAMPLES = 6000  # 5 s x 12 leads at 100 Hz
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring; first match wins.
-BF16_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
-                    ("L40S", 362.0), ("L4", 121.0), ("A10G", 70.0), ("T4", 65.0), ("V100", 125.0))
+BF16_PEAK_TFLOPS = (
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("T4", 65.0),
+    ("V100", 125.0),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +92,13 @@ def forward_flops(config: ModelConfig, samples: int = SAMPLES) -> dict[str, floa
     projection = 2 * t * c_in * h
     pos_conv = 2 * t * h * (h // config.num_conv_pos_embedding_groups) * config.num_conv_pos_embeddings
     layers = config.num_hidden_layers * (t * (8 * h * h + 4 * h * f) + 4 * t * t * h)
-    return {"stem": stem, "projection": projection, "pos_conv": pos_conv, "layers": layers,
-            "total": stem + projection + pos_conv + layers}
+    return {
+        "stem": stem,
+        "projection": projection,
+        "pos_conv": pos_conv,
+        "layers": layers,
+        "total": stem + projection + pos_conv + layers,
+    }
 
 
 def train_flops(config: ModelConfig) -> float:
@@ -106,12 +119,15 @@ def bf16_peak(device: torch.device) -> float | None:
 def build_pair(size: str, seed: int = 0) -> tuple[nn.Module, HubertECG, ModelConfig]:
     """transformers.HubertModel (SDPA attention, as the measured baseline) and ours with its weights."""
     import transformers
+
     from hf_reference import hf_config_dict
 
     # layerdrop 0 on both sides: skipped layers would make MFU (counted for every layer) read ~7% high.
     config = create_config(size, layerdrop=0.0)
     torch.manual_seed(seed)
-    hf_cfg = {k: v for k, v in hf_config_dict(config).items() if k not in ("model_type", "vocab_sizes", "ensemble_length")}
+    hf_cfg = {
+        k: v for k, v in hf_config_dict(config).items() if k not in ("model_type", "vocab_sizes", "ensemble_length")
+    }
     reference = transformers.HubertModel(transformers.HubertConfig(**hf_cfg, attn_implementation="sdpa"))
     ours = checkpoint.build_from_state(config, checkpoint.normalise_state_dict(reference.state_dict()), "hf")
     return reference, ours, config
@@ -182,8 +198,14 @@ def timed(step: Callable[[], None], device: torch.device, steps: int, warmup: in
     return (time.perf_counter() - start) / steps
 
 
-def compare(steps_by_side: dict[str, Callable[[], None]], batches: dict[str, int], device: torch.device,
-            steps: int, warmup: int, rounds: int) -> dict[str, float]:
+def compare(
+    steps_by_side: dict[str, Callable[[], None]],
+    batches: dict[str, int],
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    rounds: int,
+) -> dict[str, float]:
     """ECG/s per side, best of ``rounds`` interleaved rounds (shared CPUs are noisy: interleaving
     exposes both sides to the same background load, and the best round is the least disturbed)."""
     best = {side: 0.0 for side in steps_by_side}
@@ -214,11 +236,13 @@ def inference_step(model: nn.Module, x: Tensor, device: torch.device, setting: S
     def step() -> None:
         with torch.inference_mode(), _autocast(device, setting.dtype):
             fn(x)
+
     return step
 
 
-def _train_step(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], device: torch.device,
-                setting: Setting) -> Callable[[], None]:
+def _train_step(
+    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], device: torch.device, setting: Setting
+) -> Callable[[], None]:
     model.train()
     optimizer = _optimizer(model.parameters(), device, setting.fused_adam)
     scaler = torch.amp.GradScaler(device.type, enabled=setting.grad_scaler and device.type == "cuda")
@@ -231,11 +255,18 @@ def _train_step(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], device
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
-def finetune_steps(reference: nn.Module, ours: HubertECG, config: ModelConfig, device: torch.device,
-                   ref_setting: Setting, our_setting: Setting) -> dict[str, Callable[[], None]]:
+def finetune_steps(
+    reference: nn.Module,
+    ours: HubertECG,
+    config: ModelConfig,
+    device: torch.device,
+    ref_setting: Setting,
+    our_setting: Setting,
+) -> dict[str, Callable[[], None]]:
     ref_model = ReferenceClassifier(reference, config.hidden_size).to(device)
     our_model = HubertECG(ours.config.replace(gradient_checkpointing=our_setting.checkpointing))
     our_model.load_state_dict(ours.state_dict())
@@ -252,15 +283,23 @@ def finetune_steps(reference: nn.Module, ours: HubertECG, config: ModelConfig, d
     xr, yr = data(ref_setting.batch)
     xo, yo = data(our_setting.batch)
     return {
-        "reference": _train_step(ref_model, lambda m: F.binary_cross_entropy_with_logits(m(xr).float(), yr),
-                                 device, ref_setting),
-        "ours": _train_step(our_model, lambda m: F.binary_cross_entropy_with_logits(m(xo).logits.float(), yo),
-                            device, our_setting),
+        "reference": _train_step(
+            ref_model, lambda m: F.binary_cross_entropy_with_logits(m(xr).float(), yr), device, ref_setting
+        ),
+        "ours": _train_step(
+            our_model, lambda m: F.binary_cross_entropy_with_logits(m(xo).logits.float(), yo), device, our_setting
+        ),
     }
 
 
-def pretrain_steps(reference: nn.Module, ours: HubertECG, config: ModelConfig, device: torch.device,
-                   ref_setting: Setting, our_setting: Setting) -> dict[str, Callable[[], None]]:
+def pretrain_steps(
+    reference: nn.Module,
+    ours: HubertECG,
+    config: ModelConfig,
+    device: torch.device,
+    ref_setting: Setting,
+    our_setting: Setting,
+) -> dict[str, Callable[[], None]]:
     from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
     ref_model = ReferencePretrain(reference, config.hidden_size, config.classifier_proj_size).to(device)
@@ -279,8 +318,12 @@ def pretrain_steps(reference: nn.Module, ours: HubertECG, config: ModelConfig, d
 
     def reference_loss(model: nn.Module) -> Tensor:
         # As the reference does it: NumPy mask per step, copied to the device (a host sync).
-        mask = _compute_mask_indices((ref_setting.batch, tokens), config.mask_time_prob, config.mask_time_length,
-                                     min_masks=config.mask_time_min_masks)
+        mask = _compute_mask_indices(
+            (ref_setting.batch, tokens),
+            config.mask_time_prob,
+            config.mask_time_length,
+            min_masks=config.mask_time_min_masks,
+        )
         mask = torch.from_numpy(mask).to(device)
         logits = model(xr, mask)
         return F.cross_entropy(logits[mask].float(), yr[mask])
@@ -293,19 +336,24 @@ def pretrain_steps(reference: nn.Module, ours: HubertECG, config: ModelConfig, d
         weights = out.mask_time_indices.float()
         return (per_token * weights).sum() / weights.sum()
 
-    return {"reference": _train_step(ref_model, reference_loss, device, ref_setting),
-            "ours": _train_step(our_model, our_loss, device, our_setting)}
+    return {
+        "reference": _train_step(ref_model, reference_loss, device, ref_setting),
+        "ours": _train_step(our_model, our_loss, device, our_setting),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # CPU fast-inference modes and their accuracy cost
 # ---------------------------------------------------------------------------------------------
-def cpu_modes(reference: nn.Module, ours: HubertECG, batch: int, steps: int, rounds: int,
-              with_compile: bool) -> list[dict]:
+def cpu_modes(
+    reference: nn.Module, ours: HubertECG, batch: int, steps: int, rounds: int, with_compile: bool
+) -> list[dict]:
     """ECG/s of each fast_inference mode against the reference (float32 eager) on CPU."""
     device = torch.device("cpu")
     x = torch.randn(batch, SAMPLES, generator=torch.Generator().manual_seed(1))
-    modes = ["eager", "int8", "onnx"] + (["bf16"] if cpu_has_native_bf16() else []) + (["compile"] if with_compile else [])
+    modes = (
+        ["eager", "int8", "onnx"] + (["bf16"] if cpu_has_native_bf16() else []) + (["compile"] if with_compile else [])
+    )
     with torch.inference_mode():
         expected = ours.eval()(x).last_hidden_state
     runners: dict[str, Callable[[], None]] = {"reference": inference_step(reference, x, device, Setting(batch, None))}
@@ -313,11 +361,18 @@ def cpu_modes(reference: nn.Module, ours: HubertECG, batch: int, steps: int, rou
     for mode in modes:
         run = optimise_for_inference(ours, device, mode)
         errors[mode] = float((run(x).last_hidden_state - expected).abs().max())
-        runners[mode] = (lambda run=run: run(x))
+        runners[mode] = lambda run=run: run(x)
     speeds = compare(runners, {k: batch for k in runners}, device, steps, 1, rounds)
-    return [{"mode": mode, "ecg_s": speeds[mode], "ratio": speeds[mode] / speeds["reference"],
-             "max_abs_hidden": errors.get(mode, float("nan")), "tolerance": TOLERANCES.get(mode, (0.0, 0.0))[0]}
-            for mode in ["reference", *modes]]
+    return [
+        {
+            "mode": mode,
+            "ecg_s": speeds[mode],
+            "ratio": speeds[mode] / speeds["reference"],
+            "max_abs_hidden": errors.get(mode, float("nan")),
+            "tolerance": TOLERANCES.get(mode, (0.0, 0.0))[0],
+        }
+        for mode in ["reference", *modes]
+    ]
 
 
 def ludb_accuracy_cost(ours: HubertECG, ludb: Path, modes: list[str]) -> list[dict] | None:
@@ -352,8 +407,15 @@ def ludb_accuracy_cost(ours: HubertECG, ludb: Path, modes: list[str]) -> list[di
         for mode, emb in embeddings.items():
             probs[mode][test] = probe.predict_proba(emb[test])[:, 1]
     base = roc_auc_score(labels, probs["eager"])
-    return [{"mode": mode, "auroc": roc_auc_score(labels, p), "auroc_diff": roc_auc_score(labels, p) - base,
-             "max_prob_diff": float(np.abs(p - probs["eager"]).max())} for mode, p in probs.items()]
+    return [
+        {
+            "mode": mode,
+            "auroc": roc_auc_score(labels, p),
+            "auroc_diff": roc_auc_score(labels, p) - base,
+            "max_prob_diff": float(np.abs(p - probs["eager"]).max()),
+        }
+        for mode, p in probs.items()
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,27 +423,43 @@ def ludb_accuracy_cost(ours: HubertECG, ludb: Path, modes: list[str]) -> list[di
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["small", "base", "large"], choices=["small", "base", "large", "tiny"])
+    parser.add_argument(
+        "--sizes", nargs="+", default=["small", "base", "large"], choices=["small", "base", "large", "tiny"]
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--infer-batch", type=int, default=256, help="reference recipe: 256")
     parser.add_argument("--train-batch", type=int, default=64, help="reference recipe: 64 (fine-tune and pre-train)")
-    parser.add_argument("--our-infer-batch", type=int, default=None, help="our inference batch (default: --infer-batch)")
+    parser.add_argument(
+        "--our-infer-batch", type=int, default=None, help="our inference batch (default: --infer-batch)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--train-steps", type=int, default=None, help="timed training steps (default: --steps)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best counts")
     parser.add_argument("--compile", action="store_true", help="torch.compile ours (and both, like for like)")
-    parser.add_argument("--workloads", nargs="+", default=["inference", "finetune", "pretrain"],
-                        choices=["inference", "finetune", "pretrain"])
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        default=["inference", "finetune", "pretrain"],
+        choices=["inference", "finetune", "pretrain"],
+    )
     parser.add_argument("--cpu-modes", action="store_true", help="also time every fast_inference mode (CPU)")
-    parser.add_argument("--ludb", type=Path, default=ROOT.parent / "shared" / "data" / "ludb",
-                        help="LUDB folder for the AUROC cost of the lossy CPU modes (skipped if absent)")
+    parser.add_argument(
+        "--ludb",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "ludb",
+        help="LUDB folder for the AUROC cost of the lossy CPU modes (skipped if absent)",
+    )
     parser.add_argument("--quick", action="store_true", help="CPU smoke run: small, batch 16, few steps, CPU modes")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--json", type=Path, default=None, help="also write every measured row to this JSON file")
-    parser.add_argument("--memory-batch", type=int, default=None,
-                        help="batch of the checkpointed peak-memory row on CUDA (default: --train-batch)")
+    parser.add_argument(
+        "--memory-batch",
+        type=int,
+        default=None,
+        help="batch of the checkpointed peak-memory row on CUDA (default: --train-batch)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         # A CPU training step of small takes seconds: time few of them, at batch 8.
@@ -413,22 +491,29 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
     if not cuda:
         try:
-            device_name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+            device_name = next(
+                line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+            )
         except (OSError, StopIteration):
             pass
         device_name += f", {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}"
     import transformers
+
     emit(f"## {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · {device.type.upper()} · {device_name}")
     emit()
-    emit(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}; "
-         f"command: `python benchmarks/throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}`; "
-         f"{args.steps} timed inference / {args.train_steps} training steps x best of {args.rounds} interleaved "
-         f"rounds (the machine's load average at start: {_load()}).")
+    emit(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}; "
+        f"command: `python benchmarks/throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}`; "
+        f"{args.steps} timed inference / {args.train_steps} training steps x best of {args.rounds} interleaved "
+        f"rounds (the machine's load average at start: {_load()})."
+    )
     if not cuda:
         emit("No GPU was used: CPU figures only.")
     emit()
-    emit("| size | workload | comparison | reference | ours | reference ECG/s | ours ECG/s | ratio |"
-         + (" MFU ours | peak mem ours (GiB) |" if cuda else ""))
+    emit(
+        "| size | workload | comparison | reference | ours | reference ECG/s | ours ECG/s | ratio |"
+        + (" MFU ours | peak mem ours (GiB) |" if cuda else "")
+    )
     emit("|---|---|---|---|---|---|---|---|" + ("---|---|" if cuda else ""))
 
     for size in args.sizes:
@@ -439,15 +524,25 @@ def main(argv: list[str] | None = None) -> int:
         our_infer_batch = args.our_infer_batch or args.infer_batch
         comparisons = {
             "as shipped": (
-                dict(inference=Setting(args.infer_batch, ref_shipped["dtype"]),
-                     train=Setting(args.train_batch, **ref_shipped)),
-                dict(inference=Setting(our_infer_batch, ours_dtype, compile=args.compile),
-                     train=Setting(args.train_batch, ours_dtype, compile=args.compile, fused_adam=True))),
+                dict(
+                    inference=Setting(args.infer_batch, ref_shipped["dtype"]),
+                    train=Setting(args.train_batch, **ref_shipped),
+                ),
+                dict(
+                    inference=Setting(our_infer_batch, ours_dtype, compile=args.compile),
+                    train=Setting(args.train_batch, ours_dtype, compile=args.compile, fused_adam=True),
+                ),
+            ),
             "like for like": (
-                dict(inference=Setting(our_infer_batch, like_dtype, compile=args.compile),
-                     train=Setting(args.train_batch, like_dtype, compile=args.compile, fused_adam=True)),
-                dict(inference=Setting(our_infer_batch, like_dtype, compile=args.compile),
-                     train=Setting(args.train_batch, like_dtype, compile=args.compile, fused_adam=True))),
+                dict(
+                    inference=Setting(our_infer_batch, like_dtype, compile=args.compile),
+                    train=Setting(args.train_batch, like_dtype, compile=args.compile, fused_adam=True),
+                ),
+                dict(
+                    inference=Setting(our_infer_batch, like_dtype, compile=args.compile),
+                    train=Setting(args.train_batch, like_dtype, compile=args.compile, fused_adam=True),
+                ),
+            ),
         }
         for workload in args.workloads:
             for name, (ref_set, our_set) in comparisons.items():
@@ -458,20 +553,32 @@ def main(argv: list[str] | None = None) -> int:
                 if workload == "inference":
                     x_ref = torch.randn(rs.batch, SAMPLES, device=device)
                     x_our = torch.randn(os_.batch, SAMPLES, device=device)
-                    steps = {"reference": inference_step(reference, x_ref, device, rs),
-                             "ours": inference_step(ours, x_our, device, os_)}
+                    steps = {
+                        "reference": inference_step(reference, x_ref, device, rs),
+                        "ours": inference_step(ours, x_our, device, os_),
+                    }
                 elif workload == "finetune":
                     steps = finetune_steps(reference, ours, config, device, rs, os_)
                 else:
                     steps = pretrain_steps(reference, ours, config, device, rs, os_)
                 n_steps = args.steps if workload == "inference" else args.train_steps
-                speeds = compare(steps, {"reference": rs.batch, "ours": os_.batch}, device, n_steps, args.warmup,
-                                 args.rounds)
-                row = (f"| {size} | {workload} | {name} | {rs.label()} | {os_.label()} | {speeds['reference']:,.1f} | "
-                       f"{speeds['ours']:,.1f} | {speeds['ours'] / speeds['reference']:.2f}x |")
-                record = dict(size=size, workload=workload, comparison=name, reference=rs.label(), ours=os_.label(),
-                              reference_ecg_s=speeds["reference"], ours_ecg_s=speeds["ours"],
-                              ratio=speeds["ours"] / speeds["reference"])
+                speeds = compare(
+                    steps, {"reference": rs.batch, "ours": os_.batch}, device, n_steps, args.warmup, args.rounds
+                )
+                row = (
+                    f"| {size} | {workload} | {name} | {rs.label()} | {os_.label()} | {speeds['reference']:,.1f} | "
+                    f"{speeds['ours']:,.1f} | {speeds['ours'] / speeds['reference']:.2f}x |"
+                )
+                record = dict(
+                    size=size,
+                    workload=workload,
+                    comparison=name,
+                    reference=rs.label(),
+                    ours=os_.label(),
+                    reference_ecg_s=speeds["reference"],
+                    ours_ecg_s=speeds["ours"],
+                    ratio=speeds["ours"] / speeds["reference"],
+                )
                 del steps
                 if cuda:
                     per_ecg = flops["total"] if workload == "inference" else 3 * flops["total"]
@@ -485,33 +592,52 @@ def main(argv: list[str] | None = None) -> int:
             batch = args.memory_batch or args.train_batch
             setting = Setting(batch, ours_dtype, fused_adam=True, checkpointing=True)
             gib = our_peak_memory("finetune", reference, ours, config, device, setting, steps=3)
-            records.append(dict(size=size, workload="finetune", comparison="peak memory, gradient checkpointing",
-                                ours=setting.label(), peak_gib_ours=gib, fits_16gb=gib <= 16))
-            emit(f"\nPeak memory, {size} fine-tune step at batch {batch} with gradient checkpointing "
-                 f"({setting.label()}, ours alone): {gib:.2f} GiB ({'fits' if gib <= 16 else 'does NOT fit'} 16 GB).\n")
+            records.append(
+                dict(
+                    size=size,
+                    workload="finetune",
+                    comparison="peak memory, gradient checkpointing",
+                    ours=setting.label(),
+                    peak_gib_ours=gib,
+                    fits_16gb=gib <= 16,
+                )
+            )
+            emit(
+                f"\nPeak memory, {size} fine-tune step at batch {batch} with gradient checkpointing "
+                f"({setting.label()}, ours alone): {gib:.2f} GiB ({'fits' if gib <= 16 else 'does NOT fit'} 16 GB).\n"
+            )
         if args.cpu_modes and not cuda:
             emit()
             emit(f"CPU inference modes, {size}, batch {args.infer_batch}, against the reference (float32 eager):")
             emit()
-            emit("| mode | ECG/s | vs reference | max abs diff of last_hidden_state vs our float32 | stated tolerance |")
+            emit(
+                "| mode | ECG/s | vs reference | max abs diff of last_hidden_state vs our float32 | stated tolerance |"
+            )
             emit("|---|---|---|---|---|")
             for r in cpu_modes(reference, ours, args.infer_batch, args.steps, args.rounds, args.compile):
-                emit(f"| {r['mode']} | {r['ecg_s']:,.1f} | {r['ratio']:.2f}x | {r['max_abs_hidden']:.3g} | {r['tolerance']:g} |")
+                emit(
+                    f"| {r['mode']} | {r['ecg_s']:,.1f} | {r['ratio']:.2f}x | {r['max_abs_hidden']:.3g} "
+                    f"| {r['tolerance']:g} |"
+                )
             lossy = ["int8"] + (["bf16"] if cpu_has_native_bf16() else [])
             rows = ludb_accuracy_cost(ours, args.ludb, lossy)
             if rows:
                 emit()
-                emit(f"Accuracy cost on LUDB (sinus rhythm vs other, n=200; logistic probe on the frozen, randomly "
-                     f"initialised {size} encoder, fitted on float32 embeddings, 5-fold out-of-fold):")
+                emit(
+                    f"Accuracy cost on LUDB (sinus rhythm vs other, n=200; logistic probe on the frozen, randomly "
+                    f"initialised {size} encoder, fitted on float32 embeddings, 5-fold out-of-fold):"
+                )
                 emit()
                 emit("| mode | AUROC | AUROC - float32 | max probability diff vs float32 |")
                 emit("|---|---|---|---|")
                 for r in rows:
                     emit(f"| {r['mode']} | {r['auroc']:.4f} | {r['auroc_diff']:+.4f} | {r['max_prob_diff']:.4f} |")
         emit()
-        emit(f"FLOPs per 5 s ECG ({size}): forward {flops['total'] / 1e9:.2f} G (stem {flops['stem'] / 1e9:.2f}, "
-             f"transformer {(flops['total'] - flops['stem']) / 1e9:.2f}); training step 3x forward."
-             + (f" Device bf16 peak used for MFU: {peak / 1e12:.0f} TFLOP/s." if peak else ""))
+        emit(
+            f"FLOPs per 5 s ECG ({size}): forward {flops['total'] / 1e9:.2f} G (stem {flops['stem'] / 1e9:.2f}, "
+            f"transformer {(flops['total'] - flops['stem']) / 1e9:.2f}); training step 3x forward."
+            + (f" Device bf16 peak used for MFU: {peak / 1e12:.0f} TFLOP/s." if peak else "")
+        )
         emit()
         del reference, ours
     if not args.no_write:
@@ -522,9 +648,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"appended to {args.results}")
     if args.json is not None:
         import json
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": records},
-                                        indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"device": device_name, "torch": torch.__version__, "rows": records}, indent=1) + "\n"
+        )
     return 0
 
 
@@ -535,8 +663,15 @@ def _load() -> str:
         return "n/a"
 
 
-def our_peak_memory(workload: str, reference: nn.Module, ours: HubertECG, config: ModelConfig,
-                    device: torch.device, setting: Setting, steps: int = 2) -> float:
+def our_peak_memory(
+    workload: str,
+    reference: nn.Module,
+    ours: HubertECG,
+    config: ModelConfig,
+    device: torch.device,
+    setting: Setting,
+    steps: int = 2,
+) -> float:
     """Peak GiB of our step alone: the reference and our spare weights sit on the CPU meanwhile, so
     the figure is what a user of our model needs (weights, gradients, AdamW states, activations)."""
     reference.cpu()
@@ -561,8 +696,8 @@ def our_peak_memory(workload: str, reference: nn.Module, ours: HubertECG, config
 RESULTS_HEADER = """# Throughput results
 
 Appended by `benchmarks/throughput.py`; every table below was printed by that script (never edited
-by hand); figures in the "Notes" paragraphs say where they came from. Reference = transformers' `HubertModel` with the same weights. ECG = one 5 s, 12-lead
-window at 100 Hz (6000 samples, 93 tokens).
+by hand); figures in the "Notes" paragraphs say where they came from. Reference = transformers' `HubertModel`
+with the same weights. ECG = one 5 s, 12-lead window at 100 Hz (6000 samples, 93 tokens).
 
 """
 

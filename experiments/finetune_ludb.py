@@ -50,7 +50,7 @@ from ludb_common import (  # noqa: E402
 
 
 def reuse_label(work: str | None) -> str | None:
-    """"160-step" for a work folder whose pre-training ran 160 steps (its folder name when unknown)."""
+    """ "160-step" for a work folder whose pre-training ran 160 steps (its folder name when unknown)."""
     if not work:
         return None
     path = Path(work) / "results_pretrain_probe.json"
@@ -104,11 +104,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4, help="top-layer LR (head x10, lower layers x0.8 per layer)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(N_FOLDS)))
-    parser.add_argument("--reuse-random-from", metavar="WORK2",
-                        help="copy the finished random-init runs and fold stores of another work folder of this script "
-                             "(they do not depend on the pre-trained checkpoint) instead of training them again")
-    parser.add_argument("--results", help="folder for the raw outputs (default: the --results folder of the "
-                                          "pre-training run whose checkpoint is used, read from WORK)")
+    parser.add_argument(
+        "--reuse-random-from",
+        metavar="WORK2",
+        help="copy the finished random-init runs and fold stores of another work folder of this script "
+        "(they do not depend on the pre-trained checkpoint) instead of training them again",
+    )
+    parser.add_argument(
+        "--results",
+        help="folder for the raw outputs (default: the --results folder of the "
+        "pre-training run whose checkpoint is used, read from WORK)",
+    )
     args = parser.parse_args()
 
     from hubert_ecg.checkpoint import load_model, save_pretrained
@@ -142,6 +148,7 @@ def main() -> None:
         if not pre_results.exists():
             raise SystemExit(f"{pre_results}: missing; pass --results")
         from ludb_common import default_results_dir
+
         out = default_results_dir(json.loads(pre_results.read_text())["settings"]["steps"])
 
     labels_csv, label_by_id, ids = ludb_labels(work)
@@ -166,28 +173,59 @@ def main() -> None:
             reused = True
         table = fold_table(labels_csv, fold_dir / "labels.csv", fold, k, joint)
         with timed(fold_dir / "store" / "timing.json") as store_time:
-            prepared = prepare_store([str(LUDB)], fold_dir / "store", workers=1, progress=False,
-                                     labels=LabelTable.from_csv(table, label_columns=LABELS, split_column="split"))
+            prepared = prepare_store(
+                [str(LUDB)],
+                fold_dir / "store",
+                workers=1,
+                progress=False,
+                labels=LabelTable.from_csv(table, label_columns=LABELS, split_column="split"),
+            )
         store = ECGStore(prepared.store)
         stores.append({"fold": k, "reused": reused, **store_time})
         test_rows = store.rows("test")
         for name, init in starts.items():
-            cfg = TrainConfig(out_dir=str(fold_dir / name.replace(" ", "-")), max_steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, warmup_fraction=0.1,
-                              val_every=max(1, args.steps // 5), log_every=max(1, args.steps // 5),
-                              clip_grad_norm=1.0, num_workers=0, logger="none", progress=False, seed=SEED)
+            cfg = TrainConfig(
+                out_dir=str(fold_dir / name.replace(" ", "-")),
+                max_steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                warmup_fraction=0.1,
+                val_every=max(1, args.steps // 5),
+                log_every=max(1, args.steps // 5),
+                clip_grad_norm=1.0,
+                num_workers=0,
+                logger="none",
+                progress=False,
+                seed=SEED,
+            )
             opts = FinetuneOptions(task="multi_label", monitor="auroc", crop="random", train_conv_stem=True)
             with timed(Path(cfg.out_dir) / "timing.json") as run_time:
                 result = run_finetune(str(store.path), cfg, opts, init=str(init))
                 model = load_model(result.best_dir or result.last_dir).eval()
-                scores = score_rows(model, store, test_rows, task="multi_label", windows="sliding",
-                                    stride=store.row_samples // 2, batch_size=64)
+                scores = score_rows(
+                    model,
+                    store,
+                    test_rows,
+                    task="multi_label",
+                    windows="sliding",
+                    stride=store.row_samples // 2,
+                    batch_size=64,
+                )
             for rid, p in zip(scores.record_ids, scores.probabilities):
                 probs[name][index_by_id[str(rid)]] = p
-            runs.append({"fold": k, "init": name, "reused": reused and name == "random init",
-                         "best_step": result.state.best_step,
-                         "best_val_auroc": result.state.best, "n_train": int(len(store.rows("train"))),
-                         "n_val": int(len(store.rows("val"))), "n_test": int(len(test_rows)), **run_time})
+            runs.append(
+                {
+                    "fold": k,
+                    "init": name,
+                    "reused": reused and name == "random init",
+                    "best_step": result.state.best_step,
+                    "best_val_auroc": result.state.best,
+                    "n_train": int(len(store.rows("train"))),
+                    "n_val": int(len(store.rows("val"))),
+                    "n_test": int(len(test_rows)),
+                    **run_time,
+                }
+            )
             timer.lap(f"fold {k} {name}")
     done = np.isfinite(probs["pretrained"][:, 0]) & np.isfinite(probs["random init"][:, 0])
     summary: dict = {}
@@ -197,20 +235,33 @@ def main() -> None:
         for name in starts:
             summary[label][name] = auroc_summary(y, probs[name][done, j], fold[done])
         summary[label]["pretrained - random"] = paired_auroc_difference(
-            y, probs["pretrained"][done, j], probs["random init"][done, j])
-    pred_rows = [[str(ids[i]), int(fold[i]), name] + [int(label_by_id[lab][i]) for lab in LABELS]
-                 + [float(v) for v in probs[name][i]] for i in np.flatnonzero(done) for name in starts]
-    write_csv(out / "finetune_predictions.csv",
-              ["record_id", "fold", "start"] + [f"y_{lab}" for lab in LABELS] + [f"p_{lab}" for lab in LABELS],
-              pred_rows)
-    results = {"provenance": started,
-               "settings": {**{k: v for k, v in vars(args).items()
-                               if k not in ("results", "work", "init", "reuse_random_from")},
-                            "random_init_runs_reused_from": reuse_label(args.reuse_random_from),
-                            "init": str(init_pre.relative_to(work) if init_pre.is_relative_to(work) else init_pre)},
-               "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES}, "runs": runs, "stores": stores,
-               "finetune": summary,
-               **timer.summary()}
+            y, probs["pretrained"][done, j], probs["random init"][done, j]
+        )
+    pred_rows = [
+        [str(ids[i]), int(fold[i]), name]
+        + [int(label_by_id[lab][i]) for lab in LABELS]
+        + [float(v) for v in probs[name][i]]
+        for i in np.flatnonzero(done)
+        for name in starts
+    ]
+    write_csv(
+        out / "finetune_predictions.csv",
+        ["record_id", "fold", "start"] + [f"y_{lab}" for lab in LABELS] + [f"p_{lab}" for lab in LABELS],
+        pred_rows,
+    )
+    results = {
+        "provenance": started,
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("results", "work", "init", "reuse_random_from")},
+            "random_init_runs_reused_from": reuse_label(args.reuse_random_from),
+            "init": str(init_pre.relative_to(work) if init_pre.is_relative_to(work) else init_pre),
+        },
+        "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES},
+        "runs": runs,
+        "stores": stores,
+        "finetune": summary,
+        **timer.summary(),
+    }
     write_json(work / "results_finetune.json", results)
     write_json(out / "finetune.json", results)
     print(json.dumps(summary, indent=1, default=float))

@@ -41,8 +41,15 @@ from ludb_common import (  # noqa: E402
 )
 
 # Smaller than experiment B's encoder so 10 fine-tuning runs fit in minutes on 2 shared cores.
-ENCODER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-               conv_dim=(32,) * 5, classifier_proj_size=32, num_conv_pos_embedding_groups=4)
+ENCODER = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    conv_dim=(32,) * 5,
+    classifier_proj_size=32,
+    num_conv_pos_embedding_groups=4,
+)
 LEAD_SETS = {"12 leads": "all", "6 limb leads": "limb", "lead II only": "II"}
 
 
@@ -58,8 +65,11 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(N_FOLDS)))
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--results", default=str(RESULTS / "lead-dropout"))
-    parser.add_argument("--init", help="start both runs from this checkpoint (e.g. experiment A's pre-trained "
-                                       "encoder, WORK/pretrain-run/best) instead of a fresh small encoder")
+    parser.add_argument(
+        "--init",
+        help="start both runs from this checkpoint (e.g. experiment A's pre-trained "
+        "encoder, WORK/pretrain-run/best) instead of a fresh small encoder",
+    )
     args = parser.parse_args()
     if not LUDB.exists():
         print(f"{LUDB}: no LUDB data; nothing to do")
@@ -96,27 +106,57 @@ def main() -> None:
         fold_dir.mkdir(exist_ok=True)
         table = fold_table(labels_csv, fold_dir / "labels.csv", fold, k, joint)
         if not (fold_dir / "store" / "store.json").exists():
-            prepare_store([str(LUDB)], fold_dir / "store", workers=1, progress=False,
-                          labels=LabelTable.from_csv(table, label_columns=LABELS, split_column="split"))
+            prepare_store(
+                [str(LUDB)],
+                fold_dir / "store",
+                workers=1,
+                progress=False,
+                labels=LabelTable.from_csv(table, label_columns=LABELS, split_column="split"),
+            )
         store = ECGStore(fold_dir / "store")
         test_rows = store.rows("test")
         for run, p in runs.items():
-            cfg = TrainConfig(out_dir=str(fold_dir / run.replace(" ", "-")), max_steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, warmup_fraction=0.1,
-                              val_every=max(1, args.steps // 4), log_every=max(1, args.steps // 4),
-                              clip_grad_norm=1.0, num_workers=0, logger="none", progress=False, seed=SEED)
-            opts = FinetuneOptions(task="multi_label", monitor="auroc", crop="random", train_conv_stem=True,
-                                   layer_decay=args.layer_decay, head_lr_mult=args.head_lr_mult, lead_dropout=p)
+            cfg = TrainConfig(
+                out_dir=str(fold_dir / run.replace(" ", "-")),
+                max_steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                warmup_fraction=0.1,
+                val_every=max(1, args.steps // 4),
+                log_every=max(1, args.steps // 4),
+                clip_grad_norm=1.0,
+                num_workers=0,
+                logger="none",
+                progress=False,
+                seed=SEED,
+            )
+            opts = FinetuneOptions(
+                task="multi_label",
+                monitor="auroc",
+                crop="random",
+                train_conv_stem=True,
+                layer_decay=args.layer_decay,
+                head_lr_mult=args.head_lr_mult,
+                lead_dropout=p,
+            )
             result = run_finetune(str(store.path), cfg, opts, init=str(init), overwrite=True)
             model = load_model(result.best_dir or result.last_dir).eval()
             for name, lead_set in LEAD_SETS.items():
-                scores = score_rows(model, store, test_rows, task="multi_label", windows="sliding",
-                                    stride=store.row_samples // 2, batch_size=64,
-                                    keep_leads=lead_keep_mask(parse_lead_set(lead_set)))
+                scores = score_rows(
+                    model,
+                    store,
+                    test_rows,
+                    task="multi_label",
+                    windows="sliding",
+                    stride=store.row_samples // 2,
+                    batch_size=64,
+                    keep_leads=lead_keep_mask(parse_lead_set(lead_set)),
+                )
                 for rid, prob in zip(scores.record_ids, scores.probabilities):
                     probs[(run, name)][index_by_id[str(rid)]] = prob
-            bookkeeping.append({"fold": k, "run": run, "best_step": result.state.best_step,
-                                "best_val_auroc": result.state.best})
+            bookkeeping.append(
+                {"fold": k, "run": run, "best_step": result.state.best_step, "best_val_auroc": result.state.best}
+            )
             timer.lap(f"fold {k} {run}")
 
     done = np.all([np.isfinite(v[:, 0]) for v in probs.values()], axis=0)
@@ -126,36 +166,65 @@ def main() -> None:
     for name in LEAD_SETS:
         entry: dict = {}
         for run in runs:
-            ci = bootstrap_ci("multi_label", y, probs[(run, name)][done], n_resamples=args.bootstrap, seed=SEED,
-                              label_names=LABELS)
-            entry[run] = {"macro_auroc": ci["macro"]["auroc"],
-                          "per_label_auroc": {lab: ci["per_label"][lab]["auroc"] for lab in LABELS}}
-        paired = paired_bootstrap("multi_label", y, probs[(base, name)][done], probs[(drop, name)][done],
-                                  n_resamples=args.bootstrap, seed=SEED, label_names=LABELS)
+            ci = bootstrap_ci(
+                "multi_label", y, probs[(run, name)][done], n_resamples=args.bootstrap, seed=SEED, label_names=LABELS
+            )
+            entry[run] = {
+                "macro_auroc": ci["macro"]["auroc"],
+                "per_label_auroc": {lab: ci["per_label"][lab]["auroc"] for lab in LABELS},
+            }
+        paired = paired_bootstrap(
+            "multi_label",
+            y,
+            probs[(base, name)][done],
+            probs[(drop, name)][done],
+            n_resamples=args.bootstrap,
+            seed=SEED,
+            label_names=LABELS,
+        )
         entry["dropout - no dropout"] = {
             "macro_auroc": paired["macro"]["auroc"],
             "per_label_auroc": {lab: paired["per_label"][lab]["auroc"] for lab in LABELS},
-            "delong": {lab: delong_test(y[:, j], probs[(base, name)][done, j], probs[(drop, name)][done, j])
-                       for j, lab in enumerate(LABELS)}}
+            "delong": {
+                lab: delong_test(y[:, j], probs[(base, name)][done, j], probs[(drop, name)][done, j])
+                for j, lab in enumerate(LABELS)
+            },
+        }
         summary[name] = entry
     out = Path(args.results)
-    rows = [[str(ids[i]), int(fold[i]), run, name] + [int(label_by_id[lab][i]) for lab in LABELS]
-            + [float(v) for v in probs[(run, name)][i]]
-            for i in np.flatnonzero(done) for run in runs for name in LEAD_SETS]
-    write_csv(out / "lead_dropout_predictions.csv",
-              ["record_id", "fold", "run", "leads"] + [f"y_{lab}" for lab in LABELS] + [f"p_{lab}" for lab in LABELS],
-              rows)
-    results = {"provenance": started, "settings": {k: v for k, v in vars(args).items() if k not in ("work", "results")},
-               "encoder": {"init": str(init)} if args.init else {"size": "tiny", **ENCODER},
-               "n_records": int(done.sum()), "runs": bookkeeping,
-               "summary": summary, **timer.summary()}
+    rows = [
+        [str(ids[i]), int(fold[i]), run, name]
+        + [int(label_by_id[lab][i]) for lab in LABELS]
+        + [float(v) for v in probs[(run, name)][i]]
+        for i in np.flatnonzero(done)
+        for run in runs
+        for name in LEAD_SETS
+    ]
+    write_csv(
+        out / "lead_dropout_predictions.csv",
+        ["record_id", "fold", "run", "leads"] + [f"y_{lab}" for lab in LABELS] + [f"p_{lab}" for lab in LABELS],
+        rows,
+    )
+    results = {
+        "provenance": started,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "results")},
+        "encoder": {"init": str(init)} if args.init else {"size": "tiny", **ENCODER},
+        "n_records": int(done.sum()),
+        "runs": bookkeeping,
+        "summary": summary,
+        **timer.summary(),
+    }
     write_json(out / "lead_dropout.json", results)
     for name, entry in summary.items():
-        cells = [f"{run}: {entry[run]['macro_auroc']['point']:.3f} [{entry[run]['macro_auroc']['lower']:.3f}, "
-                 f"{entry[run]['macro_auroc']['upper']:.3f}]" for run in runs]
+        cells = [
+            f"{run}: {entry[run]['macro_auroc']['point']:.3f} [{entry[run]['macro_auroc']['lower']:.3f}, "
+            f"{entry[run]['macro_auroc']['upper']:.3f}]"
+            for run in runs
+        ]
         d = entry["dropout - no dropout"]["macro_auroc"]
-        print(f"{name:>14}: {'; '.join(cells)}; difference {d['difference']:+.3f} "
-              f"[{d['lower']:+.3f}, {d['upper']:+.3f}]")
+        print(
+            f"{name:>14}: {'; '.join(cells)}; difference {d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]"
+        )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,15 @@ PRETRAIN_INPUTS = [DATA / "ptbxl-unlabelled-100hz", DATA / "cinc2021-smoke", LUD
 # behind a 64-channel conv stem (~0.9 M parameters): the same stem geometry and token rate as the
 # published models (93 tokens per 5 s window at 100 Hz), ~35x fewer parameters than SMALL.
 ENCODER_SIZE = "tiny"
-ENCODER_OVERRIDES: dict[str, Any] = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                         intermediate_size=256, conv_dim=(64,) * 5, classifier_proj_size=64,
-                                         num_conv_pos_embedding_groups=4)
+ENCODER_OVERRIDES: dict[str, Any] = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
+    conv_dim=(64,) * 5,
+    classifier_proj_size=64,
+    num_conv_pos_embedding_groups=4,
+)
 LABELS = ["sinus_rhythm", "lvh"]
 N_FOLDS = 5
 SEED = 0
@@ -39,6 +45,7 @@ def ludb_labels(work: Path) -> tuple[Path, dict[str, np.ndarray], np.ndarray]:
 
     table = ludb_labels_table(LUDB, work / "ludb_labels.csv")
     import csv
+
     with open(table.path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     ids = np.array([r["record_id"] for r in rows], dtype=object)
@@ -64,14 +71,24 @@ def auroc_summary(y: np.ndarray, score: np.ndarray, fold: np.ndarray, seed: int 
 
     per_fold = [float(roc_auc_score(y[fold == k], score[fold == k])) for k in np.unique(fold)]
     boot = bootstrap_ci("binary", y, score, n_resamples=1000, seed=seed)
-    stats = (boot["macro"]["auroc"] if "auroc" in boot["macro"]
-             else boot["per_label"][next(iter(boot["per_label"]))]["auroc"])
-    return {"fold_auroc": per_fold, "fold_mean": float(np.mean(per_fold)), "fold_sd": float(np.std(per_fold, ddof=1)),
-            "pooled_auroc": float(stats["point"]), "ci_low": float(stats["lower"]), "ci_high": float(stats["upper"])}
+    stats = (
+        boot["macro"]["auroc"]
+        if "auroc" in boot["macro"]
+        else boot["per_label"][next(iter(boot["per_label"]))]["auroc"]
+    )
+    return {
+        "fold_auroc": per_fold,
+        "fold_mean": float(np.mean(per_fold)),
+        "fold_sd": float(np.std(per_fold, ddof=1)),
+        "pooled_auroc": float(stats["point"]),
+        "ci_low": float(stats["lower"]),
+        "ci_high": float(stats["upper"]),
+    }
 
 
-def paired_auroc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int = 1000,
-                            seed: int = SEED) -> dict[str, float]:
+def paired_auroc_difference(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = SEED
+) -> dict[str, float]:
     """AUROC(a) - AUROC(b) on the same records, with a paired percentile bootstrap 95 % CI."""
     from sklearn.metrics import roc_auc_score
 
@@ -89,8 +106,11 @@ def paired_auroc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int 
 
 def machine() -> str:
     import torch
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
 
 
 def cpu_seconds() -> float:
@@ -115,16 +135,20 @@ class Timer:
         self.stages[name] = round(now - self._t, 1)
         self.cpu_stages[name] = round(cpu - self._c, 1)
         self._t, self._c = now, cpu
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: wall {self.stages[name]:.1f} s, "
-              f"cpu {self.cpu_stages[name]:.1f} s", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name}: wall {self.stages[name]:.1f} s, cpu {self.cpu_stages[name]:.1f} s",
+            flush=True,
+        )
 
     def total(self) -> float:
         return round(time.perf_counter() - self.start, 1)
 
     def summary(self) -> dict[str, Any]:
         """{"wall_s": {stage: s, "total": s}, "cpu_s": {stage: s, "total": s}} (user + sys CPU seconds)."""
-        return {"wall_s": {**self.stages, "total": self.total()},
-                "cpu_s": {**self.cpu_stages, "total": round(cpu_seconds() - self.cpu_start, 1)}}
+        return {
+            "wall_s": {**self.stages, "total": self.total()},
+            "cpu_s": {**self.cpu_stages, "total": round(cpu_seconds() - self.cpu_start, 1)},
+        }
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -155,15 +179,27 @@ def provenance() -> dict[str, Any]:
     if commit is None:
         try:
             root = Path(__file__).resolve().parent
-            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-            dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "experiments"],
-                                        capture_output=True, text=True, check=True).stdout.strip())
+            commit = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            dirty = bool(
+                subprocess.run(
+                    ["git", "-C", str(root), "status", "--porcelain", "--", "src", "experiments"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+            )
         except (OSError, subprocess.CalledProcessError):
             commit = "unknown"
-    return {"git_commit": commit, "uncommitted_changes": dirty, "package": getattr(hubert_ecg, "__version__", None),
-            "machine": machine(), "machine_note": os.environ.get("HUBERT_ECG_MACHINE_NOTE", ""),
-            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "git_commit": commit,
+        "uncommitted_changes": dirty,
+        "package": getattr(hubert_ecg, "__version__", None),
+        "machine": machine(),
+        "machine_note": os.environ.get("HUBERT_ECG_MACHINE_NOTE", ""),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -128,60 +128,106 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     timer = Timer()
-    results: dict = {"provenance": provenance(), "settings": {k: v for k, v in vars(args).items() if k != "results"},
-                     "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES}}
+    results: dict = {
+        "provenance": provenance(),
+        "settings": {k: v for k, v in vars(args).items() if k != "results"},
+        "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES},
+    }
 
     # 1. stores ---------------------------------------------------------------------------------
-    pre = prepare_store([str(p) for p in PRETRAIN_INPUTS], work / "pretrain-store", workers=args.workers,
-                        split_fractions=(0.1, 0.0), seed=SEED, progress=False)
+    pre = prepare_store(
+        [str(p) for p in PRETRAIN_INPUTS],
+        work / "pretrain-store",
+        workers=args.workers,
+        split_fractions=(0.1, 0.0),
+        seed=SEED,
+        progress=False,
+    )
     store = ECGStore(pre.store)
-    results["pretrain_store"] = {"records": pre.records, "rows": pre.rows, "rejected": pre.rejected,
-                                 "rejects": [list(r) for r in pre.rejects],
-                                 "train_rows": int(len(store.rows("train"))), "val_rows": int(len(store.rows("val")))}
+    results["pretrain_store"] = {
+        "records": pre.records,
+        "rows": pre.rows,
+        "rejected": pre.rejected,
+        "rejects": [list(r) for r in pre.rejects],
+        "train_rows": int(len(store.rows("train"))),
+        "val_rows": int(len(store.rows("val"))),
+    }
     labels_csv, _, _ = ludb_labels(work)
-    ludb = prepare_store([str(LUDB)], work / "ludb-store", workers=1, progress=False,
-                         labels=LabelTable.from_csv(labels_csv, label_columns=LABELS))
+    ludb = prepare_store(
+        [str(LUDB)],
+        work / "ludb-store",
+        workers=1,
+        progress=False,
+        labels=LabelTable.from_csv(labels_csv, label_columns=LABELS),
+    )
     ludb_store = ECGStore(ludb.store)
     timer.lap("prepare")
 
     # 2. targets ----------------------------------------------------------------------------------
     feats = dump_features(store, work / "features-tfmfcc", kind="tf+mfcc", progress=False)
     sweep = cluster_features(feats, sorted({50, args.k, 200}), work / "kmeans", seed=SEED)
-    results["kmeans"] = [{k: v for k, v in r.items() if k not in ("settings", "cluster_sizes")} | {
-        "cluster_size_min": int(np.min(r["cluster_sizes"])) if "cluster_sizes" in r else None,
-        "cluster_size_max": int(np.max(r["cluster_sizes"])) if "cluster_sizes" in r else None} for r in sweep]
+    results["kmeans"] = [
+        {k: v for k, v in r.items() if k not in ("settings", "cluster_sizes")}
+        | {
+            "cluster_size_min": int(np.min(r["cluster_sizes"])) if "cluster_sizes" in r else None,
+            "cluster_size_max": int(np.max(r["cluster_sizes"])) if "cluster_sizes" in r else None,
+        }
+        for r in sweep
+    ]
     target = f"tfmfcc-k{args.k}"
     label_store(store, [work / "kmeans" / f"k{args.k}"], target, progress=False)
     timer.lap("features+kmeans+label")
 
     # 3. pre-training -------------------------------------------------------------------------------
-    cfg = TrainConfig(out_dir=str(work / "pretrain-run"), max_steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, warmup_fraction=0.08, val_every=args.val_every, log_every=20,
-                      num_workers=0, logger="none", progress=False, seed=SEED)
+    cfg = TrainConfig(
+        out_dir=str(work / "pretrain-run"),
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_fraction=0.08,
+        val_every=args.val_every,
+        log_every=20,
+        num_workers=0,
+        logger="none",
+        progress=False,
+        seed=SEED,
+    )
     run = run_pretrain(str(store.path), [target], cfg, size=ENCODER_SIZE, model_overrides=dict(ENCODER_OVERRIDES))
     timer.lap("pretrain")
     train_rows, val_rows = default_val_rows(store, "val", 0.05, SEED)
     untrained = create_model(ENCODER_SIZE, input_rate_hz=int(store.fs), vocab_sizes=[args.k], **ENCODER_OVERRIDES)
-    objective = PretrainObjective(untrained, store, [target], train_rows, val_rows, global_batch=args.batch_size,
-                                  seed=SEED)
-    untrained_val = objective.validate(untrained.eval(), torch.device("cpu"),
-                                       lambda: torch.autocast("cpu", enabled=False))
+    objective = PretrainObjective(
+        untrained, store, [target], train_rows, val_rows, global_batch=args.batch_size, seed=SEED
+    )
+    untrained_val = objective.validate(
+        untrained.eval(), torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False)
+    )
     best_dir = run.best_dir or run.last_dir
     history = read_history(run.run_dir)
     results["pretrain"] = {
-        "steps": run.state.step, "best_step": run.state.best_step, "best_val_loss": run.state.best,
-        "val_history": history.get("val/val_masked_acc", []), "val_loss_history": history.get("val/val_loss", []),
+        "steps": run.state.step,
+        "best_step": run.state.best_step,
+        "best_val_loss": run.state.best,
+        "val_history": history.get("val/val_masked_acc", []),
+        "val_loss_history": history.get("val/val_loss", []),
         "train_loss_history": history.get("train/loss", []),
         "best_val_masked_acc": json.loads((best_dir / "metrics.json").read_text()).get("val_masked_acc")
-        if (best_dir / "metrics.json").exists() else None,
-        "untrained_val_masked_acc": untrained_val["val_masked_acc"], "untrained_val_loss": untrained_val["val_loss"],
+        if (best_dir / "metrics.json").exists()
+        else None,
+        "untrained_val_masked_acc": untrained_val["val_masked_acc"],
+        "untrained_val_loss": untrained_val["val_loss"],
         "majority_baseline": majority_baseline(store, target, val_rows, train_rows),
-        "n_train_rows": int(len(train_rows)), "n_val_rows": int(len(val_rows)),
-        "parameters": int(load_model(best_dir).num_parameters(backbone_only=True))}
+        "n_train_rows": int(len(train_rows)),
+        "n_val_rows": int(len(val_rows)),
+        "parameters": int(load_model(best_dir).num_parameters(backbone_only=True)),
+    }
     steps = sorted({s for key in ("train/loss", "val/val_loss", "val/val_masked_acc") for s, _ in history.get(key, [])})
     by_key = {key: dict(history.get(key, [])) for key in ("train/loss", "val/val_loss", "val/val_masked_acc")}
-    write_csv(out / "pretrain_history.csv", ["step", "train_loss", "val_loss", "val_masked_acc"],
-              [[s] + [by_key[key].get(s, "") for key in by_key] for s in steps])
+    write_csv(
+        out / "pretrain_history.csv",
+        ["step", "train_loss", "val_loss", "val_masked_acc"],
+        [[s] + [by_key[key].get(s, "") for key in by_key] for s in steps],
+    )
     write_json(out / "kmeans_quality.json", results["kmeans"])
 
     # 4. probes -----------------------------------------------------------------------------------
@@ -215,18 +261,31 @@ def main() -> None:
             probes[label][name] = auroc_summary(y, oof[(label, name)], fold)
         for layer in layers:
             probes[label][f"pretrained - random, layer {layer}"] = paired_auroc_difference(
-                y, oof[(label, f"pretrained, layer {layer}")], oof[(label, f"random init, layer {layer}")])
+                y, oof[(label, f"pretrained, layer {layer}")], oof[(label, f"random init, layer {layer}")]
+            )
     results["probe"] = probes
     names = list(embeddings)
-    write_csv(out / "probe_predictions.csv", ["record_id", "fold", "label", "y"] + names,
-              [[str(record_ids[i]), int(fold[i]), label, int(label_by_id[label][order][i])]
-               + [float(oof[(label, name)][i]) for name in names] for label in LABELS for i in range(len(order))])
+    write_csv(
+        out / "probe_predictions.csv",
+        ["record_id", "fold", "label", "y"] + names,
+        [
+            [str(record_ids[i]), int(fold[i]), label, int(label_by_id[label][order][i])]
+            + [float(oof[(label, name)][i]) for name in names]
+            for label in LABELS
+            for i in range(len(order))
+        ],
+    )
     timer.lap("probe")
     results.update(timer.summary())
     write_json(work / "results_pretrain_probe.json", results)
     write_json(out / "pretrain_probe.json", results)
-    print(json.dumps({"pretrain": {k: v for k, v in results["pretrain"].items() if "history" not in k},
-                      "probe": probes}, indent=1, default=float))
+    print(
+        json.dumps(
+            {"pretrain": {k: v for k, v in results["pretrain"].items() if "history" not in k}, "probe": probes},
+            indent=1,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

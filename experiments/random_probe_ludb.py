@@ -77,15 +77,32 @@ def main() -> None:
     summary: dict = {}
     for label in LABELS:
         y = label_by_id[label][order]
-        summary[label] = {"n": int(len(y)), "positives": int(y.sum()),
-                          "draws": {str(seed): auroc_summary(y, oof[(label, seed)], fold) for seed in args.seeds}}
+        summary[label] = {
+            "n": int(len(y)),
+            "positives": int(y.sum()),
+            "draws": {str(seed): auroc_summary(y, oof[(label, seed)], fold) for seed in args.seeds},
+        }
     columns = [f"random init seed {seed}, layer {layer}" for seed in args.seeds]
-    write_csv(out / "random_probe_predictions.csv", ["record_id", "fold", "label", "y"] + columns,
-              [[str(record_ids[i]), int(fold[i]), label, int(label_by_id[label][order][i])]
-               + [float(oof[(label, seed)][i]) for seed in args.seeds] for label in LABELS for i in range(len(order))])
-    write_json(out / "random_probe.json", {"provenance": started, "settings": {"seeds": args.seeds, "layer": layer},
-                                           "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES},
-                                           "probe": summary, **timer.summary()})
+    write_csv(
+        out / "random_probe_predictions.csv",
+        ["record_id", "fold", "label", "y"] + columns,
+        [
+            [str(record_ids[i]), int(fold[i]), label, int(label_by_id[label][order][i])]
+            + [float(oof[(label, seed)][i]) for seed in args.seeds]
+            for label in LABELS
+            for i in range(len(order))
+        ],
+    )
+    write_json(
+        out / "random_probe.json",
+        {
+            "provenance": started,
+            "settings": {"seeds": args.seeds, "layer": layer},
+            "encoder": {"size": ENCODER_SIZE, **ENCODER_OVERRIDES},
+            "probe": summary,
+            **timer.summary(),
+        },
+    )
     for label in LABELS:
         print(label, [round(s["pooled_auroc"], 3) for s in summary[label]["draws"].values()])
 

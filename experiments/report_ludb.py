@@ -47,8 +47,11 @@ def load_random_draws(results: Path = RESULTS) -> dict[str, Any] | None:
     folder = results / "random-init-probe"
     if not (folder / "random_probe.json").exists():
         return None
-    return {"dir": folder, "json": json.loads((folder / "random_probe.json").read_text()),
-            "pred": read_csv(folder / "random_probe_predictions.csv")}
+    return {
+        "dir": folder,
+        "json": json.loads((folder / "random_probe.json").read_text()),
+        "pred": read_csv(folder / "random_probe_predictions.csv"),
+    }
 
 
 def load_budgets(results: Path = RESULTS) -> list[dict[str, Any]]:
@@ -61,10 +64,13 @@ def load_budgets(results: Path = RESULTS) -> list[dict[str, Any]]:
     for folder in results.glob("pretrain-*"):
         if not (folder / "pretrain_probe.json").exists():
             continue
-        b: dict[str, Any] = {"steps": int(folder.name.split("-", 1)[1]), "dir": folder,
-                             "A": json.loads((folder / "pretrain_probe.json").read_text()),
-                             "history": read_csv(folder / "pretrain_history.csv"),
-                             "probe_pred": read_csv(folder / "probe_predictions.csv")}
+        b: dict[str, Any] = {
+            "steps": int(folder.name.split("-", 1)[1]),
+            "dir": folder,
+            "A": json.loads((folder / "pretrain_probe.json").read_text()),
+            "history": read_csv(folder / "pretrain_history.csv"),
+            "probe_pred": read_csv(folder / "probe_predictions.csv"),
+        }
         if (folder / "finetune.json").exists():
             b["B"] = json.loads((folder / "finetune.json").read_text())
             b["ft_pred"] = read_csv(folder / "finetune_predictions.csv")
@@ -77,8 +83,9 @@ def load_budgets(results: Path = RESULTS) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------
 def fmt_auroc(s: dict) -> str:
     """Per-fold mean ± s.d. · pooled out-of-fold AUROC [95 % CI]."""
-    return (f"{s['fold_mean']:.3f} ± {s['fold_sd']:.3f} · {s['pooled_auroc']:.3f} "
-            f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]")
+    return (
+        f"{s['fold_mean']:.3f} ± {s['fold_sd']:.3f} · {s['pooled_auroc']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+    )
 
 
 def fmt_diff(d: dict, mark: bool = True) -> str:
@@ -114,8 +121,9 @@ def probe_key(b: dict, layer: int | None = None) -> str:
 # ------------------------------------------------------------------------------------------------
 # Derived numbers (computed here from the prediction files)
 # ------------------------------------------------------------------------------------------------
-def prediction_arrays(rows: list[dict[str, str]], label: str, column: str,
-                      start: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prediction_arrays(
+    rows: list[dict[str, str]], label: str, column: str, start: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(record ids, y, score) from a predictions CSV, sorted by record id (probe: one row per label;
     fine-tuning: one row per start with ``y_<label>`` / ``p_<label>`` columns)."""
     if start is None:
@@ -143,8 +151,9 @@ def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n: int = 1000
     return paired_differences(y, a, b[None], n, seed)[0]
 
 
-def paired_differences(y: np.ndarray, a: np.ndarray, bs: np.ndarray, n: int = 1000,
-                       seed: int = 0) -> list[dict[str, float]]:
+def paired_differences(
+    y: np.ndarray, a: np.ndarray, bs: np.ndarray, n: int = 1000, seed: int = 0
+) -> list[dict[str, float]]:
     """``paired_difference(y, a, b)`` for each row ``b`` of ``bs`` (the same resamples for all), at once.
 
     A resample is a vector of record counts; its AUROC is the count-weighted Mann-Whitney statistic over all
@@ -209,50 +218,61 @@ def setup_section(budgets: list[dict]) -> list[str]:
     steps = " and ".join(f"**{b['steps']}**" for b in budgets)
     runs = " (separate runs, each with its own schedule)" if len(budgets) > 1 else ""
     n = a["probe"]["sinus_rhythm"]["n"]
-    lines = ["## Setup", "", "| | |", "|---|---|",
-             "| pre-training data | the PTB-XL 100 Hz subset, the PhysioNet/CinC 2021 subsets (WFDB + SPH) and the "
-             f"LUDB signals (labels **not** used) in `../shared/data`: {st['records']:,} records -> "
-             f"{st['rows']:,} stored 10 s rows (longer records span several rows), {st['rejected']} rejected; "
-             f"{st['val_rows']:,} rows held out for validation by a hash of the record id |",
-             "| preprocessing | library default `PreprocessSpec()`: FIR band-pass, FFT resampling to 500 Hz, "
-             "per-lead min-max scaling, per-lead decimation to 100 Hz; 5 s windows (the first 5 s of each row in "
-             "pre-training) |",
-             f"| targets | tf+mfcc token descriptors of every row; MiniBatchKMeans (L2 normaliser) for each K of the "
-             f"k-means table, fitted on most ECGs and scored on held-out ECGs; K = {s['k']} labels the store |",
-             f"| encoder | **reduced**, not the published SMALL: {enc['num_hidden_layers']} transformer layers, hidden "
-             f"{enc['hidden_size']}, {enc['num_attention_heads']} heads, FFN {enc['intermediate_size']}, conv stem "
-             f"{len(enc['conv_dim'])} layers x {enc['conv_dim'][0]} channels (the published 100 Hz stem geometry); "
-             f"{p['parameters']:,} backbone parameters |",
-             "| pre-training | masked prediction (the script's span masking, masked loss only), AdamW, "
-             f"lr {s['lr']:g}, warm-up then linear decay, {steps} steps x {s['batch_size']} ECGs{runs}, "
-             f"validation every {s['val_every']} steps, float32; `best` by validation "
-             "masked loss |",
-             f"| linear probe | frozen encoder; per record, mean over tokens of the last layer (layer "
-             f"{enc['num_hidden_layers']}) or of layer {enc['num_hidden_layers'] // 2}, averaged over the two 5 s "
-             "halves of the 10 s record; `StandardScaler` + `LogisticRegression(C=1)`; random init = the same "
-             "architecture with fresh weights; also the mean and s.d. over tokens of the tf+mfcc descriptors |"]
+    lines = [
+        "## Setup",
+        "",
+        "| | |",
+        "|---|---|",
+        "| pre-training data | the PTB-XL 100 Hz subset, the PhysioNet/CinC 2021 subsets (WFDB + SPH) and the "
+        f"LUDB signals (labels **not** used) in `../shared/data`: {st['records']:,} records -> "
+        f"{st['rows']:,} stored 10 s rows (longer records span several rows), {st['rejected']} rejected; "
+        f"{st['val_rows']:,} rows held out for validation by a hash of the record id |",
+        "| preprocessing | library default `PreprocessSpec()`: FIR band-pass, FFT resampling to 500 Hz, "
+        "per-lead min-max scaling, per-lead decimation to 100 Hz; 5 s windows (the first 5 s of each row in "
+        "pre-training) |",
+        f"| targets | tf+mfcc token descriptors of every row; MiniBatchKMeans (L2 normaliser) for each K of the "
+        f"k-means table, fitted on most ECGs and scored on held-out ECGs; K = {s['k']} labels the store |",
+        f"| encoder | **reduced**, not the published SMALL: {enc['num_hidden_layers']} transformer layers, hidden "
+        f"{enc['hidden_size']}, {enc['num_attention_heads']} heads, FFN {enc['intermediate_size']}, conv stem "
+        f"{len(enc['conv_dim'])} layers x {enc['conv_dim'][0]} channels (the published 100 Hz stem geometry); "
+        f"{p['parameters']:,} backbone parameters |",
+        "| pre-training | masked prediction (the script's span masking, masked loss only), AdamW, "
+        f"lr {s['lr']:g}, warm-up then linear decay, {steps} steps x {s['batch_size']} ECGs{runs}, "
+        f"validation every {s['val_every']} steps, float32; `best` by validation "
+        "masked loss |",
+        f"| linear probe | frozen encoder; per record, mean over tokens of the last layer (layer "
+        f"{enc['num_hidden_layers']}) or of layer {enc['num_hidden_layers'] // 2}, averaged over the two 5 s "
+        "halves of the 10 s record; `StandardScaler` + `LogisticRegression(C=1)`; random init = the same "
+        "architecture with fresh weights; also the mean and s.d. over tokens of the tf+mfcc descriptors |",
+    ]
     if ft is not None:
         r0 = ft["runs"][0]
-        lines.append(f"| fine-tuning | one two-label (`multi_label`) linear head for sinus rhythm and LVH, BCE with "
-                     f"pos_weight from the training records, layer-wise LR decay, conv stem trained, lr "
-                     f"{ft['settings']['lr']:g}, gradient clipping, random 5 s crops, "
-                     f"**{ft['settings']['steps']} steps x {ft['settings']['batch_size']} records**, `best` by "
-                     "validation macro AUROC; the test fold is scored on both 5 s halves (mean of probabilities). "
-                     "Same recipe and step budget for both starts; "
-                     f"{r0['n_train']} train / {r0['n_val']} validation / {r0['n_test']} test records per fold |")
-    lines += [f"| labels (LUDB, `hubert_ecg.label_tables.ludb_labels_table`) | `sinus_rhythm`: the rhythm statement is "
-              f"exactly \"Sinus rhythm\" ({a['probe']['sinus_rhythm']['positives']} of {n}); `lvh`: \"Left "
-              f"ventricular hypertrophy\" listed ({a['probe']['lvh']['positives']} of {n}) |",
-              "| folds | `StratifiedKFold(5, shuffle=True, random_state=0)` by record on the joint label (sinus x "
-              "LVH); in fine-tuning a stratified 20 % of each training fold is the validation split |",
-              "| statistics | AUROC per test fold (mean ± s.d. over folds) and pooled out-of-fold AUROC with a 95 % "
-              "percentile bootstrap CI (1,000 resamples, seed 0, `hubert_ecg.metrics.bootstrap_ci`); differences "
-              "with a paired bootstrap over records (1,000 resamples); **bold** = the interval excludes 0 |",
-              f"| code | git commit `{a['provenance']['git_commit'][:12]}` (from `provenance` in each results file) |",
-              f"| machine | {a['provenance']['machine_note'] or 'not recorded'}; {a['provenance']['machine']} |", "",
-              "**Caveat: the LUDB signals were part of the unlabelled pre-training corpus.** No label was seen, but "
-              "the probe and fine-tuning results are transductive with respect to the signals; a strict evaluation "
-              "would pre-train without LUDB.", ""]
+        lines.append(
+            f"| fine-tuning | one two-label (`multi_label`) linear head for sinus rhythm and LVH, BCE with "
+            f"pos_weight from the training records, layer-wise LR decay, conv stem trained, lr "
+            f"{ft['settings']['lr']:g}, gradient clipping, random 5 s crops, "
+            f"**{ft['settings']['steps']} steps x {ft['settings']['batch_size']} records**, `best` by "
+            "validation macro AUROC; the test fold is scored on both 5 s halves (mean of probabilities). "
+            "Same recipe and step budget for both starts; "
+            f"{r0['n_train']} train / {r0['n_val']} validation / {r0['n_test']} test records per fold |"
+        )
+    lines += [
+        f"| labels (LUDB, `hubert_ecg.label_tables.ludb_labels_table`) | `sinus_rhythm`: the rhythm statement is "
+        f'exactly "Sinus rhythm" ({a["probe"]["sinus_rhythm"]["positives"]} of {n}); `lvh`: "Left '
+        f'ventricular hypertrophy" listed ({a["probe"]["lvh"]["positives"]} of {n}) |',
+        "| folds | `StratifiedKFold(5, shuffle=True, random_state=0)` by record on the joint label (sinus x "
+        "LVH); in fine-tuning a stratified 20 % of each training fold is the validation split |",
+        "| statistics | AUROC per test fold (mean ± s.d. over folds) and pooled out-of-fold AUROC with a 95 % "
+        "percentile bootstrap CI (1,000 resamples, seed 0, `hubert_ecg.metrics.bootstrap_ci`); differences "
+        "with a paired bootstrap over records (1,000 resamples); **bold** = the interval excludes 0 |",
+        f"| code | git commit `{a['provenance']['git_commit'][:12]}` (from `provenance` in each results file) |",
+        f"| machine | {a['provenance']['machine_note'] or 'not recorded'}; {a['provenance']['machine']} |",
+        "",
+        "**Caveat: the LUDB signals were part of the unlabelled pre-training corpus.** No label was seen, but "
+        "the probe and fine-tuning results are transductive with respect to the signals; a strict evaluation "
+        "would pre-train without LUDB.",
+        "",
+    ]
     return lines
 
 
@@ -264,96 +284,159 @@ def pretrain_section(budgets: list[dict]) -> list[str]:
         return f"| {name} | " + " | ".join(fn(b) for b in budgets) + " |"
 
     k = budgets[-1]["A"]["settings"]["k"]
-    out = ["## A. Pre-training, k-means quality and linear probe", "",
-           "Command: `python experiments/pretrain_probe_ludb.py --work WORK --steps N` (one run per budget).", "",
-           "#### Masked prediction (validation rows; only masked tokens are scored)", "", head, sep,
-           row("optimizer steps x batch",
-               lambda b: f"{b['A']['pretrain']['steps']} x {b['A']['settings']['batch_size']}"),
-           row("validation rows", lambda b: f"{b['A']['pretrain']['n_val_rows']}"),
-           row("masked-token accuracy, pre-trained (`best`)",
-               lambda b: f"{b['A']['pretrain']['best_val_masked_acc']:.3f} (step {b['A']['pretrain']['best_step']})"),
-           row("masked-token accuracy, same encoder untrained",
-               lambda b: f"{b['A']['pretrain']['untrained_val_masked_acc']:.3f}"),
-           row("majority-cluster baseline", lambda b: f"{b['A']['pretrain']['majority_baseline']:.3f}"),
-           row("chance (1/K)", lambda b: f"{1 / b['A']['settings']['k']:.3f}"),
-           row("validation masked loss, untrained -> best",
-               lambda b: f"{b['A']['pretrain']['untrained_val_loss']:.3f} -> "
-                         f"{b['A']['pretrain']['best_val_loss']:.3f}"),
-           "", "The majority baseline counts all tokens of the validation rows; masked tokens are a random subset, so "
-           "the two are comparable in expectation.", "",
-           "#### Validation curve (`pretrain_history.csv`)", "",
-           "Validation masked-token accuracy / validation masked loss at each validation step:", "",
-           "| step | " + " | ".join(f"{b['steps']} steps" for b in budgets) + " |", sep]
+    out = [
+        "## A. Pre-training, k-means quality and linear probe",
+        "",
+        "Command: `python experiments/pretrain_probe_ludb.py --work WORK --steps N` (one run per budget).",
+        "",
+        "#### Masked prediction (validation rows; only masked tokens are scored)",
+        "",
+        head,
+        sep,
+        row("optimizer steps x batch", lambda b: f"{b['A']['pretrain']['steps']} x {b['A']['settings']['batch_size']}"),
+        row("validation rows", lambda b: f"{b['A']['pretrain']['n_val_rows']}"),
+        row(
+            "masked-token accuracy, pre-trained (`best`)",
+            lambda b: f"{b['A']['pretrain']['best_val_masked_acc']:.3f} (step {b['A']['pretrain']['best_step']})",
+        ),
+        row(
+            "masked-token accuracy, same encoder untrained",
+            lambda b: f"{b['A']['pretrain']['untrained_val_masked_acc']:.3f}",
+        ),
+        row("majority-cluster baseline", lambda b: f"{b['A']['pretrain']['majority_baseline']:.3f}"),
+        row("chance (1/K)", lambda b: f"{1 / b['A']['settings']['k']:.3f}"),
+        row(
+            "validation masked loss, untrained -> best",
+            lambda b: f"{b['A']['pretrain']['untrained_val_loss']:.3f} -> {b['A']['pretrain']['best_val_loss']:.3f}",
+        ),
+        "",
+        "The majority baseline counts all tokens of the validation rows; masked tokens are a random subset, so "
+        "the two are comparable in expectation.",
+        "",
+        "#### Validation curve (`pretrain_history.csv`)",
+        "",
+        "Validation masked-token accuracy / validation masked loss at each validation step:",
+        "",
+        "| step | " + " | ".join(f"{b['steps']} steps" for b in budgets) + " |",
+        sep,
+    ]
     curves = [(dict(history_points(b, "val_masked_acc")), dict(history_points(b, "val_loss"))) for b in budgets]
     for step in sorted({s for acc, _ in curves for s in acc}):
-        out.append(f"| {step} | " + " | ".join(f"{acc[step]:.3f} / {loss[step]:.3f}" if step in acc else ""
-                                               for acc, loss in curves) + " |")
+        out.append(
+            f"| {step} | "
+            + " | ".join(f"{acc[step]:.3f} / {loss[step]:.3f}" if step in acc else "" for acc, loss in curves)
+            + " |"
+        )
     out.append("")
     km_b = budgets[-1]
-    out += [f"#### k-means on tf+mfcc token descriptors (held-out ECGs; run of the {km_b['steps']}-step budget)", "",
-            "| K | held-out ECGs (tokens) | mean squared distance to centroid | Davies-Bouldin (lower is better) | "
-            "Calinski-Harabasz (higher is better) | empty clusters | smallest / largest cluster (share of tokens) |",
-            "|---|---|---|---|---|---|---|"]
+    out += [
+        f"#### k-means on tf+mfcc token descriptors (held-out ECGs; run of the {km_b['steps']}-step budget)",
+        "",
+        "| K | held-out ECGs (tokens) | mean squared distance to centroid | Davies-Bouldin (lower is better) | "
+        "Calinski-Harabasz (higher is better) | empty clusters | smallest / largest cluster (share of tokens) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for km in km_b["A"]["kmeans"]:
-        out.append(f"| {km['k']} | {km['n_held_out_ecgs']} ({km['n_rows']:,}) | {km['inertia_mean']:.4f} | "
-                   f"{km['davies_bouldin']:.3f} | {km['calinski_harabasz']:.1f} | {km['n_empty_clusters']} | "
-                   f"{km['cluster_size_min']} / {km['cluster_size_max']} ({km['majority_fraction']:.3f}) |")
+        out.append(
+            f"| {km['k']} | {km['n_held_out_ecgs']} ({km['n_rows']:,}) | {km['inertia_mean']:.4f} | "
+            f"{km['davies_bouldin']:.3f} | {km['calinski_harabasz']:.1f} | {km['n_empty_clusters']} | "
+            f"{km['cluster_size_min']} / {km['cluster_size_max']} ({km['majority_fraction']:.3f}) |"
+        )
+
     def quality(b: dict) -> list[dict]:  # the file's location and checksum (its metadata holds paths) left out
         return [{k: v for k, v in km.items() if k not in ("path", "kmeans_sha256")} for km in b["A"]["kmeans"]]
 
     same = all(quality(b) == quality(km_b) for b in budgets)
     if len(budgets) > 1:
-        out += ["", "The k-means of the other budgets' runs give " + ("the same quality numbers (same data, same seed)."
-                if same else "**different** quality numbers (see their `kmeans_quality.json`).")]
-    out += ["",
-            "#### Linear probe on frozen embeddings (LUDB, 5-fold)", "",
-            "AUROC: mean ± s.d. over the 5 test folds · pooled out-of-fold AUROC [95 % bootstrap CI]; "
-            f"K = {k} targets.", ""]
+        out += [
+            "",
+            "The k-means of the other budgets' runs give "
+            + (
+                "the same quality numbers (same data, same seed)."
+                if same
+                else "**different** quality numbers (see their `kmeans_quality.json`)."
+            ),
+        ]
+    out += [
+        "",
+        "#### Linear probe on frozen embeddings (LUDB, 5-fold)",
+        "",
+        f"AUROC: mean ± s.d. over the 5 test folds · pooled out-of-fold AUROC [95 % bootstrap CI]; K = {k} targets.",
+        "",
+    ]
     for label in ("sinus_rhythm", "lvh"):
         block0 = budgets[-1]["A"]["probe"][label]
-        out += [f"**{label}** (n = {block0['n']} records, {block0['positives']} positive)", "",
-                "| embedding | " + " | ".join(f"{b['steps']} steps" for b in budgets) + " |", sep]
+        out += [
+            f"**{label}** (n = {block0['n']} records, {block0['positives']} positive)",
+            "",
+            "| embedding | " + " | ".join(f"{b['steps']} steps" for b in budgets) + " |",
+            sep,
+        ]
         names = [k for k, v in block0.items() if isinstance(v, dict) and "fold_mean" in v]
         for name in names:
             out.append(f"| {name} | " + " | ".join(fmt_auroc(b["A"]["probe"][label][name]) for b in budgets) + " |")
         for name in [k for k, v in block0.items() if isinstance(v, dict) and "diff" in v]:
-            out.append(f"| *{name}* (paired) | " + " | ".join(fmt_diff(b["A"]["probe"][label][name]) for b in budgets)
-                       + " |")
+            out.append(
+                f"| *{name}* (paired) | " + " | ".join(fmt_diff(b["A"]["probe"][label][name]) for b in budgets) + " |"
+            )
         out.append("")
     return out
 
 
 def finetune_section(budgets: list[dict]) -> list[str]:
     done = [b for b in budgets if "B" in b]
-    out = ["## B. Fine-tuning on LUDB, pre-trained vs. random init", "",
-           "Command: `python experiments/finetune_ludb.py --work WORK --steps 48` (reads the `best` checkpoint of A).",
-           ""]
+    out = [
+        "## B. Fine-tuning on LUDB, pre-trained vs. random init",
+        "",
+        "Command: `python experiments/finetune_ludb.py --work WORK --steps 48` (reads the `best` checkpoint of A).",
+        "",
+    ]
     if not done:
         return out + ["No fine-tuning results in `experiments/results/` yet.", ""]
     sep = "|---|" + "---|" * len(done)
-    out += ["AUROC on the held-out fold: mean ± s.d. over folds · pooled out-of-fold AUROC [95 % bootstrap CI]. "
-            "Columns: the pre-training budget of the `pretrained` start.", ""]
+    out += [
+        "AUROC on the held-out fold: mean ± s.d. over folds · pooled out-of-fold AUROC [95 % bootstrap CI]. "
+        "Columns: the pre-training budget of the `pretrained` start.",
+        "",
+    ]
     for label in ("sinus_rhythm", "lvh"):
         block0 = done[-1]["B"]["finetune"][label]
-        out += [f"**{label}** (n = {block0['n']} records, {block0['positives']} positive)", "",
-                "| start | " + " | ".join(f"{b['steps']} steps" for b in done) + " |", sep]
+        out += [
+            f"**{label}** (n = {block0['n']} records, {block0['positives']} positive)",
+            "",
+            "| start | " + " | ".join(f"{b['steps']} steps" for b in done) + " |",
+            sep,
+        ]
         for name in ("pretrained", "random init"):
             out.append(f"| {name} | " + " | ".join(fmt_auroc(b["B"]["finetune"][label][name]) for b in done) + " |")
-        out.append("| *pretrained - random init* (paired) | "
-                   + " | ".join(fmt_diff(b["B"]["finetune"][label]["pretrained - random"]) for b in done) + " |")
+        out.append(
+            "| *pretrained - random init* (paired) | "
+            + " | ".join(fmt_diff(b["B"]["finetune"][label]["pretrained - random"]) for b in done)
+            + " |"
+        )
         out.append("")
     for b in done:
-        out.append(f"Best validation step per run ({b['steps']}-step pre-training): "
-                   + ", ".join(f"fold {x['fold']} {x['init']} {x['best_step']}" for x in b["B"]["runs"]) + ".")
+        out.append(
+            f"Best validation step per run ({b['steps']}-step pre-training): "
+            + ", ".join(f"fold {x['fold']} {x['init']} {x['best_step']}" for x in b["B"]["runs"])
+            + "."
+        )
     for b in done:
         src = b["B"]["settings"].get("random_init_runs_reused_from")
         if src:
-            out += ["", f"The random-init runs of the {b['steps']}-step column are copies of those of the {src} run "
-                    "(the same folds, recipe and saved random weights; they do not depend on the pre-trained "
-                    "checkpoint), so its random-init numbers repeat that column's."]
-    out += ["", "The pooled out-of-fold AUROC puts the scores of five different models on one scale; when they are "
-            "calibrated differently the per-fold mean is the better summary, and the pooled value with its CI a "
-            "conservative one.", ""]
+            out += [
+                "",
+                f"The random-init runs of the {b['steps']}-step column are copies of those of the {src} run "
+                "(the same folds, recipe and saved random weights; they do not depend on the pre-trained "
+                "checkpoint), so its random-init numbers repeat that column's.",
+            ]
+    out += [
+        "",
+        "The pooled out-of-fold AUROC puts the scores of five different models on one scale; when they are "
+        "calibrated differently the per-fold mean is the better summary, and the pooled value with its CI a "
+        "conservative one.",
+        "",
+    ]
     return out
 
 
@@ -380,24 +463,36 @@ def random_draws_section(budgets: list[dict], draws: dict | None) -> list[str]:
     if draws is None:
         return []
     seeds = draws["json"]["settings"]["seeds"]
-    out = [f"## Random-init baseline over {len(seeds)} random draws", "",
-           "Experiment A compares the pre-trained encoder with one random draw of the same architecture's weights. "
-           f"`random_probe_ludb.py` draws {len(seeds)} seeded random encoders and fits the same probe (last layer); "
-           "each pre-trained probe is then set against every draw (paired bootstrap, computed by `report_ludb.py` "
-           "from the prediction files).", "",
-           "| LUDB task | random draws: pooled AUROC min / median / max | "
-           + " | ".join(f"{b['steps']} steps: pre-trained minus draw, range of differences; draws significantly "
-                        "beaten" for b in budgets) + " |", "|---|---|" + "---|" * len(budgets)]
+    out = [
+        f"## Random-init baseline over {len(seeds)} random draws",
+        "",
+        "Experiment A compares the pre-trained encoder with one random draw of the same architecture's weights. "
+        f"`random_probe_ludb.py` draws {len(seeds)} seeded random encoders and fits the same probe (last layer); "
+        "each pre-trained probe is then set against every draw (paired bootstrap, computed by `report_ludb.py` "
+        "from the prediction files).",
+        "",
+        "| LUDB task | random draws: pooled AUROC min / median / max | "
+        + " | ".join(
+            f"{b['steps']} steps: pre-trained minus draw, range of differences; draws significantly beaten"
+            for b in budgets
+        )
+        + " |",
+        "|---|---|" + "---|" * len(budgets),
+    ]
     for label in ("sinus_rhythm", "lvh"):
         auc = [d["pooled_auroc"] for d in draws["json"]["probe"][label]["draws"].values()]
         cells = []
         for b in budgets:
             diffs = draw_differences(b, draws, label)
             wins = sum(d["ci_low"] > 0 for d in diffs)
-            cells.append(f"{min(d['diff'] for d in diffs):+.3f} to {max(d['diff'] for d in diffs):+.3f}; "
-                         f"{wins} of {len(diffs)}")
-        out.append(f"| {LABEL_NAMES[label]} | {min(auc):.3f} / {float(np.median(auc)):.3f} / {max(auc):.3f} | "
-                   + " | ".join(cells) + " |")
+            cells.append(
+                f"{min(d['diff'] for d in diffs):+.3f} to {max(d['diff'] for d in diffs):+.3f}; {wins} of {len(diffs)}"
+            )
+        out.append(
+            f"| {LABEL_NAMES[label]} | {min(auc):.3f} / {float(np.median(auc)):.3f} / {max(auc):.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return out + [""]
 
 
@@ -405,14 +500,21 @@ def budget_section(budgets: list[dict]) -> list[str]:
     if len(budgets) < 2:
         return []
     lo, hi = budgets[0], budgets[-1]
-    out = [f"## Longer pre-training: {hi['steps']} vs. {lo['steps']} steps", "",
-           f"Pre-trained encoder at {hi['steps']} steps minus the one at {lo['steps']} steps, AUROC on the same "
-           "records (paired bootstrap, computed by `report_ludb.py` from the prediction files):", "",
-           "| LUDB task | linear probe (last layer) | fine-tuned |", "|---|---|---|"]
+    out = [
+        f"## Longer pre-training: {hi['steps']} vs. {lo['steps']} steps",
+        "",
+        f"Pre-trained encoder at {hi['steps']} steps minus the one at {lo['steps']} steps, AUROC on the same "
+        "records (paired bootstrap, computed by `report_ludb.py` from the prediction files):",
+        "",
+        "| LUDB task | linear probe (last layer) | fine-tuned |",
+        "|---|---|---|",
+    ]
     for label in ("sinus_rhythm", "lvh"):
         ft = budget_difference(hi, lo, label, "finetune")
-        out.append(f"| {LABEL_NAMES[label]} | {fmt_diff(budget_difference(hi, lo, label, 'probe'))} | "
-                   f"{fmt_diff(ft) if ft else 'not run'} |")
+        out.append(
+            f"| {LABEL_NAMES[label]} | {fmt_diff(budget_difference(hi, lo, label, 'probe'))} | "
+            f"{fmt_diff(ft) if ft else 'not run'} |"
+        )
     return out + [""]
 
 
@@ -437,10 +539,15 @@ def time_rows(b: dict) -> list[tuple[str, float, float]]:
 
 
 def time_section(budgets: list[dict], draws: dict | None = None) -> list[str]:
-    out = ["## CPU time", "",
-           "Measured by the scripts: wall-clock and CPU time (user + system of the process and of its finished "
-           "child processes, i.e. the `prepare` workers), per stage; fine-tuning as the sum over its runs.", "",
-           "| budget | stage | wall | CPU (user + sys) |", "|---|---|---|---|"]
+    out = [
+        "## CPU time",
+        "",
+        "Measured by the scripts: wall-clock and CPU time (user + system of the process and of its finished "
+        "child processes, i.e. the `prepare` workers), per stage; fine-tuning as the sum over its runs.",
+        "",
+        "| budget | stage | wall | CPU (user + sys) |",
+        "|---|---|---|---|",
+    ]
     total_wall = total_cpu = 0.0
     for b in budgets:
         for name, wall, cpu in time_rows(b):
@@ -449,8 +556,10 @@ def time_section(budgets: list[dict], draws: dict | None = None) -> list[str]:
             total_cpu += cpu
     if draws is not None:
         t = draws["json"]
-        out.append(f"| random draws | {len(t['settings']['seeds'])} random encoders, embeddings + probes | "
-                   f"{minutes(t['wall_s']['total'])} | {minutes(t['cpu_s']['total'])} |")
+        out.append(
+            f"| random draws | {len(t['settings']['seeds'])} random encoders, embeddings + probes | "
+            f"{minutes(t['wall_s']['total'])} | {minutes(t['cpu_s']['total'])} |"
+        )
         total_wall += t["wall_s"]["total"]
         total_cpu += t["cpu_s"]["total"]
     out += [f"| **all** | | **{minutes(total_wall)}** | **{minutes(total_cpu)}** |", ""]
@@ -458,17 +567,24 @@ def time_section(budgets: list[dict], draws: dict | None = None) -> list[str]:
         wall, cpu = b["A"]["wall_s"].get("pretrain"), b["A"]["cpu_s"].get("pretrain")
         if wall and cpu:
             n = b["A"]["pretrain"]["steps"] * b["A"]["settings"]["batch_size"]
-            out.append(f"Pre-training throughput, {b['steps']} steps: {n / wall:.1f} ECG/s wall, "
-                       f"{n / cpu:.1f} ECG per CPU second.")
+            out.append(
+                f"Pre-training throughput, {b['steps']} steps: {n / wall:.1f} ECG/s wall, "
+                f"{n / cpu:.1f} ECG per CPU second."
+            )
     prov = budgets[-1]["A"]["provenance"]
-    out += ["", f"Machine: {prov['machine_note']}; {prov['machine']}. "
-            "Wall time depends on the other jobs' load on the shared machine; CPU time much less so."]
+    out += [
+        "",
+        f"Machine: {prov['machine_note']}; {prov['machine']}. "
+        "Wall time depends on the other jobs' load on the shared machine; CPU time much less so.",
+    ]
     for b in budgets:
         for exp in ("A", "B"):
             other = b.get(exp, {}).get("provenance")
             if other and (other["machine_note"], other["machine"]) != (prov["machine_note"], prov["machine"]):
-                out.append(f"Experiment {exp} of the {b['steps']}-step budget ran with: {other['machine_note']}; "
-                           f"{other['machine']}.")
+                out.append(
+                    f"Experiment {exp} of the {b['steps']}-step budget ran with: {other['machine_note']}; "
+                    f"{other['machine']}."
+                )
     return out + [""]
 
 
@@ -490,43 +606,58 @@ def findings(budgets: list[dict], draws: dict | None = None) -> list[str]:
     quarter = next(v for step, v in acc if step >= 3 * last["steps"] // 4)
     late, total = acc[-1][1] - quarter, acc[-1][1] - acc[0][1]
     trend = "flattening" if late < total / 4 else "still rising"
-    out = ["## What the numbers say", "",
-           f"- Pre-training learns something: after {last['steps']} steps masked-token accuracy is "
-           f"{p['best_val_masked_acc']:.3f} against {p['majority_baseline']:.3f} for always predicting the most "
-           f"frequent cluster and {p['untrained_val_masked_acc']:.3f} untrained (K = {a['settings']['k']}); "
-           f"the validation curve is {trend} ({acc[0][1]:.3f} at step {acc[0][0]}, {quarter:.3f} at three quarters "
-           f"of the run, {acc[-1][1]:.3f} at step {acc[-1][0]})."]
+    out = [
+        "## What the numbers say",
+        "",
+        f"- Pre-training learns something: after {last['steps']} steps masked-token accuracy is "
+        f"{p['best_val_masked_acc']:.3f} against {p['majority_baseline']:.3f} for always predicting the most "
+        f"frequent cluster and {p['untrained_val_masked_acc']:.3f} untrained (K = {a['settings']['k']}); "
+        f"the validation curve is {trend} ({acc[0][1]:.3f} at step {acc[0][0]}, {quarter:.3f} at three quarters "
+        f"of the run, {acc[-1][1]:.3f} at step {acc[-1][0]}).",
+    ]
     for label in ("sinus_rhythm", "lvh"):
         pr = a["probe"][label]
         d = pr[f"pretrained - random, layer {lay}"]
-        out.append(f"- Linear probe, {LABEL_NAMES[label]} ({last['steps']} steps): pre-trained "
-                   f"{pr[probe_key(last)]['pooled_auroc']:.3f} vs. random init "
-                   f"{pr[f'random init, layer {lay}']['pooled_auroc']:.3f} (pooled); paired difference "
-                   f"{fmt_diff(d, mark=False)}, {verdict(d)}; the hand-crafted descriptors give "
-                   f"{pr['tf+mfcc descriptors (no learning)']['pooled_auroc']:.3f}.")
+        out.append(
+            f"- Linear probe, {LABEL_NAMES[label]} ({last['steps']} steps): pre-trained "
+            f"{pr[probe_key(last)]['pooled_auroc']:.3f} vs. random init "
+            f"{pr[f'random init, layer {lay}']['pooled_auroc']:.3f} (pooled); paired difference "
+            f"{fmt_diff(d, mark=False)}, {verdict(d)}; the hand-crafted descriptors give "
+            f"{pr['tf+mfcc descriptors (no learning)']['pooled_auroc']:.3f}."
+        )
     if len(budgets) > 1:
         first = budgets[0]
         for label in ("sinus_rhythm", "lvh"):
             key = f"pretrained - random, layer {n_layers(first)}"
-            seq = "; ".join(f"{b['steps']} steps {fmt_diff(b['A']['probe'][label][key], mark=False)} "
-                            f"({verdict(b['A']['probe'][label][key])})" for b in budgets)
+            seq = "; ".join(
+                f"{b['steps']} steps {fmt_diff(b['A']['probe'][label][key], mark=False)} "
+                f"({verdict(b['A']['probe'][label][key])})"
+                for b in budgets
+            )
             out.append(f"- {LABEL_NAMES[label]}, probe gain over random init by pre-training budget: {seq}.")
     if len(budgets) > 1:
         key = f"random init, layer {lay}"
         spread = {label: [b["A"]["probe"][label][key]["pooled_auroc"] for b in budgets] for label in LABEL_NAMES}
-        out.append("- The random-init baseline of the probe is one random draw of the encoder's weights per run (drawn "
-                   "after pre-training, so each budget's run draws different weights); between the runs its pooled "
-                   "AUROC moves by " + ", ".join(f"{max(v) - min(v):.3f} ({LABEL_NAMES[k]})" for k, v in spread.items())
-                   + ", which is part of the uncertainty of every pre-trained minus random difference.")
+        out.append(
+            "- The random-init baseline of the probe is one random draw of the encoder's weights per run (drawn "
+            "after pre-training, so each budget's run draws different weights); between the runs its pooled "
+            "AUROC moves by "
+            + ", ".join(f"{max(v) - min(v):.3f} ({LABEL_NAMES[k]})" for k, v in spread.items())
+            + ", which is part of the uncertainty of every pre-trained minus random difference."
+        )
     if draws is not None:
         parts = []
         for label in ("sinus_rhythm", "lvh"):
             for b in budgets:
                 diffs = draw_differences(b, draws, label)
-                parts.append(f"{LABEL_NAMES[label]} at {b['steps']} steps {sum(d['ci_low'] > 0 for d in diffs)} of "
-                             f"{len(diffs)}")
-        out.append("- Against many random draws instead of one, the pre-trained probe's CI excludes 0 for: "
-                   + "; ".join(parts) + " draws.")
+                parts.append(
+                    f"{LABEL_NAMES[label]} at {b['steps']} steps {sum(d['ci_low'] > 0 for d in diffs)} of {len(diffs)}"
+                )
+        out.append(
+            "- Against many random draws instead of one, the pre-trained probe's CI excludes 0 for: "
+            + "; ".join(parts)
+            + " draws."
+        )
     ft_done = [b for b in budgets if "B" in b]
     if ft_done:
         b = ft_done[-1]
@@ -535,12 +666,14 @@ def findings(budgets: list[dict], draws: dict | None = None) -> list[str]:
             d = f["pretrained - random"]
             probe_auc = b["A"]["probe"][label][probe_key(b)]["pooled_auroc"]
             rel = "below" if f["pretrained"]["pooled_auroc"] < probe_auc else "at or above"
-            out.append(f"- Fine-tuning, {LABEL_NAMES[label]} ({b['steps']}-step encoder, "
-                       f"{b['B']['settings']['steps']} steps): pre-trained {f['pretrained']['pooled_auroc']:.3f} vs. "
-                       f"random init {f['random init']['pooled_auroc']:.3f} (pooled; per-fold means "
-                       f"{f['pretrained']['fold_mean']:.3f} vs. {f['random init']['fold_mean']:.3f}); paired "
-                       f"difference {fmt_diff(d, mark=False)}, {verdict(d)}; {rel} the linear probe of the same "
-                       f"encoder ({probe_auc:.3f}).")
+            out.append(
+                f"- Fine-tuning, {LABEL_NAMES[label]} ({b['steps']}-step encoder, "
+                f"{b['B']['settings']['steps']} steps): pre-trained {f['pretrained']['pooled_auroc']:.3f} vs. "
+                f"random init {f['random init']['pooled_auroc']:.3f} (pooled; per-fold means "
+                f"{f['pretrained']['fold_mean']:.3f} vs. {f['random init']['fold_mean']:.3f}); paired "
+                f"difference {fmt_diff(d, mark=False)}, {verdict(d)}; {rel} the linear probe of the same "
+                f"encoder ({probe_auc:.3f})."
+            )
     if len(budgets) > 1:
         lo, hi = budgets[0], budgets[-1]
         parts = []
@@ -551,21 +684,33 @@ def findings(budgets: list[dict], draws: dict | None = None) -> list[str]:
             if ft:
                 parts.append(f"{LABEL_NAMES[label]} fine-tuned {fmt_diff(ft, mark=False)} ({verdict(ft)})")
         acc_lo, acc_hi = (x["A"]["pretrain"]["best_val_masked_acc"] for x in (lo, hi))
-        out.append(f"- {hi['steps']} instead of {lo['steps']} pre-training steps: masked-token accuracy "
-                   f"{acc_lo:.3f} -> {acc_hi:.3f}; downstream AUROC of the pre-trained encoder, paired on the same "
-                   "records: " + "; ".join(parts) + ".")
+        out.append(
+            f"- {hi['steps']} instead of {lo['steps']} pre-training steps: masked-token accuracy "
+            f"{acc_lo:.3f} -> {acc_hi:.3f}; downstream AUROC of the pre-trained encoder, paired on the same "
+            "records: " + "; ".join(parts) + "."
+        )
     n = a["probe"]["lvh"]["n"]
-    out += [f"- Everything rests on {n} labelled records: the 95 % intervals are wide. These are sanity checks of the "
-            "pipeline on real data with a reduced encoder and minutes of CPU training, not clinical results.", ""]
+    out += [
+        f"- Everything rests on {n} labelled records: the 95 % intervals are wide. These are sanity checks of the "
+        "pipeline on real data with a reduced encoder and minutes of CPU training, not clinical results.",
+        "",
+    ]
     return out
 
 
 def experiments_block(budgets: list[dict], draws: dict | None = None) -> str:
     if not budgets:
         return "\n".join([NOTE, "", "No results in `experiments/results/` yet: run `make experiments`.", ""])
-    lines = [NOTE, ""] + setup_section(budgets) + pretrain_section(budgets) + finetune_section(budgets) \
-        + budget_section(budgets) + random_draws_section(budgets, draws) + findings(budgets, draws) \
+    lines = (
+        [NOTE, ""]
+        + setup_section(budgets)
+        + pretrain_section(budgets)
+        + finetune_section(budgets)
+        + budget_section(budgets)
+        + random_draws_section(budgets, draws)
+        + findings(budgets, draws)
         + time_section(budgets, draws)
+    )
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -579,36 +724,53 @@ def readme_block(budgets: list[dict], draws: dict | None = None) -> str:
     st = a["pretrain_store"]
     acc = "; ".join(f"{b['A']['pretrain']['best_val_masked_acc']:.3f} after {b['steps']} steps" for b in budgets)
     p = a["pretrain"]
-    out = [NOTE, "",
-           "**Real ECGs, small scale** ([docs/EXPERIMENTS.md](docs/EXPERIMENTS.md); raw outputs in "
-           "[experiments/results/](experiments/results/); `make experiments` reruns them and rewrites these tables). "
-           f"A reduced encoder ({enc['num_hidden_layers']} layers, hidden {enc['hidden_size']}, "
-           f"{p['parameters'] / 1e6:.1f} M parameters; the published `small` is too slow for a 2-core CPU) pre-trained "
-           f"with batches of {a['settings']['batch_size']} ECGs on the {st['records']:,} unlabelled records of the "
-           f"test data (PTB-XL at 100 Hz, CinC-2021/SPH, LUDB signals), iteration-1 targets (tf+mfcc, "
-           f"K = {a['settings']['k']}). Masked-token accuracy {acc}, against {p['majority_baseline']:.3f} for the "
-           f"majority cluster and {p['untrained_val_masked_acc']:.3f} untrained. Then LUDB "
-           f"({a['probe']['lvh']['n']} records), 5-fold by record, AUROC as mean ± s.d. over folds · pooled "
-           "out-of-fold [95 % bootstrap CI]:", "",
-           "| LUDB task (positives) | pre-training | linear probe, pre-trained | linear probe, random init | "
-           "fine-tuned, pre-trained | fine-tuned, random init |", "|---|---|---|---|---|---|"]
+    out = [
+        NOTE,
+        "",
+        "**Real ECGs, small scale** ([docs/EXPERIMENTS.md](docs/EXPERIMENTS.md); raw outputs in "
+        "[experiments/results/](experiments/results/); `make experiments` reruns them and rewrites these tables). "
+        f"A reduced encoder ({enc['num_hidden_layers']} layers, hidden {enc['hidden_size']}, "
+        f"{p['parameters'] / 1e6:.1f} M parameters; the published `small` is too slow for a 2-core CPU) pre-trained "
+        f"with batches of {a['settings']['batch_size']} ECGs on the {st['records']:,} unlabelled records of the "
+        f"test data (PTB-XL at 100 Hz, CinC-2021/SPH, LUDB signals), iteration-1 targets (tf+mfcc, "
+        f"K = {a['settings']['k']}). Masked-token accuracy {acc}, against {p['majority_baseline']:.3f} for the "
+        f"majority cluster and {p['untrained_val_masked_acc']:.3f} untrained. Then LUDB "
+        f"({a['probe']['lvh']['n']} records), 5-fold by record, AUROC as mean ± s.d. over folds · pooled "
+        "out-of-fold [95 % bootstrap CI]:",
+        "",
+        "| LUDB task (positives) | pre-training | linear probe, pre-trained | linear probe, random init | "
+        "fine-tuned, pre-trained | fine-tuned, random init |",
+        "|---|---|---|---|---|---|",
+    ]
     for label in ("sinus_rhythm", "lvh"):
         for b in budgets:
             pr = b["A"]["probe"][label]
-            ft = [fmt_auroc(b["B"]["finetune"][label][s]) if "B" in b else "not run"
-                  for s in ("pretrained", "random init")]
-            out.append(f"| {LABEL_NAMES[label]} ({pr['positives']}) | {b['steps']} steps | "
-                       f"{fmt_auroc(pr[probe_key(b)])} | {fmt_auroc(pr[f'random init, layer {n_layers(b)}'])} | "
-                       f"{ft[0]} | {ft[1]} |")
-    out += ["", "Paired differences, pre-trained minus random init [95 % paired bootstrap CI; **bold**: excludes 0]:",
-            "", "| pre-training | probe, sinus rhythm | probe, LVH | fine-tuned, sinus rhythm | fine-tuned, LVH |",
-            "|---|---|---|---|---|"]
+            ft = [
+                fmt_auroc(b["B"]["finetune"][label][s]) if "B" in b else "not run"
+                for s in ("pretrained", "random init")
+            ]
+            out.append(
+                f"| {LABEL_NAMES[label]} ({pr['positives']}) | {b['steps']} steps | "
+                f"{fmt_auroc(pr[probe_key(b)])} | {fmt_auroc(pr[f'random init, layer {n_layers(b)}'])} | "
+                f"{ft[0]} | {ft[1]} |"
+            )
+    out += [
+        "",
+        "Paired differences, pre-trained minus random init [95 % paired bootstrap CI; **bold**: excludes 0]:",
+        "",
+        "| pre-training | probe, sinus rhythm | probe, LVH | fine-tuned, sinus rhythm | fine-tuned, LVH |",
+        "|---|---|---|---|---|",
+    ]
     for x in budgets:
         key = f"pretrained - random, layer {n_layers(x)}"
-        fts = [fmt_diff(x["B"]["finetune"][lab]["pretrained - random"]) if "B" in x else "not run"
-               for lab in ("sinus_rhythm", "lvh")]
-        out.append(f"| {x['steps']} steps | {fmt_diff(x['A']['probe']['sinus_rhythm'][key])} | "
-                   f"{fmt_diff(x['A']['probe']['lvh'][key])} | {fts[0]} | {fts[1]} |")
+        fts = [
+            fmt_diff(x["B"]["finetune"][lab]["pretrained - random"]) if "B" in x else "not run"
+            for lab in ("sinus_rhythm", "lvh")
+        ]
+        out.append(
+            f"| {x['steps']} steps | {fmt_diff(x['A']['probe']['sinus_rhythm'][key])} | "
+            f"{fmt_diff(x['A']['probe']['lvh'][key])} | {fts[0]} | {fts[1]} |"
+        )
     if len(budgets) > 1:
         lo, hi = budgets[0], budgets[-1]
         parts = []
@@ -617,26 +779,38 @@ def readme_block(budgets: list[dict], draws: dict | None = None) -> str:
                 d = budget_difference(hi, lo, lab, kind)
                 if d:
                     parts.append(f"{name}, {LABEL_NAMES[lab]} {fmt_diff(d)}")
-        out += ["", f"Longer pre-training, AUROC of the pre-trained encoder at {hi['steps']} minus at {lo['steps']} "
-                "steps (paired, same records): " + "; ".join(parts) + "."]
+        out += [
+            "",
+            f"Longer pre-training, AUROC of the pre-trained encoder at {hi['steps']} minus at {lo['steps']} "
+            "steps (paired, same records): " + "; ".join(parts) + ".",
+        ]
     if draws is not None:
         b = budgets[-1]
         parts = []
         for label in ("sinus_rhythm", "lvh"):
             auc = [d["pooled_auroc"] for d in draws["json"]["probe"][label]["draws"].values()]
             diffs = draw_differences(b, draws, label)
-            parts.append(f"{LABEL_NAMES[label]}: random-init probes {min(auc):.3f}-{max(auc):.3f}, the "
-                         f"{b['steps']}-step pre-trained probe significantly better than "
-                         f"{sum(d['ci_low'] > 0 for d in diffs)} of them")
-        out += ["", f"The random-init baseline is one random draw; over {len(draws['json']['settings']['seeds'])} "
-                "seeded draws: " + "; ".join(parts) + "."]
+            parts.append(
+                f"{LABEL_NAMES[label]}: random-init probes {min(auc):.3f}-{max(auc):.3f}, the "
+                f"{b['steps']}-step pre-trained probe significantly better than "
+                f"{sum(d['ci_low'] > 0 for d in diffs)} of them"
+            )
+        out += [
+            "",
+            f"The random-init baseline is one random draw; over {len(draws['json']['settings']['seeds'])} "
+            "seeded draws: " + "; ".join(parts) + ".",
+        ]
     wall, cpu = total_time(budgets, draws)
     prov = a["provenance"]
-    out += ["", f"All of it took {minutes(cpu)} of CPU time (user + sys) and {minutes(wall)} wall-clock (summed over "
-            "stages) on a "
-            f"{prov['machine_note'] or prov['machine']} (torch {prov['machine'].split('torch ')[1].split(' ')[0]}). "
-            "Caveats: LUDB signals (not labels) were in the pre-training corpus; minutes of training; the intervals "
-            "are wide. These are sanity checks of the pipeline on real data, not clinical accuracy.", ""]
+    out += [
+        "",
+        f"All of it took {minutes(cpu)} of CPU time (user + sys) and {minutes(wall)} wall-clock (summed over "
+        "stages) on a "
+        f"{prov['machine_note'] or prov['machine']} (torch {prov['machine'].split('torch ')[1].split(' ')[0]}). "
+        "Caveats: LUDB signals (not labels) were in the pre-training corpus; minutes of training; the intervals "
+        "are wide. These are sanity checks of the pipeline on real data, not clinical accuracy.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -654,8 +828,10 @@ def targets(results: Path = RESULTS) -> dict[Path, str]:
     """{document: its text with freshly generated results blocks}."""
     budgets = load_budgets(results)
     draws = load_random_draws(results)
-    docs = {ROOT / "docs" / "EXPERIMENTS.md": experiments_block(budgets, draws),
-            ROOT / "README.md": readme_block(budgets, draws)}
+    docs = {
+        ROOT / "docs" / "EXPERIMENTS.md": experiments_block(budgets, draws),
+        ROOT / "README.md": readme_block(budgets, draws),
+    }
     return {path: replace_block(path.read_text(), block, path) for path, block in docs.items()}
 
 
@@ -677,8 +853,12 @@ def main() -> int:
                 path.write_text(text)
                 print(f"updated {path.relative_to(ROOT)}")
     if args.check and stale:
-        print("out of date with experiments/results/: " + ", ".join(str(p.relative_to(ROOT)) for p in stale)
-              + " (run python experiments/report_ludb.py)", file=sys.stderr)
+        print(
+            "out of date with experiments/results/: "
+            + ", ".join(str(p.relative_to(ROOT)) for p in stale)
+            + " (run python experiments/report_ludb.py)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

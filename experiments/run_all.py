@@ -28,14 +28,17 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/hubert-ecg-exp", help="stores, features, checkpoints (not committed)")
     parser.add_argument("--steps", type=int, nargs="+", default=[160, 640], help="pre-training budgets to compare")
     parser.add_argument("--finetune-steps", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (OMP_NUM_THREADS) per run; the committed results used 1")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (OMP_NUM_THREADS) per run; the committed results used 1"
+    )
     args = parser.parse_args()
 
     missing = [str(p) for p in PRETRAIN_INPUTS if not p.is_dir()]
     if missing:
-        print(f"experiments skipped: real data not found ({', '.join(missing)}); set HUBERT_ECG_DATA to the folder "
-              f"holding ptbxl-unlabelled-100hz/, cinc2021-smoke/ and ludb/ (looked in {DATA})")
+        print(
+            f"experiments skipped: real data not found ({', '.join(missing)}); set HUBERT_ECG_DATA to the folder "
+            f"holding ptbxl-unlabelled-100hz/, cinc2021-smoke/ and ludb/ (looked in {DATA})"
+        )
         return 0
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     first = None
@@ -43,9 +46,11 @@ def main() -> int:
         work = str(Path(args.work) / f"pretrain-{steps}")
         # The random-init fine-tuning runs do not depend on the budget: the later budgets copy the first one's.
         reuse = ["--reuse-random-from", first] if first else []
-        for cmd in ([sys.executable, str(HERE / "pretrain_probe_ludb.py"), "--work", work, "--steps", str(steps)],
-                    [sys.executable, str(HERE / "finetune_ludb.py"), "--work", work,
-                     "--steps", str(args.finetune_steps)] + reuse):
+        for cmd in (
+            [sys.executable, str(HERE / "pretrain_probe_ludb.py"), "--work", work, "--steps", str(steps)],
+            [sys.executable, str(HERE / "finetune_ludb.py"), "--work", work, "--steps", str(args.finetune_steps)]
+            + reuse,
+        ):
             print("+ " + " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, env=env)
         first = first or work

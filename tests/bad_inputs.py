@@ -49,13 +49,21 @@ def _signal(seconds: float = 10.0, fs: float = FS, seed: int = 0) -> np.ndarray:
     return synthetic_record(np.random.default_rng(seed), fs=fs, seconds=seconds).signal.astype(np.float64)
 
 
-def _wfdb(folder: Path, name: str, signal: np.ndarray, fs: float = FS, names: list[str] | None = None,
-          units: str = "mV") -> Path:
+def _wfdb(
+    folder: Path, name: str, signal: np.ndarray, fs: float = FS, names: list[str] | None = None, units: str = "mV"
+) -> Path:
     import wfdb
 
     # adc_gain is chosen by wfdb from the range; 16-bit keeps uV-sized values representable.
-    wfdb.wrsamp(name, fs=fs, units=[units] * signal.shape[0], sig_name=names or STANDARD[: signal.shape[0]],
-                p_signal=signal.T, fmt=["16"] * signal.shape[0], write_dir=str(folder))
+    wfdb.wrsamp(
+        name,
+        fs=fs,
+        units=[units] * signal.shape[0],
+        sig_name=names or STANDARD[: signal.shape[0]],
+        p_signal=signal.T,
+        fmt=["16"] * signal.shape[0],
+        write_dir=str(folder),
+    )
     return folder / f"{name}.hea"
 
 
@@ -140,14 +148,17 @@ def dicom_without_waveform(folder: Path) -> Path:
 
 
 def _muse(leads: dict[str, str], fs: int = 500, n: int = 5000) -> str:
-    body = "".join(f"""
+    body = "".join(
+        f"""
       <LeadData>
         <LeadSampleCountTotal>{n}</LeadSampleCountTotal>
         <LeadAmplitudeUnitsPerBit>4.88</LeadAmplitudeUnitsPerBit>
         <LeadAmplitudeUnits>MICROVOLTS</LeadAmplitudeUnits>
         <LeadID>{name}</LeadID>
         <WaveFormData>{payload}</WaveFormData>
-      </LeadData>""" for name, payload in leads.items())
+      </LeadData>"""
+        for name, payload in leads.items()
+    )
     return f"""<?xml version="1.0" encoding="ISO-8859-1"?>
 <RestingECG>
   <Waveform>
@@ -163,8 +174,9 @@ def _muse(leads: dict[str, str], fs: int = 500, n: int = 5000) -> str:
 def _muse_leads(signal: np.ndarray) -> dict[str, str]:
     # MUSE stores I, II, V1-V6 as int16 counts of 4.88 uV; the reader derives III, aVR, aVL, aVF.
     keep = [0, 1, 6, 7, 8, 9, 10, 11]
-    return {STANDARD[i]: base64.b64encode(np.round(signal[i] * 1000 / 4.88).astype("<i2").tobytes()).decode()
-            for i in keep}
+    return {
+        STANDARD[i]: base64.b64encode(np.round(signal[i] * 1000 / 4.88).astype("<i2").tobytes()).decode() for i in keep
+    }
 
 
 def muse_truncated_xml(folder: Path) -> Path:
@@ -371,7 +383,7 @@ def hl7_bad_digits(folder: Path) -> Path:
     path = hl7_ok(folder, "hl7_bad_digits")
     text = path.read_text()
     at = text.rindex("<digits>")  # the last lead of the rhythm series (V6), not the median beat
-    path.write_text(text[:at] + "<digits>12 x7 " + text[at + len("<digits>"):])
+    path.write_text(text[:at] + "<digits>12 x7 " + text[at + len("<digits>") :])
     return path
 
 
@@ -388,8 +400,9 @@ def philips_truncated(folder: Path) -> Path:
 def philips_bad_base64(folder: Path) -> Path:
     from format_files import write_philips
 
-    return write_philips(folder / "philips_bad_base64.xml", _signal(), compression="none",
-                         waveform="@@ not base64 @@")[0]
+    return write_philips(folder / "philips_bad_base64.xml", _signal(), compression="none", waveform="@@ not base64 @@")[
+        0
+    ]
 
 
 def edf_ok(folder: Path, name: str = "edf_ok") -> Path:
@@ -434,8 +447,10 @@ def hl7_lengths_differ(folder: Path) -> Path:
     from format_files import hl7_sequence, write_hl7
 
     signal = _signal()
-    body = "".join(hl7_sequence(f"MDC_ECG_LEAD_{name.upper()}", np.round(signal[i] * 400)[: 5000 - (i == 7) * 10])
-                   for i, name in enumerate(STANDARD))
+    body = "".join(
+        hl7_sequence(f"MDC_ECG_LEAD_{name.upper()}", np.round(signal[i] * 400)[: 5000 - (i == 7) * 10])
+        for i, name in enumerate(STANDARD)
+    )
     return write_hl7(folder / "hl7_lengths_differ.xml", signal, sequences=body)
 
 
@@ -443,112 +458,299 @@ def edf_mixed_rates(folder: Path) -> Path:
     import edfio
 
     signal = _signal()
-    signals = [edfio.EdfSignal(row * 1000, 500.0, label=f"ECG {name}", physical_dimension="uV",
-                               physical_range=(-10000.0, 10000.0)) for row, name in zip(signal[:11], STANDARD)]
-    signals.append(edfio.EdfSignal(signal[11, ::2] * 1000, 250.0, label="ECG V6", physical_dimension="uV",
-                                   physical_range=(-10000.0, 10000.0)))
+    signals = [
+        edfio.EdfSignal(
+            row * 1000, 500.0, label=f"ECG {name}", physical_dimension="uV", physical_range=(-10000.0, 10000.0)
+        )
+        for row, name in zip(signal[:11], STANDARD)
+    ]
+    signals.append(
+        edfio.EdfSignal(
+            signal[11, ::2] * 1000, 250.0, label="ECG V6", physical_dimension="uV", physical_range=(-10000.0, 10000.0)
+        )
+    )
     path = folder / "edf_mixed_rates.edf"
     edfio.Edf(signals).write(path)
     return path
 
 
-CASES: dict[str, Case] = {c.name: c for c in [
-    Case("wfdb_truncated_dat", "reject", r"wfdb_truncated_dat\.hea: .*(signal|sample|dat|length|size|buffer)",
-         "WFDB .dat cut to 30 % of its size", wfdb_truncated_dat),
-    Case("wfdb_garbage_header", "reject", r"wfdb_garbage_header\.hea: ", "WFDB header with non-numeric fields",
-         wfdb_garbage_header),
-    Case("wfdb_missing_dat", "reject", r"wfdb_missing_dat\.hea: ", "WFDB header whose .dat is missing",
-         wfdb_missing_dat),
-    Case("mat_truncated", "reject", r"mat_truncated\.mat: ", "MATLAB .mat cut to 40 %", mat_truncated),
-    Case("npy_truncated", "reject", r"npy_truncated\.npy: ", "NumPy .npy cut in half", npy_truncated),
-    Case("npz_not_a_zip", "reject", r"npz_not_a_zip\.npz: ", ".npz with a zip magic and garbage after it",
-         npz_not_a_zip),
-    Case("hdf5_truncated", "reject", r"hdf5_truncated\.h5: ", "HDF5 (CODE-15% layout) cut in half", hdf5_truncated),
-    Case("dicom_truncated", "reject", r"dicom_truncated\.dcm: ", "DICOM waveform (pydicom's waveform_ecg.dcm) cut "
-         "to 60 %", dicom_truncated),
-    Case("dicom_without_waveform", "reject", r"dicom_without_waveform\.dcm: .*(waveform|Waveform)",
-         "DICOM without a WaveformSequence", dicom_without_waveform),
-    Case("muse_truncated_xml", "reject", r"muse_truncated_xml\.xml: ", "MUSE XML cut mid-element", muse_truncated_xml),
-    Case("muse_bad_base64", "reject", r"muse_bad_base64\.xml: .*V3", "MUSE XML with a lead that is not base64",
-         muse_bad_base64),
-    Case("wrong_lead_count", "reject", r"wrong_lead_count\.npz: .*(lead|12)", "8 unnamed channels",
-         wrong_lead_count),
-    Case("unknown_lead_names", "reject", r"unknown_lead_names\.hea: .*X1", "channels named X1..X12",
-         unknown_lead_names),
-    Case("duplicated_leads", "reject", r"duplicated_leads\.hea: .*II", "lead II twice (and no lead I)",
-         duplicated_leads),
-    Case("all_nan", "reject", r"all_nan\.npz: no finite samples", "every sample NaN", all_nan),
-    Case("all_infinite", "reject", r"all_infinite\.npz: no finite samples", "every sample +inf", all_infinite),
-    Case("too_short", "reject", r"record is 500 samples \(1\.000 s at 500 Hz\) long; the minimum is 1\.5 s",
-         "1.0 s record (minimum 1.5 s)", too_short),
-    Case("one_lead_nan", "warn", r"no finite samples in lead\(s\) V3", "lead V3 all NaN (replaced by zeros)",
-         one_lead_nan),
-    Case("flat_lead", "warn", r"flat \(constant\) lead\(s\) V5", "lead V5 constant", flat_lead),
-    Case("some_infinite", "warn", r"10 infinite samples replaced by NaN", "10 samples of V2 are +inf",
-         some_infinite),
-    Case("uv_as_mv", "warn", r"values look like microvolts labelled as mV", "microvolt values in a header "
-         "that says mV", uv_as_mv),
-    Case("fs_257", "ok", "", "257 Hz (resampled to 500 Hz, then 100 Hz)", fs_257),
-    Case("fs_1000", "ok", "", "1000 Hz", fs_1000),
-    Case("minimum_length", "ok", "", "exactly 1.5 s (the minimum; padded with a mask)", minimum_length),
-    # nothing guessed: a rate the file does not state needs --fs or a sidecar
-    Case("npy_without_fs", "reject", r"npy_without_fs\.npy: sampling rate unknown: .*pass --fs HZ or a sidecar "
-         r"npy_without_fs\.json", ".npy (no rate stored; 500 Hz is not assumed)", npy_without_fs),
-    Case("npz_without_fs", "reject", r"npz_without_fs\.npz: sampling rate unknown: .*--fs", ".npz without an fs entry",
-         npz_without_fs),
-    Case("mat_without_fs", "reject", r"mat_without_fs\.mat: sampling rate unknown: .*--fs", "bare .mat, no fs variable",
-         mat_without_fs),
-    Case("csv_without_fs", "reject", r"csv_without_fs\.csv: sampling rate unknown \(no time column, no '# fs:' "
-         r"line\): pass --fs", "CSV with lead names but no time column or '# fs:' line", csv_without_fs),
-    Case("hdf5_single_without_fs", "reject", r"hdf5_single_without_fs\.h5: sampling rate unknown: .*--fs",
-         "single-record HDF5 without an fs attribute (not SPH)", hdf5_single_without_fs),
-    Case("fs_too_low", "reject", r"fs_too_low\.hea: sampling rate 50 Hz is too low for the model's 0\.05-47 Hz band",
-         "50 Hz (the 47 Hz band edge needs 94 Hz)", fs_too_low),
-    Case("sidecar_bad_json", "reject", r"sidecar_bad_json\.npy: sidecar sidecar_bad_json\.json: unreadable JSON",
-         "sidecar JSON cut short",
-         sidecar_bad_json),
-    Case("sidecar_bad_fs", "reject",
-         r"sidecar_bad_fs\.npy: sidecar sidecar_bad_fs\.json: 'fs' must be a positive number of Hz, got -250",
-         "sidecar with a negative fs", sidecar_bad_fs),
-    Case("npy_with_sidecar", "ok", "", ".npy in uV at 250 Hz described by a sidecar JSON", npy_with_sidecar),
-    Case("csv_headerless", "warn", r"no header row; assumed 12 columns in standard lead order",
-         "CSV without a header row (and a '# fs: 500' line)", csv_headerless),
-    Case("partial_nan", "warn", r"40 NaN sample\(s\) in lead\(s\) aVL filled with the lead mean",
-         "40 NaN samples in aVL (filled, counted)", partial_nan),
-    Case("frank_xyz_15_lead", "warn", r"ignored 3 lead\(s\) beyond the standard 12: vx, vy, vz",
-         "15-lead PTB-style record (Frank vx, vy, vz)", frank_xyz_15_lead),
-    Case("wfdb_gain_0", "warn", r"uncalibrated: WFDB gain 0", "WFDB header with gain 0 (uncalibrated)", wfdb_gain_0),
-    Case("csv_headerless_11_columns", "reject", r"csv_headerless_11_columns\.csv: no header row of lead names and "
-         r"11 columns .*pass --lead-names", "header-less CSV with 11 columns (order cannot be assumed)",
-         csv_headerless_11_columns),
-    Case("npz_fs_zero", "reject", r"npz_fs_zero\.npz: invalid sampling rate 0\.0", ".npz whose fs entry is 0",
-         npz_fs_zero),
-    # hospital formats
-    Case("hl7_lengths_differ", "reject", r"hl7_lengths_differ\.xml: leads have different lengths \[4990, 5000\]",
-         "HL7 aECG with one lead 10 samples short", hl7_lengths_differ),
-    Case("edf_mixed_rates", "reject", r"edf_mixed_rates\.edf: ECG channels have different sampling rates "
-         r"\[250\.0, 500\.0\] Hz", "EDF whose V6 is sampled at 250 Hz, the rest at 500 Hz", edf_mixed_rates),
-    Case("muse_utf16_bom", "ok", "", "GE MUSE XML in UTF-16 with a BOM", muse_utf16_bom),
-    Case("hl7_ok", "ok", "", "HL7 aECG (rhythm series, MDC lead codes, uV scale)", hl7_ok),
-    Case("hl7_utf16_bom", "ok", "", "HL7 aECG in UTF-16 with a BOM", hl7_utf16_bom),
-    Case("hl7_truncated", "reject", r"hl7_truncated\.xml: malformed HL7 aECG XML", "HL7 aECG cut in half",
-         hl7_truncated),
-    Case("hl7_no_time", "reject", r"hl7_no_time\.xml: HL7 aECG: missing time increment",
-         "HL7 aECG whose time sequence has no increment", hl7_no_time),
-    Case("hl7_bad_digits", "reject", r"hl7_bad_digits\.xml: lead V6: digit 'x7' is not a number",
-         "HL7 aECG with a non-numeric digit", hl7_bad_digits),
-    Case("philips_xli_ok", "ok", "", "Philips PageWriter XML 1.04, XLI-compressed", philips_xli_ok),
-    Case("philips_truncated", "reject", r"philips_truncated\.xml: malformed Philips XML", "Philips XML cut to 60 %",
-         philips_truncated),
-    Case("philips_bad_base64", "reject", r"philips_bad_base64\.xml: cannot decode Philips XLI waveforms: .*base64",
-         "Philips XML whose XLI waveform is not base64", philips_bad_base64),
-    Case("edf_ok", "ok", "", "EDF with 'ECG I'...'ECG V6' signals in uV", edf_ok),
-    Case("bdf_ok", "ok", "", "BDF (24-bit) in mV", bdf_ok),
-    Case("edf_truncated", "reject", r"edf_truncated\.edf: cannot read EDF file: .*(Incomplete|truncated)",
-         "EDF cut in half", edf_truncated),
-    Case("edf_without_ecg", "reject", r"edf_without_ecg\.edf: no ECG lead among the EDF signals",
-         "EDF with EEG and respiration only", edf_without_ecg),
-]}
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in [
+        Case(
+            "wfdb_truncated_dat",
+            "reject",
+            r"wfdb_truncated_dat\.hea: .*(signal|sample|dat|length|size|buffer)",
+            "WFDB .dat cut to 30 % of its size",
+            wfdb_truncated_dat,
+        ),
+        Case(
+            "wfdb_garbage_header",
+            "reject",
+            r"wfdb_garbage_header\.hea: ",
+            "WFDB header with non-numeric fields",
+            wfdb_garbage_header,
+        ),
+        Case(
+            "wfdb_missing_dat",
+            "reject",
+            r"wfdb_missing_dat\.hea: ",
+            "WFDB header whose .dat is missing",
+            wfdb_missing_dat,
+        ),
+        Case("mat_truncated", "reject", r"mat_truncated\.mat: ", "MATLAB .mat cut to 40 %", mat_truncated),
+        Case("npy_truncated", "reject", r"npy_truncated\.npy: ", "NumPy .npy cut in half", npy_truncated),
+        Case(
+            "npz_not_a_zip",
+            "reject",
+            r"npz_not_a_zip\.npz: ",
+            ".npz with a zip magic and garbage after it",
+            npz_not_a_zip,
+        ),
+        Case("hdf5_truncated", "reject", r"hdf5_truncated\.h5: ", "HDF5 (CODE-15% layout) cut in half", hdf5_truncated),
+        Case(
+            "dicom_truncated",
+            "reject",
+            r"dicom_truncated\.dcm: ",
+            "DICOM waveform (pydicom's waveform_ecg.dcm) cut to 60 %",
+            dicom_truncated,
+        ),
+        Case(
+            "dicom_without_waveform",
+            "reject",
+            r"dicom_without_waveform\.dcm: .*(waveform|Waveform)",
+            "DICOM without a WaveformSequence",
+            dicom_without_waveform,
+        ),
+        Case(
+            "muse_truncated_xml", "reject", r"muse_truncated_xml\.xml: ", "MUSE XML cut mid-element", muse_truncated_xml
+        ),
+        Case(
+            "muse_bad_base64",
+            "reject",
+            r"muse_bad_base64\.xml: .*V3",
+            "MUSE XML with a lead that is not base64",
+            muse_bad_base64,
+        ),
+        Case(
+            "wrong_lead_count", "reject", r"wrong_lead_count\.npz: .*(lead|12)", "8 unnamed channels", wrong_lead_count
+        ),
+        Case(
+            "unknown_lead_names",
+            "reject",
+            r"unknown_lead_names\.hea: .*X1",
+            "channels named X1..X12",
+            unknown_lead_names,
+        ),
+        Case(
+            "duplicated_leads",
+            "reject",
+            r"duplicated_leads\.hea: .*II",
+            "lead II twice (and no lead I)",
+            duplicated_leads,
+        ),
+        Case("all_nan", "reject", r"all_nan\.npz: no finite samples", "every sample NaN", all_nan),
+        Case("all_infinite", "reject", r"all_infinite\.npz: no finite samples", "every sample +inf", all_infinite),
+        Case(
+            "too_short",
+            "reject",
+            r"record is 500 samples \(1\.000 s at 500 Hz\) long; the minimum is 1\.5 s",
+            "1.0 s record (minimum 1.5 s)",
+            too_short,
+        ),
+        Case(
+            "one_lead_nan",
+            "warn",
+            r"no finite samples in lead\(s\) V3",
+            "lead V3 all NaN (replaced by zeros)",
+            one_lead_nan,
+        ),
+        Case("flat_lead", "warn", r"flat \(constant\) lead\(s\) V5", "lead V5 constant", flat_lead),
+        Case(
+            "some_infinite", "warn", r"10 infinite samples replaced by NaN", "10 samples of V2 are +inf", some_infinite
+        ),
+        Case(
+            "uv_as_mv",
+            "warn",
+            r"values look like microvolts labelled as mV",
+            "microvolt values in a header that says mV",
+            uv_as_mv,
+        ),
+        Case("fs_257", "ok", "", "257 Hz (resampled to 500 Hz, then 100 Hz)", fs_257),
+        Case("fs_1000", "ok", "", "1000 Hz", fs_1000),
+        Case("minimum_length", "ok", "", "exactly 1.5 s (the minimum; padded with a mask)", minimum_length),
+        # nothing guessed: a rate the file does not state needs --fs or a sidecar
+        Case(
+            "npy_without_fs",
+            "reject",
+            r"npy_without_fs\.npy: sampling rate unknown: .*pass --fs HZ or a sidecar "
+            r"npy_without_fs\.json",
+            ".npy (no rate stored; 500 Hz is not assumed)",
+            npy_without_fs,
+        ),
+        Case(
+            "npz_without_fs",
+            "reject",
+            r"npz_without_fs\.npz: sampling rate unknown: .*--fs",
+            ".npz without an fs entry",
+            npz_without_fs,
+        ),
+        Case(
+            "mat_without_fs",
+            "reject",
+            r"mat_without_fs\.mat: sampling rate unknown: .*--fs",
+            "bare .mat, no fs variable",
+            mat_without_fs,
+        ),
+        Case(
+            "csv_without_fs",
+            "reject",
+            r"csv_without_fs\.csv: sampling rate unknown \(no time column, no '# fs:' "
+            r"line\): pass --fs",
+            "CSV with lead names but no time column or '# fs:' line",
+            csv_without_fs,
+        ),
+        Case(
+            "hdf5_single_without_fs",
+            "reject",
+            r"hdf5_single_without_fs\.h5: sampling rate unknown: .*--fs",
+            "single-record HDF5 without an fs attribute (not SPH)",
+            hdf5_single_without_fs,
+        ),
+        Case(
+            "fs_too_low",
+            "reject",
+            r"fs_too_low\.hea: sampling rate 50 Hz is too low for the model's 0\.05-47 Hz band",
+            "50 Hz (the 47 Hz band edge needs 94 Hz)",
+            fs_too_low,
+        ),
+        Case(
+            "sidecar_bad_json",
+            "reject",
+            r"sidecar_bad_json\.npy: sidecar sidecar_bad_json\.json: unreadable JSON",
+            "sidecar JSON cut short",
+            sidecar_bad_json,
+        ),
+        Case(
+            "sidecar_bad_fs",
+            "reject",
+            r"sidecar_bad_fs\.npy: sidecar sidecar_bad_fs\.json: 'fs' must be a positive number of Hz, got -250",
+            "sidecar with a negative fs",
+            sidecar_bad_fs,
+        ),
+        Case("npy_with_sidecar", "ok", "", ".npy in uV at 250 Hz described by a sidecar JSON", npy_with_sidecar),
+        Case(
+            "csv_headerless",
+            "warn",
+            r"no header row; assumed 12 columns in standard lead order",
+            "CSV without a header row (and a '# fs: 500' line)",
+            csv_headerless,
+        ),
+        Case(
+            "partial_nan",
+            "warn",
+            r"40 NaN sample\(s\) in lead\(s\) aVL filled with the lead mean",
+            "40 NaN samples in aVL (filled, counted)",
+            partial_nan,
+        ),
+        Case(
+            "frank_xyz_15_lead",
+            "warn",
+            r"ignored 3 lead\(s\) beyond the standard 12: vx, vy, vz",
+            "15-lead PTB-style record (Frank vx, vy, vz)",
+            frank_xyz_15_lead,
+        ),
+        Case(
+            "wfdb_gain_0", "warn", r"uncalibrated: WFDB gain 0", "WFDB header with gain 0 (uncalibrated)", wfdb_gain_0
+        ),
+        Case(
+            "csv_headerless_11_columns",
+            "reject",
+            r"csv_headerless_11_columns\.csv: no header row of lead names and "
+            r"11 columns .*pass --lead-names",
+            "header-less CSV with 11 columns (order cannot be assumed)",
+            csv_headerless_11_columns,
+        ),
+        Case(
+            "npz_fs_zero",
+            "reject",
+            r"npz_fs_zero\.npz: invalid sampling rate 0\.0",
+            ".npz whose fs entry is 0",
+            npz_fs_zero,
+        ),
+        # hospital formats
+        Case(
+            "hl7_lengths_differ",
+            "reject",
+            r"hl7_lengths_differ\.xml: leads have different lengths \[4990, 5000\]",
+            "HL7 aECG with one lead 10 samples short",
+            hl7_lengths_differ,
+        ),
+        Case(
+            "edf_mixed_rates",
+            "reject",
+            r"edf_mixed_rates\.edf: ECG channels have different sampling rates "
+            r"\[250\.0, 500\.0\] Hz",
+            "EDF whose V6 is sampled at 250 Hz, the rest at 500 Hz",
+            edf_mixed_rates,
+        ),
+        Case("muse_utf16_bom", "ok", "", "GE MUSE XML in UTF-16 with a BOM", muse_utf16_bom),
+        Case("hl7_ok", "ok", "", "HL7 aECG (rhythm series, MDC lead codes, uV scale)", hl7_ok),
+        Case("hl7_utf16_bom", "ok", "", "HL7 aECG in UTF-16 with a BOM", hl7_utf16_bom),
+        Case(
+            "hl7_truncated",
+            "reject",
+            r"hl7_truncated\.xml: malformed HL7 aECG XML",
+            "HL7 aECG cut in half",
+            hl7_truncated,
+        ),
+        Case(
+            "hl7_no_time",
+            "reject",
+            r"hl7_no_time\.xml: HL7 aECG: missing time increment",
+            "HL7 aECG whose time sequence has no increment",
+            hl7_no_time,
+        ),
+        Case(
+            "hl7_bad_digits",
+            "reject",
+            r"hl7_bad_digits\.xml: lead V6: digit 'x7' is not a number",
+            "HL7 aECG with a non-numeric digit",
+            hl7_bad_digits,
+        ),
+        Case("philips_xli_ok", "ok", "", "Philips PageWriter XML 1.04, XLI-compressed", philips_xli_ok),
+        Case(
+            "philips_truncated",
+            "reject",
+            r"philips_truncated\.xml: malformed Philips XML",
+            "Philips XML cut to 60 %",
+            philips_truncated,
+        ),
+        Case(
+            "philips_bad_base64",
+            "reject",
+            r"philips_bad_base64\.xml: cannot decode Philips XLI waveforms: .*base64",
+            "Philips XML whose XLI waveform is not base64",
+            philips_bad_base64,
+        ),
+        Case("edf_ok", "ok", "", "EDF with 'ECG I'...'ECG V6' signals in uV", edf_ok),
+        Case("bdf_ok", "ok", "", "BDF (24-bit) in mV", bdf_ok),
+        Case(
+            "edf_truncated",
+            "reject",
+            r"edf_truncated\.edf: cannot read EDF file: .*(Incomplete|truncated)",
+            "EDF cut in half",
+            edf_truncated,
+        ),
+        Case(
+            "edf_without_ecg",
+            "reject",
+            r"edf_without_ecg\.edf: no ECG lead among the EDF signals",
+            "EDF with EEG and respiration only",
+            edf_without_ecg,
+        ),
+    ]
+}
 
 REJECTED = [name for name, case in CASES.items() if case.expect == "reject"]
 USABLE = [name for name, case in CASES.items() if case.expect != "reject"]

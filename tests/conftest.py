@@ -45,6 +45,7 @@ def synthetic_12_lead(rng: np.random.Generator, n: int = 2000, fs: float = 500.0
     lead_i = 0.8 * beats + 0.05 * np.sin(2 * np.pi * 0.3 * t) + 0.01 * rng.standard_normal(n)
     lead_ii = 1.2 * beats + 0.08 * np.sin(2 * np.pi * 1.1 * t) + 0.01 * rng.standard_normal(n)
     chest = np.stack([(k - 2.5) * 0.4 * beats + 0.01 * rng.standard_normal(n) for k in range(6)])
-    limb = np.stack([lead_i, lead_ii, lead_ii - lead_i, -(lead_i + lead_ii) / 2,
-                     lead_i - lead_ii / 2, lead_ii - lead_i / 2])
+    limb = np.stack(
+        [lead_i, lead_ii, lead_ii - lead_i, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2, lead_ii - lead_i / 2]
+    )
     return np.vstack([limb, chest])

@@ -27,21 +27,32 @@ def hl7_sequence(code: str, digits: np.ndarray, scale_uv: float = 2.5, origin_uv
                 <value xsi:type="SLIST_PQ">
                   <origin value="{origin_uv:g}" unit="uV"/>
                   <scale value="{scale_uv:g}" unit="uV"/>
-                  <digits>{' '.join(str(int(d)) for d in digits)}</digits>
+                  <digits>{" ".join(str(int(d)) for d in digits)}</digits>
                 </value>
               </sequence>
             </component>"""
 
 
-def hl7_xml(signal: np.ndarray, fs: float = 500.0, *, leads: list[str] | None = None, scale_uv: float = 2.5,
-            extra: dict[str, np.ndarray] | None = None, increment: str | None = None, sequences: str | None = None,
-            median_beat: bool = True) -> str:
+def hl7_xml(
+    signal: np.ndarray,
+    fs: float = 500.0,
+    *,
+    leads: list[str] | None = None,
+    scale_uv: float = 2.5,
+    extra: dict[str, np.ndarray] | None = None,
+    increment: str | None = None,
+    sequences: str | None = None,
+    median_beat: bool = True,
+) -> str:
     """An HL7 v3 AnnotatedECG document: one RHYTHM series (time + one sequence per lead), and a
     derived median-beat series that the reader must not pick."""
     leads = leads or STANDARD
-    body = "".join(hl7_sequence(f"MDC_ECG_LEAD_{_MDC.get(name, name)}", np.round(signal[STANDARD.index(name)]
-                                                                              * 1000 / scale_uv), scale_uv)
-                   for name in leads)
+    body = "".join(
+        hl7_sequence(
+            f"MDC_ECG_LEAD_{_MDC.get(name, name)}", np.round(signal[STANDARD.index(name)] * 1000 / scale_uv), scale_uv
+        )
+        for name in leads
+    )
     for name, values in (extra or {}).items():
         body += hl7_sequence(f"MDC_ECG_LEAD_{name}", np.round(values * 1000 / scale_uv), scale_uv)
     if sequences is not None:
@@ -149,22 +160,36 @@ def xli_chunk(values: np.ndarray) -> bytes:
     d16 = deltas.astype(np.int16).view(np.uint16)
     payload = bytes((d16 >> 8).astype(np.uint8)) + bytes((d16 & 0xFF).astype(np.uint8))
     compressed = lzw_encode(payload)
-    header = len(compressed).to_bytes(4, "little", signed=True) + b"\x00\x00" + int(start).to_bytes(2, "little",
-                                                                                                  signed=True)
+    header = (
+        len(compressed).to_bytes(4, "little", signed=True) + b"\x00\x00" + int(start).to_bytes(2, "little", signed=True)
+    )
     return header + compressed
 
 
 def philips_stored(counts: np.ndarray) -> list[np.ndarray]:
     """What a PageWriter stores: III, aVR, aVL, aVF as residuals of the values derived from I, II."""
     i, ii, iii, avr, avl, avf = (counts[k].astype(np.int64) for k in range(6))
-    stored = [i, ii, ii - i - iii, -avr - np.floor_divide(i + ii, 2), np.floor_divide(i - iii, 2) - avl,
-              np.floor_divide(ii + iii, 2) - avf]
+    stored = [
+        i,
+        ii,
+        ii - i - iii,
+        -avr - np.floor_divide(i + ii, 2),
+        np.floor_divide(i - iii, 2) - avl,
+        np.floor_divide(ii + iii, 2) - avf,
+    ]
     return stored + [counts[k].astype(np.int64) for k in range(6, 12)]
 
 
-def philips_xml(signal: np.ndarray, fs: float = 500.0, *, resolution_uv: float = 5.0, compression: str = "XLI",
-                labels: list[str] | None = None, version: str = "1.04",
-                waveform: str | None = None) -> tuple[str, np.ndarray]:
+def philips_xml(
+    signal: np.ndarray,
+    fs: float = 500.0,
+    *,
+    resolution_uv: float = 5.0,
+    compression: str = "XLI",
+    labels: list[str] | None = None,
+    version: str = "1.04",
+    waveform: str | None = None,
+) -> tuple[str, np.ndarray]:
     """A Philips 1.04 document and the integer counts it holds, shape (12, n)."""
     counts = np.round(signal * 1000 / resolution_uv).astype(np.int64)
     # keep the limb leads exactly consistent in counts (a cart computes III, aVR... from I and II)
@@ -181,7 +206,7 @@ def philips_xml(signal: np.ndarray, fs: float = 500.0, *, resolution_uv: float =
             blob = counts.astype("<i2").tobytes()
             attrs = 'dataencoding="Base64" compressflag="False"'
         text = base64.b64encode(blob).decode()
-        waveform = "\n".join(text[i:i + 76] for i in range(0, len(text), 76))
+        waveform = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
     else:
         attrs = 'dataencoding="Base64" compressflag="True" compressmethod="XLI"'
     duration = int(round(counts.shape[1] * 1000 / fs))
@@ -204,7 +229,7 @@ def philips_xml(signal: np.ndarray, fs: float = 500.0, *, resolution_uv: float =
   <interpretations><interpretation><statement><leftstatement>Sinus rhythm</leftstatement></statement>
   </interpretation></interpretations>
   <waveforms>
-    <parsedwaveforms {attrs} numberofleads="{len(labels)}" leadlabels="{' '.join(labels)}"
+    <parsedwaveforms {attrs} numberofleads="{len(labels)}" leadlabels="{" ".join(labels)}"
         durationperchannel="{duration}" samplespersecond="{fs:g}"
         resolution="{resolution_uv:g}">{waveform}</parsedwaveforms>
   </waveforms>
@@ -222,8 +247,16 @@ def write_philips(path: Path, signal: np.ndarray, fs: float = 500.0, **kw: objec
 # ---------------------------------------------------------------------------------------------
 # EDF / BDF
 # ---------------------------------------------------------------------------------------------
-def write_edf(path: Path, signal: np.ndarray, fs: float = 500.0, *, labels: list[str] | None = None,
-              unit: str = "uV", extra: dict[str, np.ndarray] | None = None, bdf: bool = False) -> Path:
+def write_edf(
+    path: Path,
+    signal: np.ndarray,
+    fs: float = 500.0,
+    *,
+    labels: list[str] | None = None,
+    unit: str = "uV",
+    extra: dict[str, np.ndarray] | None = None,
+    bdf: bool = False,
+) -> Path:
     """EDF (or BDF) with one 'ECG <lead>' signal per lead in ``unit`` (plus ``extra`` non-ECG signals)."""
     import edfio
 
@@ -231,11 +264,21 @@ def write_edf(path: Path, signal: np.ndarray, fs: float = 500.0, *, labels: list
     labels = labels or [f"ECG {name}" for name in STANDARD]
     cls = edfio.BdfSignal if bdf else edfio.EdfSignal
     digital = (-8388608, 8388607) if bdf else (-32768, 32767)
-    signals = [cls(row * factor, fs, label=label, physical_dimension=unit, physical_range=(-10000.0, 10000.0),
-                   digital_range=digital) for row, label in zip(signal, labels)]
+    signals = [
+        cls(
+            row * factor,
+            fs,
+            label=label,
+            physical_dimension=unit,
+            physical_range=(-10000.0, 10000.0),
+            digital_range=digital,
+        )
+        for row, label in zip(signal, labels)
+    ]
     for label, values in (extra or {}).items():
-        signals.append(cls(values, fs, label=label, physical_dimension="%", physical_range=(-100.0, 100.0),
-                           digital_range=digital))
+        signals.append(
+            cls(values, fs, label=label, physical_dimension="%", physical_range=(-100.0, 100.0), digital_range=digital)
+        )
     record = (edfio.Bdf if bdf else edfio.Edf)(signals)
     record.write(path)
     return path

@@ -18,32 +18,60 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hubert_ecg"
 # Lower numbers are closer to the files on disk. Subpackages are matched by prefix ("io" covers io.*).
 LAYERS: dict[str, int] = {
     # 0: leaves with no project imports: file safety, readers, synthetic records
-    "hubert_ecg": 0, "_version": 0, "atomic": 0, "safe_pickle": 0, "io": 0, "synthetic": 0, "progress": 0,
+    "hubert_ecg": 0,
+    "_version": 0,
+    "atomic": 0,
+    "safe_pickle": 0,
+    "io": 0,
+    "synthetic": 0,
+    "progress": 0,
     # 1-3: signals -> preprocessed windows -> the prepared store -> batches
     "preprocess": 1,
-    "store": 2, "label_tables": 2, "jobs": 2,
+    "store": 2,
+    "label_tables": 2,
+    "jobs": 2,
     "loader": 3,
     # 4: plain-data helpers shared by training and evaluation (no network)
-    "config": 4, "metrics": 4, "calibration": 4, "plots": 4, "ecg_plot": 4, "report": 4, "tasks": 4,
-    "compare": 4, "subgroups": 4,  # paired bootstrap / DeLong and subgroup tables: NumPy on saved scores
+    "config": 4,
+    "metrics": 4,
+    "calibration": 4,
+    "plots": 4,
+    "ecg_plot": 4,
+    "report": 4,
+    "tasks": 4,
+    "compare": 4,
+    "subgroups": 4,  # paired bootstrap / DeLong and subgroup tables: NumPy on saved scores
     # 5: the network (a leaf above its config) and the save/load base class it inherits, HF
     # PreTrainedModel-style (hub.py works through cls/self.config and never imports model.py)
-    "model": 5, "hub": 5,
+    "model": 5,
+    "hub": 5,
     # 6: weights on disk (the functional API: load_model, save_pretrained, describe)
     "checkpoint": 6,
     # 7: run-time choices and run records
-    "runtime": 7, "distributed": 7, "runs": 7,
+    "runtime": 7,
+    "distributed": 7,
+    "runs": 7,
     # 8: the one training loop
     "training": 8,
     # 9: its objectives
-    "finetune": 9, "pretraining": 9, "recipes": 9,
+    "finetune": 9,
+    "pretraining": 9,
+    "recipes": 9,
     # validation inside fine-tuning scores rows exactly as `evaluate` does, so evaluation sits beside it
     "evaluate": 9,
     # 10: using trained models
-    "inference": 10, "fast_inference": 10, "export": 10, "pipeline": 10, "sklearn": 10,
-    "explain": 10, "hf_datasets": 10, "deploy": 10,
+    "inference": 10,
+    "fast_inference": 10,
+    "export": 10,
+    "pipeline": 10,
+    "sklearn": 10,
+    "explain": 10,
+    "hf_datasets": 10,
+    "deploy": 10,
     # 11: entry points
-    "demo": 11, "cli": 11, "__main__": 11,
+    "demo": 11,
+    "cli": 11,
+    "__main__": 11,
 }
 
 
@@ -101,15 +129,19 @@ def test_every_module_has_a_declared_layer() -> None:
 
 
 def test_imports_never_run_up_the_layers() -> None:
-    upward = [f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
-              for m, deps in _graph().items() for d in deps
-              if not d.startswith(m + ".") and not m.startswith("hubert_ecg.cli") and _layer(d) > _layer(m)]
+    upward = [
+        f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
+        for m, deps in _graph().items()
+        for d in deps
+        if not d.startswith(m + ".") and not m.startswith("hubert_ecg.cli") and _layer(d) > _layer(m)
+    ]
     assert not upward, "\n".join(sorted(upward))
 
 
 def test_no_import_cycles_even_inside_functions() -> None:
-    graph = {m: {d for d in deps if not d.startswith(m + ".") and not m.startswith(d + ".")}
-             for m, deps in _graph().items()}
+    graph = {
+        m: {d for d in deps if not d.startswith(m + ".") and not m.startswith(d + ".")} for m, deps in _graph().items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -75,43 +75,86 @@ def tiny_model(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------------
 OPTION_CASES = [
     ("predict_stride_0", ["predict", "M", "X", "--out", "p.csv", "--stride", "0"], "--stride", "must be > 0"),
-    ("prepare_val_fraction_2", ["prepare", "X", "--out", "S", "--val-fraction", "2"], "--val-fraction",
-     "must be at least 0 and below 1"),
+    (
+        "prepare_val_fraction_2",
+        ["prepare", "X", "--out", "S", "--val-fraction", "2"],
+        "--val-fraction",
+        "must be at least 0 and below 1",
+    ),
     ("prepare_row_seconds_0", ["prepare", "X", "--out", "S", "--row-seconds", "0"], "--row-seconds", "must be > 0"),
     ("prepare_workers_0", ["prepare", "X", "--out", "S", "--workers", "0"], "--workers", "positive integer"),
-    ("prepare_shard_records_neg", ["prepare", "X", "--out", "S", "--shard-records", "-1"], "--shard-records",
-     "positive integer"),
+    (
+        "prepare_shard_records_neg",
+        ["prepare", "X", "--out", "S", "--shard-records", "-1"],
+        "--shard-records",
+        "positive integer",
+    ),
     ("prepare_fs_0", ["prepare", "X", "--out", "S", "--fs", "0"], "--fs", "must be > 0"),
     ("prepare_fs_nan", ["prepare", "X", "--out", "S", "--fs", "nan"], "--fs", "not a finite number"),
     ("prepare_fs_text", ["prepare", "X", "--out", "S", "--fs", "fast"], "--fs", "'fast' is not a number"),
-    ("pretrain_mask_prob_2", ["pretrain", "S", "--targets", "t", "--out", "R", "--mask-prob", "2"], "--mask-prob",
-     r"must be in \(0, 1\]"),
-    ("evaluate_bootstrap_neg", ["evaluate", "M", "S", "--out", "E", "--bootstrap", "-5"], "--bootstrap",
-     "must be >= 0"),
+    (
+        "pretrain_mask_prob_2",
+        ["pretrain", "S", "--targets", "t", "--out", "R", "--mask-prob", "2"],
+        "--mask-prob",
+        r"must be in \(0, 1\]",
+    ),
+    (
+        "evaluate_bootstrap_neg",
+        ["evaluate", "M", "S", "--out", "E", "--bootstrap", "-5"],
+        "--bootstrap",
+        "must be >= 0",
+    ),
     ("evaluate_n_crops_0", ["evaluate", "M", "S", "--out", "E", "--n-crops", "0"], "--n-crops", "positive integer"),
     ("evaluate_stride_0", ["evaluate", "M", "S", "--out", "E", "--stride", "0"], "--stride", "must be > 0"),
-    ("finetune_batch_size_0", ["finetune", "S", "--init", "M", "--out", "R", "--batch-size", "0"], "--batch-size",
-     "positive integer"),
+    (
+        "finetune_batch_size_0",
+        ["finetune", "S", "--init", "M", "--out", "R", "--batch-size", "0"],
+        "--batch-size",
+        "positive integer",
+    ),
     ("finetune_lr_neg", ["finetune", "S", "--init", "M", "--out", "R", "--lr=-1e-4"], "--lr", "must be > 0"),
-    ("finetune_dropout_1", ["finetune", "S", "--init", "M", "--out", "R", "--dropout", "1"], "--dropout",
-     "below 1"),
-    ("finetune_layer_decay_0", ["finetune", "S", "--init", "M", "--out", "R", "--layer-decay", "0"], "--layer-decay",
-     r"must be in \(0, 1\]"),
+    ("finetune_dropout_1", ["finetune", "S", "--init", "M", "--out", "R", "--dropout", "1"], "--dropout", "below 1"),
+    (
+        "finetune_layer_decay_0",
+        ["finetune", "S", "--init", "M", "--out", "R", "--layer-decay", "0"],
+        "--layer-decay",
+        r"must be in \(0, 1\]",
+    ),
     ("finetune_warmup_1", ["finetune", "S", "--init", "M", "--out", "R", "--warmup", "1"], "--warmup", "below 1"),
-    ("finetune_max_steps_0", ["finetune", "S", "--init", "M", "--out", "R", "--max-steps", "0"], "--max-steps",
-     "positive integer"),
-    ("finetune_eval_crops_0", ["finetune", "S", "--init", "M", "--out", "R", "--eval-crops", "0"], "--eval-crops",
-     "positive integer"),
+    (
+        "finetune_max_steps_0",
+        ["finetune", "S", "--init", "M", "--out", "R", "--max-steps", "0"],
+        "--max-steps",
+        "positive integer",
+    ),
+    (
+        "finetune_eval_crops_0",
+        ["finetune", "S", "--init", "M", "--out", "R", "--eval-crops", "0"],
+        "--eval-crops",
+        "positive integer",
+    ),
     ("finetune_seed_neg", ["finetune", "S", "--init", "M", "--out", "R", "--seed", "-3"], "--seed", "must be >= 0"),
-    ("features_sample_fraction_0", ["features", "S", "--out", "F", "--sample-fraction", "0"], "--sample-fraction",
-     r"must be in \(0, 1\]"),
+    (
+        "features_sample_fraction_0",
+        ["features", "S", "--out", "F", "--sample-fraction", "0"],
+        "--sample-fraction",
+        r"must be in \(0, 1\]",
+    ),
     ("cluster_k_0", ["cluster", "F", "--out", "K", "--k", "8", "0"], "--k", "positive integer"),
     ("embed_layer_neg", ["embed", "M", "X", "--out", "e.csv", "--layer", "-1"], "--layer", "must be >= 0"),
     ("export_opset_0", ["export", "M", "--out", "m.onnx", "--opset", "0"], "--opset", "positive integer"),
-    ("datasets_min_count_0", ["datasets", "ptbxl", "--out", "D", "--min-count", "0"], "--min-count",
-     "positive integer"),
-    ("batch_size_float", ["predict", "M", "X", "--out", "p.csv", "--batch-size", "2.5"], "--batch-size",
-     "'2.5' is not an integer"),
+    (
+        "datasets_min_count_0",
+        ["datasets", "ptbxl", "--out", "D", "--min-count", "0"],
+        "--min-count",
+        "positive integer",
+    ),
+    (
+        "batch_size_float",
+        ["predict", "M", "X", "--out", "p.csv", "--batch-size", "2.5"],
+        "--batch-size",
+        "'2.5' is not an integer",
+    ),
 ]
 
 
@@ -126,12 +169,25 @@ def test_out_of_range_option_exits_2_at_parse_time(name, argv, option, cause, tm
 
 
 def test_layer_beyond_the_model_is_refused_before_any_input_is_read(tiny_model, tmp_path, capsys):
-    code, _, err = run(capsys, "embed", tiny_model, tmp_path / "does-not-exist.npy", "--layer", 99, "--out",
-                       tmp_path / "e.csv", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "embed",
+        tiny_model,
+        tmp_path / "does-not-exist.npy",
+        "--layer",
+        99,
+        "--out",
+        tmp_path / "e.csv",
+        "--device",
+        "cpu",
+    )
     assert code == 1
     line = one_error_line(err)
-    assert re.fullmatch(r"hubert-ecg: error: --layer 99: this model has \d+ transformer layers "
-                        r"\(hidden states 0-\d+\)", line), line
+    assert re.fullmatch(
+        r"hubert-ecg: error: --layer 99: this model has \d+ transformer layers "
+        r"\(hidden states 0-\d+\)",
+        line,
+    ), line
     assert not (tmp_path / "e.csv").exists()
 
 
@@ -144,21 +200,35 @@ def test_output_paths_are_checked_before_work(records, tiny_model, tmp_path, cap
     a_file = tmp_path / "a.txt"
     a_file.write_text("mine")
     cases = [
-        (["predict", tiny_model, records, "--out", folder, "--fs", 500], rf"{folder}: is an existing folder; --out "
-                                                                          "needs a file name"),
-        (["predict", tiny_model, records, "--out", tmp_path / "p.json", "--fs", 500],
-         r"p\.json: unknown extension '\.json' for --out; use \.csv or \.parquet"),
-        (["embed", tiny_model, records, "--out", a_file / "e.csv", "--fs", 500],
-         r"a\.txt/e\.csv: cannot write here \(Not a directory\): .*a\.txt is a file"),
-        (["evaluate", tiny_model, tmp_path / "store", "--out", a_file], r"a\.txt: is an existing file; --out needs "
-                                                                         "a folder"),
+        (
+            ["predict", tiny_model, records, "--out", folder, "--fs", 500],
+            rf"{folder}: is an existing folder; --out "
+            "needs a file name",
+        ),
+        (
+            ["predict", tiny_model, records, "--out", tmp_path / "p.json", "--fs", 500],
+            r"p\.json: unknown extension '\.json' for --out; use \.csv or \.parquet",
+        ),
+        (
+            ["embed", tiny_model, records, "--out", a_file / "e.csv", "--fs", 500],
+            r"a\.txt/e\.csv: cannot write here \(Not a directory\): .*a\.txt is a file",
+        ),
+        (
+            ["evaluate", tiny_model, tmp_path / "store", "--out", a_file],
+            r"a\.txt: is an existing file; --out needs "
+            "a folder",
+        ),
         (["export", tiny_model, "--out", tmp_path / "model.txt"], r"unknown extension '\.txt' for --out; use \.onnx"),
-        (["prepare", records, "--out", a_file, "--fs", 500], r"a\.txt: cannot write here \(Not a directory\): it is "
-                                                              "a file"),
+        (
+            ["prepare", records, "--out", a_file, "--fs", 500],
+            r"a\.txt: cannot write here \(Not a directory\): it is "
+            "a file",
+        ),
     ]
     for argv, pattern in cases:
-        code, _, err = run(capsys, *argv, "--quiet") if argv[0] in ("predict", "embed", "prepare") else \
-            run(capsys, *argv)
+        code, _, err = (
+            run(capsys, *argv, "--quiet") if argv[0] in ("predict", "embed", "prepare") else run(capsys, *argv)
+        )
         assert code == 1, (argv, err)
         assert re.search(pattern, one_error_line(err)), (pattern, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "existing"]  # nothing computed or written
@@ -171,8 +241,11 @@ def test_prepare_refuses_a_folder_that_is_not_ours(records, tmp_path, capsys):
     (theirs / "chapter1.tex").write_text("precious")
     code, _, err = run(capsys, "prepare", records, "--out", theirs, "--fs", 500, "--quiet")
     assert code == 1
-    assert re.search(r"thesis: exists and holds other files \(chapter1\.tex\) but no store\.json: not a store of "
-                     r"ours; give a new or empty folder", one_error_line(err))
+    assert re.search(
+        r"thesis: exists and holds other files \(chapter1\.tex\) but no store\.json: not a store of "
+        r"ours; give a new or empty folder",
+        one_error_line(err),
+    )
     assert [p.name for p in theirs.iterdir()] == ["chapter1.tex"]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -207,15 +280,27 @@ def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(records, tmp_pa
 def test_two_prepare_processes_on_one_store_never_mix(records, tmp_path):
     """Two real processes started together: one builds the store, the other is refused (or finds it done)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "hubert_ecg", "prepare", str(records), "--out", str(tmp_path / "s"), "--fs", "500",
-           "--quiet"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hubert_ecg",
+        "prepare",
+        str(records),
+        "--out",
+        str(tmp_path / "s"),
+        "--fs",
+        "500",
+        "--quiet",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
     for code, err in results:
         assert "Traceback" not in err
         assert code == 0 or (code == 1 and "already in use by PID" in err), err
     from hubert_ecg.store import ECGStore
+
     assert len(ECGStore(tmp_path / "s").record_ids) == 4
 
 
@@ -262,6 +347,7 @@ def test_prepare_rerun_appends_new_records_and_reports_changes(tmp_path, capsys)
     for name, data_bytes in first_shards.items():  # what was stored is untouched
         assert (tmp_path / "s" / "shards" / name).read_bytes() == data_bytes
     from hubert_ecg.store import ECGStore
+
     assert sorted(ECGStore(tmp_path / "s").record_ids.tolist()) == [f"r{i}" for i in range(8)]
     # one record changed, one vanished: reported, kept as stored
     np.save(data / "r1.npy", synthetic_record(rng, seconds=4.0).signal)
@@ -272,8 +358,10 @@ def test_prepare_rerun_appends_new_records_and_reports_changes(tmp_path, capsys)
     assert "1 stored record(s) changed on disk since they were stored" in out
     with open(tmp_path / "s" / "changes.csv", newline="") as fh:
         changes = {Path(r["source"]).name: r["change"] for r in csv.DictReader(fh)}
-    assert changes == {"r1.npy": "changed on disk since stored (kept as stored)",
-                       "r2.npy": "no longer found in the inputs (kept)"}
+    assert changes == {
+        "r1.npy": "changed on disk since stored (kept as stored)",
+        "r2.npy": "no longer found in the inputs (kept)",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,12 +384,15 @@ def _labels_case(tmp_path: Path, name: str) -> tuple[Path, list[str]]:
     elif name == "text_among_numbers":
         path.write_text("record_id,a\n" + "".join(f"{i},{'yes' if i == 'r3' else 1}\n" for i in ids))
     elif name == "unknown_split_values":
-        path.write_text("record_id,fold,a\n" + "".join(f"{i},{['train', 'eval', 'x', 'train'][j]},1\n"
-                                                      for j, i in enumerate(ids)))
+        path.write_text(
+            "record_id,fold,a\n" + "".join(f"{i},{['train', 'eval', 'x', 'train'][j]},1\n" for j, i in enumerate(ids))
+        )
         return path, ["--split-column", "fold"]
     elif name == "group_crosses_user_split":
-        path.write_text("record_id,split,patient,a\n" + "".join(f"{i},{['train', 'test'][j % 2]},p{j // 2},1\n"
-                                                                for j, i in enumerate(ids)))
+        path.write_text(
+            "record_id,split,patient,a\n"
+            + "".join(f"{i},{['train', 'test'][j % 2]},p{j // 2},1\n" for j, i in enumerate(ids))
+        )
         return path, ["--split-column", "split", "--group-column", "patient"]
     elif name == "missing_group_column":
         path.write_text("record_id,a\n" + "".join(f"{i},1\n" for i in ids))
@@ -320,8 +411,11 @@ LABEL_CASES = [
     ("not_utf8", r"labels\.csv: not UTF-8 text \(byte \d+: invalid continuation byte\)"),
     ("infinite_target", r"labels\.csv, row 4: column 'hr' is not a finite number \('inf'\)"),
     ("text_among_numbers", r"labels\.csv, row 5: column 'a' is not a number \('yes'\); a categorical column"),
-    ("unknown_split_values", r"labels\.csv: column 'fold': split values 'eval', 'x' are not train/val/test "
-                             r"\(values found: 'eval', 'train', 'x'"),
+    (
+        "unknown_split_values",
+        r"labels\.csv: column 'fold': split values 'eval', 'x' are not train/val/test "
+        r"\(values found: 'eval', 'train', 'x'",
+    ),
     ("group_crosses_user_split", r"labels\.csv: column 'split': group 'p0' has records in test and train"),
     ("missing_group_column", r"labels\.csv: no column 'patient_id' for --group-column \(columns: record_id, a\)"),
     ("empty_record_id", r"labels\.csv, row 3: empty record id in column 'record_id'"),
@@ -332,8 +426,9 @@ LABEL_CASES = [
 @pytest.mark.parametrize("name, pattern", LABEL_CASES, ids=[c[0] for c in LABEL_CASES])
 def test_bad_labels_file_is_one_line_and_no_store_is_created(name, pattern, records, tmp_path, capsys):
     path, extra = _labels_case(tmp_path, name)
-    code, _, err = run(capsys, "prepare", records, "--out", tmp_path / "s", "--labels", path, "--fs", 500,
-                       "--quiet", *extra)
+    code, _, err = run(
+        capsys, "prepare", records, "--out", tmp_path / "s", "--labels", path, "--fs", 500, "--quiet", *extra
+    )
     assert code == 1
     assert re.search(pattern, one_error_line(err)), err
     assert not (tmp_path / "s").exists()
@@ -341,16 +436,19 @@ def test_bad_labels_file_is_one_line_and_no_store_is_created(name, pattern, reco
 
 def test_bom_headers_and_nan_cells_are_read(records, tmp_path, capsys):
     (tmp_path / "labels.csv").write_bytes("\ufeffrecord_id,hr\nr0,60\nr1,nan\nr2,NA\nr3,72\n".encode("utf-8"))
-    code, _, err = run(capsys, "prepare", records, "--out", tmp_path / "s", "--labels", tmp_path / "labels.csv",
-                       "--fs", 500, "--quiet")
+    code, _, err = run(
+        capsys, "prepare", records, "--out", tmp_path / "s", "--labels", tmp_path / "labels.csv", "--fs", 500, "--quiet"
+    )
     assert code == 0, err
     from hubert_ecg.store import ECGStore
+
     store = ECGStore(tmp_path / "s")
     values = dict(zip(store.record_ids.tolist(), store.labels[:, 0].tolist()))
     assert values["r0"] == 60 and values["r3"] == 72 and np.isnan(values["r1"]) and np.isnan(values["r2"])
     utf16 = tmp_path / "u16.csv"
     utf16.write_bytes("record_id,hr\nr0,1\nr1,2\nr2,3\nr3,4\n".encode("utf-16"))
     from hubert_ecg.store import LabelTable
+
     assert LabelTable.from_csv(utf16).by_key["r3"].tolist() == [4.0]
 
 
@@ -359,6 +457,7 @@ def test_bom_headers_and_nan_cells_are_read(records, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 def _loop_store(tmp_path: Path) -> Path:
     import json
+
     store = tmp_path / "store"
     store.mkdir()
     (store / "store.json").write_text(json.dumps({"complete": True}))
@@ -366,31 +465,75 @@ def _loop_store(tmp_path: Path) -> Path:
 
 
 CONFIG_CASES = [
-    ("yaml_syntax", "loop.yaml", "store: s\nout: o\niterations: [\n", r"loop\.yaml: YAML syntax error at line \d+, "
-                                                                     r"column \d+"),
+    (
+        "yaml_syntax",
+        "loop.yaml",
+        "store: s\nout: o\niterations: [\n",
+        r"loop\.yaml: YAML syntax error at line \d+, "
+        r"column \d+",
+    ),
     ("toml_syntax", "loop.toml", "store = 's'\nout = \n", r"loop\.toml: TOML syntax error: .*line 2"),
-    ("unknown_nested_key", "loop.yaml", {"iterations": [{"train": {"lrr": 0.1}}]},
-     r"loop\.yaml: iterations\[1\]\.train\.lrr: unknown key \(allowed: .*lr"),
-    ("unknown_features_key", "loop.yaml", {"iterations": [{"features": {"kind": "tf", "layers": 3}}]},
-     r"loop\.yaml: iterations\[1\]\.features\.layers: unknown key"),
-    ("wrong_type", "loop.yaml", {"iterations": [{"train": {"lr": "fast"}}]},
-     r"loop\.yaml: iterations\[1\]\.train\.lr: expected a number, got 'fast'"),
-    ("bool_for_int", "loop.yaml", {"iterations": [{"train": {"max_steps": True}}]},
-     r"iterations\[1\]\.train\.max_steps: expected an integer, got True"),
-    ("out_of_range", "loop.yaml", {"iterations": [{"kmeans": {"k": 1}}]},
-     r"loop\.yaml: iterations\[1\]\.kmeans\.k: must be >= 2, got 1"),
-    ("bad_choice", "loop.yaml", {"iterations": [{"features": {"kind": "wavelets"}}]},
-     r"iterations\[1\]\.features\.kind: 'wavelets' is not one of tf, mfcc, tf\+mfcc, hidden"),
-    ("iterations_not_list", "loop.yaml", {"iterations": {"name": "it1"}},
-     r"loop\.yaml: iterations: expected a list, got \{'name': 'it1'\}"),
+    (
+        "unknown_nested_key",
+        "loop.yaml",
+        {"iterations": [{"train": {"lrr": 0.1}}]},
+        r"loop\.yaml: iterations\[1\]\.train\.lrr: unknown key \(allowed: .*lr",
+    ),
+    (
+        "unknown_features_key",
+        "loop.yaml",
+        {"iterations": [{"features": {"kind": "tf", "layers": 3}}]},
+        r"loop\.yaml: iterations\[1\]\.features\.layers: unknown key",
+    ),
+    (
+        "wrong_type",
+        "loop.yaml",
+        {"iterations": [{"train": {"lr": "fast"}}]},
+        r"loop\.yaml: iterations\[1\]\.train\.lr: expected a number, got 'fast'",
+    ),
+    (
+        "bool_for_int",
+        "loop.yaml",
+        {"iterations": [{"train": {"max_steps": True}}]},
+        r"iterations\[1\]\.train\.max_steps: expected an integer, got True",
+    ),
+    (
+        "out_of_range",
+        "loop.yaml",
+        {"iterations": [{"kmeans": {"k": 1}}]},
+        r"loop\.yaml: iterations\[1\]\.kmeans\.k: must be >= 2, got 1",
+    ),
+    (
+        "bad_choice",
+        "loop.yaml",
+        {"iterations": [{"features": {"kind": "wavelets"}}]},
+        r"iterations\[1\]\.features\.kind: 'wavelets' is not one of tf, mfcc, tf\+mfcc, hidden",
+    ),
+    (
+        "iterations_not_list",
+        "loop.yaml",
+        {"iterations": {"name": "it1"}},
+        r"loop\.yaml: iterations: expected a list, got \{'name': 'it1'\}",
+    ),
     ("empty_iterations", "loop.yaml", {"iterations": []}, r"loop\.yaml: iterations: the list is empty"),
-    ("unknown_model_field", "loop.yaml", {"model": {"hidden_sise": 8}, "iterations": [{}]},
-     r"loop\.yaml: model\.hidden_sise: unknown model config field"),
-    ("missing_store", "loop.yaml", {"store": "nowhere", "iterations": [{}]},
-     r"loop\.yaml: store: .*nowhere is not a prepared store \(no store\.json\)"),
-    ("layer_beyond_depth", "loop.yaml", {"size": "tiny", "iterations": [{}, {"features": {"kind": "hidden",
-                                                                                         "layer": 40}}]},
-     r"loop\.yaml: iterations\[2\]\.features\.layer: 40 is beyond the model's \d+ layers"),
+    (
+        "unknown_model_field",
+        "loop.yaml",
+        {"model": {"hidden_sise": 8}, "iterations": [{}]},
+        r"loop\.yaml: model\.hidden_sise: unknown model config field",
+    ),
+    (
+        "missing_store",
+        "loop.yaml",
+        {"store": "nowhere", "iterations": [{}]},
+        r"loop\.yaml: store: .*nowhere is not a prepared store \(no store\.json\)",
+    ),
+    (
+        "layer_beyond_depth",
+        "loop.yaml",
+        {"size": "tiny", "iterations": [{}, {"features": {"kind": "hidden", "layer": 40}}]},
+        r"loop\.yaml: iterations\[2\]\.features\.layer: 40 is beyond the model's \d+ layers",
+    ),
 ]
 
 
@@ -411,8 +554,9 @@ def test_bad_loop_config_is_one_line_naming_file_and_key(name, filename, content
 def test_dry_run_of_a_good_config_lists_the_stages(tmp_path, capsys):
     _loop_store(tmp_path)
     path = tmp_path / "loop.toml"
-    path.write_text('store = "store"\nout = "out"\nsize = "tiny"\n[[iterations]]\nname = "it1"\n'
-                    '[iterations.kmeans]\nk = 8\n')
+    path.write_text(
+        'store = "store"\nout = "out"\nsize = "tiny"\n[[iterations]]\nname = "it1"\n[iterations.kmeans]\nk = 8\n'
+    )
     code, out, err = run(capsys, "pretrain-loop", path, "--dry-run")
     assert code == 0, err
     assert "it1: features tf+mfcc, K=8" in out

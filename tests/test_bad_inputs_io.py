@@ -45,12 +45,16 @@ def messy(tmp_path: Path) -> Path:
 
 
 EXPECTED_SKIPS = {
-    "pipe.csv": "not a regular file (FIFO)", "sock.npy": "not a regular file (socket)",
-    "loop": "symlink loop (folder already searched)", "self.hea": "symlink loop",
-    "dangling.npy": "broken symlink (target missing)", "report.pdf": "unsupported format (.pdf)",
+    "pipe.csv": "not a regular file (FIFO)",
+    "sock.npy": "not a regular file (socket)",
+    "loop": "symlink loop (folder already searched)",
+    "self.hea": "symlink loop",
+    "dangling.npy": "broken symlink (target missing)",
+    "report.pdf": "unsupported format (.pdf)",
     "metadata.csv": "not a recognised layout (no lead columns)",
     "notes.xml": "not a recognised layout (XML root <notes>)",
-    ".DS_Store": "hidden file", "good1.atr": "unsupported format (.atr)",
+    ".DS_Store": "hidden file",
+    "good1.atr": "unsupported format (.atr)",
 }
 
 
@@ -94,8 +98,12 @@ def test_unreadable_subfolder_and_file_are_listed(messy: Path, monkeypatch: pyte
 def test_prepare_and_inspect_write_skipped_and_count_them(messy: Path, tmp_path: Path, capsys) -> None:
     code, out, err = run_main(capsys, "prepare", messy, "--out", tmp_path / "s", "--quiet")
     assert code == 0, err
-    assert "10 skipped (2 not a recognised layout, 2 not a regular file, 2 symlink loop, 2 unsupported format, " \
-           "1 broken symlink, 1 hidden file): not ECG records" in out and "2 records in 2 rows, 0 rejected" in out
+    assert (
+        "10 skipped (2 not a recognised layout, 2 not a regular file, 2 symlink loop, 2 unsupported format, "
+        "1 broken symlink, 1 hidden file): not ECG records"
+        in out
+        and "2 records in 2 rows, 0 rejected" in out
+    )
     rows = read_rows(tmp_path / "s" / "skipped.csv")
     assert {Path(r["path"]).name: r["reason"] for r in rows} == EXPECTED_SKIPS
     code, out, err = run_main(capsys, "inspect", messy)
@@ -117,19 +125,23 @@ def test_batch_that_accepts_nothing_exits_1(tmp_path: Path, capsys) -> None:
     assert_one_line_error(err, r"no ECG records found under .*empty \(1 skipped \(1 unsupported format\)\)")
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["--fs", "0"], r"argument --fs: .*must be > 0, got 0"),
-    (["--fs", "nan"], r"argument --fs: .*not a finite number"),
-    (["--fs", "-500"], r"argument --fs: .*must be > 0"),
-    (["--units", "NU"], r"argument --units: .*'NU' is not a voltage unit"),
-    (["--format", "scp"], r"argument --format: invalid choice: 'scp'"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--fs", "0"], r"argument --fs: .*must be > 0, got 0"),
+        (["--fs", "nan"], r"argument --fs: .*not a finite number"),
+        (["--fs", "-500"], r"argument --fs: .*must be > 0"),
+        (["--units", "NU"], r"argument --units: .*'NU' is not a voltage unit"),
+        (["--format", "scp"], r"argument --format: invalid choice: 'scp'"),
+    ],
+)
 def test_reader_options_are_checked_at_parse_time(args: list[str], pattern: str, tmp_path: Path, capsys) -> None:
     for command in (["inspect", tmp_path], ["prepare", tmp_path, "--out", tmp_path / "s"]):
         with pytest.raises(SystemExit) as info:
             run_main(capsys, *command, *args)
         assert info.value.code == 2
         import re
+
         assert re.search(pattern, capsys.readouterr().err)
     assert not (tmp_path / "s").exists()
 
@@ -141,8 +153,9 @@ def test_lead_names_format_and_sidecar_flags(tmp_path: Path, capsys) -> None:
     np.save(tmp_path / "tmp.npy", signal[order].astype(np.float32))
     (tmp_path / "tmp.npy").rename(path)
     names = [STANDARD[i] for i in order]
-    code, out, err = run_main(capsys, "inspect", path, "--format", "numpy", "--fs", 250, "--units", "mV",
-                              "--lead-names", *names)
+    code, out, err = run_main(
+        capsys, "inspect", path, "--format", "numpy", "--fs", 250, "--units", "mV", "--lead-names", *names
+    )
     assert code == 0, err
     assert "OK     rec.dat: npy, 250 Hz" in out and "units mV" in out
     record = read_record(path, fmt="numpy", fs=250, lead_names=names)
@@ -157,8 +170,11 @@ def test_lead_names_format_and_sidecar_flags(tmp_path: Path, capsys) -> None:
     assert read_record(sidecar_rec, fs=500).fs == 500
 
 
-def test_implausible_records_are_flagged_with_empty_probabilities(tiny_classifier: Path, tmp_path: Path,  # noqa: F811
-                                                                   capsys) -> None:
+def test_implausible_records_are_flagged_with_empty_probabilities(
+    tiny_classifier: Path,  # noqa: F811  (the fixture imported from test_robustness_inputs)
+    tmp_path: Path,
+    capsys,
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     _good(folder, "fine")
@@ -169,15 +185,17 @@ def test_implausible_records_are_flagged_with_empty_probabilities(tiny_classifie
     code, out, err = run_main(capsys, "predict", tiny_classifier, folder, "--out", pred, "--quiet", "--device", "cpu")
     assert code == 0, err
     assert "wrote 3 records" in out and "2 not scorable" in out and "1 skipped (1 unsupported format)" in out
-    assert read_rows(Path(f"{pred}.skipped.csv")) == [{"path": str(folder / "scan.pdf"),
-                                                        "reason": "unsupported format (.pdf)"}]
+    assert read_rows(Path(f"{pred}.skipped.csv")) == [
+        {"path": str(folder / "scan.pdf"), "reason": "unsupported format (.pdf)"}
+    ]
     rows = {r["record_id"]: r for r in read_rows(pred)}
     assert rows["leads_off"]["quality"] == "unscorable: all leads flat (leads off or no signal)"
     assert rows["huge"]["quality"].startswith("unscorable: amplitude far outside the ECG range")
     for rid in ("leads_off", "huge"):
         assert all(rows[rid][c] == "" for c in rows[rid] if c.startswith(("p_", "y_")))  # empty, not 0.5
-    assert rows["fine"]["quality"] == "ok" and all(0 <= float(rows["fine"][c]) <= 1 for c in rows["fine"]
-                                                  if c.startswith("p_"))
+    assert rows["fine"]["quality"] == "ok" and all(
+        0 <= float(rows["fine"][c]) <= 1 for c in rows["fine"] if c.startswith("p_")
+    )
     emb = tmp_path / "e.csv"
     code, out, err = run_main(capsys, "embed", tiny_classifier, folder, "--out", emb, "--quiet", "--device", "cpu")
     assert code == 0, err  # an embedding of a flat line means nothing: listed, not written
@@ -225,9 +243,15 @@ def test_hl7_aecg_reads_the_rhythm_series_with_units_and_extra_leads(tmp_path: P
     np.testing.assert_allclose(record.signal, signal, atol=2.5e-3 / 2 + 1e-6)  # half a 2.5 uV step
     # 8 stored leads (I, II, V1-V6) plus Frank X/Y/Z: limb leads derived, XYZ ignored with a warning
     eight = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
-    record = read_record(write_hl7(tmp_path / "b.xml", signal, leads=eight, extra={"X": signal[0], "Y": signal[1],
-                                                                                   "Z": signal[6]},
-                                   increment='<increment value="2" unit="ms"/>'))
+    record = read_record(
+        write_hl7(
+            tmp_path / "b.xml",
+            signal,
+            leads=eight,
+            extra={"X": signal[0], "Y": signal[1], "Z": signal[6]},
+            increment='<increment value="2" unit="ms"/>',
+        )
+    )
     assert record.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"] and record.fs == 500
     assert "ignored 3 lead(s) beyond the standard 12: X, Y, Z" in record.meta["warnings"]
     np.testing.assert_allclose(record.signal[3], -(signal[0] + signal[1]) / 2, atol=3e-3)
@@ -236,8 +260,9 @@ def test_hl7_aecg_reads_the_rhythm_series_with_units_and_extra_leads(tmp_path: P
 def test_philips_xli_and_uncompressed_give_the_stored_counts(tmp_path: Path) -> None:
     signal = _signal(seconds=4.0)
     for compression in ("XLI", "none"):
-        path, counts = write_philips(tmp_path / f"{compression}.xml", signal, compression=compression,
-                                     resolution_uv=5.0)
+        path, counts = write_philips(
+            tmp_path / f"{compression}.xml", signal, compression=compression, resolution_uv=5.0
+        )
         record = read_record(path)
         assert record.fs == 500 and record.units == "mV" and record.meta["format"] == "philips"
         np.testing.assert_allclose(record.signal, counts * 0.005, atol=1e-6)  # 5 uV per count, in mV
@@ -255,8 +280,9 @@ def test_edf_and_bdf_units_labels_and_non_ecg_channels(tmp_path: Path) -> None:
     assert record.fs == 500 and record.units == "mV" and record.meta["format"] == "edf"
     np.testing.assert_allclose(record.signal, signal, atol=2e-3)  # 16-bit over +-10 mV
     assert record.meta["warnings"] == ["ignored 1 non-ECG signal(s): SpO2"]
-    record = read_record(write_edf(tmp_path / "b.bdf", signal, unit="mV", bdf=True,
-                                   labels=[f"EKG {n.upper()}" for n in STANDARD]))
+    record = read_record(
+        write_edf(tmp_path / "b.bdf", signal, unit="mV", bdf=True, labels=[f"EKG {n.upper()}" for n in STANDARD])
+    )
     assert record.meta["format"] == "bdf"
     np.testing.assert_allclose(record.signal, signal, atol=1e-3)  # quantised by the writer's digital range
 

@@ -38,8 +38,12 @@ def _write_hf_dir(tmp_path: Path, model, parametrized: bool = True, bin_format: 
     d = tmp_path / "hf"
     d.mkdir()
     cfg = hf_config_dict(model.config)
-    cfg.update(architectures=["HuBERTECG"], auto_map={"AutoConfig": "hubert_ecg.HuBERTECGConfig"},
-               transformers_version="4.38.1", vocab_sizes=[999])  # stale on purpose: weights decide
+    cfg.update(
+        architectures=["HuBERTECG"],
+        auto_map={"AutoConfig": "hubert_ecg.HuBERTECGConfig"},
+        transformers_version="4.38.1",
+        vocab_sizes=[999],
+    )  # stale on purpose: weights decide
     (d / "config.json").write_text(json.dumps(cfg))
     state = _published_state(model, parametrized)
     if bin_format:
@@ -51,8 +55,12 @@ def _write_hf_dir(tmp_path: Path, model, parametrized: bool = True, bin_format: 
 
 def _same_outputs(a, b) -> None:
     with torch.no_grad():
-        torch.testing.assert_close(a(X, output_hidden_states=True).last_hidden_state,
-                                   b(X, output_hidden_states=True).last_hidden_state, atol=0, rtol=0)
+        torch.testing.assert_close(
+            a(X, output_hidden_states=True).last_hidden_state,
+            b(X, output_hidden_states=True).last_hidden_state,
+            atol=0,
+            rtol=0,
+        )
 
 
 @pytest.mark.parametrize("parametrized,bin_format", [(True, False), (False, False), (True, True)])
@@ -106,11 +114,17 @@ def _pickle_with_reference_config(tmp_path: Path, model, finetuned: bool = False
     try:
         state = _published_state(model)
         if finetuned:
-            state = {"hubert_ecg." + k if not k.startswith(("classifier", "label_embedding")) else k: v
-                     for k, v in state.items()}
-        payload = {"global_step": 10, "model_config": cfg, "model_state_dict": state,
-                   "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0]}]},
-                   "best_val_loss": torch.tensor(1.5)}
+            state = {
+                "hubert_ecg." + k if not k.startswith(("classifier", "label_embedding")) else k: v
+                for k, v in state.items()
+            }
+        payload = {
+            "global_step": 10,
+            "model_config": cfg,
+            "model_state_dict": state,
+            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0]}]},
+            "best_val_loss": torch.tensor(1.5),
+        }
         if finetuned:
             payload.update(linear=True, finetuning_vocab_size=model.config.head.num_labels, use_label_embedding=False)
         path = tmp_path / "ckpt.pt"
@@ -150,7 +164,8 @@ def test_pt_with_transformers_config_loads_without_transformers(tmp_path):
         f"e = torch.load({str(tmp_path / 'expected.pt')!r})\n"
         "assert torch.equal(m(x).last_hidden_state, e)\n"
         "assert 'transformers' not in [k for k, v in sys.modules.items() if v is not None]\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr
 
@@ -210,19 +225,28 @@ def test_hub_id_resolves_from_offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants as c
+
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     loaded = load_model("Edoardo-BS/hubert-ecg-small")
     _same_outputs(src, loaded)
     # The hint names the command this huggingface_hub installs (`hf` from 1.0 on, else `huggingface-cli`).
     import huggingface_hub
+
     command = "hf download" if int(huggingface_hub.__version__.split(".")[0]) >= 1 else "huggingface-cli download"
     with pytest.raises(CheckpointError, match=f"`{command} Edoardo-BS/hubert-ecg-base --local-dir DIR`"):
         load_model("Edoardo-BS/hubert-ecg-base")
 
 
-@pytest.mark.parametrize("kind,licence", [("published-pt", "cc-by-nc-4.0"), ("published-hf", "cc-by-nc-4.0"),
-                                          ("bare-state-dict", "other"), ("transformers-dir", "other")])
+@pytest.mark.parametrize(
+    "kind,licence",
+    [
+        ("published-pt", "cc-by-nc-4.0"),
+        ("published-hf", "cc-by-nc-4.0"),
+        ("bare-state-dict", "other"),
+        ("transformers-dir", "other"),
+    ],
+)
 def test_licence_of_foreign_weights_is_carried_into_saved_models(tmp_path, kind, licence):
     """Published weights (CC BY-NC 4.0) pass their licence on; other foreign weights record their source."""
     src = create_model("tiny", vocab_sizes=[4]).eval()

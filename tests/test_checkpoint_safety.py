@@ -81,8 +81,13 @@ def _hostile_file(tmp_path: Path, target: str, nesting: str, protocol: int, cont
     return path, _global_name(func)
 
 
-CASES = [(t, n, p, c) for i, t in enumerate(TARGETS) for p in (2, 4) for c in ("zip", "pickle")
-         for n in [list(NESTINGS)[(i + p) % len(NESTINGS)]]]
+CASES = [
+    (t, n, p, c)
+    for i, t in enumerate(TARGETS)
+    for p in (2, 4)
+    for c in ("zip", "pickle")
+    for n in [list(NESTINGS)[(i + p) % len(NESTINGS)]]
+]
 
 
 def _assert_refused(path: Path, capsys, *fragments: str) -> str:
@@ -110,8 +115,12 @@ def test_hand_written_os_system_global_is_refused(tmp_path, capsys):
     # GLOBAL 'os system' spelled out (pickle itself would write posix.system).
     marker = tmp_path / "marker"
     path = tmp_path / "os_system.pt"
-    path.write_bytes(b"\x80\x02cos\nsystem\nX" + len(f"touch {marker}").to_bytes(4, "little")
-                     + f"touch {marker}".encode() + b"\x85R.")
+    path.write_bytes(
+        b"\x80\x02cos\nsystem\nX"
+        + len(f"touch {marker}").to_bytes(4, "little")
+        + f"touch {marker}".encode()
+        + b"\x85R."
+    )
     _assert_refused(path, capsys, "refusing to load global os.system")
     assert not marker.exists()
 
@@ -153,9 +162,12 @@ def test_legacy_tar_format_is_refused(tmp_path, capsys):
     marker = tmp_path / "marker"
     path = tmp_path / "legacy_tar.pt"
     with tarfile.open(path, "w") as archive:
-        for name, data in [("sys_info", pickle.dumps({"protocol_version": 1001, "little_endian": True}, 2)),
-                           ("pickle", pickle.dumps(_Reduce(os.system, (f"touch {marker}",)), 2)),
-                           ("storages", pickle.dumps(0, 2)), ("tensors", pickle.dumps(0, 2))]:
+        for name, data in [
+            ("sys_info", pickle.dumps({"protocol_version": 1001, "little_endian": True}, 2)),
+            ("pickle", pickle.dumps(_Reduce(os.system, (f"touch {marker}",)), 2)),
+            ("storages", pickle.dumps(0, 2)),
+            ("tensors", pickle.dumps(0, 2)),
+        ]:
             member = tarfile.TarInfo(name)
             member.size = len(data)
             archive.addfile(member, io.BytesIO(data))
@@ -173,13 +185,16 @@ def _rezip(source: Path, target: Path, extra: dict[str, bytes]) -> Path:
     return target
 
 
-@pytest.mark.parametrize("member,fragment", [
-    ("extra.pkl", "extra pickle member (extra.pkl)"),
-    ("data/extra.pkl", "extra pickle member (data/extra.pkl)"),
-    ("constants.pkl", "TorchScript archive"),
-    ("code/__torch__.py", "TorchScript archive"),
-    ("notes.txt", "unexpected member (notes.txt)"),
-])
+@pytest.mark.parametrize(
+    "member,fragment",
+    [
+        ("extra.pkl", "extra pickle member (extra.pkl)"),
+        ("data/extra.pkl", "extra pickle member (data/extra.pkl)"),
+        ("constants.pkl", "TorchScript archive"),
+        ("code/__torch__.py", "TorchScript archive"),
+        ("notes.txt", "unexpected member (notes.txt)"),
+    ],
+)
 def test_zip_with_extra_members_is_refused(tmp_path, capsys, member, fragment):
     marker = tmp_path / "marker"
     plain = tmp_path / "plain.pt"
@@ -199,18 +214,49 @@ def test_not_a_checkpoint_at_all_is_refused(tmp_path, capsys):
 # The allow-list: exactly this, and the corpus fails when it is widened
 # ---------------------------------------------------------------------------------------------
 def test_allow_list_is_small_and_explicit():
-    dtypes = {("torch", n) for n in ("float64", "float32", "float16", "bfloat16", "complex64", "complex128",
-                                     "int64", "int32", "int16", "int8", "uint8", "bool", "float8_e4m3fn",
-                                     "float8_e5m2") if isinstance(getattr(torch, n, None), torch.dtype)}
+    dtypes = {
+        ("torch", n)
+        for n in (
+            "float64",
+            "float32",
+            "float16",
+            "bfloat16",
+            "complex64",
+            "complex128",
+            "int64",
+            "int32",
+            "int16",
+            "int8",
+            "uint8",
+            "bool",
+            "float8_e4m3fn",
+            "float8_e5m2",
+        )
+        if isinstance(getattr(torch, n, None), torch.dtype)
+    }
     assert set(safe_pickle.ALLOWED_GLOBALS) == dtypes | {
-        ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
-        ("builtins", "complex"), ("builtins", "object"), ("copyreg", "_reconstructor"), ("torch", "Size"),
-        ("torch", "device"), ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
-        ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state")}
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "slice"),
+        ("builtins", "complex"),
+        ("builtins", "object"),
+        ("copyreg", "_reconstructor"),
+        ("torch", "Size"),
+        ("torch", "device"),
+        ("torch._utils", "_rebuild_tensor"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("torch._utils", "_rebuild_parameter_with_state"),
+    }
     assert safe_pickle.PUBLISHED_CONFIG_CLASSES == {
-        ("hubert_ecg", "HuBERTECGConfig"), ("transformers.models.hubert.configuration_hubert", "HubertConfig")}
-    assert all(m in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "_codecs")
-               for m, _ in safe_pickle.NUMPY_GLOBALS)
+        ("hubert_ecg", "HuBERTECGConfig"),
+        ("transformers.models.hubert.configuration_hubert", "HubertConfig"),
+    }
+    assert all(
+        m in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "_codecs")
+        for m, _ in safe_pickle.NUMPY_GLOBALS
+    )
     assert len(safe_pickle.NUMPY_GLOBALS) == 7
 
 
@@ -254,8 +300,14 @@ def test_each_core_entry_is_what_a_real_checkpoint_uses(tmp_path):
 
     src = create_model("tiny", vocab_sizes=[5]).eval()
     state = {k: torch.nn.Parameter(v.clone()) if v.is_floating_point() else v for k, v in src.state_dict().items()}
-    payload = {"model_state_dict": state, "global_step": 3, "best_val_loss": np.float64(1.5),
-               "dtype": torch.float32, "shape": torch.Size([2, 3]), "model_config": hf_config_dict(src.config)}
+    payload = {
+        "model_state_dict": state,
+        "global_step": 3,
+        "best_val_loss": np.float64(1.5),
+        "dtype": torch.float32,
+        "shape": torch.Size([2, 3]),
+        "model_config": hf_config_dict(src.config),
+    }
     path = tmp_path / "train.pt"
     torch.save(payload, path)
     with zipfile.ZipFile(path) as archive:
@@ -319,14 +371,19 @@ def test_non_finite_weights_are_refused(tmp_path, capsys, value, layout):
 def test_wrong_shape_for_the_config_is_refused(tmp_path, capsys):
     path = create_model("tiny").save_pretrained(tmp_path / "m")
     _edit_config(path, lambda c: c["model"].update(intermediate_size=96))
-    with pytest.raises(CheckpointError, match=r"tensor encoder\.layers\.0\.feed_forward\.intermediate_dense\.bias "
-                                              r"has shape \(128,\), the config implies \(96,\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor encoder\.layers\.0\.feed_forward\.intermediate_dense\.bias "
+        r"has shape \(128,\), the config implies \(96,\)",
+    ):
         load_model(path)
     _cli_refuses(path, capsys, "intermediate_dense")
 
 
-@pytest.mark.parametrize("head_type,key", [("linear", "classifier.weight"), ("mlp", "classifier.2.weight"),
-                                           ("cosine", "classifier.label_embedding.weight")])
+@pytest.mark.parametrize(
+    "head_type,key",
+    [("linear", "classifier.weight"), ("mlp", "classifier.2.weight"), ("cosine", "classifier.label_embedding.weight")],
+)
 def test_label_names_must_match_the_head(tmp_path, capsys, head_type, key):
     model = create_model("tiny", head=HeadConfig(3, type=head_type, hidden_size=16))
     model.info.label_names = ["AF", "LBBB", "RBBB"]
@@ -339,12 +396,15 @@ def test_label_names_must_match_the_head(tmp_path, capsys, head_type, key):
     _cli_refuses(path, capsys, message)
 
 
-@pytest.mark.parametrize("thresholds,fragment", [
-    ([0.2, 1.5, 0.3], "info.thresholds[1] = 1.5 is outside [0, 1]"),
-    ([-0.1, 0.5, 0.3], "info.thresholds[0] = -0.1 is outside [0, 1]"),
-    ([0.2, 0.5, float("nan")], "info.thresholds[2] = nan is outside [0, 1]"),
-    ([0.2, 0.5], "info.thresholds has 2 values but the head (classifier.weight) has 3 outputs"),
-])
+@pytest.mark.parametrize(
+    "thresholds,fragment",
+    [
+        ([0.2, 1.5, 0.3], "info.thresholds[1] = 1.5 is outside [0, 1]"),
+        ([-0.1, 0.5, 0.3], "info.thresholds[0] = -0.1 is outside [0, 1]"),
+        ([0.2, 0.5, float("nan")], "info.thresholds[2] = nan is outside [0, 1]"),
+        ([0.2, 0.5], "info.thresholds has 2 values but the head (classifier.weight) has 3 outputs"),
+    ],
+)
 def test_thresholds_must_be_probabilities_one_per_output(tmp_path, capsys, thresholds, fragment):
     model = create_model("tiny", head=HeadConfig(3))
     model.info.thresholds = [0.0, 0.5, 1.0]  # the closed interval is fine
@@ -356,11 +416,14 @@ def test_thresholds_must_be_probabilities_one_per_output(tmp_path, capsys, thres
     _cli_refuses(path, capsys, fragment)
 
 
-@pytest.mark.parametrize("corrupt,fragment", [
-    (lambda b: (10**12).to_bytes(8, "little") + b[8:], "header length"),
-    (lambda b: b[:8] + b"#" + b[9:], "header is not JSON"),
-    (lambda b: b[:-4], "truncated or padded"),
-])
+@pytest.mark.parametrize(
+    "corrupt,fragment",
+    [
+        (lambda b: (10**12).to_bytes(8, "little") + b[8:], "header length"),
+        (lambda b: b[:8] + b"#" + b[9:], "header is not JSON"),
+        (lambda b: b[:-4], "truncated or padded"),
+    ],
+)
 def test_safetensors_header_is_checked(tmp_path, capsys, corrupt, fragment):
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in create_model("tiny").state_dict().items()}, str(path))
@@ -376,10 +439,9 @@ def test_safetensors_header_with_overlapping_ranges_is_refused(tmp_path):
     save_file({"a": torch.zeros(4), "b": torch.ones(4)}, str(path))
     raw = path.read_bytes()
     length = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + length])
+    header = json.loads(raw[8 : 8 + length])
     header["b"]["data_offsets"] = header["a"]["data_offsets"]
     text = json.dumps(header).encode()
-    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length:])
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length :])
     with pytest.raises(CheckpointError, match="overlap"):
         safe_pickle.check_safetensors_header(path)
-

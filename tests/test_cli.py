@@ -11,16 +11,37 @@ from hubert_ecg import load_model
 from hubert_ecg.cli import build_parser, main
 from hubert_ecg.model import create_model
 
-COMMANDS = ["info", "convert", "export", "inspect", "prepare", "datasets", "features", "cluster", "label", "pretrain",
-            "pretrain-loop", "finetune", "evaluate", "compare", "explain", "predict", "embed", "demo", "store-export",
-            "store-import", "config"]
+COMMANDS = [
+    "info",
+    "convert",
+    "export",
+    "inspect",
+    "prepare",
+    "datasets",
+    "features",
+    "cluster",
+    "label",
+    "pretrain",
+    "pretrain-loop",
+    "finetune",
+    "evaluate",
+    "compare",
+    "explain",
+    "predict",
+    "embed",
+    "demo",
+    "store-export",
+    "store-import",
+    "config",
+]
 
 
 def test_every_command_is_listed_and_has_help(capsys):
     parser = build_parser()
     top = parser.format_help()
-    positions = [top.index(f"\n    {name} ") if f"\n    {name} " in top else top.index(f"\n    {name}\n")
-                 for name in COMMANDS]
+    positions = [
+        top.index(f"\n    {name} ") if f"\n    {name} " in top else top.index(f"\n    {name}\n") for name in COMMANDS
+    ]
     assert positions == sorted(positions)  # listed in pipeline order, not in module-import order
     for name in COMMANDS:
         assert f"    {name}" in top
@@ -54,6 +75,7 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
 
 def test_inspect_reports_each_record_and_plots(tmp_path, capsys):
     from hubert_ecg.synthetic import write_synthetic_dataset
+
     d = write_synthetic_dataset(tmp_path / "d", 2, fmt="wfdb")
     (d / "bad.hea").write_text("bad 12 500\ngarbage\n")
     assert main(["inspect", str(d), "--plot", str(tmp_path / "plots")]) == 0
@@ -69,6 +91,7 @@ def test_allow_missing_leads_flag(tmp_path, capsys):
     import numpy as np
 
     from conftest import synthetic_12_lead
+
     signal = synthetic_12_lead(np.random.default_rng(0), 2500)
     names = ["I", "II", "V1", "V2", "V3", "V4", "V5"]  # limb leads derivable; V6 missing
     rows = signal[[0, 1, 6, 7, 8, 9, 10]].T
@@ -79,9 +102,12 @@ def test_allow_missing_leads_flag(tmp_path, capsys):
     assert main(["inspect", str(path), "--fs", "500", "--allow-missing-leads"]) == 0
     summary = capsys.readouterr().out.splitlines()[-1]
     assert summary.startswith("1 readable") and ", 0 rejected" in summary
-    assert main(["prepare", str(path), "--fs", "500", "--allow-missing-leads", "--out", str(tmp_path / "s"),
-                 "--quiet"]) == 0
+    assert (
+        main(["prepare", str(path), "--fs", "500", "--allow-missing-leads", "--out", str(tmp_path / "s"), "--quiet"])
+        == 0
+    )
     from hubert_ecg.store import ECGStore
+
     x = ECGStore(tmp_path / "s").signals([0])[0]
     assert np.all(x[11] == 0) and np.isfinite(x).all()  # V6 zero-filled, the rest preprocessed
 
@@ -91,6 +117,7 @@ def test_allow_missing_leads_flag(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 def _subparsers() -> dict:
     import argparse
+
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(action.choices)
@@ -102,6 +129,7 @@ def example_commands(text: str) -> list[list[str]]:
     A run of two or more spaces starts the annotation; a shell redirection or pipe ends the command."""
     import re
     import shlex
+
     commands = []
     for line in text.splitlines():
         line = line.strip()
@@ -118,9 +146,13 @@ def example_commands(text: str) -> list[list[str]]:
 
 def test_every_option_of_every_command_has_help():
     import argparse
-    missing = [f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
-               for name, sub in _subparsers().items() for action in sub._actions
-               if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
+
+    missing = [
+        f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+        for name, sub in _subparsers().items()
+        for action in sub._actions
+        if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()
+    ]
     assert missing == []
 
 
@@ -140,6 +172,7 @@ def test_every_command_help_ends_with_examples_that_parse():
 
 def test_one_window_vocabulary_and_stride_in_seconds():
     from hubert_ecg.cli.eval_cmds import _stride_in_store_samples
+
     parser = build_parser()
     evaluate = parser.parse_args(["evaluate", "m", "s", "--out", "o", "--windows", "sliding", "--stride", "2.5"])
     predict = parser.parse_args(["predict", "m", "r/", "--out", "p.csv", "--windows", "sliding", "--stride", "2.5"])
@@ -179,13 +212,23 @@ def test_a_closed_pipe_exits_quietly():
     """`hubert-ecg ... | head`: the reader goes away; no traceback, status 0."""
     import subprocess
     import sys
-    proc = subprocess.Popen([sys.executable, "-m", "hubert_ecg.cli", "config", "pretrain-loop"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubert_ecg.cli", "config", "pretrain-loop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # before the command has printed anything
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and err == b""
-    shell = subprocess.run(f"set -o pipefail; {sys.executable} -m hubert_ecg.cli config --list | head -1",
-                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    shell = subprocess.run(
+        f"set -o pipefail; {sys.executable} -m hubert_ecg.cli config --list | head -1",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shell.returncode == 0 and shell.stdout == "templates:\n" and shell.stderr == ""
 
 
@@ -200,8 +243,11 @@ def test_templates_ship_in_the_package_and_validate(tmp_path, capsys):
     loop.write_text(capsys.readouterr().out)
     config = load_config(loop)  # the loop's own validator accepts the template
     assert config["store"] == str((tmp_path / "runs" / "store").resolve())
-    repo_copy = yaml.safe_load(open("configs/pretrain-loop.yaml")) if __import__("os").path.exists(
-        "configs/pretrain-loop.yaml") else None
+    repo_copy = (
+        yaml.safe_load(open("configs/pretrain-loop.yaml"))
+        if __import__("os").path.exists("configs/pretrain-loop.yaml")
+        else None
+    )
     if repo_copy is not None:  # the repository's example and the shipped template describe the same loop
         assert repo_copy["iterations"] == yaml.safe_load(loop.read_text())["iterations"]
     assert main(["config", "finetune", "--out", str(tmp_path / "recipe.yaml")]) == 0
@@ -214,6 +260,7 @@ def test_templates_ship_in_the_package_and_validate(tmp_path, capsys):
     assert main(["config", "nope"]) == 1
     assert capsys.readouterr().err.startswith("hubert-ecg: error: no template or recipe named 'nope' (templates: ")
     from pathlib import Path
+
     text = Path("pyproject.toml").read_text() if Path("pyproject.toml").exists() else "templates/*.yaml"
     assert "templates/*.yaml" in text  # package data: a wheel user gets the templates
 
@@ -222,8 +269,11 @@ def test_help_does_not_load_pytorch():
     """`hubert-ecg --help` and every `COMMAND --help` answer at once: the parser imports no torch."""
     import subprocess
     import sys
-    code = ("import sys\nfrom hubert_ecg.cli import build_parser\nbuild_parser()\n"
-            "print(sorted(m for m in ('torch', 'scipy', 'sklearn') if m in sys.modules))")
+
+    code = (
+        "import sys\nfrom hubert_ecg.cli import build_parser\nbuild_parser()\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'sklearn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

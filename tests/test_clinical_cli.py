@@ -23,8 +23,9 @@ from hubert_ecg.synthetic import synthetic_record
 def _tiny_model(store: ECGStore, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = create_model("tiny", head={"type": "linear", "num_labels": 1})
-    model.info = CheckpointInfo(task="multi_label", label_names=["fast"], thresholds=[0.5],
-                                preprocessing=store.spec.to_dict())
+    model.info = CheckpointInfo(
+        task="multi_label", label_names=["fast"], thresholds=[0.5], preprocessing=store.spec.to_dict()
+    )
     return model
 
 
@@ -42,8 +43,9 @@ def setup(tmp_path_factory):
         split = "test" if i % 4 in (0, 1) else "val"
         lines.append(f"r{i:03d},{split},{fast}")
     (data / "labels.csv").write_text("\n".join(lines) + "\n")
-    labels = LabelTable.from_csv(data / "labels.csv", id_column="record_id", split_column="split",
-                                 label_columns=["fast"])
+    labels = LabelTable.from_csv(
+        data / "labels.csv", id_column="record_id", split_column="split", label_columns=["fast"]
+    )
     prepare_store([data], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
     store = ECGStore(root / "store")
     for name, seed in (("a", 0), ("b", 1)):
@@ -56,8 +58,18 @@ def test_evaluate_leads_calibration_subgroups_bca(setup, tmp_path):
     from hubert_ecg.evaluate import evaluate, score_split
 
     root = setup
-    summary = evaluate(root / "a", root / "store", tmp_path / "ev", n_bootstrap=60, leads=["all", "II"],
-                       calibrate="auto", save_calibration=True, subgroups=["fast"], ci_method="bca", device="cpu")
+    summary = evaluate(
+        root / "a",
+        root / "store",
+        tmp_path / "ev",
+        n_bootstrap=60,
+        leads=["all", "II"],
+        calibrate="auto",
+        save_calibration=True,
+        subgroups=["fast"],
+        ci_method="bca",
+        device="cpu",
+    )
     payload = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     details = payload["details"]
     # Lead set "all" zeroes nothing: the paired difference is exactly zero, interval included.
@@ -67,9 +79,15 @@ def test_evaluate_leads_calibration_subgroups_bca(setup, tmp_path):
     store = ECGStore(root / "store")
     model = load_model(root / "a")
     full = score_split(model, store, "test", device=torch.device("cpu"))
-    only_ii = score_split(model, store, "test", device=torch.device("cpu"),
-                          keep_leads=np.isin(np.array(["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4",
-                                                       "V5", "V6"]), ["II"]))
+    only_ii = score_split(
+        model,
+        store,
+        "test",
+        device=torch.device("cpu"),
+        keep_leads=np.isin(
+            np.array(["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]), ["II"]
+        ),
+    )
     assert not np.allclose(full.y_score, only_ii.y_score)
     # Calibration was fitted on the 24 validation records only and stored in the checkpoint.
     fit = details["calibration"]["fit"]
@@ -80,8 +98,15 @@ def test_evaluate_leads_calibration_subgroups_bca(setup, tmp_path):
     assert set(groups) == {"0", "1"} and groups["0"]["n_records"] == 12
     assert payload["confidence_intervals"]["method"] == "bca"
     html = Path(summary["report"]).read_text()
-    for text in ("Reduced leads", "Post-hoc calibration", "Subgroups", "BCa (bias-corrected and accelerated)",
-                 "NPV @0.5", "Brier score", "Reliability diagrams"):
+    for text in (
+        "Reduced leads",
+        "Post-hoc calibration",
+        "Subgroups",
+        "BCa (bias-corrected and accelerated)",
+        "NPV @0.5",
+        "Brier score",
+        "Reliability diagrams",
+    ):
         assert text in html
     # A later evaluation applies the stored calibration without being asked.
     again = evaluate(root / "a", root / "store", tmp_path / "ev2", n_bootstrap=0, device="cpu")
@@ -116,8 +141,21 @@ def predictions(tmp_path):
 
 def test_evaluate_predictions_csv_cli(predictions, capsys):
     root, y, pa, _ = predictions
-    code = main(["evaluate", "--predictions", str(root / "a.csv"), "--labels", str(root / "labels.csv"),
-                 "--out", str(root / "ev"), "--bootstrap", "50", "--subgroups", "sex,age"])
+    code = main(
+        [
+            "evaluate",
+            "--predictions",
+            str(root / "a.csv"),
+            "--labels",
+            str(root / "labels.csv"),
+            "--out",
+            str(root / "ev"),
+            "--bootstrap",
+            "50",
+            "--subgroups",
+            "sex,age",
+        ]
+    )
     assert code == 0
     payload = json.loads((root / "ev" / "metrics.json").read_text())
     from sklearn.metrics import roc_auc_score
@@ -125,7 +163,12 @@ def test_evaluate_predictions_csv_cli(predictions, capsys):
     assert payload["metrics"]["macro"]["auroc"] == pytest.approx(roc_auc_score(y, pa), abs=1e-9)
     assert set(payload["details"]["subgroups"]["sex"]["groups"]) == {"M", "F"}
     assert set(payload["details"]["subgroups"]["age"]["groups"]) <= {"<40", "40-59", "60-79", ">=80"}
-    assert "records:" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "records:" in captured.out
+    assert "bootstrap" in captured.err and "50/50" in captured.err  # the progress bar, on stderr
+    quiet = ["evaluate", "--predictions", str(root / "a.csv"), "--labels", str(root / "labels.csv")]
+    assert main([*quiet, "--out", str(root / "ev2"), "--bootstrap", "50", "--quiet"]) == 0
+    assert "bootstrap" not in capsys.readouterr().err
 
 
 def test_evaluate_usage_and_input_errors(predictions, capsys):
@@ -135,27 +178,72 @@ def test_evaluate_usage_and_input_errors(predictions, capsys):
     assert exc.value.code == 2
     assert "--predictions and --labels go together" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--predictions", str(root / "a.csv"), "--labels", str(root / "labels.csv"),
-              "--out", str(root / "x"), "--leads", "I,XX"])
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(root / "a.csv"),
+                "--labels",
+                str(root / "labels.csv"),
+                "--out",
+                str(root / "x"),
+                "--leads",
+                "I,XX",
+            ]
+        )
     assert exc.value.code == 2 and "unknown lead 'XX'" in capsys.readouterr().err
     (root / "short.csv").write_text("record_id,p_fast\nx0,0.5\n")
-    code = main(["evaluate", "--predictions", str(root / "short.csv"), "--labels", str(root / "labels.csv"),
-                 "--out", str(root / "x")])
+    code = main(
+        [
+            "evaluate",
+            "--predictions",
+            str(root / "short.csv"),
+            "--labels",
+            str(root / "labels.csv"),
+            "--out",
+            str(root / "x"),
+        ]
+    )
     assert code == 1
     assert "record 'x1' has no prediction" in capsys.readouterr().err
-    code = main(["evaluate", "--predictions", str(root / "a.csv"), "--labels", str(root / "labels.csv"),
-                 "--out", str(root / "x"), "--subgroups", "site"])
+    code = main(
+        [
+            "evaluate",
+            "--predictions",
+            str(root / "a.csv"),
+            "--labels",
+            str(root / "labels.csv"),
+            "--out",
+            str(root / "x"),
+            "--subgroups",
+            "site",
+        ]
+    )
     assert code == 1 and "no column 'site'" in capsys.readouterr().err
 
 
 def test_compare_predictions_csvs_matches_library(predictions, capsys):
     root, y, pa, pb = predictions
-    code = main(["compare", str(root / "a.csv"), str(root / "b.csv"), "--labels", str(root / "labels.csv"),
-                 "--out", str(root / "cmp"), "--bootstrap", "200", "--seed", "4"])
+    code = main(
+        [
+            "compare",
+            str(root / "a.csv"),
+            str(root / "b.csv"),
+            "--labels",
+            str(root / "labels.csv"),
+            "--out",
+            str(root / "cmp"),
+            "--bootstrap",
+            "200",
+            "--seed",
+            "4",
+        ]
+    )
     assert code == 0
     payload = json.loads((root / "cmp" / "comparison.json").read_text())
-    direct = paired_bootstrap("multi_label", y[:, None], pa[:, None], pb[:, None], n_resamples=200, seed=4,
-                              label_names=["fast"])
+    direct = paired_bootstrap(
+        "multi_label", y[:, None], pa[:, None], pb[:, None], n_resamples=200, seed=4, label_names=["fast"]
+    )
     got = payload["paired_difference_b_minus_a"]["macro"]["auroc"]
     assert got["difference"] == pytest.approx(direct["macro"]["auroc"]["difference"])
     assert got["lower"] == pytest.approx(direct["macro"]["auroc"]["lower"])
@@ -168,16 +256,57 @@ def test_compare_predictions_csvs_matches_library(predictions, capsys):
 @pytest.mark.slow
 def test_compare_two_checkpoints_and_explain(setup, tmp_path, capsys):
     root = setup
-    code = main(["compare", str(root / "a"), str(root / "b"), "--store", str(root / "store"), "--out",
-                 str(tmp_path / "cmp"), "--bootstrap", "50", "--device", "cpu"])
+    code = main(
+        [
+            "compare",
+            str(root / "a"),
+            str(root / "b"),
+            "--store",
+            str(root / "store"),
+            "--out",
+            str(tmp_path / "cmp"),
+            "--bootstrap",
+            "50",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     payload = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert payload["metrics_a"]["n_records"] == 24
     record = sorted((root / "data").glob("*.npy"))[0]
-    code = main(["explain", str(root / "a"), str(record), "--label", "fast", "--fs", "500", "--steps", "8",
-                 "--out", str(tmp_path / "why.png"), "--device", "cpu"])
+    code = main(
+        [
+            "explain",
+            str(root / "a"),
+            str(record),
+            "--label",
+            "fast",
+            "--fs",
+            "500",
+            "--steps",
+            "8",
+            "--out",
+            str(tmp_path / "why.png"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0 and (tmp_path / "why.png").stat().st_size > 10_000
     assert "top leads by attribution" in capsys.readouterr().out
-    code = main(["explain", str(root / "a"), str(record), "--label", "AF", "--fs", "500",
-                 "--out", str(tmp_path / "x.png"), "--device", "cpu"])
+    code = main(
+        [
+            "explain",
+            str(root / "a"),
+            str(record),
+            "--label",
+            "AF",
+            "--fs",
+            "500",
+            "--out",
+            str(tmp_path / "x.png"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 1 and "unknown label 'AF'" in capsys.readouterr().err

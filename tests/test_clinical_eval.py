@@ -82,8 +82,9 @@ def test_bca_matches_scipy_bootstrap(rng: np.random.Generator) -> None:
     p = np.clip(0.4 * y + 0.6 * rng.random(n) ** 2, 0, 1)
     ours = bootstrap_ci("binary", y, p, n_resamples=10000, seed=1, method="bca")
     point = ours["per_label"]["positive"]["brier"]
-    ref = bootstrap((((p - y) ** 2),), np.mean, n_resamples=10000, method="BCa", random_state=2,
-                    confidence_level=0.95).confidence_interval
+    ref = bootstrap(
+        (((p - y) ** 2),), np.mean, n_resamples=10000, method="BCa", random_state=2, confidence_level=0.95
+    ).confidence_interval
     # Monte-Carlo error of the tail quantiles at 10000 resamples is ~1e-3 of the metric scale.
     assert point["lower"] == pytest.approx(ref.low, abs=2e-3)
     assert point["upper"] == pytest.approx(ref.high, abs=2e-3)
@@ -191,8 +192,9 @@ def test_paired_bootstrap_uses_same_resamples(rng: np.random.Generator) -> None:
     y, a = _data(rng, 300, 3)
     b = np.clip(a + 0.15 * y, 0, 1)
     paired = paired_bootstrap("multi_label", y, a, b, n_resamples=400, seed=3)
-    point_diff = (compute_metrics("multi_label", y, b).macro["auroc"]
-                  - compute_metrics("multi_label", y, a).macro["auroc"])
+    point_diff = (
+        compute_metrics("multi_label", y, b).macro["auroc"] - compute_metrics("multi_label", y, a).macro["auroc"]
+    )
     d = paired["macro"]["auroc"]
     assert d["difference"] == pytest.approx(point_diff)
     assert d["lower"] > 0 and d["p_value"] < 0.01

@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 DEVICE = torch.device("cuda", 0)
 
@@ -23,6 +22,7 @@ DEVICE = torch.device("cuda", 0)
 def _no_tf32():
     """Float32 means float32 in these tests (cuDNN convs default to TF32)."""
     from hubert_ecg.runtime import exact_float32
+
     with exact_float32():
         yield
 
@@ -35,8 +35,13 @@ def _store(root, seconds: float, labels: bool):
     from hubert_ecg.synthetic import SYNTHETIC_LABELS, write_synthetic_dataset
 
     raw = write_synthetic_dataset(root / "raw", 24, fmt="npy", seed=1, fs=100.0, seconds=seconds)
-    table = LabelTable.from_csv(raw / "labels.csv", id_column="record_id", split_column="split",
-                                label_columns=list(SYNTHETIC_LABELS[:3])) if labels else None
+    table = (
+        LabelTable.from_csv(
+            raw / "labels.csv", id_column="record_id", split_column="split", label_columns=list(SYNTHETIC_LABELS[:3])
+        )
+        if labels
+        else None
+    )
     prepare_store([raw], root / "store", labels=table, read_kwargs={"fs": 100.0}, progress=False)
     store = ECGStore(root / "store")
     targets = np.random.default_rng(0).integers(0, 8, (len(store), 93)).astype(np.int16)
@@ -53,9 +58,22 @@ def store(request, tmp_path_factory):
 
 def _cfg(out, precision: str, steps: int = 3, **kw):
     from hubert_ecg.training import TrainConfig
-    return TrainConfig(out_dir=str(out), max_steps=steps, batch_size=8, lr=1e-3, val_every=steps, log_every=1,
-                       num_workers=2, progress=False, precision=precision, logger="none", device="cuda",
-                       clip_grad_norm=1.0, **kw)
+
+    return TrainConfig(
+        out_dir=str(out),
+        max_steps=steps,
+        batch_size=8,
+        lr=1e-3,
+        val_every=steps,
+        log_every=1,
+        num_workers=2,
+        progress=False,
+        precision=precision,
+        logger="none",
+        device="cuda",
+        clip_grad_norm=1.0,
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,8 +90,11 @@ def test_pretrain_and_finetune_train_on_cuda(store, tmp_path, precision):
     torch.manual_seed(0)
     model = create_model("tiny", vocab_sizes=[8])
     rows = store.rows()
-    result = train(model, PretrainObjective(model, store, ["t"], rows[:-4], rows[-4:], global_batch=8),
-                   _cfg(tmp_path / "pre", precision))
+    result = train(
+        model,
+        PretrainObjective(model, store, ["t"], rows[:-4], rows[-4:], global_batch=8),
+        _cfg(tmp_path / "pre", precision),
+    )
     assert result.state.step == 3 and np.isfinite(result.state.best)
     assert all(np.isfinite(v) for _, v in read_history(tmp_path / "pre")["train/loss"])
     state = torch.load(tmp_path / "pre" / "last" / "trainer_state.pt", weights_only=True)
@@ -83,8 +104,9 @@ def test_pretrain_and_finetune_train_on_cuda(store, tmp_path, precision):
     for k, v in model.state_dict().items():
         assert torch.equal(v.cpu(), reloaded.state_dict()[k]), k
 
-    ft = run_finetune(str(store.path), _cfg(tmp_path / "ft", precision), FinetuneOptions(monitor="loss"),
-                      random_init_size="tiny")
+    ft = run_finetune(
+        str(store.path), _cfg(tmp_path / "ft", precision), FinetuneOptions(monitor="loss"), random_init_size="tiny"
+    )
     assert ft.state.step == 3 and np.isfinite(ft.state.best)
 
 
@@ -114,8 +136,13 @@ def test_training_steps_do_not_sync_with_the_host(store, objective_kind):
         module = model
         data = StoreWindows(store, labels=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
-    batches = [{k: v.to(DEVICE, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in data[(i, rows[i * 4:(i + 1) * 4])].items()} for i in range(4)]
+    batches = [
+        {
+            k: v.to(DEVICE, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in data[(i, rows[i * 4 : (i + 1) * 4])].items()
+        }
+        for i in range(4)
+    ]
     torch.cuda.synchronize()
     for i, batch in enumerate(batches):
         if i == 1:
@@ -145,8 +172,9 @@ def _pair(size: str):
     return hf.to(DEVICE).eval(), ours.to(DEVICE).eval()
 
 
-@pytest.mark.parametrize("size", ["small", pytest.param("base", marks=pytest.mark.slow),
-                                  pytest.param("large", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "size", ["small", pytest.param("base", marks=pytest.mark.slow), pytest.param("large", marks=pytest.mark.slow)]
+)
 def test_parity_with_transformers_on_cuda_in_float32(size):
     hf, ours = _pair(size)
     torch.manual_seed(1)
@@ -230,9 +258,14 @@ def test_span_masks_are_drawn_on_the_gpu():
     from hubert_ecg.model import sample_span_mask
 
     generator = torch.Generator(device=DEVICE).manual_seed(0)
-    mask = sample_span_mask(64, 93, mask_prob=0.33, generator=generator,
-                            scores=torch.rand(64, 93, device=DEVICE, generator=generator),
-                            u=torch.rand((), device=DEVICE, generator=generator))
+    mask = sample_span_mask(
+        64,
+        93,
+        mask_prob=0.33,
+        generator=generator,
+        scores=torch.rand(64, 93, device=DEVICE, generator=generator),
+        u=torch.rand((), device=DEVICE, generator=generator),
+    )
     assert mask.device.type == "cuda" and set(mask.sum(-1).tolist()) <= {30, 31}
 
 
@@ -386,10 +419,27 @@ def test_two_gpus_nccl_pretraining_equals_one_process(tmp_path):
     script = Path(__file__).with_name("train_script.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), str(store.path), str(tmp_path / "one"), "6"], check=True, env=env)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
-                    str(store.path), str(tmp_path / "two"), "6"], check=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(store.path),
+            str(tmp_path / "two"),
+            "6",
+        ],
+        check=True,
+        env=env,
+    )
 
     def losses(run):
-        return [json.loads(line)["train/loss"] for line in (run / "history.jsonl").read_text().splitlines()
-                if "train/loss" in line]
+        return [
+            json.loads(line)["train/loss"]
+            for line in (run / "history.jsonl").read_text().splitlines()
+            if "train/loss" in line
+        ]
+
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-3)

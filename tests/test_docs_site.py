@@ -59,8 +59,16 @@ def test_every_nav_page_exists_and_the_guides_are_there():
 
     walk(config["nav"])
     assert all((ROOT / "docs" / page).is_file() for page in pages), pages
-    for page in ("getting-started.md", "hospital-exports.md", "finetune-ptbxl.md", "pretrain.md", "cli.md",
-                 "python-api.md", "file-formats.md", "RELIABILITY.md"):
+    for page in (
+        "getting-started.md",
+        "hospital-exports.md",
+        "finetune-ptbxl.md",
+        "pretrain.md",
+        "cli.md",
+        "python-api.md",
+        "file-formats.md",
+        "RELIABILITY.md",
+    ):
         assert page in pages
     assert config["strict"] is True
     api = (ROOT / "docs" / "python-api.md").read_text()
@@ -79,6 +87,7 @@ def test_citation_and_licence():
     paper = citation["preferred-citation"]
     assert paper["doi"] == "10.1101/2024.11.14.24317328" and paper["authors"][0]["family-names"] == "Coppola"
     import hubert_ecg
+
     assert str(citation["version"]) == hubert_ecg.__version__
     licence = (ROOT / "LICENSE").read_text()
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
@@ -93,8 +102,14 @@ def test_docs_build_strict(tmp_path):
     pytest.importorskip("mkdocstrings")
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+
+    out = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "site" / "cli" / "index.html").is_file()

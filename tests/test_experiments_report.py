@@ -112,8 +112,13 @@ def test_results_folder_is_small_and_holds_no_checkpoints():
 
 def test_run_all_skips_cleanly_without_data(tmp_path):
     env = {"HUBERT_ECG_DATA": str(tmp_path / "absent"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "run_all.py"), "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "run_all.py"), "--work", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "experiments skipped: real data not found" in proc.stdout
     assert not (tmp_path / "work").exists()

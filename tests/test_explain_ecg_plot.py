@@ -20,8 +20,15 @@ BUMP_CENTRE = 230  # sample of the 100 Hz, 5 s window
 
 def _tiny(seed: int = 0):
     torch.manual_seed(seed)
-    model = create_model("tiny", head={"type": "linear", "num_labels": 1}, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, conv_dim=(32,) * 5, num_attention_heads=2)
+    model = create_model(
+        "tiny",
+        head={"type": "linear", "num_labels": 1},
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        conv_dim=(32,) * 5,
+        num_attention_heads=2,
+    )
     model.info = CheckpointInfo(task="binary", label_names=["bump"])
     return model
 
@@ -82,7 +89,7 @@ def test_attribution_concentrates_on_the_informative_lead_and_time() -> None:
     assert accuracy > 0.95, "the tiny model did not learn the synthetic task"
     positives = x[y > 0.5][:4]
     region = np.zeros((12, 500), dtype=bool)
-    region[INFORMATIVE_LEAD, BUMP_CENTRE - 40:BUMP_CENTRE + 40] = True  # 80 of 6000 samples (1.3 %)
+    region[INFORMATIVE_LEAD, BUMP_CENTRE - 40 : BUMP_CENTRE + 40] = True  # 80 of 6000 samples (1.3 %)
     for method in ("integrated_gradients", "gradient_x_input"):
         attr = np.abs(attribute(model, positives, 0, method=method, steps=16))
         lead_mass = attr.sum(axis=2)
@@ -159,7 +166,8 @@ def test_inspect_plot_uses_the_clinical_layout(tmp_path, capsys) -> None:
 
 
 def test_explain_record_reports_a_small_completeness_gap_even_for_a_model_in_train_mode(
-        rng: np.random.Generator) -> None:
+    rng: np.random.Generator,
+) -> None:
     model = _tiny(1)  # train mode: dropout must not leak into the probability or the completeness check
     signal = rng.normal(0, 0.1, (12, 2500))
     explanation = explain_record(model, signal, 500.0, 0, steps=32)

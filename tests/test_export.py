@@ -76,9 +76,13 @@ def test_fixed_batch_graph_declares_its_batch_size(tmp_path):
     assert _run(dynamic_path, input_values=_signals(4, 3000))["last_hidden_state"].shape == (4, 46, 64)
 
 
-@pytest.mark.parametrize("task, names", [
-    ("multi_class", ["last_hidden_state", "pooled_embedding", "logits", "probabilities"]),
-    ("regression", ["last_hidden_state", "pooled_embedding", "logits"])])
+@pytest.mark.parametrize(
+    "task, names",
+    [
+        ("multi_class", ["last_hidden_state", "pooled_embedding", "logits", "probabilities"]),
+        ("regression", ["last_hidden_state", "pooled_embedding", "logits"]),
+    ],
+)
 def test_probabilities_follow_the_task(tmp_path, task, names):
     torch.manual_seed(0)
     model = create_model("tiny", head=HeadConfig(4, type="mlp", hidden_size=8)).eval()
@@ -93,8 +97,11 @@ def test_probabilities_follow_the_task(tmp_path, task, names):
 
 
 def test_too_short_input_is_refused(tmp_path):
-    with pytest.raises(ExportError, match=r"^.*short\.onnx: samples=50 is shorter than the conv stem's "
-                                          r"receptive field \(82\)$"):
+    with pytest.raises(
+        ExportError,
+        match=r"^.*short\.onnx: samples=50 is shorter than the conv stem's "
+        r"receptive field \(82\)$",
+    ):
         export_onnx(create_model("tiny"), tmp_path / "short.onnx", samples=50)
 
 
@@ -152,11 +159,13 @@ def test_deploy_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np\n"
-            "from hubert_ecg.deploy import onnx_inputs\n"
-            "x, m = onnx_inputs(np.random.default_rng(0).standard_normal((12, 5000)), 500)\n"
-            "assert x.shape == (2, 6000) or x.shape == (1, 6000), x.shape\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, numpy as np\n"
+        "from hubert_ecg.deploy import onnx_inputs\n"
+        "x, m = onnx_inputs(np.random.default_rng(0).standard_normal((12, 5000)), 500)\n"
+        "assert x.shape == (2, 6000) or x.shape == (1, 6000), x.shape\n"
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -14,7 +14,7 @@ from hubert_ecg.model import HubertECG, create_model
 def _batch(batch: int = 3, samples: int = 6000) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(batch, samples, generator=torch.Generator().manual_seed(3))
     mask = torch.ones(batch, samples, dtype=torch.bool)
-    mask[-1, samples // 2:] = False  # one padded record
+    mask[-1, samples // 2 :] = False  # one padded record
     return x, mask
 
 
@@ -44,8 +44,9 @@ def test_fast_stem_equals_conv_chain_values_and_gradients(rate, conv_bias):
     assert fast.shape == slow.shape == (2, 93, 64)
     torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-4)
     # The first conv's bias cancels in its GroupNorm: the fast stem leaves it unused, and the model freezes it.
-    assert all(p.requires_grad != (n == "conv_layers.0.conv.bias")
-               for n, p in model.feature_extractor.named_parameters())
+    assert all(
+        p.requires_grad != (n == "conv_layers.0.conv.bias") for n, p in model.feature_extractor.named_parameters()
+    )
     inputs = [x, *(p for p in model.feature_extractor.parameters() if p.requires_grad)]
     g_fast = torch.autograd.grad(fast.square().sum(), inputs, allow_unused=True, materialize_grads=True)
     g_slow = torch.autograd.grad(slow.square().sum(), inputs)
@@ -72,8 +73,10 @@ def _check_mode(model: HubertECG, mode: str, x: torch.Tensor, mask: torch.Tensor
 
 
 def _modes() -> list:
-    marks = {"bf16": pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU without AMX/AVX512-BF16"),
-             "compile": pytest.mark.slow}  # inductor needs about a minute to compile on two cores
+    marks = {
+        "bf16": pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU without AMX/AVX512-BF16"),
+        "compile": pytest.mark.slow,
+    }  # inductor needs about a minute to compile on two cores
     return [pytest.param(m, marks=marks.get(m, ())) for m in ("eager", "bf16", "int8", "onnx", "compile")]
 
 
@@ -111,8 +114,9 @@ def test_auto_picks_bf16_only_with_native_support(monkeypatch):
     model = create_model("tiny")
     monkeypatch.setattr(fast_inference, "cpu_has_native_bf16", lambda: False)
     assert optimise_for_inference(model, "cpu", "auto").mode == "eager"
-    with pytest.raises(FastInferenceError,
-                       match="^bf16 inference needs a CUDA device or a CPU with AMX or AVX512-BF16$"):
+    with pytest.raises(
+        FastInferenceError, match="^bf16 inference needs a CUDA device or a CPU with AMX or AVX512-BF16$"
+    ):
         optimise_for_inference(model, "cpu", "bf16")
     monkeypatch.setattr(fast_inference, "cpu_has_native_bf16", lambda: True)
     assert optimise_for_inference(model, "cpu", "auto").mode == "bf16"
@@ -120,8 +124,10 @@ def test_auto_picks_bf16_only_with_native_support(monkeypatch):
 
 def test_bad_requests_are_refused():
     model = create_model("tiny")
-    with pytest.raises(FastInferenceError, match="^unknown inference mode 'fast'; choose one of auto, eager, bf16, "
-                                                 "compile, int8, onnx$"):
+    with pytest.raises(
+        FastInferenceError,
+        match="^unknown inference mode 'fast'; choose one of auto, eager, bf16, compile, int8, onnx$",
+    ):
         optimise_for_inference(model, "cpu", "fast")
     with pytest.raises(FastInferenceError, match="^int8 dynamic quantisation runs on CPU only; use bf16 on CUDA$"):
         optimise_for_inference(model, "cuda", "int8")
@@ -145,4 +151,3 @@ def test_onnx_mode_refuses_other_lengths():
     assert run(torch.zeros(2, 3000)).last_hidden_state.shape == (2, 46, 64)
     with pytest.raises(ValueError, match="^the ONNX graph was traced for 3000 samples per window, got 6000$"):
         run(torch.zeros(2, 6000))
-

@@ -188,8 +188,12 @@ def test_mfcc_matches_torchaudio_kaldi_when_installed(rng: np.random.Generator) 
     for token, (a, b) in enumerate(token_spans(6000)[:5]):
         frame = torch.tensor(x[0, a:b], dtype=torch.float32)[None]
         expected = kaldi.mfcc(
-            frame, sample_frequency=100.0, frame_length=1000.0 * (b - a) / 100.0, frame_shift=10.0,
-            use_energy=False, dither=0.0,
+            frame,
+            sample_frequency=100.0,
+            frame_length=1000.0 * (b - a) / 100.0,
+            frame_shift=10.0,
+            use_energy=False,
+            dither=0.0,
         )
         np.testing.assert_allclose(got[0, token], expected[0].numpy(), rtol=1e-3, atol=1e-3)
 

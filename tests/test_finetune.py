@@ -38,11 +38,21 @@ def _separable_dataset(out: Path, n: int = 64, seed: int = 0) -> Path:
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
     data = _separable_dataset(root / "data")
-    labels = LabelTable.from_csv(data / "labels.csv", id_column="record_id", split_column="split",
-                                 label_columns=["fast"])
+    labels = LabelTable.from_csv(
+        data / "labels.csv", id_column="record_id", split_column="split", label_columns=["fast"]
+    )
     prepare_store([data], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
-    cfg = TrainConfig(out_dir=str(root / "run"), max_steps=60, batch_size=16, lr=2e-3, val_every=20, log_every=20,
-                      num_workers=0, progress=False, warmup_fraction=0.1)
+    cfg = TrainConfig(
+        out_dir=str(root / "run"),
+        max_steps=60,
+        batch_size=16,
+        lr=2e-3,
+        val_every=20,
+        log_every=20,
+        num_workers=0,
+        progress=False,
+        warmup_fraction=0.1,
+    )
     opts = FinetuneOptions(task="multi_label", layer_decay=0.9, head_lr_mult=2.0, monitor="auroc")
     result = run_finetune(str(root / "store"), cfg, opts, random_init_size="tiny")
     return root, result
@@ -59,9 +69,11 @@ def test_tiny_model_learns_a_separable_task(trained):
 
 def test_evaluate_writes_metrics_plots_and_report(trained, tmp_path):
     from hubert_ecg.evaluate import evaluate
+
     root, result = trained
-    summary = evaluate(result.best_dir, root / "store", tmp_path / "eval", split="test", windows="sliding",
-                       n_bootstrap=100)
+    summary = evaluate(
+        result.best_dir, root / "store", tmp_path / "eval", split="test", windows="sliding", n_bootstrap=100
+    )
     assert summary["records"] == 16 and summary["macro"]["auroc"] > 0.9
     ci = summary["macro_ci"]["auroc"]
     assert ci["lower"] <= summary["macro"]["auroc"] <= ci["upper"]
@@ -75,11 +87,27 @@ def test_cli_and_python_api_give_identical_predictions(trained, tmp_path):
     root, result = trained
     files = sorted((root / "data").glob("r00*.npy"))[:4]
     out = tmp_path / "pred.csv"
-    proc = subprocess.run([sys.executable, "-m", "hubert_ecg.cli", "predict", str(result.best_dir),
-                           *map(str, files), "--out", str(out), "--fs", "500", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hubert_ecg.cli",
+            "predict",
+            str(result.best_dir),
+            *map(str, files),
+            "--out",
+            str(out),
+            "--fs",
+            "500",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     import csv
+
     with open(out, newline="") as fh:
         rows = list(csv.reader(fh))  # the quality column may hold commas (quoted)
     header = rows[0]
@@ -123,15 +151,19 @@ def test_layerwise_lr_decay_and_freezing():
     assert lr_full[id(named["feature_projection.projection.weight"])] == 0.25
 
 
-@pytest.mark.parametrize("task,labels,n_out", [("multi_class", [[0], [2], [1]], 3), ("binary", [[0], [1], [1]], 1),
-                                                ("regression", [[0.5], [1.5], [2.0]], 1)])
+@pytest.mark.parametrize(
+    "task,labels,n_out",
+    [("multi_class", [[0], [2], [1]], 3), ("binary", [[0], [1], [1]], 1), ("regression", [[0.5], [1.5], [2.0]], 1)],
+)
 def test_losses_per_task(task, labels, n_out, tmp_path):
     from hubert_ecg.finetune import FinetuneObjective, num_outputs
+
     labels = np.asarray(labels, np.float32)
     assert num_outputs(task, labels) == n_out
 
     class FakeStore:
         path = tmp_path
+
     FakeStore.labels = labels
     obj = FinetuneObjective.__new__(FinetuneObjective)
     obj.opts, obj.pos_weight, obj.class_weight = FinetuneOptions(task=task), None, None
@@ -149,6 +181,7 @@ def test_losses_per_task(task, labels, n_out, tmp_path):
 
 def test_fast_engines_stay_within_their_stated_tolerance(trained):
     from hubert_ecg.fast_inference import TOLERANCES
+
     root, result = trained
     model = load_model(result.best_dir)
     signal = np.load(root / "data" / "r001.npy")
@@ -162,6 +195,7 @@ def test_fast_engines_stay_within_their_stated_tolerance(trained):
 
 def test_keep_head_keeps_the_trained_head_and_drops_codebooks():
     from hubert_ecg.config import HeadConfig
+
     model = create_model("tiny", vocab_sizes=[5], head=HeadConfig(2))
     with torch.no_grad():
         model.classifier.weight.fill_(0.25)
@@ -174,12 +208,14 @@ def test_keep_head_keeps_the_trained_head_and_drops_codebooks():
 
 def test_predict_files_with_worker_processes_matches_one_process(trained, tmp_path):
     from hubert_ecg.inference import predict_files
+
     root, result = trained
     model = load_model(result.best_dir)
     files = [str(f) for f in sorted((root / "data").glob("r01*.npy"))[:6]]
     one = predict_files(model, files, tmp_path / "one.csv", read_kwargs={"fs": 500.0}, progress=False, batch_size=5)
-    two = predict_files(model, files, tmp_path / "two.csv", read_kwargs={"fs": 500.0}, progress=False, batch_size=5,
-                        workers=2)
+    two = predict_files(
+        model, files, tmp_path / "two.csv", read_kwargs={"fs": 500.0}, progress=False, batch_size=5, workers=2
+    )
     assert one.written == two.written == 6
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
 
@@ -201,8 +237,9 @@ def test_param_groups_exact_lr_and_no_weight_decay_rule_same_in_pretraining_and_
 
     decay, lr, mult = 0.5, 1.0, 10.0
     model = create_model("tiny", head={"num_labels": 3, "type": "cosine"})
-    prepare_model(model, FinetuneOptions(layer_decay=decay, head_lr_mult=mult, train_conv_stem=True), 3,
-                  ["a", "b", "c"])
+    prepare_model(
+        model, FinetuneOptions(layer_decay=decay, head_lr_mult=mult, train_conv_stem=True), 3, ["a", "b", "c"]
+    )
     ft = FinetuneObjective.__new__(FinetuneObjective)
     ft.opts = FinetuneOptions(layer_decay=decay, head_lr_mult=mult)
     got = _groups_by_param(model, ft.parameter_groups(model, lr), 0.01)
@@ -218,7 +255,7 @@ def test_param_groups_exact_lr_and_no_weight_decay_rule_same_in_pretraining_and_
         elif name.startswith("classifier."):
             want_lr = lr * mult
         else:  # feature projection, positional conv, encoder LayerNorm
-            want_lr = lr * decay ** n
+            want_lr = lr * decay**n
         want_wd = 0.0 if (name.endswith(("bias", "log_scale")) or "layer_norm" in name) else 0.01
         assert got[name] == pytest.approx((want_lr, want_wd)), name
 
@@ -245,8 +282,14 @@ def test_pos_weight_and_class_weights_ignore_the_validation_rows(tmp_path):
 
     def objective(val_labels, task="multi_label", class_weights=False):
         labels = np.concatenate([train, val_labels]).astype(np.float32)
-        store = SimpleNamespace(path=tmp_path, labels=labels, record_ids=np.array([f"r{i}" for i in range(8)]),
-                                label_names=["a", "b"], spec=SimpleNamespace(window_s=5.0), fs=100.0)
+        store = SimpleNamespace(
+            path=tmp_path,
+            labels=labels,
+            record_ids=np.array([f"r{i}" for i in range(8)]),
+            label_names=["a", "b"],
+            spec=SimpleNamespace(window_s=5.0),
+            fs=100.0,
+        )
         opts = FinetuneOptions(task=task, class_weights=class_weights)
         return FinetuneObjective(create_model("tiny"), store, opts, rows, val_rows)
 
@@ -265,8 +308,19 @@ def test_class_weights_cover_every_output_even_a_class_missing_from_training(tmp
     from hubert_ecg.finetune import FinetuneObjective
 
     labels = np.array([[0], [1], [1], [1], [2], [2], [0], [1]], np.float32)
-    store = SimpleNamespace(path=tmp_path, labels=labels, record_ids=np.array([f"r{i}" for i in range(8)]),
-                            label_names=["c"], spec=SimpleNamespace(window_s=5.0), fs=100.0)
-    obj = FinetuneObjective(create_model("tiny"), store, FinetuneOptions(task="multi_class", class_weights=True),
-                            np.arange(4), np.arange(4, 8))
+    store = SimpleNamespace(
+        path=tmp_path,
+        labels=labels,
+        record_ids=np.array([f"r{i}" for i in range(8)]),
+        label_names=["c"],
+        spec=SimpleNamespace(window_s=5.0),
+        fs=100.0,
+    )
+    obj = FinetuneObjective(
+        create_model("tiny"),
+        store,
+        FinetuneOptions(task="multi_class", class_weights=True),
+        np.arange(4),
+        np.arange(4, 8),
+    )
     assert obj.class_weight.shape == (3,)  # the head has 3 outputs (classes 0, 1, 2)

@@ -35,6 +35,7 @@ def _autocast_off_on_meta(monkeypatch):
 
     def autocast(device_type, *args, **kwargs):
         return contextlib.nullcontext() if device_type == "meta" else real(device_type, *args, **kwargs)
+
     monkeypatch.setattr(torch, "autocast", autocast)
 
 
@@ -47,11 +48,10 @@ def _pretrain_objective(model) -> PretrainObjective:
 
 def _batch(batch: int, device: torch.device, *, padded: bool, targets: int = 0, labels: int = 0) -> dict:
     samples = 6000
-    out: dict = {"input": torch.randn(batch, samples), "full": not padded,
-                 "attention_mask": None}
+    out: dict = {"input": torch.randn(batch, samples), "full": not padded, "attention_mask": None}
     if padded:
         mask = torch.ones(batch, samples, dtype=torch.bool)
-        mask[0, samples // 2:] = False
+        mask[0, samples // 2 :] = False
         out["attention_mask"] = mask
     if targets:
         out["targets"] = torch.randint(0, targets, (batch, 1, 93))
@@ -70,6 +70,7 @@ def test_pretrain_step_runs_with_everything_on_another_device(padded, checkpoint
     obj = _pretrain_objective(model)
     module = torch.nn.Module()
     from hubert_ecg.pretraining.objective import MaskedPrediction
+
     module = MaskedPrediction(model)
     batch = _batch(4, META, padded=padded, targets=4)
     loss, stats = obj.training_loss(module, batch, step=5, env=DistEnv(), micro=1, accum=2)
@@ -78,8 +79,7 @@ def test_pretrain_step_runs_with_everything_on_another_device(padded, checkpoint
     assert model.encoder.layers[0].attention.q_proj.weight.grad.device == META
 
 
-@pytest.mark.parametrize("task,outputs", [("multi_label", 3), ("binary", 1), ("multi_class", 3),
-                                          ("regression", 2)])
+@pytest.mark.parametrize("task,outputs", [("multi_label", 3), ("binary", 1), ("multi_class", 3), ("regression", 2)])
 @pytest.mark.parametrize("padded", [False, True])
 def test_finetune_step_runs_with_everything_on_another_device(task, outputs, padded):
     model = create_model("tiny", head=HeadConfig(num_labels=outputs)).to(META).train()
@@ -106,7 +106,8 @@ def test_span_mask_takes_its_device_from_the_scores_it_is_given():
     """The review's bug 1.1: no token mask (a full batch) and no ``device=`` -> the mask was built on the CPU."""
     scores = torch.rand(3, 93, device=META)
     mask = __import__("hubert_ecg.model", fromlist=["sample_span_mask"]).sample_span_mask(
-        3, 93, mask_prob=0.33, scores=scores, u=torch.rand((), device=META))
+        3, 93, mask_prob=0.33, scores=scores, u=torch.rand((), device=META)
+    )
     assert mask.device == META
 
 
@@ -163,6 +164,7 @@ def test_finetune_micro_step_has_no_copy_or_sync_once_weights_are_moved(task, ou
 
 def test_pretrain_micro_step_has_no_copy_or_sync():
     from hubert_ecg.pretraining.objective import MaskedPrediction
+
     model = create_model("tiny", vocab_sizes=[4]).to(META).train()
     obj = _pretrain_objective(model)
     for padded in (False, True):
@@ -181,6 +183,7 @@ def test_train_moves_the_objective_constants_once():
     import inspect
 
     from hubert_ecg import training
+
     assert "objective.to(device)" in inspect.getsource(training.train)
 
 
@@ -200,12 +203,14 @@ def test_finetuning_freezes_what_it_never_uses_and_every_trainable_parameter_get
 
 def test_pretraining_keeps_the_mask_embedding_and_every_trainable_parameter_gets_a_gradient():
     from hubert_ecg.pretraining.objective import MaskedPrediction
+
     model = create_model("tiny", vocab_sizes=[4], conv_bias=True, layerdrop=0.0).train()
     assert model.masked_spec_embed.requires_grad
     assert not model.feature_extractor.conv_layers[0].conv.bias.requires_grad  # cancels in the GroupNorm
     obj = _pretrain_objective(model)
-    loss, _ = obj.training_loss(MaskedPrediction(model), _batch(4, torch.device("cpu"), padded=False, targets=4),
-                                step=0, env=DistEnv())
+    loss, _ = obj.training_loss(
+        MaskedPrediction(model), _batch(4, torch.device("cpu"), padded=False, targets=4), step=0, env=DistEnv()
+    )
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
@@ -219,8 +224,9 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls["set_device"].append(d))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(torch.distributed, "init_process_group",
-                        lambda backend=None, **kw: calls["init"].append((backend, kw)))
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda backend=None, **kw: calls["init"].append((backend, kw))
+    )
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "3")
@@ -232,7 +238,7 @@ def test_torchrun_on_gpus_uses_nccl_and_this_ranks_gpu(fake_cuda, device):
     env = distributed.init_distributed(device)
     assert (env.rank, env.world_size, env.local_rank) == (3, 8, 3)
     assert fake_cuda["set_device"] == [3]
-    (backend, kw), = fake_cuda["init"]
+    ((backend, kw),) = fake_cuda["init"]
     assert backend == "nccl" and kw["device_id"] == torch.device("cuda", 3) and kw["timeout"] == distributed.TIMEOUT
     assert runtime.resolve_device(device, local_rank=env.local_rank) == torch.device("cuda", 3)
 
@@ -253,12 +259,16 @@ def test_torchrun_refuses_an_explicit_gpu_index(fake_cuda):
 def test_features_and_label_commands_give_each_rank_its_own_gpu(fake_cuda, monkeypatch):
     """`features --kind hidden` / `label` under torchrun: the device handed down is cuda:{LOCAL_RANK}."""
     from hubert_ecg.cli import train_cmds
+
     seen = {}
-    monkeypatch.setattr("hubert_ecg.pretraining.targets.label_store",
-                        lambda *a, device=None, **k: seen.setdefault("label", device) and [])
+    monkeypatch.setattr(
+        "hubert_ecg.pretraining.targets.label_store",
+        lambda *a, device=None, **k: seen.setdefault("label", device) and [],
+    )
     monkeypatch.setattr("hubert_ecg.store.ECGStore", lambda path: None)
-    args = SimpleNamespace(device="auto", store="s", kmeans=[], name="n", checkpoint=None, layer=None,
-                           batch_size=2, quiet=True)
+    args = SimpleNamespace(
+        device="auto", store="s", kmeans=[], name="n", checkpoint=None, layer=None, batch_size=2, quiet=True
+    )
     train_cmds._cmd_label(args)
     assert seen["label"] == "cuda:3"
 
@@ -269,14 +279,19 @@ def test_single_process_auto_device_and_precision(monkeypatch):
     assert runtime.resolve_device("auto") == torch.device("cuda", 0)
     assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: any GPU
     gpu = torch.device("cuda", 0)
-    for capability, expected in [((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16),
-                                 ((9, 0), torch.bfloat16)]:
+    for capability, expected in [
+        ((7, 5), torch.float16),
+        ((7, 0), torch.float16),
+        ((8, 0), torch.bfloat16),
+        ((9, 0), torch.bfloat16),
+    ]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
         assert runtime.precision_dtype("auto", gpu) == expected, capability
         assert runtime.precision_dtype("bf16", gpu) == torch.bfloat16  # asked for: given
     assert runtime.precision_dtype("auto", torch.device("cpu")) is None
     assert runtime.precision_dtype("fp16", torch.device("cpu")) == torch.float16
     from hubert_ecg.fast_inference import auto_mode
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
     assert auto_mode(gpu) == "eager"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
@@ -298,8 +313,7 @@ def test_backend_flags_benchmark_unless_deterministic_and_no_tf32_in_float32():
             assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
-        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-         torch.backends.cudnn.allow_tf32) = saved
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved
 
 
 def test_cuda_generators_differ_per_rank_and_cpu_generators_agree(monkeypatch):
@@ -319,6 +333,7 @@ def test_cuda_rng_is_saved_per_rank_and_restored_for_this_rank():
     import inspect
 
     from hubert_ecg import training
+
     assert training._gather_cuda_rng(DistEnv(), torch.device("cpu")) == []
     src = inspect.getsource(training.train)
     assert "cuda_states[env.rank]" in inspect.getsource(training._restore_rng) and "set_rng_state_all" not in src
@@ -378,8 +393,9 @@ def test_regional_compile_with_layerdrop_makes_few_graphs_and_no_recompile_storm
     dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    model = create_model("tiny", num_hidden_layers=8, layerdrop=0.1, hidden_dropout=0.0, attention_dropout=0.0,
-                         activation_dropout=0.0).train()
+    model = create_model(
+        "tiny", num_hidden_layers=8, layerdrop=0.1, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0
+    ).train()
     runtime.compile_regions(model, backend="eager")
     x = torch.randn(1, 600)  # 8 tokens: the graphs matter here, not the size
     patterns = set()
@@ -392,8 +408,9 @@ def test_regional_compile_with_layerdrop_makes_few_graphs_and_no_recompile_storm
             model(x)
     assert len(patterns) > 3  # several skip patterns did occur
     assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
-    assert not any("recompile_limit" in k or "cache_size_limit" in k for k in counters["recompiles"]), \
-        dict(counters["recompiles"])
+    assert not any("recompile_limit" in k or "cache_size_limit" in k for k in counters["recompiles"]), dict(
+        counters["recompiles"]
+    )
     dynamo.reset()
 
 
@@ -403,8 +420,9 @@ def test_regional_compile_with_layerdrop_makes_few_graphs_and_no_recompile_storm
 def test_validation_rows_are_capped_to_a_seeded_subset():
     obj = PretrainObjective.__new__(PretrainObjective)
     obj.val_rows, obj.max_val_rows, obj.seed = np.arange(1000), 100, 0
-    obj.store = SimpleNamespace(targets=lambda name: np.zeros((1, 93), np.int16), spec=SimpleNamespace(window_s=5.0),
-                                fs=100.0, labels=None)
+    obj.store = SimpleNamespace(
+        targets=lambda name: np.zeros((1, 93), np.int16), spec=SimpleNamespace(window_s=5.0), fs=100.0, labels=None
+    )
     obj.target_names, obj.model = ["t"], create_model("tiny", vocab_sizes=[4])
     obj.__post_init__()
     assert len(obj.val_rows) == 100 and len(set(obj.val_rows.tolist())) == 100
@@ -417,6 +435,7 @@ def test_validation_rows_are_capped_to_a_seeded_subset():
 
 def test_pretrain_loop_refuses_torchrun(monkeypatch, tmp_path):
     from hubert_ecg.pretraining.loop import run_pretrain_loop
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match=r"pretrain-loop runs in one process \(WORLD_SIZE > 1"):
         run_pretrain_loop(tmp_path / "missing.toml")
@@ -425,6 +444,7 @@ def test_pretrain_loop_refuses_torchrun(monkeypatch, tmp_path):
 def test_onnx_engine_reports_its_providers():
     pytest.importorskip("onnxruntime")
     from hubert_ecg.fast_inference import optimise_for_inference
+
     engine = optimise_for_inference(create_model("tiny"), "cpu", "onnx")
     assert engine.providers == ["CPUExecutionProvider"]
     assert optimise_for_inference(create_model("tiny"), "cpu", "eager").providers == []
@@ -462,13 +482,30 @@ def test_gpu_check_plan_parses_with_the_real_parsers(tmp_path, dry_run):
         assert bench.memory_batch == 64 and "large" in bench.sizes
     pre = gpu_check.parse_args(sections["pretrain"].command[2:])
     assert pre.pretrain_only and pre.out == tmp_path and (pre.seconds == 60 or dry_run)
-    summary = {"date": "d", "device": "H100", "dry_run": dry_run, "torch": "t", "python": "p", "total_seconds": 1.0,
-               "sections": [{"name": "throughput", "returncode": 0, "seconds": 1.0}],
-               "cuda_tests": [{"name": "test_x", "outcome": "passed", "message": ""}],
-               "throughput": {"device": "H100", "rows": [{"size": "small", "workload": "inference",
-                                                          "comparison": "as shipped", "ours_ecg_s": 1.0}]},
-               "pretrain": {"size": "small", "batch": 256, "workers": 8, "seconds": 60, "records": 1024,
-                            "ecg_per_s": 5000.0, "data_wait_fraction": 0.01, "data_wait_ok": True}}
+    summary = {
+        "date": "d",
+        "device": "H100",
+        "dry_run": dry_run,
+        "torch": "t",
+        "python": "p",
+        "total_seconds": 1.0,
+        "sections": [{"name": "throughput", "returncode": 0, "seconds": 1.0}],
+        "cuda_tests": [{"name": "test_x", "outcome": "passed", "message": ""}],
+        "throughput": {
+            "device": "H100",
+            "rows": [{"size": "small", "workload": "inference", "comparison": "as shipped", "ours_ecg_s": 1.0}],
+        },
+        "pretrain": {
+            "size": "small",
+            "batch": 256,
+            "workers": 8,
+            "seconds": 60,
+            "records": 1024,
+            "ecg_per_s": 5000.0,
+            "data_wait_fraction": 0.01,
+            "data_wait_ok": True,
+        },
+    }
     text = gpu_check.markdown(summary)
     assert "| small | inference | as shipped |" in text and "data-loader wait 1.0% of step time (OK)" in text
 
@@ -481,8 +518,12 @@ def test_gpu_check_dry_run_end_to_end(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path),
-                           "--dry-run"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [s["returncode"] for s in summary["sections"]] == [0, 0, 0]

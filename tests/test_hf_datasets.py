@@ -26,9 +26,11 @@ def store(tmp_path_factory):
         lines.append(f"r{i},{['train', 'val', 'test'][i % 3]},{i % 2},{'' if i == 4 else (i + 1) % 2}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     labels = LabelTable.from_csv(root / "labels.csv", split_column="split", label_columns=["af", "lbbb"])
-    prepare_store([str(root / "data")], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False,
-                  shard_records=4)
+    prepare_store(
+        [str(root / "data")], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False, shard_records=4
+    )
     from hubert_ecg.store import ECGStore
+
     return ECGStore(root / "store")
 
 

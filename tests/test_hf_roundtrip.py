@@ -111,9 +111,17 @@ def test_earlier_format_still_reads(tmp_path):
     directory = tmp_path / "v1"
     directory.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps({
-        "format": "hubert-ecg", "format_version": 1, "model": model.config.to_dict(), "info": model.info.to_dict(),
-        "weights_sha256": hub.sha256_file(directory / "model.safetensors")}))
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "format": "hubert-ecg",
+                "format_version": 1,
+                "model": model.config.to_dict(),
+                "info": model.info.to_dict(),
+                "weights_sha256": hub.sha256_file(directory / "model.safetensors"),
+            }
+        )
+    )
     _assert_same_model(model, load_model(directory))
 
 
@@ -128,9 +136,17 @@ def _card(directory: Path):
 def test_model_card_of_a_fresh_model_with_run_record_and_results(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps({
-        "format": "hubert-ecg-run", "kind": "finetune", "command": ["hubert-ecg", "finetune", "store/", "--lr", "3e-5"],
-        "settings": {"train": {"lr": 3e-5, "max_steps": 100}}, "inputs": {"store": {"rows": 1234}}}))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "format": "hubert-ecg-run",
+                "kind": "finetune",
+                "command": ["hubert-ecg", "finetune", "store/", "--lr", "3e-5"],
+                "settings": {"train": {"lr": 3e-5, "max_steps": 100}},
+                "inputs": {"store": {"rows": 1234}},
+            }
+        )
+    )
     (run_dir / "summary.json").write_text(json.dumps({"macro": {"auroc": 0.91}, "macro_ci": {"auroc": [0.88, 0.94]}}))
     directory = _finetuned().save_pretrained(run_dir / "best")
     card = _card(directory)
@@ -177,6 +193,7 @@ def _fake_cache(tmp_path: Path, monkeypatch, repo_id: str, snapshots: dict[str, 
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants as constants
+
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
@@ -278,8 +295,13 @@ def test_saving_over_our_model_replaces_only_our_files(tmp_path, capsys):
     (folder / "notes.txt").write_text("keep me")
     (folder / "metrics.json").write_text("{}")
     second.save_pretrained(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "metrics.json", "model.safetensors",
-                                                      "notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+        "notes.txt",
+    ]
     assert load_model(folder).config.vocab_sizes == (4,)
     assert (folder / "notes.txt").read_text() == "keep me"
     source = first.save_pretrained(tmp_path / "src")

@@ -20,8 +20,11 @@ def test_npy_reference_layout_and_transposed(tmp_path: Path, rng: np.random.Gene
     np.save(tmp_path / "time_first.npy", signal.T)
     for name in ("leads_first.npy", "time_first.npy"):
         # A .npy states no rate: never assumed (not even the reference's 500 Hz); the message names the flag.
-        with pytest.raises(RecordError, match=rf"{name[:-4]}\.npy: sampling rate unknown: .*pass --fs HZ or a sidecar "
-                                              rf"{name[:-4]}\.json"):
+        with pytest.raises(
+            RecordError,
+            match=rf"{name[:-4]}\.npy: sampling rate unknown: .*pass --fs HZ or a sidecar "
+            rf"{name[:-4]}\.json",
+        ):
             read_record(tmp_path / name)
         record = read_record(tmp_path / name, fs=500)
         np.testing.assert_array_equal(record.signal, signal)
@@ -37,8 +40,9 @@ def test_npz_with_fs_lead_names_and_units(tmp_path: Path, rng: np.random.Generat
     signal = synthetic_12_lead(rng, 800)
     order = rng.permutation(12)
     names = np.array([STANDARD_LEADS[i].lower() for i in order])
-    np.savez_compressed(tmp_path / "r.npz", ecg=(signal[order] * 1000).T, fs=np.float64(250),
-                        lead_names=names, units=np.array("uV"))
+    np.savez_compressed(
+        tmp_path / "r.npz", ecg=(signal[order] * 1000).T, fs=np.float64(250), lead_names=names, units=np.array("uV")
+    )
     record = read_record(tmp_path / "r.npz")
     assert record.fs == 250.0 and record.units == "mV"
     np.testing.assert_allclose(record.signal, signal, rtol=1e-6, atol=1e-6)

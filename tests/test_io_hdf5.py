@@ -26,7 +26,7 @@ def code15_file(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, list[np
     tracings = np.zeros((3, 4096, 12), dtype=np.float32)
     for row, exam in enumerate(exams):
         pad = (4096 - exam.shape[1]) // 2
-        tracings[row, pad: pad + exam.shape[1]] = exam.T
+        tracings[row, pad : pad + exam.shape[1]] = exam.T
     path = tmp_path / "exams_part0.hdf5"
     with h5py.File(path, "w") as handle:
         handle["tracings"] = tracings

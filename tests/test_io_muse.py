@@ -15,12 +15,10 @@ MUSE_LEADS = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
 UV_PER_BIT = 4.88
 
 
-
-
 def lead_xml(name: str, counts: np.ndarray, declared: int | None = None, payload: str | None = None) -> str:
     data = payload if payload is not None else base64.b64encode(counts.astype("<i2").tobytes()).decode()
     # MUSE wraps the base64 text in lines; the reader must ignore the whitespace.
-    wrapped = "\n".join(data[i: i + 76] for i in range(0, len(data), 76))
+    wrapped = "\n".join(data[i : i + 76] for i in range(0, len(data), 76))
     return f"""
       <LeadData>
         <LeadByteCountTotal>{2 * counts.size}</LeadByteCountTotal>
@@ -32,8 +30,7 @@ def lead_xml(name: str, counts: np.ndarray, declared: int | None = None, payload
       </LeadData>"""
 
 
-def muse_xml(rhythm: dict[str, np.ndarray], median: dict[str, np.ndarray] | None, fs: int = 500,
-             **lead_kw) -> str:
+def muse_xml(rhythm: dict[str, np.ndarray], median: dict[str, np.ndarray] | None, fs: int = 500, **lead_kw) -> str:
     def waveform(kind: str, leads: dict[str, np.ndarray]) -> str:
         body = "".join(lead_xml(name, counts, **lead_kw.get(name, {})) for name, counts in leads.items())
         return f"""
@@ -51,7 +48,7 @@ def muse_xml(rhythm: dict[str, np.ndarray], median: dict[str, np.ndarray] | None
 <RestingECG>
   <PatientDemographics><PatientAge>67</PatientAge><Gender>MALE</Gender></PatientDemographics>
   <Diagnosis><DiagnosisStatement><StmtText>Sinus rhythm</StmtText></DiagnosisStatement></Diagnosis>
-  {''.join(parts)}
+  {"".join(parts)}
 </RestingECG>
 """
 

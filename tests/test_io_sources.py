@@ -20,8 +20,9 @@ LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V
 
 def _signal(rng: np.random.Generator, n: int = 500) -> np.ndarray:
     base = rng.standard_normal((2, n)) * 0.3
-    limb = np.stack([base[0], base[1], base[1] - base[0], -(base[0] + base[1]) / 2,
-                     base[0] - base[1] / 2, base[1] - base[0] / 2])
+    limb = np.stack(
+        [base[0], base[1], base[1] - base[0], -(base[0] + base[1]) / 2, base[0] - base[1] / 2, base[1] - base[0] / 2]
+    )
     return np.vstack([limb, rng.standard_normal((6, n)) * 0.3])
 
 
@@ -30,13 +31,21 @@ def mixed_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
     root = tmp_path / "data"
     (root / "wfdb").mkdir(parents=True)
     (root / "other" / "deeper").mkdir(parents=True)
-    wfdb.wrsamp("w1", fs=500, units=["mV"] * 12, sig_name=LEADS, p_signal=_signal(rng).T, fmt=["16"] * 12,
-                write_dir=str(root / "wfdb"))
+    wfdb.wrsamp(
+        "w1",
+        fs=500,
+        units=["mV"] * 12,
+        sig_name=LEADS,
+        p_signal=_signal(rng).T,
+        fmt=["16"] * 12,
+        write_dir=str(root / "wfdb"),
+    )
     (root / "wfdb" / "w1.i").write_bytes(b"\x00\x01")  # an LUDB-style annotation file
     counts = np.round(_signal(rng) * 1000).astype(np.int16)
     scipy.io.savemat(root / "wfdb" / "c1.mat", {"val": counts}, format="4")
-    (root / "wfdb" / "c1.hea").write_text("c1 12 500 500\n" + "".join(
-        f"c1.mat 16+24 1000/mV 16 0 0 0 0 {n}\n" for n in LEADS))
+    (root / "wfdb" / "c1.hea").write_text(
+        "c1 12 500 500\n" + "".join(f"c1.mat 16+24 1000/mV 16 0 0 0 0 {n}\n" for n in LEADS)
+    )
     scipy.io.savemat(root / "other" / "bare.mat", {"val": counts})
     np.save(root / "other" / "a.npy", _signal(rng).astype(np.float32))
     np.savez(root / "other" / "deeper" / "b.npz", signal=_signal(rng))
@@ -68,7 +77,13 @@ def test_folder_walk_finds_each_record_once(mixed_folder: Path) -> None:
         ("wfdb/w1.hea", None, "w1"),
     ]
     assert [Path(s.path).name for s in discover_sources([mixed_folder / "other"], recursive=False)] == [
-        "a.npy", "bare.mat", "code15.hdf5", "code15.hdf5", "sph.h5", "t.csv"]
+        "a.npy",
+        "bare.mat",
+        "code15.hdf5",
+        "code15.hdf5",
+        "sph.h5",
+        "t.csv",
+    ]
     # Naming companions explicitly resolves to the record; duplicates collapse.
     wfdb_dir = mixed_folder / "wfdb"
     again = discover_sources([wfdb_dir / "w1.dat", wfdb_dir / "w1", wfdb_dir / "c1.mat"])
@@ -92,7 +107,11 @@ def test_manifests(mixed_folder: Path, tmp_path: Path) -> None:
     manifest.write_text("path,record_id,label\nwfdb/w1,first,1\nother/a.npy,,0\nother/code15.hdf5,,1\n")
     sources = discover_sources([manifest])
     assert [(Path(s.path).name, s.key, s.record_id) for s in sources] == [
-        ("w1.hea", None, "first"), ("a.npy", None, "a"), ("code15.hdf5", "11", "11"), ("code15.hdf5", "22", "22")]
+        ("w1.hea", None, "first"),
+        ("a.npy", None, "a"),
+        ("code15.hdf5", "11", "11"),
+        ("code15.hdf5", "22", "22"),
+    ]
     assert read_source(sources[0]).record_id == "first"
 
     keyed = mixed_folder / "keyed.csv"
@@ -119,9 +138,12 @@ def test_dispatch_and_format_errors(mixed_folder: Path, tmp_path: Path) -> None:
     assert detect_format(suffixless) == "dicom"
     assert read_record(suffixless).fs == 1000.0
     (tmp_path / "mystery.bin").write_bytes(b"\x00" * 300)
-    with pytest.raises(RecordError, match=r"mystery\.bin: unrecognised ECG file format \(suffix \.bin\); "
-                       r"name it with --format "
-                       r"\(one of wfdb, mat, numpy, text, hdf5, dicom, muse, hl7, philips, edf\)$"):
+    with pytest.raises(
+        RecordError,
+        match=r"mystery\.bin: unrecognised ECG file format \(suffix \.bin\); "
+        r"name it with --format "
+        r"\(one of wfdb, mat, numpy, text, hdf5, dicom, muse, hl7, philips, edf\)$",
+    ):
         read_record(tmp_path / "mystery.bin")
     # fmt= forces a reader regardless of the suffix.
     np.save(tmp_path / "x.npy", _signal(np.random.default_rng(1)))

@@ -44,8 +44,11 @@ def test_text_without_time_needs_fs_and_index_column_is_ignored(tmp_path: Path, 
     signal = synthetic_12_lead(rng, 300)
     header = ["sample"] + list(STANDARD_LEADS)
     path = write_table(tmp_path / "r.txt", header, np.vstack([np.arange(300), signal]), ";")
-    with pytest.raises(RecordError, match=r"r\.txt: sampling rate unknown \(no time column, no '# fs:' line\): "
-                                          r"pass --fs HZ or a sidecar r\.json with \{\"fs\": HZ\}$"):
+    with pytest.raises(
+        RecordError,
+        match=r"r\.txt: sampling rate unknown \(no time column, no '# fs:' line\): "
+        r"pass --fs HZ or a sidecar r\.json with \{\"fs\": HZ\}$",
+    ):
         read_record(path)
     record = read_record(path, fs=500, units="mV")
     np.testing.assert_allclose(record.signal, signal, atol=5e-7 + 1e-7)
@@ -87,7 +90,8 @@ def test_text_errors_name_file_row_and_column(tmp_path: Path, rng: np.random.Gen
     with pytest.raises(RecordError, match=r"empty\.csv: empty text file"):
         read_record(tmp_path / "empty.csv", fs=500)
     jumpy = tmp_path / "jumpy.csv"
-    jumpy.write_text("t,I,II,V1,V2,V3,V4,V5,V6\n" + "".join(
-        f"{t},1,2,3,4,5,6,7,8\n" for t in (0.0, 0.002, 0.004, 0.010)))
+    jumpy.write_text(
+        "t,I,II,V1,V2,V3,V4,V5,V6\n" + "".join(f"{t},1,2,3,4,5,6,7,8\n" for t in (0.0, 0.002, 0.004, 0.010))
+    )
     with pytest.raises(RecordError, match=r"jumpy\.csv: time column is not uniformly sampled"):
         read_record(jumpy)

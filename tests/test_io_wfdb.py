@@ -15,21 +15,37 @@ from hubert_ecg.io import STANDARD_LEADS, RecordError, read_record
 LOWER = ["i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5", "v6"]
 
 
-
-
 def assert_einthoven(signal: np.ndarray, atol: float | np.ndarray) -> None:
     x = signal.astype(np.float64)
     residual = np.abs(x[2] - (x[1] - x[0]))
     assert np.all(residual <= atol), f"max |III - (II - I)| = {residual.max()}"
 
 
-def write_wfdb(folder: Path, name: str, signal_mv: np.ndarray, *, units: list[str], gains: list[float],
-               sig_name: list[str], comments: list[str] | None = None, fs: float = 500) -> Path:
+def write_wfdb(
+    folder: Path,
+    name: str,
+    signal_mv: np.ndarray,
+    *,
+    units: list[str],
+    gains: list[float],
+    sig_name: list[str],
+    comments: list[str] | None = None,
+    fs: float = 500,
+) -> Path:
     """Write with wfdb.wrsamp; ``signal_mv`` rows are converted into each channel's units."""
     factor = np.array([1000.0 if u == "uV" else 1.0 for u in units])
-    wfdb.wrsamp(name, fs=fs, units=units, sig_name=sig_name, p_signal=(signal_mv * factor[:, None]).T,
-                fmt=["16"] * len(units), adc_gain=gains, baseline=[7] * len(units),
-                comments=comments or [], write_dir=str(folder))
+    wfdb.wrsamp(
+        name,
+        fs=fs,
+        units=units,
+        sig_name=sig_name,
+        p_signal=(signal_mv * factor[:, None]).T,
+        fmt=["16"] * len(units),
+        adc_gain=gains,
+        baseline=[7] * len(units),
+        comments=comments or [],
+        write_dir=str(folder),
+    )
     return folder / f"{name}.hea"
 
 
@@ -37,8 +53,15 @@ def test_dat_round_trip_with_aliases_units_and_comments(tmp_path: Path, rng: np.
     signal = synthetic_12_lead(rng)
     units = ["mV"] * 6 + ["uV"] * 6
     gains = [200.0] * 6 + [0.5] * 6  # 5 uV and 2 uV per count
-    header = write_wfdb(tmp_path, "rec1", signal, units=units, gains=gains, sig_name=LOWER,
-                        comments=["Age: 63", "Sex: Female", "Dx: 164889003,59118001"])
+    header = write_wfdb(
+        tmp_path,
+        "rec1",
+        signal,
+        units=units,
+        gains=gains,
+        sig_name=LOWER,
+        comments=["Age: 63", "Sex: Female", "Dx: 164889003,59118001"],
+    )
     record = read_record(header)
     assert record.signal.shape == (12, 2000) and record.signal.dtype == np.float32
     assert record.units == "mV" and record.fs == 500.0 and record.record_id == "rec1"
@@ -58,8 +81,14 @@ def test_dat_round_trip_with_aliases_units_and_comments(tmp_path: Path, rng: np.
 def test_eight_lead_wfdb_derives_limb_leads(tmp_path: Path, rng: np.random.Generator) -> None:
     signal = synthetic_12_lead(rng)
     keep = [0, 1] + list(range(6, 12))
-    header = write_wfdb(tmp_path, "rec8", signal[keep], units=["mV"] * 8, gains=[1000.0] * 8,
-                        sig_name=["MLII" if i == 1 else STANDARD_LEADS[i] for i in keep])
+    header = write_wfdb(
+        tmp_path,
+        "rec8",
+        signal[keep],
+        units=["mV"] * 8,
+        gains=[1000.0] * 8,
+        sig_name=["MLII" if i == 1 else STANDARD_LEADS[i] for i in keep],
+    )
     record = read_record(header)
     assert record.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"]
     np.testing.assert_allclose(record.signal, signal, atol=1.5e-3)
@@ -71,9 +100,11 @@ def test_hea_with_matlab_v4_signal_file(tmp_path: Path, rng: np.random.Generator
     signal = synthetic_12_lead(rng, 1500)
     counts = np.round(signal * 1000).astype(np.int16)
     scipy.io.savemat(tmp_path / "E1.mat", {"val": counts}, format="4")
-    lines = ["E1 12 500 1500"] + [
-        f"E1.mat 16+24 1000/mv 16 0 {counts[i, 0]} 0 0 {name}" for i, name in enumerate(STANDARD_LEADS)
-    ] + ["#Age: 50", "#Sex: Male", "#Dx: 426783006"]
+    lines = (
+        ["E1 12 500 1500"]
+        + [f"E1.mat 16+24 1000/mv 16 0 {counts[i, 0]} 0 0 {name}" for i, name in enumerate(STANDARD_LEADS)]
+        + ["#Age: 50", "#Sex: Male", "#Dx: 426783006"]
+    )
     (tmp_path / "E1.hea").write_text("\n".join(lines) + "\n")
     for path in (tmp_path / "E1.hea", tmp_path / "E1.mat"):  # the .mat resolves to its header
         record = read_record(path)
@@ -92,8 +123,9 @@ def test_fs_and_units_overrides(tmp_path: Path, rng: np.random.Generator) -> Non
 
 
 def test_truncated_dat_and_broken_header(tmp_path: Path, rng: np.random.Generator) -> None:
-    header = write_wfdb(tmp_path, "cut", synthetic_12_lead(rng, 500), units=["mV"] * 12,
-                        gains=[1000.0] * 12, sig_name=LOWER)
+    header = write_wfdb(
+        tmp_path, "cut", synthetic_12_lead(rng, 500), units=["mV"] * 12, gains=[1000.0] * 12, sig_name=LOWER
+    )
     dat = tmp_path / "cut.dat"
     dat.write_bytes(dat.read_bytes()[:5000])
     with pytest.raises(RecordError) as info:
@@ -108,8 +140,9 @@ def test_truncated_dat_and_broken_header(tmp_path: Path, rng: np.random.Generato
     (tmp_path / "lonely.hea").write_text(lonely)
     with pytest.raises(RecordError, match=r"lonely\.hea: signal file lonely\.dat named by the header is missing"):
         read_record(tmp_path / "lonely.hea")
-    (tmp_path / "empty.hea").write_text("empty 12 500 0\n" + "".join(
-        f"empty.dat 16 1000/mV 16 0 0 0 0 {n}\n" for n in LOWER))
+    (tmp_path / "empty.hea").write_text(
+        "empty 12 500 0\n" + "".join(f"empty.dat 16 1000/mV 16 0 0 0 0 {n}\n" for n in LOWER)
+    )
     (tmp_path / "empty.dat").write_bytes(b"")
     with pytest.raises(RecordError, match=r"empty\.hea: zero-length signal"):
         read_record(tmp_path / "empty.hea")
@@ -118,8 +151,9 @@ def test_truncated_dat_and_broken_header(tmp_path: Path, rng: np.random.Generato
 def test_truncated_cinc_mat(tmp_path: Path, rng: np.random.Generator) -> None:
     counts = np.round(synthetic_12_lead(rng, 1000) * 1000).astype(np.int16)
     scipy.io.savemat(tmp_path / "T1.mat", {"val": counts}, format="4")
-    (tmp_path / "T1.hea").write_text("T1 12 500 1000\n" + "".join(
-        f"T1.mat 16+24 1000/mV 16 0 0 0 0 {n}\n" for n in STANDARD_LEADS))
+    (tmp_path / "T1.hea").write_text(
+        "T1 12 500 1000\n" + "".join(f"T1.mat 16+24 1000/mV 16 0 0 0 0 {n}\n" for n in STANDARD_LEADS)
+    )
     mat = tmp_path / "T1.mat"
     mat.write_bytes(mat.read_bytes()[:3000])
     with pytest.raises(RecordError, match=r"T1\.hea: .*T1\.mat"):
@@ -128,12 +162,12 @@ def test_truncated_cinc_mat(tmp_path: Path, rng: np.random.Generator) -> None:
 
 def test_wrong_lead_count_and_duplicates(tmp_path: Path, rng: np.random.Generator) -> None:
     signal = synthetic_12_lead(rng, 300)
-    dup = write_wfdb(tmp_path, "dup", signal, units=["mV"] * 12, gains=[1000.0] * 12,
-                     sig_name=LOWER[:11] + ["V1"])
+    dup = write_wfdb(tmp_path, "dup", signal, units=["mV"] * 12, gains=[1000.0] * 12, sig_name=LOWER[:11] + ["V1"])
     with pytest.raises(RecordError, match=r"dup\.hea: duplicated lead V1"):
         read_record(dup)
-    few = write_wfdb(tmp_path, "few", signal[[0, 6, 7]], units=["mV"] * 3, gains=[1000.0] * 3,
-                     sig_name=["I", "V1", "V2"])
+    few = write_wfdb(
+        tmp_path, "few", signal[[0, 6, 7]], units=["mV"] * 3, gains=[1000.0] * 3, sig_name=["I", "V1", "V2"]
+    )
     with pytest.raises(RecordError, match=r"few\.hea: missing leads II, III, aVR, aVL, aVF, V3"):
         read_record(few)
     partial = read_record(few, allow_missing_leads=True)
@@ -167,8 +201,12 @@ def test_ludb_lower_case_leads_and_self_normalised_gains() -> None:
 
 @pytest.mark.parametrize(
     ("folder", "name", "fs", "n_samples"),
-    [("CPSC_CPSC-Extra", "A0001", 500.0, 7500), ("G12EC", "E00001", 500.0, 5000),
-     ("PTB_PTBXL", "S0001", 1000.0, 38400), ("PTB_PTBXL", "HR00001", 500.0, 5000)],
+    [
+        ("CPSC_CPSC-Extra", "A0001", 500.0, 7500),
+        ("G12EC", "E00001", 500.0, 5000),
+        ("PTB_PTBXL", "S0001", 1000.0, 38400),
+        ("PTB_PTBXL", "HR00001", 500.0, 5000),
+    ],
 )
 def test_cinc2021_mat_records(folder: str, name: str, fs: float, n_samples: int) -> None:
     header = shared_path("cinc2021-smoke", folder, f"{name}.hea")

@@ -84,8 +84,9 @@ def test_assign_applies_the_fit_normalisation_to_raw_features(rng: np.random.Gen
         directions = np.eye(4)[truth] + spread * rng.standard_normal((n, 4))
         x = directions * rng.uniform(0.001, 0.01, size=(n, 1))
     else:  # clusters live in tiny-scale dimensions next to a huge, uninformative one
-        x = np.column_stack([0.001 * np.eye(4)[truth] * 3 + 0.0001 * rng.standard_normal((n, 4)),
-                             1000 * rng.standard_normal(n)])
+        x = np.column_stack(
+            [0.001 * np.eye(4)[truth] * 3 + 0.0001 * rng.standard_normal((n, 4)), 1000 * rng.standard_normal(n)]
+        )
     model = fit_kmeans(x.astype(np.float32), 4, normaliser=mode, seed=0)
     assert adjusted_rand_score(truth, model.assign(x)) > 0.95
     raw_labels = ((x[:, None, :] - model.centroids[None]) ** 2).sum(-1).argmin(1)
@@ -239,9 +240,7 @@ def test_real_descriptors_cluster_and_round_trip(tmp_path: Path) -> None:
     names = [line.split(",")[1] for line in (root / "records.csv").read_text().splitlines()[1:13]]
     x = np.stack([wfdb.rdrecord(str(root / name)).p_signal[:500].T.reshape(-1) for name in names])
     features = hand_features(x, "tf+mfcc", 100.0)  # (12, 93, 29)
-    model = fit_kmeans(
-        (features[i : i + 4] for i in range(0, 12, 4)), 10, normaliser="standardise+l2", batch_size=372
-    )
+    model = fit_kmeans((features[i : i + 4] for i in range(0, 12, 4)), 10, normaliser="standardise+l2", batch_size=372)
     path = model.save(tmp_path / "it1.safetensors")
     labels = KMeansModel.load(path).assign(features)
     assert labels.shape == (12, 93)
@@ -268,10 +267,12 @@ def _affine_clusters(rng: np.random.Generator, n: int = 1500) -> tuple[np.ndarra
     return x.astype(np.float32), scaled.astype(np.float32), truth
 
 
-@pytest.mark.parametrize("mode,invariant", [("l2", True), ("standardise", False), ("none", False),
-                                            ("standardise+l2", False)])
-def test_l2_alone_makes_labels_invariant_to_per_token_scale(rng: np.random.Generator, mode: str,
-                                                           invariant: bool) -> None:
+@pytest.mark.parametrize(
+    "mode,invariant", [("l2", True), ("standardise", False), ("none", False), ("standardise+l2", False)]
+)
+def test_l2_alone_makes_labels_invariant_to_per_token_scale(
+    rng: np.random.Generator, mode: str, invariant: bool
+) -> None:
     x, truth = _direction_clusters(rng)
     model = fit_kmeans(x, 4, normaliser=mode, seed=0)
     rescaled = x * rng.uniform(0.05, 20.0, size=(len(x), 1)).astype(np.float32)
@@ -283,10 +284,12 @@ def test_l2_alone_makes_labels_invariant_to_per_token_scale(rng: np.random.Gener
         assert same < 0.8 and recovered < 0.6
 
 
-@pytest.mark.parametrize("mode,invariant", [("standardise", True), ("standardise+l2", True), ("l2", False),
-                                            ("none", False)])
-def test_standardising_makes_labels_invariant_to_per_feature_affine_maps(rng: np.random.Generator, mode: str,
-                                                                        invariant: bool) -> None:
+@pytest.mark.parametrize(
+    "mode,invariant", [("standardise", True), ("standardise+l2", True), ("l2", False), ("none", False)]
+)
+def test_standardising_makes_labels_invariant_to_per_feature_affine_maps(
+    rng: np.random.Generator, mode: str, invariant: bool
+) -> None:
     x, scaled, truth = _affine_clusters(rng)
     labels = fit_kmeans(x, 4, normaliser=mode, seed=0).assign(x)
     labels_scaled = fit_kmeans(scaled, 4, normaliser=mode, seed=0).assign(scaled)

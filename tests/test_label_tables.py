@@ -61,8 +61,9 @@ def _stem(ecg_id: int, sampling: str = "100") -> str:
     return f"records{sampling}/{(ecg_id // 1000) * 1000:05d}/{ecg_id:05d}_{suffix}"
 
 
-def _write_ptbxl(root: Path, database: dict[int, tuple[object, dict]] = DATABASE,
-                 scp_override: dict[int, str] | None = None) -> Path:
+def _write_ptbxl(
+    root: Path, database: dict[int, tuple[object, dict]] = DATABASE, scp_override: dict[int, str] | None = None
+) -> Path:
     import wfdb
 
     rng = np.random.default_rng(0)
@@ -74,24 +75,43 @@ def _write_ptbxl(root: Path, database: dict[int, tuple[object, dict]] = DATABASE
         sig = rng.normal(0, 0.5, (1000, 12))
         lead_i, lead_ii = sig[:, 0], sig[:, 1]
         # Consistent limb leads (III = II - I ...), so the readers' Einthoven check stays quiet.
-        sig[:, 2:6] = np.stack([lead_ii - lead_i, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2,
-                                lead_ii - lead_i / 2], axis=1)
-        wfdb.wrsamp(rel.name, fs=100, units=["mV"] * 12, sig_name=LEADS,
-                    p_signal=sig.round(3), fmt=["16"] * 12,
-                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(root / rel.parent))
+        sig[:, 2:6] = np.stack(
+            [lead_ii - lead_i, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2, lead_ii - lead_i / 2], axis=1
+        )
+        wfdb.wrsamp(
+            rel.name,
+            fs=100,
+            units=["mV"] * 12,
+            sig_name=LEADS,
+            p_signal=sig.round(3),
+            fmt=["16"] * 12,
+            adc_gain=[1000.0] * 12,
+            baseline=[0] * 12,
+            write_dir=str(root / rel.parent),
+        )
     with open(root / "scp_statements.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["", "description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"])
         for code, (diag, form, rhythm, cls, sub) in STATEMENTS.items():
-            w.writerow([code, f"statement {code}", "1.0" if diag else "", "1.0" if form else "",
-                        "1.0" if rhythm else "", cls, sub])
+            w.writerow(
+                [
+                    code,
+                    f"statement {code}",
+                    "1.0" if diag else "",
+                    "1.0" if form else "",
+                    "1.0" if rhythm else "",
+                    cls,
+                    sub,
+                ]
+            )
     with open(root / "ptbxl_database.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["ecg_id", "patient_id", "age", "sex", "scp_codes", "strat_fold", "filename_lr", "filename_hr"])
         for ecg_id, (fold, codes) in database.items():
             scp = (scp_override or {}).get(ecg_id, repr(codes))
-            w.writerow([ecg_id, f"{1000.0 + ecg_id}", "56.0", ecg_id % 2, scp, fold, _stem(ecg_id),
-                        _stem(ecg_id, "500")])
+            w.writerow(
+                [ecg_id, f"{1000.0 + ecg_id}", "56.0", ecg_id % 2, scp, fold, _stem(ecg_id), _stem(ecg_id, "500")]
+            )
     return root
 
 
@@ -111,18 +131,41 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 # task -> (labels, {ecg_id: set of labels}, dropped without a label). Worked out by hand from the
 # fixture, following helme/ecg_ptbxl_benchmarking's aggregation rules.
 EXPECTED = {
-    "all": (["AFIB", "ASMI", "IMI", "LVH", "LVOLT", "NDT", "NORM", "SR", "STACH", "UNCL", "ZZZ"],
-            {1: {"NORM", "SR"}, 2: {"IMI", "LVOLT", "SR"}, 3: {"ASMI", "IMI", "AFIB"}, 4: {"LVOLT", "SR"},
-             5: {"NORM", "SR"}, 6: {"LVH", "NDT", "STACH"}, 7: {"UNCL", "SR"}, 8: {"ZZZ"}}, 1),
-    "diag": (["ASMI", "IMI", "LVH", "NDT", "NORM", "UNCL"],
-             {1: {"NORM"}, 2: {"IMI"}, 3: {"ASMI", "IMI"}, 5: {"NORM"}, 6: {"LVH", "NDT"}, 7: {"UNCL"}}, 3),
-    "subdiag": (["AMI", "IMI", "LVH", "NORM", "STTC"],
-                {1: {"NORM"}, 2: {"IMI"}, 3: {"AMI", "IMI"}, 5: {"NORM"}, 6: {"LVH", "STTC"}}, 4),
-    "superdiag": (["HYP", "MI", "NORM", "STTC"],
-                  {1: {"NORM"}, 2: {"MI"}, 3: {"MI"}, 5: {"NORM"}, 6: {"HYP", "STTC"}}, 4),
+    "all": (
+        ["AFIB", "ASMI", "IMI", "LVH", "LVOLT", "NDT", "NORM", "SR", "STACH", "UNCL", "ZZZ"],
+        {
+            1: {"NORM", "SR"},
+            2: {"IMI", "LVOLT", "SR"},
+            3: {"ASMI", "IMI", "AFIB"},
+            4: {"LVOLT", "SR"},
+            5: {"NORM", "SR"},
+            6: {"LVH", "NDT", "STACH"},
+            7: {"UNCL", "SR"},
+            8: {"ZZZ"},
+        },
+        1,
+    ),
+    "diag": (
+        ["ASMI", "IMI", "LVH", "NDT", "NORM", "UNCL"],
+        {1: {"NORM"}, 2: {"IMI"}, 3: {"ASMI", "IMI"}, 5: {"NORM"}, 6: {"LVH", "NDT"}, 7: {"UNCL"}},
+        3,
+    ),
+    "subdiag": (
+        ["AMI", "IMI", "LVH", "NORM", "STTC"],
+        {1: {"NORM"}, 2: {"IMI"}, 3: {"AMI", "IMI"}, 5: {"NORM"}, 6: {"LVH", "STTC"}},
+        4,
+    ),
+    "superdiag": (
+        ["HYP", "MI", "NORM", "STTC"],
+        {1: {"NORM"}, 2: {"MI"}, 3: {"MI"}, 5: {"NORM"}, 6: {"HYP", "STTC"}},
+        4,
+    ),
     "form": (["LVOLT", "NDT"], {2: {"LVOLT"}, 4: {"LVOLT"}, 6: {"NDT"}}, 7),
-    "rhythm": (["AFIB", "SR", "STACH"],
-               {1: {"SR"}, 2: {"SR"}, 3: {"AFIB"}, 4: {"SR"}, 5: {"SR"}, 6: {"STACH"}, 7: {"SR"}}, 2),
+    "rhythm": (
+        ["AFIB", "SR", "STACH"],
+        {1: {"SR"}, 2: {"SR"}, 3: {"AFIB"}, 4: {"SR"}, 5: {"SR"}, 6: {"STACH"}, 7: {"SR"}},
+        2,
+    ),
 }
 
 
@@ -147,8 +190,9 @@ def test_ptbxl_tables_labels_splits_and_drops(ptbxl_root: Path, tmp_path: Path, 
         assert {int(r["ecg_id"]) for r in split_rows} == {e for e in members if fold_split[DATABASE[e][0]] == split}
         assert {r["split"] for r in split_rows} <= {split}
         assert info["records_per_split"][split] == len(split_rows)
-    assert info["positives"][labels[0]]["train"] + info["positives"][labels[0]]["val"] + \
-        info["positives"][labels[0]]["test"] == sum(labels[0] in m for m in members.values())
+    assert info["positives"][labels[0]]["train"] + info["positives"][labels[0]]["val"] + info["positives"][labels[0]][
+        "test"
+    ] == sum(labels[0] in m for m in members.values())
 
 
 def test_ptbxl_row_content_and_manifest(ptbxl_root: Path, tmp_path: Path) -> None:
@@ -168,12 +212,18 @@ def test_ptbxl_row_content_and_manifest(ptbxl_root: Path, tmp_path: Path) -> Non
 def test_ptbxl_tables_read_by_label_table(ptbxl_root: Path, tmp_path: Path) -> None:
     paths = build_ptbxl_tables(ptbxl_root, tmp_path / "out", task="superdiag")
     info = json.loads(paths["labels"].read_text())
-    table = LabelTable.from_csv(paths["all"], id_column="record_id",
-                                label_start_index=info["label_start_index"], split_column="split")
+    table = LabelTable.from_csv(
+        paths["all"], id_column="record_id", label_start_index=info["label_start_index"], split_column="split"
+    )
     assert table.names == ["HYP", "MI", "NORM", "STTC"]
     np.testing.assert_array_equal(table.lookup("00006_lr", "/x/records100/00000/00006_lr.hea"), [1, 0, 0, 1])
-    assert table.splits == {"00001_lr": "train", "00002_lr": "train", "00003_lr": "train",
-                            "00005_lr": "val", "00006_lr": "val"}
+    assert table.splits == {
+        "00001_lr": "train",
+        "00002_lr": "train",
+        "00003_lr": "train",
+        "00005_lr": "val",
+        "00006_lr": "val",
+    }
 
 
 def test_ptbxl_tables_feed_prepare(ptbxl_root: Path, tmp_path: Path) -> None:
@@ -181,10 +231,12 @@ def test_ptbxl_tables_feed_prepare(ptbxl_root: Path, tmp_path: Path) -> None:
     from hubert_ecg.store import open_store, prepare_store
 
     paths = build_ptbxl_tables(ptbxl_root, tmp_path / "out", task="superdiag")
-    table = LabelTable.from_csv(paths["all"], id_column="record_id", label_start_index=PTBXL_LABEL_START_INDEX,
-                                split_column="split")
-    result = prepare_store([paths["manifest"]], tmp_path / "store", labels=table, progress=False,
-                           allow_outside_root=True)
+    table = LabelTable.from_csv(
+        paths["all"], id_column="record_id", label_start_index=PTBXL_LABEL_START_INDEX, split_column="split"
+    )
+    result = prepare_store(
+        [paths["manifest"]], tmp_path / "store", labels=table, progress=False, allow_outside_root=True
+    )
     assert (result.records, result.rejected) == (5, 0)
     store = open_store(tmp_path / "store")
     assert store.label_names == ["HYP", "MI", "NORM", "STTC"]
@@ -205,8 +257,11 @@ def test_ptbxl_min_count_is_inclusive_and_counts_the_database(ptbxl_root: Path, 
 
 def test_ptbxl_500hz_paths_and_unchecked_files(ptbxl_root: Path, tmp_path: Path) -> None:
     # No records500/ in the fixture: with file checks every record is missing, which is an error...
-    with pytest.raises(DatasetTableError, match=r"records500: no PTB-XL record left for task 'rhythm' "
-                                                r"\(2 without a label, 8 without a \.hea file\)"):
+    with pytest.raises(
+        DatasetTableError,
+        match=r"records500: no PTB-XL record left for task 'rhythm' "
+        r"\(2 without a label, 8 without a \.hea file\)",
+    ):
         build_ptbxl_tables(ptbxl_root, tmp_path / "a", task="rhythm", sampling="500")
     # ... without them the tables are built from the CSVs alone (record 10 included).
     paths = build_ptbxl_tables(ptbxl_root, tmp_path / "b", task="rhythm", sampling="500", check_files=False)
@@ -219,16 +274,22 @@ def test_ptbxl_scp_codes_are_never_evaluated(tmp_path: Path) -> None:
     root = _write_ptbxl(tmp_path / "p", scp_override={3: "__import__('os').getcwd()"})
     with pytest.raises(DatasetTableError) as err:
         build_ptbxl_tables(root, tmp_path / "out")
-    assert str(err.value) == (f"{root / 'ptbxl_database.csv'}, row 4: scp_codes is not a dict literal "
-                              "(\"__import__('os').getcwd()\")")
+    assert str(err.value) == (
+        f"{root / 'ptbxl_database.csv'}, row 4: scp_codes is not a dict literal (\"__import__('os').getcwd()\")"
+    )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"task": "diagnostic"},
-     "unknown PTB-XL task 'diagnostic' (choose from all, diag, subdiag, superdiag, form, rhythm)"),
-    ({"sampling": "250"}, "unknown PTB-XL sampling '250' (choose 100 or 500)"),
-    ({"min_count": 0}, "min_count must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"task": "diagnostic"},
+            "unknown PTB-XL task 'diagnostic' (choose from all, diag, subdiag, superdiag, form, rhythm)",
+        ),
+        ({"sampling": "250"}, "unknown PTB-XL sampling '250' (choose 100 or 500)"),
+        ({"min_count": 0}, "min_count must be >= 1, got 0"),
+    ],
+)
 def test_ptbxl_bad_options(ptbxl_root: Path, tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(DatasetTableError) as err:
         build_ptbxl_tables(ptbxl_root, tmp_path / "out", **kwargs)
@@ -246,8 +307,9 @@ def test_ptbxl_bad_files(tmp_path: Path) -> None:
     (root / "scp_statements.csv").write_text(",description,diagnostic\nNORM,x,1.0\n")
     with pytest.raises(DatasetTableError) as err:
         build_ptbxl_tables(root, tmp_path / "out")
-    assert str(err.value) == (f"{root / 'scp_statements.csv'}: "
-                              "missing column(s) form, rhythm, diagnostic_class, diagnostic_subclass")
+    assert str(err.value) == (
+        f"{root / 'scp_statements.csv'}: missing column(s) form, rhythm, diagnostic_class, diagnostic_subclass"
+    )
 
 
 def test_ptbxl_layout_of_real_records_is_discoverable(tmp_path: Path) -> None:
@@ -256,8 +318,9 @@ def test_ptbxl_layout_of_real_records_is_discoverable(tmp_path: Path) -> None:
     real = shared_path("ptbxl-unlabelled-100hz")
     with open(real / "records.csv", newline="") as fh:
         listed = list(csv.DictReader(fh))[:25]
-    database = {int(r["ecg_id"]): ((i % 10) + 1, {"NORM": 100.0} if i % 3 else {"SR": 0.0})
-                for i, r in enumerate(listed)}
+    database = {
+        int(r["ecg_id"]): ((i % 10) + 1, {"NORM": 100.0} if i % 3 else {"SR": 0.0}) for i, r in enumerate(listed)
+    }
     meta = tmp_path / "meta"
     meta.mkdir()
     with open(meta / "scp_statements.csv", "w", newline="") as fh:
@@ -270,8 +333,13 @@ def test_ptbxl_layout_of_real_records_is_discoverable(tmp_path: Path) -> None:
         w.writerow(["ecg_id", "patient_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr"])
         for ecg_id, (fold, codes) in database.items():
             w.writerow([ecg_id, ecg_id, repr(codes), fold, _stem(ecg_id), _stem(ecg_id, "500")])
-    paths = build_ptbxl_tables(real, tmp_path / "out", task="all", database_csv=meta / "ptbxl_database.csv",
-                               statements_csv=meta / "scp_statements.csv")
+    paths = build_ptbxl_tables(
+        real,
+        tmp_path / "out",
+        task="all",
+        database_csv=meta / "ptbxl_database.csv",
+        statements_csv=meta / "scp_statements.csv",
+    )
     info = json.loads(paths["labels"].read_text())
     assert info["records"] == 25 and info["dropped_missing_file"] == 0
     from_manifest = discover_sources([paths["manifest"]], allow_outside_root=True)
@@ -303,7 +371,10 @@ def test_cinc_labels_from_dx_lines(tmp_path: Path) -> None:
     header, rows = _read(out.path)
     assert header == ["record_id", "path", "age", "sex", "59118001", "164889003", "426783006"]
     assert [(r["record_id"], r["path"], r["age"], r["sex"]) for r in rows] == [
-        ("A001", "CPSC/A001", "60", "M"), ("E001", "G12EC/E001", "60", "M"), ("E002", "G12EC/E002", "", "F")]
+        ("A001", "CPSC/A001", "60", "M"),
+        ("E001", "G12EC/E001", "60", "M"),
+        ("E002", "G12EC/E002", "", "F"),
+    ]
     rare = cinc_labels_table(base, tmp_path / "rare.csv", min_count=2, classes="all")
     assert rare.labels == ["164889003", "426783006"] and rare.n_records == 3
 
@@ -340,12 +411,35 @@ def test_cinc_real_headers_match_wfdb(tmp_path: Path) -> None:
 # LUDB
 # ---------------------------------------------------------------------------------------------
 def test_ludb_labels_on_a_small_csv(tmp_path: Path) -> None:
-    columns = ["ID", "Sex", "Age", "Rhythms", "Electric axis of the heart", "Conduction abnormalities",
-               "Extrasystolies", "Hypertrophies", "Cardiac pacing", "Ischemia",
-               "Non-specific repolarization abnormalities", "Other states"]
+    columns = [
+        "ID",
+        "Sex",
+        "Age",
+        "Rhythms",
+        "Electric axis of the heart",
+        "Conduction abnormalities",
+        "Extrasystolies",
+        "Hypertrophies",
+        "Cardiac pacing",
+        "Ischemia",
+        "Non-specific repolarization abnormalities",
+        "Other states",
+    ]
     rows = [
-        ["1", "F\n", "51\n", "Sinus rhythm", "", "", "", "Left ventricular hypertrophy\nLeft atrial hypertrophy",
-         "", "", "", ""],
+        [
+            "1",
+            "F\n",
+            "51\n",
+            "Sinus rhythm",
+            "",
+            "",
+            "",
+            "Left ventricular hypertrophy\nLeft atrial hypertrophy",
+            "",
+            "",
+            "",
+            "",
+        ],
         ["2", "M\n", ">89\n", "Sinus rhythm\nWandering atrial pacemaker", "", "", "", "", "", "Stemi: septal", "", ""],
         ["3", "M\n", "40\n", "Atrial fibrillation", "", "", "", "Left ventricular overload", "", "", "", ""],
     ]
@@ -355,7 +449,10 @@ def test_ludb_labels_on_a_small_csv(tmp_path: Path) -> None:
     out = ludb_labels_table(src, tmp_path / "labels.csv")
     _, got = _read(out.path)
     assert [(r["record_id"], r["sex"], r["age"]) for r in got] == [
-        ("1", "F", "51"), ("2", "M", ">89"), ("3", "M", "40")]
+        ("1", "F", "51"),
+        ("2", "M", ">89"),
+        ("3", "M", "40"),
+    ]
     assert [r["sinus_rhythm"] for r in got] == ["1", "0", "0"]  # exactly 'Sinus rhythm' and nothing else
     assert [r["sinus_origin"] for r in got] == ["1", "1", "0"]
     assert [r["lvh"] for r in got] == ["1", "0", "0"]  # 'overload' is not hypertrophy
@@ -369,8 +466,15 @@ def test_ludb_real_counts_and_ids(tmp_path: Path) -> None:
     assert out.n_records == 200
     # Counts from the LUDB data README (rhythm: sinus 142 alone, AF 15 incl. one with aberrant
     # conduction; IRBBB 29, LAH 16, 1st-degree AV block 10, LVH 108).
-    expected = {"sinus_rhythm": 142, "atrial_fibrillation": 15, "incomplete_rbbb": 29,
-                "left_anterior_hemiblock": 16, "av_block_1": 10, "lvh": 108, "sinus_origin": 182}
+    expected = {
+        "sinus_rhythm": 142,
+        "atrial_fibrillation": 15,
+        "incomplete_rbbb": 29,
+        "left_anterior_hemiblock": 16,
+        "av_block_1": 10,
+        "lvh": 108,
+        "sinus_origin": 182,
+    }
     assert {k: out.positives[k] for k in expected} == expected
     table = LabelTable.from_csv(out.path, id_column="record_id", label_start_index=out.label_start_index)
     # Same ids as the readers give the records, and LVH agrees with each header's diagnoses.
@@ -387,10 +491,15 @@ def test_ludb_real_counts_and_ids(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_reference_split_table_merges_and_keeps_test_whole(tmp_path: Path) -> None:
     header = ["filename", "age", "sex", "AF", "NSR"]
-    files = {"train": [["A1.hea.npy", "50", "M", "1", "0"], ["A2.hea.npy", "61", "F", "0", "1"],
-                       ["A9.hea.npy", "70", "F", "1", "1"]],
-             "val": [["A3.hea.npy", "40", "M", "0", "1"]],
-             "test": [["A9.hea.npy", "70", "F", "1", "1"], ["A4.hea.npy", "33", "M", "1.0", "0.0"]]}
+    files = {
+        "train": [
+            ["A1.hea.npy", "50", "M", "1", "0"],
+            ["A2.hea.npy", "61", "F", "0", "1"],
+            ["A9.hea.npy", "70", "F", "1", "1"],
+        ],
+        "val": [["A3.hea.npy", "40", "M", "0", "1"]],
+        "test": [["A9.hea.npy", "70", "F", "1", "1"], ["A4.hea.npy", "33", "M", "1.0", "0.0"]],
+    }
     paths = {}
     for split, rows in files.items():
         paths[split] = tmp_path / f"{split}0.csv"
@@ -399,8 +508,9 @@ def test_reference_split_table_merges_and_keeps_test_whole(tmp_path: Path) -> No
     out = reference_split_table(paths, tmp_path / "merged.csv", label_start_index=3)
     assert (out.labels, out.label_start_index, out.n_records, out.dropped) == (["AF", "NSR"], 5, 5, {"duplicate": 1})
     assert out.positives == {"AF": 3, "NSR": 3}
-    table = LabelTable.from_csv(out.path, id_column="record_id", label_start_index=out.label_start_index,
-                                split_column="split")
+    table = LabelTable.from_csv(
+        out.path, id_column="record_id", label_start_index=out.label_start_index, split_column="split"
+    )
     assert table.names == ["AF", "NSR"]
     assert table.splits == {"A9": "test", "A4": "test", "A3": "val", "A1": "train", "A2": "train"}
     np.testing.assert_array_equal(table.by_key["A4"], [1, 0])
@@ -411,8 +521,9 @@ def test_reference_split_table_merges_and_keeps_test_whole(tmp_path: Path) -> No
     assert str(err.value) == f"{paths['train']}: columns differ from {tmp_path / 'other.csv'}"
     with pytest.raises(DatasetTableError) as err:
         reference_split_table({"train": paths["train"]}, tmp_path / "m3.csv", label_start_index=0)
-    assert str(err.value) == (f"{paths['train']}: "
-                              "label_start_index 0 does not point after 'filename' inside the 5 columns")
+    assert str(err.value) == (
+        f"{paths['train']}: label_start_index 0 does not point after 'filename' inside the 5 columns"
+    )
 
 
 def test_cinc_scored_classes_merge_equivalent_codes(tmp_path: Path) -> None:

@@ -79,8 +79,7 @@ def test_finetune_training_loss_drops_whole_leads_reproducibly() -> None:
             return SimpleNamespace(logits=x.sum(dim=1, keepdim=True))
 
     fake = SimpleNamespace(opts=FinetuneOptions(lead_dropout=0.5), seed=3, loss=lambda logits, labels: logits.sum())
-    batch = {"input": torch.randn(16, 6000) + 5.0, "attention_mask": None, "full": True,
-             "labels": torch.zeros(16, 1)}
+    batch = {"input": torch.randn(16, 6000) + 5.0, "attention_mask": None, "full": True, "labels": torch.zeros(16, 1)}
     env = SimpleNamespace(rank=0, world_size=1)
     for step in (7, 7, 8):
         FinetuneObjective.training_loss(fake, Recorder(), batch, step, env)
@@ -126,8 +125,9 @@ def test_pretrain_training_loss_drops_input_leads_only() -> None:
 def test_evaluate_leads_option_one_set_per_value() -> None:
     from hubert_ecg.cli import build_parser
 
-    args = build_parser().parse_args(["evaluate", "CKPT", "STORE", "--out", "E", "--leads", "limb",
-                                      "--leads", "I,II;V1"])
+    args = build_parser().parse_args(
+        ["evaluate", "CKPT", "STORE", "--out", "E", "--leads", "limb", "--leads", "I,II;V1"]
+    )
     assert args.leads == [["limb"], ["I,II", "V1"]]
     assert parse_lead_set("I,II") == ("I", "II")  # "--leads I,II" is one two-lead set
 
@@ -143,16 +143,23 @@ def test_predict_and_embed_flag_missing_leads(tmp_path) -> None:
     rng = np.random.default_rng(0)
     header = "I,II,III,aVR,aVL,aVF"
     np.savetxt(tmp_path / "six.csv", rng.normal(0, 0.1, (3000, 6)), delimiter=",", header=header, comments="")
-    np.savetxt(tmp_path / "full.csv", rng.normal(0, 0.1, (3000, 12)), delimiter=",",
-               header=",".join(LEAD_NAMES), comments="")
+    np.savetxt(
+        tmp_path / "full.csv", rng.normal(0, 0.1, (3000, 12)), delimiter=",", header=",".join(LEAD_NAMES), comments=""
+    )
     model = create_model("tiny", head={"type": "linear", "num_labels": 1})
     model.info = CheckpointInfo(task="multi_label", label_names=["x"])
     kwargs = {"fs": 500.0, "allow_missing_leads": True, "units": "mV"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for mode, out in (("predict", tmp_path / "p.csv"), ("embed", tmp_path / "e.csv")):
-            predict_files(model, [str(tmp_path / "six.csv"), str(tmp_path / "full.csv")], out, mode=mode,
-                          read_kwargs=kwargs, progress=False)
+            predict_files(
+                model,
+                [str(tmp_path / "six.csv"), str(tmp_path / "full.csv")],
+                out,
+                mode=mode,
+                read_kwargs=kwargs,
+                progress=False,
+            )
             rows = {r["record_id"]: r for r in csv.DictReader(out.open())}
             assert rows["six"]["missing_leads"] == "V1,V2,V3,V4,V5,V6", mode
             assert rows["full"]["missing_leads"] == "", mode

@@ -128,7 +128,9 @@ def test_multiclass_matches_sklearn(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(result.per_label["sensitivity"], recall_score(y, pred, average=None), atol=1e-12)
     np.testing.assert_array_equal(result.confusion_matrix, confusion_matrix(y, pred, labels=range(n_classes)))
     cm = result.confusion_matrix
-    expected_spec = [(cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]) / (cm.sum() - cm[c].sum()) for c in range(n_classes)]
+    expected_spec = [
+        (cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]) / (cm.sum() - cm[c].sum()) for c in range(n_classes)
+    ]
     np.testing.assert_allclose(result.per_label["specificity"], expected_spec, atol=1e-12)
 
 
@@ -161,9 +163,7 @@ def test_regression_matches_sklearn_and_scipy(rng: np.random.Generator) -> None:
     pred = y + rng.normal(size=y.shape) * [0.5, 3.0, 80.0]
     result = compute_metrics("regression", y, pred, label_names=["qt", "hr", "lvef"])
     np.testing.assert_allclose(result.per_label["mae"], mean_absolute_error(y, pred, multioutput="raw_values"))
-    np.testing.assert_allclose(
-        result.per_label["rmse"], np.sqrt(mean_squared_error(y, pred, multioutput="raw_values"))
-    )
+    np.testing.assert_allclose(result.per_label["rmse"], np.sqrt(mean_squared_error(y, pred, multioutput="raw_values")))
     np.testing.assert_allclose(result.per_label["r2"], r2_score(y, pred, multioutput="raw_values"), rtol=1e-10)
     np.testing.assert_allclose(
         result.per_label["pearson_r"], [pearsonr(y[:, d], pred[:, d])[0] for d in range(3)], rtol=1e-10
@@ -185,14 +185,28 @@ def test_regression_constant_target_is_undefined(rng: np.random.Generator) -> No
 @pytest.mark.parametrize(
     ("task", "y", "score", "message"),
     [
-        ("multi_label", [[0, 1]], [[0.2, 1.7]], "y_score must hold probabilities in [0, 1] for task 'multi_label' "
-         "(apply sigmoid/softmax to logits first); row 0, column 1 holds 1.7"),
+        (
+            "multi_label",
+            [[0, 1]],
+            [[0.2, 1.7]],
+            "y_score must hold probabilities in [0, 1] for task 'multi_label' "
+            "(apply sigmoid/softmax to logits first); row 0, column 1 holds 1.7",
+        ),
         ("multi_label", [[0, 2]], [[0.2, 0.7]], "y_true must be 0/1 for task 'multi_label'; row 0, column 1 holds 2"),
         ("multi_label", [[0, 1]], [[0.2, np.nan]], "y_score contains a non-finite value at row 0, column 1"),
-        ("multi_label", [[0, 1]], [[0.2, 0.3, 0.4]], "task 'multi_label' expects y_true and y_score of the same "
-         "shape (N, L); got (1, 2) and (1, 3)"),
+        (
+            "multi_label",
+            [[0, 1]],
+            [[0.2, 0.3, 0.4]],
+            "task 'multi_label' expects y_true and y_score of the same shape (N, L); got (1, 2) and (1, 3)",
+        ),
         ("multi_class", [0, 3], [[0.5, 0.5], [0.1, 0.9]], "y_true must hold class indices in 0..1; row 1 holds 3"),
-        ("survival", [0], [0.1], "unknown task 'survival'; expected one of multi_label, multi_class, binary, regression"),
+        (
+            "survival",
+            [0],
+            [0.1],
+            "unknown task 'survival'; expected one of multi_label, multi_class, binary, regression",
+        ),
         ("binary", [0, 1, 1], [0.1, 0.2], "y_true has 3 records but y_score has 2"),
     ],
 )
@@ -223,8 +237,10 @@ def test_bootstrap_contains_point_reproducible_and_narrows(rng: np.random.Genera
     for ci in (ci_small, ci_big):
         for metric, stats in ci["macro"].items():
             assert stats["lower"] <= stats["point"] <= stats["upper"], metric
-    width = {name: ci["macro"]["auroc"]["upper"] - ci["macro"]["auroc"]["lower"]
-             for name, ci in (("small", ci_small), ("big", ci_big))}
+    width = {
+        name: ci["macro"]["auroc"]["upper"] - ci["macro"]["auroc"]["lower"]
+        for name, ci in (("small", ci_small), ("big", ci_big))
+    }
     assert width["big"] < width["small"]
     # Point estimates are exactly compute_metrics.
     assert ci_big["macro"]["auroc"]["point"] == compute_metrics("multi_label", y_big, score_big).macro["auroc"]
@@ -404,7 +420,8 @@ def test_bootstrap_with_blank_labels_matches_per_label_bootstrap_of_known_cells(
     for j, name in enumerate(ci["per_label"]):
         known = np.isfinite(y[:, j])
         assert ci["per_label"][name]["auroc"]["point"] == pytest.approx(
-            compute_metrics("binary", y[known, j], p[known, j]).per_label["auroc"][0], abs=1e-12)
+            compute_metrics("binary", y[known, j], p[known, j]).per_label["auroc"][0], abs=1e-12
+        )
         low, high = ci["per_label"][name]["auroc"]["lower"], ci["per_label"][name]["auroc"]["upper"]
         assert low <= ci["per_label"][name]["auroc"]["point"] <= high
 

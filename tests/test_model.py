@@ -27,8 +27,9 @@ def _parity(size: str, batch: int = 2) -> None:
     mask = torch.arange(6000)[None] < lengths[:, None]
     for attention_mask in (None, mask):
         with torch.no_grad():
-            ref = hf(x, attention_mask=None if attention_mask is None else attention_mask.long(),
-                     output_hidden_states=True)
+            ref = hf(
+                x, attention_mask=None if attention_mask is None else attention_mask.long(), output_hidden_states=True
+            )
             got = ours(x, attention_mask=attention_mask, output_hidden_states=True)
         assert got.last_hidden_state.shape == (batch, 93, config.hidden_size)
         assert len(got.hidden_states) == len(ref.hidden_states) == config.num_hidden_layers + 1
@@ -106,8 +107,9 @@ def test_codebook_logits_are_cosine_over_temperature():
         assert lg.abs().max() <= 10.0 + 1e-5
 
 
-@pytest.mark.parametrize("head", [HeadConfig(3), HeadConfig(3, type="mlp", hidden_size=16, activation="relu"),
-                                  HeadConfig(3, type="cosine")])
+@pytest.mark.parametrize(
+    "head", [HeadConfig(3), HeadConfig(3, type="mlp", hidden_size=16, activation="relu"), HeadConfig(3, type="cosine")]
+)
 def test_classifier_heads_pool_valid_tokens_only(head):
     model = create_model("tiny", head=head).eval()
     x = torch.randn(1, 6000)
@@ -153,29 +155,49 @@ def test_parameter_counts_match_published_sizes():
 
 def test_model_declares_its_no_decay_parameters_and_depths():
     from hubert_ecg.config import HeadConfig
+
     model = create_model("tiny", vocab_sizes=[5], head=HeadConfig(num_labels=3, type="cosine"), conv_bias=True)
     names = dict(model.named_parameters())
     exempt = model.no_weight_decay()
-    for name in ("masked_spec_embed", "classifier.log_scale", "encoder.layers.1.layer_norm.weight",
-                 "encoder.layers.0.final_layer_norm.bias", "encoder.layer_norm.weight",
-                 "feature_projection.layer_norm.weight", "feature_extractor.conv_layers.0.layer_norm.weight",
-                 "encoder.layers.0.attention.q_proj.bias", "encoder.pos_conv_embed.conv.bias",
-                 "feature_extractor.conv_layers.1.conv.bias"):
+    for name in (
+        "masked_spec_embed",
+        "classifier.log_scale",
+        "encoder.layers.1.layer_norm.weight",
+        "encoder.layers.0.final_layer_norm.bias",
+        "encoder.layer_norm.weight",
+        "feature_projection.layer_norm.weight",
+        "feature_extractor.conv_layers.0.layer_norm.weight",
+        "encoder.layers.0.attention.q_proj.bias",
+        "encoder.pos_conv_embed.conv.bias",
+        "feature_extractor.conv_layers.1.conv.bias",
+    ):
         assert name in exempt, name
-    for name in ("encoder.layers.0.attention.q_proj.weight", "feature_projection.projection.weight",
-                 "encoder.pos_conv_embed.conv.weight_v", "label_embedding.0.weight",
-                 "classifier.label_embedding.weight", "feature_extractor.conv_layers.0.conv.weight",
-                 "final_proj.0.weight"):
+    for name in (
+        "encoder.layers.0.attention.q_proj.weight",
+        "feature_projection.projection.weight",
+        "encoder.pos_conv_embed.conv.weight_v",
+        "label_embedding.0.weight",
+        "classifier.label_embedding.weight",
+        "feature_extractor.conv_layers.0.conv.weight",
+        "final_proj.0.weight",
+    ):
         assert name in names and name not in exempt, name
     assert exempt <= set(names)
     n = model.config.num_hidden_layers
     assert model.num_layer_ids() == n + 3
-    expected = {"feature_extractor.conv_layers.0.conv.weight": 0, "feature_extractor.conv_layers.2.conv.weight": 0,
-                "feature_projection.projection.weight": 1, "encoder.pos_conv_embed.conv.weight_g": 1,
-                "encoder.layer_norm.weight": 1, "masked_spec_embed": 1,
-                "encoder.layers.0.attention.q_proj.weight": 2, "encoder.layers.1.feed_forward.output_dense.bias": 3,
-                "classifier.label_embedding.weight": n + 2, "final_proj.0.weight": n + 2,
-                "label_embedding.0.weight": n + 2}
+    expected = {
+        "feature_extractor.conv_layers.0.conv.weight": 0,
+        "feature_extractor.conv_layers.2.conv.weight": 0,
+        "feature_projection.projection.weight": 1,
+        "encoder.pos_conv_embed.conv.weight_g": 1,
+        "encoder.layer_norm.weight": 1,
+        "masked_spec_embed": 1,
+        "encoder.layers.0.attention.q_proj.weight": 2,
+        "encoder.layers.1.feed_forward.output_dense.bias": 3,
+        "classifier.label_embedding.weight": n + 2,
+        "final_proj.0.weight": n + 2,
+        "label_embedding.0.weight": n + 2,
+    }
     assert {k: model.layer_id(k) for k in expected} == expected
     assert all(0 <= model.layer_id(k) <= n + 2 for k in names)
 
@@ -191,16 +213,29 @@ def test_first_conv_bias_under_group_norm_is_frozen_because_it_cancels():
     torch.testing.assert_close(model(x).last_hidden_state, before)  # no effect on the output at all
 
 
-@pytest.mark.parametrize("valid,p,expected", [(93, 0.33, {30: 0.31, 31: 0.69}), (47, 0.33, {15: 0.49, 16: 0.51}),
-                                              (10, 0.33, {3: 0.7, 4: 0.3}), (3, 0.33, {2: 1.0})])
+@pytest.mark.parametrize(
+    "valid,p,expected",
+    [
+        (93, 0.33, {30: 0.31, 31: 0.69}),
+        (47, 0.33, {15: 0.49, 16: 0.51}),
+        (10, 0.33, {3: 0.7, 4: 0.3}),
+        (3, 0.33, {2: 1.0}),
+    ],
+)
 def test_span_counts_follow_the_wav2vec2_rule_in_its_proportions(valid, p, expected):
     """n spans = max(min_masks, floor(p * valid / length + u)), u ~ U[0, 1) once per call: for 93 tokens at
     p 0.33 both 30 and 31 occur, 31 with probability 0.69 (the fractional part of 30.69)."""
     generator = torch.Generator().manual_seed(0)
     token_mask = torch.arange(93)[None] < valid
     draws = 4000
-    counts = torch.stack([sample_span_mask(1, 93, mask_prob=p, mask_length=1, min_masks=2, token_mask=token_mask,
-                                           generator=generator).sum() for _ in range(draws)])
+    counts = torch.stack(
+        [
+            sample_span_mask(
+                1, 93, mask_prob=p, mask_length=1, min_masks=2, token_mask=token_mask, generator=generator
+            ).sum()
+            for _ in range(draws)
+        ]
+    )
     seen = {int(k): int((counts == k).sum()) for k in counts.unique()}
     assert set(seen) == set(expected)
     for k, prob in expected.items():
@@ -215,8 +250,9 @@ def test_longer_spans_start_at_the_top_scored_eligible_positions(length, u):
     valid = torch.tensor([93, 70, 12])
     token_mask = torch.arange(93)[None] < valid[:, None]
     scores = torch.rand(3, 93)
-    mask = sample_span_mask(3, 93, mask_prob=0.65, mask_length=length, min_masks=2, token_mask=token_mask,
-                            scores=scores, u=torch.tensor(u))
+    mask = sample_span_mask(
+        3, 93, mask_prob=0.65, mask_length=length, min_masks=2, token_mask=token_mask, scores=scores, u=torch.tensor(u)
+    )
     for b in range(3):
         n = int(valid[b])
         spans = min(max(2, int(0.65 * n / length + u)), n // length)
@@ -224,6 +260,6 @@ def test_longer_spans_start_at_the_top_scored_eligible_positions(length, u):
         starts = sorted(eligible, key=lambda t: -float(scores[b, t]))[:spans]
         expected = torch.zeros(93, dtype=torch.bool)
         for s in starts:
-            expected[s:s + length] = True
+            expected[s : s + length] = True
         assert torch.equal(mask[b], expected), b
         assert not (mask[b] & ~token_mask[b]).any()

@@ -59,8 +59,9 @@ def test_npy_embeddings_with_ids_beside_them(records, model, tmp_path):
     with open(tmp_path / "emb.ids.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["record_id"] for r in rows] == ["r0", "r1", "r2", "r3"] and rows[3]["seconds"] == "8"
-    np.testing.assert_allclose(matrix, hubert_ecg.embed(model, [signals[r["record_id"]] for r in rows], fs=500),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        matrix, hubert_ecg.embed(model, [signals[r["record_id"]] for r in rows], fs=500), atol=1e-5
+    )
     with pytest.raises(ValueError, match=r"\.npy output holds embeddings only"):
         predict_files(model, [str(root)], tmp_path / "p.npy", read_kwargs={"fs": 500.0}, progress=False)
     with pytest.raises(ValueError, match=r"unsupported output format '\.txt'"):
@@ -85,8 +86,7 @@ def test_predictions_carry_y_true_when_labels_are_known(records, model, tmp_path
     assert int(rows["r1"]["y_af"]) == int(expected.decisions[0])
     wrong = LabelTable.from_csv(labels_csv, label_columns=["other"])
     with pytest.raises(ValueError, match=r"labels table has no column for the model's output\(s\) af, lbbb"):
-        predict_files(model, [str(root)], tmp_path / "p2.csv", read_kwargs={"fs": 500.0}, progress=False,
-                      labels=wrong)
+        predict_files(model, [str(root)], tmp_path / "p2.csv", read_kwargs={"fs": 500.0}, progress=False, labels=wrong)
 
 
 def test_embed_files_returns_ids_and_the_matrix_and_warns_about_rejects(records, model, tmp_path):

@@ -66,8 +66,10 @@ def test_mixed_rates_and_lengths_equal_per_record_results(model, signals):
         np.testing.assert_allclose(batch[i].probabilities, alone.probabilities, atol=1e-6)
         np.testing.assert_array_equal(batch[i].decisions, alone.decisions)
     # Record objects carry their own rate
-    recs = [Record(signal=r.T if r.shape[0] != 12 else r, fs=f, record_id=str(i), source="mem", units="mV")
-            for i, (r, f) in enumerate(zip(records, rates))]
+    recs = [
+        Record(signal=r.T if r.shape[0] != 12 else r, fs=f, record_id=str(i), source="mem", units="mV")
+        for i, (r, f) in enumerate(zip(records, rates))
+    ]
     np.testing.assert_allclose(hubert_ecg.predict(model, recs).probabilities, batch.probabilities, atol=1e-6)
 
 
@@ -83,8 +85,9 @@ def test_decisions_use_the_pipeline_thresholds(model, signals):
 def test_leads_argument_reorders_rows(model, signals):
     order = ["V6", "V5", "V4", "V3", "V2", "V1", "aVF", "aVL", "aVR", "III", "II", "I"]
     reversed_ = signals[:2, ::-1]
-    np.testing.assert_allclose(hubert_ecg.embed(model, reversed_, fs=500, leads=order),
-                               hubert_ecg.embed(model, signals[:2], fs=500), atol=1e-6)
+    np.testing.assert_allclose(
+        hubert_ecg.embed(model, reversed_, fs=500, leads=order), hubert_ecg.embed(model, signals[:2], fs=500), atol=1e-6
+    )
 
 
 def test_engine_is_built_once_per_pipeline_and_not_stored_on_the_model(model, signals, monkeypatch):

@@ -103,8 +103,13 @@ def test_report_contains_numbers_and_note(tmp_path: Path, multilabel) -> None:
     }
     out = tmp_path / "report"
     html_path = write_report(
-        out, title="PTB-XL demo", metrics_result=result, ci=ci, plots=plots,
-        data_note=DATA_NOTE, extra={"checkpoint": "demo.pt", "seed": 0},
+        out,
+        title="PTB-XL demo",
+        metrics_result=result,
+        ci=ci,
+        plots=plots,
+        data_note=DATA_NOTE,
+        extra={"checkpoint": "demo.pt", "seed": 0},
     )
     assert html_path == out / "report.html"
     md = (out / "report.md").read_text()
@@ -149,5 +154,6 @@ def test_report_rejects_missing_note_and_plot(tmp_path: Path, multilabel) -> Non
     with pytest.raises(MetricsInputError, match="data_note is empty"):
         write_report(tmp_path, title="t", metrics_result=result, data_note="  ")
     with pytest.raises(MetricsInputError, match="plot 'ROC' not found: "):
-        write_report(tmp_path, title="t", metrics_result=result, data_note=DATA_NOTE,
-                     plots={"ROC": tmp_path / "missing.png"})
+        write_report(
+            tmp_path, title="t", metrics_result=result, data_note=DATA_NOTE, plots={"ROC": tmp_path / "missing.png"}
+        )

@@ -76,8 +76,9 @@ def published_loader_window(x500: np.ndarray, start: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fs, seconds, offset",
-                         [(500, 10, 0.0), (500, 7.3, 2000.0), (1000, 10, 0.0), (257, 8, 0.0), (360, 6, -5.0)])
+@pytest.mark.parametrize(
+    "fs, seconds, offset", [(500, 10, 0.0), (500, 7.3, 2000.0), (1000, 10, 0.0), (257, 8, 0.0), (360, 6, -5.0)]
+)
 def test_default_spec_matches_direct_scipy_pipeline(rng, fs, seconds, offset):
     x = synthetic_ecg(rng, seconds, fs, offset)
     expected = decimate(published_offline(x, fs), 5, axis=-1)
@@ -110,8 +111,9 @@ def test_reference_spec_on_real_ludb_record():
     fs = fields["fs"]
     assert [name.lower() for name in fields["sig_name"]] == [name.lower() for name in LEAD_NAMES]
     out = preprocess_signal(x, fs, PreprocessSpec.reference())
-    np.testing.assert_allclose(flatten_window(out[:, :500]), published_loader_window(published_offline(x, fs)),
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        flatten_window(out[:, :500]), published_loader_window(published_offline(x, fs)), atol=1e-6, rtol=0
+    )
     # Per-lead decimation of a real ECG rings only slightly past the min-max range.
     per_lead = preprocess_signal(x, fs, PreprocessSpec())
     assert np.abs(per_lead).max() <= 1.05
@@ -220,8 +222,9 @@ def test_nan_and_inf_become_the_lead_mean_and_an_empty_lead_becomes_zeros(rng):
     zero_filled[2, 700] = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingLeadWarning)
-        out_zero = preprocess_signal(np.where(np.arange(12)[:, None] == 7, x, dirty), 500,
-                                     PreprocessSpec(nan_policy="zero"))
+        out_zero = preprocess_signal(
+            np.where(np.arange(12)[:, None] == 7, x, dirty), 500, PreprocessSpec(nan_policy="zero")
+        )
     expected = preprocess_signal(np.where(np.arange(12)[:, None] == 7, x, zero_filled), 500, spec)
     np.testing.assert_allclose(out_zero, expected, atol=1e-6)
 
@@ -242,8 +245,11 @@ def test_nan_policy_raise_names_the_lead(rng):
 
 def test_bad_shapes_and_short_records_give_one_line_errors(rng):
     spec = PreprocessSpec()
-    with pytest.raises(PreprocessError, match=r"^expected a signal of shape \(12, samples\), got \(5000, 12\) "
-                                              r"\(leads must be rows; transposed\?\)$"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"^expected a signal of shape \(12, samples\), got \(5000, 12\) "
+        r"\(leads must be rows; transposed\?\)$",
+    ):
         preprocess_signal(np.zeros((5000, 12)), 500, spec)
     with pytest.raises(
         PreprocessError, match=r"^expected signals of shape \(batch, 12, samples\), got \(2, 8, 5000\)$"
@@ -282,8 +288,9 @@ def test_resample_none_decimates_from_the_native_rate(rng):
     [
         PreprocessSpec(),
         PreprocessSpec.reference(),
-        PreprocessSpec(bandpass_hz=None, resample_hz=None, scaling="none", baseline_highpass_hz=0.5,
-                       nan_policy="raise"),
+        PreprocessSpec(
+            bandpass_hz=None, resample_hz=None, scaling="none", baseline_highpass_hz=0.5, nan_policy="raise"
+        ),
         PreprocessSpec(target_hz=50.0, window_s=10.0, min_window_s=2.0, scaling="zscore"),
     ],
 )
@@ -368,8 +375,11 @@ def test_window_starts_modes():
 
 
 def test_window_starts_rejects_bad_arguments():
-    with pytest.raises(PreprocessError, match=r"^mode must be one of "
-                                              r"\['first', 'random', 'sliding', 'all_non_overlapping'\], got 'tiles'$"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"^mode must be one of "
+        r"\['first', 'random', 'sliding', 'all_non_overlapping'\], got 'tiles'$",
+    ):
         window_starts(1000, 500, mode="tiles")
     with pytest.raises(PreprocessError, match=r"^stride must be a positive integer, got 0$"):
         window_starts(1000, 500, mode="sliding", stride=0)
@@ -404,8 +414,11 @@ def test_short_record_is_padded_at_the_end_of_each_lead(rng):
 
 def test_cut_windows_errors(rng):
     spec = PreprocessSpec()
-    with pytest.raises(PreprocessError, match=r"^record is 120 samples \(1\.20 s at 100 Hz\) long; "
-                                              r"the minimum is 1\.5 s \(150 samples\)$"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"^record is 120 samples \(1\.20 s at 100 Hz\) long; "
+        r"the minimum is 1\.5 s \(150 samples\)$",
+    ):
         cut_windows(np.zeros((12, 120)), spec, [0])
     with pytest.raises(
         PreprocessError, match=r"^window start 501 out of range \[0, 500\] for a record of 1000 samples$"
@@ -443,8 +456,15 @@ def test_token_mask_matches_transformers_and_torch_path():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     config = transformers.HubertConfig(
-        conv_dim=(4,) * 5, conv_kernel=KERNELS, conv_stride=STRIDES, hidden_size=8, num_hidden_layers=1,
-        num_attention_heads=1, intermediate_size=8, num_conv_pos_embeddings=2, num_conv_pos_embedding_groups=1,
+        conv_dim=(4,) * 5,
+        conv_kernel=KERNELS,
+        conv_stride=STRIDES,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=8,
+        num_conv_pos_embeddings=2,
+        num_conv_pos_embedding_groups=1,
     )
     model = transformers.HubertModel(config)
     lengths = torch.arange(82, 6001, 7)

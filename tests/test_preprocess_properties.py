@@ -93,8 +93,11 @@ DECIMATION_GAIN, EDGE_MARGIN = decimation_gain_and_margin()
 
 
 @PROPERTY_SETTINGS
-@given(record=messy_records(), scaling=st.sampled_from(["minmax", "zscore", "none"]),
-       decimation=st.sampled_from(["per_lead", "flattened"]))
+@given(
+    record=messy_records(),
+    scaling=st.sampled_from(["minmax", "zscore", "none"]),
+    decimation=st.sampled_from(["per_lead", "flattened"]),
+)
 def test_any_rate_length_and_amplitude_gives_finite_output_of_the_documented_length(record, scaling, decimation):
     x, fs = record
     out = run_quietly(x, fs, PreprocessSpec(scaling=scaling, decimation=decimation))
@@ -150,8 +153,9 @@ def test_scaled_output_ignores_amplitude_and_offset(seed, scale, offset, scaling
     rng = np.random.default_rng(seed)
     x = np.cumsum(rng.standard_normal((12, 2000)), axis=1) + rng.standard_normal((12, 2000))
     spec = PreprocessSpec(scaling=scaling)
-    np.testing.assert_allclose(preprocess_signal(scale * (x + offset), 400, spec), preprocess_signal(x, 400, spec),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        preprocess_signal(scale * (x + offset), 400, spec), preprocess_signal(x, 400, spec), atol=1e-4
+    )
 
 
 @PROPERTY_SETTINGS

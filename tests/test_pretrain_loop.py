@@ -17,12 +17,31 @@ from hubert_ecg.synthetic import write_synthetic_dataset
 def test_two_iterations_end_to_end(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", 24, fmt="npy", seed=4, seconds=5.0)
     prepare_store([data], tmp_path / "store", read_kwargs={"fs": 500.0}, progress=False, split_fractions=(0.2, 0.0))
-    train = {"max_steps": 16, "batch_size": 8, "lr": 3.0e-3, "val_every": 8, "num_workers": 0,
-             "progress": False, "log_every": 2, "warmup_fraction": 0.1}
-    config = {"store": "store", "out": "loop", "size": "tiny", "device": "cpu",
-              "iterations": [{"name": "it1", "features": {"kind": "tf+mfcc"}, "kmeans": {"k": 8}, "train": train},
-                             {"name": "it2", "features": {"kind": "hidden", "layer": 1}, "kmeans": {"k": 12},
-                              "train": {**train, "max_steps": 6}}]}
+    train = {
+        "max_steps": 16,
+        "batch_size": 8,
+        "lr": 3.0e-3,
+        "val_every": 8,
+        "num_workers": 0,
+        "progress": False,
+        "log_every": 2,
+        "warmup_fraction": 0.1,
+    }
+    config = {
+        "store": "store",
+        "out": "loop",
+        "size": "tiny",
+        "device": "cpu",
+        "iterations": [
+            {"name": "it1", "features": {"kind": "tf+mfcc"}, "kmeans": {"k": 8}, "train": train},
+            {
+                "name": "it2",
+                "features": {"kind": "hidden", "layer": 1},
+                "kmeans": {"k": 12},
+                "train": {**train, "max_steps": 6},
+            },
+        ],
+    }
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump(config))
     final = run_pretrain_loop(path)
@@ -34,6 +53,7 @@ def test_two_iterations_end_to_end(tmp_path):
     losses = [h["train/loss"] for h in history if "train/loss" in h]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     from hubert_ecg import load_model
+
     it2 = load_model(final)
     assert it2.config.vocab_sizes == (12,)
     # Re-running finds every stage done and changes nothing.

@@ -52,7 +52,11 @@ def test_recipe_matches_reference(name: str) -> None:
     # one LR for all layers, dropout 0, frozen conv stem.
     assert (recipe["batch_size"], recipe["lr"], recipe["monitor"], recipe["head_type"]) == (64, 1e-5, "auroc", "linear")
     assert (recipe["layer_decay"], recipe["head_lr_mult"], recipe["dropout"], recipe["train_conv_stem"]) == (
-        1.0, 1.0, 0.0, False)
+        1.0,
+        1.0,
+        0.0,
+        False,
+    )
     assert recipe["pos_weight"] is (task == "multi_label") and recipe["class_weights"] is (task == "multi_class")
     if n_augs is None:
         assert (recipe["eval_windows"], recipe["eval_crops"]) == ("first", 1)
@@ -61,8 +65,12 @@ def test_recipe_matches_reference(name: str) -> None:
     assert 0 < recipe["val_every"] <= recipe["max_steps"]
     # Each file cites the reference line it reproduces.
     text = (RECIPE_DIR / f"{name}.yaml").read_text()
-    assert re.search(rf"^# Reference recipe: finetune\.sh .*patience {patience}, --val_interval={val_every}, "
-                     rf"--training_steps={steps}", text, re.M)
+    assert re.search(
+        rf"^# Reference recipe: finetune\.sh .*patience {patience}, --val_interval={val_every}, "
+        rf"--training_steps={steps}",
+        text,
+        re.M,
+    )
 
 
 def test_resolve_recipe_picks_the_size() -> None:
@@ -86,8 +94,10 @@ def test_load_recipe_errors(tmp_path: Path) -> None:
     bad.write_text("layerdrop: {small: 0.1, base: 1.5, large: 0}\n")
     with pytest.raises(RecipeError) as err:
         load_recipe(bad)
-    assert str(err.value) == (f"{bad}: layerdrop must be a number in [0, 1) or a mapping small/base/large -> "
-                              "number in [0, 1), got {'small': 0.1, 'base': 1.5, 'large': 0}")
+    assert str(err.value) == (
+        f"{bad}: layerdrop must be a number in [0, 1) or a mapping small/base/large -> "
+        "number in [0, 1), got {'small': 0.1, 'base': 1.5, 'large': 0}"
+    )
     bad.write_text("lr: 1e-5\n")  # YAML 1.1 reads this as a string, a classic trap
     with pytest.raises(RecipeError) as err:
         load_recipe(bad)
@@ -115,18 +125,57 @@ def test_recipe_keys_are_finetune_options() -> None:
 
 def test_mapping_doc_covers_every_reference_argument() -> None:
     text = MAPPING_DOC.read_text()
-    finetune_positional = ["train_iteration", "path_to_dataset_csv_train", "path_to_dataset_csv_val", "vocab_size",
-                           "patience", "batch_size", "target_metric"]
-    finetune_options = ["--sweep_dir", "--ramp_up_perc", "--training_steps", "--epochs", "--val_interval",
-                        "--downsampling_factor", "--random_crop", "--accumulation_steps", "--label_start_index",
-                        "--freezing_steps", "--resume_finetuning", "--unfreeze_conv_embedder",
-                        "--transformer_blocks_to_unfreeze", "--lr", "--layer_wise_lr", "--load_path",
-                        "--classifier_hidden_size", "--use_label_embedding", "--intervals_for_penalty",
-                        "--dynamic_reg", "--use_loss_weights", "--random_init", "--largeness", "--weight_decay_mult",
-                        "--model_dropout_mult", "--finetuning_layerdrop", "--wandb_run_name", "--task"]
+    finetune_positional = [
+        "train_iteration",
+        "path_to_dataset_csv_train",
+        "path_to_dataset_csv_val",
+        "vocab_size",
+        "patience",
+        "batch_size",
+        "target_metric",
+    ]
+    finetune_options = [
+        "--sweep_dir",
+        "--ramp_up_perc",
+        "--training_steps",
+        "--epochs",
+        "--val_interval",
+        "--downsampling_factor",
+        "--random_crop",
+        "--accumulation_steps",
+        "--label_start_index",
+        "--freezing_steps",
+        "--resume_finetuning",
+        "--unfreeze_conv_embedder",
+        "--transformer_blocks_to_unfreeze",
+        "--lr",
+        "--layer_wise_lr",
+        "--load_path",
+        "--classifier_hidden_size",
+        "--use_label_embedding",
+        "--intervals_for_penalty",
+        "--dynamic_reg",
+        "--use_loss_weights",
+        "--random_init",
+        "--largeness",
+        "--weight_decay_mult",
+        "--model_dropout_mult",
+        "--finetuning_layerdrop",
+        "--wandb_run_name",
+        "--task",
+    ]
     test_positional = ["path_to_dataset_csv", "ecg_dir_path", "batch_size", "model_path"]
-    test_options = ["--downsampling_factor", "--label_start_index", "--save_id", "--tta", "--tta_aggregation",
-                    "--n_augs", "--challenge_metric", "--task", "--save_probs"]
+    test_options = [
+        "--downsampling_factor",
+        "--label_start_index",
+        "--save_id",
+        "--tta",
+        "--tta_aggregation",
+        "--n_augs",
+        "--challenge_metric",
+        "--task",
+        "--save_probs",
+    ]
     finetune_part, test_part = text.split("## test.py", 1)
     for arg in finetune_positional + finetune_options:
         assert re.search(rf"^\| `{re.escape(arg)}`", finetune_part, re.M), f"finetune.py {arg} not mapped"

@@ -20,7 +20,8 @@ from hubert_ecg.preprocess import PreprocessSpec, bandpass_taps, fir_filtfilt, p
 def peak_growth_mb(body: str, timeout: float = 120) -> dict:
     """Run ``body`` in a fresh Python; returns its JSON result plus ``growth_mb``: peak RSS minus the
     RSS after the imports of the prelude (so the bound is about the work, not the interpreter)."""
-    code = textwrap.dedent("""
+    code = (
+        textwrap.dedent("""
         import json, resource, sys
         import numpy as np
         import scipy.signal
@@ -28,12 +29,20 @@ def peak_growth_mb(body: str, timeout: float = 120) -> dict:
         from hubert_ecg.io import read_record
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result = {}
-    """) + textwrap.dedent(body) + textwrap.dedent("""
+    """)
+        + textwrap.dedent(body)
+        + textwrap.dedent("""
         result["growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
         print(json.dumps(result))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -97,19 +106,25 @@ def test_100_khz_record_peak_rss_in_a_child_process():
 @pytest.mark.slow
 def test_one_hour_record_stays_under_the_memory_bound():
     """An hour at 500 Hz (86 MB as float32): one lead at a time, growth stays near the input's size."""
-    result = peak_growth_mb("""
+    result = peak_growth_mb(
+        """
         x = np.random.default_rng(0).standard_normal((12, 500 * 3600)).astype(np.float32)
         y = preprocess_signal(x, 500.0, PreprocessSpec())
         result["shape"] = list(y.shape)
-    """, timeout=300)
+    """,
+        timeout=300,
+    )
     assert result["shape"] == [12, 360_000]
     assert result["growth_mb"] < 400, result  # input 86 MB; measured ~140 MB (all leads at once: ~650 MB)
 
 
-@pytest.mark.parametrize("suffix, reason", [
-    (".csv", "not a text table: binary data (NUL bytes) in the first 64 KiB"),
-    (".hea", "not a WFDB header: binary data (NUL bytes) in the first bytes"),
-])
+@pytest.mark.parametrize(
+    "suffix, reason",
+    [
+        (".csv", "not a text table: binary data (NUL bytes) in the first 64 KiB"),
+        (".hea", "not a WFDB header: binary data (NUL bytes) in the first bytes"),
+    ],
+)
 def test_a_1_gb_junk_file_is_refused_from_its_head(suffix, reason, tmp_path):
     junk = tmp_path / f"junk{suffix}"
     with open(junk, "wb") as fh:  # 64 KiB of random bytes, then a sparse hole to 1 GB (no disk used)

@@ -31,8 +31,13 @@ ERROR_PREFIX = "hubert-ecg: error: "
 def cli(*args: object, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """``python -m hubert_ecg ARGS`` in a fresh process (what a user's shell sees)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "hubert_ecg", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "hubert_ecg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def run_main(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
@@ -149,8 +154,9 @@ def test_prepare_over_the_corpus_rejects_each_bad_file_and_keeps_the_rest(corpus
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     # counts reported at the end
-    assert re.search(rf"{len(USABLE)} records in \d+ rows, {len(REJECTED)} rejected \(reasons in .*rejects\.csv\)",
-                     proc.stdout), proc.stdout
+    assert re.search(
+        rf"{len(USABLE)} records in \d+ rows, {len(REJECTED)} rejected \(reasons in .*rejects\.csv\)", proc.stdout
+    ), proc.stdout
     rejects = {row["record_id"]: row for row in read_rows(store / "rejects.csv")}
     assert sorted(rejects) == sorted(REJECTED)
     for name in REJECTED:
@@ -168,12 +174,12 @@ def test_prepare_over_the_corpus_rejects_each_bad_file_and_keeps_the_rest(corpus
     assert leftovers(store) == []
 
 
-def test_predict_over_the_corpus_writes_rejects_and_every_good_record(corpus, tiny_classifier: Path,
-                                                                      tmp_path: Path, capsys) -> None:
+def test_predict_over_the_corpus_writes_rejects_and_every_good_record(
+    corpus, tiny_classifier: Path, tmp_path: Path, capsys
+) -> None:
     folder, paths = corpus
     out = tmp_path / "pred.csv"
-    code, stdout, err = run_main(capsys, "predict", tiny_classifier, folder, "--out", out, "--quiet",
-                                 "--device", "cpu")
+    code, stdout, err = run_main(capsys, "predict", tiny_classifier, folder, "--out", out, "--quiet", "--device", "cpu")
     assert code == 0, err
     assert f"wrote {len(USABLE)} records to {out}; {len(REJECTED)} rejected" in stdout
     rows = read_rows(out)
@@ -185,8 +191,9 @@ def test_predict_over_the_corpus_writes_rejects_and_every_good_record(corpus, ti
     for name in REJECTED:
         assert re.search(CASES[name].reason, rejects[name]["reason"]), rejects[name]
     # a second run over good records only removes the stale rejects table of the first
-    code, _, err = run_main(capsys, "predict", tiny_classifier, paths["fs_257"], "--out", out, "--quiet",
-                            "--device", "cpu")
+    code, _, err = run_main(
+        capsys, "predict", tiny_classifier, paths["fs_257"], "--out", out, "--quiet", "--device", "cpu"
+    )
     assert code == 0, err
     assert not Path(f"{out}.rejects.csv").exists()
     assert [r["record_id"] for r in read_rows(out)] == ["fs_257"]
@@ -197,8 +204,9 @@ def test_predict_over_the_corpus_writes_rejects_and_every_good_record(corpus, ti
 # 3. single-input commands: exit 1, one line, no traceback (unless --debug)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["npy_truncated", "too_short", "duplicated_leads"])
-def test_predict_on_one_bad_file_exits_1_naming_file_and_problem(name: str, tiny_classifier: Path,
-                                                                 tmp_path: Path, capsys) -> None:
+def test_predict_on_one_bad_file_exits_1_naming_file_and_problem(
+    name: str, tiny_classifier: Path, tmp_path: Path, capsys
+) -> None:
     path = write_case(name, tmp_path / "in")
     out = tmp_path / "pred.csv"
     code, _, err = run_main(capsys, "predict", tiny_classifier, path, "--out", out, "--quiet", "--device", "cpu")
@@ -280,8 +288,9 @@ def test_label_csv_problems_are_one_line_errors_naming_the_row(small_set: Path, 
         (tmp_path / str(i)).mkdir()
         labels = _labels(tmp_path / str(i), text)
         store = tmp_path / f"s{i}"
-        code, _, err = run_main(capsys, "prepare", small_set, "--out", store, "--labels", labels, "--fs", 500,
-                                "--quiet")
+        code, _, err = run_main(
+            capsys, "prepare", small_set, "--out", store, "--labels", labels, "--fs", 500, "--quiet"
+        )
         assert code == 1, text
         assert_one_line_error(err, pattern)
         assert not store.exists()  # refused before anything was written
@@ -294,16 +303,35 @@ def test_blank_and_out_of_range_labels(small_set: Path, tmp_path: Path, capsys) 
     rows = [f"{rid},{'' if i == 1 else i % 2},{2 if i == 4 else 0}" for i, rid in enumerate(ids)]
     labels = _labels(tmp_path, "record_id,a,b\n" + "\n".join(rows) + "\n")
     store = tmp_path / "store"
-    code, _, err = run_main(capsys, "prepare", small_set, "--out", store, "--labels", labels, "--fs", 500,
-                            "--val-fraction", 0.3, "--quiet")
+    code, _, err = run_main(
+        capsys, "prepare", small_set, "--out", store, "--labels", labels, "--fs", 500, "--val-fraction", 0.3, "--quiet"
+    )
     assert code == 0, err
     manifest = {r["record_id"]: r for r in read_rows(store / "manifest.csv")}
     assert manifest["syn00001"]["label:a"] == "" and manifest["syn00004"]["label:b"] == "2"
     from hubert_ecg.store import ECGStore
+
     assert np.isnan(ECGStore(store).labels[list(ECGStore(store).record_ids).index("syn00001"), 0])
     run = tmp_path / "run"
-    code, _, err = run_main(capsys, "finetune", store, "--random-init", "--size", "tiny", "--out", run,
-                            "--max-steps", 1, "--batch-size", 2, "--workers", 0, "--logger", "none", "--quiet")
+    code, _, err = run_main(
+        capsys,
+        "finetune",
+        store,
+        "--random-init",
+        "--size",
+        "tiny",
+        "--out",
+        run,
+        "--max-steps",
+        1,
+        "--batch-size",
+        2,
+        "--workers",
+        0,
+        "--logger",
+        "none",
+        "--quiet",
+    )
     assert code == 1
     assert_one_line_error(err, r"record 'syn00004', label 'b' is 2; multi_label labels must be 0 or 1")
     assert not (run / "last").exists()
@@ -327,11 +355,15 @@ def test_manifest_rows_that_are_missing_or_leave_the_data_root(small_set: Path, 
     inside.write_bytes((small_set / "syn00000.npy").read_bytes())
     cases = {
         "missing": ("path\none.npy\nnot_there.npy\n", r"manifest\.csv: row 3: not_there\.npy not found"),
-        "dotdot": ("path\none.npy\n../../small0/syn00001.npy\n",
-                   r"manifest\.csv: row 3: \.\./\.\./small0/syn00001\.npy is outside the data root .*"
-                   r"--allow-absolute-paths"),
-        "absolute": (f"path\n{small_set / 'syn00002.npy'}\n",
-                     r"manifest\.csv: row 2: /.*syn00002\.npy is outside the data root"),
+        "dotdot": (
+            "path\none.npy\n../../small0/syn00001.npy\n",
+            r"manifest\.csv: row 3: \.\./\.\./small0/syn00001\.npy is outside the data root .*"
+            r"--allow-absolute-paths",
+        ),
+        "absolute": (
+            f"path\n{small_set / 'syn00002.npy'}\n",
+            r"manifest\.csv: row 2: /.*syn00002\.npy is outside the data root",
+        ),
     }
     for name, (text, pattern) in cases.items():
         manifest = root / "manifest.csv"
@@ -344,24 +376,39 @@ def test_manifest_rows_that_are_missing_or_leave_the_data_root(small_set: Path, 
     # the user may allow it explicitly
     manifest = root / "manifest.csv"
     manifest.write_text(f"path\none.npy\n{small_set / 'syn00002.npy'}\n")
-    code, out, err = run_main(capsys, "prepare", manifest, "--out", tmp_path / "allowed", "--fs", 500, "--quiet",
-                              "--allow-absolute-paths")
+    code, out, err = run_main(
+        capsys, "prepare", manifest, "--out", tmp_path / "allowed", "--fs", 500, "--quiet", "--allow-absolute-paths"
+    )
     assert code == 0, err
     assert "2 records" in out
 
 
-def test_predict_refuses_a_manifest_leaving_the_root(small_set: Path, tiny_classifier: Path, tmp_path: Path,
-                                                     capsys) -> None:
+def test_predict_refuses_a_manifest_leaving_the_root(
+    small_set: Path, tiny_classifier: Path, tmp_path: Path, capsys
+) -> None:
     manifest = tmp_path / "list.txt"
     manifest.write_text(f"{small_set / 'syn00003.npy'}\n")
     out = tmp_path / "p.csv"
-    code, _, err = run_main(capsys, "predict", tiny_classifier, manifest, "--out", out, "--fs", 500, "--quiet",
-                            "--device", "cpu")
+    code, _, err = run_main(
+        capsys, "predict", tiny_classifier, manifest, "--out", out, "--fs", 500, "--quiet", "--device", "cpu"
+    )
     assert code == 1
     assert_one_line_error(err, r"list\.txt: row 1: .*syn00003\.npy is outside the data root")
     assert not out.exists()
-    code, _, err = run_main(capsys, "embed", tiny_classifier, manifest, "--out", out, "--fs", 500, "--quiet",
-                            "--device", "cpu", "--allow-absolute-paths")
+    code, _, err = run_main(
+        capsys,
+        "embed",
+        tiny_classifier,
+        manifest,
+        "--out",
+        out,
+        "--fs",
+        500,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--allow-absolute-paths",
+    )
     assert code == 0, err
     assert [r["record_id"] for r in read_rows(out)] == ["syn00003"]
 
@@ -376,14 +423,31 @@ def test_checkpoint_whose_label_count_does_not_match_the_store(small_set: Path, 
     from hubert_ecg.model import create_model
     from hubert_ecg.store import LabelTable, prepare_store
 
-    prepare_store([small_set], tmp_path / "store", labels=LabelTable.from_csv(small_set / "labels.csv",
-                  label_start_index=2), read_kwargs={"fs": 500.0}, progress=False)
+    prepare_store(
+        [small_set],
+        tmp_path / "store",
+        labels=LabelTable.from_csv(small_set / "labels.csv", label_start_index=2),
+        read_kwargs={"fs": 500.0},
+        progress=False,
+    )
     torch.manual_seed(0)
     model = create_model("tiny", head={"num_labels": 3})
     model.info.task = "multi_label"
     ckpt = save_pretrained(model, tmp_path / "three")
-    code, _, err = run_main(capsys, "evaluate", ckpt, tmp_path / "store", "--split", "", "--out", tmp_path / "ev",
-                            "--bootstrap", 0, "--device", "cpu")
+    code, _, err = run_main(
+        capsys,
+        "evaluate",
+        ckpt,
+        tmp_path / "store",
+        "--split",
+        "",
+        "--out",
+        tmp_path / "ev",
+        "--bootstrap",
+        0,
+        "--device",
+        "cpu",
+    )
     assert code == 1
     assert_one_line_error(err, r"the model predicts 3 labels but .*store has 5 label columns")
     assert not (tmp_path / "ev" / "metrics.json").exists()
@@ -397,8 +461,19 @@ def test_output_that_cannot_be_written(small_set: Path, tiny_classifier: Path, t
     code, _, err = run_main(capsys, "prepare", small_set, "--out", blocker / "store", "--fs", 500, "--quiet")
     assert code == 1
     assert_one_line_error(err, r"file\.txt/store: cannot write here \(Not a directory\)")
-    code, _, err = run_main(capsys, "predict", tiny_classifier, small_set / "syn00000.npy", "--fs", 500,
-                            "--out", blocker / "sub" / "p.csv", "--quiet", "--device", "cpu")
+    code, _, err = run_main(
+        capsys,
+        "predict",
+        tiny_classifier,
+        small_set / "syn00000.npy",
+        "--fs",
+        500,
+        "--out",
+        blocker / "sub" / "p.csv",
+        "--quiet",
+        "--device",
+        "cpu",
+    )
     assert code == 1
     assert_one_line_error(err, r"file\.txt/sub")
     assert blocker.read_text() == "not a folder"
@@ -416,14 +491,16 @@ class _FullDiskOS:
 
     def fsync(self, fd: int) -> None:
         import errno
+
         if self.allowed <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.allowed -= 1
         os.fsync(fd)
 
 
-def test_full_disk_during_prepare_leaves_no_half_file_and_the_rerun_completes(small_set: Path, tmp_path: Path,
-                                                                             capsys, monkeypatch) -> None:
+def test_full_disk_during_prepare_leaves_no_half_file_and_the_rerun_completes(
+    small_set: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     import hubert_ecg.atomic as atomic
 
     args = ("prepare", small_set, "--fs", 500, "--shard-records", 2, "--quiet")
@@ -449,14 +526,16 @@ def test_full_disk_during_prepare_leaves_no_half_file_and_the_rerun_completes(sm
         assert (store / "shards" / npy.name).read_bytes() == npy.read_bytes()
 
 
-def test_full_disk_during_predict_leaves_no_output(small_set: Path, tiny_classifier: Path, tmp_path: Path,
-                                                   capsys, monkeypatch) -> None:
+def test_full_disk_during_predict_leaves_no_output(
+    small_set: Path, tiny_classifier: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     import hubert_ecg.atomic as atomic
 
     out = tmp_path / "pred.csv"
     monkeypatch.setattr(atomic, "os", _FullDiskOS(allowed=0))
-    code, _, err = run_main(capsys, "predict", tiny_classifier, small_set, "--fs", 500, "--out", out, "--quiet",
-                            "--device", "cpu")
+    code, _, err = run_main(
+        capsys, "predict", tiny_classifier, small_set, "--fs", 500, "--out", out, "--quiet", "--device", "cpu"
+    )
     assert code == 1
     assert_one_line_error(err, r"No space left on device: '.*pred\.csv'")
     assert not out.exists() and leftovers(tmp_path) == []
@@ -465,11 +544,17 @@ def test_full_disk_during_predict_leaves_no_output(small_set: Path, tiny_classif
 def test_offline_hub_id_not_in_cache_says_how_to_download(tmp_path: Path) -> None:
     from hubert_ecg.hub import download_command  # `hf download` with huggingface_hub >= 1.0
 
-    proc = cli("info", "Edoardo-BS/hubert-ecg-small",
-               env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf")})
+    proc = cli(
+        "info",
+        "Edoardo-BS/hubert-ecg-small",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf")},
+    )
     assert proc.returncode == 1
-    assert_one_line_error(proc.stderr, r"Edoardo-BS/hubert-ecg-small: not in the local Hugging Face cache and "
-                                       r"HF_HUB_OFFLINE is set; download it while online, e\.g\. "
-                                       rf"`{re.escape(download_command())} "
-                                       r"Edoardo-BS/hubert-ecg-small --local-dir DIR`")
+    assert_one_line_error(
+        proc.stderr,
+        r"Edoardo-BS/hubert-ecg-small: not in the local Hugging Face cache and "
+        r"HF_HUB_OFFLINE is set; download it while online, e\.g\. "
+        rf"`{re.escape(download_command())} "
+        r"Edoardo-BS/hubert-ecg-small --local-dir DIR`",
+    )
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.safetensors"))

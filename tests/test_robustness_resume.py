@@ -56,8 +56,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: object, **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], env=_env(**env), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, args)], env=_env(**env), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     return proc
@@ -67,8 +68,12 @@ def kill_when(args: list[object], ready: Callable[[], bool], max_delay_s: float,
     """Start the command, wait until ``ready()``, wait a random 0..max_delay_s more, SIGKILL it.
 
     Returns the delay used (printed by pytest on failure, to reproduce)."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=_env(**env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *map(str, args)],
+        env=_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 180
     while not ready():
         if proc.poll() is not None:
@@ -89,8 +94,7 @@ def kill_when(args: list[object], ready: Callable[[], bool], max_delay_s: float,
 def same_files(a: Path, b: Path, pattern: str, *, skip: tuple[str, ...] = ()) -> list[str]:
     """Names of ``pattern`` files in ``a``; asserts ``b`` has the same names with the same bytes."""
     names = sorted(p.relative_to(a).as_posix() for p in a.glob(pattern) if p.is_file() and p.name not in skip)
-    assert names == sorted(p.relative_to(b).as_posix() for p in b.glob(pattern)
-                           if p.is_file() and p.name not in skip)
+    assert names == sorted(p.relative_to(b).as_posix() for p in b.glob(pattern) if p.is_file() and p.name not in skip)
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     return names
@@ -110,8 +114,21 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def labelled_store(records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store") / "s"
-    quiet_main("prepare", records, "--out", store, "--labels", records / "labels.csv", "--id-column", "record_id",
-               "--label-start-index", 2, "--split-column", "split", "--quiet")
+    quiet_main(
+        "prepare",
+        records,
+        "--out",
+        store,
+        "--labels",
+        records / "labels.csv",
+        "--id-column",
+        "record_id",
+        "--label-start-index",
+        2,
+        "--split-column",
+        "split",
+        "--quiet",
+    )
     return store
 
 
@@ -119,8 +136,12 @@ def test_prepare_killed_and_rerun_gives_an_identical_store(records: Path, tmp_pa
     args = ["prepare", records, "--shard-records", 3, "--quiet"]
     quiet_main(*args, "--out", tmp_path / "ref")
     store = tmp_path / "killed"
-    kill_when([*args, "--out", store], lambda: (store / "shards" / "00000.csv").exists(), 0.6,
-              SLOW="hubert_ecg.store:_write_shard:0.25")
+    kill_when(
+        [*args, "--out", store],
+        lambda: (store / "shards" / "00000.csv").exists(),
+        0.6,
+        SLOW="hubert_ecg.store:_write_shard:0.25",
+    )
     assert json.loads((store / "store.json").read_text())["complete"] is False
     assert not (store / "manifest.csv").exists()
     proc = run_cli(*args, "--out", store)
@@ -143,8 +164,10 @@ def test_features_killed_and_rerun_gives_identical_shards(labelled_store: Path, 
     finally:
         targets.dump_features.__kwdefaults__["shard_rows"] = real_default
     out = tmp_path / "killed"
-    env = dict(SLOW="hubert_ecg.pretraining.targets:_FeatureComputer.batch:0.15",
-               DEFAULTS="hubert_ecg.pretraining.targets:dump_features:shard_rows=2")
+    env = dict(
+        SLOW="hubert_ecg.pretraining.targets:_FeatureComputer.batch:0.15",
+        DEFAULTS="hubert_ecg.pretraining.targets:dump_features:shard_rows=2",
+    )
     kill_when([*args, "--out", out], lambda: (out / "features-r0-00000.npy").exists(), 0.8, **env)
     assert not (out / "features.json").exists()
     run_cli(*args, "--out", out, DEFAULTS=env["DEFAULTS"])
@@ -164,15 +187,18 @@ def test_label_killed_and_rerun_gives_identical_targets(labelled_store: Path, tm
         shutil.copytree(labelled_store, copy)
     args = ["--kmeans", kmeans / "k4", "--name", "t", "--batch-size", 2, "--quiet", "--device", "cpu"]
     quiet_main("label", ref, *args)
-    kill_when(["label", killed, *args], lambda: (killed / "targets" / "t.progress-r0.json").exists(), 0.8,
-              SLOW="hubert_ecg.pretraining.targets:_FeatureComputer.batch:0.15")
+    kill_when(
+        ["label", killed, *args],
+        lambda: (killed / "targets" / "t.progress-r0.json").exists(),
+        0.8,
+        SLOW="hubert_ecg.pretraining.targets:_FeatureComputer.batch:0.15",
+    )
     assert not (killed / "targets" / "t.npy").exists()
     assert (killed / "targets" / "t.npy.partial").exists()
     run_cli("label", killed, *args)
     assert (ref / "targets" / "t.npy").read_bytes() == (killed / "targets" / "t.npy").read_bytes()
     info_ref, info_killed = (json.loads((d / "targets" / "t.json").read_text()) for d in (ref, killed))
-    assert {k: v for k, v in info_ref.items() if k != "store"} == {k: v for k, v in info_killed.items()
-                                                                    if k != "store"}
+    assert {k: v for k, v in info_ref.items() if k != "store"} == {k: v for k, v in info_killed.items() if k != "store"}
     # no partial/progress file left; t.run.json is the run's provenance record
     assert sorted(p.name for p in (killed / "targets").iterdir()) == ["t.json", "t.npy", "t.run.json"]
 
@@ -181,9 +207,29 @@ def test_label_killed_and_rerun_gives_identical_targets(labelled_store: Path, tm
 def test_finetune_killed_and_rerun_gives_identical_weights(labelled_store: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    args = ["finetune", labelled_store, "--random-init", "--size", "tiny", "--max-steps", 12, "--batch-size", 4,
-            "--val-every", 4, "--workers", 0, "--deterministic", "--logger", "none", "--quiet", "--device", "cpu",
-            "--patience", 100]
+    args = [
+        "finetune",
+        labelled_store,
+        "--random-init",
+        "--size",
+        "tiny",
+        "--max-steps",
+        12,
+        "--batch-size",
+        4,
+        "--val-every",
+        4,
+        "--workers",
+        0,
+        "--deterministic",
+        "--logger",
+        "none",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--patience",
+        100,
+    ]
     run_cli(*args, "--out", tmp_path / "ref")
     run = tmp_path / "killed"
     state = run / "last" / "trainer_state.json"
@@ -194,8 +240,12 @@ def test_finetune_killed_and_rerun_gives_identical_weights(labelled_store: Path,
         except (OSError, ValueError, KeyError):
             return False
 
-    kill_when([*args, "--out", run], past_first_checkpoint, 1.0,
-              SLOW="hubert_ecg.finetune:FinetuneObjective.training_loss:0.1")
+    kill_when(
+        [*args, "--out", run],
+        past_first_checkpoint,
+        1.0,
+        SLOW="hubert_ecg.finetune:FinetuneObjective.training_loss:0.1",
+    )
     assert json.loads(state.read_text())["step"] < 12
     run_cli(*args, "--out", run)
     for name in ("last", "best"):

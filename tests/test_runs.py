@@ -22,8 +22,18 @@ from hubert_ecg.runs import (
 
 
 def _settings(**train: object) -> dict:
-    base = {"out_dir": "run", "max_steps": 10, "lr": 1e-3, "batch_size": 8, "patience": 3, "val_every": 5,
-            "logger": "none", "num_workers": 0, "seed": 0, "progress": True}
+    base = {
+        "out_dir": "run",
+        "max_steps": 10,
+        "lr": 1e-3,
+        "batch_size": 8,
+        "patience": 3,
+        "val_every": 5,
+        "logger": "none",
+        "num_workers": 0,
+        "seed": 0,
+        "progress": True,
+    }
     base.update(train)
     return {"run": {"store": "/data/store", "init": None}, "train": base, "finetune": {"task": "multi_label"}}
 
@@ -31,8 +41,13 @@ def _settings(**train: object) -> dict:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "run"
-    begin_run(folder, "finetune", _settings(), command=["hubert-ecg", "finetune"],
-              inputs={"store": {"path": "/data/store", "rows": 16, "manifest_sha256": "aa"}})
+    begin_run(
+        folder,
+        "finetune",
+        _settings(),
+        command=["hubert-ecg", "finetune"],
+        inputs={"store": {"path": "/data/store", "rows": 16, "manifest_sha256": "aa"}},
+    )
     (folder / "last").mkdir()  # a started run
     return folder
 
@@ -67,8 +82,17 @@ def test_another_kind_of_run_is_refused(run_dir: Path) -> None:
         decide(run_dir, "pretrain", _settings())
 
 
-@pytest.mark.parametrize("change", [{"max_steps": 20}, {"patience": 9}, {"val_every": 2}, {"logger": "tensorboard"},
-                                    {"num_workers": 4}, {"max_steps": 30, "patience": 1}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_steps": 20},
+        {"patience": 9},
+        {"val_every": 2},
+        {"logger": "tensorboard"},
+        {"num_workers": 4},
+        {"max_steps": 30, "patience": 1},
+    ],
+)
 def test_resume_accepts_the_safe_changes(run_dir: Path, change: dict) -> None:
     decision = decide(run_dir, "finetune", _settings(**change), resume=True)
     assert decision.action == "resume"
@@ -89,14 +113,26 @@ def test_resume_refuses_task_and_data_changes(run_dir: Path) -> None:
     with pytest.raises(RunSettingsError, match="finetune.task"):
         decide(run_dir, "finetune", other_task, resume=True)
     with pytest.raises(RunSettingsError, match="inputs.store.manifest_sha256"):
-        decide(run_dir, "finetune", _settings(), resume=True,
-               inputs={"store": {"path": "/data/store", "rows": 16, "manifest_sha256": "bb"}})
+        decide(
+            run_dir,
+            "finetune",
+            _settings(),
+            resume=True,
+            inputs={"store": {"path": "/data/store", "rows": 16, "manifest_sha256": "bb"}},
+        )
 
 
 def test_the_resume_allow_list_is_exactly_the_documented_one() -> None:
     """Widening the allow-list (e.g. to the learning rate) must be a decision that changes this test and the docs."""
-    assert SAFE_RESUME_CHANGES == {"train.max_steps", "train.patience", "train.val_every", "train.save_every",
-                                   "train.log_every", "train.logger", "train.num_workers"}
+    assert SAFE_RESUME_CHANGES == {
+        "train.max_steps",
+        "train.patience",
+        "train.val_every",
+        "train.save_every",
+        "train.log_every",
+        "train.logger",
+        "train.num_workers",
+    }
     documented = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text()
     for key in SAFE_RESUME_CHANGES:
         assert f"`{key.split('.', 1)[1]}`" in documented, key
@@ -192,8 +228,23 @@ def test_default_monitor_follows_the_task() -> None:
 def test_print_config_is_replayed_exactly_by_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from hubert_ecg.cli import main
 
-    args = ["pretrain", "store", "--targets", "it1", "--out", "run", "--lr", "0.002", "--size", "tiny",
-            "--mask-prob", "0.5", "--precision", "fp32", "--print-config"]
+    args = [
+        "pretrain",
+        "store",
+        "--targets",
+        "it1",
+        "--out",
+        "run",
+        "--lr",
+        "0.002",
+        "--size",
+        "tiny",
+        "--mask-prob",
+        "0.5",
+        "--precision",
+        "fp32",
+        "--print-config",
+    ]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["train"]["lr"] == 0.002 and printed["run"]["mask_prob"] == 0.5
@@ -210,14 +261,20 @@ def test_print_config_is_replayed_exactly_by_config(tmp_path: Path, capsys: pyte
 def test_finetune_print_config_resolves_recipe_and_task_defaults(capsys: pytest.CaptureFixture) -> None:
     from hubert_ecg.cli import main
 
-    assert main(["finetune", "s", "--random-init", "--size", "tiny", "--out", "o", "--task", "regression",
-                 "--print-config"]) == 0
+    assert (
+        main(
+            ["finetune", "s", "--random-init", "--size", "tiny", "--out", "o", "--task", "regression", "--print-config"]
+        )
+        == 0
+    )
     settings = json.loads(capsys.readouterr().out)
     assert settings["finetune"]["monitor"] == "mae"
     assert settings["train"]["monitor"] == "mae" and settings["train"]["monitor_mode"] == "min"
     assert settings["run"]["random_init_size"] == "tiny" and settings["train"]["patience"] == 8
-    assert main(["finetune", "s", "--init", "x", "--out", "o", "--recipe", "ptbxl-all", "--lr", "0.5",
-                 "--print-config"]) == 0
+    assert (
+        main(["finetune", "s", "--init", "x", "--out", "o", "--recipe", "ptbxl-all", "--lr", "0.5", "--print-config"])
+        == 0
+    )
     settings = json.loads(capsys.readouterr().out)
     assert settings["train"]["lr"] == 0.5  # the flag beats the recipe
     assert settings["finetune"]["layerdrop"] == 0.0 and settings["finetune"]["hidden_dropout"] == 0.0  # recipe
@@ -244,8 +301,9 @@ def _tiny_store(root: Path) -> Path:
         np.save(root / f"r{i:03d}.npy", rec.signal)
         lines.append(f"r{i:03d},{'val' if i % 4 in (0, 1) else 'train'},{i % 2}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    labels = LabelTable.from_csv(root / "labels.csv", id_column="record_id", split_column="split",
-                                 label_columns=["fast"])
+    labels = LabelTable.from_csv(
+        root / "labels.csv", id_column="record_id", split_column="split", label_columns=["fast"]
+    )
     prepare_store([root], root.parent / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
     return root.parent / "store"
 
@@ -256,9 +314,26 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _base(store: Path, out: Path) -> list[str]:
-    return ["finetune", str(store), "--random-init", "--size", "tiny", "--model-overrides",
-            '{"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}',
-            "--out", str(out), "--batch-size", "4", "--val-every", "2", "--workers", "0", "--quiet", "--logger", "none"]
+    return [
+        "finetune",
+        str(store),
+        "--random-init",
+        "--size",
+        "tiny",
+        "--model-overrides",
+        '{"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}',
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--val-every",
+        "2",
+        "--workers",
+        "0",
+        "--quiet",
+        "--logger",
+        "none",
+    ]
 
 
 @pytest.mark.slow

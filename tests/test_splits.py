@@ -68,14 +68,20 @@ def test_split_spellings_map_by_the_documented_rule():
     assert normalise_splits(["", ""], "x") == ["", ""]  # no split at all
 
 
-@pytest.mark.parametrize("values, found", [
-    (["train", "eval", "test"], "'eval'"),
-    (["train", "", "test"], "''"),
-    (["fold_a", "fold_b"], "'fold_a', 'fold_b'"),
-])
+@pytest.mark.parametrize(
+    "values, found",
+    [
+        (["train", "eval", "test"], "'eval'"),
+        (["train", "", "test"], "''"),
+        (["fold_a", "fold_b"], "'fold_a', 'fold_b'"),
+    ],
+)
 def test_unmapped_split_values_are_refused_listing_what_was_found(values, found):
-    with pytest.raises(StoreError, match=r"labels.csv: column 'split': split values .* are not train/val/test "
-                                         r"\(values found: .*" + found):
+    with pytest.raises(
+        StoreError,
+        match=r"labels.csv: column 'split': split values .* are not train/val/test "
+        r"\(values found: .*" + found,
+    ):
         normalise_splits(values, "labels.csv: column 'split'")
 
 
@@ -87,8 +93,9 @@ def test_two_folds_cannot_give_three_splits():
 # ---------------------------------------------------------------------------------------------
 # validation rows
 # ---------------------------------------------------------------------------------------------
-def _store_with(tmp_path: Path, records: Path, splits: list[str] | None, groups: list[str] | None = None,
-                seconds_long: bool = False) -> ECGStore:
+def _store_with(
+    tmp_path: Path, records: Path, splits: list[str] | None, groups: list[str] | None = None, seconds_long: bool = False
+) -> ECGStore:
     header = ["record_id", "y"] + (["split"] if splits else []) + (["patient"] if groups else [])
     rows = []
     for i in range(24):
@@ -98,11 +105,15 @@ def _store_with(tmp_path: Path, records: Path, splits: list[str] | None, groups:
         if groups:
             row.append(groups[i])
         rows.append(row)
-    labels = LabelTable.from_csv(_write_csv(tmp_path / "labels.csv", header, rows), label_columns=["y"],
-                                 split_column="split" if splits else None,
-                                 group_column="patient" if groups else None)
-    prepare_store([records], tmp_path / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False,
-                  row_seconds=1.0)  # 3 s records -> 3 rows each: segments must never straddle splits
+    labels = LabelTable.from_csv(
+        _write_csv(tmp_path / "labels.csv", header, rows),
+        label_columns=["y"],
+        split_column="split" if splits else None,
+        group_column="patient" if groups else None,
+    )
+    prepare_store(
+        [records], tmp_path / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False, row_seconds=1.0
+    )  # 3 s records -> 3 rows each: segments must never straddle splits
     return ECGStore(tmp_path / "store")
 
 
@@ -144,8 +155,11 @@ def test_store_with_train_and_val_uses_them(tmp_path, records):
 def test_hand_edited_store_with_unknown_split_values_is_refused(tmp_path, records):
     store = _store_with(tmp_path, records, ["val" if i < 6 else "train" for i in range(24)])
     store.splits = np.where(store.splits == "val", "eval", store.splits)
-    with pytest.raises(StoreError, match=r"split values 'eval' are not train/val/test \(values found: 'eval', "
-                                         r"'train'"):
+    with pytest.raises(
+        StoreError,
+        match=r"split values 'eval' are not train/val/test \(values found: 'eval', "
+        r"'train'",
+    ):
         train_val_rows(store)
 
 
@@ -157,8 +171,11 @@ def test_a_group_crossing_splits_is_refused(tmp_path, records):
 
 
 def test_user_split_where_a_patient_crosses_splits_is_refused(tmp_path):
-    path = _write_csv(tmp_path / "labels.csv", ["record_id", "split", "patient_id", "y"],
-                      [["a", "train", "p1", 0], ["b", "test", "p1", 1], ["c", "train", "p2", 0]])
+    path = _write_csv(
+        tmp_path / "labels.csv",
+        ["record_id", "split", "patient_id", "y"],
+        [["a", "train", "p1", 0], ["b", "test", "p1", 1], ["c", "train", "p2", 0]],
+    )
     with pytest.raises(StoreError, match=r"labels.csv: column 'split': group 'p1' has records in test and train"):
         LabelTable.from_csv(path, split_column="split", group_column="patient_id")
 
@@ -209,9 +226,26 @@ def test_grouped_temporal_moves_patients_by_their_first_record():
 def test_prepare_grouped_split_from_the_command_line(tmp_path, records, capsys):
     rows = [[f"r{i:03d}", f"p{i // 2}", ["SR", "AF", "OTHER"][i % 3], f"2020-01-{i + 1:02d}"] for i in range(24)]
     _write_csv(tmp_path / "labels.csv", ["record_id", "patient_id", "rhythm", "date"], rows)
-    code, out, err = run(capsys, "prepare", records, "--out", tmp_path / "s", "--labels", tmp_path / "labels.csv",
-                         "--label-columns", "rhythm", "--group-column", "patient_id", "--val-fraction", 0.25,
-                         "--test-fraction", 0.25, "--fs", 500, "--quiet")
+    code, out, err = run(
+        capsys,
+        "prepare",
+        records,
+        "--out",
+        tmp_path / "s",
+        "--labels",
+        tmp_path / "labels.csv",
+        "--label-columns",
+        "rhythm",
+        "--group-column",
+        "patient_id",
+        "--val-fraction",
+        0.25,
+        "--test-fraction",
+        0.25,
+        "--fs",
+        500,
+        "--quiet",
+    )
     assert code == 0, err
     assert "grouped split of 24 labelled records in 12 groups" in out
     store = ECGStore(tmp_path / "s")
@@ -219,9 +253,28 @@ def test_prepare_grouped_split_from_the_command_line(tmp_path, records, capsys):
         assert len(set(store.splits[store.groups == g].tolist())) == 1
     assert set(store.splits.tolist()) == {"train", "val", "test"}
     # temporal: the latest dates are the test split
-    code, out, err = run(capsys, "prepare", records, "--out", tmp_path / "t", "--labels", tmp_path / "labels.csv",
-                         "--label-columns", "rhythm", "--time-column", "date", "--split-strategy", "temporal",
-                         "--test-fraction", 0.25, "--val-fraction", 0.25, "--fs", 500, "--quiet")
+    code, out, err = run(
+        capsys,
+        "prepare",
+        records,
+        "--out",
+        tmp_path / "t",
+        "--labels",
+        tmp_path / "labels.csv",
+        "--label-columns",
+        "rhythm",
+        "--time-column",
+        "date",
+        "--split-strategy",
+        "temporal",
+        "--test-fraction",
+        0.25,
+        "--val-fraction",
+        0.25,
+        "--fs",
+        500,
+        "--quiet",
+    )
     assert code == 0, err
     store = ECGStore(tmp_path / "t")
     test_ids = sorted(set(store.record_ids[store.splits == "test"].tolist()))
@@ -230,16 +283,32 @@ def test_prepare_grouped_split_from_the_command_line(tmp_path, records, capsys):
 
 def test_split_strategy_without_its_column_is_a_one_line_error(tmp_path, records, capsys):
     _write_csv(tmp_path / "labels.csv", ["record_id", "y"], [[f"r{i:03d}", i % 2] for i in range(24)])
-    code, _, err = run(capsys, "prepare", records, "--out", tmp_path / "s", "--labels", tmp_path / "labels.csv",
-                       "--split-strategy", "temporal", "--test-fraction", 0.2, "--fs", 500, "--quiet")
+    code, _, err = run(
+        capsys,
+        "prepare",
+        records,
+        "--out",
+        tmp_path / "s",
+        "--labels",
+        tmp_path / "labels.csv",
+        "--split-strategy",
+        "temporal",
+        "--test-fraction",
+        0.2,
+        "--fs",
+        500,
+        "--quiet",
+    )
     assert code == 1 and err.strip() == "hubert-ecg: error: --split-strategy temporal needs --time-column"
     assert not (tmp_path / "s").exists()
 
 
 def test_ptbxl_folds_survive_as_the_table_gives_them(tmp_path):
-    path = _write_csv(tmp_path / "all.csv", ["record_id", "strat_fold", "split", "NORM"],
-                      [[f"{i:05d}_lr", 1 + i % 10, {9: "val", 10: "test"}.get(1 + i % 10, "train"), i % 2]
-                       for i in range(40)])
+    path = _write_csv(
+        tmp_path / "all.csv",
+        ["record_id", "strat_fold", "split", "NORM"],
+        [[f"{i:05d}_lr", 1 + i % 10, {9: "val", 10: "test"}.get(1 + i % 10, "train"), i % 2] for i in range(40)],
+    )
     table = LabelTable.from_csv(path, split_column="split", label_columns=["NORM"])
     folds = {f"{i:05d}_lr": 1 + i % 10 for i in range(40)}
     assert all(table.splits[k] == {9: "val", 10: "test"}.get(f, "train") for k, f in folds.items())
@@ -249,8 +318,11 @@ def test_ptbxl_folds_survive_as_the_table_gives_them(tmp_path):
 # categorical labels
 # ---------------------------------------------------------------------------------------------
 def test_text_labels_become_class_indices_or_one_hot(tmp_path):
-    path = _write_csv(tmp_path / "labels.csv", ["record_id", "rhythm", "age"],
-                      [["a", "SR", 60], ["b", "AF", 70], ["c", "OTHER", ""], ["d", "", 50]])
+    path = _write_csv(
+        tmp_path / "labels.csv",
+        ["record_id", "rhythm", "age"],
+        [["a", "SR", 60], ["b", "AF", 70], ["c", "OTHER", ""], ["d", "", 50]],
+    )
     table = LabelTable.from_csv(path, label_columns=["rhythm", "age"])
     assert table.classes == {"rhythm": ["AF", "OTHER", "SR"]}
     assert table.names == ["rhythm", "age"]
@@ -266,25 +338,76 @@ def test_multi_class_from_a_text_column_end_to_end(tmp_path, capsys):
     """prepare (text labels) -> finetune --task multi_class -> predict: class names all the way."""
     data = _records(tmp_path / "data", 12, seconds=5.0, seed=2)
     classes = ["SR", "AF", "OTHER"]
-    _write_csv(data / "labels.csv", ["record_id", "rhythm", "split"],
-               [[f"r{i:03d}", classes[i % 3], "test" if i < 3 else "train"] for i in range(12)])
-    code, out, err = run(capsys, "prepare", data, "--out", tmp_path / "s", "--labels", data / "labels.csv",
-                         "--label-columns", "rhythm", "--split-column", "split", "--fs", 500, "--quiet")
+    _write_csv(
+        data / "labels.csv",
+        ["record_id", "rhythm", "split"],
+        [[f"r{i:03d}", classes[i % 3], "test" if i < 3 else "train"] for i in range(12)],
+    )
+    code, out, err = run(
+        capsys,
+        "prepare",
+        data,
+        "--out",
+        tmp_path / "s",
+        "--labels",
+        data / "labels.csv",
+        "--label-columns",
+        "rhythm",
+        "--split-column",
+        "split",
+        "--fs",
+        500,
+        "--quiet",
+    )
     assert code == 0, err
     assert "label 'rhythm': text values stored as class indices 0=AF, 1=OTHER, 2=SR" in out
-    assert json.loads((tmp_path / "s" / "store.json").read_text())["label_classes"] == {"rhythm": ["AF", "OTHER",
-                                                                                                  "SR"]}
-    code, out, err = run(capsys, "finetune", tmp_path / "s", "--random-init", "--size", "tiny", "--task",
-                         "multi_class", "--out", tmp_path / "run", "--max-steps", 2, "--batch-size", 4,
-                         "--val-every", 2, "--workers", 0, "--logger", "none", "--quiet", "--device", "cpu",
-                         "--monitor", "loss")
+    assert json.loads((tmp_path / "s" / "store.json").read_text())["label_classes"] == {"rhythm": ["AF", "OTHER", "SR"]}
+    code, out, err = run(
+        capsys,
+        "finetune",
+        tmp_path / "s",
+        "--random-init",
+        "--size",
+        "tiny",
+        "--task",
+        "multi_class",
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        2,
+        "--batch-size",
+        4,
+        "--val-every",
+        2,
+        "--workers",
+        0,
+        "--logger",
+        "none",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--monitor",
+        "loss",
+    )
     assert code == 0, err
     assert "test rows untouched" in err  # no 'val' split: validation from training records only
     from hubert_ecg import load_model
+
     model = load_model(tmp_path / "run" / "last")
     assert model.info.label_names == ["AF", "OTHER", "SR"]
-    code, out, err = run(capsys, "predict", tmp_path / "run" / "last", data / "r000.npy", "--fs", 500,
-                         "--out", tmp_path / "p.csv", "--quiet", "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "predict",
+        tmp_path / "run" / "last",
+        data / "r000.npy",
+        "--fs",
+        500,
+        "--out",
+        tmp_path / "p.csv",
+        "--quiet",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     header = (tmp_path / "p.csv").read_text().splitlines()[0]
     assert all(f"p_{c}" in header for c in ("AF", "OTHER", "SR"))

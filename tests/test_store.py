@@ -21,12 +21,19 @@ def synthetic_dir(tmp_path_factory) -> Path:
     import wfdb
 
     from hubert_ecg.synthetic import synthetic_record
+
     rng = np.random.default_rng(0)
     for rid, seconds in (("long", 25.0), ("short", 3.0)):
         rec = synthetic_record(rng, seconds=seconds)
-        wfdb.wrsamp(rid, fs=500, units=["mV"] * 12, sig_name=["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2",
-                                                               "V3", "V4", "V5", "V6"],
-                    p_signal=rec.signal.T.astype(float), fmt=["16"] * 12, write_dir=str(d))
+        wfdb.wrsamp(
+            rid,
+            fs=500,
+            units=["mV"] * 12,
+            sig_name=["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"],
+            p_signal=rec.signal.T.astype(float),
+            fmt=["16"] * 12,
+            write_dir=str(d),
+        )
     (d / "broken.hea").write_text("broken 12 500 5000\nnot a header line\n")
     return d
 
@@ -77,6 +84,7 @@ def test_resume_after_a_stop_gives_identical_store(synthetic_dir, tmp_path):
 
 def test_rerun_of_a_complete_store_is_a_no_op_and_spec_change_is_refused(synthetic_dir, tmp_path):
     from hubert_ecg.preprocess import PreprocessSpec
+
     prepare_store([synthetic_dir], tmp_path / "s", progress=False)
     before = (tmp_path / "s" / "manifest.csv").stat().st_mtime_ns
     prepare_store([synthetic_dir], tmp_path / "s", progress=False)
@@ -88,6 +96,7 @@ def test_rerun_of_a_complete_store_is_a_no_op_and_spec_change_is_refused(synthet
 def test_store_matches_direct_preprocessing(synthetic_dir, tmp_path):
     from hubert_ecg.io import read_record
     from hubert_ecg.preprocess import PreprocessSpec, preprocess_signal
+
     prepare_store([synthetic_dir / "syn00002.hea"], tmp_path / "s", progress=False)
     store = ECGStore(tmp_path / "s")
     record = read_record(synthetic_dir / "syn00002.hea")
@@ -116,8 +125,13 @@ def test_label_table_errors_name_the_row(tmp_path):
 def test_prepare_real_shared_data(tmp_path):
     ludb = shared_path("ludb")
     cinc = shared_path("cinc2021-smoke")
-    result = prepare_store([ludb / "data" if (ludb / "data").exists() else ludb, cinc], tmp_path / "s",
-                           progress=False, workers=2, shard_records=64)
+    result = prepare_store(
+        [ludb / "data" if (ludb / "data").exists() else ludb, cinc],
+        tmp_path / "s",
+        progress=False,
+        workers=2,
+        shard_records=64,
+    )
     assert result.records >= 270 and result.rejected <= 10
     meta = json.loads((tmp_path / "s" / "store.json").read_text())
     assert meta["complete"] and meta["n_records"] == result.records
@@ -145,6 +159,7 @@ def test_columnar_index_equals_the_manifest(synthetic_dir, tmp_path):
 
 def test_duplicate_ids_of_long_records_keep_all_their_segments(tmp_path):
     from hubert_ecg.synthetic import synthetic_record
+
     rng = np.random.default_rng(1)
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()

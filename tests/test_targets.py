@@ -89,12 +89,18 @@ def test_dumped_hand_features_equal_hand_features_of_first_windows(store: ECGSto
     np.testing.assert_array_equal(got, expected)
     # Validity is the model's own token-mask rule, and the short record does have padded tokens.
     valid = np.stack([dumped[r][1] for r in rows])
-    np.testing.assert_array_equal(valid, token_mask_from_sample_mask(batch_mask(batch), (10, 3, 3, 2, 2),
-                                                                     (4, 2, 2, 2, 2)).numpy())
+    np.testing.assert_array_equal(
+        valid, token_mask_from_sample_mask(batch_mask(batch), (10, 3, 3, 2, 2), (4, 2, 2, 2, 2)).numpy()
+    )
     assert 0 < (~valid).sum() < valid.size
     meta = json.loads((hand_dump / "features.json").read_text())
-    assert (meta["kind"], meta["n_tokens"], meta["dim"], meta["n_rows"], meta["complete"]) == \
-        ("tf+mfcc", 93, 29, len(store), True)
+    assert (meta["kind"], meta["n_tokens"], meta["dim"], meta["n_rows"], meta["complete"]) == (
+        "tf+mfcc",
+        93,
+        29,
+        len(store),
+        True,
+    )
 
 
 def test_iter_feature_batches_yields_valid_tokens_only(hand_dump: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,10 +118,12 @@ def test_iter_feature_batches_yields_valid_tokens_only(hand_dump: Path, monkeypa
 
 
 @pytest.mark.parametrize("layer", [0, 2])
-def test_hidden_features_equal_model_hidden_states(store: ECGStore, tiny_checkpoint: Path, tmp_path: Path,
-                                                   layer: int) -> None:
-    out = dump_features(store, tmp_path / "h", kind="hidden", checkpoint=tiny_checkpoint, layer=layer,
-                        shard_rows=8, progress=False)
+def test_hidden_features_equal_model_hidden_states(
+    store: ECGStore, tiny_checkpoint: Path, tmp_path: Path, layer: int
+) -> None:
+    out = dump_features(
+        store, tmp_path / "h", kind="hidden", checkpoint=tiny_checkpoint, layer=layer, shard_rows=8, progress=False
+    )
     dumped = _read_dump(out)
     rows = np.arange(len(store))
     batch = _first_windows(store, rows)
@@ -125,8 +133,12 @@ def test_hidden_features_equal_model_hidden_states(store: ECGStore, tiny_checkpo
     expected = reference.hidden_states[layer].numpy()
     np.testing.assert_allclose(np.stack([dumped[r][0] for r in rows]), expected, rtol=1e-4, atol=1e-5)
     meta = json.loads((out / "features.json").read_text())
-    assert (meta["kind"], meta["layer"], meta["dim"], meta["checkpoint"]) == \
-        ("hidden", layer, 64, str(tiny_checkpoint.resolve()))
+    assert (meta["kind"], meta["layer"], meta["dim"], meta["checkpoint"]) == (
+        "hidden",
+        layer,
+        64,
+        str(tiny_checkpoint.resolve()),
+    )
 
 
 def test_hidden_layer_out_of_range_is_a_one_line_error(store: ECGStore, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -163,15 +175,18 @@ def test_other_settings_in_the_same_directory_are_refused(store: ECGStore, tmp_p
 
 def test_two_ranks_cover_every_sampled_row_once(store: ECGStore, hand_dump: Path, tmp_path: Path) -> None:
     out = tmp_path / "f"
-    dump_features(store, out, kind="tf+mfcc", sample_fraction=0.5, seed=3, rank=0, world_size=2,
-                  shard_rows=2, progress=False)
+    dump_features(
+        store, out, kind="tf+mfcc", sample_fraction=0.5, seed=3, rank=0, world_size=2, shard_rows=2, progress=False
+    )
     assert not (out / "features.json").exists()  # rank 1 has not run yet
-    dump_features(store, out, kind="tf+mfcc", sample_fraction=0.5, seed=3, rank=1, world_size=2,
-                  shard_rows=2, progress=False)
+    dump_features(
+        store, out, kind="tf+mfcc", sample_fraction=0.5, seed=3, rank=1, world_size=2, shard_rows=2, progress=False
+    )
     meta = json.loads((out / "features.json").read_text())
     dumped = _read_dump(out)  # asserts no row twice
-    expected_rows = np.sort(np.random.default_rng(3).choice(np.arange(len(store)), size=round(0.5 * len(store)),
-                                                            replace=False))
+    expected_rows = np.sort(
+        np.random.default_rng(3).choice(np.arange(len(store)), size=round(0.5 * len(store)), replace=False)
+    )
     assert sorted(dumped) == expected_rows.tolist() and meta["n_rows"] == len(expected_rows)
     assert {s["name"][:11] for s in meta["shards"]} == {"features-r0", "features-r1"}
     single = _read_dump(hand_dump)
@@ -201,8 +216,9 @@ def test_cluster_features_writes_models_quality_and_sweep(hand_dump: Path, clust
         assert model.metadata.kind == "tf+mfcc" and model.metadata.extra["feature_spec"]["kind"] == "tf+mfcc"
         assert model.metadata.n_fit_rows == fit_tokens  # the held-out ECGs were not fitted on
         # The fit is exactly the streaming fit over the non-held-out shards.
-        reference = fit_kmeans(lambda: iter_feature_batches(hand_dump, exclude_rows=held), k,
-                               normaliser="standardise", seed=1)
+        reference = fit_kmeans(
+            lambda: iter_feature_batches(hand_dump, exclude_rows=held), k, normaliser="standardise", seed=1
+        )
         np.testing.assert_array_equal(model.centroids, reference.centroids)
         recomputed = cluster_quality(model, held_feats, seed=1)
         assert quality["inertia_total"] == pytest.approx(recomputed["inertia_total"], rel=1e-9)
@@ -221,8 +237,9 @@ def test_cluster_features_skips_finished_k(hand_dump: Path, clustered: tuple[Pat
 
 
 # ------------------------------------------------------------------ labelling
-def test_labels_equal_assign_on_dumped_features(store: ECGStore, hand_dump: Path,
-                                                clustered: tuple[Path, list[dict]]) -> None:
+def test_labels_equal_assign_on_dumped_features(
+    store: ECGStore, hand_dump: Path, clustered: tuple[Path, list[dict]]
+) -> None:
     out, _ = clustered
     names = label_store(store, [out / "k5"], "single", batch_size=4, progress=False)
     assert names == ["single"]
@@ -243,8 +260,9 @@ def test_labels_equal_assign_on_dumped_features(store: ECGStore, hand_dump: Path
     assert not list(store.targets_path("single").parent.glob("single.progress*"))
 
 
-def test_several_kmeans_models_give_several_target_arrays(store: ECGStore, hand_dump: Path,
-                                                          clustered: tuple[Path, list[dict]]) -> None:
+def test_several_kmeans_models_give_several_target_arrays(
+    store: ECGStore, hand_dump: Path, clustered: tuple[Path, list[dict]]
+) -> None:
     out, _ = clustered
     names = label_store(store, [out / "k3", out / "k5"], "ens", progress=False)
     assert names == ["ens-0", "ens-1"]
@@ -264,8 +282,11 @@ def test_label_store_resumes_after_an_interruption(store: ECGStore, clustered: t
         label_store(store, [out / "k5"], "resume", batch_size=2, progress=False, stop_after_blocks=3)
     assert not store.targets_path("resume").exists()
     assert json.loads((targets_dir / "resume.progress-r0.json").read_text()) == {"done": [[0, 3]]}
-    with pytest.raises(TargetsError, match=r"resume\.npy\.partial: an unfinished labelling with other settings "
-                                           r"exists; .* \(block_rows\)"):
+    with pytest.raises(
+        TargetsError,
+        match=r"resume\.npy\.partial: an unfinished labelling with other settings "
+        r"exists; .* \(block_rows\)",
+    ):
         label_store(store, [out / "k5"], "resume", batch_size=3, progress=False)
     # Forget block 2 (as if killed between writing it and recording it): it is simply redone.
     (targets_dir / "resume.progress-r0.json").write_text(json.dumps({"done": [[0, 2]]}))
@@ -284,8 +305,7 @@ def test_two_ranks_fill_one_target_array(store: ECGStore, clustered: tuple[Path,
     np.testing.assert_array_equal(store.targets("two"), store.targets(single[0]))
 
 
-def test_existing_targets_from_another_kmeans_are_refused(store: ECGStore,
-                                                          clustered: tuple[Path, list[dict]]) -> None:
+def test_existing_targets_from_another_kmeans_are_refused(store: ECGStore, clustered: tuple[Path, list[dict]]) -> None:
     out, _ = clustered
     label_store(store, [out / "k3"], "taken", progress=False)
     assert label_store(store, [out / "k3"], "taken", progress=False) == ["taken"]  # done: kept as is
@@ -294,8 +314,7 @@ def test_existing_targets_from_another_kmeans_are_refused(store: ECGStore,
 
 
 def test_hidden_targets_follow_the_kmeans_metadata(store: ECGStore, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    feats = dump_features(store, tmp_path / "h", kind="hidden", checkpoint=tiny_checkpoint, layer=1,
-                          progress=False)
+    feats = dump_features(store, tmp_path / "h", kind="hidden", checkpoint=tiny_checkpoint, layer=1, progress=False)
     cluster_features(feats, [4], tmp_path / "km", held_out_fraction=0.0)
     model = KMeansModel.load(tmp_path / "km" / "k4")
     assert (model.metadata.kind, model.metadata.layer) == ("latent", 1)
@@ -310,8 +329,9 @@ def test_hidden_targets_follow_the_kmeans_metadata(store: ECGStore, tiny_checkpo
 
 
 # ------------------------------------------------------------------ run records of the stages
-def test_every_stage_writes_a_run_record(store: ECGStore, hand_dump: Path, clustered: tuple[Path, list[dict]],
-                                         tmp_path: Path) -> None:
+def test_every_stage_writes_a_run_record(
+    store: ECGStore, hand_dump: Path, clustered: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
     """features, cluster and label each record their resolved settings, versions and input fingerprints."""
     features = json.loads((hand_dump / "run.json").read_text())
     assert features["kind"] == "features" and features["settings"]["features"]["kind"] == "tf+mfcc"
@@ -323,13 +343,16 @@ def test_every_stage_writes_a_run_record(store: ECGStore, hand_dump: Path, clust
     cluster = json.loads((out / "run.json").read_text())
     assert cluster["settings"]["cluster"]["normaliser"] == "standardise"
     assert cluster["settings"]["cluster"]["ks"][0] == 3  # [3, 5], or [3] after the skip-finished-K test
-    assert cluster["inputs"]["features"]["rows_sha256"] == json.loads((hand_dump / "features.json").read_text())[
-        "rows_sha256"]
+    assert (
+        cluster["inputs"]["features"]["rows_sha256"]
+        == json.loads((hand_dump / "features.json").read_text())["rows_sha256"]
+    )
     label_store(store, [out / "k3"], "recorded", progress=False)
     label = json.loads(store.targets_path("recorded").with_name("recorded.run.json").read_text())
     assert label["kind"] == "label" and label["settings"]["label"]["names"] == ["recorded"]
-    assert label["inputs"]["kmeans_sha256"] == [json.loads(store.targets_path("recorded").with_suffix(".json")
-                                                           .read_text())["kmeans_sha256"]]
+    assert label["inputs"]["kmeans_sha256"] == [
+        json.loads(store.targets_path("recorded").with_suffix(".json").read_text())["kmeans_sha256"]
+    ]
     # a re-run with other settings keeps the earlier record
     cluster_features(hand_dump, [2], tmp_path, normaliser="standardise", held_out_fraction=0.25, seed=1)
     cluster_features(hand_dump, [2], tmp_path, normaliser="l2", held_out_fraction=0.25, seed=1)

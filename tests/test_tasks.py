@@ -36,18 +36,31 @@ def store(tmp_path_factory) -> Path:
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     out = {}
     for column in ("rate_class", "heart_rate", "tachycardia"):
-        labels = LabelTable.from_csv(root / "labels.csv", id_column="record_id", split_column="split",
-                                     label_columns=[column])
+        labels = LabelTable.from_csv(
+            root / "labels.csv", id_column="record_id", split_column="split", label_columns=[column]
+        )
         prepare_store([data], root / f"store-{column}", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
         out[column] = root / f"store-{column}"
     return out
 
 
 def _train(store_path: Path, tmp_path: Path, task: str, monitor: str):
-    cfg = TrainConfig(out_dir=str(tmp_path / task), max_steps=48, batch_size=8, lr=2e-3, val_every=12,
-                      log_every=12, num_workers=0, progress=False)
-    return run_finetune(str(store_path), cfg, FinetuneOptions(task=task, monitor=monitor, layer_decay=1.0,
-                                                              head_lr_mult=1.0), random_init_size="tiny")
+    cfg = TrainConfig(
+        out_dir=str(tmp_path / task),
+        max_steps=48,
+        batch_size=8,
+        lr=2e-3,
+        val_every=12,
+        log_every=12,
+        num_workers=0,
+        progress=False,
+    )
+    return run_finetune(
+        str(store_path),
+        cfg,
+        FinetuneOptions(task=task, monitor=monitor, layer_decay=1.0, head_lr_mult=1.0),
+        random_init_size="tiny",
+    )
 
 
 def _split_labels(store_path: Path, split: str) -> np.ndarray:
@@ -142,8 +155,11 @@ def test_a_blank_label_leaves_only_that_labels_loss(task: str) -> None:
     labels = (torch.rand(6, 3) > 0.5).float() if task == "multi_label" else torch.randn(6, 3)
     blank = labels.clone()
     blank[2, 1] = float("nan")
-    per = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") if task == "multi_label"
-           else F.mse_loss(logits, labels, reduction="none"))
+    per = (
+        F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        if task == "multi_label"
+        else F.mse_loss(logits, labels, reduction="none")
+    )
     keep = torch.ones(6, 3, dtype=torch.bool)
     keep[2, 1] = False
     expected = per[keep].mean()  # every other cell of record 2 still counts

@@ -29,7 +29,7 @@ def store_path(tmp_path_factory) -> str:
     prepare_store([d], out, read_kwargs={"fs": 500.0}, progress=False)
     store = ECGStore(out)
     x = store.signals(store.rows())[:, :, :500].reshape(len(store), -1)
-    spans = np.stack([x[:, 64 * t:64 * t + 82].std(1) for t in range(93)], 1)
+    spans = np.stack([x[:, 64 * t : 64 * t + 82].std(1) for t in range(93)], 1)
     targets = np.digitize(spans, np.quantile(spans, [0.25, 0.5, 0.75])).astype(np.int16)
     (out / "targets").mkdir()
     np.save(out / "targets" / "fake.npy", targets)
@@ -117,6 +117,7 @@ def test_sigkill_and_rerun_resumes_to_identical_weights(store_path, tmp_path):
 
 def test_corrupt_last_checkpoint_falls_back_to_previous(store_path, tmp_path):
     from hubert_ecg.training import load_training_checkpoint
+
     run = tmp_path / "run"
     assert _run([str(SCRIPT), store_path, str(run), "8", "4"]).wait(timeout=300) == 0
     weights = run / "last" / "model.safetensors"
@@ -138,14 +139,31 @@ def _rows_log(path: Path) -> dict[int, list[int]]:
 
 def test_two_gloo_processes_match_one_process(store_path, tmp_path):
     env_log = {"ROWS_LOG": "1"}
-    one = subprocess.Popen([sys.executable, str(SCRIPT), store_path, str(tmp_path / "one"), "6"],
-                           env={**os.environ, "OMP_NUM_THREADS": "1", **env_log}, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)
+    one = subprocess.Popen(
+        [sys.executable, str(SCRIPT), store_path, str(tmp_path / "one"), "6"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env_log},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     assert one.wait(timeout=300) == 0
-    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                            str(29500 + os.getpid() % 1000), str(SCRIPT), store_path, str(tmp_path / "two"), "6"],
-                           env={**os.environ, "OMP_NUM_THREADS": "1", **env_log}, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)
+    two = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(29500 + os.getpid() % 1000),
+            str(SCRIPT),
+            store_path,
+            str(tmp_path / "two"),
+            "6",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env_log},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out = two.communicate(timeout=300)[0].decode()
     assert two.returncode == 0, out[-3000:]
     # Each rank trained on its own half of every global batch; together, the one-process batch.
@@ -172,8 +190,9 @@ def labelled_store_path(tmp_path_factory) -> str:
     from hubert_ecg.synthetic import SYNTHETIC_LABELS
 
     d = write_synthetic_dataset(tmp_path_factory.mktemp("lab"), 24, fmt="npy", seed=5, seconds=5.0)
-    labels = LabelTable.from_csv(d / "labels.csv", id_column="record_id", split_column="split",
-                                 label_columns=list(SYNTHETIC_LABELS[:3]))
+    labels = LabelTable.from_csv(
+        d / "labels.csv", id_column="record_id", split_column="split", label_columns=list(SYNTHETIC_LABELS[:3])
+    )
     out = tmp_path_factory.mktemp("lstore") / "s"
     prepare_store([d], out, labels=labels, read_kwargs={"fs": 500.0}, progress=False)
     return str(out)
@@ -185,15 +204,30 @@ def test_two_gloo_processes_finetune_like_one_process(labelled_store_path, tmp_p
     one = _run([str(FINETUNE_SCRIPT), labelled_store_path, str(tmp_path / "one"), "4", "2"])
     out1 = one.communicate(timeout=300)[0].decode()
     assert one.returncode == 0, out1[-3000:]
-    two = _run(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                str(30500 + os.getpid() % 1000), str(FINETUNE_SCRIPT), labelled_store_path, str(tmp_path / "two"),
-                "4", "2"])
+    two = _run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(30500 + os.getpid() % 1000),
+            str(FINETUNE_SCRIPT),
+            labelled_store_path,
+            str(tmp_path / "two"),
+            "4",
+            "2",
+        ]
+    )
     out = two.communicate(timeout=300)[0].decode()
     assert two.returncode == 0, out[-3000:]
     for stage in ("linear-probe", ""):
         h1, h2 = _history(tmp_path / "one" / stage), _history(tmp_path / "two" / stage)
-        steps = [json.loads(line)["step"] for line in (tmp_path / "two" / stage / "history.jsonl").read_text()
-                 .splitlines() if "train/loss" in line]
+        steps = [
+            json.loads(line)["step"]
+            for line in (tmp_path / "two" / stage / "history.jsonl").read_text().splitlines()
+            if "train/loss" in line
+        ]
         assert steps == list(range(1, (2 if stage else 4) + 1))  # one line per step, from rank 0 only
         np.testing.assert_allclose([h2[s] for s in sorted(h1)], [h1[s] for s in sorted(h1)], rtol=1e-4, atol=1e-5)
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
@@ -213,8 +247,18 @@ def test_mixed_precision_paths_train_on_cpu(store_path, tmp_path, precision):
     store = ECGStore(store_path)
     rows = store.rows()
     objective = PretrainObjective(model, store, ["fake"], rows[:-4], rows[-4:], global_batch=8)
-    cfg = TrainConfig(out_dir=str(tmp_path / precision), max_steps=4, batch_size=8, lr=1e-3, val_every=2,
-                      log_every=1, num_workers=0, progress=False, precision=precision, clip_grad_norm=1.0)
+    cfg = TrainConfig(
+        out_dir=str(tmp_path / precision),
+        max_steps=4,
+        batch_size=8,
+        lr=1e-3,
+        val_every=2,
+        log_every=1,
+        num_workers=0,
+        progress=False,
+        precision=precision,
+        clip_grad_norm=1.0,
+    )
     result = train(model, objective, cfg)
     assert result.state.step == 4 and np.isfinite(result.state.best)
     hist = _history(tmp_path / precision)
@@ -242,9 +286,19 @@ def _masks_by_row(store_path: str, out: Path, batch_size: int, grad_accum: int, 
         for r, m in zip(batch["rows"].tolist(), mask):
             seen.setdefault(key, {})[r] = m.clone()
         return real(module, batch, key, offset, global_batch)
+
     objective._forward = record
-    cfg = TrainConfig(out_dir=str(out), max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=1e-3,
-                      val_every=100, num_workers=0, progress=False, logger="none")
+    cfg = TrainConfig(
+        out_dir=str(out),
+        max_steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=1e-3,
+        val_every=100,
+        num_workers=0,
+        progress=False,
+        logger="none",
+    )
     train(model, objective, cfg)
     return {k: v for k, v in seen.items() if k < 10**9}  # training steps only (validation keys are 1e9 + i)
 
@@ -288,8 +342,11 @@ def test_early_stopping_fires_after_patience_rounds_and_best_is_the_best(tmp_pat
         state.step = 10 * round_
         with torch.no_grad():
             model.encoder.layer_norm.bias.fill_(value)  # marks the weights of this round
-        stops.append(_validate_and_checkpoint(model, objective, cfg, state, torch.device("cpu"),
-                                              contextlib.nullcontext, logger, DistEnv()))
+        stops.append(
+            _validate_and_checkpoint(
+                model, objective, cfg, state, torch.device("cpu"), contextlib.nullcontext, logger, DistEnv()
+            )
+        )
         if stops[-1]:
             break
     # improvements: 0.5 (r1), 0.4 (r2), 0.39 (r5: 0.4 - 0.39 > 0.005); 0.41 and 0.45 are not; then 0.6, 0.39 (not
@@ -319,8 +376,14 @@ def test_thresholds_are_tuned_on_validation_rows_only_with_the_highest_threshold
         scored.append(np.asarray(rows))
         # F1 at cut 0.9 (1 TP, 0 FP, 1 FN) = 2/3 = F1 at cut 0.2 (2 TP, 2 FP): the tie keeps the higher cut;
         # the threshold is the midpoint to the next lower score, (0.9 + 0.6) / 2.
-        return Scores(np.array(["a", "b", "c", "d"]), np.array([0.9, 0.6, 0.5, 0.2]),
-                      np.array([[1.0], [0.0], [0.0], [1.0]]), None, 4)
+        return Scores(
+            np.array(["a", "b", "c", "d"]),
+            np.array([0.9, 0.6, 0.5, 0.2]),
+            np.array([[1.0], [0.0], [0.0], [1.0]]),
+            None,
+            4,
+        )
+
     obj.score = score
     thresholds = tune_and_store_thresholds(obj, tmp_path / "m", torch.device("cpu"), contextlib.nullcontext)
     assert len(scored) == 1 and np.array_equal(scored[0], obj.val_rows)

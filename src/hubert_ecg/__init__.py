@@ -29,12 +29,25 @@ def _installed_version() -> str:
 __version__ = _installed_version()
 
 _EXPORTS = {
-    "CheckpointError": "checkpoint", "load_model": "checkpoint", "save_pretrained": "checkpoint",
-    "CheckpointInfo": "config", "HeadConfig": "config", "ModelConfig": "config", "create_config": "config",
-    "HubertECG": "model", "HubertECGOutput": "model", "create_model": "model",
-    "PreprocessSpec": "preprocess", "read_record": "io", "Record": "io",
-    "ECGPipeline": "pipeline", "Prediction": "pipeline", "Predictions": "pipeline", "embed": "pipeline",
-    "predict": "pipeline", "embed_files": "pipeline",
+    "CheckpointError": "checkpoint",
+    "load_model": "checkpoint",
+    "save_pretrained": "checkpoint",
+    "CheckpointInfo": "config",
+    "HeadConfig": "config",
+    "ModelConfig": "config",
+    "create_config": "config",
+    "HubertECG": "model",
+    "HubertECGOutput": "model",
+    "create_model": "model",
+    "PreprocessSpec": "preprocess",
+    "read_record": "io",
+    "Record": "io",
+    "ECGPipeline": "pipeline",
+    "Prediction": "pipeline",
+    "Predictions": "pipeline",
+    "embed": "pipeline",
+    "predict": "pipeline",
+    "embed_files": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -124,8 +124,9 @@ def check_output_dir(directory: str | os.PathLike, *, marker: str, what: str = "
     """
     directory = Path(directory).expanduser()
     if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"{directory}: cannot write here (Not a directory): it is a file; "
-                                 f"give a folder for the {what}")
+        raise NotADirectoryError(
+            f"{directory}: cannot write here (Not a directory): it is a file; give a folder for the {what}"
+        )
     for parent in directory.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -137,14 +138,17 @@ def check_output_dir(directory: str | os.PathLike, *, marker: str, what: str = "
         except OSError as err:
             raise PermissionError(f"{directory}: cannot list ({err.strerror})") from None
         if others:
-            raise FileExistsError(f"{directory}: exists and holds other files ({', '.join(sorted(others)[:3])}"
-                                  f"{' ...' if len(others) > 3 else ''}) but no {marker}: not a {what} of ours; "
-                                  "give a new or empty folder")
+            raise FileExistsError(
+                f"{directory}: exists and holds other files ({', '.join(sorted(others)[:3])}"
+                f"{' ...' if len(others) > 3 else ''}) but no {marker}: not a {what} of ours; "
+                "give a new or empty folder"
+            )
     return directory
 
 
 def _age_s(path: Path) -> float:
     import time
+
     try:
         return time.time() - path.stat().st_mtime
     except OSError:
@@ -179,8 +183,10 @@ def output_lock(directory: str | os.PathLike, name: str = ".lock") -> Iterator[P
             if not pid and _age_s(lock) < 10:  # just created; its owner is writing its PID
                 raise BlockingIOError(f"{directory}: already in use (lock file {lock} was just taken)") from None
             if pid and pid != os.getpid() and _pid_alive(pid):
-                raise BlockingIOError(f"{directory}: already in use by PID {pid} (lock file {lock}); wait for that "
-                                      "job to finish, or delete the lock file if it is not running") from None
+                raise BlockingIOError(
+                    f"{directory}: already in use by PID {pid} (lock file {lock}); wait for that "
+                    "job to finish, or delete the lock file if it is not running"
+                ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as fh:

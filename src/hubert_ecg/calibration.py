@@ -96,8 +96,9 @@ def fit_temperature(y_true: Any, y_score: Any) -> dict[str, Any]:
     y = np.asarray(y_true).astype(np.int64)
     logp = np.log(np.clip(np.asarray(y_score, dtype=np.float64), 1e-12, 1.0))
     if logp.ndim != 2 or y.shape != (len(logp),):
-        raise ValueError(f"temperature scaling needs (N,) classes and (N, C) probabilities; "
-                         f"got {y.shape}, {logp.shape}")
+        raise ValueError(
+            f"temperature scaling needs (N,) classes and (N, C) probabilities; got {y.shape}, {logp.shape}"
+        )
 
     def nll(log_t: float) -> float:
         z = logp / np.exp(log_t)

@@ -48,19 +48,39 @@ from .hub import (
 )
 from .model import HubertECG
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_model", "save_pretrained", "build_from_state",
-           "update_saved_info", "describe", "normalise_state_dict", "infer_head", "config_from_hf",
-           "config_from_state", "FORMAT_NAME", "FORMAT_VERSION", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "load_model",
+    "save_pretrained",
+    "build_from_state",
+    "update_saved_info",
+    "describe",
+    "normalise_state_dict",
+    "infer_head",
+    "config_from_hf",
+    "config_from_state",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+]
 
 
-def build_from_state(config: ModelConfig, state: Mapping[str, Tensor], source: str,
-                     info: CheckpointInfo | None = None) -> HubertECG:
+def build_from_state(
+    config: ModelConfig, state: Mapping[str, Tensor], source: str, info: CheckpointInfo | None = None
+) -> HubertECG:
     """Build a model and load ``state`` with every check of :meth:`HubertECG.from_pretrained`."""
     return HubertECG._from_state(config, state, source, info)
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None,
-               verify_checksum: bool = True, revision: str | None = None) -> HubertECG:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    verify_checksum: bool = True,
+    revision: str | None = None,
+) -> HubertECG:
     """Load any accepted checkpoint and return the model in eval mode (masking only when asked for)."""
     return HubertECG.from_pretrained(path, revision=revision, device=device, verify_checksum=verify_checksum)
 
@@ -94,8 +114,14 @@ def update_saved_info(directory: str | os.PathLike, **changes: Any) -> Checkpoin
 def describe(model: HubertECG) -> dict[str, Any]:
     """Summary for ``hubert-ecg info``."""
     c = model.config
-    size = next((name for name, s in MODEL_SIZES.items()
-                 if s["hidden_size"] == c.hidden_size and s["num_hidden_layers"] == c.num_hidden_layers), "custom")
+    size = next(
+        (
+            name
+            for name, s in MODEL_SIZES.items()
+            if s["hidden_size"] == c.hidden_size and s["num_hidden_layers"] == c.num_hidden_layers
+        ),
+        "custom",
+    )
     head = c.head
     return {
         "size": size,
@@ -107,8 +133,9 @@ def describe(model: HubertECG) -> dict[str, Any]:
         "input_rate_hz": c.input_rate_hz,
         "tokens_per_5s_window": c.num_tokens(c.window_samples),
         "codebooks": list(c.vocab_sizes),
-        "head": None if head is None else {"type": head.type, "num_labels": head.num_labels,
-                                           "hidden_size": head.hidden_size},
+        "head": None
+        if head is None
+        else {"type": head.type, "num_labels": head.num_labels, "hidden_size": head.hidden_size},
         "task": model.info.task,
         "labels": model.info.label_names,
         "thresholds": model.info.thresholds,

@@ -16,7 +16,8 @@ too conservative. Here both models are judged on the same resamples:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,16 +101,30 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any) -> dict[str, float]:
     else:
         z = diff / se
         p = float(2 * norm.sf(abs(z)))
-    return {"auroc_a": float(aucs[0]), "auroc_b": float(aucs[1]), "difference": diff, "se": se, "z": float(z),
-            "p_value": p, "lower": diff - 1.959963984540054 * se, "upper": diff + 1.959963984540054 * se}
+    return {
+        "auroc_a": float(aucs[0]),
+        "auroc_b": float(aucs[1]),
+        "difference": diff,
+        "se": se,
+        "z": float(z),
+        "p_value": p,
+        "lower": diff - 1.959963984540054 * se,
+        "upper": diff + 1.959963984540054 * se,
+    }
 
 
-def _diff_stats(point: float, samples: np.ndarray, confidence: float, method: str,
-                jackknife: np.ndarray | None) -> dict[str, Any]:
+def _diff_stats(
+    point: float, samples: np.ndarray, confidence: float, method: str, jackknife: np.ndarray | None
+) -> dict[str, Any]:
     finite = samples[np.isfinite(samples)]
     if finite.size == 0 or not math.isfinite(point):
-        return {"difference": float(point), "lower": float("nan"), "upper": float("nan"),
-                "p_value": float("nan"), "n_used": int(finite.size)}
+        return {
+            "difference": float(point),
+            "lower": float("nan"),
+            "upper": float("nan"),
+            "p_value": float("nan"),
+            "n_used": int(finite.size),
+        }
     if method == "bca" and jackknife is not None:
         lower, upper = bca_bounds(point, samples, jackknife, confidence)
     else:
@@ -120,10 +135,21 @@ def _diff_stats(point: float, samples: np.ndarray, confidence: float, method: st
     return {"difference": float(point), "lower": lower, "upper": upper, "p_value": p, "n_used": int(finite.size)}
 
 
-def paired_bootstrap(task: str, y_true: Any, score_a: Any, score_b: Any, *, n_resamples: int = 1000,
-                     confidence: float = 0.95, seed: int = 0, thresholds_a: Any = None, thresholds_b: Any = None,
-                     stratify: bool = False, label_names: Sequence[str] | None = None,
-                     method: str = "percentile") -> dict[str, Any]:
+def paired_bootstrap(
+    task: str,
+    y_true: Any,
+    score_a: Any,
+    score_b: Any,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    thresholds_a: Any = None,
+    thresholds_b: Any = None,
+    stratify: bool = False,
+    label_names: Sequence[str] | None = None,
+    method: str = "percentile",
+) -> dict[str, Any]:
     """Paired bootstrap of every metric difference ``B - A`` (same records, same resamples).
 
     Returns ``{"method", "n_resamples", "confidence", "seed", "stratify", "macro": {metric: d},
@@ -164,9 +190,11 @@ def paired_bootstrap(task: str, y_true: Any, score_a: Any, score_b: Any, *, n_re
     jack: dict[str, Any] = {}
     if method == "bca":
         ja, jb = _jackknife(prep_a, res_a.thresholds, defined), _jackknife(prep_b, res_b.thresholds, defined)
-        jack = {"label": {m: jb[0][m] - ja[0][m] for m in ja[0] if m in jb[0]},
-                "macro": {m: jb[1][m] - ja[1][m] for m in ja[1] if m in jb[1]},
-                "overall": {m: jb[2][m] - ja[2][m] for m in ja[2]}}
+        jack = {
+            "label": {m: jb[0][m] - ja[0][m] for m in ja[0] if m in jb[0]},
+            "macro": {m: jb[1][m] - ja[1][m] for m in ja[1] if m in jb[1]},
+            "overall": {m: jb[2][m] - ja[2][m] for m in ja[2]},
+        }
     per_label: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(res_a.label_names):
         per_label[name] = {}
@@ -174,19 +202,55 @@ def paired_bootstrap(task: str, y_true: Any, score_a: Any, score_b: Any, *, n_re
             point = res_b.per_label[metric][i] - res_a.per_label[metric][i]
             j = jack["label"][metric][:, i] if jack else None
             per_label[name][metric] = _diff_stats(point, np.concatenate(parts)[:, i], confidence, method, j)
-    macro = {m: _diff_stats(res_b.macro[m] - res_a.macro[m], np.concatenate(parts), confidence, method,
-                            jack["macro"].get(m) if jack else None) for m, parts in macro_parts.items()}
-    overall = {m: _diff_stats(res_b.overall[m] - res_a.overall[m], np.concatenate(parts), confidence, method,
-                              jack["overall"].get(m) if jack else None) for m, parts in overall_parts.items()}
-    return {"method": method, "task": res_a.task, "n_resamples": int(n_resamples), "confidence": float(confidence),
-            "seed": int(seed), "stratify": bool(stratify), "n_records": int(n_records),
-            "undefined_labels": list(res_a.undefined_labels), "macro": macro, "overall": overall,
-            "per_label": per_label}
+    macro = {
+        m: _diff_stats(
+            res_b.macro[m] - res_a.macro[m],
+            np.concatenate(parts),
+            confidence,
+            method,
+            jack["macro"].get(m) if jack else None,
+        )
+        for m, parts in macro_parts.items()
+    }
+    overall = {
+        m: _diff_stats(
+            res_b.overall[m] - res_a.overall[m],
+            np.concatenate(parts),
+            confidence,
+            method,
+            jack["overall"].get(m) if jack else None,
+        )
+        for m, parts in overall_parts.items()
+    }
+    return {
+        "method": method,
+        "task": res_a.task,
+        "n_resamples": int(n_resamples),
+        "confidence": float(confidence),
+        "seed": int(seed),
+        "stratify": bool(stratify),
+        "n_records": int(n_records),
+        "undefined_labels": list(res_a.undefined_labels),
+        "macro": macro,
+        "overall": overall,
+        "per_label": per_label,
+    }
 
 
-def compare_scores(task: str, y_true: Any, score_a: Any, score_b: Any, *, label_names: Sequence[str] | None = None,
-                   n_resamples: int = 1000, seed: int = 0, method: str = "percentile", stratify: bool = False,
-                   thresholds_a: Any = None, thresholds_b: Any = None) -> dict[str, Any]:
+def compare_scores(
+    task: str,
+    y_true: Any,
+    score_a: Any,
+    score_b: Any,
+    *,
+    label_names: Sequence[str] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    method: str = "percentile",
+    stratify: bool = False,
+    thresholds_a: Any = None,
+    thresholds_b: Any = None,
+) -> dict[str, Any]:
     """Everything a side-by-side comparison needs: both models' metrics and CIs, paired differences, DeLong.
 
     Returns ``{"a": MetricsResult, "b": MetricsResult, "ci_a", "ci_b": bootstrap_ci dicts,
@@ -197,14 +261,42 @@ def compare_scores(task: str, y_true: Any, score_a: Any, score_b: Any, *, label_
     """
     res_a = compute_metrics(task, y_true, score_a, thresholds=thresholds_a, label_names=label_names)
     res_b = compute_metrics(task, y_true, score_b, thresholds=thresholds_b, label_names=label_names)
-    paired = paired_bootstrap(task, y_true, score_a, score_b, n_resamples=n_resamples, seed=seed, method=method,
-                              stratify=stratify, label_names=label_names, thresholds_a=thresholds_a,
-                              thresholds_b=thresholds_b)
+    paired = paired_bootstrap(
+        task,
+        y_true,
+        score_a,
+        score_b,
+        n_resamples=n_resamples,
+        seed=seed,
+        method=method,
+        stratify=stratify,
+        label_names=label_names,
+        thresholds_a=thresholds_a,
+        thresholds_b=thresholds_b,
+    )
     # Each model's own interval, on the same resamples (same seed) as the paired differences.
-    ci_a = bootstrap_ci(task, y_true, score_a, n_resamples=n_resamples, seed=seed, method=method, stratify=stratify,
-                        label_names=label_names, thresholds=thresholds_a)
-    ci_b = bootstrap_ci(task, y_true, score_b, n_resamples=n_resamples, seed=seed, method=method, stratify=stratify,
-                        label_names=label_names, thresholds=thresholds_b)
+    ci_a = bootstrap_ci(
+        task,
+        y_true,
+        score_a,
+        n_resamples=n_resamples,
+        seed=seed,
+        method=method,
+        stratify=stratify,
+        label_names=label_names,
+        thresholds=thresholds_a,
+    )
+    ci_b = bootstrap_ci(
+        task,
+        y_true,
+        score_b,
+        n_resamples=n_resamples,
+        seed=seed,
+        method=method,
+        stratify=stratify,
+        label_names=label_names,
+        thresholds=thresholds_b,
+    )
     delong: dict[str, Any] = {}
     if res_a.task != "regression":
         prep_a = _prepare(task, y_true, score_a, label_names)

@@ -20,16 +20,41 @@ import numpy as np
 
 # Hidden size, layers, heads, FFN size, codebook projection size, pre-training layerdrop.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
-    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
-                  classifier_proj_size=256, layerdrop=0.1),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 classifier_proj_size=256, layerdrop=0.1),
-    "large": dict(hidden_size=960, num_hidden_layers=16, num_attention_heads=12, intermediate_size=3840,
-                  classifier_proj_size=512, layerdrop=0.0),
+    "small": dict(
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        intermediate_size=2048,
+        classifier_proj_size=256,
+        layerdrop=0.1,
+    ),
+    "base": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        classifier_proj_size=256,
+        layerdrop=0.1,
+    ),
+    "large": dict(
+        hidden_size=960,
+        num_hidden_layers=16,
+        num_attention_heads=12,
+        intermediate_size=3840,
+        classifier_proj_size=512,
+        layerdrop=0.0,
+    ),
     # Not published: a few-second CPU model for tests, demos and smoke runs.
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                 classifier_proj_size=32, layerdrop=0.0, conv_dim=(64, 64, 64, 64, 64),
-                 num_conv_pos_embedding_groups=4),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        classifier_proj_size=32,
+        layerdrop=0.0,
+        conv_dim=(64, 64, 64, 64, 64),
+        num_conv_pos_embedding_groups=4,
+    ),
 }
 
 # Conv stems by input sampling rate: every stem turns 5 s x 12 leads into 93 tokens.
@@ -48,9 +73,11 @@ def stem_layout(rate_hz: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(kernels, strides) of the released stem for an input rate; a one-line error for other rates."""
     stem = CONV_STEMS.get(int(rate_hz)) if float(rate_hz).is_integer() else None
     if stem is None:
-        raise ValueError(f"no default conv layout for fs={float(rate_hz)} Hz (known: "
-                         f"{', '.join(str(r) for r in sorted(CONV_STEMS, reverse=True))}); "
-                         "pass conv_kernels and conv_strides")
+        raise ValueError(
+            f"no default conv layout for fs={float(rate_hz)} Hz (known: "
+            f"{', '.join(str(r) for r in sorted(CONV_STEMS, reverse=True))}); "
+            "pass conv_kernels and conv_strides"
+        )
     return tuple(stem["conv_kernel"]), tuple(stem["conv_stride"])
 
 
@@ -85,8 +112,10 @@ def token_spans(num_samples: int, kernels: Sequence[int], strides: Sequence[int]
     """int64 (T, 2): ``[start, stop)`` of the input samples token t depends on, ``[t S, t S + R)``."""
     count = num_tokens(num_samples, kernels, strides)
     if count == 0:
-        raise ValueError(f"input of {num_samples} samples is shorter than the conv receptive field (kernels "
-                         f"{tuple(kernels)}, strides {tuple(strides)})")
+        raise ValueError(
+            f"input of {num_samples} samples is shorter than the conv receptive field (kernels "
+            f"{tuple(kernels)}, strides {tuple(strides)})"
+        )
     starts = np.arange(count, dtype=np.int64) * total_stride(strides)
     return np.stack([starts, starts + receptive_field(kernels, strides)], axis=1)
 
@@ -94,8 +123,11 @@ def token_spans(num_samples: int, kernels: Sequence[int], strides: Sequence[int]
 MaskT = TypeVar("MaskT")
 
 
-def token_mask_from_sample_mask(sample_mask: MaskT, conv_kernels: Sequence[int] = CONV_STEMS[100]["conv_kernel"],
-                                conv_strides: Sequence[int] = CONV_STEMS[100]["conv_stride"]) -> MaskT:
+def token_mask_from_sample_mask(
+    sample_mask: MaskT,
+    conv_kernels: Sequence[int] = CONV_STEMS[100]["conv_kernel"],
+    conv_strides: Sequence[int] = CONV_STEMS[100]["conv_stride"],
+) -> MaskT:
     """Token-level mask from a sample-level mask: bool ``(B, L)`` -> bool ``(B, T)`` (numpy or torch).
 
     A token is valid iff every sample in its receptive field is valid (82 samples at stride 64 for
@@ -115,7 +147,7 @@ def token_mask_from_sample_mask(sample_mask: MaskT, conv_kernels: Sequence[int] 
         stop = stride * (out_len - 1) + 1
         acc = mask[..., 0:stop:stride]
         for offset in range(1, kernel):
-            acc = acc & mask[..., offset: offset + stop: stride]
+            acc = acc & mask[..., offset : offset + stop : stride]
         mask = acc
     return mask
 
@@ -190,8 +222,8 @@ class ModelConfig:
             raise ValueError("conv_dim, conv_kernel and conv_stride must have the same length")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}")
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
         if self.hidden_size % self.num_conv_pos_embedding_groups:
             raise ValueError("hidden_size must be divisible by num_conv_pos_embedding_groups")
 

@@ -37,8 +37,9 @@ _PREFIX = "hubert_ecg."
 _JSON_KEYS = ("labels", "thresholds", "preprocessing", "inputs")
 
 
-def standard_order(signal: np.ndarray, leads: Sequence[str] | None = None, *,
-                   allow_missing_leads: bool = False) -> np.ndarray:
+def standard_order(
+    signal: np.ndarray, leads: Sequence[str] | None = None, *, allow_missing_leads: bool = False
+) -> np.ndarray:
     """One raw record -> float64 (12, samples) in the order I, II, III, aVR, aVL, aVF, V1-V6.
 
     Without ``leads`` the array must already be in that order ((12, n), or (n, 12), transposed
@@ -54,6 +55,7 @@ def standard_order(signal: np.ndarray, leads: Sequence[str] | None = None, *,
             raise ValueError(f"expected 12 leads in the order I..V6 (or pass leads=...), got shape {signal.shape}")
         return signal
     from .io import arrange_leads
+
     ordered, _ = arrange_leads("<array>", signal, list(leads), allow_missing_leads=allow_missing_leads)
     return ordered
 
@@ -67,9 +69,15 @@ def stride_samples(spec: PreprocessSpec, stride_s: float | None) -> int | None:
     return max(1, int(round(stride_s * spec.target_hz)))
 
 
-def onnx_inputs(signal: np.ndarray, fs: float, spec: PreprocessSpec | dict[str, Any] | None = None, *,
-                leads: Sequence[str] | None = None, windows: str = "sliding",
-                stride_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def onnx_inputs(
+    signal: np.ndarray,
+    fs: float,
+    spec: PreprocessSpec | dict[str, Any] | None = None,
+    *,
+    leads: Sequence[str] | None = None,
+    windows: str = "sliding",
+    stride_s: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """A raw record -> the ONNX graph's inputs, exactly as ``hubert-ecg predict/embed`` prepare them.
 
     Args:
@@ -103,8 +111,11 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        raw = dict(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                   .get_modelmeta().custom_metadata_map)
+        raw = dict(
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            .get_modelmeta()
+            .custom_metadata_map
+        )
     except ImportError:
         import onnx
 
@@ -112,7 +123,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key.startswith(_PREFIX):
-            name = key[len(_PREFIX):]
+            name = key[len(_PREFIX) :]
             out[name] = json.loads(value) if name in _JSON_KEYS else value
     if "preprocessing" not in out:
         raise ValueError(f"{path}: no hubert_ecg metadata (exported by an older version, or not by hubert-ecg)")
@@ -130,8 +141,15 @@ class OnnxECG:
         threads: ONNX Runtime intra-op threads (default: its own choice).
     """
 
-    def __init__(self, path: str | Path, *, windows: str = "sliding", stride_s: float | None = None,
-                 aggregate: str = "mean", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        windows: str = "sliding",
+        stride_s: float | None = None,
+        aggregate: str = "mean",
+        threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.metadata = read_onnx_metadata(path)
@@ -155,8 +173,10 @@ class OnnxECG:
         if "attention_mask" in self.input_names:
             feeds["attention_mask"] = mask
         elif not mask.all():
-            raise ValueError(f"record is shorter than one {self.spec.window_s:g} s window and this graph has no "
-                             "attention_mask input: export it with --with-mask")
+            raise ValueError(
+                f"record is shorter than one {self.spec.window_s:g} s window and this graph has no "
+                "attention_mask input: export it with --with-mask"
+            )
         return dict(zip(self.output_names, self.session.run(None, feeds)))
 
     def _pool(self, values: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import torch
 from .atomic import atomic_path, atomic_write_json, check_writable
 from .loader import StoreWindows, evaluation_windows, window_batches
 from .model import HubertECG
+from .progress import progress
 from .store import ECGStore
 from .tasks import get_task, probabilities  # noqa: F401  (probabilities: moved to tasks)
 
@@ -37,12 +38,14 @@ def _scorable(task: str, labels: np.ndarray, *, warn: bool) -> np.ndarray:
     if task in ("binary", "multi_class"):
         keep = ~blank[:, 0]
         if warn and not keep.all():
-            warnings.warn(f"{int((~keep).sum())} records with a blank label were left out of the metrics",
-                          stacklevel=3)
+            warnings.warn(f"{int((~keep).sum())} records with a blank label were left out of the metrics", stacklevel=3)
         return keep
     if warn and blank.any():
-        warnings.warn(f"{int(blank.sum())} blank label values ({int(blank.any(axis=1).sum())} records) were left "
-                      "out of their own label's metrics only", stacklevel=3)
+        warnings.warn(
+            f"{int(blank.sum())} blank label values ({int(blank.any(axis=1).sum())} records) were left "
+            "out of their own label's metrics only",
+            stacklevel=3,
+        )
     return np.ones(len(labels), dtype=bool)
 
 
@@ -61,12 +64,24 @@ class Scores:
 
 
 @torch.no_grad()
-def score_rows(model: HubertECG, store: ECGStore, rows: np.ndarray, *, task: str,
-               device: torch.device | str = "cpu", autocast: Callable[[], Any] | None = None,
-               windows: str = "first", n_crops: int = 3, aggregate: str = "mean", stride: int | None = None,
-               batch_size: int = 64, seed: int = 0,
-               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-               keep_leads: np.ndarray | None = None) -> Scores:
+def score_rows(
+    model: HubertECG,
+    store: ECGStore,
+    rows: np.ndarray,
+    *,
+    task: str,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], Any] | None = None,
+    windows: str = "first",
+    n_crops: int = 3,
+    aggregate: str = "mean",
+    stride: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    keep_leads: np.ndarray | None = None,
+    show_progress: bool = False,
+) -> Scores:
     """Run the model over evaluation windows of ``rows`` and aggregate per record (mean or max).
 
     ``keep_leads`` (12,) bool: score with only these leads, the others zeroed (reduced-lead evaluation).
@@ -79,10 +94,14 @@ def score_rows(model: HubertECG, store: ECGStore, rows: np.ndarray, *, task: str
     autocast = autocast or nullcontext
     has_labels = store.labels is not None
     dataset = StoreWindows(store, crop="given", labels=has_labels, seed=seed)
-    win = evaluation_windows(store, rows, window=dataset.window, mode=windows, n_crops=n_crops,
-                             stride=stride, seed=seed)
+    win = evaluation_windows(
+        store, rows, window=dataset.window, mode=windows, n_crops=n_crops, stride=stride, seed=seed
+    )
     probs, losses, weights = [], [], []
-    for item in window_batches(win, batch_size):
+    n_batches = -(-len(win.rows) // batch_size)
+    for item in progress(
+        window_batches(win, batch_size), total=n_batches, desc="scoring", unit="batch", enabled=show_progress
+    ):
         batch = dataset[item]
         x = batch["input"].to(device)
         if keep_leads is not None:
@@ -101,7 +120,7 @@ def score_rows(model: HubertECG, store: ECGStore, rows: np.ndarray, *, task: str
     first_row: dict[int, int] = {}
     for r, g in zip(win.rows, win.groups):
         first_row.setdefault(int(g), int(r))
-    labels = store.labels[[first_row[int(g)] for g in groups]] if has_labels else None
+    labels = store.labels[[first_row[int(g)] for g in groups]] if has_labels and store.labels is not None else None
     loss = float(np.average(losses, weights=weights)) if losses else None
     return Scores(win.record_ids[groups], agg, labels, loss, len(win.rows))
 
@@ -111,19 +130,24 @@ def check_compatible(model: HubertECG, store: ECGStore) -> None:
     spec = model.info.preprocessing
     if spec is not None and spec != store.spec.to_dict():
         diffs = [k for k in spec if spec.get(k) != store.spec.to_dict().get(k)]
-        raise ValueError(f"{store.path}: prepared with a different preprocessing than the model expects "
-                         f"(differs in: {', '.join(diffs)}); prepare it again with the model's spec")
+        raise ValueError(
+            f"{store.path}: prepared with a different preprocessing than the model expects "
+            f"(differs in: {', '.join(diffs)}); prepare it again with the model's spec"
+        )
     head = model.config.head
     if head is None:
         raise ValueError("this model has no classification head; fine-tune it first")
     if store.labels is None:
         raise ValueError(f"{store.path}: the store has no labels to evaluate against")
     if model.info.task == "multi_label" and store.labels.shape[1] != head.num_labels:
-        raise ValueError(f"the model predicts {head.num_labels} labels but {store.path} has "
-                         f"{store.labels.shape[1]} label columns")
+        raise ValueError(
+            f"the model predicts {head.num_labels} labels but {store.path} has {store.labels.shape[1]} label columns"
+        )
     names = model.info.label_names
     if names and model.info.task == "multi_label" and list(names) != list(store.label_names):
-        warnings.warn("label names differ between the model and the store; columns are matched by position")
+        warnings.warn(
+            "label names differ between the model and the store; columns are matched by position", stacklevel=2
+        )
 
 
 def write_probabilities(path: Path, scores: Scores, label_names: list[str]) -> Path:
@@ -165,32 +189,63 @@ def _load_and_check(checkpoint: str | Path, store: ECGStore, device: str) -> tup
 def _split_rows(store: ECGStore, split: str) -> np.ndarray:
     rows = store.rows(split) if split else store.rows()
     if len(rows) == 0:
-        raise ValueError(f"{store.path}: no rows in split {split!r} (splits present: "
-                         f"{', '.join(sorted(set(store.splits.tolist()))) or 'none'})")
+        raise ValueError(
+            f"{store.path}: no rows in split {split!r} (splits present: "
+            f"{', '.join(sorted(set(store.splits.tolist()))) or 'none'})"
+        )
     return rows
 
 
-def score_split(model: HubertECG, store: ECGStore, split: str, *, device: torch.device, windows: str = "first",
-                n_crops: int = 3, aggregate: str = "mean", stride: int | None = None, batch_size: int = 64,
-                seed: int = 0, keep_leads: np.ndarray | None = None, warn_blank: bool = True) -> ScoredSplit:
+def score_split(
+    model: HubertECG,
+    store: ECGStore,
+    split: str,
+    *,
+    device: torch.device,
+    windows: str = "first",
+    n_crops: int = 3,
+    aggregate: str = "mean",
+    stride: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    keep_leads: np.ndarray | None = None,
+    warn_blank: bool = True,
+    show_progress: bool = False,
+) -> ScoredSplit:
     """Score every record of ``split`` (with ``keep_leads``: only those leads, the others zeroed)."""
     from .runtime import autocast_context, precision_dtype
 
     task = model.info.task or "multi_label"
     rows = _split_rows(store, split)
     autocast = autocast_context(device, precision_dtype("auto", device))
-    scores = score_rows(model, store, rows, task=task, device=device, autocast=autocast, windows=windows,
-                        n_crops=n_crops, aggregate=aggregate, stride=stride, batch_size=batch_size, seed=seed,
-                        keep_leads=keep_leads)
+    scores = score_rows(
+        model,
+        store,
+        rows,
+        task=task,
+        device=device,
+        autocast=autocast,
+        windows=windows,
+        n_crops=n_crops,
+        aggregate=aggregate,
+        stride=stride,
+        batch_size=batch_size,
+        seed=seed,
+        keep_leads=keep_leads,
+        show_progress=show_progress,
+    )
     label_names = list(model.info.label_names or store.label_names)
+    if scores.labels is None:
+        raise ValueError(f"{store.path}: the store has no labels to evaluate against")
     known = _scorable(task, scores.labels, warn=warn_blank)
     y_true = targets_for_metrics(task, scores.labels[known])
     thresholds = model.info.thresholds if get_task(task).uses_thresholds else None
     names: list[str] | None = label_names if task != "multi_class" else None
     if task == "binary":
         names = label_names[:1] or None
-    return ScoredSplit(task, scores.record_ids[known], y_true, scores.probabilities[known], names,
-                       thresholds, scores.n_windows, scores)
+    return ScoredSplit(
+        task, scores.record_ids[known], y_true, scores.probabilities[known], names, thresholds, scores.n_windows, scores
+    )
 
 
 def store_columns(store: ECGStore, record_ids: np.ndarray, names: list[str]) -> dict[str, list[Any]]:
@@ -213,15 +268,17 @@ def store_columns(store: ECGStore, record_ids: np.ndarray, names: list[str]) -> 
             except json.JSONDecodeError:
                 pass
             values: dict[str, Any] = {k: v for k, v in row.items() if k != "meta"}
-            values.update({k[len(LABEL_PREFIX):]: v for k, v in row.items() if k.startswith(LABEL_PREFIX)})
+            values.update({k[len(LABEL_PREFIX) :]: v for k, v in row.items() if k.startswith(LABEL_PREFIX)})
             values.update({k: v for k, v in meta.items() if not isinstance(v, (list, dict))})
             first[rid] = values
     available = sorted({k for v in first.values() for k in v} - {"row", "shard", "shard_row"})
     out: dict[str, list[Any]] = {}
     for name in names:
         if name not in available:
-            raise ValueError(f"--subgroups: no column {name!r} in {store.path} (manifest fields, record metadata "
-                             f"or labels; available: {', '.join(available)})")
+            raise ValueError(
+                f"--subgroups: no column {name!r} in {store.path} (manifest fields, record metadata "
+                f"or labels; available: {', '.join(available)})"
+            )
         out[name] = [first.get(str(rid), {}).get(name) for rid in record_ids]
     return out
 
@@ -230,12 +287,27 @@ def _fmt_p(value: Any) -> str:
     return "" if value is None or not np.isfinite(value) else f"{value:.3g}"
 
 
-def report_scores(out: Path, *, task: str, y_true: np.ndarray, y_score: np.ndarray, label_names: list[str] | None,
-                  thresholds: Any = None, n_bootstrap: int = 1000, seed: int = 0, ci_method: str = "percentile",
-                  stratify: bool = False, subgroup_columns: dict[str, list[Any]] | None = None,
-                  calibration_info: dict[str, Any] | None = None, uncalibrated: np.ndarray | None = None,
-                  lead_subsets: dict[str, np.ndarray] | None = None, title: str, data_note: str,
-                  extra: dict[str, Any]) -> dict[str, Any]:
+def report_scores(
+    out: Path,
+    *,
+    task: str,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    label_names: list[str] | None,
+    thresholds: Any = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci_method: str = "percentile",
+    stratify: bool = False,
+    subgroup_columns: dict[str, list[Any]] | None = None,
+    calibration_info: dict[str, Any] | None = None,
+    uncalibrated: np.ndarray | None = None,
+    lead_subsets: dict[str, np.ndarray] | None = None,
+    title: str,
+    data_note: str,
+    extra: dict[str, Any],
+    show_progress: bool = False,
+) -> dict[str, Any]:
     """Metrics, CIs, plots and the report for record-level probabilities; returns the summary.
 
     ``uncalibrated``: probabilities before post-hoc calibration (``y_score`` is after), for the
@@ -248,8 +320,22 @@ def report_scores(out: Path, *, task: str, y_true: np.ndarray, y_score: np.ndarr
     from .report import ReportSection, format_interval, write_report
 
     result = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=label_names)
-    ci = bootstrap_ci(task, y_true, y_score, n_resamples=n_bootstrap, seed=seed, thresholds=thresholds,
-                      label_names=label_names, method=ci_method, stratify=stratify) if n_bootstrap > 0 else None
+    ci = (
+        bootstrap_ci(
+            task,
+            y_true,
+            y_score,
+            n_resamples=n_bootstrap,
+            seed=seed,
+            thresholds=thresholds,
+            label_names=label_names,
+            method=ci_method,
+            stratify=stratify,
+            show_progress=show_progress,
+        )
+        if n_bootstrap > 0
+        else None
+    )
     names = label_names or list(result.label_names)
     figures: dict[str, Path] = {}
     sections: list[ReportSection] = []
@@ -258,11 +344,13 @@ def report_scores(out: Path, *, task: str, y_true: np.ndarray, y_score: np.ndarr
         figures["ROC and precision-recall curves"] = plots.plot_roc_pr(y_true, y_score, names, out / "roc_pr.png")
         if ci is not None:
             figures["AUROC per label with 95% CI"] = plots.plot_per_label_auroc(ci, out / "auroc_per_label.png")
-        figures["Reliability diagrams (calibration)"] = plots.plot_reliability(y_true, y_score, names,
-                                                                                out / "reliability.png")
+        figures["Reliability diagrams (calibration)"] = plots.plot_reliability(
+            y_true, y_score, names, out / "reliability.png"
+        )
     if task == "multi_class" and result.confusion_matrix is not None:
-        figures["Confusion matrix"] = plots.plot_confusion_matrix(result.confusion_matrix, names,
-                                                                  out / "confusion_matrix.png")
+        figures["Confusion matrix"] = plots.plot_confusion_matrix(
+            result.confusion_matrix, names, out / "confusion_matrix.png"
+        )
     if task == "regression":
         figures["Predicted vs true"] = plots.plot_regression(y_true, y_score, out / "regression.png")
 
@@ -275,42 +363,81 @@ def report_scores(out: Path, *, task: str, y_true: np.ndarray, y_score: np.ndarr
             if metric in result.overall:
                 rows.append([metric, f"{before.overall[metric]:.4f}", f"{result.overall[metric]:.4f}"])
         params = {k: v for k, v in calibration_info.items() if k not in ("a", "b")}
-        sections.append(ReportSection(
-            "Post-hoc calibration", ["metric", "before", "after"], rows,
-            intro=f"Probabilities in this report are calibrated: {json.dumps(params)} "
-                  "(fitted on validation records only, never on the records evaluated here). "
-                  "Platt scaling and temperature scaling keep the ranking, so AUROC is unchanged."))
+        sections.append(
+            ReportSection(
+                "Post-hoc calibration",
+                ["metric", "before", "after"],
+                rows,
+                intro=f"Probabilities in this report are calibrated: {json.dumps(params)} "
+                "(fitted on validation records only, never on the records evaluated here). "
+                "Platt scaling and temperature scaling keep the ranking, so AUROC is unchanged.",
+            )
+        )
         details["calibration"] = {"fit": calibration_info, "before": {"macro": before.macro, "overall": before.overall}}
 
     if subgroup_columns:
         from .subgroups import subgroup_results
 
-        sub = subgroup_results(task, y_true, y_score, subgroup_columns, label_names=label_names,
-                               thresholds=thresholds, n_resamples=n_bootstrap, seed=seed, method=ci_method,
-                               stratify=stratify)
+        sub = subgroup_results(
+            task,
+            y_true,
+            y_score,
+            subgroup_columns,
+            label_names=label_names,
+            thresholds=thresholds,
+            n_resamples=n_bootstrap,
+            seed=seed,
+            method=ci_method,
+            stratify=stratify,
+        )
         key = "auroc" if task != "regression" else "mae"
-        header = ["column", "group", "records", f"macro {key}", "macro AUPRC" if key == "auroc" else "macro R²",
-                  "note"]
+        header = ["column", "group", "records", f"macro {key}", "macro AUPRC" if key == "auroc" else "macro R²", "note"]
         second = "auprc" if key == "auroc" else "r2"
         rows, forest, groups = [], [], []
         for column, entry in sub.items():
             for group, info in entry["groups"].items():
                 stats = info["macro"].get(key, {})
-                rows.append([column, group, str(info["n_records"]), format_interval(stats),
-                             format_interval(info["macro"].get(second, {})), info["note"] or ""])
-                forest.append((f"{column} = {group} (n={info['n_records']})", stats.get("point", np.nan),
-                               stats.get("lower", np.nan), stats.get("upper", np.nan)))
+                rows.append(
+                    [
+                        column,
+                        group,
+                        str(info["n_records"]),
+                        format_interval(stats),
+                        format_interval(info["macro"].get(second, {})),
+                        info["note"] or "",
+                    ]
+                )
+                forest.append(
+                    (
+                        f"{column} = {group} (n={info['n_records']})",
+                        stats.get("point", np.nan),
+                        stats.get("lower", np.nan),
+                        stats.get("upper", np.nan),
+                    )
+                )
                 groups.append(column)
-        plot = plots.plot_intervals(forest, out / "subgroups.png", xlabel=f"macro {key.upper()} (bootstrap CI)",
-                                    title="Subgroups", reference=0.5 if key == "auroc" else None, groups=groups)
+        plot = plots.plot_intervals(
+            forest,
+            out / "subgroups.png",
+            xlabel=f"macro {key.upper()} (bootstrap CI)",
+            title="Subgroups",
+            reference=0.5 if key == "auroc" else None,
+            groups=groups,
+        )
         from .subgroups import AGE_BANDS, MAX_NUMERIC_LEVELS, MIN_GROUP_RECORDS
 
-        sections.append(ReportSection(
-            "Subgroups", header, rows, plots={f"macro {key.upper()} per subgroup": plot},
-            intro=f"Each group is bootstrapped on its own. Grouping: text columns by value; numeric columns with at "
-                  f"most {MAX_NUMERIC_LEVELS} values by value; 'age' in bands "
-                  f"{', '.join(b[2] for b in AGE_BANDS)}; other numeric columns at their quartiles; blank = "
-                  f"'missing'. Groups under {MIN_GROUP_RECORDS} records get no interval."))
+        sections.append(
+            ReportSection(
+                "Subgroups",
+                header,
+                rows,
+                plots={f"macro {key.upper()} per subgroup": plot},
+                intro="Each group is bootstrapped on its own. Grouping: text columns by value; numeric columns with "
+                f"at most {MAX_NUMERIC_LEVELS} values by value; 'age' in bands "
+                f"{', '.join(b[2] for b in AGE_BANDS)}; other numeric columns at their quartiles; blank = "
+                f"'missing'. Groups under {MIN_GROUP_RECORDS} records get no interval.",
+            )
+        )
         details["subgroups"] = sub
 
     if lead_subsets:
@@ -318,30 +445,81 @@ def report_scores(out: Path, *, task: str, y_true: np.ndarray, y_score: np.ndarr
         rows, forest = [], []
         lead_details = {}
         for name, probs in lead_subsets.items():
-            paired = paired_bootstrap(task, y_true, y_score, probs, n_resamples=max(n_bootstrap, 1), seed=seed,
-                                      label_names=label_names, thresholds_a=thresholds, thresholds_b=thresholds,
-                                      method=ci_method, stratify=stratify)
-            sub_ci = bootstrap_ci(task, y_true, probs, n_resamples=max(n_bootstrap, 1), seed=seed,
-                                  thresholds=thresholds, label_names=label_names, method=ci_method, stratify=stratify)
+            paired = paired_bootstrap(
+                task,
+                y_true,
+                y_score,
+                probs,
+                n_resamples=max(n_bootstrap, 1),
+                seed=seed,
+                label_names=label_names,
+                thresholds_a=thresholds,
+                thresholds_b=thresholds,
+                method=ci_method,
+                stratify=stratify,
+            )
+            sub_ci = bootstrap_ci(
+                task,
+                y_true,
+                probs,
+                n_resamples=max(n_bootstrap, 1),
+                seed=seed,
+                thresholds=thresholds,
+                label_names=label_names,
+                method=ci_method,
+                stratify=stratify,
+            )
             d = paired["macro"][key]
-            rows.append([name, format_interval(sub_ci["macro"][key]), format_interval(d, "difference", signed=True),
-                         _fmt_p(d["p_value"]), format_interval(paired["macro"]["f1"], "difference", signed=True)
-                         if "f1" in paired["macro"] else ""])
+            rows.append(
+                [
+                    name,
+                    format_interval(sub_ci["macro"][key]),
+                    format_interval(d, "difference", signed=True),
+                    _fmt_p(d["p_value"]),
+                    format_interval(paired["macro"]["f1"], "difference", signed=True)
+                    if "f1" in paired["macro"]
+                    else "",
+                ]
+            )
             forest.append((name, d["difference"], d["lower"], d["upper"]))
             lead_details[name] = {"macro": sub_ci["macro"], "paired_difference_vs_all_leads": paired["macro"]}
-        plot = plots.plot_intervals(forest, out / "lead_subsets.png", xlabel=f"change in macro {key.upper()} "
-                                    "vs all 12 leads (paired bootstrap CI)", title="Reduced-lead input", reference=0.0)
-        sections.append(ReportSection(
-            "Reduced leads", ["leads kept", f"macro {key}", "change vs 12 leads", "p", "change in macro F1"],
-            rows, plots={"Change vs 12 leads": plot},
-            intro="The same records scored again with only these leads (the others zeroed, as a missing lead "
-                  "reaches the model); differences are paired bootstrap intervals against the 12-lead scores."))
+        plot = plots.plot_intervals(
+            forest,
+            out / "lead_subsets.png",
+            xlabel=f"change in macro {key.upper()} vs all 12 leads (paired bootstrap CI)",
+            title="Reduced-lead input",
+            reference=0.0,
+        )
+        sections.append(
+            ReportSection(
+                "Reduced leads",
+                ["leads kept", f"macro {key}", "change vs 12 leads", "p", "change in macro F1"],
+                rows,
+                plots={"Change vs 12 leads": plot},
+                intro="The same records scored again with only these leads (the others zeroed, as a missing lead "
+                "reaches the model); differences are paired bootstrap intervals against the 12-lead scores.",
+            )
+        )
         details["lead_subsets"] = lead_details
 
-    report = write_report(out, title=title, metrics_result=result, ci=ci, plots=figures, data_note=data_note,
-                          extra=extra, sections=sections, details=details)
-    summary = {"report": str(report), "records": int(len(y_true)), "macro": result.macro,
-               "undefined_labels": result.undefined_labels, "out": str(out)}
+    report = write_report(
+        out,
+        title=title,
+        metrics_result=result,
+        ci=ci,
+        plots=figures,
+        data_note=data_note,
+        extra=extra,
+        sections=sections,
+        details=details,
+    )
+    summary = {
+        "report": str(report),
+        "records": int(len(y_true)),
+        "macro": result.macro,
+        "undefined_labels": result.undefined_labels,
+        "out": str(out),
+    }
     if ci is not None:
         summary["macro_ci"] = ci.get("macro")
         summary["ci_method"] = ci_method
@@ -349,9 +527,20 @@ def report_scores(out: Path, *, task: str, y_true: np.ndarray, y_score: np.ndarr
     return summary
 
 
-def _calibration_for(model: HubertECG, store: ECGStore, method: str, split: str, *, device: torch.device,
-                     windows: str, n_crops: int, aggregate: str, stride: int | None, batch_size: int,
-                     seed: int) -> dict[str, Any]:
+def _calibration_for(
+    model: HubertECG,
+    store: ECGStore,
+    method: str,
+    split: str,
+    *,
+    device: torch.device,
+    windows: str,
+    n_crops: int,
+    aggregate: str,
+    stride: int | None,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
     """Fit post-hoc calibration on the records of ``split`` (validation) only."""
     from .calibration import fit_calibration
 
@@ -361,20 +550,50 @@ def _calibration_for(model: HubertECG, store: ECGStore, method: str, split: str,
         raise ValueError("--calibrate: a regression model has no probabilities to calibrate")
     if method not in ("auto", expected):
         raise ValueError(f"--calibrate {method}: a {task} model is calibrated with '{expected}'")
-    val = score_split(model, store, split, device=device, windows=windows, n_crops=n_crops, aggregate=aggregate,
-                      stride=stride, batch_size=batch_size, seed=seed, warn_blank=False)
+    val = score_split(
+        model,
+        store,
+        split,
+        device=device,
+        windows=windows,
+        n_crops=n_crops,
+        aggregate=aggregate,
+        stride=stride,
+        batch_size=batch_size,
+        seed=seed,
+        warn_blank=False,
+    )
     fit = fit_calibration(task, val.y_true, val.y_score)
     fit["split"] = split
     return fit
 
 
-def evaluate(checkpoint: str | Path, store_path: str | Path, out_dir: str | Path, *, split: str = "test",
-             windows: str = "first", n_crops: int = 3, aggregate: str = "mean", stride: int | None = None,
-             batch_size: int = 64, n_bootstrap: int = 1000, seed: int = 0, device: str = "auto",
-             data_note: str | None = None, title: str | None = None, ci_method: str = "percentile",
-             stratify: bool = False, subgroups: list[str] | None = None, leads: list[str] | None = None,
-             calibrate: str | None = None, calibration_split: str = "val", save_calibration: bool = False,
-             use_saved_calibration: bool = True) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path,
+    store_path: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    windows: str = "first",
+    n_crops: int = 3,
+    aggregate: str = "mean",
+    stride: int | None = None,
+    batch_size: int = 64,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    data_note: str | None = None,
+    title: str | None = None,
+    ci_method: str = "percentile",
+    stratify: bool = False,
+    subgroups: list[str] | None = None,
+    leads: list[str] | None = None,
+    calibrate: str | None = None,
+    calibration_split: str = "val",
+    save_calibration: bool = False,
+    use_saved_calibration: bool = True,
+    show_progress: bool = False,
+) -> dict[str, Any]:
     """Evaluate a fine-tuned model on a split of a store and write the report; returns a summary.
 
     ``ci_method``: "percentile" or "bca"; ``stratify``: resample within classes / label sets.
@@ -393,15 +612,23 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, out_dir: str | Path
     store = ECGStore(store_path)
     model, device_ = _load_and_check(checkpoint, store, device)
     if calibrate and calibration_split == split:
-        raise ValueError(f"--calibration-split {split!r} is the evaluated split: calibration must be fitted on "
-                         "other (validation) records")
+        raise ValueError(
+            f"--calibration-split {split!r} is the evaluated split: calibration must be fitted on "
+            "other (validation) records"
+        )
     lead_sets = {name: parse_lead_set(name) for name in (leads or [])}
-    opts = dict(device=device_, windows=windows, n_crops=n_crops, aggregate=aggregate, stride=stride,
-                batch_size=batch_size, seed=seed)
-    scored = score_split(model, store, split, **opts)
+    opts: dict[str, Any] = dict(
+        device=device_,
+        windows=windows,
+        n_crops=n_crops,
+        aggregate=aggregate,
+        stride=stride,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    scored = score_split(model, store, split, show_progress=show_progress, **opts)
     task = scored.task
-    write_probabilities(out / "probabilities.csv", scored.all_scores, list(model.info.label_names or
-                                                                           store.label_names))
+    write_probabilities(out / "probabilities.csv", scored.all_scores, list(model.info.label_names or store.label_names))
     calibration = None
     if calibrate:
         calibration = _calibration_for(model, store, calibrate, calibration_split, **opts)
@@ -417,20 +644,44 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, out_dir: str | Path
         sub = score_split(model, store, split, keep_leads=lead_keep_mask(names), warn_blank=False, **opts)
         lead_scores[name] = apply_calibration(calibration, sub.y_score) if calibration else sub.y_score
     columns = store_columns(store, scored.record_ids, subgroups) if subgroups else None
-    note = data_note or (f"Evaluated on split '{split}' of {store.path} ({len(scored.all_scores.record_ids)} "
-                         "records). Check the data provenance before drawing clinical conclusions.")
-    extra = {"checkpoint": str(checkpoint), "store": str(store.path), "split": split, "windows": windows,
-             "aggregate": aggregate, "records": len(scored.all_scores.record_ids),
-             "windows scored": scored.n_windows, "bootstrap resamples": n_bootstrap,
-             "CI method": ci_method, "stratified resampling": stratify}
+    note = data_note or (
+        f"Evaluated on split '{split}' of {store.path} ({len(scored.all_scores.record_ids)} "
+        "records). Check the data provenance before drawing clinical conclusions."
+    )
+    extra = {
+        "checkpoint": str(checkpoint),
+        "store": str(store.path),
+        "split": split,
+        "windows": windows,
+        "aggregate": aggregate,
+        "records": len(scored.all_scores.record_ids),
+        "windows scored": scored.n_windows,
+        "bootstrap resamples": n_bootstrap,
+        "CI method": ci_method,
+        "stratified resampling": stratify,
+    }
     if calibration:
         extra["calibration"] = {k: v for k, v in calibration.items() if k not in ("a", "b")}
-    return report_scores(out, task=task, y_true=scored.y_true, y_score=y_score, label_names=scored.label_names,
-                         thresholds=scored.thresholds, n_bootstrap=n_bootstrap, seed=seed, ci_method=ci_method,
-                         stratify=stratify, subgroup_columns=columns, calibration_info=calibration,
-                         uncalibrated=scored.y_score if calibration else None, lead_subsets=lead_scores or None,
-                         title=title or f"HuBERT-ECG evaluation: {Path(str(checkpoint)).name}", data_note=note,
-                         extra=extra)
+    return report_scores(
+        out,
+        task=task,
+        y_true=scored.y_true,
+        y_score=y_score,
+        label_names=scored.label_names,
+        thresholds=scored.thresholds,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        ci_method=ci_method,
+        stratify=stratify,
+        subgroup_columns=columns,
+        calibration_info=calibration,
+        uncalibrated=scored.y_score if calibration else None,
+        lead_subsets=lead_scores or None,
+        title=title or f"HuBERT-ECG evaluation: {Path(str(checkpoint)).name}",
+        data_note=note,
+        extra=extra,
+        show_progress=show_progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,8 +726,9 @@ class PredictionTable:
     label_rows: list[dict[str, str]]  # the labels CSV row of every record (for --subgroups)
 
 
-def read_predictions(predictions: str | Path, labels: str | Path, *, task: str = "multi_label",
-                     label_columns: list[str] | None = None) -> PredictionTable:
+def read_predictions(
+    predictions: str | Path, labels: str | Path, *, task: str = "multi_label", label_columns: list[str] | None = None
+) -> PredictionTable:
     """Match a predictions CSV to a labels CSV by ``record_id``.
 
     Predictions: one row per record, probabilities in columns ``p_<label>`` (``hubert-ecg predict``
@@ -497,8 +749,10 @@ def read_predictions(predictions: str | Path, labels: str | Path, *, task: str =
     if label_columns:
         missing = [c for c in label_columns if c not in names]
         if missing:
-            raise ValueError(f"{predictions}: no prediction column for {', '.join(missing)} "
-                             f"(prediction columns: {', '.join(names[:10])})")
+            raise ValueError(
+                f"{predictions}: no prediction column for {', '.join(missing)} "
+                f"(prediction columns: {', '.join(names[:10])})"
+            )
         keep = [names.index(c) for c in label_columns]
         prob_cols, names = [prob_cols[i] for i in keep], [names[i] for i in keep]
     if not prob_cols:
@@ -510,16 +764,20 @@ def read_predictions(predictions: str | Path, labels: str | Path, *, task: str =
         else:
             rest = [c for c in l_header if c not in _NON_SCORE_COLUMNS]
             if len(rest) != 1:
-                raise ValueError(f"{labels}: multi_class needs one label column with class indices; "
-                                 f"found {', '.join(rest[:10]) or 'none'}")
+                raise ValueError(
+                    f"{labels}: multi_class needs one label column with class indices; "
+                    f"found {', '.join(rest[:10]) or 'none'}"
+                )
             target_cols = rest
     else:
         missing = [n for n in names if n not in l_header]
         if missing:
-            raise ValueError(f"{labels}: no label column for prediction(s) {', '.join(missing[:5])} "
-                             f"(label columns: {', '.join(l_header[:10])})")
+            raise ValueError(
+                f"{labels}: no label column for prediction(s) {', '.join(missing[:5])} "
+                f"(label columns: {', '.join(l_header[:10])})"
+            )
         target_cols = names
-    by_id = {}
+    by_id: dict[str, tuple[int, dict[str, str]]] = {}
     for i, row in enumerate(l_rows, start=2):
         by_id.setdefault(row["record_id"], (i, row))
     seen = set()
@@ -538,8 +796,9 @@ def read_predictions(predictions: str | Path, labels: str | Path, *, task: str =
         rows.append(l_row)
     unmatched = [rid for rid in by_id if rid not in seen]
     if unmatched:
-        raise ValueError(f"{labels}: record {unmatched[0]!r} has no prediction in {predictions} "
-                         f"({len(unmatched)} unmatched)")
+        raise ValueError(
+            f"{labels}: record {unmatched[0]!r} has no prediction in {predictions} ({len(unmatched)} unmatched)"
+        )
     y = np.asarray(ys, dtype=np.float64)
     p = np.asarray(ps, dtype=np.float64)
     bad = ~np.isfinite(p)
@@ -563,11 +822,22 @@ def read_predictions(predictions: str | Path, labels: str | Path, *, task: str =
     return PredictionTable(task, record_ids, y, p, label_names, rows)
 
 
-def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: str | Path, *,
-                         task: str = "multi_label", label_columns: list[str] | None = None,
-                         n_bootstrap: int = 1000, seed: int = 0, ci_method: str = "percentile",
-                         stratify: bool = False, subgroups: list[str] | None = None,
-                         data_note: str | None = None, title: str | None = None) -> dict[str, Any]:
+def evaluate_predictions(
+    predictions: str | Path,
+    labels: str | Path,
+    out_dir: str | Path,
+    *,
+    task: str = "multi_label",
+    label_columns: list[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci_method: str = "percentile",
+    stratify: bool = False,
+    subgroups: list[str] | None = None,
+    data_note: str | None = None,
+    title: str | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
     """Score predictions made elsewhere (any model or vendor algorithm) with the same metrics, CIs and report.
 
     ``subgroups`` name columns of the labels CSV.
@@ -579,18 +849,39 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
         header = set(table.label_rows[0]) if table.label_rows else set()
         missing = [c for c in subgroups if c not in header]
         if missing:
-            raise ValueError(f"--subgroups: no column {missing[0]!r} in {labels} "
-                             f"(columns: {', '.join(sorted(header))})")
+            raise ValueError(
+                f"--subgroups: no column {missing[0]!r} in {labels} (columns: {', '.join(sorted(header))})"
+            )
         columns = {c: [r[c] for r in table.label_rows] for c in subgroups}
-    note = data_note or (f"Predictions from {predictions} scored against {labels} ({len(table.record_ids)} "
-                         "records). Check the data provenance before drawing clinical conclusions.")
-    extra = {"predictions": str(predictions), "labels": str(labels), "task": task,
-             "records": len(table.record_ids), "bootstrap resamples": n_bootstrap, "CI method": ci_method,
-             "stratified resampling": stratify}
-    return report_scores(out, task=task, y_true=table.y_true, y_score=table.y_score, label_names=table.label_names,
-                         n_bootstrap=n_bootstrap, seed=seed, ci_method=ci_method, stratify=stratify,
-                         subgroup_columns=columns, title=title or f"Evaluation of {Path(str(predictions)).name}",
-                         data_note=note, extra=extra)
+    note = data_note or (
+        f"Predictions from {predictions} scored against {labels} ({len(table.record_ids)} "
+        "records). Check the data provenance before drawing clinical conclusions."
+    )
+    extra = {
+        "predictions": str(predictions),
+        "labels": str(labels),
+        "task": task,
+        "records": len(table.record_ids),
+        "bootstrap resamples": n_bootstrap,
+        "CI method": ci_method,
+        "stratified resampling": stratify,
+    }
+    return report_scores(
+        out,
+        task=task,
+        y_true=table.y_true,
+        y_score=table.y_score,
+        label_names=table.label_names,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        ci_method=ci_method,
+        stratify=stratify,
+        subgroup_columns=columns,
+        title=title or f"Evaluation of {Path(str(predictions)).name}",
+        data_note=note,
+        extra=extra,
+        show_progress=show_progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,11 +889,26 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
 # --------------------------------------------------------------------------------------------
 
 
-def compare_models(a: str | Path, b: str | Path, out_dir: str | Path, *, store: str | Path | None = None,
-                   split: str = "test", labels: str | Path | None = None, task: str = "multi_label",
-                   n_bootstrap: int = 1000, seed: int = 0, ci_method: str = "percentile", stratify: bool = False,
-                   names: tuple[str, str] | None = None, device: str = "auto", windows: str = "first",
-                   batch_size: int = 64, data_note: str | None = None, title: str | None = None) -> dict[str, Any]:
+def compare_models(
+    a: str | Path,
+    b: str | Path,
+    out_dir: str | Path,
+    *,
+    store: str | Path | None = None,
+    split: str = "test",
+    labels: str | Path | None = None,
+    task: str = "multi_label",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci_method: str = "percentile",
+    stratify: bool = False,
+    names: tuple[str, str] | None = None,
+    device: str = "auto",
+    windows: str = "first",
+    batch_size: int = 64,
+    data_note: str | None = None,
+    title: str | None = None,
+) -> dict[str, Any]:
     """Compare two models on the same records and write ``compare.html`` (:func:`hubert_ecg.compare.compare_scores`).
 
     ``a``/``b`` are checkpoints scored on ``split`` of ``store``, or predictions CSVs scored against
@@ -624,7 +930,7 @@ def compare_models(a: str | Path, b: str | Path, out_dir: str | Path, *, store: 
         model_b, _ = _load_and_check(b, st, device)
         if (model_a.info.task or "multi_label") != (model_b.info.task or "multi_label"):
             raise ValueError(f"compare: {a} is a {model_a.info.task} model but {b} is a {model_b.info.task} model")
-        opts = dict(device=device_, windows=windows, batch_size=batch_size, seed=seed)
+        opts: dict[str, Any] = dict(device=device_, windows=windows, batch_size=batch_size, seed=seed)
         sa = score_split(model_a, st, split, **opts)
         del model_a
         sb = score_split(model_b, st, split, warn_blank=False, **opts)
@@ -645,33 +951,63 @@ def compare_models(a: str | Path, b: str | Path, out_dir: str | Path, *, store: 
         source = f"records of {labels}"
     else:
         raise ValueError("compare: give --store STORE (two checkpoints) or --labels FILE (two predictions CSVs)")
-    comparison = compare_scores(task, y_true, score_a, score_b, label_names=label_names,
-                                n_resamples=max(n_bootstrap, 1), seed=seed, method=ci_method, stratify=stratify,
-                                thresholds_a=thr_a, thresholds_b=thr_b)
+    comparison = compare_scores(
+        task,
+        y_true,
+        score_a,
+        score_b,
+        label_names=label_names,
+        n_resamples=max(n_bootstrap, 1),
+        seed=seed,
+        method=ci_method,
+        stratify=stratify,
+        thresholds_a=thr_a,
+        thresholds_b=thr_b,
+    )
     key = "auroc" if task != "regression" else "mae"
     figures: dict[str, Path] = {}
     res_a = comparison["a"]
-    per_a = [tuple(comparison["ci_a"]["per_label"][n][key][k] for k in ("point", "lower", "upper"))
-             for n in res_a.label_names]
-    per_b = [tuple(comparison["ci_b"]["per_label"][n][key][k] for k in ("point", "lower", "upper"))
-             for n in res_a.label_names]
+    per_a = [
+        tuple(comparison["ci_a"]["per_label"][n][key][k] for k in ("point", "lower", "upper"))
+        for n in res_a.label_names
+    ]
+    per_b = [
+        tuple(comparison["ci_b"]["per_label"][n][key][k] for k in ("point", "lower", "upper"))
+        for n in res_a.label_names
+    ]
     figures[f"{key.upper()} per label, side by side"] = plots.plot_compare(
-        res_a.label_names, per_a, per_b, out / "compare_per_label.png", labels=names, metric=key.upper())
-    diff_rows = [(f"macro {m}", d["difference"], d["lower"], d["upper"])
-                 for m, d in comparison["paired"]["macro"].items()]
+        res_a.label_names, per_a, per_b, out / "compare_per_label.png", labels=names, metric=key.upper()
+    )
+    diff_rows = [
+        (f"macro {m}", d["difference"], d["lower"], d["upper"]) for m, d in comparison["paired"]["macro"].items()
+    ]
     diff_rows += [(m, d["difference"], d["lower"], d["upper"]) for m, d in comparison["paired"]["overall"].items()]
     figures["Paired differences B - A (macro)"] = plots.plot_intervals(
-        diff_rows, out / "compare_differences.png", xlabel=f"{names[1]} - {names[0]} (paired bootstrap CI)",
-        title="Paired differences, every metric", reference=0.0)
-    note = data_note or (f"Both models scored on the same {len(y_true)} records ({source}). "
-                         "Check the data provenance before drawing clinical conclusions.")
-    report = write_compare_report(out, title=title or f"{names[0]} vs {names[1]}", comparison=comparison,
-                                  names=names, data_note=note, plots=figures,
-                                  extra={"A": str(a), "B": str(b), "records": source, "task": task})
+        diff_rows,
+        out / "compare_differences.png",
+        xlabel=f"{names[1]} - {names[0]} (paired bootstrap CI)",
+        title="Paired differences, every metric",
+        reference=0.0,
+    )
+    note = data_note or (
+        f"Both models scored on the same {len(y_true)} records ({source}). "
+        "Check the data provenance before drawing clinical conclusions."
+    )
+    report = write_compare_report(
+        out,
+        title=title or f"{names[0]} vs {names[1]}",
+        comparison=comparison,
+        names=names,
+        data_note=note,
+        plots=figures,
+        extra={"A": str(a), "B": str(b), "records": source, "task": task},
+    )
     d = comparison["paired"]["macro"].get(key)
     lines = [f"{len(y_true)} records; A = {names[0]}, B = {names[1]}"]
     if d:
-        lines.append(f"macro {key} A {res_a.macro[key]:.3f}, B {comparison['b'].macro[key]:.3f}; "
-                     f"B - A {d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}] "
-                     f"(paired bootstrap, p {d['p_value']:.3g})")
+        lines.append(
+            f"macro {key} A {res_a.macro[key]:.3f}, B {comparison['b'].macro[key]:.3f}; "
+            f"B - A {d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}] "
+            f"(paired bootstrap, p {d['p_value']:.3g})"
+        )
     return {"report": str(report), "comparison": comparison, "lines": lines}

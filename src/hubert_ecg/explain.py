@@ -25,9 +25,10 @@ windows, so each window's attribution counts 1/W, and a sample in two windows ad
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,9 @@ def resolve_label(model: HubertECG, label: str | int) -> int:
     try:
         index = int(label)
     except (TypeError, ValueError):
-        raise ValueError(f"unknown label {label!r}; the model's outputs are "
-                         f"{', '.join(names[:20]) or f'0..{n_out - 1} (no names)'}") from None
+        raise ValueError(
+            f"unknown label {label!r}; the model's outputs are {', '.join(names[:20]) or f'0..{n_out - 1} (no names)'}"
+        ) from None
     if not 0 <= index < n_out:
         raise ValueError(f"label index {index} is out of range for a model with {n_out} outputs")
     return index
@@ -75,8 +77,16 @@ def _ig_grid(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return 0.5 * (edges[1:] + edges[:-1]), np.diff(edges)
 
 
-def attribute(model: HubertECG, windows: Any, target: int, *, method: str = "integrated_gradients",
-              steps: int = 32, batch_size: int = 32, attention_mask: Any = None) -> np.ndarray:
+def attribute(
+    model: HubertECG,
+    windows: Any,
+    target: int,
+    *,
+    method: str = "integrated_gradients",
+    steps: int = 32,
+    batch_size: int = 32,
+    attention_mask: Any = None,
+) -> np.ndarray:
     """Attribution of output ``target`` (a logit) for each window: (W, 6000) -> (W, 12, T) float64.
 
     Args:
@@ -95,8 +105,11 @@ def attribute(model: HubertECG, windows: Any, target: int, *, method: str = "int
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     device = next(model.parameters()).device
-    x = torch.as_tensor(np.asarray(windows, dtype=np.float32) if not torch.is_tensor(windows) else windows,
-                        dtype=torch.float32, device=device)
+    x = torch.as_tensor(
+        np.asarray(windows, dtype=np.float32) if not torch.is_tensor(windows) else windows,
+        dtype=torch.float32,
+        device=device,
+    )
     if x.dim() != 2 or x.shape[1] % N_LEADS:
         raise ValueError(f"expected flattened windows (W, 12 * T), got shape {tuple(x.shape)}")
     mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask), device=device)
@@ -115,7 +128,7 @@ def attribute(model: HubertECG, windows: Any, target: int, *, method: str = "int
                 path = (a[:, None] * xw).detach().requires_grad_(True)
                 m = None if mw is None else mw.expand(len(a), -1)
                 logits = model(path, m).logits
-                grad, = torch.autograd.grad(logits[:, target].sum(), path)
+                (grad,) = torch.autograd.grad(logits[:, target].sum(), path)
                 total += (q[:, None] * grad).sum(dim=0, keepdim=True)
             out[w] = (total * xw).detach().double().cpu().numpy()[0]
     finally:
@@ -160,14 +173,22 @@ def _logits(model: HubertECG, x: torch.Tensor, mask: torch.Tensor | None = None)
     return model(x, mask).logits.float()
 
 
-def explain_record(model: HubertECG, signal: Any, fs: float, label: str | int, *,
-                   method: str = "integrated_gradients", steps: int = 32, spec: PreprocessSpec | None = None
-                   ) -> Explanation:
+def explain_record(
+    model: HubertECG,
+    signal: Any,
+    fs: float,
+    label: str | int,
+    *,
+    method: str = "integrated_gradients",
+    steps: int = 32,
+    spec: PreprocessSpec | None = None,
+) -> Explanation:
     """Attribution of ``label`` for one raw record ``signal`` (12, n) at ``fs`` (see the module docstring)."""
     from .tasks import get_task
 
-    spec = spec or (PreprocessSpec.from_dict(model.info.preprocessing) if model.info.preprocessing
-                    else PreprocessSpec())
+    spec = spec or (
+        PreprocessSpec.from_dict(model.info.preprocessing) if model.info.preprocessing else PreprocessSpec()
+    )
     target = resolve_label(model, label)
     raw = np.asarray(signal, dtype=np.float64)
     prepared = preprocess_signal(raw, fs, spec)
@@ -211,9 +232,16 @@ def explain_record(model: HubertECG, signal: Any, fs: float, label: str | int, *
     return Explanation(name, target, prob, method, model_attr, float(spec.target_hz), raw_attr, float(fs), share, gap)
 
 
-def explain_file(model: HubertECG, path: str | Path, label: str | int, out_png: str | Path | None = None, *,
-                 method: str = "integrated_gradients", steps: int = 32,
-                 read_kwargs: dict[str, Any] | None = None) -> tuple[Explanation, Path | None]:
+def explain_file(
+    model: HubertECG,
+    path: str | Path,
+    label: str | int,
+    out_png: str | Path | None = None,
+    *,
+    method: str = "integrated_gradients",
+    steps: int = 32,
+    read_kwargs: dict[str, Any] | None = None,
+) -> tuple[Explanation, Path | None]:
     """Read a record file, explain ``label`` and (with ``out_png``) draw the attribution on the clinical ECG."""
     from .io import read_record
 
@@ -224,8 +252,10 @@ def explain_file(model: HubertECG, path: str | Path, label: str | int, out_png: 
         from .plots import ecg_figure, save_figure
 
         leads = ", ".join(f"{n} {s:.0%}" for n, s in explanation.top_leads(3))
-        title = (f"{record.record_id}: {explanation.label} p={explanation.probability:.2f}; "
-                 f"{method.replace('_', ' ')} (red = relevance), top leads {leads}")
+        title = (
+            f"{record.record_id}: {explanation.label} p={explanation.probability:.2f}; "
+            f"{method.replace('_', ' ')} (red = relevance), top leads {leads}"
+        )
         signal = record.signal.astype(np.float64)
         if record.units != "mV":
             title += f"; units {record.units}, grid not to scale"
@@ -239,6 +269,11 @@ def lead_time_summary(explanation: Explanation, lead_names: Sequence[str] = LEAD
     rows = []
     for i, name in enumerate(lead_names):
         a = np.abs(explanation.model_attribution[i])
-        rows.append({"lead": name, "share": float(explanation.lead_share[i]),
-                     "peak_s": float(np.argmax(a) / explanation.model_fs) if a.size else float("nan")})
+        rows.append(
+            {
+                "lead": name,
+                "share": float(explanation.lead_share[i]),
+                "peak_s": float(np.argmax(a) / explanation.model_fs) if a.size else float("nan"),
+            }
+        )
     return rows

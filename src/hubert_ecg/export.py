@@ -95,8 +95,17 @@ def output_names(model: HubertECG) -> list[str]:
     return names
 
 
-def export_onnx(model: HubertECG, path: str | Path, *, batch_dynamic: bool = True, samples: int = 6000,
-                opset: int = 17, with_mask: bool = False, verify: bool = True, atol: float = 1e-4) -> Path:
+def export_onnx(
+    model: HubertECG,
+    path: str | Path,
+    *,
+    batch_dynamic: bool = True,
+    samples: int = 6000,
+    opset: int = 17,
+    with_mask: bool = False,
+    verify: bool = True,
+    atol: float = 1e-4,
+) -> Path:
     """Write ``model`` as an ONNX graph to ``path`` and return the path.
 
     ``samples`` fixes the input length L (the graph is traced at that length); ``batch_dynamic``
@@ -107,8 +116,10 @@ def export_onnx(model: HubertECG, path: str | Path, *, batch_dynamic: bool = Tru
     """
     path = Path(path)
     if samples < model.config.receptive_field:
-        raise ExportError(f"{path}: samples={samples} is shorter than the conv stem's receptive field "
-                          f"({model.config.receptive_field})")
+        raise ExportError(
+            f"{path}: samples={samples} is shorter than the conv stem's receptive field "
+            f"({model.config.receptive_field})"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     # Export a float32 CPU copy in eval mode: the tracer would otherwise bake in dropout, and
     # torch.onnx.export restores the *wrapper's* training flag on every submodule afterwards.
@@ -121,8 +132,17 @@ def export_onnx(model: HubertECG, path: str | Path, *, batch_dynamic: bool = Tru
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript.
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, example, str(path), dynamo=False, opset_version=opset, input_names=inputs,
-                          output_names=names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+        torch.onnx.export(
+            graph,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=inputs,
+            output_names=names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
     _finish_file(path, onnx_metadata(source, samples=samples, with_mask=with_mask))
     if verify:
         # A batch size other than the traced one proves the batch axis really is free.
@@ -138,13 +158,24 @@ def onnx_metadata(model: HubertECG, *, samples: int = 6000, with_mask: bool = Fa
     from .preprocess import LEAD_NAMES, PreprocessSpec
 
     spec = PreprocessSpec.from_dict(model.info.preprocessing or {}).to_dict()  # every field, defaults filled
-    names = list(model.info.label_names) or ([f"output_{i}" for i in range(model.config.head.num_labels)]
-                                             if model.config.head else [])
-    inputs = {"names": list(INPUT_NAMES[: 1 + int(with_mask)]), "samples": samples, "leads": list(LEAD_NAMES),
-              "layout": "leads end to end: input_values[:, i*T:(i+1)*T] is lead i", "fs": spec.get("target_hz")}
-    values = {"version": __version__, "task": model.info.task or ("" if model.classifier is None else "multi_label"),
-              "labels": json.dumps(names), "thresholds": json.dumps(model.info.thresholds),
-              "preprocessing": json.dumps(spec, sort_keys=True), "inputs": json.dumps(inputs)}
+    names = list(model.info.label_names) or (
+        [f"output_{i}" for i in range(model.config.head.num_labels)] if model.config.head else []
+    )
+    inputs = {
+        "names": list(INPUT_NAMES[: 1 + int(with_mask)]),
+        "samples": samples,
+        "leads": list(LEAD_NAMES),
+        "layout": "leads end to end: input_values[:, i*T:(i+1)*T] is lead i",
+        "fs": spec.get("target_hz"),
+    }
+    values = {
+        "version": __version__,
+        "task": model.info.task or ("" if model.classifier is None else "multi_label"),
+        "labels": json.dumps(names),
+        "thresholds": json.dumps(model.info.thresholds),
+        "preprocessing": json.dumps(spec, sort_keys=True),
+        "inputs": json.dumps(inputs),
+    }
     return {METADATA_PREFIX + key: value for key, value in values.items()}
 
 
@@ -180,7 +211,7 @@ def verify_onnx(graph: _ExportGraph, path: Path, *, batch: int, samples: int, at
     args: tuple[Tensor, ...] = (x,)
     if with_mask:
         mask = torch.ones(batch, samples, dtype=torch.bool)
-        mask[-1, samples // 2:] = False  # one padded record exercises the mask path
+        mask[-1, samples // 2 :] = False  # one padded record exercises the mask path
         feeds["attention_mask"] = mask.numpy()
         args = (x, mask)
     session = onnx_session(path)
@@ -234,8 +265,9 @@ def _cpu_float_copy(model: HubertECG) -> HubertECG:
     return copy.deepcopy(model).to("cpu", torch.float32).eval()
 
 
-def export_to_temporary(model: HubertECG, *, samples: int = 6000,
-                        with_mask: bool = False) -> tempfile.TemporaryDirectory:
+def export_to_temporary(
+    model: HubertECG, *, samples: int = 6000, with_mask: bool = False
+) -> tempfile.TemporaryDirectory:
     """Export into a fresh temporary directory (``<dir>/model.onnx``) without the parity run; caller cleans up."""
     directory = tempfile.TemporaryDirectory(prefix="hubert_ecg_onnx_")
     export_onnx(model, Path(directory.name) / "model.onnx", samples=samples, with_mask=with_mask, verify=False)

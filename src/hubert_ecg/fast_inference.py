@@ -87,8 +87,9 @@ class FastInference:
     providers: list[str] = field(default_factory=list)  # ONNX Runtime execution providers in use (onnx mode)
     _keepalive: list[Any] = field(default_factory=list, repr=False)  # e.g. the ONNX temp directory
 
-    def __call__(self, input_values: Tensor | np.ndarray, attention_mask: Tensor | np.ndarray | None = None
-                 ) -> HubertECGOutput:
+    def __call__(
+        self, input_values: Tensor | np.ndarray, attention_mask: Tensor | np.ndarray | None = None
+    ) -> HubertECGOutput:
         """(B, L) windows [+ (B, L) bool mask] -> float32 outputs on ``device`` (see module docs)."""
         x = torch.as_tensor(input_values, dtype=torch.float32)
         if x.dim() != 2:
@@ -98,8 +99,9 @@ class FastInference:
             return self._forward(x, mask)
 
 
-def optimise_for_inference(model: HubertECG, device: str | torch.device | None = "auto", mode: str = "auto",
-                           *, samples: int = 6000) -> FastInference:
+def optimise_for_inference(
+    model: HubertECG, device: str | torch.device | None = "auto", mode: str = "auto", *, samples: int = 6000
+) -> FastInference:
     """A fast inference callable for ``model`` on ``device`` (see the module docstring for modes).
 
     The model is put in eval mode and moved to ``device``; ``int8`` and ``onnx`` work on copies.
@@ -128,8 +130,14 @@ def optimise_for_inference(model: HubertECG, device: str | torch.device | None =
         forward = _torch_forward(quantise_linear_int8(model), device, autocast=False)
     else:
         forward, keepalive, providers = _onnx_forward(model, device, samples)
-    return FastInference(mode=mode, device=device, tolerance=TOLERANCES[mode], _forward=forward,
-                         _keepalive=keepalive, providers=providers)
+    return FastInference(
+        mode=mode,
+        device=device,
+        tolerance=TOLERANCES[mode],
+        _forward=forward,
+        _keepalive=keepalive,
+        providers=providers,
+    )
 
 
 def quantise_linear_int8(model: HubertECG) -> HubertECG:
@@ -142,18 +150,23 @@ def quantise_linear_int8(model: HubertECG) -> HubertECG:
 
     quantised = copy.deepcopy(model).cpu().eval()
     # Linear layers from the feature projection up to the last encoder layer, by module name.
-    names = {name for name, module in quantised.named_modules()
-             if isinstance(module, nn.Linear) and name.startswith(("encoder.", "feature_projection."))}
+    names = {
+        name
+        for name, module in quantised.named_modules()
+        if isinstance(module, nn.Linear) and name.startswith(("encoder.", "feature_projection."))
+    }
     engine = "x86" if "x86" in torch.backends.quantized.supported_engines else torch.backends.quantized.engine
     torch.backends.quantized.engine = engine
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         return quantize_dynamic(quantised, names, dtype=torch.qint8)
 
 
-def _torch_forward(model: Callable[..., HubertECGOutput], device: torch.device, autocast: bool,
-                   exact: bool = False) -> Callable[[Tensor, Tensor | None], HubertECGOutput]:
+def _torch_forward(
+    model: Callable[..., HubertECGOutput], device: torch.device, autocast: bool, exact: bool = False
+) -> Callable[[Tensor, Tensor | None], HubertECGOutput]:
     import contextlib
 
     def forward(x: Tensor, mask: Tensor | None) -> HubertECGOutput:
@@ -164,18 +177,25 @@ def _torch_forward(model: Callable[..., HubertECGOutput], device: torch.device, 
         with fp32, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x, mask)
         return _as_float32(out)
+
     return forward
 
 
 def _as_float32(out: HubertECGOutput) -> HubertECGOutput:
     def f(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.float()
-    return HubertECGOutput(last_hidden_state=out.last_hidden_state.float(), token_mask=out.token_mask,
-                           pooled=f(out.pooled), logits=f(out.logits))
+
+    return HubertECGOutput(
+        last_hidden_state=out.last_hidden_state.float(),
+        token_mask=out.token_mask,
+        pooled=f(out.pooled),
+        logits=f(out.logits),
+    )
 
 
-def _onnx_forward(model: HubertECG, device: torch.device, samples: int
-                  ) -> tuple[Callable[[Tensor, Tensor | None], HubertECGOutput], list[Any], list[str]]:
+def _onnx_forward(
+    model: HubertECG, device: torch.device, samples: int
+) -> tuple[Callable[[Tensor, Tensor | None], HubertECGOutput], list[Any], list[str]]:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -188,8 +208,12 @@ def _onnx_forward(model: HubertECG, device: torch.device, samples: int
     providers = list(session.get_providers())
     if device.type == "cuda" and "CUDAExecutionProvider" not in providers:
         import warnings
-        warnings.warn("mode 'onnx' on CUDA is running on the CPU: this onnxruntime has no CUDA provider "
-                      f"(providers: {', '.join(providers)}); install onnxruntime-gpu, or use mode bf16", stacklevel=3)
+
+        warnings.warn(
+            "mode 'onnx' on CUDA is running on the CPU: this onnxruntime has no CUDA provider "
+            f"(providers: {', '.join(providers)}); install onnxruntime-gpu, or use mode bf16",
+            stacklevel=3,
+        )
     names = output_names(model)
     directory.cleanup()  # the session holds the graph in memory
 
@@ -197,8 +221,9 @@ def _onnx_forward(model: HubertECG, device: torch.device, samples: int
         if x.shape[1] != samples:
             raise ValueError(f"the ONNX graph was traced for {samples} samples per window, got {x.shape[1]}")
         sample_mask = torch.ones(x.shape, dtype=torch.bool) if mask is None else mask.cpu()
-        got = dict(zip(names, session.run(None, {"input_values": x.cpu().numpy(),
-                                                 "attention_mask": sample_mask.numpy()})))
+        got = dict(
+            zip(names, session.run(None, {"input_values": x.cpu().numpy(), "attention_mask": sample_mask.numpy()}))
+        )
         hidden = torch.from_numpy(got["last_hidden_state"]).to(device)
         token_mask = None if mask is None else model.token_mask(mask.to(device))
         out = HubertECGOutput(last_hidden_state=hidden, token_mask=token_mask)
@@ -206,4 +231,5 @@ def _onnx_forward(model: HubertECG, device: torch.device, samples: int
             out.logits = torch.from_numpy(got["logits"]).to(device)
             out.pooled = HubertECG.pool(hidden, token_mask)
         return out
+
     return forward, [], providers

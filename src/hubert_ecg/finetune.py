@@ -74,8 +74,10 @@ class FinetuneOptions:
             self.monitor = task.monitor
         monitor_mode(self.monitor)  # a known metric
         if self.monitor not in task.monitors:
-            raise ValueError(f"--monitor {self.monitor} is not a validation metric of task {self.task} "
-                             f"(choose from {', '.join(task.monitors)})")
+            raise ValueError(
+                f"--monitor {self.monitor} is not a validation metric of task {self.task} "
+                f"(choose from {', '.join(task.monitors)})"
+            )
 
 
 def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
@@ -91,8 +93,10 @@ def check_label_values(store: ECGStore, task: str, rows: np.ndarray) -> None:
     bad, rule = spec.invalid_labels(values)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{store.path}: record {str(store.record_ids[rows[i]])!r}, label {store.label_names[j]!r} is "
-                         f"{values[i, j]:g}; {rule} ({int(bad.sum())} such value(s) in the rows used)")
+        raise ValueError(
+            f"{store.path}: record {str(store.record_ids[rows[i]])!r}, label {store.label_names[j]!r} is "
+            f"{values[i, j]:g}; {rule} ({int(bad.sum())} such value(s) in the rows used)"
+        )
 
 
 def num_outputs(task: str, labels: np.ndarray) -> int:
@@ -100,19 +104,28 @@ def num_outputs(task: str, labels: np.ndarray) -> int:
     return get_task(task).num_outputs(labels)
 
 
-def prepare_model(model: HubertECG, opts: FinetuneOptions, n_outputs: int, label_names: list[str],
-                  keep_head: bool = False) -> HubertECG:
+def prepare_model(
+    model: HubertECG, opts: FinetuneOptions, n_outputs: int, label_names: list[str], keep_head: bool = False
+) -> HubertECG:
     """Attach the head, apply dropout overrides and freezing; mutates and returns ``model``."""
     if not (keep_head and model.config.head is not None and model.config.head.num_labels == n_outputs):
-        head = HeadConfig(num_labels=n_outputs, type=opts.head_type, hidden_size=opts.head_hidden,
-                          activation=opts.head_activation,
-                          dropout=opts.classifier_dropout if opts.classifier_dropout is not None else 0.1)
+        head = HeadConfig(
+            num_labels=n_outputs,
+            type=opts.head_type,
+            hidden_size=opts.head_hidden,
+            activation=opts.head_activation,
+            dropout=opts.classifier_dropout if opts.classifier_dropout is not None else 0.1,
+        )
         model.set_head(head)
     elif model.config.vocab_sizes:
         model.drop_codebooks()  # the kept head keeps its trained weights
-    model.set_dropouts(hidden=opts.hidden_dropout, attention=opts.attention_dropout,
-                       activation=opts.activation_dropout, layerdrop=opts.layerdrop,
-                       classifier=opts.classifier_dropout)
+    model.set_dropouts(
+        hidden=opts.hidden_dropout,
+        attention=opts.attention_dropout,
+        activation=opts.activation_dropout,
+        layerdrop=opts.layerdrop,
+        classifier=opts.classifier_dropout,
+    )
     model.info = dataclasses.replace(model.info, task=opts.task, label_names=list(label_names), thresholds=None)
     n_layers = model.config.num_hidden_layers
     trainable_from = 0 if opts.train_last_blocks is None else max(0, n_layers - opts.train_last_blocks)
@@ -156,13 +169,17 @@ class FinetuneObjective:
         check_label_values(self.store, task, np.concatenate([self.rows, self.val_rows]))
         # From the TRAINING rows only: a validation split with another prevalence must not change them.
         self.pos_weight, self.class_weight = get_task(task).training_weights(
-            labels[self.rows], pos_weight=self.opts.pos_weight, class_weights=self.opts.class_weights,
-            n_outputs=num_outputs(task, labels))  # one weight per head output, whatever the split
+            labels[self.rows],
+            pos_weight=self.opts.pos_weight,
+            class_weights=self.opts.class_weights,
+            n_outputs=num_outputs(task, labels),
+        )  # one weight per head output, whatever the split
         self.module = self.model
         self.dataset = StoreWindows(self.store, crop=self.opts.crop, labels=True, seed=self.seed)
 
     def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]:
         from .runtime import param_groups
+
         return param_groups(model, lr, layer_decay=self.opts.layer_decay, head_lr_mult=self.opts.head_lr_mult)
 
     def to(self, device: torch.device) -> FinetuneObjective:
@@ -181,12 +198,17 @@ class FinetuneObjective:
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The task's loss (:meth:`hubert_ecg.tasks.Task.loss`): blank labels are masked per label."""
-        return get_task(self.opts.task).loss(logits, labels, pos_weight=self._on(self.pos_weight, logits.device),
-                                             class_weight=self._on(self.class_weight, logits.device),
-                                             kind=self.opts.loss)
+        return get_task(self.opts.task).loss(
+            logits,
+            labels,
+            pos_weight=self._on(self.pos_weight, logits.device),
+            class_weight=self._on(self.class_weight, logits.device),
+            kind=self.opts.loss,
+        )
 
-    def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
-                      env: DistEnv, micro: int = 0, accum: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, module: nn.Module, batch: dict[str, torch.Tensor], step: int, env: DistEnv, micro: int = 0, accum: int = 1
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = None if batch.get("full", False) else batch["attention_mask"]
         x = batch["input"]
         if self.opts.lead_dropout > 0:
@@ -199,10 +221,20 @@ class FinetuneObjective:
         return self.loss(out.logits, batch["labels"]), {}
 
     def score(self, model: HubertECG, rows: np.ndarray, device: torch.device, autocast: Any) -> Scores:
-        return score_rows(model, self.store, rows, task=self.opts.task, device=device, autocast=autocast,
-                          windows=self.opts.eval_windows, n_crops=self.opts.eval_crops,
-                          aggregate=self.opts.eval_aggregate, batch_size=self.opts.val_batch, seed=self.seed,
-                          loss_fn=self.loss)
+        return score_rows(
+            model,
+            self.store,
+            rows,
+            task=self.opts.task,
+            device=device,
+            autocast=autocast,
+            windows=self.opts.eval_windows,
+            n_crops=self.opts.eval_crops,
+            aggregate=self.opts.eval_aggregate,
+            batch_size=self.opts.val_batch,
+            seed=self.seed,
+            loss_fn=self.loss,
+        )
 
     @torch.no_grad()
     def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]:
@@ -216,8 +248,9 @@ class FinetuneObjective:
         return metrics
 
 
-def tune_and_store_thresholds(objective: FinetuneObjective, model_dir: Path, device: torch.device,
-                              autocast: Any) -> list[float] | None:
+def tune_and_store_thresholds(
+    objective: FinetuneObjective, model_dir: Path, device: torch.device, autocast: Any
+) -> list[float] | None:
     """Max-F1 thresholds on the validation rows, written into the saved model's config."""
     from .checkpoint import load_model
 
@@ -229,6 +262,7 @@ def tune_and_store_thresholds(objective: FinetuneObjective, model_dir: Path, dev
     assert scores.labels is not None  # scored from a labelled store
     thresholds = np.asarray(task.tune_thresholds(scores.labels, scores.probabilities)).tolist()
     from .checkpoint import update_saved_info
+
     info = update_saved_info(model_dir, thresholds=[float(t) for t in np.atleast_1d(thresholds)])
     return info.thresholds
 
@@ -271,12 +305,24 @@ def _local_reference(reference: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else reference
 
 
-def run_finetune(store_path: str, cfg: TrainConfig, opts: FinetuneOptions, *, init: str | None = None,
-                 random_init_size: str | None = None, keep_head: bool = False, train_split: str = "train",
-                 val_split: str = "val", val_fraction: float = 0.1, lp_then_ft_steps: int = 0,
-                 gradient_checkpointing: bool = False,
-                 model_overrides: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
-                 command: list[str] | None = None) -> TrainResult:
+def run_finetune(
+    store_path: str,
+    cfg: TrainConfig,
+    opts: FinetuneOptions,
+    *,
+    init: str | None = None,
+    random_init_size: str | None = None,
+    keep_head: bool = False,
+    train_split: str = "train",
+    val_split: str = "val",
+    val_fraction: float = 0.1,
+    lp_then_ft_steps: int = 0,
+    gradient_checkpointing: bool = False,
+    model_overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    command: list[str] | None = None,
+) -> TrainResult:
     """Fine-tune on a labelled store; keeps ``best`` and ``last``, tunes thresholds on validation.
 
     ``cfg.out_dir`` gets a ``run.json`` (:mod:`hubert_ecg.runs`): re-running with the same settings
@@ -300,11 +346,29 @@ def run_finetune(store_path: str, cfg: TrainConfig, opts: FinetuneOptions, *, in
         raise ValueError("--model-overrides changes the architecture of a fresh model; it needs --random-init")
     cfg.monitor = opts.monitor or get_task(opts.task).monitor  # resolved by FinetuneOptions already
     cfg.monitor_mode = monitor_mode(cfg.monitor)
-    run = FinetuneRun(str(Path(store.path).resolve()), _local_reference(init), random_init_size, keep_head,
-                      train_split, val_split, val_fraction, lp_then_ft_steps, gradient_checkpointing,
-                      model_overrides)
-    begin_training_run(cfg.out_dir, cfg.device, "finetune", finetune_settings(run, cfg, opts), store=store,
-                       init=init, overwrite=overwrite, resume=resume, command=command)
+    run = FinetuneRun(
+        str(Path(store.path).resolve()),
+        _local_reference(init),
+        random_init_size,
+        keep_head,
+        train_split,
+        val_split,
+        val_fraction,
+        lp_then_ft_steps,
+        gradient_checkpointing,
+        model_overrides,
+    )
+    begin_training_run(
+        cfg.out_dir,
+        cfg.device,
+        "finetune",
+        finetune_settings(run, cfg, opts),
+        store=store,
+        init=init,
+        overwrite=overwrite,
+        resume=resume,
+        command=command,
+    )
     # Random weights (a fresh model, a new head) must come from --seed, not from the process: the same
     # command then gives the same model.
     torch.manual_seed(cfg.seed)
@@ -317,12 +381,16 @@ def run_finetune(store_path: str, cfg: TrainConfig, opts: FinetuneOptions, *, in
     spec = store.spec.to_dict()
     if model.info.preprocessing is not None and model.info.preprocessing != spec:
         import warnings
-        warnings.warn("the store's preprocessing differs from the checkpoint's; the fine-tuned model "
-                      "records the store's", stacklevel=2)
+
+        warnings.warn(
+            "the store's preprocessing differs from the checkpoint's; the fine-tuned model records the store's",
+            stacklevel=2,
+        )
     # Never validation rows from the test split; a store without 'val' gets a seeded share of its
     # training records (whole records / patients), and the console says which rows were used.
-    train_rows, val_rows, split_note = train_val_rows(store, val_split=val_split, fraction=val_fraction,
-                                                      seed=cfg.seed, train_split=train_split or "train")
+    train_rows, val_rows, split_note = train_val_rows(
+        store, val_split=val_split, fraction=val_fraction, seed=cfg.seed, train_split=train_split or "train"
+    )
     print(f"hubert-ecg: {store.path}: {split_note}", file=sys.stderr)
     label_names = list(store.label_names)
     n_out = num_outputs(opts.task, store.labels)
@@ -336,15 +404,17 @@ def run_finetune(store_path: str, cfg: TrainConfig, opts: FinetuneOptions, *, in
     model = prepare_model(model, opts, n_out, label_names, keep_head=keep_head)
     model.update_config(gradient_checkpointing=gradient_checkpointing)
     model.info.preprocessing = spec
-    model.info.source = (f"fine-tuned on {store.path} from {init}" if init
-                         else f"trained from scratch ({random_init_size}) on {store.path}")
+    model.info.source = (
+        f"fine-tuned on {store.path} from {init}"
+        if init
+        else f"trained from scratch ({random_init_size}) on {store.path}"
+    )
     run_dir = Path(cfg.out_dir)
     if lp_then_ft_steps > 0 and not opts.linear_probe:
         lp_opts = dataclasses.replace(opts, linear_probe=True)
         lp_cfg = dataclasses.replace(cfg, out_dir=str(run_dir / "linear-probe"), max_steps=lp_then_ft_steps)
         lp_model = prepare_model(model, lp_opts, n_out, label_names, keep_head=True)
-        lp_result = train(lp_model, FinetuneObjective(lp_model, store, lp_opts, train_rows, val_rows, cfg.seed),
-                          lp_cfg)
+        lp_result = train(lp_model, FinetuneObjective(lp_model, store, lp_opts, train_rows, val_rows, cfg.seed), lp_cfg)
         model = load_model(lp_result.best_dir or lp_result.last_dir)
         model = prepare_model(model, opts, n_out, label_names, keep_head=True)
         model.info.preprocessing = spec
@@ -358,4 +428,3 @@ def run_finetune(store_path: str, cfg: TrainConfig, opts: FinetuneOptions, *, in
             if directory is not None and directory.exists():
                 tune_and_store_thresholds(objective, directory, device, autocast)
     return result
-

@@ -64,7 +64,7 @@ def _batches(store: ECGStore, split: str | None, batch_rows: int) -> Iterator[An
         manifest = [r for r in csv.DictReader(fh) if not split or r["split"] == split]
     names = store.label_names
     for start in range(0, len(manifest), batch_rows):
-        part = manifest[start:start + batch_rows]
+        part = manifest[start : start + batch_rows]
         signals = store.signals([int(r["row"]) for r in part])
         columns: dict[str, Any] = {}
         for key in _STRINGS:
@@ -78,12 +78,14 @@ def _batches(store: ECGStore, split: str | None, batch_rows: int) -> Iterator[An
             columns[LABEL_PREFIX + name] = pa.array([float(c) if c != "" else None for c in cells], pa.float32())
         flat = pa.array(signals.reshape(-1), pa.float32())
         columns["signal"] = pa.FixedSizeListArray.from_arrays(
-            pa.FixedSizeListArray.from_arrays(flat, store.row_samples), signals.shape[1])
+            pa.FixedSizeListArray.from_arrays(flat, store.row_samples), signals.shape[1]
+        )
         yield pa.table(columns)
 
 
-def export_store(store: str | os.PathLike | ECGStore, out: str | os.PathLike, *, split: str | None = None,
-                 batch_rows: int = 1024) -> Path:
+def export_store(
+    store: str | os.PathLike | ECGStore, out: str | os.PathLike, *, split: str | None = None, batch_rows: int = 1024
+) -> Path:
     """Write the rows of a store (or of one ``split``) and their labels to one Parquet file; returns its path."""
     _pyarrow()
     import pyarrow.parquet as pq
@@ -113,8 +115,7 @@ def to_hf_dataset(store: str | os.PathLike | ECGStore, *, split: str | None = No
     try:
         import datasets
     except ImportError:
-        raise ImportError("Hugging Face datasets support needs `pip install datasets` (hubert-ecg[datasets])") \
-            from None
+        raise ImportError("Hugging Face datasets support needs `pip install datasets` (hubert-ecg[datasets])") from None
     pa = _pyarrow()
     store = store if isinstance(store, ECGStore) else ECGStore(store)
     table = pa.concat_tables(list(_batches(store, split, 1024)))
@@ -122,8 +123,9 @@ def to_hf_dataset(store: str | os.PathLike | ECGStore, *, split: str | None = No
     return datasets.Dataset(table, info=info)
 
 
-def import_store(source: Any, out: str | os.PathLike, *, header: dict[str, Any] | None = None,
-                 shard_rows: int = 512) -> ECGStore:
+def import_store(
+    source: Any, out: str | os.PathLike, *, header: dict[str, Any] | None = None, shard_rows: int = 512
+) -> ECGStore:
     """Rebuild a store directory from an exported Parquet file (path) or a ``datasets.Dataset``.
 
     ``header`` supplies the store header (at least ``preprocessing``) when the source lost it, e.g.
@@ -133,20 +135,29 @@ def import_store(source: Any, out: str | os.PathLike, *, header: dict[str, Any] 
     table, found = _read_source(source)
     header = header or found
     if not header or "preprocessing" not in header:
-        raise StoreError(f"{source}: no hubert_ecg store header (preprocessing spec); pass header=... "
-                         "(the 'hubert_ecg.store' JSON of the export)")
+        raise StoreError(
+            f"{source}: no hubert_ecg store header (preprocessing spec); pass header=... "
+            "(the 'hubert_ecg.store' JSON of the export)"
+        )
     if "signal" not in table.column_names:
         raise StoreError(f"{source}: no 'signal' column; not an exported store")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise StoreError(f"{out}: exists and is not empty; choose a new directory")
-    label_names = [c[len(LABEL_PREFIX):] for c in table.column_names if c.startswith(LABEL_PREFIX)]
+    label_names = [c[len(LABEL_PREFIX) :] for c in table.column_names if c.startswith(LABEL_PREFIX)]
     signal_type = table.schema.field("signal").type
     n_leads, row_samples = signal_type.list_size, signal_type.value_type.list_size
-    full = {"format": STORE_FORMAT, "version": STORE_VERSION, "n_leads": n_leads, "shard_records": shard_rows,
-            "fs": float(header.get("fs", header["preprocessing"].get("target_hz", 100.0))),
-            **{k: v for k, v in header.items() if k in _HEADER_KEYS}, "row_samples": row_samples,
-            "label_names": label_names, "n_sources": 0}
+    full = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "n_leads": n_leads,
+        "shard_records": shard_rows,
+        "fs": float(header.get("fs", header["preprocessing"].get("target_hz", 100.0))),
+        **{k: v for k, v in header.items() if k in _HEADER_KEYS},
+        "row_samples": row_samples,
+        "label_names": label_names,
+        "n_sources": 0,
+    }
     (out / "shards").mkdir(parents=True, exist_ok=True)
     try:
         n_blocks = 0
@@ -191,8 +202,10 @@ def _write_block(out: Path, block: int, table: Any, label_names: list[str], row_
     with atomic_path(out / "shards" / f"{block:05d}.npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, data)
-    for suffix, head in ((".rejects.csv", ["record_id", "source", "reason"]),
-                         (".sources.csv", ["source", "fingerprint"])):
+    for suffix, head in (
+        (".rejects.csv", ["record_id", "source", "reason"]),
+        (".sources.csv", ["source", "fingerprint"]),
+    ):
         with atomic_path(out / "shards" / f"{block:05d}{suffix}") as tmp:
             with open(tmp, "w", newline="") as fh:
                 csv.writer(fh).writerow(head)
@@ -203,8 +216,10 @@ def _write_block(out: Path, block: int, table: Any, label_names: list[str], row_
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             for i in range(table.num_rows):
-                row = {k: ("" if values.get(k) is None or values[k][i] is None else values[k][i])
-                       for k in MANIFEST_FIELDS[1:]}
+                row = {
+                    k: ("" if values.get(k) is None or values[k][i] is None else values[k][i])
+                    for k in MANIFEST_FIELDS[1:]
+                }
                 for name in label_names:
                     value = values[LABEL_PREFIX + name][i]
                     row[LABEL_PREFIX + name] = "" if value is None or np.isnan(value) else f"{value:g}"

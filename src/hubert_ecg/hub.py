@@ -70,7 +70,7 @@ def normalise_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             changed = False
             for prefix in _PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         key = key.replace(_PARAM_G, "pos_conv_embed.conv.weight_g").replace(_PARAM_V, "pos_conv_embed.conv.weight_v")
         if key == "label_embedding.weight":  # fine-tuned cosine head of the reference
             key = "classifier.label_embedding.weight"
@@ -85,8 +85,10 @@ def normalise_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def to_hf_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Our names -> what ``transformers.HubertModel.save_pretrained`` writes (weight-norm parametrization)."""
-    return {k.replace("pos_conv_embed.conv.weight_g", _PARAM_G).replace("pos_conv_embed.conv.weight_v", _PARAM_V): v
-            for k, v in state.items()}
+    return {
+        k.replace("pos_conv_embed.conv.weight_g", _PARAM_G).replace("pos_conv_embed.conv.weight_v", _PARAM_V): v
+        for k, v in state.items()
+    }
 
 
 def _codebook_sizes(state: Mapping[str, Tensor]) -> tuple[int, ...]:
@@ -103,12 +105,19 @@ def infer_head(state: Mapping[str, Tensor], activation: str = "tanh") -> HeadCon
     if "classifier.label_embedding.weight" in state:
         weight = state["classifier.label_embedding.weight"]
         learn = "classifier.log_scale" in state
-        return HeadConfig(num_labels=int(weight.shape[0]), type="cosine",
-                          cosine_scale=float(state["classifier.log_scale"].exp()) if learn else 1.0,
-                          learn_cosine_scale=learn)
+        return HeadConfig(
+            num_labels=int(weight.shape[0]),
+            type="cosine",
+            cosine_scale=float(state["classifier.log_scale"].exp()) if learn else 1.0,
+            learn_cosine_scale=learn,
+        )
     if "classifier.0.weight" in state and "classifier.2.weight" in state:
-        return HeadConfig(num_labels=int(state["classifier.2.weight"].shape[0]), type="mlp",
-                          hidden_size=int(state["classifier.0.weight"].shape[0]), activation=activation)
+        return HeadConfig(
+            num_labels=int(state["classifier.2.weight"].shape[0]),
+            type="mlp",
+            hidden_size=int(state["classifier.0.weight"].shape[0]),
+            activation=activation,
+        )
     if "classifier.weight" in state:
         return HeadConfig(num_labels=int(state["classifier.weight"].shape[0]), type="linear")
     return None
@@ -116,8 +125,9 @@ def infer_head(state: Mapping[str, Tensor], activation: str = "tanh") -> HeadCon
 
 def head_output_key(head: HeadConfig) -> str:
     """The state-dict key whose first dimension is the head's number of outputs."""
-    return {"linear": "classifier.weight", "mlp": "classifier.2.weight",
-            "cosine": "classifier.label_embedding.weight"}[head.type]
+    return {"linear": "classifier.weight", "mlp": "classifier.2.weight", "cosine": "classifier.label_embedding.weight"}[
+        head.type
+    ]
 
 
 def _rate_from_stride(strides: tuple[int, ...]) -> int:
@@ -127,22 +137,46 @@ def _rate_from_stride(strides: tuple[int, ...]) -> int:
     return 100
 
 
-_HF_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "classifier_proj_size", "conv_dim", "conv_kernel", "conv_stride", "conv_bias",
-              "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "layer_norm_eps",
-              "hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "layerdrop",
-              "mask_time_prob", "mask_time_length", "mask_time_min_masks")
+_HF_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "classifier_proj_size",
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "conv_bias",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "layer_norm_eps",
+    "hidden_dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "feat_proj_dropout",
+    "layerdrop",
+    "mask_time_prob",
+    "mask_time_length",
+    "mask_time_min_masks",
+)
 # HubertConfig settings whose value is fixed by the HuBERT-ECG architecture.
-_HF_FIXED = {"feat_extract_norm": "group", "do_stable_layer_norm": False, "feat_proj_layer_norm": True,
-             "hidden_act": "gelu", "feat_extract_activation": "gelu", "conv_pos_batch_norm": False}
+_HF_FIXED = {
+    "feat_extract_norm": "group",
+    "do_stable_layer_norm": False,
+    "feat_proj_layer_norm": True,
+    "hidden_act": "gelu",
+    "feat_extract_activation": "gelu",
+    "conv_pos_batch_norm": False,
+}
 
 
 def config_from_hf(hf: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> ModelConfig:
     """Our config from a Hugging Face-style config (dict or unpickled attribute bag) and the weights."""
     for name, expected in _HF_FIXED.items():
         if name in hf and hf[name] is not None and hf[name] != expected:
-            raise CheckpointError(f"{source}: unsupported architecture setting {name}={hf[name]!r} "
-                                  f"(HuBERT-ECG uses {expected!r})")
+            raise CheckpointError(
+                f"{source}: unsupported architecture setting {name}={hf[name]!r} (HuBERT-ECG uses {expected!r})"
+            )
     values = {name: hf[name] for name in _HF_FIELDS if name in hf and hf[name] is not None}
     values["conv_dim"] = tuple(values.get("conv_dim", (512,) * 5))
     values["input_rate_hz"] = _rate_from_stride(tuple(values.get("conv_stride", (4, 2, 2, 2, 2))))
@@ -168,21 +202,34 @@ def config_from_state(state: Mapping[str, Tensor], source: str) -> ModelConfig:
     stem = next((s for s in CONV_STEMS.values() if tuple(s["conv_kernel"]) == kernels), None)
     if stem is None:
         raise CheckpointError(f"{source}: unknown conv stem with kernels {kernels}")
-    size = next((s for s in MODEL_SIZES.values()
-                 if s["hidden_size"] == hidden and s["num_hidden_layers"] == layers), None)
+    size = next(
+        (s for s in MODEL_SIZES.values() if s["hidden_size"] == hidden and s["num_hidden_layers"] == layers), None
+    )
     if size is None:
-        raise CheckpointError(f"{source}: weights without a config and no named size has hidden={hidden}, "
-                              f"layers={layers}; the number of attention heads cannot be inferred")
-    proj = next((int(v.shape[0]) for k, v in state.items() if k.startswith("final_proj.") and k.endswith("weight")),
-                size["classifier_proj_size"])
-    return ModelConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=size["num_attention_heads"],
-                       intermediate_size=ffn, classifier_proj_size=proj, conv_dim=(conv_dim,) * len(kernels),
-                       conv_kernel=kernels, conv_stride=tuple(stem["conv_stride"]),
-                       num_conv_pos_embeddings=int(pos_v.shape[-1]),
-                       num_conv_pos_embedding_groups=hidden // int(pos_v.shape[1]),
-                       input_rate_hz=_rate_from_stride(tuple(stem["conv_stride"])),
-                       vocab_sizes=_codebook_sizes(state), head=infer_head(state),
-                       use_mask_embedding="masked_spec_embed" in state)
+        raise CheckpointError(
+            f"{source}: weights without a config and no named size has hidden={hidden}, "
+            f"layers={layers}; the number of attention heads cannot be inferred"
+        )
+    proj = next(
+        (int(v.shape[0]) for k, v in state.items() if k.startswith("final_proj.") and k.endswith("weight")),
+        size["classifier_proj_size"],
+    )
+    return ModelConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=size["num_attention_heads"],
+        intermediate_size=ffn,
+        classifier_proj_size=proj,
+        conv_dim=(conv_dim,) * len(kernels),
+        conv_kernel=kernels,
+        conv_stride=tuple(stem["conv_stride"]),
+        num_conv_pos_embeddings=int(pos_v.shape[-1]),
+        num_conv_pos_embedding_groups=hidden // int(pos_v.shape[1]),
+        input_rate_hz=_rate_from_stride(tuple(stem["conv_stride"])),
+        vocab_sizes=_codebook_sizes(state),
+        head=infer_head(state),
+        use_mask_embedding="masked_spec_embed" in state,
+    )
 
 
 def hf_config(config: ModelConfig, info: CheckpointInfo, dtype: torch.dtype | None = None) -> dict[str, Any]:
@@ -191,9 +238,13 @@ def hf_config(config: ModelConfig, info: CheckpointInfo, dtype: torch.dtype | No
     out.update({name: getattr(config, name) for name in _HF_FIELDS})
     out.update({k: list(v) for k, v in out.items() if isinstance(v, tuple)})
     out.update(_HF_FIXED)
-    out.update(num_feat_extract_layers=len(config.conv_dim), apply_spec_augment=config.mask_time_prob > 0,
-               mask_feature_prob=0.0, initializer_range=0.02,
-               torch_dtype=str(dtype or torch.float32).removeprefix("torch."))
+    out.update(
+        num_feat_extract_layers=len(config.conv_dim),
+        apply_spec_augment=config.mask_time_prob > 0,
+        mask_feature_prob=0.0,
+        initializer_range=0.02,
+        torch_dtype=str(dtype or torch.float32).removeprefix("torch."),
+    )
     if config.head is not None and len(info.label_names) == config.head.num_labels:
         out["id2label"] = {str(i): name for i, name in enumerate(info.label_names)}
         out["label2id"] = {name: i for i, name in enumerate(info.label_names)}
@@ -211,21 +262,26 @@ def check_finite(state: Mapping[str, Tensor], source: str) -> None:
             if not bool(finite.all()):
                 bad = int((~finite).sum())
                 kind = "NaN" if bool(torch.isnan(value).any()) else "infinite"
-                raise CheckpointError(f"{source}: tensor {key} has {bad} {kind} value(s) of {value.numel()}; "
-                                      "the weights are unusable")
+                raise CheckpointError(
+                    f"{source}: tensor {key} has {bad} {kind} value(s) of {value.numel()}; the weights are unusable"
+                )
 
 
 def check_info(config: ModelConfig, info: CheckpointInfo, source: str) -> None:
     """Label names and thresholds must fit the head they describe."""
     head = config.head
     if head is not None and info.label_names and len(info.label_names) != head.num_labels:
-        raise CheckpointError(f"{source}: info.label_names has {len(info.label_names)} names but the head "
-                              f"({head_output_key(head)}) has {head.num_labels} outputs")
+        raise CheckpointError(
+            f"{source}: info.label_names has {len(info.label_names)} names but the head "
+            f"({head_output_key(head)}) has {head.num_labels} outputs"
+        )
     if info.thresholds is not None:
         thresholds = list(info.thresholds)
         if head is not None and len(thresholds) != head.num_labels:
-            raise CheckpointError(f"{source}: info.thresholds has {len(thresholds)} values but the head "
-                                  f"({head_output_key(head)}) has {head.num_labels} outputs")
+            raise CheckpointError(
+                f"{source}: info.thresholds has {len(thresholds)} values but the head "
+                f"({head_output_key(head)}) has {head.num_labels} outputs"
+            )
         for i, t in enumerate(thresholds):
             if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 <= float(t) <= 1.0:
                 raise CheckpointError(f"{source}: info.thresholds[{i}] = {t!r} is outside [0, 1]")
@@ -238,6 +294,7 @@ def read_weights_file(path: Path) -> dict[str, Tensor]:
     """A state dict from ``.safetensors`` (header checked first) or a torch file (container checked first)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         check_safetensors_header(path)
         try:
             return load_file(str(path))
@@ -254,12 +311,23 @@ def read_weights_file(path: Path) -> dict[str, Tensor]:
 def _torch_load(path: Path) -> Any:
     import pickle
     import zipfile
+
     try:
         return safe_torch_load(path)
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
-            AttributeError, TypeError, IndexError, KeyError) as err:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        IndexError,
+        KeyError,
+    ) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
 
@@ -307,6 +375,7 @@ def download_command() -> str:
     """The download command the installed huggingface_hub provides (``hf`` from 1.0 on)."""
     try:
         import huggingface_hub
+
         major = int(huggingface_hub.__version__.split(".")[0])
     except (ImportError, ValueError):
         return "hf download"
@@ -341,8 +410,10 @@ def resolve_pretrained(name: str, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"{name}: not a local path, and huggingface_hub is not installed to look it "
-                              f"up ({hint}; or `pip install huggingface_hub`)") from None
+        raise CheckpointError(
+            f"{name}: not a local path, and huggingface_hub is not installed to look it "
+            f"up ({hint}; or `pip install huggingface_hub`)"
+        ) from None
     patterns = [CONFIG_FILE, "*.safetensors", "pytorch_model.bin", CARD_FILE]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
@@ -376,8 +447,10 @@ def check_output_directory(directory: Path) -> None:
         others = sorted(p.name for p in directory.iterdir())
         if others and not _owned_by_us(directory):
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-            raise CheckpointError(f"{directory}: refusing to write a model into a non-empty folder that does not "
-                                  f"hold a hubert-ecg model (it has {shown}); choose a new or empty folder")
+            raise CheckpointError(
+                f"{directory}: refusing to write a model into a non-empty folder that does not "
+                f"hold a hubert-ecg model (it has {shown}); choose a new or empty folder"
+            )
 
 
 def _fsync(path: Path) -> None:
@@ -425,14 +498,19 @@ def _license(info: CheckpointInfo) -> tuple[str, str]:
     if extra.get("license") == PUBLISHED_LICENSE:
         return PUBLISHED_LICENSE, (
             f"These weights derive from the published HuBERT-ECG weights ({extra.get('base_model')}), released "
-            "under CC BY-NC 4.0; that licence (non-commercial use, attribution) applies to this model too.")
+            "under CC BY-NC 4.0; that licence (non-commercial use, attribution) applies to this model too."
+        )
     if extra.get("license"):
         return str(extra["license"]), f"Licence recorded with the weights: {extra['license']}."
     if extra.get("base_model"):
-        return "other", (f"Initialised from {extra['base_model']}, whose licence is not recorded; check it before "
-                         "sharing or using this model.")
-    return "apache-2.0", ("Trained from a random initialisation with hubert-ecg (Apache-2.0); check the licences "
-                          "of the training data before sharing.")
+        return "other", (
+            f"Initialised from {extra['base_model']}, whose licence is not recorded; check it before "
+            "sharing or using this model."
+        )
+    return "apache-2.0", (
+        "Trained from a random initialisation with hubert-ecg (Apache-2.0); check the licences "
+        "of the training data before sharing."
+    )
 
 
 def _flat_items(obj: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, str]]:
@@ -447,8 +525,7 @@ def _flat_items(obj: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, 
     return out[:limit]
 
 
-def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
-                     context: Path | None = None) -> Path:
+def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo, context: Path | None = None) -> Path:
     """Write ``README.md``: HF metadata (licence, base model, tags), what the model is, its labels and
     thresholds, the run record (``run.json``) and validation/evaluation results found in ``context``
     (the folder being saved) or its parent, intended use and the medical-device disclaimer."""
@@ -459,30 +536,60 @@ def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
     run = next((r for d in search if isinstance(r := _read_json(d / "run.json"), Mapping)), None)
     metrics = next((m for d in search if isinstance(m := _read_json(d / "metrics.json"), Mapping)), None)
     evaluation = extra.get("evaluation") or next(
-        (e for d in search if isinstance(e := _read_json(d / "summary.json"), Mapping) and "macro" in e), None)
+        (e for d in search if isinstance(e := _read_json(d / "summary.json"), Mapping) and "macro" in e), None
+    )
     tags = ["hubert-ecg", "ecg", "electrocardiogram", "hubert", "feature-extraction"]
     if config.head is not None:
         tags.append(info.task or "classification")
-    meta = [f"license: {license_id}", "library_name: transformers", "pipeline_tag: feature-extraction",
-            "tags:", *[f"- {t}" for t in tags]]
+    meta = [
+        f"license: {license_id}",
+        "library_name: transformers",
+        "pipeline_tag: feature-extraction",
+        "tags:",
+        *[f"- {t}" for t in tags],
+    ]
     if extra.get("base_model") and split_hub_id(str(extra["base_model"])):
         meta.append(f"base_model: {extra['base_model']}")
     if license_id == "other":
         meta.append("license_name: see-model-card")
     lines = ["---", *meta, "---", "", "# HuBERT-ECG model", ""]
-    size = next((n for n, s in MODEL_SIZES.items() if s["hidden_size"] == config.hidden_size
-                 and s["num_hidden_layers"] == config.num_hidden_layers), "custom")
-    lines += [f"A HuBERT-ECG encoder ({size}: {config.num_hidden_layers} layers, hidden size {config.hidden_size}, "
-              f"input {config.input_rate_hz} Hz, 12 leads x 5 s flattened)"
-              + (f" with a {config.head.type} head, {config.head.num_labels} output"
-                 f"{'s' if config.head.num_labels != 1 else ''} ({info.task or 'task unset'})."
-                 if config.head else "."), ""]
+    size = next(
+        (
+            n
+            for n, s in MODEL_SIZES.items()
+            if s["hidden_size"] == config.hidden_size and s["num_hidden_layers"] == config.num_hidden_layers
+        ),
+        "custom",
+    )
+    lines += [
+        f"A HuBERT-ECG encoder ({size}: {config.num_hidden_layers} layers, hidden size {config.hidden_size}, "
+        f"input {config.input_rate_hz} Hz, 12 leads x 5 s flattened)"
+        + (
+            f" with a {config.head.type} head, {config.head.num_labels} output"
+            f"{'s' if config.head.num_labels != 1 else ''} ({info.task or 'task unset'})."
+            if config.head
+            else "."
+        ),
+        "",
+    ]
     if info.source:
         lines += [f"Source: {info.source}", ""]
-    lines += ["## Licence", "", license_note, "", "## How to load", "", "```python",
-              "import hubert_ecg", "model = hubert_ecg.HubertECG.from_pretrained(\"PATH_OR_HUB_ID\")  # everything",
-              "", "import transformers  # the encoder only, no remote code",
-              "encoder = transformers.AutoModel.from_pretrained(\"PATH_OR_HUB_ID\")", "```", ""]
+    lines += [
+        "## Licence",
+        "",
+        license_note,
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "import hubert_ecg",
+        'model = hubert_ecg.HubertECG.from_pretrained("PATH_OR_HUB_ID")  # everything',
+        "",
+        "import transformers  # the encoder only, no remote code",
+        'encoder = transformers.AutoModel.from_pretrained("PATH_OR_HUB_ID")',
+        "```",
+        "",
+    ]
     if info.label_names:
         lines += ["## Labels and decision thresholds", "", "| # | label | threshold |", "|---|---|---|"]
         for i, name in enumerate(info.label_names):
@@ -490,9 +597,15 @@ def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
             lines.append(f"| {i} | {name} | {'' if t is None else f'{t:.4g}'} |")
         lines.append("")
     if info.preprocessing:
-        lines += ["## Preprocessing", "", "Inputs must be preprocessed exactly as during training "
-                  "(`hubert-ecg predict` / `embed` and `hubert_ecg.predict` replay it):", "",
-                  "| step | value |", "|---|---|"]
+        lines += [
+            "## Preprocessing",
+            "",
+            "Inputs must be preprocessed exactly as during training "
+            "(`hubert-ecg predict` / `embed` and `hubert_ecg.predict` replay it):",
+            "",
+            "| step | value |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v} |" for k, v in _flat_items(info.preprocessing)]
         lines.append("")
     lines += ["## Training data and settings", ""]
@@ -511,22 +624,39 @@ def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
         lines += [f"| {k} | {v} |" for k, v in _flat_items(metrics, limit=25)]
         lines.append("")
     if evaluation is not None:
-        lines += ["## Evaluation results (95% bootstrap CIs where computed)", "", "| metric | value | 95% CI |",
-                  "|---|---|---|"]
+        lines += [
+            "## Evaluation results (95% bootstrap CIs where computed)",
+            "",
+            "| metric | value | 95% CI |",
+            "|---|---|---|",
+        ]
         cis = evaluation.get("macro_ci") or {}
         for name, value in (evaluation.get("macro") or {}).items():
             ci = cis.get(name) if isinstance(cis, Mapping) else None
-            ci_text = (f"{ci[0]:.4g} - {ci[1]:.4g}" if isinstance(ci, (list, tuple)) and len(ci) == 2
-                       else json.dumps(ci, default=str) if ci is not None else "")
-            lines.append(f"| {name} | {value:.4g} | {ci_text} |" if isinstance(value, (int, float))
-                         else f"| {name} | {value} | {ci_text} |")
+            ci_text = (
+                f"{ci[0]:.4g} - {ci[1]:.4g}"
+                if isinstance(ci, (list, tuple)) and len(ci) == 2
+                else json.dumps(ci, default=str)
+                if ci is not None
+                else ""
+            )
+            lines.append(
+                f"| {name} | {value:.4g} | {ci_text} |"
+                if isinstance(value, (int, float))
+                else f"| {name} | {value} | {ci_text} |"
+            )
         lines.append("")
-    lines += ["## Intended use", "",
-              "Research on 12-lead ECG representation learning and classification: embeddings, linear probes, "
-              "fine-tuning, benchmarking. Check calibration and performance on data from your own population "
-              "and devices before relying on any output.", "",
-              "**Not a medical device.** This model has not been cleared or approved for clinical use and must "
-              "not be used to diagnose, treat or triage patients.", ""]
+    lines += [
+        "## Intended use",
+        "",
+        "Research on 12-lead ECG representation learning and classification: embeddings, linear probes, "
+        "fine-tuning, benchmarking. Check calibration and performance on data from your own population "
+        "and devices before relying on any output.",
+        "",
+        "**Not a medical device.** This model has not been cleared or approved for clinical use and must "
+        "not be used to diagnose, treat or triage patients.",
+        "",
+    ]
     path = directory / CARD_FILE
     path.write_text("\n".join(lines))
     return path
@@ -544,8 +674,14 @@ class PretrainedMixin:
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        device: str | torch.device | None = None, verify_checksum: bool = True) -> Any:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        verify_checksum: bool = True,
+    ) -> Any:
         """Load any accepted checkpoint (see the module docstring) and return the model in eval mode.
 
         ``name_or_path`` is a directory, a ``.pt``/``.bin``/``.safetensors`` file, or a Hub id
@@ -564,8 +700,9 @@ class PretrainedMixin:
         return model.eval()
 
     @classmethod
-    def _from_state(cls, config: ModelConfig, state: Mapping[str, Tensor], source: str,
-                    info: CheckpointInfo | None = None) -> Any:
+    def _from_state(
+        cls, config: ModelConfig, state: Mapping[str, Tensor], source: str, info: CheckpointInfo | None = None
+    ) -> Any:
         """Build a model and load ``state``: backbone keys all present, nothing unknown, shapes equal to
         the config's, every value finite, labels and thresholds fitting the head."""
         info = info or CheckpointInfo()
@@ -585,8 +722,10 @@ class PretrainedMixin:
             raise CheckpointError(f"{source}: weights do not match the architecture: {'; '.join(parts)}")
         for key, value in state.items():
             if tuple(value.shape) != tuple(expected[key].shape):
-                raise CheckpointError(f"{source}: tensor {key} has shape {tuple(value.shape)}, "
-                                      f"the config implies {tuple(expected[key].shape)}")
+                raise CheckpointError(
+                    f"{source}: tensor {key} has shape {tuple(value.shape)}, "
+                    f"the config implies {tuple(expected[key].shape)}"
+                )
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
         return model.eval()
 
@@ -627,18 +766,27 @@ class PretrainedMixin:
     def _load_file(cls, path: Path) -> Any:
         if path.suffix == ".safetensors":
             state = normalise_state_dict(read_weights_file(path))
-            return cls._from_state(config_from_state(state, str(path)), state, str(path),
-                                   _foreign_info(str(path), path.name, published=False))
+            return cls._from_state(
+                config_from_state(state, str(path)),
+                state,
+                str(path),
+                _foreign_info(str(path), path.name, published=False),
+            )
         obj = _torch_load(path)
         if not isinstance(obj, Mapping):
             raise CheckpointError(f"{path}: expected a checkpoint dictionary, found {type(obj).__name__}")
         if "model_state_dict" not in obj:
             if not all(isinstance(v, Tensor) for v in obj.values()):
-                raise CheckpointError(f"{path}: expected a state dict of tensors or a training checkpoint "
-                                      f"with model_state_dict")
+                raise CheckpointError(
+                    f"{path}: expected a state dict of tensors or a training checkpoint with model_state_dict"
+                )
             state = normalise_state_dict(obj)
-            return cls._from_state(config_from_state(state, str(path)), state, str(path),
-                                   _foreign_info(str(path), path.name, published=False))
+            return cls._from_state(
+                config_from_state(state, str(path)),
+                state,
+                str(path),
+                _foreign_info(str(path), path.name, published=False),
+            )
         raw_state = obj["model_state_dict"]
         if not isinstance(raw_state, Mapping) or not all(isinstance(v, Tensor) for v in raw_state.values()):
             raise CheckpointError(f"{path}: model_state_dict is not a mapping of tensors")
@@ -659,8 +807,9 @@ class PretrainedMixin:
         return cls._from_state(config, state, str(path), info)
 
     # -- saving ----------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, *, dtype: torch.dtype | None = None,
-                        model_card: bool = True) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, dtype: torch.dtype | None = None, model_card: bool = True
+    ) -> Path:
         """Write ``config.json`` (HF ``HubertConfig`` + our keys), ``model.safetensors`` and ``README.md``.
 
         A new folder appears complete or not at all; in a folder that already holds a hubert-ecg model our
@@ -671,8 +820,10 @@ class PretrainedMixin:
 
         directory = Path(directory).expanduser()
         check_info(self.config, self.info, str(directory))
-        state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
-                 .contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        state = {
+            k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
+            for k, v in self.state_dict().items()  # type: ignore[attr-defined]  # the mixin sits on an nn.Module
+        }
         state = to_hf_state_dict(state)
 
         def build(tmp: Path) -> None:
@@ -691,9 +842,16 @@ class PretrainedMixin:
 
         return write_files(directory, build)
 
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                    revision: str | None = None, commit_message: str = "Upload HuBERT-ECG model",
-                    create_pr: bool = False) -> Any:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload HuBERT-ECG model",
+        create_pr: bool = False,
+    ) -> Any:
         """Save to a temporary folder and upload it with ``huggingface_hub`` (``HfApi.create_repo`` then
         ``HfApi.upload_folder``); returns the commit info."""
         try:
@@ -704,6 +862,11 @@ class PretrainedMixin:
         repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         with tempfile.TemporaryDirectory(prefix="hubert-ecg-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / "model")
-            return api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder),
-                                     repo_type="model", revision=revision, commit_message=commit_message,
-                                     create_pr=create_pr)
+            return api.upload_folder(
+                repo_id=getattr(repo, "repo_id", repo_id),
+                folder_path=str(folder),
+                repo_type="model",
+                revision=revision,
+                commit_message=commit_message,
+                create_pr=create_pr,
+            )

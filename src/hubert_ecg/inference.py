@@ -46,6 +46,7 @@ def _runner(model: HubertECG, engine: str, layer: int | None, cache: dict[str, A
     if layer is not None:
         raise ValueError("fast inference engines give the last layer only; use --engine eager with --layer")
     from .fast_inference import optimise_for_inference
+
     cache = {} if cache is None else cache
     if engine not in cache:
         cache[engine] = optimise_for_inference(model, next(model.parameters()).device, engine)
@@ -58,14 +59,23 @@ def check_layer(model: HubertECG, layer: int | None) -> None:
         return
     n = model.config.num_hidden_layers
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n:
-        raise ValueError(f"layer {layer!r} does not exist: this model has hidden states 0..{n} "
-                         f"(0 = encoder input, {n} = last layer)")
+        raise ValueError(
+            f"layer {layer!r} does not exist: this model has hidden states 0..{n} (0 = encoder input, {n} = last layer)"
+        )
 
 
 @torch.no_grad()
-def run_windows(model: HubertECG, x: np.ndarray, mask: np.ndarray, *, batch_size: int = 64,
-                layer: int | None = None, tokens: bool = False, engine: str = "eager",
-                runners: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def run_windows(
+    model: HubertECG,
+    x: np.ndarray,
+    mask: np.ndarray,
+    *,
+    batch_size: int = 64,
+    layer: int | None = None,
+    tokens: bool = False,
+    engine: str = "eager",
+    runners: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
     """Forward windows in batches of ``batch_size`` (one model call per batch, windows of any records).
 
     Returns ``logits`` (W, L) when the model has a head, and ``embedding`` (W, H) (mean over valid
@@ -78,8 +88,8 @@ def run_windows(model: HubertECG, x: np.ndarray, mask: np.ndarray, *, batch_size
     runner = _runner(model, engine, layer, runners)
     outs: dict[str, list[np.ndarray]] = {"logits": [], "embedding": []}
     for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
-        mb_np = mask[start:start + batch_size]
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+        mb_np = mask[start : start + batch_size]
         mb = None if mb_np.all() else torch.from_numpy(np.ascontiguousarray(mb_np)).to(device)
         if runner is not None:
             out = runner(xb, mb)
@@ -142,8 +152,9 @@ class _TableSink:
 
     def __init__(self, path: Path, id_columns: list[str], columns: list[str], *, vector: str | None = None) -> None:
         if path.suffix not in OUTPUT_SUFFIXES:
-            raise ValueError(f"{path}: unsupported output format {path.suffix or '(no suffix)'!r}; "
-                             f"use {', '.join(OUTPUT_SUFFIXES)}")
+            raise ValueError(
+                f"{path}: unsupported output format {path.suffix or '(no suffix)'!r}; use {', '.join(OUTPUT_SUFFIXES)}"
+            )
         if path.suffix == ".npy" and vector is None:
             raise ValueError(f"{path}: .npy output holds embeddings only; write predictions to .csv or .parquet")
         if path.suffix == ".parquet":
@@ -200,8 +211,11 @@ class _TableSink:
                 column = values[:, j] if len(values) else np.zeros(0)
                 decision = name.startswith("y_") and not name.startswith("y_true_")
                 # NaN (a record that could not be scored) is a null cell, never a number.
-                table[name] = pa.array([None if np.isnan(v) else int(v) for v in column], type=pa.int64()) \
-                    if decision else pa.array(column, from_pandas=True)
+                table[name] = (
+                    pa.array([None if np.isnan(v) else int(v) for v in column], type=pa.int64())
+                    if decision
+                    else pa.array(column, from_pandas=True)
+                )
         pq.write_table(pa.table(table), str(tmp))
 
 
@@ -263,7 +277,8 @@ def _missing_leads(record: Any) -> str:
     from .preprocess import LEAD_NAMES, missing_leads
 
     absent = set(record.meta.get("missing_leads") or []) | {
-        LEAD_NAMES[i] for i in np.flatnonzero(missing_leads(record.signal))}
+        LEAD_NAMES[i] for i in np.flatnonzero(missing_leads(record.signal))
+    }
     return ",".join(n for n in LEAD_NAMES if n in absent)
 
 
@@ -274,16 +289,31 @@ def _truth_columns(model: HubertECG, labels: Any) -> list[int] | None:
     names = label_names(model)
     missing = [n for n in names if n not in labels.names]
     if missing:
-        raise ValueError(f"labels table has no column for the model's output(s) {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''} (its columns: {', '.join(labels.names[:8])})")
+        raise ValueError(
+            f"labels table has no column for the model's output(s) {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} (its columns: {', '.join(labels.names[:8])})"
+        )
     return [labels.names.index(n) for n in names]
 
 
-def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, mode: str = "predict",
-                  layer: int | None = None, windows: str = "sliding", aggregate: str = "mean",
-                  stride_s: float | None = None, batch_size: int = 64, read_kwargs: dict[str, Any] | None = None,
-                  progress: bool = True, allow_outside_root: bool = False, engine: str = "eager",
-                  workers: int = 1, labels: Any = None) -> BatchJobSummary:
+def predict_files(
+    model: HubertECG,
+    inputs: Sequence[str],
+    out: str | Path,
+    *,
+    mode: str = "predict",
+    layer: int | None = None,
+    windows: str = "sliding",
+    aggregate: str = "mean",
+    stride_s: float | None = None,
+    batch_size: int = 64,
+    read_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    allow_outside_root: bool = False,
+    engine: str = "eager",
+    workers: int = 1,
+    labels: Any = None,
+) -> BatchJobSummary:
     """Predict (or embed) every record under ``inputs``; one output row per record (.csv, .parquet, or .npy
     for embeddings; layouts in :class:`_TableSink`).
 
@@ -306,21 +336,35 @@ def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, m
         columns = [f"p_{k}" for k in names] + [f"y_{k}" for k in names] + [f"y_true_{k}" for k in names if truth]
         sink = _TableSink(out, ["record_id", "source", "n_windows", "quality", "missing_leads"], columns)
     else:
-        sink = _TableSink(out, ["record_id", "source", "seconds", "missing_leads"],
-                          [f"e{i}" for i in range(model.config.hidden_size)], vector="embedding")
+        sink = _TableSink(
+            out,
+            ["record_id", "source", "seconds", "missing_leads"],
+            [f"e{i}" for i in range(model.config.hidden_size)],
+            vector="embedding",
+        )
     from .io import InputAccount
 
     account = InputAccount()  # files seen but not taken as records, with the reason (<out>.skipped.csv)
     sources = discover_sources(list(inputs), allow_outside_root=allow_outside_root, account=account)
     if not sources:
-        raise ValueError(f"no ECG records found under {', '.join(inputs)}"
-                         + (f" ({account.summary()})" if account.skipped else ""))
+        raise ValueError(
+            f"no ECG records found under {', '.join(inputs)}" + (f" ({account.summary()})" if account.skipped else "")
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = spec_of(model)
     stride = stride_samples(spec, stride_s)
     tasks = [(src, spec.to_dict(), windows, stride, read_kwargs or {}) for src in sources]
-    job = _FileJob(model, mode, sink, layer=layer, aggregate=aggregate, batch_size=batch_size, engine=engine,
-                   labels=labels, truth=truth)
+    job = _FileJob(
+        model,
+        mode,
+        sink,
+        layer=layer,
+        aggregate=aggregate,
+        batch_size=batch_size,
+        engine=engine,
+        labels=labels,
+        truth=truth,
+    )
     rejects = job.run(tasks, workers=workers, progress=progress)
     rejects_path = _write_rejects(out, rejects)
     if job.written == 0:
@@ -333,21 +377,38 @@ def predict_files(model: HubertECG, inputs: Sequence[str], out: str | Path, *, m
     sink.close()
     # After the output: a full disk must fail on the table itself, and a failed job leaves no listing.
     skipped_path = account.write_csv(out.with_name(out.name + ".skipped.csv"))
-    return BatchJobSummary(out, job.written, len(rejects), rejects_path,
-                           skipped=account.summary() + (f" (listed in {skipped_path})" if skipped_path else ""),
-                           unscored=job.unscored)
+    return BatchJobSummary(
+        out,
+        job.written,
+        len(rejects),
+        rejects_path,
+        skipped=account.summary() + (f" (listed in {skipped_path})" if skipped_path else ""),
+        unscored=job.unscored,
+    )
 
 
 class _FileJob:
     """Reads records (optionally in worker processes), batches their windows across records, writes rows."""
 
-    def __init__(self, model: HubertECG, mode: str, sink: _TableSink, *, layer: int | None, aggregate: str,
-                 batch_size: int, engine: str, labels: Any, truth: list[int] | None) -> None:
+    def __init__(
+        self,
+        model: HubertECG,
+        mode: str,
+        sink: _TableSink,
+        *,
+        layer: int | None,
+        aggregate: str,
+        batch_size: int,
+        engine: str,
+        labels: Any,
+        truth: list[int] | None,
+    ) -> None:
         self.model, self.mode, self.sink, self.layer, self.aggregate = model, mode, sink, layer, aggregate
         self.batch_size, self.engine, self.labels, self.truth = batch_size, engine, labels, truth
         self.task = model.info.task or "multi_label"
         self.runners: dict[str, Any] = {}
-        self.pending: list[tuple[str, str, int, np.ndarray, np.ndarray, str]] = []
+        # (record id, source, seconds, windows, window masks, quality, missing leads) per record read
+        self.pending: list[tuple[str, str, int, np.ndarray, np.ndarray, str, str]] = []
         self.written = 0
         self.unscored = 0
 
@@ -362,8 +423,9 @@ class _FileJob:
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
         try:
             results = pool.imap(_source_windows, tasks, chunksize=8) if pool else map(_source_windows, tasks)
-            for status, payload in tqdm(results, total=len(tasks), disable=not progress, desc=self.mode, unit="rec",
-                                        dynamic_ncols=True):
+            for status, payload in tqdm(
+                results, total=len(tasks), disable=not progress, desc=self.mode, unit="rec", dynamic_ncols=True
+            ):
                 if status == "reject":
                     rejects.append(payload)
                     continue
@@ -392,13 +454,16 @@ class _FileJob:
         x = np.concatenate([p[3] for p in self.pending])
         mask = np.concatenate([p[4] for p in self.pending])
         self.model.eval()
-        outputs = run_windows(self.model, x, mask, batch_size=self.batch_size, layer=self.layer, engine=self.engine,
-                              runners=self.runners)
+        outputs = run_windows(
+            self.model, x, mask, batch_size=self.batch_size, layer=self.layer, engine=self.engine, runners=self.runners
+        )
         offset = 0
         for record_id, source, seconds, xr, _, quality, missing in self.pending:
             n = len(xr)
             if self.mode == "predict":
-                window_probs = probabilities(self.task, torch.from_numpy(outputs["logits"][offset:offset + n])).numpy()
+                window_probs = probabilities(
+                    self.task, torch.from_numpy(outputs["logits"][offset : offset + n])
+                ).numpy()
                 probs = np.atleast_1d(window_probs.max(0) if self.aggregate == "max" else window_probs.mean(0))
                 values = [probs, _decisions(self.model, probs).astype(np.float64)]
                 if self.truth is not None:
@@ -406,9 +471,10 @@ class _FileJob:
                     values.append(np.full(len(self.truth), np.nan) if row is None else row[self.truth])
                 self.sink.add([record_id, source, n, quality, missing], np.concatenate(values))
             else:
-                emb = outputs["embedding"][offset:offset + n]
-                self.sink.add([record_id, source, seconds, missing],
-                              emb.max(0) if self.aggregate == "max" else emb.mean(0))
+                emb = outputs["embedding"][offset : offset + n]
+                self.sink.add(
+                    [record_id, source, seconds, missing], emb.max(0) if self.aggregate == "max" else emb.mean(0)
+                )
             offset += n
             self.written += 1
         self.pending.clear()

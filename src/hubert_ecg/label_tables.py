@@ -167,8 +167,7 @@ def _blank(text: str | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 PTBXL_TASKS: tuple[str, ...] = ("all", "diag", "subdiag", "superdiag", "form", "rhythm")
 #: Columns before the labels in every PTB-XL table; labels start at ``len(PTBXL_META_COLUMNS)``.
-PTBXL_META_COLUMNS: tuple[str, ...] = ("record_id", "ecg_id", "path", "patient_id", "age", "sex",
-                                       "strat_fold", "split")
+PTBXL_META_COLUMNS: tuple[str, ...] = ("record_id", "ecg_id", "path", "patient_id", "age", "sex", "strat_fold", "split")
 PTBXL_LABEL_START_INDEX: int = len(PTBXL_META_COLUMNS)
 #: The official PTB-XL recommendation (and the reference's split files): folds 1-8 / 9 / 10.
 PTBXL_SPLIT_OF_FOLD: dict[int, str] = {**{f: "train" for f in range(1, 9)}, 9: "val", 10: "test"}
@@ -197,7 +196,9 @@ def _read_scp_statements(path: Path) -> dict[str, ScpStatement]:
         if not code:
             raise DatasetTableError(f"{path}, row {line}: empty SCP code in the first column")
         statements[code] = ScpStatement(
-            diagnostic=_flag(row.get("diagnostic")), form=_flag(row.get("form")), rhythm=_flag(row.get("rhythm")),
+            diagnostic=_flag(row.get("diagnostic")),
+            form=_flag(row.get("form")),
+            rhythm=_flag(row.get("rhythm")),
             diagnostic_class=None if _blank(row.get("diagnostic_class")) else row["diagnostic_class"].strip(),
             diagnostic_subclass=None if _blank(row.get("diagnostic_subclass")) else row["diagnostic_subclass"].strip(),
         )
@@ -242,10 +243,17 @@ def ptbxl_labels_for(scp_codes: dict[str, float], task: str, statements: dict[st
     return labels
 
 
-def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, task: str = "all",
-                       sampling: str = "100", min_count: int = 1, check_files: bool = True,
-                       database_csv: str | os.PathLike | None = None,
-                       statements_csv: str | os.PathLike | None = None) -> dict[str, Path]:
+def build_ptbxl_tables(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    task: str = "all",
+    sampling: str = "100",
+    min_count: int = 1,
+    check_files: bool = True,
+    database_csv: str | os.PathLike | None = None,
+    statements_csv: str | os.PathLike | None = None,
+) -> dict[str, Path]:
     """Write the PTB-XL benchmark tables of ``task`` from a local PTB-XL copy.
 
     Args:
@@ -302,10 +310,15 @@ def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, t
         seen_ids[record_id] = line
         codes = _parse_scp_codes(row["scp_codes"], db_path, line)
         meta: dict[str, object] = {
-            "record_id": record_id, "ecg_id": _clean_number(row["ecg_id"]), "path": rel,
-            "patient_id": _clean_number(row["patient_id"]), "age": _clean_number(row.get("age", "")),
-            "sex": _clean_number(row.get("sex", "")), "strat_fold": int(fold_text),
-            "split": PTBXL_SPLIT_OF_FOLD[int(fold_text)]}
+            "record_id": record_id,
+            "ecg_id": _clean_number(row["ecg_id"]),
+            "path": rel,
+            "patient_id": _clean_number(row["patient_id"]),
+            "age": _clean_number(row.get("age", "")),
+            "sex": _clean_number(row.get("sex", "")),
+            "strat_fold": int(fold_text),
+            "split": PTBXL_SPLIT_OF_FOLD[int(fold_text)],
+        }
         records.append(_LabelledRecord(meta, ptbxl_labels_for(codes, task, statements)))
 
     # Counted over the whole database, so the label set does not depend on which files a user has.
@@ -325,8 +338,10 @@ def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, t
         kept.append(rec)
     if not kept:
         where = f"{root / ('records' + sampling)}" if check_files else str(db_path)
-        raise DatasetTableError(f"{where}: no PTB-XL record left for task {task!r} "
-                                f"({dropped_no_label} without a label, {dropped_missing} without a .hea file)")
+        raise DatasetTableError(
+            f"{where}: no PTB-XL record left for task {task!r} "
+            f"({dropped_no_label} without a label, {dropped_missing} without a .hea file)"
+        )
 
     columns = list(PTBXL_META_COLUMNS) + labels
 
@@ -344,22 +359,40 @@ def build_ptbxl_tables(root: str | os.PathLike, out_dir: str | os.PathLike, *, t
         tmp.write_text("".join(f"{root / str(rec.meta['path'])}.hea\n" for rec in kept), encoding="utf-8")
 
     split_counts = Counter(str(r.meta["split"]) for r in kept)
-    positives = {lab: {s: sum(1 for r in kept if r.meta["split"] == s and lab in r.labels)
-                       for s in ("train", "val", "test")} for lab in labels}
+    positives = {
+        lab: {s: sum(1 for r in kept if r.meta["split"] == s and lab in r.labels) for s in ("train", "val", "test")}
+        for lab in labels
+    }
     summary = {
-        "dataset": "ptbxl", "task": task, "sampling_hz": int(sampling), "min_count": int(min_count),
-        "labels": labels, "label_start_index": PTBXL_LABEL_START_INDEX, "id_column": "record_id",
-        "split_column": "split", "columns": columns, "folds": {"train": list(range(1, 9)), "val": [9], "test": [10]},
-        "records_in_database": len(records), "records": len(kept),
+        "dataset": "ptbxl",
+        "task": task,
+        "sampling_hz": int(sampling),
+        "min_count": int(min_count),
+        "labels": labels,
+        "label_start_index": PTBXL_LABEL_START_INDEX,
+        "id_column": "record_id",
+        "split_column": "split",
+        "columns": columns,
+        "folds": {"train": list(range(1, 9)), "val": [9], "test": [10]},
+        "records_in_database": len(records),
+        "records": len(kept),
         "records_per_split": {s: split_counts.get(s, 0) for s in ("train", "val", "test")},
-        "dropped_no_label": dropped_no_label, "dropped_missing_file": dropped_missing,
+        "dropped_no_label": dropped_no_label,
+        "dropped_missing_file": dropped_missing,
         "positives": positives,
     }
     paths["labels"] = out_dir / "labels.json"
     atomic_write_json(paths["labels"], summary)
-    log.info("PTB-XL %s: %d records (%s), %d labels; dropped %d without a %s label and %d without a file",
-             task, len(kept), ", ".join(f"{s} {split_counts.get(s, 0)}" for s in ("train", "val", "test")),
-             len(labels), dropped_no_label, task, dropped_missing)
+    log.info(
+        "PTB-XL %s: %d records (%s), %d labels; dropped %d without a %s label and %d without a file",
+        task,
+        len(kept),
+        ", ".join(f"{s} {split_counts.get(s, 0)}" for s in ("train", "val", "test")),
+        len(labels),
+        dropped_no_label,
+        task,
+        dropped_missing,
+    )
     return paths
 
 
@@ -431,8 +464,9 @@ def _code_sort_key(code: str) -> tuple[int, int, str]:
     return (0, int(code), code) if code.isdigit() else (1, 0, code)
 
 
-def cinc_labels_table(records_dir: str | os.PathLike, out_csv: str | os.PathLike, *,
-                      min_count: int = 1, classes: str = "scored2021") -> LabelCSV:
+def cinc_labels_table(
+    records_dir: str | os.PathLike, out_csv: str | os.PathLike, *, min_count: int = 1, classes: str = "scored2021"
+) -> LabelCSV:
     """Multi-hot label CSV from the ``#Dx:`` SNOMED CT codes of CinC 2020/2021 WFDB headers.
 
     Every ``.hea`` under ``records_dir`` (recursively) is one record; its ``record_id`` is the
@@ -468,10 +502,17 @@ def cinc_labels_table(records_dir: str | os.PathLike, out_csv: str | os.PathLike
         seen[hea.stem] = hea
         meta = parse_header_comments(_header_comments(hea))
         age = meta.get("age")
-        rows.append(_LabelledRecord(
-            {"record_id": hea.stem, "path": hea.relative_to(base).with_suffix("").as_posix(),
-             "age": "" if age is None else _clean_number(str(age)), "sex": meta.get("sex") or ""},
-            set(meta.get("labels") or [])))
+        rows.append(
+            _LabelledRecord(
+                {
+                    "record_id": hea.stem,
+                    "path": hea.relative_to(base).with_suffix("").as_posix(),
+                    "age": "" if age is None else _clean_number(str(age)),
+                    "sex": meta.get("sex") or "",
+                },
+                set(meta.get("labels") or []),
+            )
+        )
     if classes == "all":
         return _write_multi_hot(Path(out_csv), rows, CINC_META_COLUMNS, min_count)
     scored = cinc_class_map(classes)
@@ -490,13 +531,19 @@ def cinc_labels_table(records_dir: str | os.PathLike, out_csv: str | os.PathLike
     meta_columns = [*CINC_META_COLUMNS, "dx"]
     out_path = Path(out_csv)
     _write_table(out_path, meta_columns + labels, (r.row(meta_columns, labels) for r in kept))
-    return LabelCSV(path=out_path, labels=labels, label_start_index=len(meta_columns), n_records=len(kept),
-                    dropped={"no_label": len(rows) - len(kept)},
-                    positives={lab: sum(1 for r in kept if lab in r.labels) for lab in labels})
+    return LabelCSV(
+        path=out_path,
+        labels=labels,
+        label_start_index=len(meta_columns),
+        n_records=len(kept),
+        dropped={"no_label": len(rows) - len(kept)},
+        positives={lab: sum(1 for r in kept if lab in r.labels) for lab in labels},
+    )
 
 
-def _write_multi_hot(out_csv: Path, rows: list[_LabelledRecord], meta_columns: Sequence[str],
-                     min_count: int) -> LabelCSV:
+def _write_multi_hot(
+    out_csv: Path, rows: list[_LabelledRecord], meta_columns: Sequence[str], min_count: int
+) -> LabelCSV:
     counts = Counter(code for r in rows for code in r.labels)
     labels = sorted((c for c, n in counts.items() if n >= min_count), key=_code_sort_key)
     kept_set = set(labels)
@@ -504,39 +551,60 @@ def _write_multi_hot(out_csv: Path, rows: list[_LabelledRecord], meta_columns: S
     if not kept:
         raise DatasetTableError(f"{out_csv}: no record has a label occurring at least {min_count} times")
     _write_table(out_csv, list(meta_columns) + labels, (r.row(meta_columns, labels) for r in kept))
-    return LabelCSV(path=out_csv, labels=labels, label_start_index=len(meta_columns), n_records=len(kept),
-                    dropped={"no_label": len(rows) - len(kept)},
-                    positives={lab: sum(1 for r in kept if lab in r.labels) for lab in labels})
+    return LabelCSV(
+        path=out_csv,
+        labels=labels,
+        label_start_index=len(meta_columns),
+        n_records=len(kept),
+        dropped={"no_label": len(rows) - len(kept)},
+        positives={lab: sum(1 for r in kept if lab in r.labels) for lab in labels},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # LUDB: binary labels from ludb.csv (one multi-line cell per diagnosis group)
 # ---------------------------------------------------------------------------------------------
 LUDB_META_COLUMNS: tuple[str, ...] = ("record_id", "sex", "age")
-_SINUS_RHYTHMS = frozenset({"Sinus rhythm", "Sinus bradycardia", "Sinus tachycardia", "Sinus arrhythmia",
-                            "Irregular sinus rhythm"})
+_SINUS_RHYTHMS = frozenset(
+    {"Sinus rhythm", "Sinus bradycardia", "Sinus tachycardia", "Sinus arrhythmia", "Irregular sinus rhythm"}
+)
 
 #: label -> (ludb.csv column, rule, what it means). Rules: ``only:X`` the cell lists exactly X and
 #: nothing else; ``has:X`` the cell lists X; ``any_of:X|Y`` lists X or Y; ``nonempty`` lists anything.
 LUDB_LABELS: dict[str, tuple[str, str, str]] = {
-    "sinus_rhythm": ("Rhythms", "only:Sinus rhythm",
-                     "normal sinus rhythm and no other rhythm statement (0 = brady/tachycardia, sinus "
-                     "arrhythmia, AF, flutter, wandering pacemaker ...)"),
-    "sinus_origin": ("Rhythms", "any_of:" + "|".join(sorted(_SINUS_RHYTHMS)),
-                     "any sinus rhythm incl. brady/tachycardia and sinus arrhythmia (0 = AF, flutter)"),
+    "sinus_rhythm": (
+        "Rhythms",
+        "only:Sinus rhythm",
+        "normal sinus rhythm and no other rhythm statement (0 = brady/tachycardia, sinus "
+        "arrhythmia, AF, flutter, wandering pacemaker ...)",
+    ),
+    "sinus_origin": (
+        "Rhythms",
+        "any_of:" + "|".join(sorted(_SINUS_RHYTHMS)),
+        "any sinus rhythm incl. brady/tachycardia and sinus arrhythmia (0 = AF, flutter)",
+    ),
     "atrial_fibrillation": ("Rhythms", "has:Atrial fibrillation", "atrial fibrillation"),
     "sinus_bradycardia": ("Rhythms", "has:Sinus bradycardia", "sinus bradycardia"),
-    "left_axis_deviation": ("Electric axis of the heart", "has:Electric axis of the heart: left axis deviation",
-                            "left axis deviation (records without an axis statement count as 0)"),
-    "incomplete_rbbb": ("Conduction abnormalities", "has:Incomplete right bundle branch block",
-                        "incomplete right bundle branch block"),
+    "left_axis_deviation": (
+        "Electric axis of the heart",
+        "has:Electric axis of the heart: left axis deviation",
+        "left axis deviation (records without an axis statement count as 0)",
+    ),
+    "incomplete_rbbb": (
+        "Conduction abnormalities",
+        "has:Incomplete right bundle branch block",
+        "incomplete right bundle branch block",
+    ),
     "left_anterior_hemiblock": ("Conduction abnormalities", "has:Left anterior hemiblock", "left anterior hemiblock"),
     "av_block_1": ("Conduction abnormalities", "has:I degree av block", "first-degree AV block"),
     "lvh": ("Hypertrophies", "has:Left ventricular hypertrophy", "left ventricular hypertrophy"),
     "left_atrial_hypertrophy": ("Hypertrophies", "has:Left atrial hypertrophy", "left atrial hypertrophy"),
     "ischemia": ("Ischemia", "nonempty", "any ischaemia, scar or STEMI statement"),
-    "repolarization_abnormality": ("Non-specific repolarization abnormalities", "nonempty",
-                                   "any non-specific repolarisation abnormality"),
+    "repolarization_abnormality": (
+        "Non-specific repolarization abnormalities",
+        "nonempty",
+        "any non-specific repolarisation abnormality",
+    ),
     "extrasystoles": ("Extrasystolies", "nonempty", "any atrial or ventricular extrasystole"),
     "pacemaker": ("Cardiac pacing", "nonempty", "any pacing statement"),
 }
@@ -591,9 +659,14 @@ def ludb_labels_table(ludb_dir: str | os.PathLike, out_csv: str | os.PathLike) -
     labels = list(LUDB_LABELS)
     out_csv = Path(out_csv)
     _write_table(out_csv, list(LUDB_META_COLUMNS) + labels, out_rows)
-    return LabelCSV(path=out_csv, labels=labels, label_start_index=len(LUDB_META_COLUMNS), n_records=len(out_rows),
-                    dropped={}, positives={lab: sum(values[j] for values in label_rows)
-                                           for j, lab in enumerate(labels)})
+    return LabelCSV(
+        path=out_csv,
+        labels=labels,
+        label_start_index=len(LUDB_META_COLUMNS),
+        n_records=len(out_rows),
+        dropped={},
+        positives={lab: sum(values[j] for values in label_rows) for j, lab in enumerate(labels)},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,8 +675,13 @@ def ludb_labels_table(ludb_dir: str | os.PathLike, out_csv: str | os.PathLike) -
 _SPLIT_PRIORITY = ("test", "val", "train")
 
 
-def reference_split_table(splits: Mapping[str, str | os.PathLike], out_csv: str | os.PathLike, *,
-                          label_start_index: int = 3, id_column: str = "filename") -> LabelCSV:
+def reference_split_table(
+    splits: Mapping[str, str | os.PathLike],
+    out_csv: str | os.PathLike,
+    *,
+    label_start_index: int = 3,
+    id_column: str = "filename",
+) -> LabelCSV:
     """Merge the reference's per-split CSVs (``train0.csv``, ``val0.csv``, ``test.csv`` ...) into one.
 
     The reference passes one CSV per split to ``finetune.py``/``test.py``; ``hubert-ecg prepare``
@@ -644,8 +722,10 @@ def reference_split_table(splits: Mapping[str, str | os.PathLike], out_csv: str 
         rows_by_split[split] = rows
     assert header is not None
     if not 0 <= label_start_index < len(header) or label_start_index <= header.index(id_column):
-        raise DatasetTableError(f"{first_path}: label_start_index {label_start_index} does not point after "
-                                f"{id_column!r} inside the {len(header)} columns")
+        raise DatasetTableError(
+            f"{first_path}: label_start_index {label_start_index} does not point after "
+            f"{id_column!r} inside the {len(header)} columns"
+        )
     seen: set[str] = set()
     duplicates = 0
     out_rows: list[list[str]] = []
@@ -668,6 +748,11 @@ def reference_split_table(splits: Mapping[str, str | os.PathLike], out_csv: str 
         except ValueError:
             return False
 
-    return LabelCSV(path=out_csv, labels=labels, label_start_index=start, n_records=len(out_rows),
-                    dropped={"duplicate": duplicates},
-                    positives={lab: sum(positive(r[start + j]) for r in out_rows) for j, lab in enumerate(labels)})
+    return LabelCSV(
+        path=out_csv,
+        labels=labels,
+        label_start_index=start,
+        n_records=len(out_rows),
+        dropped={"duplicate": duplicates},
+        positives={lab: sum(positive(r[start + j]) for r in out_rows) for j, lab in enumerate(labels)},
+    )

@@ -63,9 +63,17 @@ class StoreWindows(Dataset):
     used for evaluation windows).
     """
 
-    def __init__(self, store: ECGStore, *, window: int | None = None, crop: str = "first",
-                 targets: Sequence[str] = (), labels: bool = False, seed: int = 0,
-                 label_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        store: ECGStore,
+        *,
+        window: int | None = None,
+        crop: str = "first",
+        targets: Sequence[str] = (),
+        labels: bool = False,
+        seed: int = 0,
+        label_dtype: str = "float32",
+    ) -> None:
         if crop not in ("first", "random", "given"):
             raise ValueError(f"crop must be first, random or given, got {crop!r}")
         self.store = store
@@ -80,9 +88,7 @@ class StoreWindows(Dataset):
     def __len__(self) -> int:  # the sampler decides; this is only for DataLoader's bookkeeping
         return len(self.store)
 
-    def __getitem__(
-        self, item: tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]
-    ) -> dict[str, Any]:
+    def __getitem__(self, item: tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
         # Values: tensors, plus "attention_mask" (None when every sample is real) and "full" (bool).
         key, rows = item[0], np.asarray(item[1], dtype=np.int64)
         lengths = self.store.lengths[rows]
@@ -100,13 +106,26 @@ class StoreWindows(Dataset):
         full = bool(valid.all())
         # A full batch carries no mask: the step then skips it without a device sync, and a worker
         # does not pay to hand a (B, 12 * window) bool tensor to the main process.
-        mask = None if full else torch.from_numpy(
-            np.ascontiguousarray(np.broadcast_to(valid[:, None, :], x.shape)).reshape(len(rows), -1))
-        batch = {"input": torch.from_numpy(x.reshape(len(rows), -1)), "attention_mask": mask,
-                 "rows": torch.from_numpy(rows), "start": torch.from_numpy(starts), "full": full}
+        mask = (
+            None
+            if full
+            else torch.from_numpy(
+                np.ascontiguousarray(np.broadcast_to(valid[:, None, :], x.shape)).reshape(len(rows), -1)
+            )
+        )
+        batch = {
+            "input": torch.from_numpy(x.reshape(len(rows), -1)),
+            "attention_mask": mask,
+            "rows": torch.from_numpy(rows),
+            "start": torch.from_numpy(starts),
+            "full": full,
+        }
         if self.target_names:
-            batch["targets"] = torch.from_numpy(np.stack(
-                [np.asarray(self.store.targets(name)[rows], dtype=np.int64) for name in self.target_names], axis=1))
+            batch["targets"] = torch.from_numpy(
+                np.stack(
+                    [np.asarray(self.store.targets(name)[rows], dtype=np.int64) for name in self.target_names], axis=1
+                )
+            )
         if self.with_labels:
             if self.store.labels is None:  # checked in __init__; the store object is not expected to change
                 raise ValueError(f"{self.store.path}: the store has no labels; prepare it with --labels")
@@ -123,9 +142,19 @@ class BatchSampler(Sampler):
     over ranks is the single-process batch. ``start_batch`` skips batches already consumed (resume).
     """
 
-    def __init__(self, rows: np.ndarray, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1, epoch: int = 0,
-                 start_batch: int = 0) -> None:
+    def __init__(
+        self,
+        rows: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(f"global batch size {batch_size} is not divisible by {world_size} processes")
         if len(rows) == 0:
@@ -153,11 +182,11 @@ class BatchSampler(Sampler):
         order = self.order(self.epoch)
         per_rank = self.batch_size // self.world_size
         for b in range(self.start_batch, self.batches_per_epoch()):
-            global_rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            global_rows = order[b * self.batch_size : (b + 1) * self.batch_size]
             if len(global_rows) < self.batch_size:  # last partial batch: split as evenly as possible
                 local = np.array_split(global_rows, self.world_size)[self.rank]
             else:
-                local = global_rows[self.rank * per_rank:(self.rank + 1) * per_rank]
+                local = global_rows[self.rank * per_rank : (self.rank + 1) * per_rank]
             key = self.epoch * 1_000_003 + b
             yield key, local
 
@@ -172,8 +201,16 @@ class EvalWindows:
     record_ids: np.ndarray
 
 
-def evaluation_windows(store: ECGStore, rows: np.ndarray, *, window: int, mode: str = "first",
-                       n_crops: int = 1, stride: int | None = None, seed: int = 0) -> EvalWindows:
+def evaluation_windows(
+    store: ECGStore,
+    rows: np.ndarray,
+    *,
+    window: int,
+    mode: str = "first",
+    n_crops: int = 1,
+    stride: int | None = None,
+    seed: int = 0,
+) -> EvalWindows:
     """Windows for test-time augmentation over whole records (all segments of each record).
 
     ``mode``: ``first`` (one window per record), ``random`` (``n_crops`` random windows per record),
@@ -221,22 +258,33 @@ def evaluation_windows(store: ECGStore, rows: np.ndarray, *, window: int, mode: 
         out_rows.append(np.array([p[0] for p in picks], np.int64))
         out_starts.append(np.array([p[1] for p in picks], np.int64))
         out_groups.append([g] * len(picks))
-    return EvalWindows(np.concatenate(out_rows), np.concatenate(out_starts),
-                       np.concatenate([np.asarray(x, np.int64) for x in out_groups]), record_ids)
+    return EvalWindows(
+        np.concatenate(out_rows),
+        np.concatenate(out_starts),
+        np.concatenate([np.asarray(x, np.int64) for x in out_groups]),
+        record_ids,
+    )
 
 
-def make_loader(dataset: StoreWindows, sampler: Any, *, num_workers: int = 0, pin_memory: bool = False,
-                prefetch_factor: int = 4) -> DataLoader:
+def make_loader(
+    dataset: StoreWindows, sampler: Any, *, num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int = 4
+) -> DataLoader:
     """A DataLoader whose items are whole batches (``batch_size=None``), with persistent workers."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False,
-                      multiprocessing_context="fork" if hasattr(__import__("os"), "fork") else None)
-    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                      pin_memory=pin_memory, **kwargs)
+        kwargs.update(
+            prefetch_factor=prefetch_factor,
+            persistent_workers=False,
+            multiprocessing_context="fork" if hasattr(__import__("os"), "fork") else None,
+        )
+    return DataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs
+    )
 
 
 def window_batches(windows: EvalWindows, batch_size: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Evaluation windows -> sampler items ``(key, rows, starts)`` for ``StoreWindows(crop="given")``."""
-    return [(i, windows.rows[s:s + batch_size], windows.starts[s:s + batch_size])
-            for i, s in enumerate(range(0, len(windows.rows), batch_size))]
+    return [
+        (i, windows.rows[s : s + batch_size], windows.starts[s : s + batch_size])
+        for i, s in enumerate(range(0, len(windows.rows), batch_size))
+    ]

@@ -39,6 +39,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .progress import progress
+
 __all__ = [
     "TASKS",
     "MetricsInputError",
@@ -61,8 +63,7 @@ THRESHOLD_METRICS = ("f1", "precision", "npv", "sensitivity", "specificity", "ac
 # Calibration of the probabilities themselves (no threshold): Brier score and expected calibration error.
 CALIBRATION_METRICS = ("brier", "ece")
 LABEL_METRICS = ("auroc", "auprc") + THRESHOLD_METRICS + CALIBRATION_METRICS
-MULTICLASS_LABEL_METRICS = ("auroc", "auprc", "f1", "precision", "npv", "sensitivity", "specificity",
-                            "brier", "ece")
+MULTICLASS_LABEL_METRICS = ("auroc", "auprc", "f1", "precision", "npv", "sensitivity", "specificity", "brier", "ece")
 MULTICLASS_OVERALL_METRICS = ("accuracy", "balanced_accuracy", "brier", "ece_top_label")
 # Expected calibration error: ECE_BINS equal-width bins on [0, 1], right-closed like scikit-learn's
 # calibration_curve(strategy="uniform") (bin k holds k/B < p <= (k+1)/B; p = 0 goes to the first bin).
@@ -278,8 +279,7 @@ def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | 
     score = _as_float_array("y_score", y_score)
     if y.shape[:1] != score.shape[:1]:
         raise MetricsInputError(
-            f"y_true has {y.shape[0] if y.ndim else 0} records but y_score has "
-            f"{score.shape[0] if score.ndim else 0}"
+            f"y_true has {y.shape[0] if y.ndim else 0} records but y_score has {score.shape[0] if score.ndim else 0}"
         )
     if y.ndim == 0 or y.shape[0] == 0:
         raise MetricsInputError("y_true is empty: nothing to evaluate")
@@ -303,9 +303,7 @@ def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | 
         bad = (y != np.round(y)) | (y < 0) | (y >= n_classes)
         if bad.any():
             row = int(np.argmax(bad))
-            raise MetricsInputError(
-                f"y_true must hold class indices in 0..{n_classes - 1}; row {row} holds {y[row]:g}"
-            )
+            raise MetricsInputError(f"y_true must hold class indices in 0..{n_classes - 1}; row {row} holds {y[row]:g}")
         _check_probabilities(task, score)
         classes = y.astype(np.int64)
         onehot = np.zeros(score.shape, dtype=bool)
@@ -369,8 +367,9 @@ def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ranking_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray,
-                     known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _ranking_metrics(
+    y: np.ndarray, score: np.ndarray, weights: np.ndarray, known: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted AUROC and average precision for every label.
 
     Args:
@@ -461,8 +460,9 @@ def ece_bin_index(score: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
     return np.searchsorted(edges[1:-1], score, side="left")
 
 
-def _calibration_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray,
-                         known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def _calibration_metrics(
+    y: np.ndarray, score: np.ndarray, weights: np.ndarray, known: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Weighted Brier score and expected calibration error per label, each (B, L).
 
     Brier = mean of (p - y)^2. ECE = sum over bins of (records in bin / N) x |mean y - mean p| in
@@ -484,8 +484,9 @@ def _calibration_metrics(y: np.ndarray, score: np.ndarray, weights: np.ndarray,
     return {"brier": brier, "ece": ece}
 
 
-def _regression_metrics(y: np.ndarray, pred: np.ndarray, weights: np.ndarray,
-                        known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def _regression_metrics(
+    y: np.ndarray, pred: np.ndarray, weights: np.ndarray, known: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Weighted MAE, RMSE, R², Pearson r per output, each (B, D); R²/r NaN for constant targets.
 
     With ``known``, blank targets are left out of their output only (every sum runs over known cells).
@@ -645,9 +646,9 @@ def compute_metrics(
     if prep.task == "multi_class":
         assert prep.classes is not None
         predicted = prep.score.argmax(axis=1)
-        confusion = np.bincount(
-            prep.classes * n_labels + predicted, minlength=n_labels * n_labels
-        ).reshape(n_labels, n_labels)
+        confusion = np.bincount(prep.classes * n_labels + predicted, minlength=n_labels * n_labels).reshape(
+            n_labels, n_labels
+        )
 
     return MetricsResult(
         task=prep.task,
@@ -766,8 +767,9 @@ def bca_bounds(point: float, samples: np.ndarray, jackknife: np.ndarray, confide
     return float(lower), float(upper)
 
 
-def _summarise(point: float, samples: np.ndarray, confidence: float,
-               jackknife: np.ndarray | None = None) -> dict[str, Any]:
+def _summarise(
+    point: float, samples: np.ndarray, confidence: float, jackknife: np.ndarray | None = None
+) -> dict[str, Any]:
     finite = samples[np.isfinite(samples)]
     alpha = (1.0 - confidence) / 2.0
     if finite.size == 0 or not math.isfinite(point):
@@ -779,8 +781,9 @@ def _summarise(point: float, samples: np.ndarray, confidence: float,
     return {"point": float(point), "lower": lower, "upper": upper, "n_used": int(finite.size)}
 
 
-def _jackknife(prep: _Prepared, thr: np.ndarray | None, defined: np.ndarray
-               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _jackknife(
+    prep: _Prepared, thr: np.ndarray | None, defined: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Leave-one-record-out values of every metric: per-label (N, L), macro (N,), overall (N,)."""
     n_records = prep.y.shape[0]
     chunk = max(1, min(n_records, _MAX_WEIGHT_CELLS // max(n_records, 1)))
@@ -814,6 +817,7 @@ def bootstrap_ci(
     stratify: bool = False,
     label_names: Sequence[str] | None = None,
     method: str = "percentile",
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Bootstrap confidence intervals (percentile or BCa) for every metric of :func:`compute_metrics`.
 
@@ -859,6 +863,7 @@ def bootstrap_ci(
     per_label_parts: dict[str, list[np.ndarray]] = {}
     macro_parts: dict[str, list[np.ndarray]] = {}
     overall_parts: dict[str, list[np.ndarray]] = {}
+    bar = progress(total=n_resamples, desc="bootstrap", unit="resample", enabled=show_progress)
     done = 0
     while done < n_resamples:
         rows = min(chunk, n_resamples - done)
@@ -871,6 +876,8 @@ def bootstrap_ci(
         for metric, values in overall_b.items():
             overall_parts.setdefault(metric, []).append(values)
         done += rows
+        bar.update(rows)
+    bar.close()
 
     per_label_samples = {m: np.concatenate(parts, axis=0) for m, parts in per_label_parts.items()}
     jack_label: dict[str, np.ndarray] = {}
@@ -881,8 +888,9 @@ def bootstrap_ci(
     per_label: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(point.label_names):
         per_label[name] = {
-            metric: _summarise(point.per_label[metric][i], samples[:, i], confidence,
-                               jack_label[metric][:, i] if jack_label else None)
+            metric: _summarise(
+                point.per_label[metric][i], samples[:, i], confidence, jack_label[metric][:, i] if jack_label else None
+            )
             for metric, samples in per_label_samples.items()
         }
     macro = {
@@ -956,9 +964,16 @@ def aggregate_windows(
 #: The one list used by ``FinetuneOptions``, the recipes and the ``--monitor`` choices (kept here, free of
 #: torch, so that building the command line stays instant; ``tasks`` re-exports it).
 MONITORS: dict[str, str] = {
-    "loss": "min", "mae": "min", "rmse": "min",
-    "auroc": "max", "auprc": "max", "f1": "max", "accuracy": "max", "balanced_accuracy": "max",
-    "r2": "max", "pearson_r": "max",
+    "loss": "min",
+    "mae": "min",
+    "rmse": "min",
+    "auroc": "max",
+    "auprc": "max",
+    "f1": "max",
+    "accuracy": "max",
+    "balanced_accuracy": "max",
+    "r2": "max",
+    "pearson_r": "max",
 }
 
 

@@ -55,11 +55,19 @@ def _members(modules: nn.ModuleList, kind: type[_ModuleT]) -> Sequence[_ModuleT]
 # ---------------------------------------------------------------------------------------------
 # Geometry helpers
 # ---------------------------------------------------------------------------------------------
-def sample_span_mask(batch: int, num_tokens: int, *, mask_prob: float, mask_length: int = 1,
-                     min_masks: int = 2, token_mask: Tensor | None = None,
-                     device: torch.device | str | None = None,
-                     generator: torch.Generator | None = None, scores: Tensor | None = None,
-                     u: Tensor | None = None) -> Tensor:
+def sample_span_mask(
+    batch: int,
+    num_tokens: int,
+    *,
+    mask_prob: float,
+    mask_length: int = 1,
+    min_masks: int = 2,
+    token_mask: Tensor | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    scores: Tensor | None = None,
+    u: Tensor | None = None,
+) -> Tensor:
     """Sample HuBERT/wav2vec2 span masks on ``device`` with torch ops only. Returns bool (B, T).
 
     Per sample with ``n`` valid tokens: ``max(min_masks, int(mask_prob * n / mask_length + u))``
@@ -105,8 +113,9 @@ def sample_span_mask(batch: int, num_tokens: int, *, mask_prob: float, mask_leng
 class ConvLayer(nn.Module):
     """Conv1d -> optional GroupNorm(C, C) (a per-channel norm over time) -> GELU. (B, C_in, L) -> (B, C, L')."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool,
-                 group_norm: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool, group_norm: bool
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
         self.layer_norm = nn.GroupNorm(out_channels, out_channels, affine=True) if group_norm else None
@@ -179,7 +188,7 @@ def _strided_conv_time_major(layer: ConvLayer, x: Tensor) -> Tensor:
     if kernel > stride:
         tail = weight[:, :, stride:].permute(0, 2, 1).reshape(weight.shape[0], (kernel - stride) * channels)
         z = F.linear(blocks[:, : (kernel - stride) * channels], tail).view(batch, -1, weight.shape[0])
-        y = y + z[:, 1: out_frames + 1]
+        y = y + z[:, 1 : out_frames + 1]
     return F.gelu(y)
 
 
@@ -191,7 +200,8 @@ class FeatureExtractor(nn.Module):
         channels = (1, *config.conv_dim)
         self.conv_layers = nn.ModuleList(
             ConvLayer(channels[i], channels[i + 1], k, s, config.conv_bias, group_norm=(i == 0))
-            for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride)))
+            for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.time_major(x).transpose(1, 2)
@@ -257,15 +267,16 @@ class PositionalConvEmbedding(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.conv = WeightNormConv1d(config.hidden_size, config.num_conv_pos_embeddings,
-                                     config.num_conv_pos_embedding_groups)
+        self.conv = WeightNormConv1d(
+            config.hidden_size, config.num_conv_pos_embeddings, config.num_conv_pos_embedding_groups
+        )
         # An even kernel with padding K/2 yields one frame too many; drop the last one.
         self.trim = 1 if config.num_conv_pos_embeddings % 2 == 0 else 0
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x.transpose(1, 2))
         if self.trim:
-            y = y[:, :, :-self.trim]
+            y = y[:, :, : -self.trim]
         return F.gelu(y).transpose(1, 2)
 
 
@@ -291,8 +302,9 @@ class SelfAttention(nn.Module):
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out_proj(y.transpose(1, 2).reshape(batch, tokens, hidden))
 
 
@@ -339,16 +351,20 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: Tensor, token_mask: Tensor | None = None,
-                output_hidden_states: bool = False) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    def forward(
+        self, x: Tensor, token_mask: Tensor | None = None, output_hidden_states: bool = False
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         if token_mask is not None:
             # Padded frames must not leak into the positional conv of their neighbours.
             x = x * token_mask.unsqueeze(-1).to(x.dtype)
         x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
         hidden_states: list[Tensor] = [x] if output_hidden_states else []
         # Layerdrop decisions come from the CPU generator: no device sync in the step.
-        skips = (torch.rand(len(self.layers)) < self.layerdrop).tolist() \
-            if self.training and self.layerdrop > 0 else [False] * len(self.layers)
+        skips = (
+            (torch.rand(len(self.layers)) < self.layerdrop).tolist()
+            if self.training and self.layerdrop > 0
+            else [False] * len(self.layers)
+        )
         for layer, skip in zip(self.layers, skips):
             if not skip:
                 if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -389,8 +405,11 @@ def build_classifier(hidden: int, head: HeadConfig) -> nn.Module:
         activations = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
         if head.activation not in activations:
             raise ValueError(f"unknown MLP activation {head.activation!r}; choose one of {sorted(activations)}")
-        return nn.Sequential(nn.Linear(hidden, head.hidden_size), activations[head.activation](),
-                             nn.Linear(head.hidden_size, head.num_labels))
+        return nn.Sequential(
+            nn.Linear(hidden, head.hidden_size),
+            activations[head.activation](),
+            nn.Linear(head.hidden_size, head.num_labels),
+        )
     return CosineClassifier(hidden, head)
 
 
@@ -461,9 +480,9 @@ class HubertECG(PretrainedMixin, nn.Module):
         self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.encoder = Encoder(config)
         self.final_proj = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.classifier_proj_size) for _ in config.vocab_sizes)
-        self.label_embedding = nn.ModuleList(
-            nn.Embedding(k, config.classifier_proj_size) for k in config.vocab_sizes)
+            nn.Linear(config.hidden_size, config.classifier_proj_size) for _ in config.vocab_sizes
+        )
+        self.label_embedding = nn.ModuleList(nn.Embedding(k, config.classifier_proj_size) for k in config.vocab_sizes)
         self.classifier_dropout = nn.Dropout(config.head.dropout if config.head else 0.0)
         self.classifier = build_classifier(config.hidden_size, config.head) if config.head else None
         self.apply(self._init_weights)
@@ -494,16 +513,28 @@ class HubertECG(PretrainedMixin, nn.Module):
         """Sample mask (B, L) -> token mask (B, T): a token is valid iff its whole receptive field is."""
         return self.config.token_mask(attention_mask.bool())
 
-    def sample_mask(self, batch: int, num_tokens: int, token_mask: Tensor | None = None,
-                    device: torch.device | None = None) -> Tensor:
-        return sample_span_mask(batch, num_tokens, mask_prob=self.config.mask_time_prob,
-                                mask_length=self.config.mask_time_length,
-                                min_masks=self.config.mask_time_min_masks, token_mask=token_mask,
-                                device=device or self.masked_spec_embed.device)
+    def sample_mask(
+        self, batch: int, num_tokens: int, token_mask: Tensor | None = None, device: torch.device | None = None
+    ) -> Tensor:
+        return sample_span_mask(
+            batch,
+            num_tokens,
+            mask_prob=self.config.mask_time_prob,
+            mask_length=self.config.mask_time_length,
+            min_masks=self.config.mask_time_min_masks,
+            token_mask=token_mask,
+            device=device or self.masked_spec_embed.device,
+        )
 
-    def forward(self, input_values: Tensor, attention_mask: Tensor | None = None, *,
-                apply_mask: bool = False, mask_time_indices: Tensor | None = None,
-                output_hidden_states: bool = False) -> HubertECGOutput:
+    def forward(
+        self,
+        input_values: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        apply_mask: bool = False,
+        mask_time_indices: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> HubertECGOutput:
         if input_values.dim() != 2:
             raise ValueError(f"expected input of shape (batch, samples), got {tuple(input_values.shape)}")
         features = self.feature_extractor.time_major(input_values)  # (B, T, C)
@@ -512,11 +543,14 @@ class HubertECG(PretrainedMixin, nn.Module):
         if apply_mask and mask_time_indices is None:
             mask_time_indices = self.sample_mask(hidden.shape[0], hidden.shape[1], token_mask, hidden.device)
         if mask_time_indices is not None:
-            hidden = torch.where(mask_time_indices.unsqueeze(-1),
-                                 self.masked_spec_embed.to(hidden.dtype), hidden)
+            hidden = torch.where(mask_time_indices.unsqueeze(-1), self.masked_spec_embed.to(hidden.dtype), hidden)
         last, hidden_states = self.encoder(hidden, token_mask, output_hidden_states)
-        out = HubertECGOutput(last_hidden_state=last, hidden_states=hidden_states,
-                              token_mask=token_mask, mask_time_indices=mask_time_indices)
+        out = HubertECGOutput(
+            last_hidden_state=last,
+            hidden_states=hidden_states,
+            token_mask=token_mask,
+            mask_time_indices=mask_time_indices,
+        )
         if self.classifier is not None:
             out.pooled = self.pool(last, token_mask)
             out.logits = self.classifier(self.classifier_dropout(out.pooled))
@@ -575,23 +609,48 @@ class HubertECG(PretrainedMixin, nn.Module):
         self.final_proj, self.label_embedding = nn.ModuleList(), nn.ModuleList()
         self.update_config(vocab_sizes=())
 
-    def set_dropouts(self, *, hidden: float | None = None, attention: float | None = None,
-                     activation: float | None = None, feat_proj: float | None = None,
-                     layerdrop: float | None = None, classifier: float | None = None) -> None:
+    def set_dropouts(
+        self,
+        *,
+        hidden: float | None = None,
+        attention: float | None = None,
+        activation: float | None = None,
+        feat_proj: float | None = None,
+        layerdrop: float | None = None,
+        classifier: float | None = None,
+    ) -> None:
         """Change dropout rates in place (fine-tuning overrides); ``None`` keeps a rate."""
-        changes: dict[str, Any] = {name: value for name, value in (
-            ("hidden_dropout", hidden), ("attention_dropout", attention), ("activation_dropout", activation),
-            ("feat_proj_dropout", feat_proj), ("layerdrop", layerdrop)) if value is not None}
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("hidden_dropout", hidden),
+                ("attention_dropout", attention),
+                ("activation_dropout", activation),
+                ("feat_proj_dropout", feat_proj),
+                ("layerdrop", layerdrop),
+            )
+            if value is not None
+        }
         if classifier is not None and self.config.head is not None:
             from dataclasses import replace
+
             changes["head"] = replace(self.config.head, dropout=classifier)
         self.update_config(**changes)
 
     def update_config(self, **changes: Any) -> None:
         """Replace config fields and apply the ones that act at run time (dropouts, layerdrop,
         gradient checkpointing, masking); architecture fields must not change this way."""
-        fixed = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
-                 "conv_kernel", "conv_stride", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"}
+        fixed = {
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "conv_dim",
+            "conv_kernel",
+            "conv_stride",
+            "num_conv_pos_embeddings",
+            "num_conv_pos_embedding_groups",
+        }
         if fixed & set(changes):
             raise ValueError(f"cannot change architecture fields in place: {', '.join(sorted(fixed & set(changes)))}")
         c = self.config = self.config.replace(**changes)
@@ -644,12 +703,16 @@ class HubertECG(PretrainedMixin, nn.Module):
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
 
 
-
-def create_model(size: str = "small", *, input_rate_hz: int = 100, vocab_sizes: Sequence[int] = (),
-                 head: HeadConfig | dict | None = None, **overrides: Any) -> HubertECG:
+def create_model(
+    size: str = "small",
+    *,
+    input_rate_hz: int = 100,
+    vocab_sizes: Sequence[int] = (),
+    head: HeadConfig | dict | None = None,
+    **overrides: Any,
+) -> HubertECG:
     """A randomly initialised model of a named size, e.g. ``create_model("small", vocab_sizes=[100])``."""
     if isinstance(head, dict):
         head = HeadConfig(**head)
-    config = create_config(size, input_rate_hz=input_rate_hz, vocab_sizes=tuple(vocab_sizes), head=head,
-                           **overrides)
+    config = create_config(size, input_rate_hz=input_rate_hz, vocab_sizes=tuple(vocab_sizes), head=head, **overrides)
     return HubertECG(config)

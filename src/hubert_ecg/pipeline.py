@@ -113,10 +113,21 @@ class ECGPipeline:
             (filled with zeros; the published models were trained on all 12).
     """
 
-    def __init__(self, model: HubertECG, *, windows: str = "sliding", stride_s: float | None = None,
-                 aggregate: str = "mean", batch_size: int = 64, engine: str = "eager", n_crops: int = 3,
-                 seed: int = 0, thresholds: Sequence[float] | None = None, spec: PreprocessSpec | None = None,
-                 allow_missing_leads: bool = False) -> None:
+    def __init__(
+        self,
+        model: HubertECG,
+        *,
+        windows: str = "sliding",
+        stride_s: float | None = None,
+        aggregate: str = "mean",
+        batch_size: int = 64,
+        engine: str = "eager",
+        n_crops: int = 3,
+        seed: int = 0,
+        thresholds: Sequence[float] | None = None,
+        spec: PreprocessSpec | None = None,
+        allow_missing_leads: bool = False,
+    ) -> None:
         if aggregate not in ("mean", "max"):
             raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
         if batch_size < 1:
@@ -130,14 +141,19 @@ class ECGPipeline:
         self.label_names = label_names(model)
         given = thresholds if thresholds is not None else model.info.thresholds
         self.thresholds = np.asarray(given, dtype=np.float64) if given else None
-        if self.thresholds is not None and self.label_names and self.thresholds.size != len(self.label_names) \
-                and self.task in ("multi_label", "binary"):
+        if (
+            self.thresholds is not None
+            and self.label_names
+            and self.thresholds.size != len(self.label_names)
+            and self.task in ("multi_label", "binary")
+        ):
             raise ValueError(f"{self.thresholds.size} thresholds for {len(self.label_names)} labels")
         self._runners: dict[str, Any] = {}  # fast engines, built on first use
 
     # -- inputs -----------------------------------------------------------------------------------
-    def prepare(self, signals: Any, fs: float | Sequence[float] | None = None, *,
-                leads: Sequence[str] | None = None) -> _Windows:
+    def prepare(
+        self, signals: Any, fs: float | Sequence[float] | None = None, *, leads: Sequence[str] | None = None
+    ) -> _Windows:
         """Raw records -> model windows of every record (see the module docstring for accepted inputs)."""
         records, rates, single = _as_records(signals, fs)
         ordered = [standard_order(r, leads, allow_missing_leads=self.allow_missing_leads) for r in records]
@@ -145,8 +161,14 @@ class ECGPipeline:
         stride = stride_samples(self.spec, self.stride_s)
         xs, masks, counts = [], [], []
         for record in prepared:
-            starts = window_starts(record.shape[1], self.spec.window_samples, mode=self.windows, stride=stride,
-                                   n_crops=self.n_crops, rng=self.seed)
+            starts = window_starts(
+                record.shape[1],
+                self.spec.window_samples,
+                mode=self.windows,
+                stride=stride,
+                n_crops=self.n_crops,
+                rng=self.seed,
+            )
             x, mask = cut_windows(record, self.spec, starts)
             xs.append(x)
             masks.append(mask)
@@ -161,7 +183,7 @@ class ECGPipeline:
             groups.setdefault((rate, record.shape[1]), []).append(i)
         for (rate, _), members in groups.items():
             for start in range(0, len(members), _PREPROCESS_CHUNK):
-                chunk = members[start:start + _PREPROCESS_CHUNK]
+                chunk = members[start : start + _PREPROCESS_CHUNK]
                 batch = preprocess_batch(np.stack([records[i] for i in chunk]), rate, self.spec)
                 for i, prepared in zip(chunk, batch):
                     out[i] = prepared
@@ -172,16 +194,31 @@ class ECGPipeline:
         was_training = self.model.training
         self.model.eval()
         try:
-            return run_windows(self.model, w.x, w.mask, batch_size=self.batch_size, layer=layer, tokens=tokens,
-                               engine=self.engine, runners=self._runners)
+            return run_windows(
+                self.model,
+                w.x,
+                w.mask,
+                batch_size=self.batch_size,
+                layer=layer,
+                tokens=tokens,
+                engine=self.engine,
+                runners=self._runners,
+            )
         finally:
             self.model.train(was_training)
 
     def _pool(self, values: np.ndarray) -> np.ndarray:
         return values.max(0) if self.aggregate == "max" else values.mean(0)
 
-    def embed(self, signals: Any, fs: float | Sequence[float] | None = None, *, leads: Sequence[str] | None = None,
-              layer: int | None = None, tokens: bool = False) -> Any:
+    def embed(
+        self,
+        signals: Any,
+        fs: float | Sequence[float] | None = None,
+        *,
+        leads: Sequence[str] | None = None,
+        layer: int | None = None,
+        tokens: bool = False,
+    ) -> Any:
         """Embeddings: ``(N, hidden)`` for a batch, ``(hidden,)`` for one record.
 
         Each window's hidden states of ``layer`` (0 = encoder input, i = output of layer i; default
@@ -197,8 +234,9 @@ class ECGPipeline:
         pooled = np.stack([self._pool(e) for e in per_record])
         return pooled[0] if w.single else pooled
 
-    def predict(self, signals: Any, fs: float | Sequence[float] | None = None, *,
-                leads: Sequence[str] | None = None) -> Any:
+    def predict(
+        self, signals: Any, fs: float | Sequence[float] | None = None, *, leads: Sequence[str] | None = None
+    ) -> Any:
         """Probabilities and decisions: :class:`Predictions` for a batch, :class:`Prediction` for one record."""
         if self.model.config.head is None:
             raise ValueError("this model has no classification head: use embed() or fine-tune it first")
@@ -207,8 +245,13 @@ class ECGPipeline:
         window_probs = probabilities(self.task, torch.from_numpy(logits)).numpy().reshape(len(logits), -1)
         per_record = np.split(window_probs, np.cumsum(w.counts)[:-1])
         probs = np.stack([self._pool(p) for p in per_record])
-        batch = Predictions(probs, decisions(self.task, probs, self.thresholds), self.label_names or
-                            [f"output_{i}" for i in range(probs.shape[1])], w.counts, per_record)
+        batch = Predictions(
+            probs,
+            decisions(self.task, probs, self.thresholds),
+            self.label_names or [f"output_{i}" for i in range(probs.shape[1])],
+            w.counts,
+            per_record,
+        )
         return batch[0] if w.single else batch
 
     def __call__(self, signals: Any, fs: float | Sequence[float] | None = None, **kwargs: Any) -> Any:
@@ -226,8 +269,9 @@ def _as_records(signals: Any, fs: float | Sequence[float] | None) -> tuple[list[
             return [array], [_one_rate(fs, 1)[0]], True
         if array.ndim == 3:
             return list(array), _one_rate(fs, len(array)), False
-        raise ValueError(f"expected one record (leads, samples) or a batch (N, leads, samples), got shape "
-                         f"{array.shape}")
+        raise ValueError(
+            f"expected one record (leads, samples) or a batch (N, leads, samples), got shape {array.shape}"
+        )
     if hasattr(signals, "signal") and hasattr(signals, "fs"):  # one Record
         return [signals.signal], [float(signals.fs)], True
     items = list(signals)
@@ -251,9 +295,16 @@ def _one_rate(fs: float | Sequence[float] | None, n: int) -> list[float]:
     return rates
 
 
-def embed(model: HubertECG, signals: Any, fs: float | Sequence[float] | None = None, *,
-          leads: Sequence[str] | None = None, layer: int | None = None, tokens: bool = False,
-          **options: Any) -> Any:
+def embed(
+    model: HubertECG,
+    signals: Any,
+    fs: float | Sequence[float] | None = None,
+    *,
+    leads: Sequence[str] | None = None,
+    layer: int | None = None,
+    tokens: bool = False,
+    **options: Any,
+) -> Any:
     """Embeddings of one record (``(hidden,)``) or a batch (``(N, hidden)``); see :meth:`ECGPipeline.embed`.
 
     ``options`` are :class:`ECGPipeline` arguments (``windows``, ``stride_s``, ``aggregate``,
@@ -263,8 +314,14 @@ def embed(model: HubertECG, signals: Any, fs: float | Sequence[float] | None = N
     return ECGPipeline(model, **options).embed(signals, fs, leads=leads, layer=layer, tokens=tokens)
 
 
-def predict(model: HubertECG, signals: Any, fs: float | Sequence[float] | None = None, *,
-            leads: Sequence[str] | None = None, **options: Any) -> Any:
+def predict(
+    model: HubertECG,
+    signals: Any,
+    fs: float | Sequence[float] | None = None,
+    *,
+    leads: Sequence[str] | None = None,
+    **options: Any,
+) -> Any:
     """Probabilities and decisions of one record (:class:`Prediction`) or a batch (:class:`Predictions`).
 
     ``options`` are :class:`ECGPipeline` arguments (``thresholds``, ``windows``, ``engine`` ...).
@@ -272,10 +329,20 @@ def predict(model: HubertECG, signals: Any, fs: float | Sequence[float] | None =
     return ECGPipeline(model, **options).predict(signals, fs, leads=leads)
 
 
-def embed_files(model: HubertECG, inputs: str | Sequence[str], *, layer: int | None = None, windows: str = "sliding",
-                stride_s: float | None = None, aggregate: str = "mean", batch_size: int = 64, engine: str = "eager",
-                workers: int = 1, progress: bool = False,
-                read_kwargs: dict[str, Any] | None = None) -> tuple[list[str], np.ndarray]:
+def embed_files(
+    model: HubertECG,
+    inputs: str | Sequence[str],
+    *,
+    layer: int | None = None,
+    windows: str = "sliding",
+    stride_s: float | None = None,
+    aggregate: str = "mean",
+    batch_size: int = 64,
+    engine: str = "eager",
+    workers: int = 1,
+    progress: bool = False,
+    read_kwargs: dict[str, Any] | None = None,
+) -> tuple[list[str], np.ndarray]:
     """Embed every record under ``inputs`` (files, folders, manifests; any supported format).
 
     Returns (record ids, (N, hidden) float32), rows in discovery order; the same numbers as
@@ -293,13 +360,28 @@ def embed_files(model: HubertECG, inputs: str | Sequence[str], *, layer: int | N
     paths = [inputs] if isinstance(inputs, str) else list(inputs)
     with tempfile.TemporaryDirectory(prefix="hubert_ecg_embed_") as tmp:
         out = Path(tmp) / "embeddings.npy"
-        summary = predict_files(model, paths, out, mode="embed", layer=layer, windows=windows, stride_s=stride_s,
-                                aggregate=aggregate, batch_size=batch_size, read_kwargs=read_kwargs,
-                                progress=progress, engine=engine, workers=workers)
+        summary = predict_files(
+            model,
+            paths,
+            out,
+            mode="embed",
+            layer=layer,
+            windows=windows,
+            stride_s=stride_s,
+            aggregate=aggregate,
+            batch_size=batch_size,
+            read_kwargs=read_kwargs,
+            progress=progress,
+            engine=engine,
+            workers=workers,
+        )
         if summary.rejects_path is not None:
             with open(summary.rejects_path, newline="") as fh:
                 first = next(csv.DictReader(fh))
-            reason = first["reason"] if first["reason"].startswith(first["source"]) else \
-                f"{first['source']}: {first['reason']}"
+            reason = (
+                first["reason"]
+                if first["reason"].startswith(first["source"])
+                else f"{first['source']}: {first['reason']}"
+            )
             warnings.warn(f"{summary.rejected} record(s) left out; first: {reason}", stacklevel=2)
         return read_embeddings(out)

@@ -10,8 +10,9 @@ Every function returns the path it wrote.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -100,8 +101,12 @@ def plot_roc_pr(y_true: Any, y_score: Any, label_names: Sequence[str] | None, pa
         ax_roc.plot(fpr, tpr, lw=width, label=f"{names[i]} ({area:.3f})")
         ax_pr.step(recall, precision, where="post", lw=width, label=names[i])
     ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax_roc.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
-               ylabel="True positive rate (sensitivity)")
+    ax_roc.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="False positive rate (1 - specificity)",
+        ylabel="True positive rate (sensitivity)",
+    )
     ax_pr.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision")
     macro = f"macro AUROC {np.mean(aurocs):.3f}" if aurocs else "no label with both classes"
     skipped_note = f", {skipped} label(s) without both classes skipped" if skipped else ""
@@ -213,8 +218,15 @@ def plot_confusion_matrix(
         threshold = 0.5 * (colour.max() if colour.size else 1)
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize="small",
-                        color="white" if colour[i, j] > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(matrix[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize="small",
+                    color="white" if colour[i, j] > threshold else "black",
+                )
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
     ax.set(xlabel="Predicted class", ylabel="True class", title=f"Confusion matrix (n = {int(matrix.sum())})")
@@ -269,8 +281,7 @@ def plot_inertia_vs_k(ks: Sequence[int], inertias: Sequence[float], path: str | 
     fig = _new_figure(7, 4.5)
     ax = fig.subplots()
     ax.plot(k[order], inertia[order], marker="o")
-    ax.set(xlabel="Number of clusters K", ylabel="Inertia (sum of squared distances)",
-           title="K-means inertia versus K")
+    ax.set(xlabel="Number of clusters K", ylabel="Inertia (sum of squared distances)", title="K-means inertia versus K")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -302,16 +313,27 @@ def plot_training_curves(history: Mapping[str, Sequence[tuple[float, float]]], p
     return _save(fig, path)
 
 
-def plot_ecg(signal: Any, fs: float, path: str | Path, *, model_input: Any = None, model_fs: float = 100.0,
-             title: str | None = None, lead_names: Sequence[str] | None = None) -> Path:
+def plot_ecg(
+    signal: Any,
+    fs: float,
+    path: str | Path,
+    *,
+    model_input: Any = None,
+    model_fs: float = 100.0,
+    title: str | None = None,
+    lead_names: Sequence[str] | None = None,
+) -> Path:
     """The 12 leads as read (mV or stored units), and optionally what the model sees.
 
     ``signal`` (12, n) at ``fs``; ``model_input`` (12, m) at ``model_fs`` (the preprocessed record,
     drawn on a second axis scale so a person can check filtering, scaling and decimation).
     """
     signal = np.asarray(signal, dtype=float)
-    names = list(lead_names) if lead_names is not None else ["I", "II", "III", "aVR", "aVL", "aVF",
-                                                              "V1", "V2", "V3", "V4", "V5", "V6"]
+    names = (
+        list(lead_names)
+        if lead_names is not None
+        else ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    )
     fig = _new_figure(12, 14)
     axes = fig.subplots(12, 1, sharex=True)
     t = np.arange(signal.shape[1]) / fs
@@ -322,8 +344,7 @@ def plot_ecg(signal: Any, fs: float, path: str | Path, *, model_input: Any = Non
         if model_input is not None:
             twin = ax.twinx()
             m = np.asarray(model_input)[i]
-            twin.plot(np.arange(len(m)) / model_fs, m, color="tab:red", linewidth=0.7, alpha=0.8,
-                      label="model input")
+            twin.plot(np.arange(len(m)) / model_fs, m, color="tab:red", linewidth=0.7, alpha=0.8, label="model input")
             twin.set_ylim(-1.2, 1.2)
             twin.tick_params(axis="y", labelsize=7, colors="tab:red")
     axes[-1].set_xlabel("time (s)")
@@ -338,8 +359,15 @@ def plot_ecg(signal: Any, fs: float, path: str | Path, *, model_input: Any = Non
 # --------------------------------------------------------------------------------------------
 
 
-def plot_reliability(y_true: Any, y_score: Any, label_names: Sequence[str] | None, path: str | Path, *,
-                     n_bins: int | None = None, max_panels: int = 12) -> Path:
+def plot_reliability(
+    y_true: Any,
+    y_score: Any,
+    label_names: Sequence[str] | None,
+    path: str | Path,
+    *,
+    n_bins: int | None = None,
+    max_panels: int = 12,
+) -> Path:
     """Reliability diagram per label: observed frequency vs mean predicted probability per bin.
 
     The bins are the ECE bins of :func:`hubert_ecg.metrics.ece_bin_index` (equal width, right-closed);
@@ -369,18 +397,27 @@ def plot_reliability(y_true: Any, y_score: Any, label_names: Sequence[str] | Non
         ax.scatter(mean_p, freq, s=15 + 200 * counts[used] / counts.max(), color="tab:blue", alpha=0.7, zorder=3)
         ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{names[j]} (ECE {ece:.3f})")
         ax.grid(alpha=0.3)
-    for ax in axes[len(order):]:
+    for ax in axes[len(order) :]:
         ax.set_visible(False)
     fig.supxlabel("mean predicted probability (bin)")
     fig.supylabel("observed frequency of positives")
     hidden = y.shape[1] - len(order)
-    fig.suptitle(f"Reliability diagrams ({bins} equal-width bins, marker area = records)"
-                 + (f"; {hidden} label(s) not shown" if hidden > 0 else ""))
+    fig.suptitle(
+        f"Reliability diagrams ({bins} equal-width bins, marker area = records)"
+        + (f"; {hidden} label(s) not shown" if hidden > 0 else "")
+    )
     return _save(fig, path)
 
 
-def plot_intervals(rows: Sequence[tuple[str, float, float, float]], path: str | Path, *, xlabel: str,
-                   title: str, reference: float | None = None, groups: Sequence[str] | None = None) -> Path:
+def plot_intervals(
+    rows: Sequence[tuple[str, float, float, float]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    title: str,
+    reference: float | None = None,
+    groups: Sequence[str] | None = None,
+) -> Path:
     """Forest plot: one line per (name, point, lower, upper); NaN intervals show the point only.
 
     ``reference`` draws a vertical dashed line (0 for differences, 0.5 for AUROC); ``groups``
@@ -408,8 +445,15 @@ def plot_intervals(rows: Sequence[tuple[str, float, float, float]], path: str | 
     return _save(fig, path)
 
 
-def plot_compare(names: Sequence[str], a: Sequence[tuple[float, float, float]], b: Sequence[tuple[float, float, float]],
-                 path: str | Path, *, labels: tuple[str, str] = ("A", "B"), metric: str = "AUROC") -> Path:
+def plot_compare(
+    names: Sequence[str],
+    a: Sequence[tuple[float, float, float]],
+    b: Sequence[tuple[float, float, float]],
+    path: str | Path,
+    *,
+    labels: tuple[str, str] = ("A", "B"),
+    metric: str = "AUROC",
+) -> Path:
     """Side-by-side horizontal bars of a per-label metric for two models, with CI whiskers."""
     n = max(len(names), 1)
     fig = _new_figure(8, min(1.8 + 0.45 * n, 60.0))
@@ -436,8 +480,11 @@ def plot_compare(names: Sequence[str], a: Sequence[tuple[float, float, float]], 
 # --------------------------------------------------------------------------------------------
 
 #: Standard 3x4 layout: rows of (lead, column) -- each column shows the next 2.5 s of a 10 s record.
-CLINICAL_LAYOUT: tuple[tuple[str, ...], ...] = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"),
-                                               ("III", "aVF", "V3", "V6"))
+CLINICAL_LAYOUT: tuple[tuple[str, ...], ...] = (
+    ("I", "aVR", "V1", "V4"),
+    ("II", "aVL", "V2", "V5"),
+    ("III", "aVF", "V3", "V6"),
+)
 _STANDARD = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 _ROW_MM = 37.5  # vertical room per row on the paper (mm); +-1.9 mV at 10 mm/mV
 
@@ -453,14 +500,26 @@ def _paper_grid(width_mm: float, height_mm: float) -> tuple[Any, Any]:
         horizontal = np.stack([np.stack([np.zeros_like(ys), ys], 1), np.stack([np.full_like(ys, width_mm), ys], 1)], 1)
         return np.concatenate([vertical, horizontal])
 
-    minor = LineCollection(lines(1.0), colors="#f6c3c3", linewidths=0.3, zorder=0)
-    major = LineCollection(lines(5.0), colors="#e88b8b", linewidths=0.6, zorder=0)
+    # list(...): a sequence of (2, 2) segments, which is what LineCollection is typed to take
+    minor = LineCollection(list(lines(1.0)), colors="#f6c3c3", linewidths=0.3, zorder=0)
+    major = LineCollection(list(lines(5.0)), colors="#e88b8b", linewidths=0.6, zorder=0)
     return minor, major
 
 
-def ecg_figure(signal: Any, fs: float, *, lead_names: Sequence[str] | None = None, title: str | None = None,
-               attribution: Any = None, rhythm_lead: str = "II", speed_mm_s: float = 25.0, gain_mm_mv: float = 10.0,
-               duration_s: float | None = None, fig: Figure | None = None, dpi: int = 100) -> Figure:
+def ecg_figure(
+    signal: Any,
+    fs: float,
+    *,
+    lead_names: Sequence[str] | None = None,
+    title: str | None = None,
+    attribution: Any = None,
+    rhythm_lead: str = "II",
+    speed_mm_s: float = 25.0,
+    gain_mm_mv: float = 10.0,
+    duration_s: float | None = None,
+    fig: Figure | None = None,
+    dpi: int = 100,
+) -> Figure:
     """A 12-lead ECG on ECG paper: standard 3x4 layout plus a rhythm strip, as printed in clinics.
 
     Args:
@@ -484,8 +543,9 @@ def ecg_figure(signal: Any, fs: float, *, lead_names: Sequence[str] | None = Non
     x = np.asarray(signal, dtype=np.float64)
     names = list(lead_names) if lead_names is not None else list(_STANDARD)
     if x.ndim != 2 or x.shape[0] != len(names):
-        raise MetricsInputError(f"expected a ({len(names)}, samples) signal for leads {', '.join(names)}; "
-                                f"got shape {x.shape}")
+        raise MetricsInputError(
+            f"expected a ({len(names)}, samples) signal for leads {', '.join(names)}; got shape {x.shape}"
+        )
     index = {name: i for i, name in enumerate(names)}
     missing = [lead for row in CLINICAL_LAYOUT for lead in row if lead not in index]
     if missing or rhythm_lead not in index:
@@ -505,8 +565,9 @@ def ecg_figure(signal: Any, fs: float, *, lead_names: Sequence[str] | None = Non
     else:
         fig.clear()
         fig.set_size_inches(*size)
-    ax = fig.add_axes((margin_in / size[0], margin_in / size[1], (width_mm / 25.4) / size[0],
-                       (height_mm / 25.4) / size[1]))
+    ax = fig.add_axes(
+        (margin_in / size[0], margin_in / size[1], (width_mm / 25.4) / size[0], (height_mm / 25.4) / size[1])
+    )
     minor, major = _paper_grid(width_mm, height_mm)
     ax.add_collection(minor)
     ax.add_collection(major)
@@ -531,9 +592,17 @@ def ecg_figure(signal: Any, fs: float, *, lead_names: Sequence[str] | None = Non
         if attr is not None:
             # Relevance as a heat band behind the trace: one small image per panel.
             band = attr[index[lead], start:stop][None, :]
-            ax.imshow(band, extent=(t_mm[0], t_mm[-1], base_mm - 0.45 * _ROW_MM, base_mm + 0.45 * _ROW_MM),
-                      cmap="Reds", vmin=0.0, vmax=1.0, alpha=0.55, aspect="auto", interpolation="nearest",
-                      zorder=1)
+            ax.imshow(
+                band,
+                extent=(t_mm[0], t_mm[-1], base_mm - 0.45 * _ROW_MM, base_mm + 0.45 * _ROW_MM),
+                cmap="Reds",
+                vmin=0.0,
+                vmax=1.0,
+                alpha=0.55,
+                aspect="auto",
+                interpolation="nearest",
+                zorder=1,
+            )
 
     for r, row in enumerate(CLINICAL_LAYOUT):
         base = height_mm - (r + 0.5) * _ROW_MM

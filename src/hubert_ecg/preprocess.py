@@ -322,11 +322,13 @@ def fir_filtfilt(taps: np.ndarray, x: np.ndarray, *, max_block_samples: int = 1 
         return oaconvolve(held, taps[None, :], mode="valid", axes=1)
 
     for start in range(0, flat.shape[0], rows):
-        v = flat[start:start + rows]
-        ext = np.concatenate([2 * v[:, :1] - v[:, padlen:0:-1], v, 2 * v[:, -1:] - v[:, -2:-(padlen + 2):-1]], axis=1)
+        v = flat[start : start + rows]
+        ext = np.concatenate(
+            [2 * v[:, :1] - v[:, padlen:0:-1], v, 2 * v[:, -1:] - v[:, -2 : -(padlen + 2) : -1]], axis=1
+        )
         y = one_pass(ext)
         y = one_pass(y[:, ::-1])[:, ::-1]
-        out[start:start + rows] = y[:, padlen:padlen + n]
+        out[start : start + rows] = y[:, padlen : padlen + n]
     return out.reshape(x.shape)
 
 
@@ -432,8 +434,13 @@ def preprocess_batch(signals: np.ndarray, fs: float, spec: PreprocessSpec) -> np
     if spec.decimation != "flattened" and x.size > _LEADWISE_ABOVE_SAMPLES:
         # Long or high-rate records (an hour at 500 Hz, seconds at 100 kHz): every step acts on each
         # lead alone, so one lead at a time gives the same result with a twelfth of the scratch memory.
-        return np.concatenate([_chain(np.array(x[:, i:i + 1], dtype=np.float64), fs, spec, LEAD_NAMES[i:i + 1])
-                               for i in range(N_LEADS)], axis=1)
+        return np.concatenate(
+            [
+                _chain(np.array(x[:, i : i + 1], dtype=np.float64), fs, spec, LEAD_NAMES[i : i + 1])
+                for i in range(N_LEADS)
+            ],
+            axis=1,
+        )
     return _chain(np.array(x, dtype=np.float64), fs, spec, LEAD_NAMES)  # a copy: the NaN clean-up writes in place
 
 
@@ -666,8 +673,10 @@ def parse_lead_set(text: str) -> tuple[str, ...]:
     names = []
     for part in (p.strip() for p in text.split(",")):
         if part.lower() not in by_lower:
-            raise ValueError(f"unknown lead {part!r} in lead set {text!r} (leads: {', '.join(LEAD_NAMES)}; "
-                             f"named sets: {', '.join(LEAD_SETS)})")
+            raise ValueError(
+                f"unknown lead {part!r} in lead set {text!r} (leads: {', '.join(LEAD_NAMES)}; "
+                f"named sets: {', '.join(LEAD_SETS)})"
+            )
         names.append(by_lower[part.lower()])
     if len(set(names)) != len(names):
         raise ValueError(f"lead set {text!r} names a lead twice")

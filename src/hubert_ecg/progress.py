@@ -16,14 +16,30 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str | None = None,
-             unit: str = "it", enabled: bool = True, leave: bool = True) -> Any:
+def progress(
+    iterable: Iterable[Any] | None = None,
+    *,
+    total: int | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    enabled: bool = True,
+    leave: bool = True,
+) -> Any:
     """A tqdm bar over ``iterable`` (or a manual one of ``total`` steps); a silent one when not ``enabled``."""
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=leave, dynamic_ncols=True,
-                mininterval=0.1 if interactive else 1.0, file=sys.stderr)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        leave=leave,
+        dynamic_ncols=True,
+        mininterval=0.1 if interactive else 1.0,
+        file=sys.stderr,
+    )
 
 
 def say(message: str) -> None:

@@ -18,9 +18,10 @@ import html
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from hubert_ecg.metrics import MetricsInputError, MetricsResult, to_jsonable
 
@@ -55,9 +56,15 @@ _METRIC_LABELS = {
 def _display_name(metric: str, task: str) -> str:
     if task == "multi_class":
         # Multi-class predictions are argmax, not a 0.5 cut.
-        return {"f1": "F1", "precision": "PPV (precision)", "npv": "NPV", "sensitivity": "Sensitivity",
-                "specificity": "Specificity", "accuracy": "Accuracy (micro)",
-                "brier": "Brier score (multi-class)"}.get(metric, _METRIC_LABELS.get(metric, metric))
+        return {
+            "f1": "F1",
+            "precision": "PPV (precision)",
+            "npv": "NPV",
+            "sensitivity": "Sensitivity",
+            "specificity": "Specificity",
+            "accuracy": "Accuracy (micro)",
+            "brier": "Brier score (multi-class)",
+        }.get(metric, _METRIC_LABELS.get(metric, metric))
     return _METRIC_LABELS.get(metric, metric)
 
 
@@ -121,8 +128,10 @@ class ReportSection:
             parts.append(_html_table(self.header, self.rows))
         for caption, plot_path in self.plots.items():
             encoded = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
-            parts.append(f"<h3>{html.escape(caption)}</h3>"
-                         f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">')
+            parts.append(
+                f"<h3>{html.escape(caption)}</h3>"
+                f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
+            )
         return parts
 
 
@@ -259,8 +268,11 @@ def write_report(
     md += [f"- {fact}" for fact in facts]
     md += ["", "## Summary", "", _md_table(summary_header, summary_rows), ""]
     if metrics_result.task != "regression":
-        md += ["Macro values average only the labels listed as defined; "
-               "AUROC/AUPRC of a label without positives is undefined, not 0.", ""]
+        md += [
+            "Macro values average only the labels listed as defined; "
+            "AUROC/AUPRC of a label without positives is undefined, not 0.",
+            "",
+        ]
     if plots:
         md += ["## Plots", ""]
         for caption, plot_path in plots.items():
@@ -269,8 +281,10 @@ def write_report(
     md += ["## Per label", "", _md_table(label_header, label_rows), ""]
     if metrics_result.confusion_matrix is not None:
         cm_header = ["true \\ predicted"] + list(metrics_result.label_names)
-        cm_rows = [[name] + [str(int(v)) for v in row]
-                   for name, row in zip(metrics_result.label_names, metrics_result.confusion_matrix)]
+        cm_rows = [
+            [name] + [str(int(v)) for v in row]
+            for name, row in zip(metrics_result.label_names, metrics_result.confusion_matrix)
+        ]
         md += ["## Confusion matrix", "", _md_table(cm_header, cm_rows), ""]
     sections = list(sections or [])
     for section in sections:
@@ -300,8 +314,7 @@ def write_report(
         parts.append("<h2>Plots</h2>")
         for caption, plot_path in plots.items():
             encoded = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
-            parts.append(f"<h3>{esc(caption)}</h3>"
-                         f'<img alt="{esc(caption)}" src="data:image/png;base64,{encoded}">')
+            parts.append(f'<h3>{esc(caption)}</h3><img alt="{esc(caption)}" src="data:image/png;base64,{encoded}">')
     parts += ["<h2>Per label</h2>", _html_table(label_header, label_rows)]
     if metrics_result.confusion_matrix is not None:
         parts += ["<h2>Confusion matrix</h2>", _html_table(cm_header, cm_rows)]
@@ -353,7 +366,8 @@ def write_compare_report(
     a_name, b_name = names
     method = {"bca": "BCa"}.get(paired["method"], paired["method"])
     facts = [
-        f"A = {a_name}", f"B = {b_name}",
+        f"A = {a_name}",
+        f"B = {b_name}",
         f"Task: {res_a.task}; records (the same for both): {res_a.n_records}; labels: {len(res_a.label_names)}",
         f"Intervals: {method} bootstrap, {int(round(100 * paired['confidence']))} %, {paired['n_resamples']} "
         f"paired resamples (both models scored on the same resampled records), seed {paired['seed']}, "
@@ -368,27 +382,57 @@ def write_compare_report(
             name = _display_name(metric, res_a.task)
             label = name if group == "overall" else f"macro {name}"
             p_value = diff["p_value"]
-            rows.append([label, format_interval(ci_a[group].get(metric)), format_interval(ci_b[group].get(metric)),
-                         format_interval(diff, "difference", signed=True),
-                         "" if p_value is None or not math.isfinite(p_value) else f"{p_value:.3g}"])
+            rows.append(
+                [
+                    label,
+                    format_interval(ci_a[group].get(metric)),
+                    format_interval(ci_b[group].get(metric)),
+                    format_interval(diff, "difference", signed=True),
+                    "" if p_value is None or not math.isfinite(p_value) else f"{p_value:.3g}",
+                ]
+            )
     delong_header = ["label", "AUROC A", "AUROC B", "B - A [95 % CI]", "z", "p (DeLong)"]
-    delong_rows = [[name, f"{d['auroc_a']:.3f}", f"{d['auroc_b']:.3f}",
-                    f"{d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]", f"{d['z']:.2f}",
-                    f"{d['p_value']:.3g}"] for name, d in delong.items()]
+    delong_rows = [
+        [
+            name,
+            f"{d['auroc_a']:.3f}",
+            f"{d['auroc_b']:.3f}",
+            f"{d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]",
+            f"{d['z']:.2f}",
+            f"{d['p_value']:.3g}",
+        ]
+        for name, d in delong.items()
+    ]
     main_metric = "auroc" if res_a.task != "regression" else "mae"
     label_header = ["label", f"{_display_name(main_metric, res_a.task)} A", "B", "B - A (paired bootstrap)"]
-    label_rows = [[name, format_interval(ci_a["per_label"][name].get(main_metric)),
-                   format_interval(ci_b["per_label"][name].get(main_metric)),
-                   format_interval(paired["per_label"][name].get(main_metric), "difference", signed=True)]
-                  for name in res_a.label_names]
+    label_rows = [
+        [
+            name,
+            format_interval(ci_a["per_label"][name].get(main_metric)),
+            format_interval(ci_b["per_label"][name].get(main_metric)),
+            format_interval(paired["per_label"][name].get(main_metric), "difference", signed=True),
+        ]
+        for name in res_a.label_names
+    ]
     sections = [ReportSection("Summary: both models and their paired difference", header, rows)]
     if delong_rows:
-        sections.append(ReportSection(
-            "DeLong's test for AUROC", delong_header, delong_rows,
-            intro="DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves on the same records "
-                  "(fast midrank algorithm of Sun & Xu 2014); normal-approximation interval and p-value."))
-    sections.append(ReportSection(f"Per label ({_display_name(main_metric, res_a.task)})", label_header, label_rows,
-                                  plots={k: Path(v) for k, v in (plots or {}).items()}))
+        sections.append(
+            ReportSection(
+                "DeLong's test for AUROC",
+                delong_header,
+                delong_rows,
+                intro="DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves on the same records "
+                "(fast midrank algorithm of Sun & Xu 2014); normal-approximation interval and p-value.",
+            )
+        )
+    sections.append(
+        ReportSection(
+            f"Per label ({_display_name(main_metric, res_a.task)})",
+            label_header,
+            label_rows,
+            plots={k: Path(v) for k, v in (plots or {}).items()},
+        )
+    )
     md = [f"# {title}", "", f"> **Note:** {data_note.strip()}", ""] + [f"- {f}" for f in facts] + [""]
     for section in sections:
         md += section.markdown(out)
@@ -396,14 +440,19 @@ def write_compare_report(
         md += ["## Details", "", _md_table(["item", "value"], _extra_rows(extra)), ""]
     (out / "compare.md").write_text("\n".join(md))
     esc = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-             "th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left}th{background:#f2f2f2}"
-             ".note{background:#fff4d6;border-left:6px solid #e0a800;padding:0.8em 1em;font-size:1.1em}"
-             "img{max-width:100%;border:1px solid #ddd}</style></head><body>",
-             f"<h1>{esc(title)}</h1>", f'<div class="note"><strong>Note:</strong> {esc(data_note.strip())}</div>',
-             "<ul>" + "".join(f"<li>{esc(f)}</li>" for f in facts) + "</ul>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+        "th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left}th{background:#f2f2f2}"
+        ".note{background:#fff4d6;border-left:6px solid #e0a800;padding:0.8em 1em;font-size:1.1em}"
+        "img{max-width:100%;border:1px solid #ddd}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<div class="note"><strong>Note:</strong> {esc(data_note.strip())}</div>',
+        "<ul>" + "".join(f"<li>{esc(f)}</li>" for f in facts) + "</ul>",
+    ]
     for section in sections:
         parts += section.html()
     if extra:
@@ -411,8 +460,18 @@ def write_compare_report(
     parts.append("</body></html>")
     html_path = out / "compare.html"
     html_path.write_text("\n".join(parts), encoding="utf-8")
-    payload = {"title": title, "data_note": data_note.strip(), "a": a_name, "b": b_name,
-               "metrics_a": res_a.to_dict(), "metrics_b": res_b.to_dict(), "ci_a": ci_a, "ci_b": ci_b,
-               "paired_difference_b_minus_a": paired, "delong": delong, "extra": dict(extra or {})}
+    payload = {
+        "title": title,
+        "data_note": data_note.strip(),
+        "a": a_name,
+        "b": b_name,
+        "metrics_a": res_a.to_dict(),
+        "metrics_b": res_b.to_dict(),
+        "ci_a": ci_a,
+        "ci_b": ci_b,
+        "paired_difference_b_minus_a": paired,
+        "delong": delong,
+        "extra": dict(extra or {}),
+    }
     (out / "comparison.json").write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
     return html_path

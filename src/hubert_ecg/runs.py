@@ -37,9 +37,24 @@ from typing import Any
 
 from .atomic import atomic_write_json, sha256_file
 
-__all__ = ["NOT_COMPARED", "RUN_FILE", "RunDecision", "RunSettingsError", "SAFE_RESUME_CHANGES", "begin_run",
-           "checkpoint_fingerprint", "diff_settings", "environment", "flatten", "format_changes", "read_run",
-           "settings_from_config", "store_fingerprint", "to_jsonable", "write_stage_record"]
+__all__ = [
+    "NOT_COMPARED",
+    "RUN_FILE",
+    "RunDecision",
+    "RunSettingsError",
+    "SAFE_RESUME_CHANGES",
+    "begin_run",
+    "checkpoint_fingerprint",
+    "diff_settings",
+    "environment",
+    "flatten",
+    "format_changes",
+    "read_run",
+    "settings_from_config",
+    "store_fingerprint",
+    "to_jsonable",
+    "write_stage_record",
+]
 
 RUN_FILE = "run.json"
 _FORMAT = "hubert-ecg-run"
@@ -52,10 +67,17 @@ NOT_COMPARED: frozenset[str] = frozenset({"train.out_dir", "train.progress"})
 #: a different early-stopping patience or validation/checkpoint/log cadence, other loggers, another
 #: number of data-loader workers (the sampler, not the workers, fixes the data order). Anything else
 #: (learning rate, batch size, task, head, data, seed, ...) would mix two experiments in one folder.
-SAFE_RESUME_CHANGES: frozenset[str] = frozenset({
-    "train.max_steps", "train.patience", "train.val_every", "train.save_every", "train.log_every",
-    "train.logger", "train.num_workers",
-})
+SAFE_RESUME_CHANGES: frozenset[str] = frozenset(
+    {
+        "train.max_steps",
+        "train.patience",
+        "train.val_every",
+        "train.save_every",
+        "train.log_every",
+        "train.logger",
+        "train.num_workers",
+    }
+)
 
 
 _COMMAND: list[str] | None = None
@@ -143,8 +165,13 @@ def git_commit(start: str | os.PathLike | None = None) -> str | None:
         if head.returncode != 0:
             return None
         commit = head.stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                                capture_output=True, text=True, timeout=5)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return commit + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -154,8 +181,11 @@ def environment() -> dict[str, Any]:
     """Package, torch, numpy and Python versions, and the platform."""
     from . import __version__
 
-    versions: dict[str, Any] = {"hubert_ecg": __version__, "python": platform.python_version(),
-                                "platform": platform.platform()}
+    versions: dict[str, Any] = {
+        "hubert_ecg": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     for name in ("torch", "numpy"):
         module = sys.modules.get(name)
         versions[name] = getattr(module, "__version__", None) if module is not None else None
@@ -166,8 +196,11 @@ def store_fingerprint(store: Any) -> dict[str, Any]:
     """Path, row count and the sha256 of ``manifest.csv`` of an :class:`~hubert_ecg.store.ECGStore`."""
     path = Path(store.path)
     manifest = path / "manifest.csv"
-    return {"path": str(path.resolve()), "rows": int(len(store)),
-            "manifest_sha256": sha256_file(manifest) if manifest.exists() else None}
+    return {
+        "path": str(path.resolve()),
+        "rows": int(len(store)),
+        "manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
+    }
 
 
 def checkpoint_fingerprint(reference: str | os.PathLike | None) -> dict[str, Any] | None:
@@ -244,8 +277,15 @@ def _input_fingerprints(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k.endswith(("sha256", ".rows"))}
 
 
-def decide(run_dir: Path, kind: str, settings: Mapping[str, Any], *, overwrite: bool = False,
-           resume: bool = False, inputs: Mapping[str, Any] | None = None) -> RunDecision:
+def decide(
+    run_dir: Path,
+    kind: str,
+    settings: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Mapping[str, Any] | None = None,
+) -> RunDecision:
     """Compare ``settings`` (and the data/checkpoint fingerprints in ``inputs``) with the folder's ``run.json``.
 
     Raises :class:`RunSettingsError` when refused. Pure: touches nothing on disk (:func:`begin_run`
@@ -260,8 +300,10 @@ def decide(run_dir: Path, kind: str, settings: Mapping[str, Any], *, overwrite: 
         # A folder from a version without run records: its settings cannot be checked, the loop resumes it.
         return RunDecision("resume" if (run_dir / "last").exists() else "new")
     if previous.get("kind") != kind:
-        raise RunSettingsError(f"{run_dir}: holds a {previous.get('kind')} run, not {kind}; use another "
-                               "output folder, or --overwrite to start over (the old run is moved aside)")
+        raise RunSettingsError(
+            f"{run_dir}: holds a {previous.get('kind')} run, not {kind}; use another "
+            "output folder, or --overwrite to start over (the old run is moved aside)"
+        )
     changes = diff_settings(previous["settings"], settings)
     if inputs is not None and previous.get("inputs"):
         changes += diff_settings(_input_fingerprints(previous["inputs"]), _input_fingerprints(inputs))
@@ -271,18 +313,28 @@ def decide(run_dir: Path, kind: str, settings: Mapping[str, Any], *, overwrite: 
     if not resume:
         raise RunSettingsError(
             f"{run_dir}: holds a run with other settings ({format_changes(changes)}); use another output folder, "
-            "--overwrite to start over (the old run is moved aside), or --resume to continue with safe changes")
+            "--overwrite to start over (the old run is moved aside), or --resume to continue with safe changes"
+        )
     if unsafe:
         allowed = ", ".join(sorted(k.split(".", 1)[1] for k in SAFE_RESUME_CHANGES))
         raise RunSettingsError(
             f"{run_dir}: --resume accepts changes to {allowed} only; refused: {format_changes(unsafe)} "
-            "(use another output folder, or --overwrite to start over)")
+            "(use another output folder, or --overwrite to start over)"
+        )
     return RunDecision("resume", changes)
 
 
-def begin_run(out_dir: str | os.PathLike, kind: str, settings: Mapping[str, Any], *, overwrite: bool = False,
-              resume: bool = False, command: Sequence[str] | None = None, inputs: Mapping[str, Any] | None = None,
-              is_main: bool = True) -> RunDecision:
+def begin_run(
+    out_dir: str | os.PathLike,
+    kind: str,
+    settings: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    command: Sequence[str] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    is_main: bool = True,
+) -> RunDecision:
     """Decide what to do with ``out_dir`` (see the module docstring) and write its ``run.json``.
 
     Only ``is_main`` moves folders and writes (other ranks decide the same way and read only). The
@@ -297,11 +349,20 @@ def begin_run(out_dir: str | os.PathLike, kind: str, settings: Mapping[str, Any]
         decision.moved_to = _move_aside(run_dir)
         print(f"--overwrite: the previous run in {run_dir} was moved to {decision.moved_to}")
     previous = read_run(run_dir) if decision.action == "resume" else None
-    invocation = {"at": _now(), "command": list(command) if command is not None else current_command(),
-                  "action": decision.action, "changes": [list(c) for c in decision.changes]}
+    invocation = {
+        "at": _now(),
+        "command": list(command) if command is not None else current_command(),
+        "action": decision.action,
+        "changes": [list(c) for c in decision.changes],
+    }
     record = {
-        "format": _FORMAT, "version": 1, "kind": kind, "settings": to_jsonable(settings),
-        "command": invocation["command"], "versions": environment(), "git_commit": git_commit(),
+        "format": _FORMAT,
+        "version": 1,
+        "kind": kind,
+        "settings": to_jsonable(settings),
+        "command": invocation["command"],
+        "versions": environment(),
+        "git_commit": git_commit(),
         "inputs": to_jsonable(dict(inputs or {})),
         "created": previous.get("created", invocation["at"]) if previous else invocation["at"],
         "invocations": (previous.get("invocations", []) if previous else []) + [invocation],
@@ -311,10 +372,19 @@ def begin_run(out_dir: str | os.PathLike, kind: str, settings: Mapping[str, Any]
     return decision
 
 
-def begin_training_run(out_dir: str | os.PathLike, device: str, kind: str, settings: Mapping[str, Any], *,
-                       store: Any, init: str | os.PathLike | None = None, extra_inputs: Mapping[str, Any] | None = None,
-                       overwrite: bool = False, resume: bool = False,
-                       command: Sequence[str] | None = None) -> RunDecision:
+def begin_training_run(
+    out_dir: str | os.PathLike,
+    device: str,
+    kind: str,
+    settings: Mapping[str, Any],
+    *,
+    store: Any,
+    init: str | os.PathLike | None = None,
+    extra_inputs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    command: Sequence[str] | None = None,
+) -> RunDecision:
     """:func:`begin_run` for ``pretrain`` / ``finetune``: fingerprints the store and the init checkpoint.
 
     Under torchrun every rank decides alike; rank 0 moves and writes, then all ranks meet at a barrier.
@@ -323,14 +393,21 @@ def begin_training_run(out_dir: str | os.PathLike, device: str, kind: str, setti
 
     env = init_distributed(device)
     inputs = {"store": store_fingerprint(store), "init": checkpoint_fingerprint(init), **dict(extra_inputs or {})}
-    decision = begin_run(out_dir, kind, settings, overwrite=overwrite, resume=resume, command=command,
-                         inputs=inputs, is_main=env.is_main)
+    decision = begin_run(
+        out_dir, kind, settings, overwrite=overwrite, resume=resume, command=command, inputs=inputs, is_main=env.is_main
+    )
     barrier(env)
     return decision
 
 
-def write_stage_record(path: str | os.PathLike, kind: str, settings: Mapping[str, Any], *,
-                       command: Sequence[str] | None = None, inputs: Mapping[str, Any] | None = None) -> Path:
+def write_stage_record(
+    path: str | os.PathLike,
+    kind: str,
+    settings: Mapping[str, Any],
+    *,
+    command: Sequence[str] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+) -> Path:
     """The ``run.json`` of a pre-training stage (``features``, ``cluster``, ``label``).
 
     Those stages check their own plans on resume (a different plan is refused by the stage); this record
@@ -347,9 +424,17 @@ def write_stage_record(path: str | os.PathLike, kind: str, settings: Mapping[str
         except (OSError, ValueError):
             previous = None
     now = _now()
-    record = {"format": _FORMAT, "version": 1, "kind": kind, "settings": to_jsonable(settings),
-              "command": list(command) if command is not None else current_command(), "versions": environment(),
-              "git_commit": git_commit(), "inputs": to_jsonable(dict(inputs or {})), "created": now}
+    record = {
+        "format": _FORMAT,
+        "version": 1,
+        "kind": kind,
+        "settings": to_jsonable(settings),
+        "command": list(command) if command is not None else current_command(),
+        "versions": environment(),
+        "git_commit": git_commit(),
+        "inputs": to_jsonable(dict(inputs or {})),
+        "created": now,
+    }
     if previous and previous.get("settings") is not None:
         earlier = list(previous.get("earlier", []))
         if diff_settings(previous["settings"], record["settings"]):
@@ -386,7 +471,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise RunSettingsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise RunSettingsError(f"{path}: a config must be a mapping (a run.json or its \"settings\")")
+        raise RunSettingsError(f'{path}: a config must be a mapping (a run.json or its "settings")')
     return dict(data["settings"]) if isinstance(data.get("settings"), dict) else data
 
 
@@ -398,7 +483,7 @@ def settings_from_config(section: str, cls: type, data: Mapping[str, Any], sourc
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise RunSettingsError(f"{source}: unknown {section} setting(s) {', '.join(unknown)} "
-                               f"(known: {', '.join(sorted(known))})")
+        raise RunSettingsError(
+            f"{source}: unknown {section} setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
     return dict(values)
-

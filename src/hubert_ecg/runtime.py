@@ -56,8 +56,10 @@ def resolve_device(requested: str | torch.device | None = "auto", *, local_rank:
     device = torch.device(text)
     if device.type == "cuda":
         if device.index is not None and _world_size() > 1:
-            raise ValueError(f"--device {text}: under torchrun every process picks its own GPU from LOCAL_RANK; "
-                             "use --device cuda or auto")
+            raise ValueError(
+                f"--device {text}: under torchrun every process picks its own GPU from LOCAL_RANK; "
+                "use --device cuda or auto"
+            )
         if device.index is None:
             device = torch.device("cuda", rank)
     return device
@@ -152,8 +154,14 @@ def compile_regions(model: HubertECG, **options: Any) -> HubertECG:
 # ---------------------------------------------------------------------------------------------
 # Optimizer parameter groups
 # ---------------------------------------------------------------------------------------------
-def param_groups(model: HubertECG, lr: float, *, layer_decay: float = 1.0, weight_decay: float | None = None,
-                 head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+def param_groups(
+    model: HubertECG,
+    lr: float,
+    *,
+    layer_decay: float = 1.0,
+    weight_decay: float | None = None,
+    head_lr_mult: float = 1.0,
+) -> list[dict[str, Any]]:
     """AdamW groups for the trainable parameters of ``model``: one rule for pre-training and fine-tuning.
 
     LR by depth (:meth:`HubertECG.layer_id`: stem 0, embeddings 1, layer i -> i + 2, heads on top):

@@ -62,10 +62,12 @@ def _config_class(qualified: str) -> type:
 
 
 # The configuration classes the published .pt files pickle (reference doc §2.2), by exact name.
-PUBLISHED_CONFIG_CLASSES = frozenset({
-    ("hubert_ecg", "HuBERTECGConfig"),
-    ("transformers.models.hubert.configuration_hubert", "HubertConfig"),
-})
+PUBLISHED_CONFIG_CLASSES = frozenset(
+    {
+        ("hubert_ecg", "HuBERTECGConfig"),
+        ("transformers.models.hubert.configuration_hubert", "HubertConfig"),
+    }
+)
 _CONFIG_BAGS = {key: _config_class(".".join(key)) for key in PUBLISHED_CONFIG_CLASSES}
 
 
@@ -78,8 +80,22 @@ def _reconstructor(cls: type, base: type, state: Any) -> Any:
 
 # torch pickles each dtype as a global of the torch module (torch.float32, ...): name them all,
 # but only dtypes; a name that is not a dtype in this torch is simply absent.
-_DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "complex64", "complex128", "int64", "int32",
-                "int16", "int8", "uint8", "bool", "float8_e4m3fn", "float8_e5m2")
+_DTYPE_NAMES = (
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "complex64",
+    "complex128",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "float8_e4m3fn",
+    "float8_e5m2",
+)
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,  # state dicts
@@ -95,18 +111,26 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
-    **{("torch", name): getattr(torch, name) for name in _DTYPE_NAMES
-       if isinstance(getattr(torch, name, None), torch.dtype)},
+    **{
+        ("torch", name): getattr(torch, name)
+        for name in _DTYPE_NAMES
+        if isinstance(getattr(torch, name, None), torch.dtype)
+    },
 }
 
 # numpy scalars and arrays (e.g. a ``best_val_loss`` saved as np.float64); resolved on first use so
 # that numpy is imported only when a file asks for it.
-NUMPY_GLOBALS = frozenset({
-    ("numpy", "dtype"), ("numpy", "ndarray"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("_codecs", "encode"),  # how protocol-2 pickles spell the bytes of a numpy scalar
-})
+NUMPY_GLOBALS = frozenset(
+    {
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how protocol-2 pickles spell the bytes of a numpy scalar
+    }
+)
 
 
 def _numpy_global(module: str, name: str) -> Any:
@@ -141,7 +165,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _numpy_global(module, name)
         raise UnsafeCheckpointError(
             f"refusing to load global {module}.{name} (only tensors, plain containers and the published "
-            f"config classes are allowed in a checkpoint)")
+            f"config classes are allowed in a checkpoint)"
+        )
 
 
 def _load(file: Any, **kwargs: Any) -> Any:
@@ -158,8 +183,10 @@ restricted_pickle_module.UnpicklingError = pickle.UnpicklingError  # type: ignor
 # Container checks (nothing is unpickled or imported here)
 # ---------------------------------------------------------------------------------------------
 # Members of a plain torch.save zip, relative to its one top-level folder.
-_ZIP_MEMBERS = re.compile(r"data\.pkl|data/\d+|version|\.format_version|\.storage_alignment|byteorder"
-                          r"|\.data/serialization_id|\.data/version")
+_ZIP_MEMBERS = re.compile(
+    r"data\.pkl|data/\d+|version|\.format_version|\.storage_alignment|byteorder"
+    r"|\.data/serialization_id|\.data/version"
+)
 
 
 def _zip_kind(path: Path) -> None:
@@ -170,14 +197,18 @@ def _zip_kind(path: Path) -> None:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged zip archive: {err})") from None
     prefixes = {name.split("/", 1)[0] for name in names}
     if len(prefixes) != 1 or any("/" not in name for name in names):
-        raise UnsafeCheckpointError(f"{path}: refused: a zip archive that is not a torch.save file "
-                                    f"(members outside one top-level folder: {', '.join(sorted(names)[:3])})")
+        raise UnsafeCheckpointError(
+            f"{path}: refused: a zip archive that is not a torch.save file "
+            f"(members outside one top-level folder: {', '.join(sorted(names)[:3])})"
+        )
     relative = [name.split("/", 1)[1] for name in names]
     script = [r for r in relative if r.startswith("code/") or r == "constants.pkl" or r.endswith(".py")]
     if script:
-        raise UnsafeCheckpointError(f"{path}: refused: a TorchScript archive (torch.jit.save; member {script[0]}); "
-                                    f"loading it would run its code - save a state dict or use `hubert-ecg convert` "
-                                    f"on the original weights")
+        raise UnsafeCheckpointError(
+            f"{path}: refused: a TorchScript archive (torch.jit.save; member {script[0]}); "
+            f"loading it would run its code - save a state dict or use `hubert-ecg convert` "
+            f"on the original weights"
+        )
     pickles = [r for r in relative if r.endswith(".pkl") and r != "data.pkl"]
     if pickles:
         raise UnsafeCheckpointError(f"{path}: refused: a zip archive with an extra pickle member ({pickles[0]})")
@@ -201,12 +232,15 @@ def inspect_container(path: str | Path) -> str:
         _zip_kind(path)
         return "zip"
     if len(head) >= 262 and head[257:262] == b"ustar" or _is_v7_tar(head):
-        raise UnsafeCheckpointError(f"{path}: refused: a legacy tar-format torch.save archive (PyTorch < 0.4); "
-                                    f"re-save it as a state dict with a trusted PyTorch first")
+        raise UnsafeCheckpointError(
+            f"{path}: refused: a legacy tar-format torch.save archive (PyTorch < 0.4); "
+            f"re-save it as a state dict with a trusted PyTorch first"
+        )
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "pickle"
-    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a torch.save zip nor a pickle; "
-                          f"first bytes {head[:8]!r})")
+    raise CheckpointError(
+        f"{path}: not a readable PyTorch checkpoint (neither a torch.save zip nor a pickle; first bytes {head[:8]!r})"
+    )
 
 
 def _is_v7_tar(head: bytes) -> bool:
@@ -224,8 +258,9 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load`` through the restricted unpickler, after :func:`inspect_container` accepted the file."""
     inspect_container(path)
     try:
-        return torch.load(str(path), map_location=map_location, pickle_module=restricted_pickle_module,
-                          weights_only=False)
+        return torch.load(
+            str(path), map_location=map_location, pickle_module=restricted_pickle_module, weights_only=False
+        )
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"{path}: {err}") from None
 
@@ -233,8 +268,23 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
 # ---------------------------------------------------------------------------------------------
 # safetensors header sanity
 # ---------------------------------------------------------------------------------------------
-_SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_SAFETENSORS_DTYPES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 
@@ -265,10 +315,15 @@ def check_safetensors_header(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: safetensors __metadata__ must map strings to strings")
     spans = []
     for name, entry in header.items():
-        ok = (isinstance(entry, Mapping) and entry.get("dtype") in _SAFETENSORS_DTYPES
-              and isinstance(entry.get("shape"), list) and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
-              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
-              and all(isinstance(o, int) and o >= 0 for o in entry["data_offsets"]))
+        ok = (
+            isinstance(entry, Mapping)
+            and entry.get("dtype") in _SAFETENSORS_DTYPES
+            and isinstance(entry.get("shape"), list)
+            and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+            and all(isinstance(o, int) and o >= 0 for o in entry["data_offsets"])
+        )
         if not ok:
             raise CheckpointError(f"{path}: tensor {name}: malformed safetensors header entry {str(entry)[:80]}")
         begin, end = entry["data_offsets"]
@@ -276,8 +331,9 @@ def check_safetensors_header(path: str | Path) -> dict[str, Any]:
         for d in entry["shape"]:
             numel *= d
         if end - begin != numel * _SAFETENSORS_DTYPES[entry["dtype"]]:
-            raise CheckpointError(f"{path}: tensor {name}: byte range {begin}-{end} does not match "
-                                  f"{entry['dtype']} {entry['shape']}")
+            raise CheckpointError(
+                f"{path}: tensor {name}: byte range {begin}-{end} does not match {entry['dtype']} {entry['shape']}"
+            )
         spans.append((begin, end, name))
     position = 0
     for begin, end, name in sorted(spans):
@@ -285,6 +341,8 @@ def check_safetensors_header(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: tensor {name}: byte ranges overlap or leave gaps in the data section")
         position = end
     if position != size - 8 - length:
-        raise CheckpointError(f"{path}: the data section is {size - 8 - length} bytes, the header describes "
-                              f"{position} (truncated or padded file)")
+        raise CheckpointError(
+            f"{path}: the data section is {size - 8 - length} bytes, the header describes "
+            f"{position} (truncated or padded file)"
+        )
     return header

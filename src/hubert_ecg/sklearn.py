@@ -44,10 +44,20 @@ class Embedder(TransformerMixin, BaseEstimator):
         device: where a model given as a path is loaded (``auto``: CUDA when available).
     """
 
-    def __init__(self, model: Any = None, *, fs: float | Sequence[float] | None = 500.0,
-                 leads: Sequence[str] | None = None, layer: int | None = None, windows: str = "sliding",
-                 stride_s: float | None = None, aggregate: str = "mean", batch_size: int = 64,
-                 engine: str = "eager", device: str = "auto") -> None:
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        fs: float | Sequence[float] | None = 500.0,
+        leads: Sequence[str] | None = None,
+        layer: int | None = None,
+        windows: str = "sliding",
+        stride_s: float | None = None,
+        aggregate: str = "mean",
+        batch_size: int = 64,
+        engine: str = "eager",
+        device: str = "auto",
+    ) -> None:
         self.model = model
         self.fs = fs
         self.leads = leads
@@ -66,8 +76,9 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> np.ndarray:  # noqa: N803
         """(N, 12, samples) array or list of records -> (N, hidden) float32."""
-        return np.asarray(self._pipeline().embed(_as_batch(X), self.fs, leads=self.leads, layer=self.layer),
-                          dtype=np.float32)
+        return np.asarray(
+            self._pipeline().embed(_as_batch(X), self.fs, leads=self.leads, layer=self.layer), dtype=np.float32
+        )
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         width = self._pipeline().model.config.hidden_size
@@ -91,9 +102,16 @@ class Embedder(TransformerMixin, BaseEstimator):
             if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
                 from .checkpoint import load_model
                 from .runtime import resolve_device
+
                 model = load_model(model, device=str(resolve_device(self.device)))
-            pipe = ECGPipeline(model, windows=self.windows, stride_s=self.stride_s, aggregate=self.aggregate,
-                               batch_size=self.batch_size, engine=self.engine)
+            pipe = ECGPipeline(
+                model,
+                windows=self.windows,
+                stride_s=self.stride_s,
+                aggregate=self.aggregate,
+                batch_size=self.batch_size,
+                engine=self.engine,
+            )
             self.__dict__["_cache"] = cached = (key, pipe)
         return cached[1]
 

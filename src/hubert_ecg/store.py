@@ -41,8 +41,20 @@ STORE_FORMAT = "hubert-ecg-store"
 STORE_VERSION = 1
 LABEL_PREFIX = "label:"
 INDEX_FILE = "index.npz"
-MANIFEST_FIELDS = ["row", "record_id", "segment", "start_s", "length", "source", "orig_fs", "orig_samples",
-                   "units", "split", "meta", "group"]
+MANIFEST_FIELDS = [
+    "row",
+    "record_id",
+    "segment",
+    "start_s",
+    "length",
+    "source",
+    "orig_fs",
+    "orig_samples",
+    "units",
+    "split",
+    "meta",
+    "group",
+]
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
@@ -72,10 +84,18 @@ class LabelTable:
     path: str = ""
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike, *, id_column: str | None = None,
-                 label_columns: Sequence[str] | None = None, label_start_index: int | None = None,
-                 split_column: str | None = None, group_column: str | None = None,
-                 time_column: str | None = None, categorical: str = "index") -> LabelTable:
+    def from_csv(
+        cls,
+        path: str | os.PathLike,
+        *,
+        id_column: str | None = None,
+        label_columns: Sequence[str] | None = None,
+        label_start_index: int | None = None,
+        split_column: str | None = None,
+        group_column: str | None = None,
+        time_column: str | None = None,
+        categorical: str = "index",
+    ) -> LabelTable:
         """Read a labels CSV: an id column (``record_id``, ``filename``, ``ecg_id`` ...) and label columns.
 
         Label columns are ``label_columns``, or every column from ``label_start_index`` on (the
@@ -93,17 +113,23 @@ class LabelTable:
         if dup is not None:
             cols = [str(i + 1) for i, c in enumerate(header) if c == dup]
             raise StoreError(f"{path}: column {dup!r} appears {len(cols)} times (columns {', '.join(cols)})")
-        id_column = id_column or next((c for c in ("record_id", "filename", "ecg_id", "id", "exam_id", "path")
-                                       if c in header), header[0])
-        for option, column in (("--id-column", id_column), ("--split-column", split_column),
-                               ("--group-column", group_column), ("--time-column", time_column)):
+        id_column = id_column or next(
+            (c for c in ("record_id", "filename", "ecg_id", "id", "exam_id", "path") if c in header), header[0]
+        )
+        for option, column in (
+            ("--id-column", id_column),
+            ("--split-column", split_column),
+            ("--group-column", group_column),
+            ("--time-column", time_column),
+        ):
             if column is not None and column not in header:
                 raise StoreError(f"{path}: no column {column!r} for {option} (columns: {', '.join(header)})")
         if label_columns is None:
             if label_start_index is not None:
                 if not 0 <= label_start_index < len(header):
-                    raise StoreError(f"{path}: --label-start-index {label_start_index} is outside the "
-                                     f"{len(header)} columns")
+                    raise StoreError(
+                        f"{path}: --label-start-index {label_start_index} is outside the {len(header)} columns"
+                    )
                 label_columns = header[label_start_index:]
             else:
                 label_columns = [c for c in header if c not in (id_column, split_column, group_column, time_column)]
@@ -130,8 +156,10 @@ class LabelTable:
             if col in first_text and col in has_number:
                 line = first_text[col]
                 cell = _cell(rows[line - 2], col)
-                raise StoreError(f"{path}, row {line}: column {col!r} is not a number ({cell!r}); "
-                                 "a categorical column must hold text values only")
+                raise StoreError(
+                    f"{path}, row {line}: column {col!r} is not a number ({cell!r}); "
+                    "a categorical column must hold text values only"
+                )
             if col in first_text:
                 classes[col] = sorted({_cell(r, col) for r in rows} - {""})
         names: list[str] = []
@@ -176,8 +204,9 @@ class LabelTable:
                 times[key] = (row.get(time_column) or "").strip()
         if split_column:
             splits = dict(zip(splits, normalise_splits(list(splits.values()), f"{path}: column {split_column!r}")))
-        table = cls(names, by_key, splits, {c: classes[c] for c in classes if categorical == "index"}, groups,
-                    times, str(path))
+        table = cls(
+            names, by_key, splits, {c: classes[c] for c in classes if categorical == "index"}, groups, times, str(path)
+        )
         if split_column and group_column:
             check_groups_within_splits(groups, splits, f"{path}: column {split_column!r}")
         return table
@@ -215,8 +244,9 @@ class LabelTable:
             raise StoreError(f"unknown split strategy {strategy!r}")
         self.splits = dict(zip(keys, split))
         counts = {s: split.count(s) for s in ("train", "val", "test")}
-        return (f"{strategy} split of {len(keys)} labelled records in {len(set(groups))} groups: "
-                + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return f"{strategy} split of {len(keys)} labelled records in {len(set(groups))} groups: " + ", ".join(
+            f"{n} {s}" for s, n in counts.items()
+        )
 
 
 def _read_label_rows(path: Path) -> tuple[list[str], list[dict[str, str | None]]]:
@@ -244,8 +274,9 @@ def _read_label_rows(path: Path) -> tuple[list[str], list[dict[str, str | None]]
             rows = list(reader)
             header = [h.strip() if h else "" for h in (reader.fieldnames or [])]
     except UnicodeDecodeError as err:
-        raise StoreError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the labels as UTF-8 CSV") \
-            from None
+        raise StoreError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the labels as UTF-8 CSV"
+        ) from None
     except csv.Error as err:
         raise StoreError(f"{path}: not a readable CSV ({err})") from None
     if not header or not rows:
@@ -257,10 +288,15 @@ def _read_label_rows(path: Path) -> tuple[list[str], list[dict[str, str | None]]
 
 def _binary_kind(head: bytes) -> str:
     """What a file that is not text looks like ('' for text), from its first bytes."""
-    for magic, kind in ((b"PK\x03\x04", "a zip archive, e.g. an Excel .xlsx workbook"),
-                        (b"\xd0\xcf\x11\xe0", "an OLE file, e.g. an old Excel .xls workbook"),
-                        (b"%PDF", "a PDF document"), (b"\x89HDF", "an HDF5 file"), (b"\x93NUMPY", "a NumPy array"),
-                        (b"\x1f\x8b", "gzip-compressed data"), (b"PAR1", "a Parquet file")):
+    for magic, kind in (
+        (b"PK\x03\x04", "a zip archive, e.g. an Excel .xlsx workbook"),
+        (b"\xd0\xcf\x11\xe0", "an OLE file, e.g. an old Excel .xls workbook"),
+        (b"%PDF", "a PDF document"),
+        (b"\x89HDF", "an HDF5 file"),
+        (b"\x93NUMPY", "a NumPy array"),
+        (b"\x1f\x8b", "gzip-compressed data"),
+        (b"PAR1", "a Parquet file"),
+    ):
         if head.startswith(magic):
             return kind
     if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -310,17 +346,21 @@ def normalise_splits(values: Sequence[str], what: str) -> list[str]:
     if folds and len(folds) == len(found):
         ordered = sorted({int(v) for v in folds})
         if len(ordered) < 3:
-            raise StoreError(f"{what}: fold numbers {', '.join(map(str, ordered))} cannot give train/val/test "
-                             "(need at least 3 folds: highest = test, next = val, the rest train)")
+            raise StoreError(
+                f"{what}: fold numbers {', '.join(map(str, ordered))} cannot give train/val/test "
+                "(need at least 3 folds: highest = test, next = val, the rest train)"
+            )
         role = {ordered[-1]: "test", ordered[-2]: "val"}
         mapping = {v: role.get(int(v), "train") for v in folds}
     else:
         unknown = [v for v in found if v.lower() not in SPLIT_ALIASES]
         if unknown:
             shown = ", ".join(repr(v) for v in found[:12]) + (" ..." if len(found) > 12 else "")
-            raise StoreError(f"{what}: split values {', '.join(repr(v) for v in unknown[:5])} are not train/val/test "
-                             f"(values found: {shown}; accepted: {', '.join(sorted(set(SPLIT_ALIASES)))}, "
-                             "or fold numbers)")
+            raise StoreError(
+                f"{what}: split values {', '.join(repr(v) for v in unknown[:5])} are not train/val/test "
+                f"(values found: {shown}; accepted: {', '.join(sorted(set(SPLIT_ALIASES)))}, "
+                "or fold numbers)"
+            )
         mapping = {v: SPLIT_ALIASES[v.lower()] for v in found}
     return [mapping[str(v).strip()] for v in values]
 
@@ -336,17 +376,21 @@ def check_groups_within_splits(groups: dict[str, str], splits: dict[str, str], w
         seen.setdefault(group, (split, key))
     if crossing:
         group, where = next(iter(crossing.items()))
-        raise StoreError(f"{what}: group {group!r} has records in {' and '.join(sorted(where))} "
-                         f"({len(crossing)} group(s) cross splits); a patient's records must stay in one split")
+        raise StoreError(
+            f"{what}: group {group!r} has records in {' and '.join(sorted(where))} "
+            f"({len(crossing)} group(s) cross splits); a patient's records must stay in one split"
+        )
 
 
 def _seeded_order(items: Sequence[str], seed: int) -> list[int]:
     import hashlib
+
     return sorted(range(len(items)), key=lambda i: hashlib.sha1(f"{seed}:{items[i]}".encode()).digest())
 
 
-def grouped_splits(groups: Sequence[str], fractions: tuple[float, float], *, seed: int = 0,
-                   labels: np.ndarray | None = None) -> list[str]:
+def grouped_splits(
+    groups: Sequence[str], fractions: tuple[float, float], *, seed: int = 0, labels: np.ndarray | None = None
+) -> list[str]:
     """train/val/test per record such that every group is in one split, stratified on ``labels``.
 
     Greedy iterative stratification (Sechidis et al. 2011) over groups: groups holding the rarest
@@ -384,8 +428,9 @@ def grouped_splits(groups: Sequence[str], fractions: tuple[float, float], *, see
     have_pos = np.zeros_like(want_pos)
     have_n = np.zeros(3)
     rank = {g: r for r, g in enumerate(gnames[i] for i in _seeded_order(gnames, seed))}
-    rarity = [(float(totals[pos[i] > 0].min()) if (pos[i] > 0).any() else np.inf, rank[g])
-              for i, g in enumerate(gnames)]
+    rarity = [
+        (float(totals[pos[i] > 0].min()) if (pos[i] > 0).any() else np.inf, rank[g]) for i, g in enumerate(gnames)
+    ]
     out = [""] * len(groups)
     for i in sorted(range(len(gnames)), key=lambda i: rarity[i]):
         present = pos[i] > 0
@@ -404,8 +449,9 @@ def grouped_splits(groups: Sequence[str], fractions: tuple[float, float], *, see
     return out
 
 
-def temporal_splits(times: Sequence[float], fractions: tuple[float, float], *,
-                    groups: Sequence[str] | None = None) -> list[str]:
+def temporal_splits(
+    times: Sequence[float], fractions: tuple[float, float], *, groups: Sequence[str] | None = None
+) -> list[str]:
     """Oldest records train, then val, newest test (by record counts ``1 - val - test``, ``val``, ``test``).
 
     With ``groups`` each group moves as a whole, placed by its earliest record, so a patient's later
@@ -434,6 +480,7 @@ def temporal_splits(times: Sequence[float], fractions: tuple[float, float], *,
 def _parse_time(text: str, what: str) -> float:
     """A number, or an ISO date/time (``2021-03-04``, ``2021-03-04T10:00``), as seconds."""
     from datetime import datetime, timezone
+
     text = text.strip()
     try:
         return float(text)
@@ -509,8 +556,11 @@ def _process_source(args: tuple[Any, dict[str, Any], int, dict[str, Any]]) -> tu
     try:
         record = read_source(source, **read_kwargs)
         if record.meta.get("unscorable"):  # physically implausible: not a training/evaluation example
-            return "reject", (source.record_id, _source_ident(source),
-                              f"{source.source}: not scorable: {record.meta['unscorable']}")
+            return "reject", (
+                source.record_id,
+                _source_ident(source),
+                f"{source.source}: not scorable: {record.meta['unscorable']}",
+            )
         signal = preprocess_signal(record.signal, record.fs, spec)
     except REJECTED_ERRORS as err:  # the record's fault: one line each in rejects.csv
         return "reject", (source.record_id, _source_ident(source), str(err).splitlines()[0])
@@ -521,12 +571,19 @@ def _process_source(args: tuple[Any, dict[str, Any], int, dict[str, Any]]) -> tu
     rows = np.zeros((n_segments, 12, row_samples), dtype=np.float32)
     lengths = []
     for s in range(n_segments):
-        part = signal[:, s * row_samples:(s + 1) * row_samples]
+        part = signal[:, s * row_samples : (s + 1) * row_samples]
         rows[s, :, : part.shape[1]] = part
         lengths.append(part.shape[1])
     meta = dict(record.meta)
-    info = dict(record_id=record.record_id, source=record.source, orig_fs=record.fs,
-                orig_samples=int(record.signal.shape[1]), units=record.units, meta=meta, lengths=lengths)
+    info = dict(
+        record_id=record.record_id,
+        source=record.source,
+        orig_fs=record.fs,
+        orig_samples=int(record.signal.shape[1]),
+        units=record.units,
+        meta=meta,
+        lengths=lengths,
+    )
     return "ok", (rows, info)
 
 
@@ -541,16 +598,27 @@ def _json_meta(meta: dict[str, Any]) -> str:
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+
     return json.dumps(clean(meta), separators=(",", ":"))
 
 
-def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                  spec: PreprocessSpec | None = None, labels: LabelTable | None = None,
-                  row_seconds: float = 10.0, shard_records: int = 512, workers: int = 1,
-                  read_kwargs: dict[str, Any] | None = None, progress: bool = True,
-                  split_fractions: tuple[float, float] = (0.0, 0.0), seed: int = 0,
-                  stop_after_shards: int | None = None, allow_outside_root: bool = False,
-                  split_strategy: str | None = None) -> PrepareResult:
+def prepare_store(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    spec: PreprocessSpec | None = None,
+    labels: LabelTable | None = None,
+    row_seconds: float = 10.0,
+    shard_records: int = 512,
+    workers: int = 1,
+    read_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    split_fractions: tuple[float, float] = (0.0, 0.0),
+    seed: int = 0,
+    stop_after_shards: int | None = None,
+    allow_outside_root: bool = False,
+    split_strategy: str | None = None,
+) -> PrepareResult:
     """Read every record under ``inputs``, preprocess it once and write a store at ``out``.
 
     Re-running the same command resumes: finished shards are kept, unfinished blocks redone. Re-running
@@ -571,14 +639,20 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     notes: list[str] = []
     val_fraction, test_fraction = split_fractions
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise StoreError(f"val and test fractions must be in [0, 1) with a sum below 1, got {val_fraction:g} "
-                         f"and {test_fraction:g}")
+        raise StoreError(
+            f"val and test fractions must be in [0, 1) with a sum below 1, got {val_fraction:g} and {test_fraction:g}"
+        )
     if split_strategy not in (None, "random", "grouped", "temporal", "grouped_temporal"):
         raise StoreError(f"unknown split strategy {split_strategy!r}")
     if split_strategy not in (None, "random") and labels is None:
         raise StoreError(f"--split-strategy {split_strategy} needs --labels with a group or time column")
-    if labels is not None and labels.groups and split_strategy in (None, "random") and not labels.splits \
-            and val_fraction + test_fraction > 0:
+    if (
+        labels is not None
+        and labels.groups
+        and split_strategy in (None, "random")
+        and not labels.splits
+        and val_fraction + test_fraction > 0
+    ):
         split_strategy = "grouped"  # a group column never gets a per-record split
     if labels is not None and split_strategy not in (None, "random"):
         if labels.splits:
@@ -609,8 +683,10 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         elif known[key][1] and known[key][1] != _fingerprint(src.path):
             changed.append(ident)
     if not n_current and not known:
-        raise StoreError(f"no ECG records found under {', '.join(input_paths)}"
-                         + (f" ({account.summary()})" if account.skipped else ""))
+        raise StoreError(
+            f"no ECG records found under {', '.join(input_paths)}"
+            + (f" ({account.summary()})" if account.skipped else "")
+        )
     missing = [name for key, (name, _) in known.items() if key not in seen]
     n_sources = len(known) + n_pending
     out = check_writable(out)
@@ -619,10 +695,17 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
             stale.unlink(missing_ok=True)
         row_samples = int(round(row_seconds * spec.target_hz))
-        header = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocessing": spec.to_dict(),
-                  "row_samples": row_samples, "fs": spec.target_hz, "n_leads": 12,
-                  "label_names": labels.names if labels else [], "shard_records": shard_records,
-                  "n_sources": n_sources}
+        header = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "preprocessing": spec.to_dict(),
+            "row_samples": row_samples,
+            "fs": spec.target_hz,
+            "n_leads": 12,
+            "label_names": labels.names if labels else [],
+            "shard_records": shard_records,
+            "n_sources": n_sources,
+        }
         if labels is not None and labels.classes:
             header["label_classes"] = labels.classes
         meta_path = out / "store.json"
@@ -636,12 +719,16 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         def list_skipped() -> None:  # written last, so that a full disk fails on the store's own files first
             if account.write_csv(out / "skipped.csv") is not None:
                 notes.append(f"{account.summary()}: not ECG records (listed in {out / 'skipped.csv'})")
+
         if missing:
-            notes.append(f"{len(missing)} stored record(s) no longer found in the inputs (kept; listed in "
-                         f"{out / 'changes.csv'})")
+            notes.append(
+                f"{len(missing)} stored record(s) no longer found in the inputs (kept; listed in {out / 'changes.csv'})"
+            )
         if changed:
-            notes.append(f"{len(changed)} stored record(s) changed on disk since they were stored (kept as stored; "
-                         f"listed in {out / 'changes.csv'}; prepare a new store to use the new content)")
+            notes.append(
+                f"{len(changed)} stored record(s) changed on disk since they were stored (kept as stored; "
+                f"listed in {out / 'changes.csv'}; prepare a new store to use the new content)"
+            )
         if previous is not None and previous.get("complete") and not n_pending:
             list_skipped()
             return _result_from_existing(out, previous, notes)
@@ -670,8 +757,7 @@ def prepare_store(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                     break
                 args = [(src, spec_dict, row_samples, tasks_kwargs) for src in block]
                 results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
-                _write_shard(out, b, list(results), labels, split_fractions, seed, spec.target_hz, row_samples,
-                             block)
+                _write_shard(out, b, list(results), labels, split_fractions, seed, spec.target_hz, row_samples, block)
                 written += 1
                 bar.update(len(block))
         finally:
@@ -718,8 +804,11 @@ def _stored_sources(out: Path, shard_records: int) -> tuple[dict[int, tuple[str,
     shards = out / "shards"
     if not (out / "store.json").exists() or not shards.is_dir():
         return known, 0
-    done = sorted(int(p.stem) for p in shards.glob("[0-9][0-9][0-9][0-9][0-9].csv") if p.stem.isdigit()
-                  and _shard_done(out, int(p.stem)))
+    done = sorted(
+        int(p.stem)
+        for p in shards.glob("[0-9][0-9][0-9][0-9][0-9].csv")
+        if p.stem.isdigit() and _shard_done(out, int(p.stem))
+    )
     next_block = 0
     for b in done:
         if b != next_block:
@@ -768,6 +857,7 @@ def _shard_done(out: Path, block: int) -> bool:
 
 def _split_for(record_id: str, fractions: tuple[float, float], seed: int) -> str:
     import hashlib
+
     val, test = fractions
     if val <= 0 and test <= 0:
         return ""
@@ -775,9 +865,17 @@ def _split_for(record_id: str, fractions: tuple[float, float], seed: int) -> str
     return "test" if h < test else "val" if h < test + val else "train"
 
 
-def _write_shard(out: Path, block: int, results: list[tuple[str, Any]], labels: LabelTable | None,
-                 split_fractions: tuple[float, float], seed: int, fs: float, row_samples: int,
-                 block_sources: Sequence[Any] = ()) -> None:
+def _write_shard(
+    out: Path,
+    block: int,
+    results: list[tuple[str, Any]],
+    labels: LabelTable | None,
+    split_fractions: tuple[float, float],
+    seed: int,
+    fs: float,
+    row_samples: int,
+    block_sources: Sequence[Any] = (),
+) -> None:
     oks = [payload for status, payload in results if status == "ok"]
     rejects = [payload for status, payload in results if status == "reject"]
     label_names = labels.names if labels else []
@@ -799,10 +897,19 @@ def _write_shard(out: Path, block: int, results: list[tuple[str, Any]], labels: 
                 group = labels.groups.get(key, "") if labels.groups else ""
         split = split or _split_for(info["record_id"], split_fractions, seed)
         for segment, length in enumerate(info["lengths"]):
-            row = {"record_id": info["record_id"], "segment": segment, "start_s": segment * row_samples / fs,
-                   "length": length, "source": info["source"], "orig_fs": info["orig_fs"],
-                   "orig_samples": info["orig_samples"], "units": info["units"], "split": split,
-                   "meta": _json_meta(info["meta"]) if segment == 0 else "{}", "group": group}
+            row = {
+                "record_id": info["record_id"],
+                "segment": segment,
+                "start_s": segment * row_samples / fs,
+                "length": length,
+                "source": info["source"],
+                "orig_fs": info["orig_fs"],
+                "orig_samples": info["orig_samples"],
+                "units": info["units"],
+                "split": split,
+                "meta": _json_meta(info["meta"]) if segment == 0 else "{}",
+                "group": group,
+            }
             for name, value in zip(label_names, label_values if label_values is not None else []):
                 row[LABEL_PREFIX + name] = "" if np.isnan(value) else f"{value:g}"
             table_rows.append(row)
@@ -873,8 +980,15 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
                         rec.update(row=n_rows, shard=b, shard_row=shard_row, record_id=current_id)
                         manifest.writerow(rec)
                         n_rows += 1
-    summary = {**header, "complete": True, "n_rows": n_rows, "n_records": n_records, "n_warned": warned,
-               "n_rejected": len(all_rejects), "n_shards": n_blocks}
+    summary = {
+        **header,
+        "complete": True,
+        "n_rows": n_rows,
+        "n_records": n_records,
+        "n_warned": warned,
+        "n_rejected": len(all_rejects),
+        "n_shards": n_blocks,
+    }
     # Columnar copy of what training reads, so that opening a store of millions of rows is instant.
     with atomic_path(out / INDEX_FILE) as tmp:
         with open(tmp, "wb") as fh:
@@ -887,6 +1001,7 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
 
 def _digest(text: str) -> int:
     import hashlib
+
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
@@ -904,23 +1019,37 @@ def _parse_manifest(manifest: Path, label_names: Sequence[str]) -> dict[str, np.
             splits.append(rec["split"])
             groups.append(rec.get("group") or "")
             labels.append([float(rec[c]) if rec[c] != "" else np.nan for c in label_cols])
-    return {"record_ids": np.asarray(ids, dtype=str), "segments": np.asarray(segments, dtype=np.int32),
-            "lengths": np.asarray(lengths, dtype=np.int32), "shard_of": np.asarray(shards, dtype=np.int32),
-            "shard_row": np.asarray(shard_rows, dtype=np.int64), "splits": np.asarray(splits, dtype=str),
-            "groups": np.asarray(groups, dtype=str),
-            "labels": np.asarray(labels, dtype=np.float32).reshape(len(ids), len(label_cols))}
+    return {
+        "record_ids": np.asarray(ids, dtype=str),
+        "segments": np.asarray(segments, dtype=np.int32),
+        "lengths": np.asarray(lengths, dtype=np.int32),
+        "shard_of": np.asarray(shards, dtype=np.int32),
+        "shard_row": np.asarray(shard_rows, dtype=np.int64),
+        "splits": np.asarray(splits, dtype=str),
+        "groups": np.asarray(groups, dtype=str),
+        "labels": np.asarray(labels, dtype=np.float32).reshape(len(ids), len(label_cols)),
+    }
 
 
 def _result_from_existing(out: Path, meta: dict[str, Any], notes: list[str] | None = None) -> PrepareResult:
     rejects = []
     with open(out / "rejects.csv", newline="") as fh:
         rejects = [(r["source"], r["reason"]) for r in csv.DictReader(fh)]
-    return PrepareResult(out, meta["n_records"], meta["n_rows"], meta["n_rejected"], meta["n_sources"], rejects,
-                         meta.get("n_warned", 0), list(notes or []))
+    return PrepareResult(
+        out,
+        meta["n_records"],
+        meta["n_rows"],
+        meta["n_rejected"],
+        meta["n_sources"],
+        rejects,
+        meta.get("n_warned", 0),
+        list(notes or []),
+    )
 
 
 def _progress(**kwargs: Any) -> Any:
     from tqdm.auto import tqdm
+
     enabled = kwargs.pop("enabled", True)
     return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
 
@@ -938,8 +1067,9 @@ class ECGStore:
             raise StoreError(f"{self.path}: not a store (no store.json); build one with `hubert-ecg prepare`")
         self.meta = json.loads(meta_file.read_text())
         if not self.meta.get("complete"):
-            raise StoreError(f"{self.path}: the store is incomplete; re-run the same `hubert-ecg prepare` "
-                             "command to finish it")
+            raise StoreError(
+                f"{self.path}: the store is incomplete; re-run the same `hubert-ecg prepare` command to finish it"
+            )
         self.spec = PreprocessSpec.from_dict(self.meta["preprocessing"])
         self.fs = float(self.meta["fs"])
         self.row_samples = int(self.meta["row_samples"])
@@ -951,8 +1081,11 @@ class ECGStore:
 
     def _read_manifest(self) -> None:
         index = self.path / INDEX_FILE
-        arrays = dict(np.load(index, allow_pickle=False)) if index.exists() \
+        arrays = (
+            dict(np.load(index, allow_pickle=False))
+            if index.exists()
             else _parse_manifest(self.path / "manifest.csv", self.label_names)
+        )
         self.record_ids = arrays["record_ids"]
         self.segments = arrays["segments"]
         self.lengths = arrays["lengths"]
@@ -1060,8 +1193,10 @@ def check_store_splits(store: ECGStore) -> None:
         if len(crossing):
             first = str(crossing[0])
             where = sorted(set(pairs[1][pairs[0] == first].tolist()))
-            raise StoreError(f"{store.path}: {what} {first!r} has rows in {' and '.join(where)} "
-                             f"({len(crossing)} {what}(s) cross splits); rebuild the store with one split per {what}")
+            raise StoreError(
+                f"{store.path}: {what} {first!r} has rows in {' and '.join(where)} "
+                f"({len(crossing)} {what}(s) cross splits); rebuild the store with one split per {what}"
+            )
 
 
 def store_splits(store: ECGStore) -> np.ndarray:
@@ -1076,8 +1211,9 @@ def store_splits(store: ECGStore) -> np.ndarray:
     return cached
 
 
-def train_val_rows(store: ECGStore, *, val_split: str = "val", fraction: float = 0.1, seed: int = 0,
-                   train_split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
+def train_val_rows(
+    store: ECGStore, *, val_split: str = "val", fraction: float = 0.1, seed: int = 0, train_split: str = "train"
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(training rows, validation rows, a one-line note of what was chosen) -- never test rows.
 
     The store's ``train``/``val`` rows when both exist (spellings mapped by :data:`SPLIT_ALIASES`).
@@ -1099,18 +1235,29 @@ def train_val_rows(store: ECGStore, *, val_split: str = "val", fraction: float =
             raise StoreError(f"{store.path}: no {train_split!r} rows to train on (splits found: {', '.join(found)})")
         val_rows = np.flatnonzero(splits == val_split) if val_split else np.array([], dtype=np.int64)
         if len(val_rows):
-            return train_rows, val_rows, (f"training on {len(train_rows)} {train_split!r} rows, validating on "
-                                          f"{len(val_rows)} {val_split!r} rows")
-        pool, where = train_rows, f"the {train_split!r} records (the store has no {val_split or 'val'!r} rows; " \
-                                  f"{'test rows untouched' if 'test' in found else 'splits: ' + ', '.join(found)})"
+            return (
+                train_rows,
+                val_rows,
+                (
+                    f"training on {len(train_rows)} {train_split!r} rows, validating on "
+                    f"{len(val_rows)} {val_split!r} rows"
+                ),
+            )
+        pool, where = (
+            train_rows,
+            f"the {train_split!r} records (the store has no {val_split or 'val'!r} rows; "
+            f"{'test rows untouched' if 'test' in found else 'splits: ' + ', '.join(found)})",
+        )
     else:
         pool, where = np.arange(len(store), dtype=np.int64), "all records (the store has no split column)"
     has_groups = bool((store.groups[pool] != "").any())
     units = store.groups[pool].astype(str) if has_groups else store.record_ids[pool].astype(str)
     uniq, inverse = np.unique(units, return_inverse=True)
     if len(uniq) < 2:
-        raise StoreError(f"{store.path}: {len(uniq)} {'group' if has_groups else 'record'} to split into training "
-                         "and validation; give the store a 'val' split")
+        raise StoreError(
+            f"{store.path}: {len(uniq)} {'group' if has_groups else 'record'} to split into training "
+            "and validation; give the store a 'val' split"
+        )
     rng = np.random.default_rng(seed)
     is_val = rng.random(len(uniq)) < fraction
     if not is_val.any():
@@ -1119,6 +1266,8 @@ def train_val_rows(store: ECGStore, *, val_split: str = "val", fraction: float =
         is_val[0] = False
     val_mask = is_val[inverse.reshape(-1)]
     kind = "groups" if has_groups else "records"
-    note = (f"validation: a random {fraction:.0%} of {where}, by {kind[:-1]} (seed {seed}): "
-            f"{int(is_val.sum())} {kind}, {int(val_mask.sum())} rows; training: {int((~val_mask).sum())} rows")
+    note = (
+        f"validation: a random {fraction:.0%} of {where}, by {kind[:-1]} (seed {seed}): "
+        f"{int(is_val.sum())} {kind}, {int(val_mask.sum())} rows; training: {int((~val_mask).sum())} rows"
+    )
     return pool[~val_mask], pool[val_mask], note

@@ -24,7 +24,8 @@ metrics are shown with a warning flag): a bootstrap of 5 records describes nothi
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,12 @@ __all__ = ["group_values", "subgroup_results", "MAX_NUMERIC_LEVELS", "MIN_GROUP_
 
 MAX_NUMERIC_LEVELS = 6
 MIN_GROUP_RECORDS = 10
-AGE_BANDS: tuple[tuple[float, float, str], ...] = ((-math.inf, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"),
-                                                   (80, math.inf, ">=80"))
+AGE_BANDS: tuple[tuple[float, float, str], ...] = (
+    (-math.inf, 40, "<40"),
+    (40, 60, "40-59"),
+    (60, 80, "60-79"),
+    (80, math.inf, ">=80"),
+)
 _BLANK = {"", "nan", "none", "null", "na", "n/a"}
 
 
@@ -101,9 +106,19 @@ def _no_interval(values: Mapping[str, float]) -> dict[str, dict[str, Any]]:
     return {m: {"point": v, "lower": nan, "upper": nan, "n_used": 0} for m, v in values.items()}
 
 
-def subgroup_results(task: str, y_true: Any, y_score: Any, columns: Mapping[str, Sequence[Any]], *,
-                     label_names: Sequence[str] | None = None, thresholds: Any = None, n_resamples: int = 1000,
-                     seed: int = 0, method: str = "percentile", stratify: bool = False) -> dict[str, Any]:
+def subgroup_results(
+    task: str,
+    y_true: Any,
+    y_score: Any,
+    columns: Mapping[str, Sequence[Any]],
+    *,
+    label_names: Sequence[str] | None = None,
+    thresholds: Any = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    method: str = "percentile",
+    stratify: bool = False,
+) -> dict[str, Any]:
     """Metrics and bootstrap CIs per group of every column in ``columns`` (name -> one value per record).
 
     Returns ``{column: {"rule": str, "groups": {group: {"n_records", "n_positive", "macro": {metric: stats},
@@ -129,8 +144,17 @@ def subgroup_results(task: str, y_true: Any, y_score: Any, columns: Mapping[str,
                 if len(rows) < MIN_GROUP_RECORDS:
                     info["note"] = f"only {len(rows)} records: no interval"
             else:
-                ci = bootstrap_ci(task, yg, sg, label_names=label_names, thresholds=thresholds,
-                                  n_resamples=n_resamples, seed=seed, method=method, stratify=stratify)
+                ci = bootstrap_ci(
+                    task,
+                    yg,
+                    sg,
+                    label_names=label_names,
+                    thresholds=thresholds,
+                    n_resamples=n_resamples,
+                    seed=seed,
+                    method=method,
+                    stratify=stratify,
+                )
                 info.update(macro=ci["macro"], overall=ci["overall"], per_label=ci["per_label"])
                 if ci["undefined_labels"]:
                     info["note"] = f"{len(ci['undefined_labels'])} label(s) without both classes in this group"

@@ -24,9 +24,14 @@ SYNTHETIC_LABELS = ("tachycardia", "bradycardia", "wide_qrs", "st_elevation", "i
 
 # Unit directions (x: left, y: down, z: anterior) of I, II and V1..V6 (approximate, for realism).
 _LEAD_DIRECTIONS = {
-    "I": (1.0, 0.0, 0.0), "II": (0.5, 0.87, 0.0),
-    "V1": (-0.3, 0.1, 0.95), "V2": (0.0, 0.1, 1.0), "V3": (0.35, 0.15, 0.9),
-    "V4": (0.6, 0.2, 0.75), "V5": (0.85, 0.15, 0.45), "V6": (0.95, 0.1, 0.2),
+    "I": (1.0, 0.0, 0.0),
+    "II": (0.5, 0.87, 0.0),
+    "V1": (-0.3, 0.1, 0.95),
+    "V2": (0.0, 0.1, 1.0),
+    "V3": (0.35, 0.15, 0.9),
+    "V4": (0.6, 0.2, 0.75),
+    "V5": (0.85, 0.15, 0.45),
+    "V6": (0.95, 0.1, 0.2),
 }
 
 
@@ -59,16 +64,31 @@ def _beat_vector(t: np.ndarray, wide: bool, st: bool, p_wave: bool, rng: np.rand
     return out
 
 
-def synthetic_record(rng: np.random.Generator, *, fs: float = 500.0, seconds: float = 10.0,
-                     labels: dict[str, int] | None = None, noise_mv: float = 0.02) -> SyntheticRecord:
+def synthetic_record(
+    rng: np.random.Generator,
+    *,
+    fs: float = 500.0,
+    seconds: float = 10.0,
+    labels: dict[str, int] | None = None,
+    noise_mv: float = 0.02,
+) -> SyntheticRecord:
     """One synthetic record; ``labels`` fixes the label values (drawn at random when None)."""
     if labels is None:
         rate_class = rng.choice(["normal", "tachycardia", "bradycardia"], p=[0.6, 0.2, 0.2])
-        labels = {"tachycardia": int(rate_class == "tachycardia"), "bradycardia": int(rate_class == "bradycardia"),
-                  "wide_qrs": int(rng.random() < 0.3), "st_elevation": int(rng.random() < 0.25),
-                  "irregular": int(rng.random() < 0.2)}
-    hr = rng.uniform(105, 150) if labels.get("tachycardia") else rng.uniform(40, 55) if labels.get("bradycardia") \
+        labels = {
+            "tachycardia": int(rate_class == "tachycardia"),
+            "bradycardia": int(rate_class == "bradycardia"),
+            "wide_qrs": int(rng.random() < 0.3),
+            "st_elevation": int(rng.random() < 0.25),
+            "irregular": int(rng.random() < 0.2),
+        }
+    hr = (
+        rng.uniform(105, 150)
+        if labels.get("tachycardia")
+        else rng.uniform(40, 55)
+        if labels.get("bradycardia")
         else rng.uniform(62, 95)
+    )
     n = int(round(seconds * fs))
     t = np.arange(n) / fs
     rr = 60.0 / hr
@@ -82,8 +102,13 @@ def synthetic_record(rng: np.random.Generator, *, fs: float = 500.0, seconds: fl
     vector = np.zeros((3, n))
     for b in beats:
         window = (t > b - 0.4) & (t < b + 0.6)
-        vector[:, window] += _beat_vector(t[window] - b, bool(labels.get("wide_qrs")), bool(labels.get("st_elevation")),
-                                          not labels.get("irregular"), rng)
+        vector[:, window] += _beat_vector(
+            t[window] - b,
+            bool(labels.get("wide_qrs")),
+            bool(labels.get("st_elevation")),
+            not labels.get("irregular"),
+            rng,
+        )
     directions = {k: np.asarray(v) / np.linalg.norm(v) for k, v in _LEAD_DIRECTIONS.items()}
     lead_i = directions["I"] @ vector
     lead_ii = directions["II"] @ vector
@@ -96,8 +121,9 @@ def synthetic_record(rng: np.random.Generator, *, fs: float = 500.0, seconds: fl
     return SyntheticRecord(np.asarray(leads, dtype=np.float32), fs, dict(labels), float(hr))
 
 
-def write_synthetic_dataset(out_dir: str | Path, n_records: int, *, seed: int = 0, fs: float = 500.0,
-                            seconds: float = 10.0, fmt: str = "npy") -> Path:
+def write_synthetic_dataset(
+    out_dir: str | Path, n_records: int, *, seed: int = 0, fs: float = 500.0, seconds: float = 10.0, fmt: str = "npy"
+) -> Path:
     """Write ``n_records`` synthetic records and ``labels.csv`` (record_id, split, one column per label).
 
     ``fmt``: ``npy`` ((12, n) float32 at ``fs``; the reader needs ``fs`` for .npy, so a
@@ -115,9 +141,16 @@ def write_synthetic_dataset(out_dir: str | Path, n_records: int, *, seed: int = 
             np.save(out / f"{rid}.npy", rec.signal)
         elif fmt == "wfdb":
             import wfdb
-            wfdb.wrsamp(rid, fs=fs, units=["mV"] * 12, sig_name=list(("I", "II", "III", "aVR", "aVL", "aVF",
-                                                                      "V1", "V2", "V3", "V4", "V5", "V6")),
-                        p_signal=rec.signal.T.astype(np.float64), fmt=["16"] * 12, write_dir=str(out))
+
+            wfdb.wrsamp(
+                rid,
+                fs=fs,
+                units=["mV"] * 12,
+                sig_name=list(("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")),
+                p_signal=rec.signal.T.astype(np.float64),
+                fmt=["16"] * 12,
+                write_dir=str(out),
+            )
         else:
             raise ValueError(f"fmt must be npy or wfdb, got {fmt!r}")
         u = rng.random()

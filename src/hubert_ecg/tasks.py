@@ -36,8 +36,19 @@ import torch.nn.functional as F
 from .config import TASKS
 from .metrics import MONITORS, MetricsResult, compute_metrics, monitor_mode, tune_thresholds
 
-__all__ = ["MONITORS", "TASKS", "BinaryTask", "MultiClassTask", "MultiLabelTask", "RegressionTask", "Task", "get_task",
-           "monitor_mode", "probabilities"]
+__all__ = [
+    "MONITORS",
+    "TASKS",
+    "BinaryTask",
+    "MultiClassTask",
+    "MultiLabelTask",
+    "RegressionTask",
+    "Task",
+    "get_task",
+    "monitor_mode",
+    "probabilities",
+]
+
 
 class Task:
     """The behaviour of one task; see the module docstring. Instances come from :func:`get_task`.
@@ -82,8 +93,9 @@ class Task:
         return labels[:, 0].astype(np.int64) if self.first_column_only else labels
 
     # ---- training -------------------------------------------------------------------------------
-    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool,
-                         n_outputs: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def training_weights(
+        self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool, n_outputs: int | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(BCE ``pos_weight``, CE class weights) from the TRAINING rows' labels only.
 
         ``pos_weight`` = negatives / positives per label (known values only); class weights =
@@ -97,8 +109,15 @@ class Task:
         neg = np.nansum(labels == 0, axis=0)
         return torch.tensor(neg / np.maximum(pos, 1), dtype=torch.float32), None
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, *, pos_weight: torch.Tensor | None = None,
-             class_weight: torch.Tensor | None = None, kind: str = "auto") -> torch.Tensor:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        pos_weight: torch.Tensor | None = None,
+        class_weight: torch.Tensor | None = None,
+        kind: str = "auto",
+    ) -> torch.Tensor:
         """Mean loss of a batch; ``labels`` are the store label columns (B, L), NaN = unknown.
 
         Per-label tasks average over the known (record, label) cells only, so a blank label removes that
@@ -106,8 +125,9 @@ class Task:
         """
         if pos_weight is not None:
             pos_weight = pos_weight.to(logits.device)
-        per = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(labels.float()), reduction="none",
-                                                 pos_weight=pos_weight)
+        per = F.binary_cross_entropy_with_logits(
+            logits.float(), torch.nan_to_num(labels.float()), reduction="none", pos_weight=pos_weight
+        )
         return _known_mean(per, labels)
 
     # ---- outputs --------------------------------------------------------------------------------
@@ -122,8 +142,9 @@ class Task:
         return (probs >= limit).astype(np.int64)
 
     # ---- metrics --------------------------------------------------------------------------------
-    def metrics(self, labels: np.ndarray, probs: np.ndarray, *, thresholds: Any = None,
-                label_names: Sequence[str] | None = None) -> MetricsResult:
+    def metrics(
+        self, labels: np.ndarray, probs: np.ndarray, *, thresholds: Any = None, label_names: Sequence[str] | None = None
+    ) -> MetricsResult:
         """:func:`~hubert_ecg.metrics.compute_metrics` on store label columns, blanks dropped per label.
 
         A record with a blank in label j is left out of label j's metrics only. Binary and multi-class
@@ -132,11 +153,13 @@ class Task:
         probs = np.asarray(probs)
         if self.first_column_only:
             keep = np.isfinite(labels[:, 0])
-            return compute_metrics(self.name, labels[keep, 0].astype(np.int64), probs[keep], thresholds=thresholds,
-                                   label_names=label_names)
+            return compute_metrics(
+                self.name, labels[keep, 0].astype(np.int64), probs[keep], thresholds=thresholds, label_names=label_names
+            )
         # compute_metrics reads NaN labels as blank and leaves each out of its own label only.
-        return compute_metrics(self.name, self.metric_targets(labels), probs, thresholds=thresholds,
-                               label_names=label_names)
+        return compute_metrics(
+            self.name, self.metric_targets(labels), probs, thresholds=thresholds, label_names=label_names
+        )
 
     def tune_thresholds(self, labels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         """Max-F1 thresholds per label on known values only (None for tasks without thresholds)."""
@@ -149,7 +172,7 @@ class Task:
         out = np.empty(y.shape[1])
         for j in range(y.shape[1]):
             known = np.isfinite(y[:, j])
-            out[j] = tune_thresholds(y[known, j:j + 1], probs[known, j:j + 1])[0] if known.any() else 0.5
+            out[j] = tune_thresholds(y[known, j : j + 1], probs[known, j : j + 1])[0] if known.any() else 0.5
         return out
 
 
@@ -178,8 +201,15 @@ class BinaryTask(Task):
     def output_names(self, label_names: Sequence[str], n_outputs: int) -> list[str]:
         return list(label_names)[:1]
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, *, pos_weight: torch.Tensor | None = None,
-             class_weight: torch.Tensor | None = None, kind: str = "auto") -> torch.Tensor:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        pos_weight: torch.Tensor | None = None,
+        class_weight: torch.Tensor | None = None,
+        kind: str = "auto",
+    ) -> torch.Tensor:
         if pos_weight is not None:
             pos_weight = pos_weight.to(logits.device)
         return F.binary_cross_entropy_with_logits(logits.float()[:, 0], labels[:, 0].float(), pos_weight=pos_weight)
@@ -211,8 +241,9 @@ class MultiClassTask(Task):
         bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
         return bad, "multi_class labels must be class indices 0, 1, 2 ... (no blanks)"
 
-    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool,
-                         n_outputs: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def training_weights(
+        self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool, n_outputs: int | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not class_weights:
             return None, None
         classes = max(n_outputs or 0, self.num_outputs(train_labels))
@@ -220,8 +251,15 @@ class MultiClassTask(Task):
         counts = np.bincount(column[np.isfinite(column)].astype(int), minlength=classes)
         return None, torch.tensor(len(train_labels) / (classes * np.maximum(counts, 1)), dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, *, pos_weight: torch.Tensor | None = None,
-             class_weight: torch.Tensor | None = None, kind: str = "auto") -> torch.Tensor:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        pos_weight: torch.Tensor | None = None,
+        class_weight: torch.Tensor | None = None,
+        kind: str = "auto",
+    ) -> torch.Tensor:
         if class_weight is not None:
             class_weight = class_weight.to(logits.device)
         return F.cross_entropy(logits.float(), labels[:, 0].long(), weight=class_weight)
@@ -251,12 +289,20 @@ class RegressionTask(Task):
     def metric_targets(self, labels: np.ndarray) -> np.ndarray:
         return labels[:, 0] if labels.shape[1] == 1 else labels
 
-    def training_weights(self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool,
-                         n_outputs: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def training_weights(
+        self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool, n_outputs: int | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return None, None
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, *, pos_weight: torch.Tensor | None = None,
-             class_weight: torch.Tensor | None = None, kind: str = "auto") -> torch.Tensor:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        pos_weight: torch.Tensor | None = None,
+        class_weight: torch.Tensor | None = None,
+        kind: str = "auto",
+    ) -> torch.Tensor:
         """MSE, or Huber with ``kind="huber"``, over the known cells."""
         target = torch.nan_to_num(labels.float())
         loss_fn = F.huber_loss if kind == "huber" else F.mse_loss
@@ -270,8 +316,9 @@ class RegressionTask(Task):
         return np.full(np.shape(probs), -1, dtype=np.int64)
 
 
-_REGISTRY: dict[str, Task] = {task.name: task for task in (MultiLabelTask(), MultiClassTask(), BinaryTask(),
-                                                          RegressionTask())}
+_REGISTRY: dict[str, Task] = {
+    task.name: task for task in (MultiLabelTask(), MultiClassTask(), BinaryTask(), RegressionTask())
+}
 assert tuple(_REGISTRY) == TASKS  # one list of tasks (config.TASKS is what checkpoints are checked against)
 
 

@@ -114,8 +114,9 @@ class Objective(Protocol):
 
     def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]: ...
 
-    def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
-                      env: DistEnv, micro: int = 0, accum: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, module: nn.Module, batch: dict[str, torch.Tensor], step: int, env: DistEnv, micro: int = 0, accum: int = 1
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of micro-batch ``micro`` (0 .. accum - 1) of optimizer step ``step`` on this rank."""
 
     def validate(self, model: HubertECG, device: torch.device, autocast: Any) -> dict[str, float]:
@@ -140,6 +141,7 @@ class RunLogger:
             if kind == "tensorboard":
                 try:
                     from torch.utils.tensorboard import SummaryWriter
+
                     self.writers.append((kind, SummaryWriter(str(out_dir / "tensorboard"))))
                 except ImportError:
                     warnings.warn("tensorboard is not installed; logging to history.jsonl only", stacklevel=2)
@@ -200,9 +202,15 @@ def read_history(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
-def save_training_checkpoint(run_dir: Path, model: HubertECG, optimizer: torch.optim.Optimizer,
-                             scheduler: Any, scaler: Any, state: TrainState,
-                             cuda_rng: list[Any] | None = None) -> None:
+def save_training_checkpoint(
+    run_dir: Path,
+    model: HubertECG,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    state: TrainState,
+    cuda_rng: list[Any] | None = None,
+) -> None:
     """Write ``last`` atomically, keeping the previous ``last`` as ``previous``.
 
     ``cuda_rng``: every rank's CUDA generator state in rank order (:func:`_gather_cuda_rng`)."""
@@ -211,8 +219,12 @@ def save_training_checkpoint(run_dir: Path, model: HubertECG, optimizer: torch.o
         shutil.rmtree(tmp)
     save_pretrained(model, tmp)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda_per_rank": list(cuda_rng or [])}
-    payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng}
+    payload = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+    }
     torch.save(payload, tmp / "trainer_state.pt")
     atomic_write_json(tmp / "trainer_state.json", {**asdict(state), "sha256": sha256_file(tmp / "trainer_state.pt")})
     last, previous = run_dir / "last", run_dir / "previous"
@@ -243,8 +255,7 @@ def load_training_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], Train
             load_model(directory)  # verifies the weights' checksum
             payload = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=True)
             state = TrainState(**meta)
-        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError, TypeError,
-                pickle.UnpicklingError) as err:
+        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as err:
             problem = f"{directory}: {str(err).splitlines()[0] if str(err).strip() else type(err).__name__}"
             warnings.warn(f"ignoring corrupt checkpoint {problem}", stacklevel=2)
             problems.append(problem)
@@ -253,8 +264,10 @@ def load_training_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], Train
             print(f"warning: {problems[0]}; resuming from {directory} instead")
         return directory, payload, state
     if problems:
-        raise CheckpointError(f"{run_dir}: no readable checkpoint to resume from ({'; '.join(problems)}); "
-                              "start over with --overwrite (the old run is moved aside) or use another --out")
+        raise CheckpointError(
+            f"{run_dir}: no readable checkpoint to resume from ({'; '.join(problems)}); "
+            "start over with --overwrite (the old run is moved aside) or use another --out"
+        )
     return None
 
 
@@ -268,6 +281,7 @@ def _linear_warmup_decay(total: int, warmup_fraction: float) -> Any:
         if warmup and step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return factor
 
 
@@ -279,14 +293,24 @@ class EpochBatches(torch.utils.data.Sampler):
     per-rank slices as before); the loop counts ``batches_per_epoch`` to keep the resume position.
     """
 
-    def __init__(self, rows: np.ndarray, batch_size: int, *, seed: int, rank: int, world_size: int,
-                 epoch: int, start_batch: int) -> None:
+    def __init__(
+        self, rows: np.ndarray, batch_size: int, *, seed: int, rank: int, world_size: int, epoch: int, start_batch: int
+    ) -> None:
         self.rows, self.batch_size, self.seed = rows, batch_size, seed
         self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, epoch, start_batch
 
     def epoch_sampler(self, epoch: int, start_batch: int = 0) -> BatchSampler:
-        return BatchSampler(self.rows, self.batch_size, shuffle=True, seed=self.seed, drop_last=True,
-                            rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
+        return BatchSampler(
+            self.rows,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+            rank=self.rank,
+            world_size=self.world_size,
+            epoch=epoch,
+            start_batch=start_batch,
+        )
 
     def batches_per_epoch(self) -> int:
         return self.epoch_sampler(0).batches_per_epoch()
@@ -307,6 +331,7 @@ def _gather_cuda_rng(env: DistEnv, device: torch.device) -> list[Any]:
     if not env.enabled:
         return [state]
     import torch.distributed as dist
+
     states: list[Any] = [None] * env.world_size
     dist.all_gather_object(states, state)
     return [torch.as_tensor(s) for s in states]
@@ -328,8 +353,7 @@ class TrainResult:
     last_dir: Path
 
 
-def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
-          env: DistEnv | None = None) -> TrainResult:
+def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv | None = None) -> TrainResult:
     """Run (or resume) a training job in ``cfg.out_dir``; see the module docstring."""
     env = env or init_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank=env.local_rank)
@@ -346,8 +370,10 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
         if env.is_main:  # on the console, not the log: the CLI configures no logging
             if state.step >= cfg.max_steps or state.stopped_early:
                 why = "stopped early" if state.stopped_early else "step limit"
-                print(f"run in {run_dir} is already finished at step {state.step} of {cfg.max_steps} ({why}); "
-                      "nothing to train (--resume --max-steps N continues a step-limited run)")
+                print(
+                    f"run in {run_dir} is already finished at step {state.step} of {cfg.max_steps} ({why}); "
+                    "nothing to train (--resume --max-steps N continues a step-limited run)"
+                )
             else:
                 print(f"resuming from step {state.step} of {cfg.max_steps} ({directory})")
     model.to(device)
@@ -359,8 +385,14 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
     autocast = autocast_context(device, dtype)
     groups = objective.parameter_groups(model, cfg.lr)
     fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.betas[0], cfg.betas[1]),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        **({"fused": True} if fused else {}),
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.max_steps, cfg.warmup_fraction))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     if resume is not None:
@@ -375,28 +407,47 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
         compile_regions(model)
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
-                     find_unused_parameters=model.config.layerdrop > 0)
+
+        module = DDP(
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.config.layerdrop > 0,
+        )
     logger = RunLogger(run_dir, cfg.logger, asdict(cfg), enabled=env.is_main)
     save_every = cfg.save_every or cfg.val_every
     from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (cfg.progress and env.is_main),
-               dynamic_ncols=True, desc="train", unit="step")
+
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=state.step,
+        disable=not (cfg.progress and env.is_main),
+        dynamic_ncols=True,
+        desc="train",
+        unit="step",
+    )
     micro = 0
     running = {"loss": torch.zeros((), device=device)}
     window_start, window_wait, window_samples, window_steps = time.perf_counter(), 0.0, 0, 0
     model.train()
     stop = state.step >= cfg.max_steps or state.stopped_early
-    sampler = EpochBatches(objective.rows, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
-                           epoch=state.epoch, start_batch=state.batch_in_epoch)
+    sampler = EpochBatches(
+        objective.rows,
+        cfg.batch_size,
+        seed=cfg.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        epoch=state.epoch,
+        start_batch=state.batch_in_epoch,
+    )
     per_epoch = sampler.batches_per_epoch()
     if state.batch_in_epoch >= per_epoch:  # saved exactly at the end of an epoch
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         sampler.epoch, sampler.start_batch = state.epoch, 0
     try:
         if not stop:
-            loader = make_loader(objective.dataset, sampler, num_workers=cfg.num_workers,
-                                 pin_memory=device.type == "cuda")
+            loader = make_loader(
+                objective.dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda"
+            )
             batches = iter(loader)  # draws its base seed from the global CPU generator
             if resume is not None:
                 _restore_rng(payload["rng"], env, device)
@@ -411,8 +462,9 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
                 ctx = module.no_sync() if no_sync else contextlib.nullcontext()  # type: ignore[operator]
                 with ctx:
                     with autocast():
-                        loss, stats = objective.training_loss(module, batch, state.step, env, micro=in_step,
-                                                              accum=cfg.grad_accum)
+                        loss, stats = objective.training_loss(
+                            module, batch, state.step, env, micro=in_step, accum=cfg.grad_accum
+                        )
                     scaled = loss / cfg.grad_accum
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 running["loss"] += loss.detach()
@@ -442,22 +494,27 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig,
                         if env.enabled:  # the logged loss is the global one, not rank 0's share
                             running = {k: all_reduce_mean(v, env) for k, v in running.items()}
                         values = {k: (v / (window_steps * cfg.grad_accum)).item() for k, v in running.items()}
-                        values.update(ecg_per_s=window_samples / max(elapsed, 1e-9),
-                                      data_wait=window_wait / max(elapsed, 1e-9),
-                                      lr=float(scheduler.get_last_lr()[0]))
+                        values.update(
+                            ecg_per_s=window_samples / max(elapsed, 1e-9),
+                            data_wait=window_wait / max(elapsed, 1e-9),
+                            lr=float(scheduler.get_last_lr()[0]),
+                        )
                         logger.log(state.step, {f"train/{k}": v for k, v in values.items()})
                         bar.set_postfix({k: f"{values[k]:.3g}" for k in values if k != "lr"})
                         running = {k: torch.zeros((), device=device) for k in running}
                         window_start, window_wait, window_samples, window_steps = time.perf_counter(), 0.0, 0, 0
                     is_val = state.step % cfg.val_every == 0 or state.step == cfg.max_steps
                     if is_val:
-                        stop = _validate_and_checkpoint(model, objective, cfg, state, device, autocast,
-                                                        logger, env) or stop
+                        stop = (
+                            _validate_and_checkpoint(model, objective, cfg, state, device, autocast, logger, env)
+                            or stop
+                        )
                     if state.step % save_every == 0 or state.step == cfg.max_steps or stop:
                         cuda_rng = _gather_cuda_rng(env, device)
                         if env.is_main:
-                            save_training_checkpoint(run_dir, model, optimizer, scheduler, scaler, state,
-                                                     cuda_rng=cuda_rng)
+                            save_training_checkpoint(
+                                run_dir, model, optimizer, scheduler, scaler, state, cuda_rng=cuda_rng
+                            )
                         barrier(env)
                     if state.step >= cfg.max_steps:
                         stop = True
@@ -492,14 +549,21 @@ def _plot_curves(run_dir: Path) -> None:
     """``training_curves.png``: losses and validation metrics over steps (rates and speeds left out)."""
     from .plots import plot_training_curves
 
-    history = {k: v for k, v in read_history(run_dir).items()
-               if not k.endswith(("ecg_per_s", "data_wait", "/lr"))}
+    history = {k: v for k, v in read_history(run_dir).items() if not k.endswith(("ecg_per_s", "data_wait", "/lr"))}
     if history:
         plot_training_curves(history, run_dir / "training_curves.png")
 
 
-def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainConfig, state: TrainState,
-                             device: torch.device, autocast: Any, logger: RunLogger, env: DistEnv) -> bool:
+def _validate_and_checkpoint(
+    model: HubertECG,
+    objective: Objective,
+    cfg: TrainConfig,
+    state: TrainState,
+    device: torch.device,
+    autocast: Any,
+    logger: RunLogger,
+    env: DistEnv,
+) -> bool:
     """Validate (on every rank when the objective shards validation, else on rank 0), keep ``best``
     on rank 0, decide early stopping; returns True to stop (the same decision on every rank)."""
     stop = False
@@ -507,19 +571,26 @@ def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainC
     if sharded or env.is_main:
         model.eval()
         with torch.no_grad():
-            metrics = (objective.validate(model, device, autocast, env=env) if sharded  # type: ignore[call-arg]
-                       else objective.validate(model, device, autocast))
+            metrics = (
+                objective.validate(model, device, autocast, env=env)  # type: ignore[call-arg]  # sharded objectives
+                if sharded
+                else objective.validate(model, device, autocast)
+            )
         model.train()
     if env.is_main:
         state.last_metrics = metrics
         logger.log(state.step, {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         value = metrics.get(cfg.monitor)
         if value is None:
-            raise ValueError(f"validation did not produce the monitored metric {cfg.monitor!r} "
-                             f"(have: {', '.join(sorted(metrics))})")
+            raise ValueError(
+                f"validation did not produce the monitored metric {cfg.monitor!r} (have: {', '.join(sorted(metrics))})"
+            )
         if isinstance(value, float) and math.isnan(value):
-            warnings.warn(f"validation {cfg.monitor} is undefined at step {state.step} (e.g. a label with only one "
-                          "class in the validation split); best/ is kept only when it is defined", stacklevel=2)
+            warnings.warn(
+                f"validation {cfg.monitor} is undefined at step {state.step} (e.g. a label with only one "
+                "class in the validation split); best/ is kept only when it is defined",
+                stacklevel=2,
+            )
         if _improved(value, state.best, cfg):
             state.best, state.best_step, state.bad_rounds = float(value), state.step, 0
             best_dir = Path(cfg.out_dir) / "best"
@@ -530,4 +601,3 @@ def _validate_and_checkpoint(model: HubertECG, objective: Objective, cfg: TrainC
             if cfg.patience is not None and state.bad_rounds >= cfg.patience:
                 state.stopped_early = stop = True
     return broadcast_flag(stop, env, device)
-

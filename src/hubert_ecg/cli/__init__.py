@@ -45,19 +45,35 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_ = action.help or ""
-        if "%(default)" in help_ or "default" in help_ or action.default in (None, False, argparse.SUPPRESS) \
-                or action.option_strings == [] or isinstance(action.default, bool):
+        if (
+            "%(default)" in help_
+            or "default" in help_
+            or action.default in (None, False, argparse.SUPPRESS)
+            or action.option_strings == []
+            or isinstance(action.default, bool)
+        ):
             return help_
         return f"{help_} (default: %(default)s)"
 
 
-def add_command(sub: argparse._SubParsersAction, name: str, help_: str, handler: Handler,
-                description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_: str,
+    handler: Handler,
+    description: str | None = None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
     """A subcommand whose ``--help`` ends with its examples (``epilog``, else :data:`examples.EXAMPLES`)."""
     from .examples import EXAMPLES
 
-    parser = sub.add_parser(name, help=help_, description=description or help_, formatter_class=_Formatter,
-                            epilog=epilog or EXAMPLES.get(name))
+    parser = sub.add_parser(
+        name,
+        help=help_,
+        description=description or help_,
+        formatter_class=_Formatter,
+        epilog=epilog or EXAMPLES.get(name),
+    )
     parser.set_defaults(handler=handler)
     return parser
 
@@ -68,6 +84,7 @@ def add_command(sub: argparse._SubParsersAction, name: str, help_: str, handler:
 # ---------------------------------------------------------------------------------------------
 def _number(text: str, kind: type) -> Any:
     import math
+
     try:
         value = kind(text)
     except (TypeError, ValueError):
@@ -133,9 +150,15 @@ def unit_interval(text: str) -> float:
     return value
 
 
-for _f, _name in ((positive_int, "positive integer"), (non_negative_int, "non-negative integer"),
-                  (positive_float, "positive number"), (non_negative_float, "non-negative number"),
-                  (fraction, "fraction"), (open_fraction, "fraction"), (unit_interval, "fraction")):
+for _f, _name in (
+    (positive_int, "positive integer"),
+    (non_negative_int, "non-negative integer"),
+    (positive_float, "positive number"),
+    (non_negative_float, "non-negative number"),
+    (fraction, "fraction"),
+    (open_fraction, "fraction"),
+    (unit_interval, "fraction"),
+):
     _f.__name__ = _name  # argparse names the type in its message: "invalid positive integer value: '0'"
 
 
@@ -146,8 +169,9 @@ def check_output_file(path: str | Path, suffixes: Sequence[str] = (), option: st
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is an existing folder; {option} needs a file name")
     if suffixes and path.suffix.lower() not in suffixes:
-        raise ValueError(f"{path}: unknown extension {path.suffix or '(none)'!r} for {option}; "
-                         f"use {' or '.join(suffixes)}")
+        raise ValueError(
+            f"{path}: unknown extension {path.suffix or '(none)'!r} for {option}; use {' or '.join(suffixes)}"
+        )
     _check_parents(path)
     return path
 
@@ -183,21 +207,40 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
     from ..io.registry import format_names
 
     group = parser.add_argument_group(
-        "reading records", "what the files do not say themselves; a sidecar <record>.json beside a file,\n"
-                           '{"fs": 500, "units": "uV", "leads": [...]}, does the same for that record')
-    group.add_argument("--fs", type=positive_float, metavar="HZ",
-                       help="sampling rate of records whose format stores none (.npy, .npz without fs, bare .mat, "
-                            "CSV without a time column); never assumed")
-    group.add_argument("--units", type=voltage_unit, metavar="UNIT",
-                       help="unit of the stored values (mV, uV, V), replacing the file's")
-    group.add_argument("--lead-names", nargs="+", metavar="NAME",
-                       help="channel names in file order (e.g. for a CSV without a header row), replacing the file's")
-    group.add_argument("--format", dest="read_format", choices=format_names(), metavar="FORMAT",
-                       help=f"read the records as this format instead of detecting it ({', '.join(format_names())}); "
-                            "a file whose suffix is not of a known format must then be named explicitly")
-    group.add_argument("--allow-missing-leads", action="store_true",
-                       help="accept records missing leads that cannot be derived (filled with zeros and flagged; "
-                            "the published models were trained on all 12)")
+        "reading records",
+        "what the files do not say themselves; a sidecar <record>.json beside a file,\n"
+        '{"fs": 500, "units": "uV", "leads": [...]}, does the same for that record',
+    )
+    group.add_argument(
+        "--fs",
+        type=positive_float,
+        metavar="HZ",
+        help="sampling rate of records whose format stores none (.npy, .npz without fs, bare .mat, "
+        "CSV without a time column); never assumed",
+    )
+    group.add_argument(
+        "--units", type=voltage_unit, metavar="UNIT", help="unit of the stored values (mV, uV, V), replacing the file's"
+    )
+    group.add_argument(
+        "--lead-names",
+        nargs="+",
+        metavar="NAME",
+        help="channel names in file order (e.g. for a CSV without a header row), replacing the file's",
+    )
+    group.add_argument(
+        "--format",
+        dest="read_format",
+        choices=format_names(),
+        metavar="FORMAT",
+        help=f"read the records as this format instead of detecting it ({', '.join(format_names())}); "
+        "a file whose suffix is not of a known format must then be named explicitly",
+    )
+    group.add_argument(
+        "--allow-missing-leads",
+        action="store_true",
+        help="accept records missing leads that cannot be derived (filled with zeros and flagged; "
+        "the published models were trained on all 12)",
+    )
 
 
 def read_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,9 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import config_cmds, data_cmds, eval_cmds, model_cmds, share_cmds, train_cmds  # noqa: F401
 
     parser = argparse.ArgumentParser(
-        prog="hubert-ecg", formatter_class=_Formatter, epilog=EPILOG,
+        prog="hubert-ecg",
+        formatter_class=_Formatter,
+        epilog=EPILOG,
         description="HuBERT-ECG: load, embed, predict, fine-tune, evaluate and pre-train a foundation "
-                    "model for 12-lead ECGs.")
+        "model for 12-lead ECGs.",
+    )
     parser.add_argument("--version", action="version", version=f"hubert-ecg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -281,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `hubert-ecg ... | head`: the reader went away; stop quietly, as Unix tools do.
         import os
+
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
@@ -292,8 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001  (a bug: say so on one line; --debug shows where)
         if args.debug:
             raise
-        print(f"hubert-ecg: internal error ({type(err).__name__}: {_one_line(err)}); "
-              "rerun with --debug for the traceback and please report it", file=sys.stderr)
+        print(
+            f"hubert-ecg: internal error ({type(err).__name__}: {_one_line(err)}); "
+            "rerun with --debug for the traceback and please report it",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     return int(result or 0)
 

@@ -45,8 +45,10 @@ def _cmd_config(args: argparse.Namespace) -> None:
     if not path.is_file():
         path = RECIPES_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"no template or recipe named {args.name!r} "
-                         f"(templates: {', '.join(template_names())}; recipes: {', '.join(recipe_names())})")
+        raise ValueError(
+            f"no template or recipe named {args.name!r} "
+            f"(templates: {', '.join(template_names())}; recipes: {', '.join(recipe_names())})"
+        )
     text = path.read_text(encoding="utf-8")
     if args.out:
         out = Path(args.out)
@@ -60,10 +62,15 @@ def _cmd_config(args: argparse.Namespace) -> None:
 
 @register
 def _add(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "config", "print a configuration template or a published recipe (edit, then pass it on)",
-                    _cmd_config)
-    p.add_argument("name", nargs="?", metavar="NAME",
-                   help=f"template ({', '.join(template_names())}) or published recipe name; omit to list them")
+    p = add_command(
+        sub, "config", "print a configuration template or a published recipe (edit, then pass it on)", _cmd_config
+    )
+    p.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help=f"template ({', '.join(template_names())}) or published recipe name; omit to list them",
+    )
     p.add_argument("--list", action="store_true", help="list the templates and published recipes")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of printing")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")

@@ -37,42 +37,68 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     # The output folder is checked before any record or label is read.
     check_output_dir(args.out, marker="store.json", what="store")
     if args.val_fraction + args.test_fraction >= 1:
-        raise ValueError(f"--val-fraction {args.val_fraction:g} + --test-fraction {args.test_fraction:g} leave no "
-                         "training records (their sum must be below 1)")
+        raise ValueError(
+            f"--val-fraction {args.val_fraction:g} + --test-fraction {args.test_fraction:g} leave no "
+            "training records (their sum must be below 1)"
+        )
     if not args.labels and (args.group_column or args.time_column or args.split_column):
         raise ValueError("--group-column, --time-column and --split-column name columns of --labels; give --labels")
     labels = None
     if args.labels:
-        labels = LabelTable.from_csv(args.labels, id_column=args.id_column, label_start_index=args.label_start_index,
-                                     label_columns=args.label_columns, split_column=args.split_column,
-                                     group_column=args.group_column, time_column=args.time_column,
-                                     categorical=args.categorical)
+        labels = LabelTable.from_csv(
+            args.labels,
+            id_column=args.id_column,
+            label_start_index=args.label_start_index,
+            label_columns=args.label_columns,
+            split_column=args.split_column,
+            group_column=args.group_column,
+            time_column=args.time_column,
+            categorical=args.categorical,
+        )
         for name, classes in labels.classes.items():
-            print(f"label {name!r}: text values stored as class indices "
-                  + ", ".join(f"{i}={c}" for i, c in enumerate(classes)))
+            print(
+                f"label {name!r}: text values stored as class indices "
+                + ", ".join(f"{i}={c}" for i, c in enumerate(classes))
+            )
     reading = read_kwargs(args)
     if args.already_preprocessed and "fs" not in reading:
         from ..io.arrays import REFERENCE_FS
+
         reading["fs"] = REFERENCE_FS  # the reference's preprocessed .npy files are 500 Hz by definition
-    result = prepare_store(args.inputs, args.out, spec=spec, labels=labels, row_seconds=args.row_seconds,
-                           shard_records=args.shard_records, workers=args.workers, read_kwargs=reading,
-                           progress=not args.quiet, split_fractions=(args.val_fraction, args.test_fraction),
-                           seed=args.seed, allow_outside_root=args.allow_absolute_paths,
-                           split_strategy=args.split_strategy)
+    result = prepare_store(
+        args.inputs,
+        args.out,
+        spec=spec,
+        labels=labels,
+        row_seconds=args.row_seconds,
+        shard_records=args.shard_records,
+        workers=args.workers,
+        read_kwargs=reading,
+        progress=not args.quiet,
+        split_fractions=(args.val_fraction, args.test_fraction),
+        seed=args.seed,
+        allow_outside_root=args.allow_absolute_paths,
+        split_strategy=args.split_strategy,
+    )
     for note in result.notes:
         print(note)
-    print(f"store {result.store}: {result.records} records in {result.rows} rows, {result.rejected} rejected"
-          + (f" (reasons in {result.store / 'rejects.csv'})" if result.rejected else "")
-          + (f"; {result.skipped_done} already done" if result.skipped_done else "")
-          + (f"; {result.warned} accepted with warnings (see the meta column of manifest.csv)"
-             if result.warned else ""))
+    print(
+        f"store {result.store}: {result.records} records in {result.rows} rows, {result.rejected} rejected"
+        + (f" (reasons in {result.store / 'rejects.csv'})" if result.rejected else "")
+        + (f"; {result.skipped_done} already done" if result.skipped_done else "")
+        + (f"; {result.warned} accepted with warnings (see the meta column of manifest.csv)" if result.warned else "")
+    )
     unknown_units = _count_unknown_units(result.store / "manifest.csv")
     if unknown_units:  # nothing assumed silently: say how many records carry no amplitude calibration
-        print(f"{unknown_units} record(s) with unknown amplitude units: values kept as stored (pass --units, or a "
-              "sidecar, if you know them; per-lead scaling makes the model input independent of the unit)")
+        print(
+            f"{unknown_units} record(s) with unknown amplitude units: values kept as stored (pass --units, or a "
+            "sidecar, if you know them; per-lead scaling makes the model input independent of the unit)"
+        )
     if result.records == 0:  # a batch job that accepts nothing has failed (docs/RELIABILITY.md)
-        raise ValueError(f"{result.store}: no record accepted ({result.rejected} rejected; reasons in "
-                         f"{result.store / 'rejects.csv'})")
+        raise ValueError(
+            f"{result.store}: no record accepted ({result.rejected} rejected; reasons in "
+            f"{result.store / 'rejects.csv'})"
+        )
 
 
 def _count_unknown_units(manifest: Path) -> int:
@@ -90,15 +116,22 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
 
     paths: Mapping[str, Path | datasets.LabelCSV]  # ptbxl: the files written; the others: one table's summary
     if args.dataset == "ptbxl":
-        paths = datasets.build_ptbxl_tables(args.root, args.out, task=args.task, sampling=args.sampling,
-                                            min_count=args.min_count)
+        paths = datasets.build_ptbxl_tables(
+            args.root, args.out, task=args.task, sampling=args.sampling, min_count=args.min_count
+        )
     elif args.dataset == "reference-splits":
         splits = dict(zip(("train", "val", "test"), args.splits))
-        paths = {"labels": datasets.reference_split_table(splits, Path(args.out) / "labels.csv",
-                                                          label_start_index=args.label_start_index)}
+        paths = {
+            "labels": datasets.reference_split_table(
+                splits, Path(args.out) / "labels.csv", label_start_index=args.label_start_index
+            )
+        }
     elif args.dataset == "cinc":
-        paths = {"labels": datasets.cinc_labels_table(args.root, Path(args.out) / "labels.csv", classes=args.classes,
-                                                      min_count=args.min_count)}
+        paths = {
+            "labels": datasets.cinc_labels_table(
+                args.root, Path(args.out) / "labels.csv", classes=args.classes, min_count=args.min_count
+            )
+        }
     else:
         paths = {"labels": datasets.ludb_labels_table(args.root, Path(args.out) / "labels.csv")}
     for name, path in paths.items():
@@ -124,8 +157,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for path, reason in account.skipped:
         print(f"SKIP   {path}: {reason}")
     if not sources:
-        raise ValueError(f"no ECG records found under {', '.join(args.inputs)}"
-                         + (f" ({account.summary()})" if account.skipped else ""))
+        raise ValueError(
+            f"no ECG records found under {', '.join(args.inputs)}"
+            + (f" ({account.summary()})" if account.skipped else "")
+        )
     from ..progress import progress, say
 
     # Plotting takes a noticeable time per record: show a bar (stderr) and print lines above it.
@@ -147,11 +182,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         unscorable = record.meta.get("unscorable")
         flagged += bool(unscorable)
         units = record.units if record.units != "unknown" else "unknown (values kept as stored)"
-        emit(f"{'FLAG  ' if unscorable else 'OK    '} {record.record_id}: {record.meta.get('format', '?')}, "
-             f"{record.fs:g} Hz" + (f" ({record.meta['fs_source']})" if record.meta.get("fs_source") else "")
-             + f", {seconds:.1f} s, units {units}, peak-to-peak {np.nanmin(ranges):.3g}-{np.nanmax(ranges):.3g}"
-             + (f", derived {'/'.join(record.meta['derived_leads'])}" if record.meta.get("derived_leads") else "")
-             + (f", labels {record.meta['labels']}" if record.meta.get("labels") else ""))
+        emit(
+            f"{'FLAG  ' if unscorable else 'OK    '} {record.record_id}: {record.meta.get('format', '?')}, "
+            f"{record.fs:g} Hz"
+            + (f" ({record.meta['fs_source']})" if record.meta.get("fs_source") else "")
+            + f", {seconds:.1f} s, units {units}, peak-to-peak {np.nanmin(ranges):.3g}-{np.nanmax(ranges):.3g}"
+            + (f", derived {'/'.join(record.meta['derived_leads'])}" if record.meta.get("derived_leads") else "")
+            + (f", labels {record.meta['labels']}" if record.meta.get("labels") else "")
+        )
         if unscorable:
             emit(f"       quality: {quality_label(record)}")
         for warning in record.meta.get("warnings", []):
@@ -160,95 +198,167 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             out = Path(args.plot) / f"{record.record_id}.png"
             if args.plot_model_input:
                 from ..plots import plot_ecg
+
                 model_input = preprocess_signal(record.signal, record.fs, PreprocessSpec())
-                plot_ecg(record.signal, record.fs, out, model_input=model_input,
-                         title=f"{record.record_id} ({record.source})")
+                plot_ecg(
+                    record.signal,
+                    record.fs,
+                    out,
+                    model_input=model_input,
+                    title=f"{record.record_id} ({record.source})",
+                )
             else:
                 from ..plots import ecg_figure, save_figure
+
                 scale = "" if record.units == "mV" else f"; units {record.units}: grid not to scale"
-                figure = ecg_figure(record.signal, record.fs, fig=figure,
-                                    title=f"{record.record_id} ({record.source}){scale}")
+                figure = ecg_figure(
+                    record.signal, record.fs, fig=figure, title=f"{record.record_id} ({record.source}){scale}"
+                )
                 save_figure(figure, out)
             emit(f"       plot: {out}")
-    print(f"{len(sources) - bad} readable, {bad} rejected"
-          + (f", {flagged} flagged as not scorable" if flagged else "")
-          + (f", {account.summary()}" if account.skipped else ""))
+    print(
+        f"{len(sources) - bad} readable, {bad} rejected"
+        + (f", {flagged} flagged as not scorable" if flagged else "")
+        + (f", {account.summary()}" if account.skipped else "")
+    )
     return 1 if bad == len(sources) else 0
 
 
 @register
 def _add(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "inspect", "read records as `prepare` would: format, rate, length, units, warnings, plots",
-                    _cmd_inspect)
+    p = add_command(
+        sub, "inspect", "read records as `prepare` would: format, rate, length, units, warnings, plots", _cmd_inspect
+    )
     p.add_argument("inputs", nargs="+", help="files, folders or manifests")
-    p.add_argument("--plot", metavar="DIR", help="write one PNG per record: the 12-lead ECG as printed in clinics "
-                                                 "(3x4 + lead II rhythm strip, 25 mm/s, 10 mm/mV)")
-    p.add_argument("--plot-model-input", action="store_true",
-                   help="with --plot: draw each lead as read next to what the model sees (preprocessed) instead")
+    p.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="write one PNG per record: the 12-lead ECG as printed in clinics "
+        "(3x4 + lead II rhythm strip, 25 mm/s, 10 mm/mV)",
+    )
+    p.add_argument(
+        "--plot-model-input",
+        action="store_true",
+        help="with --plot: draw each lead as read next to what the model sees (preprocessed) instead",
+    )
     add_read_options(p)
-    p.add_argument("--allow-absolute-paths", action="store_true",
-                   help="let manifest entries point outside the manifest's folder")
+    p.add_argument(
+        "--allow-absolute-paths", action="store_true", help="let manifest entries point outside the manifest's folder"
+    )
 
-    p = add_command(sub, "prepare", "read and preprocess records once into a memory-mappable store",
-                    _cmd_prepare, description=(
-                        "Read every record under INPUTS (files, folders searched recursively, or a manifest "
-                        ".csv/.txt), apply the preprocessing spec (published pipeline by default) and write a "
-                        "store. Re-running the same command resumes; bad records go to rejects.csv."))
+    p = add_command(
+        sub,
+        "prepare",
+        "read and preprocess records once into a memory-mappable store",
+        _cmd_prepare,
+        description=(
+            "Read every record under INPUTS (files, folders searched recursively, or a manifest "
+            ".csv/.txt), apply the preprocessing spec (published pipeline by default) and write a "
+            "store. Re-running the same command resumes; bad records go to rejects.csv."
+        ),
+    )
     p.add_argument("inputs", nargs="+", help="files, folders or manifests")
     p.add_argument("--out", required=True, help="store directory")
     p.add_argument("--labels", help="CSV with a record id column and label columns")
     p.add_argument("--id-column", help="record id column of --labels (default: record_id, filename, ecg_id ...)")
     p.add_argument("--label-start-index", type=non_negative_int, help="first label column (the reference's contract)")
     p.add_argument("--label-columns", nargs="+", help="label columns by name")
-    p.add_argument("--split-column", help="column of --labels holding the split: train/training, val/valid/"
-                   "validation/dev, test/holdout (any case), or fold numbers (highest = test, next = val)")
-    p.add_argument("--group-column", metavar="COLUMN",
-                   help="column of --labels grouping records (e.g. patient_id): every group stays in one split")
-    p.add_argument("--time-column", metavar="COLUMN",
-                   help="column of --labels with the recording date/time (ISO or a number) for temporal splits")
-    p.add_argument("--split-strategy", choices=["random", "grouped", "temporal", "grouped_temporal"],
-                   help="how --val-fraction/--test-fraction are drawn: random (hash of the record id), grouped "
-                        "(whole groups, stratified on the labels; the default with --group-column), temporal "
-                        "(newest records test), grouped_temporal (whole groups by their first record)")
-    p.add_argument("--categorical", choices=["index", "onehot"], default="index",
-                   help="text label columns (SR/AF/OTHER): one column of class indices (multi_class) or one 0/1 "
-                        "column per class (COLUMN=CLASS); the class names are stored in the store")
-    p.add_argument("--val-fraction", type=open_fraction, default=0.0,
-                   help="share of records for validation when --labels gives no split column (see --split-strategy)")
-    p.add_argument("--test-fraction", type=open_fraction, default=0.0,
-                   help="share of records for test when --labels gives no split column (see --split-strategy)")
+    p.add_argument(
+        "--split-column",
+        help="column of --labels holding the split: train/training, val/valid/"
+        "validation/dev, test/holdout (any case), or fold numbers (highest = test, next = val)",
+    )
+    p.add_argument(
+        "--group-column",
+        metavar="COLUMN",
+        help="column of --labels grouping records (e.g. patient_id): every group stays in one split",
+    )
+    p.add_argument(
+        "--time-column",
+        metavar="COLUMN",
+        help="column of --labels with the recording date/time (ISO or a number) for temporal splits",
+    )
+    p.add_argument(
+        "--split-strategy",
+        choices=["random", "grouped", "temporal", "grouped_temporal"],
+        help="how --val-fraction/--test-fraction are drawn: random (hash of the record id), grouped "
+        "(whole groups, stratified on the labels; the default with --group-column), temporal "
+        "(newest records test), grouped_temporal (whole groups by their first record)",
+    )
+    p.add_argument(
+        "--categorical",
+        choices=["index", "onehot"],
+        default="index",
+        help="text label columns (SR/AF/OTHER): one column of class indices (multi_class) or one 0/1 "
+        "column per class (COLUMN=CLASS); the class names are stored in the store",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=open_fraction,
+        default=0.0,
+        help="share of records for validation when --labels gives no split column (see --split-strategy)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=open_fraction,
+        default=0.0,
+        help="share of records for test when --labels gives no split column (see --split-strategy)",
+    )
     p.add_argument("--workers", type=positive_int, default=1, help="parallel reader/preprocessing processes")
-    p.add_argument("--row-seconds", type=positive_float, default=10.0,
-                   help="seconds per stored row (longer records span rows)")
+    p.add_argument(
+        "--row-seconds", type=positive_float, default=10.0, help="seconds per stored row (longer records span rows)"
+    )
     p.add_argument("--shard-records", type=positive_int, default=512, help="records per shard (the unit of resume)")
     add_read_options(p)
-    p.add_argument("--reference-preprocessing", action="store_true",
-                   help="decimate the flattened 12-lead window exactly as the published loader")
-    p.add_argument("--baseline-highpass", type=positive_float, metavar="HZ",
-                   help="add a real baseline-wander high-pass")
+    p.add_argument(
+        "--reference-preprocessing",
+        action="store_true",
+        help="decimate the flattened 12-lead window exactly as the published loader",
+    )
+    p.add_argument(
+        "--baseline-highpass", type=positive_float, metavar="HZ", help="add a real baseline-wander high-pass"
+    )
     p.add_argument("--no-filter", action="store_true", help="skip the band-pass filter")
-    p.add_argument("--already-preprocessed", action="store_true",
-                   help="inputs are the reference's preprocessed .npy files (500 Hz, filtered, scaled)")
+    p.add_argument(
+        "--already-preprocessed",
+        action="store_true",
+        help="inputs are the reference's preprocessed .npy files (500 Hz, filtered, scaled)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hash-based split assignment")
-    p.add_argument("--allow-absolute-paths", action="store_true",
-                   help="let manifest entries point outside the manifest's folder (absolute or '..' paths)")
+    p.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="let manifest entries point outside the manifest's folder (absolute or '..' paths)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add_command(sub, "datasets", "build label tables for public benchmarks from a local copy", _cmd_datasets)
-    p.add_argument("dataset", choices=["ptbxl", "cinc", "ludb", "reference-splits"],
-                   help="ptbxl: standard PTB-XL benchmark tables (folds 1-8/9/10); cinc: scored-class (or raw "
-                        "SNOMED) table from CinC 2020/2021 headers; ludb: LUDB rhythm/hypertrophy/... labels; "
-                        "reference-splits: merge the reference's train/val/test CSVs into one table with a split "
-                        "column")
+    p.add_argument(
+        "dataset",
+        choices=["ptbxl", "cinc", "ludb", "reference-splits"],
+        help="ptbxl: standard PTB-XL benchmark tables (folds 1-8/9/10); cinc: scored-class (or raw "
+        "SNOMED) table from CinC 2020/2021 headers; ludb: LUDB rhythm/hypertrophy/... labels; "
+        "reference-splits: merge the reference's train/val/test CSVs into one table with a split "
+        "column",
+    )
     p.add_argument("--root", help="local dataset folder (ptbxl, cinc, ludb)")
     p.add_argument("--splits", nargs="+", metavar="CSV", help="reference-splits: TRAIN.csv VAL.csv [TEST.csv]")
     p.add_argument("--label-start-index", type=non_negative_int, default=3, help="reference-splits: first label column")
-    p.add_argument("--min-count", type=positive_int, default=1,
-                   help="ptbxl, cinc --classes all: keep labels with at least this many records")
+    p.add_argument(
+        "--min-count",
+        type=positive_int,
+        default=1,
+        help="ptbxl, cinc --classes all: keep labels with at least this many records",
+    )
     p.add_argument("--out", required=True, help="output folder for the tables")
-    p.add_argument("--task", default="all", choices=["all", "diag", "subdiag", "superdiag", "form", "rhythm"],
-                   help="PTB-XL task")
-    p.add_argument("--classes", default="scored2021", choices=["scored2021", "scored2020", "all"],
-                   help="cinc: the challenge's scored classes (2021: 26, 2020: 24; equivalent codes merged, columns "
-                        "named AF, RBBB, ...) or all raw SNOMED codes (columns named by code)")
+    p.add_argument(
+        "--task", default="all", choices=["all", "diag", "subdiag", "superdiag", "form", "rhythm"], help="PTB-XL task"
+    )
+    p.add_argument(
+        "--classes",
+        default="scored2021",
+        choices=["scored2021", "scored2020", "all"],
+        help="cinc: the challenge's scored classes (2021: 26, 2020: 24; equivalent codes merged, columns "
+        "named AF, RBBB, ...) or all raw SNOMED codes (columns named by code)",
+    )
     p.add_argument("--sampling", default="500", choices=["100", "500"], help="PTB-XL records100 or records500")

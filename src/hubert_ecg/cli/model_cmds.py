@@ -49,28 +49,49 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 @register
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "info", "describe a checkpoint: size, parameters, heads, codebooks, labels, preprocessing",
-             _cmd_info)
-    p.add_argument("checkpoint", help="our model directory, a published HF directory or .pt, or a HF model id "
-                                      "(owner/name, or owner/name@revision to pin a branch, tag or commit)")
+    p = add_command(
+        sub, "info", "describe a checkpoint: size, parameters, heads, codebooks, labels, preprocessing", _cmd_info
+    )
+    p.add_argument(
+        "checkpoint",
+        help="our model directory, a published HF directory or .pt, or a HF model id "
+        "(owner/name, or owner/name@revision to pin a branch, tag or commit)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = add_command(sub, "convert", "convert any accepted checkpoint to our Hugging Face-compatible folder "
-                    "(config.json + model.safetensors + README.md model card)", _cmd_convert)
-    p.add_argument("source", help="published HF directory, .pt file, HF model id (owner/name[@revision]) "
-                                  "or our directory")
-    p.add_argument("--out", required=True, help="output directory: new, empty, or one holding a hubert-ecg model "
-                                                "(its model files are replaced; other files are kept)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="storage dtype of the weights")
+    p = add_command(
+        sub,
+        "convert",
+        "convert any accepted checkpoint to our Hugging Face-compatible folder "
+        "(config.json + model.safetensors + README.md model card)",
+        _cmd_convert,
+    )
+    p.add_argument(
+        "source", help="published HF directory, .pt file, HF model id (owner/name[@revision]) or our directory"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory: new, empty, or one holding a hubert-ecg model "
+        "(its model files are replaced; other files are kept)",
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="storage dtype of the weights"
+    )
 
-    p = add_command(sub, "export", "export a model to ONNX (embeddings, and logits/probabilities with a head)",
-                    _cmd_export)
+    p = add_command(
+        sub, "export", "export a model to ONNX (embeddings, and logits/probabilities with a head)", _cmd_export
+    )
     p.add_argument("checkpoint", help="model to export: our dir, published HF dir or .pt, or a HF model id")
-    p.add_argument("--out", required=True, help="output .onnx file (labels, thresholds, preprocessing spec, task and "
-                                                "package version are stored in its metadata)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .onnx file (labels, thresholds, preprocessing spec, task and "
+        "package version are stored in its metadata)",
+    )
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (ONNX only for now)")
-    p.add_argument("--samples", type=positive_int, default=6000,
-                   help="input length the graph is traced at (batch is free)")
+    p.add_argument(
+        "--samples", type=positive_int, default=6000, help="input length the graph is traced at (batch is free)"
+    )
     p.add_argument("--with-mask", action="store_true", help="add an attention_mask input for padded records")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version of the graph")

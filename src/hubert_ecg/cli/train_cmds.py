@@ -35,10 +35,32 @@ _LOOP_OPTIONS: list[tuple[str, Any, str]] = [
     ("--seed", non_negative_int, "random seed"),
 ]
 _LOOP_DEFAULTS: dict[str, dict[str, int | float | None]] = {
-    "pretrain": dict(max_steps=1000, batch_size=64, grad_accum=1, lr=5e-5, weight_decay=0.01, warmup=0.08,
-                     clip_grad=None, val_every=200, patience=None, workers=2, seed=0),
-    "finetune": dict(max_steps=2000, batch_size=64, grad_accum=1, lr=5e-5, weight_decay=0.01, warmup=0.08,
-                     clip_grad=1.0, val_every=200, patience=8, workers=2, seed=0),
+    "pretrain": dict(
+        max_steps=1000,
+        batch_size=64,
+        grad_accum=1,
+        lr=5e-5,
+        weight_decay=0.01,
+        warmup=0.08,
+        clip_grad=None,
+        val_every=200,
+        patience=None,
+        workers=2,
+        seed=0,
+    ),
+    "finetune": dict(
+        max_steps=2000,
+        batch_size=64,
+        grad_accum=1,
+        lr=5e-5,
+        weight_decay=0.01,
+        warmup=0.08,
+        clip_grad=1.0,
+        val_every=200,
+        patience=8,
+        workers=2,
+        seed=0,
+    ),
 }
 
 
@@ -50,31 +72,58 @@ def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
         shown = "off" if default is None else default
         g.add_argument(flag, type=type_, default=argparse.SUPPRESS, help=f"{help_} (default: {suffix}{shown})")
     # Defaults of None: an option not given keeps the value of --config (then the recipe, then the default).
-    g.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), fp16 with "
-                        "loss scaling on older GPUs, float32 on CPU; fp32 also switches TF32 off (default: auto)")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: auto; under torchrun each process "
-                                    "uses cuda:LOCAL_RANK, and cuda:N is refused)")
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile each transformer layer on its own (no recompiles with layerdrop)")
-    g.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute layer activations in the backward pass (large batches in less memory)")
-    g.add_argument("--deterministic", action="store_true", default=None,
-                   help="deterministic algorithms (exact resume on CPU)")
+    g.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), fp16 with "
+        "loss scaling on older GPUs, float32 on CPU; fp32 also switches TF32 off (default: auto)",
+    )
+    g.add_argument(
+        "--device",
+        help="auto, cpu, cuda, cuda:1 ... (default: auto; under torchrun each process "
+        "uses cuda:LOCAL_RANK, and cuda:N is refused)",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile each transformer layer on its own (no recompiles with layerdrop)",
+    )
+    g.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute layer activations in the backward pass (large batches in less memory)",
+    )
+    g.add_argument(
+        "--deterministic", action="store_true", default=None, help="deterministic algorithms (exact resume on CPU)"
+    )
     g.add_argument("--logger", help="tensorboard, wandb, mlflow, none (comma-separated; default: tensorboard)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     r = p.add_argument_group("run record (run.json in --out)")
-    r.add_argument("--config", metavar="FILE",
-                   help="settings from a JSON/YAML file: a run.json, or what --print-config prints; "
-                        "options given on the command line override it")
-    r.add_argument("--print-config", action="store_true",
-                   help="print the fully resolved settings (JSON, readable by --config) and exit")
+    r.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a JSON/YAML file: a run.json, or what --print-config prints; "
+        "options given on the command line override it",
+    )
+    r.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved settings (JSON, readable by --config) and exit",
+    )
     mode = r.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true",
-                      help="--out holds a run with other settings: move it aside (OUT.old-TIMESTAMP) and start over")
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the run in --out with safe changes only (max-steps, patience, val-every, "
-                           "logger, workers); any other change is refused")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--out holds a run with other settings: move it aside (OUT.old-TIMESTAMP) and start over",
+    )
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with safe changes only (max-steps, patience, val-every, "
+        "logger, workers); any other change is refused",
+    )
 
 
 def _model_overrides(text: str | None) -> dict[str, Any] | None:
@@ -108,8 +157,9 @@ def _given(args: argparse.Namespace, dest: str) -> Any:
     return getattr(args, dest, None)
 
 
-def _train_config(args: argparse.Namespace, kind: str, recipe: dict[str, Any] | None = None,
-                  config: dict[str, Any] | None = None) -> Any:
+def _train_config(
+    args: argparse.Namespace, kind: str, recipe: dict[str, Any] | None = None, config: dict[str, Any] | None = None
+) -> Any:
     """TrainConfig from, in increasing precedence: defaults of ``kind``, the recipe, --config, the command line."""
     from ..training import TrainConfig
 
@@ -150,8 +200,7 @@ def _load_config(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[st
     return config
 
 
-def _merge(cls: type, config: dict[str, Any], section: str, source: str | None,
-           overrides: dict[str, Any]) -> Any:
+def _merge(cls: type, config: dict[str, Any], section: str, source: str | None, overrides: dict[str, Any]) -> Any:
     """Dataclass ``cls`` from its defaults, then ``config[section]``, then ``overrides`` that are not None."""
     from ..runs import settings_from_config
 
@@ -176,22 +225,43 @@ def _cmd_features(args: argparse.Namespace) -> None:
     env = init_distributed(args.device)
     # cuda:{LOCAL_RANK} under torchrun: a bare "cuda" would put every rank's model on GPU 0.
     device = str(resolve_device(args.device, local_rank=env.local_rank))
-    out = dump_features(ECGStore(args.store), args.out, kind=args.kind, checkpoint=args.checkpoint, layer=args.layer,
-                        sample_fraction=args.sample_fraction, seed=args.seed, batch_size=args.batch_size,
-                        rank=env.rank, world_size=env.world_size, device=device, progress=not args.quiet)
+    out = dump_features(
+        ECGStore(args.store),
+        args.out,
+        kind=args.kind,
+        checkpoint=args.checkpoint,
+        layer=args.layer,
+        sample_fraction=args.sample_fraction,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=device,
+        progress=not args.quiet,
+    )
     print(f"features written to {out}")
 
 
 def _cmd_cluster(args: argparse.Namespace) -> None:
     from ..pretraining.targets import cluster_features
 
-    results = cluster_features(args.features, args.k, args.out, normaliser=args.normaliser,
-                               held_out_fraction=args.held_out, seed=args.seed, backend=args.backend,
-                               max_fit_rows=args.max_rows, show_progress=not args.quiet)
+    results = cluster_features(
+        args.features,
+        args.k,
+        args.out,
+        normaliser=args.normaliser,
+        held_out_fraction=args.held_out,
+        seed=args.seed,
+        backend=args.backend,
+        max_fit_rows=args.max_rows,
+        show_progress=not args.quiet,
+    )
     for r in results:
-        print(f"K={r['k']}: {r['path']}  held-out inertia/row {r['inertia_mean']:.4g}, Davies-Bouldin "
-              f"{r['davies_bouldin']:.3f}, Calinski-Harabasz {r['calinski_harabasz']:.1f}, "
-              f"empty clusters {r['n_empty_clusters']}, largest cluster {r['majority_fraction']:.1%}")
+        print(
+            f"K={r['k']}: {r['path']}  held-out inertia/row {r['inertia_mean']:.4g}, Davies-Bouldin "
+            f"{r['davies_bouldin']:.3f}, Calinski-Harabasz {r['calinski_harabasz']:.1f}, "
+            f"empty clusters {r['n_empty_clusters']}, largest cluster {r['majority_fraction']:.1%}"
+        )
 
 
 def _cmd_label(args: argparse.Namespace) -> None:
@@ -202,9 +272,18 @@ def _cmd_label(args: argparse.Namespace) -> None:
 
     env = init_distributed(args.device)
     device = str(resolve_device(args.device, local_rank=env.local_rank))  # this rank's GPU, never GPU 0 for all
-    names = label_store(ECGStore(args.store), args.kmeans, args.name, checkpoint=args.checkpoint, layer=args.layer,
-                        batch_size=args.batch_size, rank=env.rank, world_size=env.world_size, device=device,
-                        progress=not args.quiet)
+    names = label_store(
+        ECGStore(args.store),
+        args.kmeans,
+        args.name,
+        checkpoint=args.checkpoint,
+        layer=args.layer,
+        batch_size=args.batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=device,
+        progress=not args.quiet,
+    )
     print(f"targets written: {names}")
 
 
@@ -215,16 +294,33 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     overrides = _model_overrides(args.model_overrides)
     if args.gradient_checkpointing:
         overrides = {**(overrides or {}), "gradient_checkpointing": True}
-    run = _merge(PretrainRun, config, "run", args.config, {
-        "store": args.store, "targets": args.targets, "size": args.size, "init_from": args.init_from,
-        "alpha": args.alpha, "mask_prob": args.mask_prob, "mask_length": args.mask_length,
-        "val_split": args.val_split, "model_overrides": overrides, "lead_dropout": args.lead_dropout})
+    run = _merge(
+        PretrainRun,
+        config,
+        "run",
+        args.config,
+        {
+            "store": args.store,
+            "targets": args.targets,
+            "size": args.size,
+            "init_from": args.init_from,
+            "alpha": args.alpha,
+            "mask_prob": args.mask_prob,
+            "mask_length": args.mask_length,
+            "val_split": args.val_split,
+            "model_overrides": overrides,
+            "lead_dropout": args.lead_dropout,
+        },
+    )
     cfg = _train_config(args, "pretrain", config=config)
     if args.print_config:
         _print_config(pretrain_settings(run, cfg))
         return
-    for what, missing in (("a store", run.store is None), ("--targets", not run.targets),
-                          ("--out", cfg.out_dir is None)):
+    for what, missing in (
+        ("a store", run.store is None),
+        ("--targets", not run.targets),
+        ("--out", cfg.out_dir is None),
+    ):
         if missing:
             args.parser.error(f"pretrain needs {what} (on the command line or in --config)")
     result = run_pretrain(run.store, run.targets, cfg, **run.kwargs(), overwrite=args.overwrite, resume=args.resume)
@@ -246,11 +342,32 @@ def _report_run(result: Any) -> None:
 
 
 #: Recipe keys that are FinetuneOptions fields of the same name (``dropout`` sets two fields).
-_RECIPE_OPTIONS = ("task", "head_type", "pos_weight", "class_weights", "layer_decay", "head_lr_mult",
-                   "train_conv_stem", "crop", "layerdrop", "monitor", "eval_windows", "eval_crops", "eval_aggregate")
+_RECIPE_OPTIONS = (
+    "task",
+    "head_type",
+    "pos_weight",
+    "class_weights",
+    "layer_decay",
+    "head_lr_mult",
+    "train_conv_stem",
+    "crop",
+    "layerdrop",
+    "monitor",
+    "eval_windows",
+    "eval_crops",
+    "eval_aggregate",
+)
 #: Command-line dests that are FinetuneOptions fields of the same name.
-_FINETUNE_FLAGS = _RECIPE_OPTIONS + ("head_hidden", "head_activation", "loss", "train_last_blocks", "linear_probe",
-                                     "attention_dropout", "classifier_dropout", "lead_dropout")
+_FINETUNE_FLAGS = _RECIPE_OPTIONS + (
+    "head_hidden",
+    "head_activation",
+    "loss",
+    "train_last_blocks",
+    "linear_probe",
+    "attention_dropout",
+    "classifier_dropout",
+    "lead_dropout",
+)
 
 
 def _finetune_options(args: argparse.Namespace, recipe: dict[str, Any], config: dict[str, Any]) -> Any:
@@ -274,10 +391,19 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from ..recipes import load_recipe, resolve_recipe
 
     config = _load_config(args, ("run", "train", "finetune"))
-    run = _merge(FinetuneRun, config, "run", args.config, {
-        "store": args.store, "keep_head": args.keep_head, "lp_then_ft_steps": args.lp_then_ft,
-        "gradient_checkpointing": args.gradient_checkpointing,
-        "model_overrides": _model_overrides(args.model_overrides)})
+    run = _merge(
+        FinetuneRun,
+        config,
+        "run",
+        args.config,
+        {
+            "store": args.store,
+            "keep_head": args.keep_head,
+            "lp_then_ft_steps": args.lp_then_ft,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "model_overrides": _model_overrides(args.model_overrides),
+        },
+    )
     if args.init is not None:
         run.init, run.random_init_size = args.init, None
     elif args.random_init:
@@ -305,14 +431,20 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 @register
 def _add(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "features", "per-token descriptors (hand-made or hidden states of a layer) for k-means",
-                    _cmd_features)
+    p = add_command(
+        sub, "features", "per-token descriptors (hand-made or hidden states of a layer) for k-means", _cmd_features
+    )
     p.add_argument("store", help="prepared store (from `hubert-ecg prepare`)")
-    p.add_argument("--kind", choices=["tf", "mfcc", "tf+mfcc", "hidden"], default="tf+mfcc",
-                   help="16 time-frequency statistics, 13 MFCC, both (29), or hidden states of --layer")
+    p.add_argument(
+        "--kind",
+        choices=["tf", "mfcc", "tf+mfcc", "hidden"],
+        default="tf+mfcc",
+        help="16 time-frequency statistics, 13 MFCC, both (29), or hidden states of --layer",
+    )
     p.add_argument("--checkpoint", help="model for --kind hidden")
-    p.add_argument("--layer", type=non_negative_int,
-                   help="hidden-state index: 0 = encoder input, i = output of layer i")
+    p.add_argument(
+        "--layer", type=non_negative_int, help="hidden-state index: 0 = encoder input, i = output of layer i"
+    )
     p.add_argument("--out", required=True, help="features directory (sharded, resumable)")
     p.add_argument("--sample-fraction", type=unit_interval, default=1.0, help="dump only a seeded sample of rows")
     p.add_argument("--batch-size", type=positive_int, default=256, help="store rows per forward pass")
@@ -320,30 +452,45 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the --sample-fraction row sample")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = add_command(sub, "cluster", "fit k-means on dumped features (one model per K) with quality metrics",
-                    _cmd_cluster)
+    p = add_command(
+        sub, "cluster", "fit k-means on dumped features (one model per K) with quality metrics", _cmd_cluster
+    )
     p.add_argument("features", help="features directory from `hubert-ecg features`")
-    p.add_argument("--k", type=positive_int, nargs="+", default=[100],
-                   help="cluster counts (several = a sweep with a plot)")
-    p.add_argument("--out", required=True,
-                   help="output folder: k{K}/kmeans.safetensors and quality.json per K, sweep.json, plot")
-    p.add_argument("--normaliser", default="l2", choices=["l2", "standardise", "standardise+l2", "none"],
-                   help="applied identically when fitting and when labelling")
+    p.add_argument(
+        "--k", type=positive_int, nargs="+", default=[100], help="cluster counts (several = a sweep with a plot)"
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder: k{K}/kmeans.safetensors and quality.json per K, sweep.json, plot"
+    )
+    p.add_argument(
+        "--normaliser",
+        default="l2",
+        choices=["l2", "standardise", "standardise+l2", "none"],
+        help="applied identically when fitting and when labelling",
+    )
     p.add_argument("--held-out", type=open_fraction, default=0.1, help="fraction of rows kept for quality metrics")
-    p.add_argument("--backend", choices=["sklearn", "faiss"], default="sklearn",
-                   help="k-means implementation (faiss: pip install faiss-cpu; much faster on millions of rows)")
+    p.add_argument(
+        "--backend",
+        choices=["sklearn", "faiss"],
+        default="sklearn",
+        help="k-means implementation (faiss: pip install faiss-cpu; much faster on millions of rows)",
+    )
     p.add_argument("--max-rows", type=positive_int, help="fit on at most this many token rows")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of k-means++ and the held-out split")
     p.add_argument("--quiet", action="store_true", help="no progress bar over the K values")
 
-    p = add_command(sub, "label", "assign every token its cluster id(s) and store the targets beside the store",
-                    _cmd_label)
+    p = add_command(
+        sub, "label", "assign every token its cluster id(s) and store the targets beside the store", _cmd_label
+    )
     p.add_argument("store", help="prepared store (from `hubert-ecg prepare`)")
     p.add_argument("--kmeans", nargs="+", required=True, help="k-means model(s); several give several codebooks")
     p.add_argument("--name", default="targets", help="targets name inside the store")
     p.add_argument("--checkpoint", help="model for hidden-state features (when the k-means was fit on them)")
-    p.add_argument("--layer", type=non_negative_int,
-                   help="hidden-state index the k-means was fit on (features --kind hidden --layer)")
+    p.add_argument(
+        "--layer",
+        type=non_negative_int,
+        help="hidden-state index the k-means was fit on (features --kind hidden --layer)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=256, help="store rows per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -352,52 +499,82 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(parser=p)
     p.add_argument("store", nargs="?", help="prepared store (from `hubert-ecg prepare`; or from --config)")
     p.add_argument("--targets", nargs="+", help="target names written by `hubert-ecg label` (required)")
-    p.add_argument("--size", choices=["tiny", "small", "base", "large"],
-                   help="model size for a new model (default: small)")
+    p.add_argument(
+        "--size", choices=["tiny", "small", "base", "large"], help="model size for a new model (default: small)"
+    )
     p.add_argument("--init-from", help="start from this model (next iteration: fresh codebooks)")
     p.add_argument("--out", help="run directory, required (re-run the same command to resume)")
     p.add_argument("--alpha", type=fraction, help="weight of the masked loss (1 - alpha: unmasked; default 1)")
     p.add_argument("--mask-prob", type=unit_interval, help="span-start probability (default 0.33)")
     p.add_argument("--mask-length", type=positive_int, help="span length in tokens (default 1)")
-    p.add_argument("--lead-dropout", type=open_fraction, metavar="P",
-                   help="zero each input lead with probability P (at least one kept); the targets stay 12-lead")
+    p.add_argument(
+        "--lead-dropout",
+        type=open_fraction,
+        metavar="P",
+        help="zero each input lead with probability P (at least one kept); the targets stay 12-lead",
+    )
     p.add_argument("--val-split", help="store split used for validation (default: val)")
-    p.add_argument("--model-overrides", metavar="JSON",
-                   help='change model config fields of the named size, e.g. \'{"num_hidden_layers": 4}\'')
+    p.add_argument(
+        "--model-overrides",
+        metavar="JSON",
+        help="change model config fields of the named size, e.g. '{\"num_hidden_layers\": 4}'",
+    )
     _add_loop_args(p, "pretrain")
 
-    p = add_command(sub, "pretrain-loop", "the whole HuBERT loop from one YAML/TOML file, resumable stage by stage",
-                    _cmd_pretrain_loop)
-    p.add_argument("config", help="loop config, YAML or TOML (a commented template: `hubert-ecg config "
-                                  "pretrain-loop > loop.yaml`)")
+    p = add_command(
+        sub,
+        "pretrain-loop",
+        "the whole HuBERT loop from one YAML/TOML file, resumable stage by stage",
+        _cmd_pretrain_loop,
+    )
+    p.add_argument(
+        "config", help="loop config, YAML or TOML (a commented template: `hubert-ecg config pretrain-loop > loop.yaml`)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the stages and whether each is done")
 
-    p = add_command(sub, "finetune", "fine-tune on labelled data (multi-label, multi-class, binary, regression)",
-                    _cmd_finetune)
+    p = add_command(
+        sub, "finetune", "fine-tune on labelled data (multi-label, multi-class, binary, regression)", _cmd_finetune
+    )
     p.set_defaults(parser=p)
     p.add_argument("store", nargs="?", help="labelled store from `hubert-ecg prepare --labels` (or from --config)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--init", help="checkpoint to start from (our dir, HF dir, .pt, HF id)")
     src.add_argument("--random-init", action="store_true", help="train from scratch (needs --size)")
     p.add_argument("--size", choices=["tiny", "small", "base", "large"], help="model size for --random-init")
-    p.add_argument("--model-overrides", metavar="JSON",
-                   help="with --random-init: change model config fields of the named size (JSON object)")
+    p.add_argument(
+        "--model-overrides",
+        metavar="JSON",
+        help="with --random-init: change model config fields of the named size (JSON object)",
+    )
     p.add_argument("--out", help="run directory, required; keeps best/, last/ and run.json")
     from .config_cmds import recipe_names
-    p.add_argument("--recipe", metavar="NAME|FILE.yaml",
-                   help=f"published recipe ({', '.join(recipe_names())}) or your YAML file (template: `hubert-ecg "
-                        "config finetune`); flags override its values")
+
+    p.add_argument(
+        "--recipe",
+        metavar="NAME|FILE.yaml",
+        help=f"published recipe ({', '.join(recipe_names())}) or your YAML file (template: `hubert-ecg "
+        "config finetune`); flags override its values",
+    )
     p.add_argument("--task", choices=list(TASKS), help="default: multi_label")
-    p.add_argument("--head-type", choices=["linear", "mlp", "cosine"],
-                   help="classification head: linear, MLP (--head-hidden), or cosine similarity to label embeddings "
-                        "(default: linear)")
+    p.add_argument(
+        "--head-type",
+        choices=["linear", "mlp", "cosine"],
+        help="classification head: linear, MLP (--head-hidden), or cosine similarity to label embeddings "
+        "(default: linear)",
+    )
     p.add_argument("--head-hidden", type=positive_int, help="MLP head width")
     p.add_argument("--head-activation", choices=["tanh", "relu", "gelu", "sigmoid"], help="MLP head (default: tanh)")
-    p.add_argument("--keep-head", action="store_true", default=None,
-                   help="keep the checkpoint's head when the label count matches")
+    p.add_argument(
+        "--keep-head", action="store_true", default=None, help="keep the checkpoint's head when the label count matches"
+    )
     p.add_argument("--loss", choices=["auto", "bce", "ce", "mse", "huber"], help="default: auto (the task's loss)")
-    p.add_argument("--pos-weight", dest="pos_weight", action="store_true", default=None,
-                   help="BCE pos_weight = negatives/positives from the training rows")
+    p.add_argument(
+        "--pos-weight",
+        dest="pos_weight",
+        action="store_true",
+        default=None,
+        help="BCE pos_weight = negatives/positives from the training rows",
+    )
     p.add_argument("--no-pos-weight", dest="pos_weight", action="store_false", help="unweighted BCE")
     p.add_argument("--class-weights", action="store_true", default=None, help="weighted cross-entropy by class index")
     p.add_argument("--layer-decay", type=unit_interval, help="layer-wise LR decay factor (1 = off; default 0.8)")
@@ -405,20 +582,30 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-last-blocks", type=non_negative_int, help="train only the last N transformer blocks")
     p.add_argument("--train-conv-stem", action="store_true", default=None, help="also train the conv stem")
     p.add_argument("--linear-probe", action="store_true", default=None, help="train the head only")
-    p.add_argument("--lp-then-ft", type=non_negative_int, metavar="STEPS",
-                   help="linear probe for STEPS, then fine-tune")
+    p.add_argument(
+        "--lp-then-ft", type=non_negative_int, metavar="STEPS", help="linear probe for STEPS, then fine-tune"
+    )
     p.add_argument("--crop", choices=["random", "first"], help="training crop of 5 s windows")
     p.add_argument("--dropout", type=open_fraction, help="hidden and activation dropout")
     p.add_argument("--attention-dropout", type=open_fraction, help="dropout on attention weights")
     p.add_argument("--classifier-dropout", type=open_fraction, help="dropout before the head")
-    p.add_argument("--layerdrop", type=open_fraction, help="probability of skipping a transformer layer per step "
-                                                          "(recipe value, else 0)")
-    p.add_argument("--lead-dropout", type=open_fraction, metavar="P",
-                   help="zero each lead of a training window with probability P (at least one kept): tolerance to "
-                        "missing leads; check with `evaluate --leads limb,I`")
-    p.add_argument("--monitor", choices=list(MONITORS),
-                   help="validation metric for best/ and early stopping (default: the task's: auroc; mae for "
-                        "regression)")
+    p.add_argument(
+        "--layerdrop",
+        type=open_fraction,
+        help="probability of skipping a transformer layer per step (recipe value, else 0)",
+    )
+    p.add_argument(
+        "--lead-dropout",
+        type=open_fraction,
+        metavar="P",
+        help="zero each lead of a training window with probability P (at least one kept): tolerance to "
+        "missing leads; check with `evaluate --leads limb,I`",
+    )
+    p.add_argument(
+        "--monitor",
+        choices=list(MONITORS),
+        help="validation metric for best/ and early stopping (default: the task's: auroc; mae for regression)",
+    )
     p.add_argument("--eval-windows", choices=["first", "random", "sliding"], help="validation windows (TTA)")
     p.add_argument("--eval-crops", type=positive_int, help="random crops per record for --eval-windows random")
     p.add_argument("--eval-aggregate", choices=["mean", "max"], help="combine a record's validation windows")

@@ -59,8 +59,10 @@ def build_record(
     """
     fs_value = check_fs(path, fs)
     if fs_value < MIN_FS:
-        raise RecordError(path, f"sampling rate {fs_value:g} Hz is too low for the model's 0.05-47 Hz band "
-                                f"(needs at least {MIN_FS:g} Hz)")
+        raise RecordError(
+            path,
+            f"sampling rate {fs_value:g} Hz is too low for the model's 0.05-47 Hz band (needs at least {MIN_FS:g} Hz)",
+        )
     try:
         data = np.asarray(channels, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -91,20 +93,21 @@ def build_record(
         if stated:
             warnings.append(f"units {', '.join(map(repr, stated))} are not a voltage; values kept as stored")
         elif not units_explained:
-            warnings.append("file states no amplitude units; values kept as stored, units unknown "
-                            "(pass --units mV or uV)")
+            warnings.append(
+                "file states no amplitude units; values kept as stored, units unknown (pass --units mV or uV)"
+            )
 
     if lead_names is None:
         if n_channels != len(STANDARD_LEADS):
-            raise RecordError(
-                path, f"expected 12 leads, got {n_channels} channels (shape {data.shape})"
-            )
+            raise RecordError(path, f"expected 12 leads, got {n_channels} channels (shape {data.shape})")
         lead_names = STANDARD_LEADS
     signal, lead_info = arrange_leads(path, data, lead_names, allow_missing_leads=allow_missing_leads)
     meta.update(lead_info)
     if lead_info.get("ignored_leads"):
-        warnings.append(f"ignored {len(lead_info['ignored_leads'])} lead(s) beyond the standard 12: "
-                        f"{', '.join(lead_info['ignored_leads'])}")
+        warnings.append(
+            f"ignored {len(lead_info['ignored_leads'])} lead(s) beyond the standard 12: "
+            f"{', '.join(lead_info['ignored_leads'])}"
+        )
 
     infinite = np.isinf(signal)
     if infinite.any():
@@ -116,8 +119,10 @@ def build_record(
     partial = nan.any(axis=1) & ~nan.all(axis=1)  # whole-lead NaN is reported as a missing/empty lead
     if partial.any():
         leads = [STANDARD_LEADS[i] for i in np.flatnonzero(partial)]
-        warnings.append(f"{int(nan[partial].sum())} NaN sample(s) in lead(s) {', '.join(leads)} "
-                        "filled with the lead mean before filtering")
+        warnings.append(
+            f"{int(nan[partial].sum())} NaN sample(s) in lead(s) {', '.join(leads)} "
+            "filled with the lead mean before filtering"
+        )
 
     record = Record(
         signal=signal.astype(np.float32),

@@ -64,7 +64,8 @@ def _pick_signal(path: str | Path, arrays: dict[str, Any]) -> tuple[str, np.ndar
         if key in arrays:
             return key, np.asarray(arrays[key])
     candidates = [
-        (k, np.asarray(v)) for k, v in arrays.items()
+        (k, np.asarray(v))
+        for k, v in arrays.items()
         if not k.startswith("__") and np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind in "iuf"
     ]
     if len(candidates) == 1:
@@ -97,17 +98,30 @@ def _build_from_arrays(
     file_fs = next((_scalar(arrays[k]) for k in _FS_KEYS if k in arrays), None)
     rate = fs if fs is not None else file_fs if file_fs is not None else default_fs
     if rate is None:
-        raise RecordError(path, "sampling rate unknown: the file stores none (no 'fs' entry); "
-                               f"pass --fs HZ or a sidecar {path.stem}.json with {{\"fs\": HZ}}")
+        raise RecordError(
+            path,
+            "sampling rate unknown: the file stores none (no 'fs' entry); "
+            f'pass --fs HZ or a sidecar {path.stem}.json with {{"fs": HZ}}',
+        )
     file_units: str | list[str] | None = None
     if "units" in arrays:
         stated = _as_str_list(arrays["units"])
         file_units = stated[0] if len(set(stated)) == 1 else stated
-    meta: dict[str, Any] = {"format": fmt, "array_name": key,
-                            "fs_source": "file" if fs is None else "given (--fs or sidecar)"}
+    meta: dict[str, Any] = {
+        "format": fmt,
+        "array_name": key,
+        "fs_source": "file" if fs is None else "given (--fs or sidecar)",
+    }
     return build_record(
-        path, signal, names, fs=rate, channel_units=file_units, record_id=path.stem,
-        meta=meta, units_override=units, allow_missing_leads=allow_missing_leads,
+        path,
+        signal,
+        names,
+        fs=rate,
+        channel_units=file_units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
     )
 
 
@@ -140,8 +154,13 @@ def read_numpy(
     except Exception as exc:  # truncated/corrupt files raise ValueError, EOFError, BadZipFile...
         raise RecordError(path, f"cannot read NumPy file: {type(exc).__name__}: {exc}") from None
     return _build_from_arrays(
-        path, arrays, fmt="npz" if path.suffix.lower() == ".npz" else "npy",
-        default_fs=None, fs=fs, units=units, lead_names=lead_names,
+        path,
+        arrays,
+        fmt="npz" if path.suffix.lower() == ".npz" else "npy",
+        default_fs=None,
+        fs=fs,
+        units=units,
+        lead_names=lead_names,
         allow_missing_leads=allow_missing_leads,
     )
 
@@ -171,7 +190,13 @@ def read_matlab(
             raise RecordError(path, f"cannot read MATLAB file: {type(exc).__name__}: {exc}") from None
         arrays = _load_mat73(path)
     return _build_from_arrays(
-        path, arrays, fmt="mat", default_fs=None, fs=fs, units=units, lead_names=lead_names,
+        path,
+        arrays,
+        fmt="mat",
+        default_fs=None,
+        fs=fs,
+        units=units,
+        lead_names=lead_names,
         allow_missing_leads=allow_missing_leads,
     )
 

@@ -17,8 +17,18 @@ __all__ = ["read_dicom", "dicom_channel_lead"]
 
 # SCP-ECG lead numbers, shared by DICOM's SCPECG ("5.6.3-9-<n>") and MDC ("2:<n>") codes.
 _SCP_LEAD_NUMBERS = {
-    1: "I", 2: "II", 3: "V1", 4: "V2", 5: "V3", 6: "V4", 7: "V5", 8: "V6",
-    61: "III", 62: "aVR", 63: "aVL", 64: "aVF",
+    1: "I",
+    2: "II",
+    3: "V1",
+    4: "V2",
+    5: "V3",
+    6: "V4",
+    7: "V5",
+    8: "V6",
+    61: "III",
+    62: "aVR",
+    63: "aVL",
+    64: "aVF",
 }
 
 
@@ -52,14 +62,13 @@ def dicom_channel_lead(channel: Any) -> tuple[str, str | None]:
 
 def _pick_group(path: Path, groups: Sequence[Any]) -> int:
     """Index of the rhythm multiplex group (never the median beat)."""
-    labelled = [
-        (i, str(g.get("MultiplexGroupLabel", "") or "").upper()) for i, g in enumerate(groups)
-    ]
+    labelled = [(i, str(g.get("MultiplexGroupLabel", "") or "").upper()) for i, g in enumerate(groups)]
     for i, label in labelled:
         if "RHYTHM" in label:
             return i
     usable = [
-        i for i, label in labelled
+        i
+        for i, label in labelled
         if "MEDIAN" not in label and int(groups[i].get("NumberOfWaveformChannels", 0) or 0) >= 8
     ]
     if not usable:
@@ -143,9 +152,14 @@ def read_dicom(
         "labels": [],
     }
     return build_record(
-        path, values, list(lead_names) if lead_names is not None else names,
-        fs=fs if fs is not None else file_fs, channel_units=channel_units,
-        record_id=path.stem, meta=meta, units_override=units,
+        path,
+        values,
+        list(lead_names) if lead_names is not None else names,
+        fs=fs if fs is not None else file_fs,
+        channel_units=channel_units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
 

@@ -68,8 +68,11 @@ def read_edf(
         keep = [i for i, name in enumerate(labels) if canonical_lead_name(name) is not None or is_extra_lead(name)]
         dropped = [signals[i].label for i in range(len(signals)) if i not in keep]
         if not keep:
-            raise RecordError(path, f"no ECG lead among the EDF signals ({', '.join(s.label for s in signals)}); "
-                                    "pass --lead-names to name them")
+            raise RecordError(
+                path,
+                f"no ECG lead among the EDF signals ({', '.join(s.label for s in signals)}); "
+                "pass --lead-names to name them",
+            )
         if dropped:
             notes.append(f"ignored {len(dropped)} non-ECG signal(s): {', '.join(dropped)}")
     else:
@@ -83,7 +86,13 @@ def read_edf(
         raise RecordError(path, f"cannot read EDF signal data: {type(exc).__name__}: {exc}") from None
     meta: dict[str, Any] = {"format": "bdf" if is_bdf else "edf", "labels": [], "warnings": notes}
     return build_record(
-        path, np.vstack(data), list(lead_names) if lead_names is not None else [labels[i] for i in keep],
-        fs=fs if fs is not None else rates[0], channel_units=[signals[i].physical_dimension or None for i in keep],
-        record_id=path.stem, meta=meta, units_override=units, allow_missing_leads=allow_missing_leads,
+        path,
+        np.vstack(data),
+        list(lead_names) if lead_names is not None else [labels[i] for i in keep],
+        fs=fs if fs is not None else rates[0],
+        channel_units=[signals[i].physical_dimension or None for i in keep],
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
     )

@@ -154,14 +154,18 @@ def _read_multi(path, handle, key, fs, units, lead_names, allow_missing_leads) -
     meta: dict[str, Any] = {"format": "hdf5-code15", "row": row, "trimmed_padding": padding}
     if key is not None and "@row" in str(key):
         exam_id = str(key)
-        meta["warnings"] = [f"exam id {key.partition('@row')[0]} appears more than once in the file; "
-                            f"this is row {row}"]
+        meta["warnings"] = [f"exam id {key.partition('@row')[0]} appears more than once in the file; this is row {row}"]
     return build_record(
-        path, exam, names,
+        path,
+        exam,
+        names,
         fs=fs if fs is not None else (float(file_fs) if file_fs is not None else CODE15_FS),
         channel_units=_text_list(file_units)[0] if file_units is not None else "mV",
-        record_id=exam_id, key=str(key) if key is not None else None, meta=meta,
-        units_override=units, allow_missing_leads=allow_missing_leads,
+        record_id=exam_id,
+        key=str(key) if key is not None else None,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
     )
 
 
@@ -200,8 +204,9 @@ def _read_single(path, handle, fs, units, lead_names, allow_missing_leads) -> Re
         datasets = [k for k, v in handle.items() if isinstance(v, h5py.Dataset) and v.ndim == 2]
         if len(datasets) != 1:
             raise RecordError(
-                path, f"no ECG dataset found (looked for 'tracings', {', '.join(map(repr, _SINGLE_KEYS))}; "
-                f"file has {', '.join(map(repr, handle.keys())) or 'nothing'})"
+                path,
+                f"no ECG dataset found (looked for 'tracings', {', '.join(map(repr, _SINGLE_KEYS))}; "
+                f"file has {', '.join(map(repr, handle.keys())) or 'nothing'})",
             )
         name = datasets[0]
     dataset = handle[name]
@@ -221,17 +226,24 @@ def _read_single(path, handle, fs, units, lead_names, allow_missing_leads) -> Re
     if rate is None:
         if not sph:
             # Only the SPH layout (a metadata.csv row for this file) documents its rate; never guess.
-            raise RecordError(path, f"sampling rate unknown: dataset {name!r} has no 'fs' attribute and the file is "
-                                    f"not listed in an SPH metadata.csv; pass --fs HZ or a sidecar {path.stem}.json "
-                                    'with {"fs": HZ}')
+            raise RecordError(
+                path,
+                f"sampling rate unknown: dataset {name!r} has no 'fs' attribute and the file is "
+                f"not listed in an SPH metadata.csv; pass --fs HZ or a sidecar {path.stem}.json "
+                'with {"fs": HZ}',
+            )
         rate = SPH_FS
         meta["fs_source"] = "SPH layout (metadata.csv): 500 Hz"
     return build_record(
-        path, signal, names,
+        path,
+        signal,
+        names,
         fs=rate,
         # SPH is documented in mV; any other file without a units attribute has unknown units.
         channel_units=_text_list(file_units)[0] if file_units is not None else ("mV" if sph else None),
-        record_id=path.stem, meta=meta, units_override=units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
 

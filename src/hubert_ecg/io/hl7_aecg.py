@@ -124,7 +124,7 @@ def read_hl7_aecg(
         name = code
         for prefix in _LEAD_PREFIXES:
             if name.upper().startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
                 break
         digits = _child(value, "digits")
         if digits is None or not (digits.text or "").strip():
@@ -134,10 +134,14 @@ def read_hl7_aecg(
         except ValueError:
             bad = next(t for t in (digits.text or "").split() if not _is_float(t))
             raise RecordError(path, f"lead {name}: digit {bad!r} is not a number") from None
-        origin, origin_unit = (0.0, "") if _child(value, "origin") is None else \
-            _number(path, _child(value, "origin"), f"lead {name} origin")
-        scale, scale_unit = (1.0, "") if _child(value, "scale") is None else \
-            _number(path, _child(value, "scale"), f"lead {name} scale")
+        origin, origin_unit = (
+            (0.0, "")
+            if _child(value, "origin") is None
+            else _number(path, _child(value, "origin"), f"lead {name} origin")
+        )
+        scale, scale_unit = (
+            (1.0, "") if _child(value, "scale") is None else _number(path, _child(value, "scale"), f"lead {name} scale")
+        )
         if origin_unit and scale_unit and origin_unit != scale_unit:
             raise RecordError(path, f"lead {name}: origin in {origin_unit} but scale in {scale_unit}")
         names.append(name)
@@ -153,8 +157,14 @@ def read_hl7_aecg(
         raise RecordError(path, "HL7 aECG has no TIME sequence with an increment (sampling rate unknown); pass --fs HZ")
     meta["warnings"] = warnings
     return build_record(
-        path, np.vstack(rows), list(lead_names) if lead_names is not None else names, fs=rate,
-        channel_units=channel_units, record_id=path.stem, meta=meta, units_override=units,
+        path,
+        np.vstack(rows),
+        list(lead_names) if lead_names is not None else names,
+        fs=rate,
+        channel_units=channel_units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
 

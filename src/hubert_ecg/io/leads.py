@@ -13,17 +13,44 @@ from hubert_ecg.io.record import RecordError
 __all__ = ["STANDARD_LEADS", "LIMB_LEADS", "canonical_lead_name", "arrange_leads", "is_extra_lead"]
 
 STANDARD_LEADS: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+    "I",
+    "II",
+    "III",
+    "aVR",
+    "aVL",
+    "aVF",
+    "V1",
+    "V2",
+    "V3",
+    "V4",
+    "V5",
+    "V6",
 )
 LIMB_LEADS: tuple[str, ...] = STANDARD_LEADS[:6]
 _INDEX = {name: i for i, name in enumerate(STANDARD_LEADS)}
 
 # Keys are names after _squash(): lower case, no "lead" prefix, no separators, no "(...)".
 _ALIASES: dict[str, str] = {
-    "i": "I", "li": "I", "l1": "I", "d1": "I", "di": "I",
-    "ii": "II", "lii": "II", "l2": "II", "d2": "II", "dii": "II", "mlii": "II", "ml2": "II",
-    "iii": "III", "liii": "III", "l3": "III", "d3": "III", "diii": "III",
-    "avr": "aVR", "avl": "aVL", "avf": "aVF",
+    "i": "I",
+    "li": "I",
+    "l1": "I",
+    "d1": "I",
+    "di": "I",
+    "ii": "II",
+    "lii": "II",
+    "l2": "II",
+    "d2": "II",
+    "dii": "II",
+    "mlii": "II",
+    "ml2": "II",
+    "iii": "III",
+    "liii": "III",
+    "l3": "III",
+    "d3": "III",
+    "diii": "III",
+    "avr": "aVR",
+    "avl": "aVL",
+    "avf": "aVF",
 }
 for _k in range(1, 7):
     # "C1".."C6" is the European (IEC) name of the chest leads V1..V6.
@@ -32,8 +59,27 @@ for _k in range(1, 7):
 
 # Recorded ECG leads beyond the standard 12 (Frank X/Y/Z of PTB-style 15-lead records, right-sided
 # and posterior chest leads, rhythm strips): read past with a warning, never a reason to reject.
-_EXTRA_LEADS = {"x", "y", "z", "vx", "vy", "vz", "v7", "v8", "v9", "c7", "c8", "c9", "v3r", "v4r", "v5r", "v6r",
-                "v7r", "rhythm", "rhythmstrip"}
+_EXTRA_LEADS = {
+    "x",
+    "y",
+    "z",
+    "vx",
+    "vy",
+    "vz",
+    "v7",
+    "v8",
+    "v9",
+    "c7",
+    "c8",
+    "c9",
+    "v3r",
+    "v4r",
+    "v5r",
+    "v6r",
+    "v7r",
+    "rhythm",
+    "rhythmstrip",
+}
 
 
 def is_extra_lead(name: str) -> bool:
@@ -88,8 +134,9 @@ def arrange_leads(
     names = [str(n) for n in names]
     if channels.ndim != 2 or channels.shape[0] != len(names):
         raise RecordError(
-            path, f"{len(names)} lead names for {channels.shape[0] if channels.ndim == 2 else '?'} "
-            f"signal channels (array shape {channels.shape})"
+            path,
+            f"{len(names)} lead names for {channels.shape[0] if channels.ndim == 2 else '?'} "
+            f"signal channels (array shape {channels.shape})",
         )
     rows: dict[str, int] = {}
     ignored: list[str] = []
@@ -100,14 +147,13 @@ def arrange_leads(
             continue
         if canon is None:
             raise RecordError(
-                path, f"unknown lead name {raw!r} (channel {i}); expected the 12 standard leads "
-                "I, II, III, aVR, aVL, aVF, V1-V6 or an alias of them"
+                path,
+                f"unknown lead name {raw!r} (channel {i}); expected the 12 standard leads "
+                "I, II, III, aVR, aVL, aVF, V1-V6 or an alias of them",
             )
         if canon in rows:
             j = rows[canon]
-            raise RecordError(
-                path, f"duplicated lead {canon}: channels {j} ({names[j]!r}) and {i} ({raw!r})"
-            )
+            raise RecordError(path, f"duplicated lead {canon}: channels {j} ({names[j]!r}) and {i} ({raw!r})")
         rows[canon] = i
 
     signal = np.full((len(STANDARD_LEADS), channels.shape[1]), np.nan, dtype=np.float64)
@@ -146,8 +192,9 @@ def arrange_leads(
     missing = [n for n in STANDARD_LEADS if n not in present]
     if missing and not allow_missing_leads:
         raise RecordError(
-            path, f"missing leads {', '.join(missing)} (file has {', '.join(names)}); "
-            "pass --allow-missing-leads to keep them (zero in the model input, flagged)"
+            path,
+            f"missing leads {', '.join(missing)} (file has {', '.join(names)}); "
+            "pass --allow-missing-leads to keep them (zero in the model input, flagged)",
         )
     info = {"original_lead_names": names, "derived_leads": derived, "missing_leads": missing}
     if ignored:

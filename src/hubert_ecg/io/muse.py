@@ -122,11 +122,7 @@ def read_muse(
     except ValueError:
         age = None
     gender = (_text(demographics, "Gender") or "").upper()
-    statements = [
-        text for text in (
-            _text(stmt, "StmtText") for stmt in root.iter("DiagnosisStatement")
-        ) if text
-    ]
+    statements = [text for text in (_text(stmt, "StmtText") for stmt in root.iter("DiagnosisStatement")) if text]
     meta: dict[str, Any] = {
         "format": "muse",
         "waveform_type": kind,
@@ -138,8 +134,13 @@ def read_muse(
     if kind.lower() != "rhythm":
         meta["warnings"] = [f"no Rhythm waveform; read the {kind} waveform instead"]
     return build_record(
-        path, np.vstack(rows), list(lead_names) if lead_names is not None else names,
-        fs=fs if fs is not None else file_fs, channel_units=channel_units,
-        record_id=path.stem, meta=meta, units_override=units,
+        path,
+        np.vstack(rows),
+        list(lead_names) if lead_names is not None else names,
+        fs=fs if fs is not None else file_fs,
+        channel_units=channel_units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
         allow_missing_leads=allow_missing_leads,
     )

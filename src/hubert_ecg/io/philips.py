@@ -75,8 +75,13 @@ def read_philips(
         raise RecordError(path, "Philips XML has no <parsedwaveforms> data")
     characteristics = _find(root, "signalcharacteristics")
     file_fs = _float(path, _text(characteristics, "samplingrate") or waveforms.get("samplespersecond"), "samplingrate")
-    resolution = _float(path, _text(characteristics, "resolution") or _text(characteristics, "signalresolution")
-                        or waveforms.get("resolution"), "resolution")
+    resolution = _float(
+        path,
+        _text(characteristics, "resolution")
+        or _text(characteristics, "signalresolution")
+        or waveforms.get("resolution"),
+        "resolution",
+    )
     compression = waveforms.get("compressmethod") or waveforms.get("compression") or "Uncompressed"
     duration_ms = _float(path, waveforms.get("durationperchannel"), "durationperchannel")
     labels = (waveforms.get("leadlabels") or "").split()
@@ -97,18 +102,26 @@ def read_philips(
         warnings.append("no <resolution> in the file; assumed 5 uV per count (PageWriter default)")
         resolution = 5.0
     meta: dict[str, Any] = {
-        "format": "philips", "compression": compression, "labels": [],
+        "format": "philips",
+        "compression": compression,
+        "labels": [],
         "age": _float(path, _text(_find(root, "age"), "years"), "age"),
         "sex": {"MALE": "M", "FEMALE": "F"}.get((_text(root, "sex") or "").upper()),
-        "diagnosis_statements": [t for t in (_text(s, "leftstatement") for s in root.iter()
-                                              if _local(s.tag) == "statement") if t],
+        "diagnosis_statements": [
+            t for t in (_text(s, "leftstatement") for s in root.iter() if _local(s.tag) == "statement") if t
+        ],
         "warnings": warnings,
     }
     return build_record(
-        path, np.vstack(rows).astype(np.float64) * resolution,
+        path,
+        np.vstack(rows).astype(np.float64) * resolution,
         list(lead_names) if lead_names is not None else names,
-        fs=fs if fs is not None else file_fs, channel_units="uV", record_id=path.stem, meta=meta,
-        units_override=units, allow_missing_leads=allow_missing_leads,
+        fs=fs if fs is not None else file_fs,
+        channel_units="uV",
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
     )
 
 
@@ -119,8 +132,11 @@ def _decode_xli(path: Path) -> tuple[list[str], list[np.ndarray]]:
         raise ImportError("sierraecg (pip install 'hubert-ecg[philips]')") from None
     try:
         ecg = sierraecg.read_file(str(path))
-    except (sierraecg.UnsupportedXmlFileError, sierraecg.MissingXmlElementError,
-            sierraecg.MissingXmlAttributeError) as exc:
+    except (
+        sierraecg.UnsupportedXmlFileError,
+        sierraecg.MissingXmlElementError,
+        sierraecg.MissingXmlAttributeError,
+    ) as exc:
         raise RecordError(path, f"Philips XML: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # damaged Base64 or LZW stream: IndexError, binascii.Error, ExpatError ...
         raise RecordError(path, f"cannot decode Philips XLI waveforms: {type(exc).__name__}: {exc}") from None
@@ -131,8 +147,9 @@ def _decode_xli(path: Path) -> tuple[list[str], list[np.ndarray]]:
     return names, [np.asarray(lead.samples, dtype=np.float64) for lead in ecg.leads]
 
 
-def _decode_plain(path: Path, waveforms: ElementTree.Element, labels: list[str], fs: float | None,
-                  duration_ms: float | None) -> tuple[list[str], list[np.ndarray]]:
+def _decode_plain(
+    path: Path, waveforms: ElementTree.Element, labels: list[str], fs: float | None, duration_ms: float | None
+) -> tuple[list[str], list[np.ndarray]]:
     if not labels:
         raise RecordError(path, "Philips XML: uncompressed waveforms without leadlabels")
     text = waveforms.text or ""
@@ -154,6 +171,7 @@ def _decode_plain(path: Path, waveforms: ElementTree.Element, labels: list[str],
     if fs is not None and duration_ms is not None:
         n = int(round(duration_ms * fs / 1000.0))
     if n == 0 or samples.size < n * len(labels):
-        raise RecordError(path, f"Philips XML: waveform data truncated ({samples.size} samples for "
-                                f"{len(labels)} leads of {n})")
-    return labels, [samples[i * n:(i + 1) * n] for i in range(len(labels))]
+        raise RecordError(
+            path, f"Philips XML: waveform data truncated ({samples.size} samples for {len(labels)} leads of {n})"
+        )
+    return labels, [samples[i * n : (i + 1) * n] for i in range(len(labels))]

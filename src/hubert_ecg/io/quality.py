@@ -7,8 +7,15 @@ import numpy as np
 from hubert_ecg.io.leads import STANDARD_LEADS
 from hubert_ecg.io.record import Record
 
-__all__ = ["amplitude_warnings", "lead_ranges", "unscorable_reason", "quality_label", "MIN_FS",
-           "UNSCORABLE_ABOVE_MV", "UNSCORABLE_BELOW_MV"]
+__all__ = [
+    "amplitude_warnings",
+    "lead_ranges",
+    "unscorable_reason",
+    "quality_label",
+    "MIN_FS",
+    "UNSCORABLE_ABOVE_MV",
+    "UNSCORABLE_BELOW_MV",
+]
 
 #: Lowest sampling rate read: the model's band ends at 47 Hz, which needs a Nyquist rate of 47 Hz.
 MIN_FS = 94.0
@@ -55,9 +62,7 @@ def amplitude_warnings(record: Record) -> list[str]:
     """
     warnings: list[str] = []
     signal = np.asarray(record.signal, dtype=np.float64)
-    names = list(STANDARD_LEADS) if signal.shape[0] == len(STANDARD_LEADS) else [
-        str(i) for i in range(signal.shape[0])
-    ]
+    names = list(STANDARD_LEADS) if signal.shape[0] == len(STANDARD_LEADS) else [str(i) for i in range(signal.shape[0])]
     missing = set(record.meta.get("missing_leads", []))
     ranges = lead_ranges(signal)
 
@@ -96,9 +101,7 @@ def _is_flat(row: np.ndarray) -> bool:
     return finite.size > 1 and bool(np.all(finite == finite[0]))
 
 
-def _einthoven_fraction(
-    signal: np.ndarray, names: list[str], derived: list[str]
-) -> float | None:
+def _einthoven_fraction(signal: np.ndarray, names: list[str], derived: list[str]) -> float | None:
     if any(lead in derived for lead in ("I", "II", "III")) or names[:3] != ["I", "II", "III"]:
         return None
     limb = signal[:3]

@@ -54,8 +54,9 @@ def detect_format(path: str | Path) -> str:
     if root is not None and suffix in ("", ".xml"):
         known = ", ".join(f"<{r}> ({f.name})" for f in xml_formats() for r in f.xml_roots)
         raise RecordError(p, f"XML root element <{root}> is not an ECG format this package reads ({known})")
-    raise RecordError(p, f"unrecognised ECG file format (suffix {suffix or 'none'}); "
-                         f"name it with --format (one of {_format_list()})")
+    raise RecordError(
+        p, f"unrecognised ECG file format (suffix {suffix or 'none'}); name it with --format (one of {_format_list()})"
+    )
 
 
 def load_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]] | None:
@@ -73,12 +74,14 @@ def load_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(p, f"sidecar {sidecar.name}: unreadable JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
-        raise RecordError(p, f"sidecar {sidecar.name} must be a JSON object like {{\"fs\": 500}}, "
-                             f"got {type(data).__name__}")
+        raise RecordError(
+            p, f'sidecar {sidecar.name} must be a JSON object like {{"fs": 500}}, got {type(data).__name__}'
+        )
     unknown = sorted(set(data) - set(SIDECAR_KEYS))
     if unknown:
-        raise RecordError(p, f"sidecar {sidecar.name}: unknown key(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(SIDECAR_KEYS)}")
+        raise RecordError(
+            p, f"sidecar {sidecar.name}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SIDECAR_KEYS)}"
+        )
     out: dict[str, Any] = {}
     if data.get("fs") is not None:
         fs = data["fs"]
@@ -87,8 +90,9 @@ def load_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]] | None:
         out["fs"] = float(fs)
     if data.get("units") is not None:
         if not isinstance(data["units"], str):
-            raise RecordError(p, f"sidecar {sidecar.name}: 'units' must be a string such as \"mV\" or \"uV\", "
-                                 f"got {data['units']!r}")
+            raise RecordError(
+                p, f'sidecar {sidecar.name}: \'units\' must be a string such as "mV" or "uV", got {data["units"]!r}'
+            )
         out["units"] = data["units"]
     if data.get("leads") is not None:
         leads = data["leads"]
@@ -145,8 +149,9 @@ def read_record(
         raise RecordError(path, f"key={key!r} only applies to multi-record HDF5 files, not {canonical}")
     if canonical != "wfdb" and not Path(path).is_file():
         special = Path(path).exists() and not Path(path).is_dir()
-        raise RecordError(path, "not a regular file (FIFO, socket or device); not opened" if special
-                          else "file not found")
+        raise RecordError(
+            path, "not a regular file (FIFO, socket or device); not opened" if special else "file not found"
+        )
     sidecar = load_sidecar(path)
     meta_extra: dict[str, Any] = {}
     if sidecar is not None:
@@ -156,16 +161,21 @@ def read_record(
         units = units if units is not None else values.get("units")
         lead_names = lead_names if lead_names is not None else values.get("lead_names")
         meta_extra["sidecar"] = str(sidecar_path)
-    kwargs: dict[str, Any] = {"fs": fs, "units": units, "lead_names": lead_names,
-                              "allow_missing_leads": allow_missing_leads}
+    kwargs: dict[str, Any] = {
+        "fs": fs,
+        "units": units,
+        "lead_names": lead_names,
+        "allow_missing_leads": allow_missing_leads,
+    }
     if chosen.keyed:
         kwargs["key"] = key
     try:
         reader = chosen.load()
     except ImportError as exc:
         hint = f" (pip install 'hubert-ecg[{chosen.extra}]')" if chosen.extra else ""
-        raise RecordError(path, f"reading {canonical} files needs a library that is not installed: {exc}{hint}") \
-            from None
+        raise RecordError(
+            path, f"reading {canonical} files needs a library that is not installed: {exc}{hint}"
+        ) from None
     try:
         record = reader(path, **kwargs)
     except RecordError:

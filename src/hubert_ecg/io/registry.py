@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Format", "register", "get_format", "format_names", "identify", "read_head", "xml_root_name",
-           "HEAD_BYTES"]
+__all__ = ["Format", "register", "get_format", "format_names", "identify", "read_head", "xml_root_name", "HEAD_BYTES"]
 
 #: Bytes read from the start of a file to recognise it (never more: a 1 GB file costs 4 KiB).
 HEAD_BYTES = 4096
@@ -67,7 +66,7 @@ class Format:
 
     def claims(self, path: Path, head: bytes) -> bool:
         """True when the content of ``path`` (its first bytes ``head``) is this format."""
-        if any(head[offset:offset + len(magic)] == magic for offset, magic in self.magic):
+        if any(head[offset : offset + len(magic)] == magic for offset, magic in self.magic):
             return True
         if self.xml_roots and xml_root_name(head) in self.xml_roots:
             return True
@@ -118,15 +117,20 @@ def read_head(path: Path) -> bytes:
         return handle.read(HEAD_BYTES)
 
 
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
-         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
 _ROOT = re.compile(r"<([A-Za-z_][\w.\-]*:)?([A-Za-z_][\w.\-]*)")
 
 
 def _decode_head(head: bytes) -> str:
     for bom, encoding in _BOMS:
         if head.startswith(bom):
-            return head[len(bom):].decode(encoding, "ignore")
+            return head[len(bom) :].decode(encoding, "ignore")
     if head[:4] in (b"<\x00?\x00", b"<\x00\x00\x00"):  # UTF-16/32 LE without a BOM
         return head.decode("utf-16-le", "ignore")
     if head[:4] == b"\x00<\x00?":
@@ -183,28 +187,108 @@ def xml_formats() -> list[Format]:
 # The formats. One line each; order matters only for formats sharing a suffix.
 # ---------------------------------------------------------------------------------------------
 _M = "hubert_ecg.io."
-register(Format("wfdb", _M + "wfdb_reader:read_wfdb", (".hea",), ("hea", "dat", "physionet"),
-                description="WFDB/PhysioNet header + .dat or CinC .mat signal files"))
-register(Format("mat", _M + "arrays:read_matlab", (".mat",), ("matlab",), magic=((0, b"MATLAB"),), stores_fs=False,
-                description="MATLAB .mat holding a (12, N) array (fs from an 'fs' variable, --fs or a sidecar)"))
-register(Format("numpy", _M + "arrays:read_numpy", (".npy", ".npz"), ("npy", "npz"),
-                magic=((0, b"\x93NUMPY"),), stores_fs=False,
-                description="NumPy .npy / .npz (fs from an 'fs' entry, --fs or a sidecar)"))
-register(Format("text", _M + "text:read_text", (".csv", ".tsv", ".txt"), ("csv", "tsv", "txt"),
-                sniff=_M + "text:looks_like_ecg_table", stores_fs=False,
-                description="CSV/TSV/TXT, one column per lead (fs: time column, '# fs:' line, --fs or a sidecar)"))
-register(Format("hdf5", _M + "hdf5:read_hdf5", (".h5", ".hdf5", ".hdf"), ("h5", "hdf"),
-                magic=((0, b"\x89HDF\r\n\x1a\n"),), keyed=True,
-                description="HDF5: CODE-15% (tracings, 400 Hz) and SPH (ecg, 500 Hz) layouts"))
-register(Format("dicom", _M + "dicom:read_dicom", (".dcm", ".dicom"), ("dcm",), magic=((128, b"DICM"),),
-                description="DICOM 12-lead / general ECG waveform"))
-register(Format("muse", _M + "muse:read_muse", (".xml",), ("ge", "ge-muse"), xml_roots=("RestingECG",),
-                description="GE MUSE XML (RestingECG)"))
-register(Format("hl7", _M + "hl7_aecg:read_hl7_aecg", (".xml",), ("aecg", "hl7-aecg"), xml_roots=("AnnotatedECG",),
-                description="HL7 v3 annotated ECG (FDA aECG; Mortara/Welch Allyn, Schiller, GE and others)"))
-register(Format("philips", _M + "philips:read_philips", (".xml",), ("sierra", "pagewriter", "intellispace"),
-                xml_roots=("restingecgdata",), extra="philips",
-                description="Philips PageWriter / IntelliSpace (Sierra) XML 1.03/1.04, XLI-compressed or plain"))
-register(Format("edf", _M + "edf:read_edf", (".edf", ".bdf", ".rec"), ("bdf", "edf+", "bdf+"),
-                magic=((0, b"0       "), (0, b"\xffBIOSEMI")), extra="edf",
-                description="EDF / EDF+ / BDF / BDF+ (European Data Format)"))
+register(
+    Format(
+        "wfdb",
+        _M + "wfdb_reader:read_wfdb",
+        (".hea",),
+        ("hea", "dat", "physionet"),
+        description="WFDB/PhysioNet header + .dat or CinC .mat signal files",
+    )
+)
+register(
+    Format(
+        "mat",
+        _M + "arrays:read_matlab",
+        (".mat",),
+        ("matlab",),
+        magic=((0, b"MATLAB"),),
+        stores_fs=False,
+        description="MATLAB .mat holding a (12, N) array (fs from an 'fs' variable, --fs or a sidecar)",
+    )
+)
+register(
+    Format(
+        "numpy",
+        _M + "arrays:read_numpy",
+        (".npy", ".npz"),
+        ("npy", "npz"),
+        magic=((0, b"\x93NUMPY"),),
+        stores_fs=False,
+        description="NumPy .npy / .npz (fs from an 'fs' entry, --fs or a sidecar)",
+    )
+)
+register(
+    Format(
+        "text",
+        _M + "text:read_text",
+        (".csv", ".tsv", ".txt"),
+        ("csv", "tsv", "txt"),
+        sniff=_M + "text:looks_like_ecg_table",
+        stores_fs=False,
+        description="CSV/TSV/TXT, one column per lead (fs: time column, '# fs:' line, --fs or a sidecar)",
+    )
+)
+register(
+    Format(
+        "hdf5",
+        _M + "hdf5:read_hdf5",
+        (".h5", ".hdf5", ".hdf"),
+        ("h5", "hdf"),
+        magic=((0, b"\x89HDF\r\n\x1a\n"),),
+        keyed=True,
+        description="HDF5: CODE-15% (tracings, 400 Hz) and SPH (ecg, 500 Hz) layouts",
+    )
+)
+register(
+    Format(
+        "dicom",
+        _M + "dicom:read_dicom",
+        (".dcm", ".dicom"),
+        ("dcm",),
+        magic=((128, b"DICM"),),
+        description="DICOM 12-lead / general ECG waveform",
+    )
+)
+register(
+    Format(
+        "muse",
+        _M + "muse:read_muse",
+        (".xml",),
+        ("ge", "ge-muse"),
+        xml_roots=("RestingECG",),
+        description="GE MUSE XML (RestingECG)",
+    )
+)
+register(
+    Format(
+        "hl7",
+        _M + "hl7_aecg:read_hl7_aecg",
+        (".xml",),
+        ("aecg", "hl7-aecg"),
+        xml_roots=("AnnotatedECG",),
+        description="HL7 v3 annotated ECG (FDA aECG; Mortara/Welch Allyn, Schiller, GE and others)",
+    )
+)
+register(
+    Format(
+        "philips",
+        _M + "philips:read_philips",
+        (".xml",),
+        ("sierra", "pagewriter", "intellispace"),
+        xml_roots=("restingecgdata",),
+        extra="philips",
+        description="Philips PageWriter / IntelliSpace (Sierra) XML 1.03/1.04, XLI-compressed or plain",
+    )
+)
+register(
+    Format(
+        "edf",
+        _M + "edf:read_edf",
+        (".edf", ".bdf", ".rec"),
+        ("bdf", "edf+", "bdf+"),
+        magic=((0, b"0       "), (0, b"\xffBIOSEMI")),
+        extra="edf",
+        description="EDF / EDF+ / BDF / BDF+ (European Data Format)",
+    )
+)

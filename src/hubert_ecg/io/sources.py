@@ -103,8 +103,11 @@ def _from_manifest(path: Path, allow_outside_root: bool = False) -> Iterator[Rec
             raise RecordError(path, f"row {number}: empty path")
         target = _resolve(path.parent, entry)
         if not allow_outside_root and _outside_root(path.parent, target):
-            raise RecordError(path, f"row {number}: {entry} is outside the data root {os.path.abspath(path.parent)} "
-                                    "(absolute or '..' paths need --allow-absolute-paths)")
+            raise RecordError(
+                path,
+                f"row {number}: {entry} is outside the data root {os.path.abspath(path.parent)} "
+                "(absolute or '..' paths need --allow-absolute-paths)",
+            )
         if not target.exists() and target.with_name(target.name + ".hea").is_file():
             target = target.with_name(target.name + ".hea")  # PTB-XL lists record names
         if not target.exists():
@@ -171,8 +174,12 @@ class InputAccount:
         return path
 
 
-_KIND = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-         (stat.S_ISBLK, "block device"))
+_KIND = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 
 def _not_regular(mode: int) -> str | None:
@@ -199,8 +206,9 @@ def _skip_or_raise(account: InputAccount | None, explicit: bool, path: Path, rea
     return []
 
 
-def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = False,
-                      account: InputAccount | None = None) -> Iterable[RecordSource]:
+def _sources_for_file(
+    path: Path, *, explicit: bool, allow_outside_root: bool = False, account: InputAccount | None = None
+) -> Iterable[RecordSource]:
     """Sources in one regular file. From folder walks (``explicit=False``) companion and non-ECG
     files are skipped and recorded in ``account`` with the reason; an explicitly named file is
     always taken as a record, or refused with the reason."""
@@ -245,8 +253,11 @@ def _sources_for_file(path: Path, *, explicit: bool, allow_outside_root: bool = 
         if root is not None:
             reason = f"not a recognised layout (XML root <{root}>)"
         elif get_format(suffix) is not None or suffix in _TEXT_SUFFIXES:
-            reason = "not a recognised layout (no lead columns)" if suffix in _TEXT_SUFFIXES else \
-                f"not a recognised layout ({suffix} file)"
+            reason = (
+                "not a recognised layout (no lead columns)"
+                if suffix in _TEXT_SUFFIXES
+                else f"not a recognised layout ({suffix} file)"
+            )
         else:
             reason = f"unsupported format ({suffix or 'no suffix'})"
         return _skip_or_raise(account, explicit, path, reason)
@@ -325,8 +336,13 @@ def _walk(folder: Path, recursive: bool, account: InputAccount | None = None) ->
     yield from visit(folder)
 
 
-def iter_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
-                 allow_outside_root: bool = False, account: InputAccount | None = None) -> Iterator[RecordSource]:
+def iter_sources(
+    inputs: Sequence[str | Path],
+    *,
+    recursive: bool = True,
+    allow_outside_root: bool = False,
+    account: InputAccount | None = None,
+) -> Iterator[RecordSource]:
     """Expand files, folders and manifests into one ``RecordSource`` per record.
 
     * a folder is walked (recursively by default) in sorted order; WFDB companions (the ``.dat``
@@ -360,9 +376,12 @@ def iter_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
             mode = None
         if mode is not None and stat.S_ISDIR(mode):
             found: Iterable[RecordSource] = (
-                source for file in _walk(path, recursive, account)
-                for source in _sources_for_file(file, explicit=False, allow_outside_root=allow_outside_root,
-                                                account=account))
+                source
+                for file in _walk(path, recursive, account)
+                for source in _sources_for_file(
+                    file, explicit=False, allow_outside_root=allow_outside_root, account=account
+                )
+            )
         elif mode is not None:
             refused = _not_regular(mode)
             if refused is not None:
@@ -381,8 +400,13 @@ def iter_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
                 yield source
 
 
-def discover_sources(inputs: Sequence[str | Path], *, recursive: bool = True,
-                     allow_outside_root: bool = False, account: InputAccount | None = None) -> list[RecordSource]:
+def discover_sources(
+    inputs: Sequence[str | Path],
+    *,
+    recursive: bool = True,
+    allow_outside_root: bool = False,
+    account: InputAccount | None = None,
+) -> list[RecordSource]:
     """All sources of :func:`iter_sources` as a list (same order, duplicates dropped, same errors)."""
     return list(iter_sources(inputs, recursive=recursive, allow_outside_root=allow_outside_root, account=account))
 

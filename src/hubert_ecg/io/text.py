@@ -60,8 +60,12 @@ def decode_text(data: bytes) -> str:
     """Text of a file's bytes: UTF-8 (with or without BOM) or UTF-16/32 with a BOM; Latin-1 otherwise."""
     import codecs
 
-    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+    for bom, encoding in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
         if data.startswith(bom):
             return data.decode(encoding, "replace")
     try:
@@ -76,8 +80,11 @@ def looks_like_ecg_table(path: Path, head: bytes) -> bool:
     ``labels.csv``) are not."""
     from hubert_ecg.io.leads import canonical_lead_name
 
-    lines = [line for line in decode_text(head).splitlines()[:-1] or decode_text(head).splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in decode_text(head).splitlines()[:-1] or decode_text(head).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not lines:
         return False
     delimiter = sniff_delimiter(Path(path), lines[0])
@@ -122,8 +129,7 @@ def read_text(
         with open(path, "rb") as fh:
             head = fh.read(1 << 16)
         if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
-            raise RecordError(path, "not a text table: binary data (NUL bytes) in the first "
-                                    f"{len(head) // 1024} KiB")
+            raise RecordError(path, f"not a text table: binary data (NUL bytes) in the first {len(head) // 1024} KiB")
         lines = decode_text(path.read_bytes()).splitlines()
     except OSError as exc:
         raise RecordError(path, f"cannot read text file: {type(exc).__name__}: {exc}") from None
@@ -149,12 +155,17 @@ def read_text(
     warnings: list[str] = []
     if all(_is_number(cell) for cell in header if cell):
         if lead_names is None and len(header) != len(STANDARD_LEADS):
-            raise RecordError(path, f"no header row of lead names and {len(header)} columns (first row is numeric); "
-                                     "pass --lead-names NAME ... in column order")
+            raise RecordError(
+                path,
+                f"no header row of lead names and {len(header)} columns (first row is numeric); "
+                "pass --lead-names NAME ... in column order",
+            )
         header = list(lead_names) if lead_names is not None else list(STANDARD_LEADS)
         if lead_names is None:
-            warnings.append("no header row; assumed 12 columns in standard lead order I, II, III, aVR, aVL, aVF, "
-                            "V1-V6 (pass --lead-names if not)")
+            warnings.append(
+                "no header row; assumed 12 columns in standard lead order I, II, III, aVR, aVL, aVF, "
+                "V1-V6 (pass --lead-names if not)"
+            )
         body_start = first
     else:
         body_start = first + 1
@@ -187,9 +198,7 @@ def read_text(
             try:
                 values.append(float(cell))
             except ValueError:
-                raise RecordError(
-                    path, f"row {line_no + 1} column {header[column]!r}: not a number {cell!r}"
-                ) from None
+                raise RecordError(path, f"row {line_no + 1} column {header[column]!r}: not a number {cell!r}") from None
         rows.append(values)
     if not rows:
         raise RecordError(path, "zero-length signal (header but no data rows)")
@@ -199,15 +208,24 @@ def read_text(
     if rate is None and time_columns:
         rate = _fs_from_time(path, table[:, time_columns[0]], roles[time_columns[0]] == "time_ms")
     if rate is None:
-        raise RecordError(path, "sampling rate unknown (no time column, no '# fs:' line): "
-                               f"pass --fs HZ or a sidecar {path.stem}.json with {{\"fs\": HZ}}")
+        raise RecordError(
+            path,
+            "sampling rate unknown (no time column, no '# fs:' line): "
+            f'pass --fs HZ or a sidecar {path.stem}.json with {{"fs": HZ}}',
+        )
 
     known = [u for u in column_units if u is not None]
     channel_units: list[str | None] | None = column_units if known else None
     meta["warnings"] = warnings
     return build_record(
-        path, table[:, lead_columns].T, names, fs=rate, channel_units=channel_units,
-        record_id=path.stem, meta=meta, units_override=units,
+        path,
+        table[:, lead_columns].T,
+        names,
+        fs=rate,
+        channel_units=channel_units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
 

@@ -118,8 +118,10 @@ def read_wfdb(
         values = (digital.astype(np.float64) - np.asarray(rec.baseline, dtype=np.float64)).T
         channel_units = None
         meta["uncalibrated"] = True
-        warnings.append(f"uncalibrated: WFDB gain 0 for signal(s) {', '.join(uncalibrated)}; values are ADC counts, "
-                        "units unknown (pass --units if you know the scale)")
+        warnings.append(
+            f"uncalibrated: WFDB gain 0 for signal(s) {', '.join(uncalibrated)}; values are ADC counts, "
+            "units unknown (pass --units if you know the scale)"
+        )
     elif _gains_are_self_normalising(digital, rec.adc_gain):
         # LUDB v1.0.1 headers store each lead's own peak-to-peak range as its "gain", which
         # would rescale every lead to a range of 1 and break III = II - I. The ADC counts
@@ -168,8 +170,9 @@ def _diagnose(wfdb: Any, header: Path, record_name: str, exc: Exception) -> Reco
     for file_name in sorted(set(head.file_name or [])):
         if not (header.parent / file_name).is_file():
             return RecordError(header, f"signal file {file_name} named by the header is missing")
-    return RecordError(header, f"cannot read signal file(s) {', '.join(sorted(set(head.file_name)))}: "
-                               f"{type(exc).__name__}: {exc}")
+    return RecordError(
+        header, f"cannot read signal file(s) {', '.join(sorted(set(head.file_name)))}: {type(exc).__name__}: {exc}"
+    )
 
 
 def _gains_are_self_normalising(digital: np.ndarray, gains: Sequence[float] | None) -> bool:
@@ -225,8 +228,15 @@ def _is_zero(text: str) -> bool:
         return False
 
 
-def _read_multi_segment(wfdb: Any, header: Path, record_name: str, fs: float | None, units: str | None,
-                        lead_names: Sequence[str] | None, allow_missing_leads: bool) -> Record:
+def _read_multi_segment(
+    wfdb: Any,
+    header: Path,
+    record_name: str,
+    fs: float | None,
+    units: str | None,
+    lead_names: Sequence[str] | None,
+    allow_missing_leads: bool,
+) -> Record:
     """A multi-segment record, joined by wfdb into physical values (each segment has its own gains,
     so the digital samples of different segments cannot share one scale)."""
     try:
@@ -236,9 +246,20 @@ def _read_multi_segment(wfdb: Any, header: Path, record_name: str, fs: float | N
     values = rec.p_signal
     if values is None or values.ndim != 2 or values.shape[0] == 0:
         raise RecordError(header, "multi-segment WFDB record without samples")
-    meta: dict[str, Any] = {"format": "wfdb", "multi_segment": True,
-                            "warnings": ["multi-segment WFDB record: segments joined (gaps between layouts are NaN)"]}
+    meta: dict[str, Any] = {
+        "format": "wfdb",
+        "multi_segment": True,
+        "warnings": ["multi-segment WFDB record: segments joined (gaps between layouts are NaN)"],
+    }
     meta.update(parse_header_comments(rec.comments or []))
-    return build_record(header, values.T, list(lead_names) if lead_names is not None else list(rec.sig_name),
-                        fs=fs if fs is not None else rec.fs, channel_units=list(rec.units), record_id=header.stem,
-                        meta=meta, units_override=units, allow_missing_leads=allow_missing_leads)
+    return build_record(
+        header,
+        values.T,
+        list(lead_names) if lead_names is not None else list(rec.sig_name),
+        fs=fs if fs is not None else rec.fs,
+        channel_units=list(rec.units),
+        record_id=header.stem,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
+    )

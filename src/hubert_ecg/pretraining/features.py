@@ -167,9 +167,7 @@ def _as_signal_batch(x: object, name: str = "x") -> np.ndarray:
     return array
 
 
-def _token_windows(
-    x: np.ndarray, conv_kernels: Sequence[int], conv_strides: Sequence[int]
-) -> np.ndarray:
+def _token_windows(x: np.ndarray, conv_kernels: Sequence[int], conv_strides: Sequence[int]) -> np.ndarray:
     """Read-only strided view ``(B, T, R)`` of every token's receptive field (no copy)."""
     spans = token_spans(x.shape[1], conv_kernels, conv_strides)
     n_tokens, field = spans.shape[0], int(spans[0, 1] - spans[0, 0])
@@ -272,9 +270,7 @@ def _mel_scale(freq: np.ndarray | float) -> np.ndarray:
     return 1127.0 * np.log(1.0 + np.asarray(freq, dtype=np.float64) / 700.0)
 
 
-def _kaldi_mel_banks(
-    n_mels: int, padded_size: int, fs: float, low_freq: float, high_freq: float
-) -> np.ndarray:
+def _kaldi_mel_banks(n_mels: int, padded_size: int, fs: float, low_freq: float, high_freq: float) -> np.ndarray:
     """Kaldi triangular mel filters (triangles in mel space), ``(n_mels, padded_size // 2 + 1)``."""
     nyquist = 0.5 * fs
     if high_freq <= 0.0:  # Kaldi convention: non-positive means offset from Nyquist
@@ -377,9 +373,7 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _mfcc_of_windows(
-    w: np.ndarray, banks: np.ndarray, liftered_dct: np.ndarray, preemphasis: float
-) -> np.ndarray:
+def _mfcc_of_windows(w: np.ndarray, banks: np.ndarray, liftered_dct: np.ndarray, preemphasis: float) -> np.ndarray:
     """Kaldi MFCC of every window of ``w`` ``(b, T, R)`` -> float64 ``(b, T, n_ceps)``."""
     n = w.shape[-1]
     frames = w - w.mean(axis=-1, keepdims=True)
@@ -426,13 +420,9 @@ def hand_features(
     signal = _as_signal_batch(x)
     parts = []
     if kind in ("tf", "tf+mfcc"):
-        parts.append(
-            time_frequency_features(signal, fs=fs, conv_kernels=conv_kernels, conv_strides=conv_strides)
-        )
+        parts.append(time_frequency_features(signal, fs=fs, conv_kernels=conv_kernels, conv_strides=conv_strides))
     if kind in ("mfcc", "tf+mfcc"):
         parts.append(
-            mfcc_features(
-                signal, fs, n_ceps, mfcc_deltas, conv_kernels=conv_kernels, conv_strides=conv_strides
-            )
+            mfcc_features(signal, fs, n_ceps, mfcc_deltas, conv_kernels=conv_kernels, conv_strides=conv_strides)
         )
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)

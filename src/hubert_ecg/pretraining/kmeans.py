@@ -134,9 +134,7 @@ class FeatureNormaliser:
             raise KMeansInputError(f"normaliser mode {self.mode!r} must be fitted before transform")
         rows, lead = _as_rows(features)
         if self.dim is not None and rows.shape[1] != self.dim:
-            raise KMeansInputError(
-                f"features have {rows.shape[1]} dimensions, the normaliser was fitted on {self.dim}"
-            )
+            raise KMeansInputError(f"features have {rows.shape[1]} dimensions, the normaliser was fitted on {self.dim}")
         out = rows
         if self.standardises:
             assert self.mean is not None and self.std is not None
@@ -505,15 +503,15 @@ def _fit_faiss(stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions,
         raise KMeansInputError("no feature rows to fit k-means on: the feature source is empty")
     data = np.ascontiguousarray(norm.transform(np.concatenate(chunks)), dtype=np.float32)
     _check_enough_rows(data.shape[0], opts.k)
-    km = faiss.Kmeans(data.shape[1], opts.k, niter=opts.epochs or 25, seed=opts.seed, gpu=opts.faiss_gpu,
-                      verbose=False)
+    km = faiss.Kmeans(data.shape[1], opts.k, niter=opts.epochs or 25, seed=opts.seed, gpu=opts.faiss_gpu, verbose=False)
     km.train(data)
     meta.n_fit_rows = int(data.shape[0])
     return KMeansModel(np.asarray(km.centroids), norm, meta)
 
 
-def _fit_sklearn_in_memory(stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions,
-                           meta: KMeansMetadata) -> KMeansModel:
+def _fit_sklearn_in_memory(
+    stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions, meta: KMeansMetadata
+) -> KMeansModel:
     """One array: ``MiniBatchKMeans.fit`` with ``epochs`` as max_iter (default 100, early stopping)."""
     from sklearn.cluster import MiniBatchKMeans
 
@@ -527,19 +525,33 @@ def _fit_sklearn_in_memory(stream: _EpochRows, norm: FeatureNormaliser, opts: KM
     if max_iter * data.shape[0] // fit_batch < 2:
         # sklearn's MiniBatchKMeans.fit fails after a single step (no running inertia yet): use two.
         fit_batch = max(1, data.shape[0] // 2)
-    estimator = MiniBatchKMeans(n_clusters=opts.k, init="k-means++", batch_size=fit_batch, max_iter=max_iter,
-                                random_state=opts.seed, compute_labels=False, n_init=1).fit(data)
+    estimator = MiniBatchKMeans(
+        n_clusters=opts.k,
+        init="k-means++",
+        batch_size=fit_batch,
+        max_iter=max_iter,
+        random_state=opts.seed,
+        compute_labels=False,
+        n_init=1,
+    ).fit(data)
     meta.n_fit_rows = int(data.shape[0])
     return KMeansModel(estimator.cluster_centers_, norm, meta)
 
 
-def _fit_sklearn_streaming(stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions,
-                           meta: KMeansMetadata) -> KMeansModel:
+def _fit_sklearn_streaming(
+    stream: _EpochRows, norm: FeatureNormaliser, opts: KMeansOptions, meta: KMeansMetadata
+) -> KMeansModel:
     """A stream: ``partial_fit`` passes (``epochs``, default 1); the first batch has >= 3 k rows for k-means++."""
     from sklearn.cluster import MiniBatchKMeans
 
-    estimator = MiniBatchKMeans(n_clusters=opts.k, init="k-means++", batch_size=opts.batch_size,
-                                random_state=opts.seed, compute_labels=False, n_init=1)
+    estimator = MiniBatchKMeans(
+        n_clusters=opts.k,
+        init="k-means++",
+        batch_size=opts.batch_size,
+        random_state=opts.seed,
+        compute_labels=False,
+        n_init=1,
+    )
     n_rows_first_epoch = 0
     for epoch in range(opts.epochs or 1):
         for batch in _rebatch(stream(epoch), opts.batch_size, first_size=max(opts.batch_size, 3 * opts.k)):

@@ -35,15 +35,20 @@ class MaskedPrediction(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
-                mask_time_indices: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, mask_time_indices: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         out = self.model(x, attention_mask, mask_time_indices=mask_time_indices)
         return self.model.codebook_logits(out.last_hidden_state), out.token_mask
 
 
-def masked_prediction_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor,
-                           valid: torch.Tensor | None, alpha: float = 1.0
-                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def masked_prediction_loss(
+    logits: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    valid: torch.Tensor | None,
+    alpha: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over codebooks of alpha * CE(masked) + (1 - alpha) * CE(unmasked valid).
 
     ``logits``: per codebook (B, T, K_i); ``targets`` (B, E, T) int; ``mask``/``valid`` (B, T) bool.
@@ -89,8 +94,9 @@ class PretrainObjective:
             if k_needed > k_model:
                 raise ValueError(f"targets {name!r} use {k_needed} clusters but the codebook has {k_model}")
         if len(self.target_names) != len(self.model.config.vocab_sizes):
-            raise ValueError(f"{len(self.target_names)} target sets but the model has "
-                             f"{len(self.model.config.vocab_sizes)} codebooks")
+            raise ValueError(
+                f"{len(self.target_names)} target sets but the model has {len(self.model.config.vocab_sizes)} codebooks"
+            )
         if self.max_val_rows is not None and len(self.val_rows) > self.max_val_rows:
             pick = np.random.default_rng([self.seed, 7]).choice(len(self.val_rows), self.max_val_rows, replace=False)
             self.val_rows = np.asarray(self.val_rows)[np.sort(pick)]
@@ -100,10 +106,18 @@ class PretrainObjective:
 
     def parameter_groups(self, model: HubertECG, lr: float) -> list[dict[str, Any]]:
         from ..runtime import param_groups
+
         return param_groups(model, lr)  # one LR for all layers; no decay on what no_weight_decay() names
 
-    def _masks(self, batch: dict[str, torch.Tensor], key: int, offset: int, global_batch: int,
-               token_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    def _masks(
+        self,
+        batch: dict[str, torch.Tensor],
+        key: int,
+        offset: int,
+        global_batch: int,
+        token_mask: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:
         """Span masks for rows ``offset:offset + B`` of the ``global_batch`` samples drawn under ``key``."""
         config = self.model.config
         tokens = config.num_tokens(batch["input"].shape[1])
@@ -114,13 +128,22 @@ class PretrainObjective:
             generator.manual_seed(int(self.seed) * 1_000_003 + int(key))
         u = torch.rand((), device=device, generator=generator)
         scores = torch.rand(global_batch, tokens, device=device, generator=generator)
-        scores = scores[offset:offset + len(batch["input"])]
-        return sample_span_mask(len(batch["input"]), tokens, mask_prob=config.mask_time_prob,
-                                mask_length=config.mask_time_length, min_masks=config.mask_time_min_masks,
-                                token_mask=token_mask, scores=scores, u=u, device=device)
+        scores = scores[offset : offset + len(batch["input"])]
+        return sample_span_mask(
+            len(batch["input"]),
+            tokens,
+            mask_prob=config.mask_time_prob,
+            mask_length=config.mask_time_length,
+            min_masks=config.mask_time_min_masks,
+            token_mask=token_mask,
+            scores=scores,
+            u=u,
+            device=device,
+        )
 
-    def _forward(self, module: nn.Module, batch: dict[str, torch.Tensor], key: int, offset: int,
-                 global_batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _forward(
+        self, module: nn.Module, batch: dict[str, torch.Tensor], key: int, offset: int, global_batch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         attention_mask = batch["attention_mask"]
         full = bool(batch.get("full", False))
         token_mask = None if full else self.model.token_mask(attention_mask)
@@ -128,8 +151,9 @@ class PretrainObjective:
         logits, _ = module(batch["input"], None if full else attention_mask, mask)
         return masked_prediction_loss(logits, batch["targets"], mask, token_mask, self.alpha)
 
-    def training_loss(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int,
-                      env: DistEnv, micro: int = 0, accum: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, module: nn.Module, batch: dict[str, torch.Tensor], step: int, env: DistEnv, micro: int = 0, accum: int = 1
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of micro-batch ``micro`` (of ``accum``) of optimizer step ``step`` on this rank.
 
         The step's samples are numbered micro-batch by micro-batch, rank by rank within one
@@ -143,12 +167,14 @@ class PretrainObjective:
             # The targets still describe all 12 leads: the model learns to infer what a missing lead held.
             rng = np.random.default_rng([int(self.seed), int(step), int(micro), int(env.rank), 11])
             batch = {**batch, "input": apply_lead_dropout(batch["input"], self.lead_dropout, rng)}
-        return self._forward(module, batch, key=step, offset=micro * global_batch + env.rank * local,
-                             global_batch=global_batch * accum)
+        return self._forward(
+            module, batch, key=step, offset=micro * global_batch + env.rank * local, global_batch=global_batch * accum
+        )
 
     @torch.no_grad()
-    def validate(self, model: HubertECG, device: torch.device, autocast: Any,
-                 env: DistEnv | None = None) -> dict[str, float]:
+    def validate(
+        self, model: HubertECG, device: torch.device, autocast: Any, env: DistEnv | None = None
+    ) -> dict[str, float]:
         """Masked loss and masked-token accuracy on the fixed validation rows, with fixed masks.
 
         Called on every rank: rank r scores batches r, r + world, ... and the sums are all-reduced,
@@ -160,12 +186,17 @@ class PretrainObjective:
         for i, start in enumerate(range(0, len(self.val_rows), self.val_batch)):
             if i % env.world_size != env.rank:
                 continue
-            rows = self.val_rows[start:start + self.val_batch]
+            rows = self.val_rows[start : start + self.val_batch]
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.val_dataset[(i, rows)].items()}
             with autocast():
                 loss, stats = self._forward(module, batch, key=10**9 + i, offset=0, global_batch=len(rows))
-            sums += torch.stack([loss.double() * len(rows), stats["masked_acc"].double() * len(rows),
-                                 torch.tensor(float(len(rows)), dtype=torch.float64, device=device)])
+            sums += torch.stack(
+                [
+                    loss.double() * len(rows),
+                    stats["masked_acc"].double() * len(rows),
+                    torch.tensor(float(len(rows)), dtype=torch.float64, device=device),
+                ]
+            )
         loss_sum, acc_sum, n = all_reduce_sum(sums, env).tolist()
         return {"val_loss": loss_sum / max(n, 1.0), "val_masked_acc": acc_sum / max(n, 1.0)}
 
@@ -231,15 +262,32 @@ def _targets_fingerprint(store: ECGStore, name: str) -> dict[str, Any]:
     path = store.targets_path(name)
     meta_file = path.with_suffix(".json")
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    return {"kmeans_sha256": meta.get("kmeans_sha256"), "k": meta.get("k"), "rows": meta.get("n_rows"),
-            "bytes": path.stat().st_size if path.exists() else None}
+    return {
+        "kmeans_sha256": meta.get("kmeans_sha256"),
+        "k": meta.get("k"),
+        "rows": meta.get("n_rows"),
+        "bytes": path.stat().st_size if path.exists() else None,
+    }
 
 
-def run_pretrain(store_path: str, targets: Sequence[str], cfg: TrainConfig, *, size: str = "small",
-                 init_from: str | None = None, alpha: float = 1.0, mask_prob: float | None = None,
-                 mask_length: int | None = None, val_split: str = "val", val_fraction: float = 0.05,
-                 model_overrides: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
-                 command: list[str] | None = None, lead_dropout: float = 0.0) -> TrainResult:
+def run_pretrain(
+    store_path: str,
+    targets: Sequence[str],
+    cfg: TrainConfig,
+    *,
+    size: str = "small",
+    init_from: str | None = None,
+    alpha: float = 1.0,
+    mask_prob: float | None = None,
+    mask_length: int | None = None,
+    val_split: str = "val",
+    val_fraction: float = 0.05,
+    model_overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    command: list[str] | None = None,
+    lead_dropout: float = 0.0,
+) -> TrainResult:
     """Masked-prediction pre-training on a store with k-means targets (see ``hubert-ecg pretrain``).
 
     ``init_from`` starts iteration n+1 from iteration n: all encoder weights are kept, the codebooks
@@ -259,12 +307,31 @@ def run_pretrain(store_path: str, targets: Sequence[str], cfg: TrainConfig, *, s
     if cfg.monitor == "val_loss":
         cfg.monitor_mode = "min"
     init_path = Path(init_from).expanduser() if init_from else None
-    run = PretrainRun(str(Path(store.path).resolve()), targets, size,
-                      str(init_path.resolve()) if init_path is not None and init_path.exists() else init_from,
-                      alpha, mask_prob, mask_length, val_split, val_fraction, model_overrides, lead_dropout)
-    begin_training_run(cfg.out_dir, cfg.device, "pretrain", pretrain_settings(run, cfg), store=store, init=init_from,
-                       extra_inputs={"targets": {n: _targets_fingerprint(store, n) for n in targets}},
-                       overwrite=overwrite, resume=resume, command=command)
+    run = PretrainRun(
+        str(Path(store.path).resolve()),
+        targets,
+        size,
+        str(init_path.resolve()) if init_path is not None and init_path.exists() else init_from,
+        alpha,
+        mask_prob,
+        mask_length,
+        val_split,
+        val_fraction,
+        model_overrides,
+        lead_dropout,
+    )
+    begin_training_run(
+        cfg.out_dir,
+        cfg.device,
+        "pretrain",
+        pretrain_settings(run, cfg),
+        store=store,
+        init=init_from,
+        extra_inputs={"targets": {n: _targets_fingerprint(store, n) for n in targets}},
+        overwrite=overwrite,
+        resume=resume,
+        command=command,
+    )
     vocab_sizes = []
     kmeans_refs = []
     for name in targets:
@@ -294,6 +361,15 @@ def run_pretrain(store_path: str, targets: Sequence[str], cfg: TrainConfig, *, s
     model.info.kmeans = kmeans_refs
     model.info.source = f"pre-trained on {store.path}" + (f" from {init_from}" if init_from else "")
     train_rows, val_rows = default_val_rows(store, val_split, val_fraction, cfg.seed)
-    objective = PretrainObjective(model, store, targets, train_rows, val_rows, global_batch=cfg.batch_size,
-                                  alpha=alpha, seed=cfg.seed, lead_dropout=lead_dropout)
+    objective = PretrainObjective(
+        model,
+        store,
+        targets,
+        train_rows,
+        val_rows,
+        global_batch=cfg.batch_size,
+        alpha=alpha,
+        seed=cfg.seed,
+        lead_dropout=lead_dropout,
+    )
     return train(model, objective, cfg)

@@ -79,8 +79,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json, sha256_file
-from ..progress import progress
 from ..config import token_mask_from_sample_mask
+from ..progress import progress
 from ..store import ECGStore
 
 __all__ = [
@@ -135,8 +135,14 @@ class FeatureSpec:
         missing = [k for k in ("kind", "fs", "window") if data.get(k) is None]
         if missing:
             raise TargetsError(f"feature spec is missing {', '.join(missing)}")
-        return cls(kind=data["kind"], fs=data["fs"], window=data["window"], layer=data.get("layer"),
-                   checkpoint=data.get("checkpoint"), mfcc_deltas=bool(data.get("mfcc_deltas", False)))
+        return cls(
+            kind=data["kind"],
+            fs=data["fs"],
+            window=data["window"],
+            layer=data.get("layer"),
+            checkpoint=data.get("checkpoint"),
+            mfcc_deltas=bool(data.get("mfcc_deltas", False)),
+        )
 
 
 def _checkpoint_string(checkpoint: Any) -> str | None:
@@ -178,8 +184,10 @@ class _FeatureComputer:
             self.model = self._load_model(checkpoint if checkpoint is not None else spec.checkpoint)
             config = self.model.config
             if float(config.input_rate_hz) != float(store.fs):
-                raise TargetsError(f"{spec.checkpoint}: the model takes {config.input_rate_hz} Hz input but the "
-                                   f"store {store.path} holds {store.fs:g} Hz rows")
+                raise TargetsError(
+                    f"{spec.checkpoint}: the model takes {config.input_rate_hz} Hz input but the "
+                    f"store {store.path} holds {store.fs:g} Hz rows"
+                )
             self.kernels, self.strides = tuple(config.conv_kernel), tuple(config.conv_stride)
             self.dim = int(config.hidden_size)
         else:
@@ -200,8 +208,10 @@ class _FeatureComputer:
             model = load_model(checkpoint)
         n_layers = model.config.num_hidden_layers
         if not 0 <= layer <= n_layers:
-            raise TargetsError(f"{self.spec.checkpoint}: layer {layer} does not exist (0 = encoder input, "
-                               f"1..{n_layers} = transformer layers)")
+            raise TargetsError(
+                f"{self.spec.checkpoint}: layer {layer} does not exist (0 = encoder input, "
+                f"1..{n_layers} = transformer layers)"
+            )
         if model is not checkpoint:
             # hidden_states[layer] never depends on later layers or heads: do not run them.
             model.encoder.layers = model.encoder.layers[:layer]
@@ -220,9 +230,14 @@ class _FeatureComputer:
             from .features import FeatureInputError, hand_features
 
             try:
-                feats = hand_features(item["input"].numpy(), self.spec.kind, self.spec.fs,  # type: ignore[arg-type]
-                                      mfcc_deltas=self.spec.mfcc_deltas, conv_kernels=self.kernels,
-                                      conv_strides=self.strides)
+                feats = hand_features(
+                    item["input"].numpy(),
+                    self.spec.kind,  # type: ignore[arg-type]  # FeatureSpec.from_dict checked the kind
+                    self.spec.fs,
+                    mfcc_deltas=self.spec.mfcc_deltas,
+                    conv_kernels=self.kernels,
+                    conv_strides=self.strides,
+                )
             except FeatureInputError as err:  # its row index is within the batch: name the store rows
                 raise TargetsError(f"{self.store.path}, rows {rows[0]}..{rows[-1]}: {err}") from None
         else:
@@ -236,11 +251,15 @@ class _FeatureComputer:
 
         import torch
 
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        )
         with torch.inference_mode(), autocast:
-            out = self.model(x.to(self.device), None if full else mask.to(self.device),  # type: ignore[misc]
-                             output_hidden_states=True)
+            out = self.model(
+                x.to(self.device),
+                None if full else mask.to(self.device),  # type: ignore[misc]
+                output_hidden_states=True,
+            )
         return out.hidden_states[int(self.spec.layer)].float().cpu().numpy()  # type: ignore[arg-type]
 
 
@@ -298,8 +317,9 @@ def _rank_shards(selected: np.ndarray, world_size: int, shard_rows: int) -> list
     """Per rank: [(shard name, store rows)], rank r taking the r-th contiguous part of ``selected``."""
     plan = []
     for r, part in enumerate(np.array_split(selected, world_size)):
-        plan.append([(_shard_name(r, i), part[s:s + shard_rows])
-                     for i, s in enumerate(range(0, len(part), shard_rows))])
+        plan.append(
+            [(_shard_name(r, i), part[s : s + shard_rows]) for i, s in enumerate(range(0, len(part), shard_rows))]
+        )
     return plan
 
 
@@ -354,10 +374,23 @@ def dump_features(
         ``out_dir``. Shards already on disk are kept (resume); ``features.json`` appears once every
         rank's shards exist.
     """
-    opts = DumpOptions(kind=kind, checkpoint=checkpoint, layer=layer, rows=rows, sample_fraction=sample_fraction,
-                       seed=seed, batch_size=batch_size, shard_rows=shard_rows, rank=rank, world_size=world_size,
-                       device=device, progress=progress, dtype=dtype, mfcc_deltas=mfcc_deltas,
-                       stop_after_shards=stop_after_shards)
+    opts = DumpOptions(
+        kind=kind,
+        checkpoint=checkpoint,
+        layer=layer,
+        rows=rows,
+        sample_fraction=sample_fraction,
+        seed=seed,
+        batch_size=batch_size,
+        shard_rows=shard_rows,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        progress=progress,
+        dtype=dtype,
+        mfcc_deltas=mfcc_deltas,
+        stop_after_shards=stop_after_shards,
+    )
     opts.check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -368,12 +401,18 @@ def dump_features(
     selected = _select_rows(store, rows, sample_fraction, seed)
     computer = _FeatureComputer(store, spec, checkpoint, device)
     plan = _dump_plan(store, spec, computer, selected, opts)
-    _check_or_write_plan(out_dir / "plan.json", plan,
-                         f"{out_dir}: holds features dumped with other settings; use a new directory or delete it")
+    _check_or_write_plan(
+        out_dir / "plan.json",
+        plan,
+        f"{out_dir}: holds features dumped with other settings; use a new directory or delete it",
+    )
     if rank == 0:
-        _record_stage(out_dir, "features", {**plan, "batch_size": int(batch_size), "device": str(device),
-                                            "rows_given": rows is not None},
-                      {"store": _store_print(store), "checkpoint": _checkpoint_print(spec.checkpoint)})
+        _record_stage(
+            out_dir,
+            "features",
+            {**plan, "batch_size": int(batch_size), "device": str(device), "rows_given": rows is not None},
+            {"store": _store_print(store), "checkpoint": _checkpoint_print(spec.checkpoint)},
+        )
     shards = _rank_shards(selected, world_size, shard_rows)
     _write_shards(out_dir, shards[rank], computer, opts)
     if _dist_ready(world_size):
@@ -382,8 +421,7 @@ def dump_features(
             return out_dir
     all_shards = [(name, part) for per_rank in shards for name, part in per_rank]
     if all(_shard_done(out_dir, name) for name, _ in all_shards):
-        summary = {**plan, "complete": True,
-                   "shards": [{"name": name, "n": len(part)} for name, part in all_shards]}
+        summary = {**plan, "complete": True, "shards": [{"name": name, "n": len(part)} for name, part in all_shards]}
         atomic_write_json(out_dir / "features.json", summary)
     return out_dir
 
@@ -416,40 +454,57 @@ class DumpOptions:
             raise TargetsError(f"batch_size and shard_rows must be >= 1, got {self.batch_size} and {self.shard_rows}")
 
 
-def _dump_plan(store: ECGStore, spec: FeatureSpec, computer: _FeatureComputer, selected: np.ndarray,
-               opts: DumpOptions) -> dict[str, Any]:
+def _dump_plan(
+    store: ECGStore, spec: FeatureSpec, computer: _FeatureComputer, selected: np.ndarray, opts: DumpOptions
+) -> dict[str, Any]:
     """What defines a dump (checked on resume; ``features.json`` repeats it)."""
     return {
-        "format": _FEATURES_FORMAT, "version": 1, **spec.to_dict(),
-        "store": str(Path(store.path).resolve()), "store_rows": len(store),
-        "n_tokens": computer.n_tokens, "dim": computer.dim, "dtype": opts.dtype,
-        "n_rows": int(selected.size), "rows_sha256": hashlib.sha256(selected.tobytes()).hexdigest(),
-        "sample_fraction": float(opts.sample_fraction), "seed": int(opts.seed), "shard_rows": int(opts.shard_rows),
+        "format": _FEATURES_FORMAT,
+        "version": 1,
+        **spec.to_dict(),
+        "store": str(Path(store.path).resolve()),
+        "store_rows": len(store),
+        "n_tokens": computer.n_tokens,
+        "dim": computer.dim,
+        "dtype": opts.dtype,
+        "n_rows": int(selected.size),
+        "rows_sha256": hashlib.sha256(selected.tobytes()).hexdigest(),
+        "sample_fraction": float(opts.sample_fraction),
+        "seed": int(opts.seed),
+        "shard_rows": int(opts.shard_rows),
         "world_size": int(opts.world_size),
     }
 
 
-def _write_shards(out_dir: Path, shards: list[tuple[str, np.ndarray]], computer: _FeatureComputer,
-                  opts: DumpOptions) -> None:
+def _write_shards(
+    out_dir: Path, shards: list[tuple[str, np.ndarray]], computer: _FeatureComputer, opts: DumpOptions
+) -> None:
     """Write this rank's unfinished shards (rows and validity first, descriptors last: they mark it done)."""
     todo = [(name, part) for name, part in shards if not _shard_done(out_dir, name)]
-    bar = _progress(opts.progress, total=sum(len(p) for _, p in shards),
-                    initial=sum(len(p) for _, p in shards) - sum(len(p) for _, p in todo),
-                    desc=f"features r{opts.rank}", unit="ECG")
+    bar = _progress(
+        opts.progress,
+        total=sum(len(p) for _, p in shards),
+        initial=sum(len(p) for _, p in shards) - sum(len(p) for _, p in todo),
+        desc=f"features r{opts.rank}",
+        unit="ECG",
+    )
     try:
         for n_written, (name, part) in enumerate(todo):
             if opts.stop_after_shards is not None and n_written >= opts.stop_after_shards:
-                raise LabelInterrupted(f"{out_dir}: stopped after {opts.stop_after_shards} shards (incomplete); "
-                                       "re-run the same command to finish")
+                raise LabelInterrupted(
+                    f"{out_dir}: stopped after {opts.stop_after_shards} shards (incomplete); "
+                    "re-run the same command to finish"
+                )
             valid = np.empty((len(part), computer.n_tokens), dtype=bool)
             # Descriptors go straight into the (temporary) .npy file: a 4096-row shard of 768-wide
             # latents is over 1 GB, which need not sit in memory. Renamed last: it marks the shard done.
             with atomic_path(out_dir / f"{name}.npy") as tmp:
-                feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=opts.dtype,
-                                                  shape=(len(part), computer.n_tokens, computer.dim))
+                feats = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=opts.dtype, shape=(len(part), computer.n_tokens, computer.dim)
+                )
                 for s in range(0, len(part), opts.batch_size):
-                    f, v = computer.batch(part[s:s + opts.batch_size])
-                    feats[s:s + len(f)], valid[s:s + len(f)] = f, v
+                    f, v = computer.batch(part[s : s + opts.batch_size])
+                    feats[s : s + len(f)], valid[s : s + len(f)] = f, v
                     bar.update(len(f))
                 feats.flush()
                 del feats
@@ -495,8 +550,10 @@ def _check_or_write_plan(path: Path, plan: dict[str, Any], conflict: str) -> Non
 def _read_features_json(features_dir: Path) -> dict[str, Any]:
     meta_path = features_dir / "features.json"
     if not meta_path.exists():
-        raise TargetsError(f"{features_dir}: no features.json (the dump is missing or unfinished; re-run "
-                           "`hubert-ecg features` with the same arguments)")
+        raise TargetsError(
+            f"{features_dir}: no features.json (the dump is missing or unfinished; re-run "
+            "`hubert-ecg features` with the same arguments)"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != _FEATURES_FORMAT or not meta.get("complete"):
         raise TargetsError(f"{meta_path}: not a complete hubert-ecg feature dump")
@@ -514,8 +571,9 @@ def _iter_shards(features_dir: Path, meta: dict[str, Any]) -> Iterator[tuple[np.
         except (OSError, ValueError) as err:
             raise TargetsError(f"{features_dir / name}.npy: unreadable feature shard ({err})") from None
         if feats.shape[:2] != valid.shape or len(rows) != len(feats):
-            raise TargetsError(f"{features_dir / name}.npy: shard files disagree in shape "
-                               f"({feats.shape}, {valid.shape}, {rows.shape})")
+            raise TargetsError(
+                f"{features_dir / name}.npy: shard files disagree in shape ({feats.shape}, {valid.shape}, {rows.shape})"
+            )
         yield rows, feats, valid
 
 
@@ -554,7 +612,7 @@ def iter_feature_batches(
         for start in range(0, len(picked), _ITER_ECGS):
             if remaining <= 0:
                 return
-            some = picked[start:start + _ITER_ECGS]
+            some = picked[start : start + _ITER_ECGS]
             chunk = np.asarray(feats[some], dtype=np.float32)[valid[some]]
             if chunk.shape[0] > remaining:
                 chunk = chunk[: int(remaining)]
@@ -613,29 +671,57 @@ def cluster_features(
     held_rows = _held_out_rows(features_dir, meta, held_out_fraction, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_npy(out_dir / "held_out_rows.npy", held_rows)  # which ECGs quality was measured on
-    _record_stage(out_dir, "cluster", {"ks": ks, "normaliser": normaliser, "held_out_fraction": held_out_fraction,
-                                       "seed": seed, "backend": backend, "max_fit_rows": max_fit_rows,
-                                       "max_held_out_rows": max_held_out_rows, "epochs": epochs,
-                                       "fit_batch_size": fit_batch_size},
-                  {"features": {"path": str(features_dir.resolve()), "rows_sha256": meta["rows_sha256"],
-                                "rows": meta["n_rows"]}})
-    held_chunks = list(iter_feature_batches(features_dir, max_held_out_rows,
-                                            only_rows=held_rows if held_rows.size else None))
+    _record_stage(
+        out_dir,
+        "cluster",
+        {
+            "ks": ks,
+            "normaliser": normaliser,
+            "held_out_fraction": held_out_fraction,
+            "seed": seed,
+            "backend": backend,
+            "max_fit_rows": max_fit_rows,
+            "max_held_out_rows": max_held_out_rows,
+            "epochs": epochs,
+            "fit_batch_size": fit_batch_size,
+        },
+        {"features": {"path": str(features_dir.resolve()), "rows_sha256": meta["rows_sha256"], "rows": meta["n_rows"]}},
+    )
+    held_chunks = list(
+        iter_feature_batches(features_dir, max_held_out_rows, only_rows=held_rows if held_rows.size else None)
+    )
     if not held_chunks:
         raise TargetsError(f"{features_dir}: the held-out rows have no valid tokens")
-    job = _ClusterJob(features_dir, meta, held_rows, np.concatenate(held_chunks), n_threads, {
-        "features": str(features_dir.resolve()), "features_rows_sha256": meta["rows_sha256"],
-        "normaliser": normaliser, "held_out_fraction": held_out_fraction, "seed": seed, "backend": backend,
-        "max_fit_rows": max_fit_rows, "epochs": epochs, "fit_batch_size": fit_batch_size})
-    results = [job.fit(k, out_dir / f"k{k}")
-               for k in progress(ks, desc="k-means", unit="K", enabled=show_progress and len(ks) > 1)]
+    job = _ClusterJob(
+        features_dir,
+        meta,
+        held_rows,
+        np.concatenate(held_chunks),
+        n_threads,
+        {
+            "features": str(features_dir.resolve()),
+            "features_rows_sha256": meta["rows_sha256"],
+            "normaliser": normaliser,
+            "held_out_fraction": held_out_fraction,
+            "seed": seed,
+            "backend": backend,
+            "max_fit_rows": max_fit_rows,
+            "epochs": epochs,
+            "fit_batch_size": fit_batch_size,
+        },
+    )
+    results = [
+        job.fit(k, out_dir / f"k{k}")
+        for k in progress(ks, desc="k-means", unit="K", enabled=show_progress and len(ks) > 1)
+    ]
     summary = [{key: value for key, value in r.items() if key != "cluster_sizes"} for r in results]
     atomic_write_json(out_dir / "sweep.json", {"features": job.settings["features"], "results": summary})
     if len(ks) > 1:
         from ..plots import plot_inertia_vs_k
 
-        plot_inertia_vs_k([r["k"] for r in results], [r["inertia_total"] for r in results],
-                          out_dir / "inertia_vs_k.png")
+        plot_inertia_vs_k(
+            [r["k"] for r in results], [r["inertia_total"] for r in results], out_dir / "inertia_vs_k.png"
+        )
     return results
 
 
@@ -670,19 +756,41 @@ class _ClusterJob:
             if previous.get("settings") == self.settings:
                 return previous
         spec, cfg = FeatureSpec.from_dict(self.meta), self.settings
-        metadata = KMeansMetadata(kind=_kmeans_kind(spec.kind), layer=spec.layer, source_checkpoint=spec.checkpoint,
-                                  extra={"feature_spec": spec.to_dict(), "features_dir": cfg["features"],
-                                         "n_tokens": self.meta["n_tokens"], "dim": self.meta["dim"]})
-        model = fit_kmeans(lambda: iter_feature_batches(self.features_dir, exclude_rows=self.held_rows), k,
-                           normaliser=cfg["normaliser"], seed=cfg["seed"], backend=cfg["backend"],
-                           batch_size=cfg["fit_batch_size"], epochs=cfg["epochs"], max_rows=cfg["max_fit_rows"],
-                           n_threads=self.n_threads, metadata=metadata)
+        metadata = KMeansMetadata(
+            kind=_kmeans_kind(spec.kind),
+            layer=spec.layer,
+            source_checkpoint=spec.checkpoint,
+            extra={
+                "feature_spec": spec.to_dict(),
+                "features_dir": cfg["features"],
+                "n_tokens": self.meta["n_tokens"],
+                "dim": self.meta["dim"],
+            },
+        )
+        model = fit_kmeans(
+            lambda: iter_feature_batches(self.features_dir, exclude_rows=self.held_rows),
+            k,
+            normaliser=cfg["normaliser"],
+            seed=cfg["seed"],
+            backend=cfg["backend"],
+            batch_size=cfg["fit_batch_size"],
+            epochs=cfg["epochs"],
+            max_rows=cfg["max_fit_rows"],
+            n_threads=self.n_threads,
+            metadata=metadata,
+        )
         with atomic_path(model_path) as tmp:
             model.save(tmp)
         quality = cluster_quality(model, self.held_out, seed=cfg["seed"])
-        record = {"k": k, "path": str(model_path), "held_out": bool(self.held_rows.size),
-                  "n_held_out_ecgs": int(self.held_rows.size), **quality, "settings": cfg,
-                  "kmeans_sha256": sha256_file(model_path)}
+        record = {
+            "k": k,
+            "path": str(model_path),
+            "held_out": bool(self.held_rows.size),
+            "n_held_out_ecgs": int(self.held_rows.size),
+            **quality,
+            "settings": cfg,
+            "kmeans_sha256": sha256_file(model_path),
+        }
         atomic_write_json(quality_path, record)  # last: marks this K done
         return record
 
@@ -706,12 +814,17 @@ def _spec_for_model(store: ECGStore, model: Any, kind: str | None, checkpoint: A
         kind = "hidden"
     if checkpoint is None:
         checkpoint = stored.get("checkpoint") or model.metadata.source_checkpoint
-    layer = layer if layer is not None else (stored.get("layer") if stored.get("layer") is not None
-                                             else model.metadata.layer)
+    layer = (
+        layer
+        if layer is not None
+        else (stored.get("layer") if stored.get("layer") is not None else model.metadata.layer)
+    )
     spec = _make_spec(store, kind, checkpoint, layer, bool(stored.get("mfcc_deltas", False)))
     if stored and (stored.get("fs") != spec.fs or stored.get("window") != spec.window):
-        raise TargetsError(f"{store.path}: rows are {spec.fs:g} Hz / {spec.window}-sample windows but the k-means "
-                           f"features were {stored.get('fs')} Hz / {stored.get('window')}")
+        raise TargetsError(
+            f"{store.path}: rows are {spec.fs:g} Hz / {spec.window}-sample windows but the k-means "
+            f"features were {stored.get('fs')} Hz / {stored.get('window')}"
+        )
     return spec
 
 
@@ -735,7 +848,7 @@ def _done_blocks(targets_dir: Path, name: str, n_blocks: int) -> np.ndarray:
     done = np.zeros(n_blocks, dtype=bool)
     for progress_file in targets_dir.glob(f"{name}.progress-r*.json"):
         for lo, hi in _read_ranges(progress_file):
-            done[lo:min(hi, n_blocks)] = True
+            done[lo : min(hi, n_blocks)] = True
     return done
 
 
@@ -828,8 +941,16 @@ class _LabelJob:
     computers: dict[FeatureSpec, _FeatureComputer] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, store: ECGStore, kmeans_paths: Sequence[str | os.PathLike], name: str, kind: str | None,
-               checkpoint: Any, layer: int | None, batch_size: int) -> _LabelJob:
+    def create(
+        cls,
+        store: ECGStore,
+        kmeans_paths: Sequence[str | os.PathLike],
+        name: str,
+        kind: str | None,
+        checkpoint: Any,
+        layer: int | None,
+        batch_size: int,
+    ) -> _LabelJob:
         from .kmeans import KMeansModel
 
         files = [_resolve_kmeans_file(p) for p in kmeans_paths]
@@ -867,32 +988,51 @@ class _LabelJob:
                 return False
             recorded = json.loads(info.read_text()).get("kmeans_sha256") if info.exists() else None
             if recorded != sha:
-                raise TargetsError(f"{final}: targets from another k-means model exist; use another name or "
-                                   "delete them")
+                raise TargetsError(
+                    f"{final}: targets from another k-means model exist; use another name or delete them"
+                )
         return True
 
     def start(self, checkpoint: Any, device: str, rank: int) -> None:
         """Build the descriptor computers, check the plan, write the run record (rank 0)."""
         for spec in self.specs:
             if spec not in self.computers:
-                self.computers[spec] = _FeatureComputer(self.store, spec, checkpoint if spec.kind == "hidden" else None,
-                                                        device)
+                self.computers[spec] = _FeatureComputer(
+                    self.store, spec, checkpoint if spec.kind == "hidden" else None, device
+                )
         for f, spec, model in zip(self.files, self.specs, self.models):
             if self.computers[spec].dim != model.dim:
-                raise TargetsError(f"{f}: the model has {model.dim}-dimensional centroids but {spec.kind} "
-                                   f"descriptors have {self.computers[spec].dim}")
-        plan = {"format": _TARGETS_FORMAT, "names": self.names, "kmeans_sha256": self.shas,
-                "n_rows": len(self.store), "n_tokens": self.n_tokens, "block_rows": self.batch_size,
-                "feature_specs": [s.to_dict() for s in self.specs]}
+                raise TargetsError(
+                    f"{f}: the model has {model.dim}-dimensional centroids but {spec.kind} "
+                    f"descriptors have {self.computers[spec].dim}"
+                )
+        plan = {
+            "format": _TARGETS_FORMAT,
+            "names": self.names,
+            "kmeans_sha256": self.shas,
+            "n_rows": len(self.store),
+            "n_tokens": self.n_tokens,
+            "block_rows": self.batch_size,
+            "feature_specs": [s.to_dict() for s in self.specs],
+        }
         where = self.targets_dir / self.job
-        _check_or_write_plan(self.targets_dir / f"{self.job}.label-plan.json", plan,
-                             f"{where}.npy.partial: an unfinished labelling with other settings exists; "
-                             f"re-run it with its own settings, or delete {where}.* to start over")
+        _check_or_write_plan(
+            self.targets_dir / f"{self.job}.label-plan.json",
+            plan,
+            f"{where}.npy.partial: an unfinished labelling with other settings exists; "
+            f"re-run it with its own settings, or delete {where}.* to start over",
+        )
         if rank == 0:
-            _record_stage(self.targets_dir / f"{self.job}.run.json", "label",
-                          {**plan, "kmeans": [str(f.resolve()) for f in self.files], "device": str(device)},
-                          {"store": _store_print(self.store), "kmeans_sha256": self.shas,
-                           "checkpoint": _checkpoint_print(self.specs[0].checkpoint)})
+            _record_stage(
+                self.targets_dir / f"{self.job}.run.json",
+                "label",
+                {**plan, "kmeans": [str(f.resolve()) for f in self.files], "device": str(device)},
+                {
+                    "store": _store_print(self.store),
+                    "kmeans_sha256": self.shas,
+                    "checkpoint": _checkpoint_print(self.specs[0].checkpoint),
+                },
+            )
 
     @property
     def n_tokens(self) -> int:
@@ -906,12 +1046,15 @@ class _LabelJob:
         outputs = [np.load(p, mmap_mode="r+") for p in self.partials]
         for p, out in zip(self.partials, outputs):
             if out.shape != shape or out.dtype != np.int16:
-                raise TargetsError(f"{p}: partial targets of shape {out.shape} {out.dtype}, expected "
-                                   f"{shape} int16; delete it and re-run")
+                raise TargetsError(
+                    f"{p}: partial targets of shape {out.shape} {out.dtype}, expected "
+                    f"{shape} int16; delete it and re-run"
+                )
         return outputs
 
-    def run_blocks(self, outputs: list[Any], rank: int, world_size: int, device: str, progress: bool,
-                   stop_after_blocks: int | None) -> None:
+    def run_blocks(
+        self, outputs: list[Any], rank: int, world_size: int, device: str, progress: bool, stop_after_blocks: int | None
+    ) -> None:
         """Label this rank's unfinished blocks; each is flushed before it is recorded as done."""
         n_rows, size = len(self.store), self.batch_size
         progress_file = self.targets_dir / f"{self.job}.progress-r{rank}.json"
@@ -919,19 +1062,22 @@ class _LabelJob:
         done = _done_blocks(self.targets_dir, self.job, self.n_blocks)
         my_blocks = np.array_split(np.arange(self.n_blocks), world_size)[rank]
         todo = [int(b) for b in my_blocks if not done[b]]
-        bar = _progress(progress, total=int(sum(min(size, n_rows - b * size) for b in my_blocks)),
-                        desc=f"label r{rank}", unit="ECG")
+        bar = _progress(
+            progress, total=int(sum(min(size, n_rows - b * size) for b in my_blocks)), desc=f"label r{rank}", unit="ECG"
+        )
         bar.update(int(sum(min(size, n_rows - b * size) for b in my_blocks if done[b])))
         assign_device = device if str(device).startswith("cuda") else None
         try:
             for n_done, block in enumerate(todo):
                 if stop_after_blocks is not None and n_done >= stop_after_blocks:
-                    raise LabelInterrupted(f"{self.partials[0]}: stopped after {stop_after_blocks} blocks "
-                                           "(incomplete); re-run the same command to finish")
+                    raise LabelInterrupted(
+                        f"{self.partials[0]}: stopped after {stop_after_blocks} blocks "
+                        "(incomplete); re-run the same command to finish"
+                    )
                 rows = np.arange(block * size, min((block + 1) * size, n_rows), dtype=np.int64)
                 feats = {spec: comp.batch(rows)[0] for spec, comp in self.computers.items()}
                 for out, model, spec in zip(outputs, self.models, self.specs):
-                    out[rows[0]:rows[-1] + 1] = model.assign(feats[spec], device=assign_device)
+                    out[rows[0] : rows[-1] + 1] = model.assign(feats[spec], device=assign_device)
                 for out in outputs:
                     out.flush()  # labels reach the file before the block is recorded as done
                 own = _add_block(own, block)
@@ -947,11 +1093,22 @@ class _LabelJob:
         """Write each ``{name}.json``, rename the partial files into place, remove progress and plan files."""
         for i, (n, p) in enumerate(zip(self.names, self.partials)):
             spec = self.specs[i]
-            info = {"format": _TARGETS_FORMAT, "name": n, "kmeans": str(self.files[i].resolve()),
-                    "kmeans_sha256": self.shas[i], "k": self.models[i].k, "kind": spec.kind, "layer": spec.layer,
-                    "checkpoint": spec.checkpoint, "feature_spec": spec.to_dict(),
-                    "normaliser": self.models[i].normaliser.mode, "n_rows": len(self.store),
-                    "n_tokens": self.n_tokens, "dtype": "int16", "store": str(Path(self.store.path).resolve())}
+            info = {
+                "format": _TARGETS_FORMAT,
+                "name": n,
+                "kmeans": str(self.files[i].resolve()),
+                "kmeans_sha256": self.shas[i],
+                "k": self.models[i].k,
+                "kind": spec.kind,
+                "layer": spec.layer,
+                "checkpoint": spec.checkpoint,
+                "feature_spec": spec.to_dict(),
+                "normaliser": self.models[i].normaliser.mode,
+                "n_rows": len(self.store),
+                "n_tokens": self.n_tokens,
+                "dtype": "int16",
+                "store": str(Path(self.store.path).resolve()),
+            }
             atomic_write_json(self.targets_dir / f"{n}.json", info)
             try:
                 os.replace(p, self.store.targets_path(n))
@@ -959,6 +1116,9 @@ class _LabelJob:
                 if not self.store.targets_path(n).exists():
                     raise
         job, folder = self.job, self.targets_dir
-        for leftover in (list(folder.glob(f"{job}.progress-r*.json")) + [folder / f"{job}.label-plan.json"]
-                         + list(folder.glob(f".{job}.progress-r*.tmp"))):  # progress writes cut by a kill
+        for leftover in (
+            list(folder.glob(f"{job}.progress-r*.json"))
+            + [folder / f"{job}.label-plan.json"]
+            + list(folder.glob(f".{job}.progress-r*.tmp"))
+        ):  # progress writes cut by a kill
             leftover.unlink(missing_ok=True)

@@ -21,8 +21,15 @@ from ..config import HEAD_TYPES, TASKS
 from ..tasks import MONITORS as _MONITOR_MODES
 from ..tasks import get_task
 
-__all__ = ["KNOWN_KEYS", "MODEL_SIZES", "RecipeError", "list_recipes", "load_recipe", "resolve_recipe",
-           "validate_recipe"]
+__all__ = [
+    "KNOWN_KEYS",
+    "MODEL_SIZES",
+    "RecipeError",
+    "list_recipes",
+    "load_recipe",
+    "resolve_recipe",
+    "validate_recipe",
+]
 
 MODEL_SIZES: tuple[str, ...] = ("small", "base", "large")
 #: Monitor metrics a recipe may name: the one list of :data:`hubert_ecg.tasks.MONITORS`.
@@ -55,9 +62,12 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "patience": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (validations without improvement)"),
     "monitor": (lambda v: v in MONITORS, f"one of {', '.join(MONITORS)}"),
     "crop": (lambda v: v in ("random", "first"), "random or first"),
-    "layerdrop": (lambda v: _prob(v) or (isinstance(v, dict) and set(v) == set(MODEL_SIZES)
-                                         and all(_prob(x) for x in v.values())),
-                  "a number in [0, 1) or a mapping small/base/large -> number in [0, 1)"),
+    "layerdrop": (
+        lambda v: (
+            _prob(v) or (isinstance(v, dict) and set(v) == set(MODEL_SIZES) and all(_prob(x) for x in v.values()))
+        ),
+        "a number in [0, 1) or a mapping small/base/large -> number in [0, 1)",
+    ),
     "label_start_index": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "pos_weight": (lambda v: isinstance(v, bool), "true or false"),
     "class_weights": (lambda v: isinstance(v, bool), "true or false"),
@@ -91,8 +101,9 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
         raise RecipeError(f"{source}: a recipe must be a mapping of option names to values")
     unknown = sorted(set(recipe) - KNOWN_KEYS)
     if unknown:
-        raise RecipeError(f"{source}: unknown key(s) {', '.join(map(str, unknown))} "
-                          f"(known: {', '.join(sorted(KNOWN_KEYS))})")
+        raise RecipeError(
+            f"{source}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(KNOWN_KEYS))})"
+        )
     for key, value in recipe.items():
         check, expected = _CHECKS[key]
         if not check(value):
@@ -100,8 +111,10 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
     if "monitor" in recipe and "task" in recipe:
         allowed = get_task(recipe["task"]).monitors
         if recipe["monitor"] not in allowed:
-            raise RecipeError(f"{source}: monitor {recipe['monitor']} is not a validation metric of task "
-                              f"{recipe['task']} (choose from {', '.join(allowed)})")
+            raise RecipeError(
+                f"{source}: monitor {recipe['monitor']} is not a validation metric of task "
+                f"{recipe['task']} (choose from {', '.join(allowed)})"
+            )
     if "val_every" in recipe and "max_steps" in recipe and recipe["val_every"] > recipe["max_steps"]:
         raise RecipeError(f"{source}: val_every ({recipe['val_every']}) exceeds max_steps ({recipe['max_steps']})")
     return recipe
