@@ -184,7 +184,7 @@ def test_train_moves_the_objective_constants_once():
 
     from hubert_ecg import training
 
-    assert "objective.to(device)" in inspect.getsource(training.train)
+    assert "objective.to(device)" in inspect.getsource(training._setup_run)  # train() -> _setup_run()
 
 
 # ---------------------------------------------------------------------------------------------

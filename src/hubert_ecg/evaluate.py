@@ -314,194 +314,22 @@ def report_scores(
     before/after table. ``lead_subsets``: lead-set name -> probabilities of the same records with
     only those leads (reported as paired differences against ``y_score``).
     """
-    from . import plots
-    from .compare import paired_bootstrap
-    from .metrics import bootstrap_ci, compute_metrics
-    from .report import ReportSection, format_interval, write_report
+    from .report import ReportSection, write_report
 
-    result = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=label_names)
-    ci = (
-        bootstrap_ci(
-            task,
-            y_true,
-            y_score,
-            n_resamples=n_bootstrap,
-            seed=seed,
-            thresholds=thresholds,
-            label_names=label_names,
-            method=ci_method,
-            stratify=stratify,
-            show_progress=show_progress,
-        )
-        if n_bootstrap > 0
-        else None
-    )
-    names = label_names or list(result.label_names)
-    figures: dict[str, Path] = {}
+    s = _ScoredRecords(out, task, y_true, y_score, label_names, thresholds, n_bootstrap, seed, ci_method, stratify)
+    result, ci = _metrics_and_intervals(s, show_progress)
+    figures = _standard_figures(s, result, ci)
     sections: list[ReportSection] = []
     details: dict[str, Any] = {}
-    if task in ("multi_label", "binary", "multi_class"):
-        figures["ROC and precision-recall curves"] = plots.plot_roc_pr(y_true, y_score, names, out / "roc_pr.png")
-        if ci is not None:
-            figures["AUROC per label with 95% CI"] = plots.plot_per_label_auroc(ci, out / "auroc_per_label.png")
-        figures["Reliability diagrams (calibration)"] = plots.plot_reliability(
-            y_true, y_score, names, out / "reliability.png"
-        )
-    if task == "multi_class" and result.confusion_matrix is not None:
-        figures["Confusion matrix"] = plots.plot_confusion_matrix(
-            result.confusion_matrix, names, out / "confusion_matrix.png"
-        )
-    if task == "regression":
-        figures["Predicted vs true"] = plots.plot_regression(y_true, y_score, out / "regression.png")
-
     if calibration_info is not None and uncalibrated is not None:
-        before = compute_metrics(task, y_true, uncalibrated, thresholds=thresholds, label_names=label_names)
-        rows = []
-        for metric in ("brier", "ece"):
-            rows.append([f"macro {metric}", f"{before.macro[metric]:.4f}", f"{result.macro[metric]:.4f}"])
-        for metric in ("brier", "ece_top_label"):
-            if metric in result.overall:
-                rows.append([metric, f"{before.overall[metric]:.4f}", f"{result.overall[metric]:.4f}"])
-        params = {k: v for k, v in calibration_info.items() if k not in ("a", "b")}
-        sections.append(
-            ReportSection(
-                "Post-hoc calibration",
-                ["metric", "before", "after"],
-                rows,
-                intro=f"Probabilities in this report are calibrated: {json.dumps(params)} "
-                "(fitted on validation records only, never on the records evaluated here). "
-                "Platt scaling and temperature scaling keep the ranking, so AUROC is unchanged.",
-            )
-        )
-        details["calibration"] = {"fit": calibration_info, "before": {"macro": before.macro, "overall": before.overall}}
-
+        section, details["calibration"] = _calibration_section(s, result, calibration_info, uncalibrated)
+        sections.append(section)
     if subgroup_columns:
-        from .subgroups import subgroup_results
-
-        sub = subgroup_results(
-            task,
-            y_true,
-            y_score,
-            subgroup_columns,
-            label_names=label_names,
-            thresholds=thresholds,
-            n_resamples=n_bootstrap,
-            seed=seed,
-            method=ci_method,
-            stratify=stratify,
-        )
-        key = "auroc" if task != "regression" else "mae"
-        header = ["column", "group", "records", f"macro {key}", "macro AUPRC" if key == "auroc" else "macro R²", "note"]
-        second = "auprc" if key == "auroc" else "r2"
-        rows, forest, groups = [], [], []
-        for column, entry in sub.items():
-            for group, info in entry["groups"].items():
-                stats = info["macro"].get(key, {})
-                rows.append(
-                    [
-                        column,
-                        group,
-                        str(info["n_records"]),
-                        format_interval(stats),
-                        format_interval(info["macro"].get(second, {})),
-                        info["note"] or "",
-                    ]
-                )
-                forest.append(
-                    (
-                        f"{column} = {group} (n={info['n_records']})",
-                        stats.get("point", np.nan),
-                        stats.get("lower", np.nan),
-                        stats.get("upper", np.nan),
-                    )
-                )
-                groups.append(column)
-        plot = plots.plot_intervals(
-            forest,
-            out / "subgroups.png",
-            xlabel=f"macro {key.upper()} (bootstrap CI)",
-            title="Subgroups",
-            reference=0.5 if key == "auroc" else None,
-            groups=groups,
-        )
-        from .subgroups import AGE_BANDS, MAX_NUMERIC_LEVELS, MIN_GROUP_RECORDS
-
-        sections.append(
-            ReportSection(
-                "Subgroups",
-                header,
-                rows,
-                plots={f"macro {key.upper()} per subgroup": plot},
-                intro="Each group is bootstrapped on its own. Grouping: text columns by value; numeric columns with "
-                f"at most {MAX_NUMERIC_LEVELS} values by value; 'age' in bands "
-                f"{', '.join(b[2] for b in AGE_BANDS)}; other numeric columns at their quartiles; blank = "
-                f"'missing'. Groups under {MIN_GROUP_RECORDS} records get no interval.",
-            )
-        )
-        details["subgroups"] = sub
-
+        section, details["subgroups"] = _subgroup_section(s, subgroup_columns)
+        sections.append(section)
     if lead_subsets:
-        key = "auroc" if task != "regression" else "mae"
-        rows, forest = [], []
-        lead_details = {}
-        for name, probs in lead_subsets.items():
-            paired = paired_bootstrap(
-                task,
-                y_true,
-                y_score,
-                probs,
-                n_resamples=max(n_bootstrap, 1),
-                seed=seed,
-                label_names=label_names,
-                thresholds_a=thresholds,
-                thresholds_b=thresholds,
-                method=ci_method,
-                stratify=stratify,
-            )
-            sub_ci = bootstrap_ci(
-                task,
-                y_true,
-                probs,
-                n_resamples=max(n_bootstrap, 1),
-                seed=seed,
-                thresholds=thresholds,
-                label_names=label_names,
-                method=ci_method,
-                stratify=stratify,
-            )
-            d = paired["macro"][key]
-            rows.append(
-                [
-                    name,
-                    format_interval(sub_ci["macro"][key]),
-                    format_interval(d, "difference", signed=True),
-                    _fmt_p(d["p_value"]),
-                    format_interval(paired["macro"]["f1"], "difference", signed=True)
-                    if "f1" in paired["macro"]
-                    else "",
-                ]
-            )
-            forest.append((name, d["difference"], d["lower"], d["upper"]))
-            lead_details[name] = {"macro": sub_ci["macro"], "paired_difference_vs_all_leads": paired["macro"]}
-        plot = plots.plot_intervals(
-            forest,
-            out / "lead_subsets.png",
-            xlabel=f"change in macro {key.upper()} vs all 12 leads (paired bootstrap CI)",
-            title="Reduced-lead input",
-            reference=0.0,
-        )
-        sections.append(
-            ReportSection(
-                "Reduced leads",
-                ["leads kept", f"macro {key}", "change vs 12 leads", "p", "change in macro F1"],
-                rows,
-                plots={"Change vs 12 leads": plot},
-                intro="The same records scored again with only these leads (the others zeroed, as a missing lead "
-                "reaches the model); differences are paired bootstrap intervals against the 12-lead scores.",
-            )
-        )
-        details["lead_subsets"] = lead_details
-
+        section, details["lead_subsets"] = _lead_subset_section(s, lead_subsets)
+        sections.append(section)
     report = write_report(
         out,
         title=title,
@@ -525,6 +353,250 @@ def report_scores(
         summary["ci_method"] = ci_method
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+@dataclass
+class _ScoredRecords:
+    """What every part of a report needs: where it goes, the records' labels and scores, the bootstrap settings."""
+
+    out: Path
+    task: str
+    y_true: np.ndarray
+    y_score: np.ndarray
+    label_names: list[str] | None
+    thresholds: Any
+    n_bootstrap: int
+    seed: int
+    ci_method: str
+    stratify: bool
+
+    @property
+    def key(self) -> str:
+        """The headline metric of the extra sections."""
+        return "auroc" if self.task != "regression" else "mae"
+
+
+def _metrics_and_intervals(s: _ScoredRecords, show_progress: bool) -> tuple[Any, dict[str, Any] | None]:
+    """Point estimates, and bootstrap intervals unless ``n_bootstrap`` is 0."""
+    from .metrics import bootstrap_ci, compute_metrics
+
+    result = compute_metrics(s.task, s.y_true, s.y_score, thresholds=s.thresholds, label_names=s.label_names)
+    ci = (
+        bootstrap_ci(
+            s.task,
+            s.y_true,
+            s.y_score,
+            n_resamples=s.n_bootstrap,
+            seed=s.seed,
+            thresholds=s.thresholds,
+            label_names=s.label_names,
+            method=s.ci_method,
+            stratify=s.stratify,
+            show_progress=show_progress,
+        )
+        if s.n_bootstrap > 0
+        else None
+    )
+    return result, ci
+
+
+def _standard_figures(s: _ScoredRecords, result: Any, ci: dict[str, Any] | None) -> dict[str, Path]:
+    """The task's usual plots: ROC/PR, AUROC per label, reliability, confusion matrix or predicted vs true."""
+    from . import plots
+
+    task, names = s.task, s.label_names or list(result.label_names)
+    figures: dict[str, Path] = {}
+    if task in ("multi_label", "binary", "multi_class"):
+        figures["ROC and precision-recall curves"] = plots.plot_roc_pr(s.y_true, s.y_score, names, s.out / "roc_pr.png")
+        if ci is not None:
+            figures["AUROC per label with 95% CI"] = plots.plot_per_label_auroc(ci, s.out / "auroc_per_label.png")
+        figures["Reliability diagrams (calibration)"] = plots.plot_reliability(
+            s.y_true, s.y_score, names, s.out / "reliability.png"
+        )
+    if task == "multi_class" and result.confusion_matrix is not None:
+        figures["Confusion matrix"] = plots.plot_confusion_matrix(
+            result.confusion_matrix, names, s.out / "confusion_matrix.png"
+        )
+    if task == "regression":
+        figures["Predicted vs true"] = plots.plot_regression(s.y_true, s.y_score, s.out / "regression.png")
+    return figures
+
+
+def _calibration_section(
+    s: _ScoredRecords, result: Any, calibration_info: dict[str, Any], uncalibrated: np.ndarray
+) -> tuple[Any, dict[str, Any]]:
+    """The before/after table of post-hoc calibration, and its details for ``metrics.json``."""
+    from .metrics import compute_metrics
+    from .report import ReportSection
+
+    before = compute_metrics(s.task, s.y_true, uncalibrated, thresholds=s.thresholds, label_names=s.label_names)
+    rows = []
+    for metric in ("brier", "ece"):
+        rows.append([f"macro {metric}", f"{before.macro[metric]:.4f}", f"{result.macro[metric]:.4f}"])
+    for metric in ("brier", "ece_top_label"):
+        if metric in result.overall:
+            rows.append([metric, f"{before.overall[metric]:.4f}", f"{result.overall[metric]:.4f}"])
+    params = {k: v for k, v in calibration_info.items() if k not in ("a", "b")}
+    section = ReportSection(
+        "Post-hoc calibration",
+        ["metric", "before", "after"],
+        rows,
+        intro=f"Probabilities in this report are calibrated: {json.dumps(params)} "
+        "(fitted on validation records only, never on the records evaluated here). "
+        "Platt scaling and temperature scaling keep the ranking, so AUROC is unchanged.",
+    )
+    return section, {"fit": calibration_info, "before": {"macro": before.macro, "overall": before.overall}}
+
+
+def _subgroup_section(s: _ScoredRecords, subgroup_columns: dict[str, list[Any]]) -> tuple[Any, dict[str, Any]]:
+    """Metrics with intervals per subgroup (a table and a forest plot), and the per-group details."""
+    from . import plots
+    from .report import ReportSection
+    from .subgroups import subgroup_results
+
+    sub = subgroup_results(
+        s.task,
+        s.y_true,
+        s.y_score,
+        subgroup_columns,
+        label_names=s.label_names,
+        thresholds=s.thresholds,
+        n_resamples=s.n_bootstrap,
+        seed=s.seed,
+        method=s.ci_method,
+        stratify=s.stratify,
+    )
+    key = s.key
+    header = ["column", "group", "records", f"macro {key}", "macro AUPRC" if key == "auroc" else "macro R²", "note"]
+    rows, forest, groups = _subgroup_rows(sub, key, "auprc" if key == "auroc" else "r2")
+    plot = plots.plot_intervals(
+        forest,
+        s.out / "subgroups.png",
+        xlabel=f"macro {key.upper()} (bootstrap CI)",
+        title="Subgroups",
+        reference=0.5 if key == "auroc" else None,
+        groups=groups,
+    )
+    from .subgroups import AGE_BANDS, MAX_NUMERIC_LEVELS, MIN_GROUP_RECORDS
+
+    section = ReportSection(
+        "Subgroups",
+        header,
+        rows,
+        plots={f"macro {key.upper()} per subgroup": plot},
+        intro="Each group is bootstrapped on its own. Grouping: text columns by value; numeric columns with "
+        f"at most {MAX_NUMERIC_LEVELS} values by value; 'age' in bands "
+        f"{', '.join(b[2] for b in AGE_BANDS)}; other numeric columns at their quartiles; blank = "
+        f"'missing'. Groups under {MIN_GROUP_RECORDS} records get no interval.",
+    )
+    return section, sub
+
+
+def _subgroup_rows(
+    sub: dict[str, Any], key: str, second: str
+) -> tuple[list[list[str]], list[tuple[str, float, float, float]], list[str]]:
+    """Table rows, forest-plot entries and their column (plot group), one per subgroup."""
+    from .report import format_interval
+
+    rows, forest, groups = [], [], []
+    for column, entry in sub.items():
+        for group, info in entry["groups"].items():
+            stats = info["macro"].get(key, {})
+            rows.append(
+                [
+                    column,
+                    group,
+                    str(info["n_records"]),
+                    format_interval(stats),
+                    format_interval(info["macro"].get(second, {})),
+                    info["note"] or "",
+                ]
+            )
+            forest.append(
+                (
+                    f"{column} = {group} (n={info['n_records']})",
+                    stats.get("point", np.nan),
+                    stats.get("lower", np.nan),
+                    stats.get("upper", np.nan),
+                )
+            )
+            groups.append(column)
+    return rows, forest, groups
+
+
+def _lead_subset_section(s: _ScoredRecords, lead_subsets: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """Reduced-lead scores as paired differences against all 12 leads (a table and a forest plot)."""
+    from . import plots
+    from .report import ReportSection
+
+    key = s.key
+    rows, forest = [], []
+    lead_details = {}
+    for name, probs in lead_subsets.items():
+        row, entry, lead_details[name] = _lead_subset_row(s, name, probs)
+        rows.append(row)
+        forest.append(entry)
+    plot = plots.plot_intervals(
+        forest,
+        s.out / "lead_subsets.png",
+        xlabel=f"change in macro {key.upper()} vs all 12 leads (paired bootstrap CI)",
+        title="Reduced-lead input",
+        reference=0.0,
+    )
+    section = ReportSection(
+        "Reduced leads",
+        ["leads kept", f"macro {key}", "change vs 12 leads", "p", "change in macro F1"],
+        rows,
+        plots={"Change vs 12 leads": plot},
+        intro="The same records scored again with only these leads (the others zeroed, as a missing lead "
+        "reaches the model); differences are paired bootstrap intervals against the 12-lead scores.",
+    )
+    return section, lead_details
+
+
+def _lead_subset_row(
+    s: _ScoredRecords, name: str, probs: np.ndarray
+) -> tuple[list[str], tuple[str, float, float, float], dict[str, Any]]:
+    """One lead set: its table row, its forest-plot entry and its details."""
+    from .compare import paired_bootstrap
+    from .metrics import bootstrap_ci
+    from .report import format_interval
+
+    key = s.key
+    paired = paired_bootstrap(
+        s.task,
+        s.y_true,
+        s.y_score,
+        probs,
+        n_resamples=max(s.n_bootstrap, 1),
+        seed=s.seed,
+        label_names=s.label_names,
+        thresholds_a=s.thresholds,
+        thresholds_b=s.thresholds,
+        method=s.ci_method,
+        stratify=s.stratify,
+    )
+    sub_ci = bootstrap_ci(
+        s.task,
+        s.y_true,
+        probs,
+        n_resamples=max(s.n_bootstrap, 1),
+        seed=s.seed,
+        thresholds=s.thresholds,
+        label_names=s.label_names,
+        method=s.ci_method,
+        stratify=s.stratify,
+    )
+    d = paired["macro"][key]
+    row = [
+        name,
+        format_interval(sub_ci["macro"][key]),
+        format_interval(d, "difference", signed=True),
+        _fmt_p(d["p_value"]),
+        format_interval(paired["macro"]["f1"], "difference", signed=True) if "f1" in paired["macro"] else "",
+    ]
+    detail = {"macro": sub_ci["macro"], "paired_difference_vs_all_leads": paired["macro"]}
+    return row, (name, d["difference"], d["lower"], d["upper"]), detail
 
 
 def _calibration_for(
@@ -914,8 +986,6 @@ def compare_models(
     ``a``/``b`` are checkpoints scored on ``split`` of ``store``, or predictions CSVs scored against
     ``labels``. Differences are ``B - A``. Returns ``{"report", "comparison", "lines"}``.
     """
-    from . import plots
-    from .compare import compare_scores
     from .report import write_compare_report
 
     out = check_writable(out_dir)
@@ -925,46 +995,115 @@ def compare_models(
     if store is not None and labels is not None:
         raise ValueError("compare: give --store (two checkpoints) or --labels (two predictions CSVs), not both")
     if store is not None:
-        st = ECGStore(store)
-        model_a, device_ = _load_and_check(a, st, device)
-        model_b, _ = _load_and_check(b, st, device)
-        if (model_a.info.task or "multi_label") != (model_b.info.task or "multi_label"):
-            raise ValueError(f"compare: {a} is a {model_a.info.task} model but {b} is a {model_b.info.task} model")
-        opts: dict[str, Any] = dict(device=device_, windows=windows, batch_size=batch_size, seed=seed)
-        sa = score_split(model_a, st, split, **opts)
-        del model_a
-        sb = score_split(model_b, st, split, warn_blank=False, **opts)
-        if sa.label_names != sb.label_names:
-            raise ValueError(f"compare: the models predict different labels ({sa.label_names} vs {sb.label_names})")
-        task, y_true, score_a, score_b = sa.task, sa.y_true, sa.y_score, sb.y_score
-        label_names, thr_a, thr_b = sa.label_names, sa.thresholds, sb.thresholds
-        source = f"split '{split}' of {st.path}"
+        p = _paired_from_store(a, b, store, split, device=device, windows=windows, batch_size=batch_size, seed=seed)
     elif labels is not None:
-        ta = read_predictions(a, labels, task=task)
-        tb = read_predictions(b, labels, task=task, label_columns=ta.label_names if task != "multi_class" else None)
-        order = {rid: i for i, rid in enumerate(tb.record_ids)}
-        if set(order) != set(ta.record_ids.tolist()):
-            raise ValueError(f"compare: {a} and {b} score different records")
-        idx = np.array([order[rid] for rid in ta.record_ids])
-        y_true, score_a, score_b, label_names = ta.y_true, ta.y_score, tb.y_score[idx], ta.label_names
-        thr_a = thr_b = None
-        source = f"records of {labels}"
+        p = _paired_from_predictions(a, b, labels, task)
     else:
         raise ValueError("compare: give --store STORE (two checkpoints) or --labels FILE (two predictions CSVs)")
-    comparison = compare_scores(
-        task,
-        y_true,
-        score_a,
-        score_b,
-        label_names=label_names,
+    comparison = _compare(p, n_bootstrap=n_bootstrap, seed=seed, ci_method=ci_method, stratify=stratify)
+    key = "auroc" if p.task != "regression" else "mae"
+    figures = _compare_figures(comparison, key, names, out)
+    note = data_note or (
+        f"Both models scored on the same {len(p.y_true)} records ({p.source}). "
+        "Check the data provenance before drawing clinical conclusions."
+    )
+    report = write_compare_report(
+        out,
+        title=title or f"{names[0]} vs {names[1]}",
+        comparison=comparison,
+        names=names,
+        data_note=note,
+        plots=figures,
+        extra={"A": str(a), "B": str(b), "records": p.source, "task": p.task},
+    )
+    return {"report": str(report), "comparison": comparison, "lines": _compare_lines(comparison, key, names, p)}
+
+
+@dataclass
+class _PairedScores:
+    """Two models' scores of the same records, in the same order, with the shared labels."""
+
+    task: str
+    y_true: np.ndarray
+    score_a: np.ndarray
+    score_b: np.ndarray
+    label_names: list[str] | None
+    thresholds_a: Any
+    thresholds_b: Any
+    source: str  # where the records come from, for the report
+
+
+def _paired_from_store(
+    a: str | Path,
+    b: str | Path,
+    store: str | Path,
+    split: str,
+    *,
+    device: str,
+    windows: str,
+    batch_size: int,
+    seed: int,
+) -> _PairedScores:
+    """Two checkpoints scored on ``split`` of ``store`` (one model in memory at a time)."""
+    st = ECGStore(store)
+    model_a, device_ = _load_and_check(a, st, device)
+    model_b, _ = _load_and_check(b, st, device)
+    if (model_a.info.task or "multi_label") != (model_b.info.task or "multi_label"):
+        raise ValueError(f"compare: {a} is a {model_a.info.task} model but {b} is a {model_b.info.task} model")
+    opts: dict[str, Any] = dict(device=device_, windows=windows, batch_size=batch_size, seed=seed)
+    sa = score_split(model_a, st, split, **opts)
+    del model_a
+    sb = score_split(model_b, st, split, warn_blank=False, **opts)
+    if sa.label_names != sb.label_names:
+        raise ValueError(f"compare: the models predict different labels ({sa.label_names} vs {sb.label_names})")
+    return _PairedScores(
+        sa.task,
+        sa.y_true,
+        sa.y_score,
+        sb.y_score,
+        sa.label_names,
+        sa.thresholds,
+        sb.thresholds,
+        f"split '{split}' of {st.path}",
+    )
+
+
+def _paired_from_predictions(a: str | Path, b: str | Path, labels: str | Path, task: str) -> _PairedScores:
+    """Two predictions CSVs scored against ``labels``; B's rows are put in A's record order."""
+    ta = read_predictions(a, labels, task=task)
+    tb = read_predictions(b, labels, task=task, label_columns=ta.label_names if task != "multi_class" else None)
+    order = {rid: i for i, rid in enumerate(tb.record_ids)}
+    if set(order) != set(ta.record_ids.tolist()):
+        raise ValueError(f"compare: {a} and {b} score different records")
+    idx = np.array([order[rid] for rid in ta.record_ids])
+    return _PairedScores(
+        task, ta.y_true, ta.y_score, tb.y_score[idx], ta.label_names, None, None, f"records of {labels}"
+    )
+
+
+def _compare(p: _PairedScores, *, n_bootstrap: int, seed: int, ci_method: str, stratify: bool) -> dict[str, Any]:
+    """Metrics of A and B with intervals, and their paired differences (:func:`hubert_ecg.compare.compare_scores`)."""
+    from .compare import compare_scores
+
+    return compare_scores(
+        p.task,
+        p.y_true,
+        p.score_a,
+        p.score_b,
+        label_names=p.label_names,
         n_resamples=max(n_bootstrap, 1),
         seed=seed,
         method=ci_method,
         stratify=stratify,
-        thresholds_a=thr_a,
-        thresholds_b=thr_b,
+        thresholds_a=p.thresholds_a,
+        thresholds_b=p.thresholds_b,
     )
-    key = "auroc" if task != "regression" else "mae"
+
+
+def _compare_figures(comparison: dict[str, Any], key: str, names: tuple[str, str], out: Path) -> dict[str, Path]:
+    """Per-label metric side by side, and the paired differences B - A of every metric."""
+    from . import plots
+
     figures: dict[str, Path] = {}
     res_a = comparison["a"]
     per_a = [
@@ -989,25 +1128,17 @@ def compare_models(
         title="Paired differences, every metric",
         reference=0.0,
     )
-    note = data_note or (
-        f"Both models scored on the same {len(y_true)} records ({source}). "
-        "Check the data provenance before drawing clinical conclusions."
-    )
-    report = write_compare_report(
-        out,
-        title=title or f"{names[0]} vs {names[1]}",
-        comparison=comparison,
-        names=names,
-        data_note=note,
-        plots=figures,
-        extra={"A": str(a), "B": str(b), "records": source, "task": task},
-    )
+    return figures
+
+
+def _compare_lines(comparison: dict[str, Any], key: str, names: tuple[str, str], p: _PairedScores) -> list[str]:
+    """The console summary: record count and the headline paired difference."""
     d = comparison["paired"]["macro"].get(key)
-    lines = [f"{len(y_true)} records; A = {names[0]}, B = {names[1]}"]
+    lines = [f"{len(p.y_true)} records; A = {names[0]}, B = {names[1]}"]
     if d:
         lines.append(
-            f"macro {key} A {res_a.macro[key]:.3f}, B {comparison['b'].macro[key]:.3f}; "
+            f"macro {key} A {comparison['a'].macro[key]:.3f}, B {comparison['b'].macro[key]:.3f}; "
             f"B - A {d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}] "
             f"(paired bootstrap, p {d['p_value']:.3g})"
         )
-    return {"report": str(report), "comparison": comparison, "lines": lines}
+    return lines

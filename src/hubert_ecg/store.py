@@ -631,12 +631,76 @@ def prepare_store(
     manifest's folder (absolute or ``..`` paths); by default they are refused before anything is
     written. Only one job may write a store at a time (``STORE/.lock``).
     """
-    from .io import InputAccount, iter_sources
-
-    spec = spec or PreprocessSpec()
-    input_paths = [str(p) for p in inputs]
-    out = check_output_dir(out, marker="store.json", what="store")
+    job = _PrepareJob(
+        out=check_output_dir(out, marker="store.json", what="store"),
+        input_paths=[str(p) for p in inputs],
+        spec=spec or PreprocessSpec(),
+        labels=labels,
+        row_seconds=row_seconds,
+        shard_records=shard_records,
+        workers=workers,
+        read_kwargs=read_kwargs or {},
+        progress=progress,
+        split_fractions=split_fractions,
+        seed=seed,
+        stop_after_shards=stop_after_shards,
+        allow_outside_root=allow_outside_root,
+    )
     notes: list[str] = []
+    _assign_splits(job, split_strategy, notes)
+    scan = _scan_inputs(job)
+    job.out = check_writable(job.out)
+    with output_lock(job.out):
+        return _prepare_locked(job, scan, notes)
+
+
+@dataclass
+class _PrepareJob:
+    """The settings of one ``prepare`` run (see :func:`prepare_store`)."""
+
+    out: Path
+    input_paths: list[str]
+    spec: PreprocessSpec
+    labels: LabelTable | None
+    row_seconds: float
+    shard_records: int
+    workers: int
+    read_kwargs: dict[str, Any]
+    progress: bool
+    split_fractions: tuple[float, float]
+    seed: int
+    stop_after_shards: int | None
+    allow_outside_root: bool
+
+    @property
+    def row_samples(self) -> int:
+        return int(round(self.row_seconds * self.spec.target_hz))
+
+    def sources(self, account: Any = None) -> Iterator[Any]:
+        from .io import iter_sources
+
+        return iter_sources(self.input_paths, allow_outside_root=self.allow_outside_root, account=account)
+
+
+@dataclass
+class _InputScan:
+    """What the first pass over the inputs found, compared with what the store already holds."""
+
+    known: dict[int, tuple[str, str]]  # stored records: digest -> (source, fingerprint)
+    next_block: int
+    n_pending: int  # records not stored yet
+    changed: list[str]
+    missing: list[str]
+    account: Any  # io.InputAccount: every file the walk saw but did not take as a record, with the reason
+
+    @property
+    def n_sources(self) -> int:
+        return len(self.known) + self.n_pending
+
+
+def _assign_splits(job: _PrepareJob, split_strategy: str | None, notes: list[str]) -> None:
+    """Check the split options; a strategy (or a group column) assigns the labels' splits here."""
+    labels, split_fractions = job.labels, job.split_fractions
     val_fraction, test_fraction = split_fractions
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise StoreError(
@@ -659,21 +723,24 @@ def prepare_store(
             raise StoreError(f"--split-strategy {split_strategy} and --split-column both give splits; use one")
         if val_fraction + test_fraction <= 0:
             raise StoreError(f"--split-strategy {split_strategy} needs --val-fraction and/or --test-fraction")
-        notes.append(labels.assign_splits(split_strategy, split_fractions, seed))
+        notes.append(labels.assign_splits(split_strategy, split_fractions, job.seed))
 
-    def sources(account: Any = None) -> Iterator[Any]:
-        return iter_sources(input_paths, allow_outside_root=allow_outside_root, account=account)
 
-    # A first pass counts the records and checks every input and manifest row before anything is
-    # written (a bad manifest must not leave an empty store folder behind); neither pass holds the
-    # record list in memory, so millions of records cost a walk of the folders, not gigabytes.
-    # The walk also compares what is already stored (a re-run) with what is there now.
-    known, next_block = _stored_sources(out, shard_records)
+def _scan_inputs(job: _PrepareJob) -> _InputScan:
+    """Count the records and check every input and manifest row before anything is written.
+
+    A bad manifest must not leave an empty store folder behind; neither pass holds the record list in
+    memory, so millions of records cost a walk of the folders, not gigabytes. The walk also compares
+    what is already stored (a re-run) with what is there now.
+    """
+    from .io import InputAccount
+
+    known, next_block = _stored_sources(job.out, job.shard_records)
     n_current = n_pending = 0
     changed: list[str] = []
     seen: set[int] = set()
-    account = InputAccount()  # every file the walk saw but did not take as a record, with the reason
-    for src in sources(account):
+    account = InputAccount()
+    for src in job.sources(account):
         n_current += 1
         ident = _source_ident(src)
         key = _digest(ident)
@@ -684,96 +751,118 @@ def prepare_store(
             changed.append(ident)
     if not n_current and not known:
         raise StoreError(
-            f"no ECG records found under {', '.join(input_paths)}"
+            f"no ECG records found under {', '.join(job.input_paths)}"
             + (f" ({account.summary()})" if account.skipped else "")
         )
     missing = [name for key, (name, _) in known.items() if key not in seen]
-    n_sources = len(known) + n_pending
-    out = check_writable(out)
-    with output_lock(out):
-        # Temporary files of writes cut short by a kill (SIGKILL skips their clean-up); one job owns a store.
-        for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
-            stale.unlink(missing_ok=True)
-        row_samples = int(round(row_seconds * spec.target_hz))
-        header = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "preprocessing": spec.to_dict(),
-            "row_samples": row_samples,
-            "fs": spec.target_hz,
-            "n_leads": 12,
-            "label_names": labels.names if labels else [],
-            "shard_records": shard_records,
-            "n_sources": n_sources,
-        }
-        if labels is not None and labels.classes:
-            header["label_classes"] = labels.classes
-        meta_path = out / "store.json"
-        previous = json.loads(meta_path.read_text()) if meta_path.exists() else None
-        if previous is not None:
-            for setting in ("preprocessing", "row_samples", "shard_records", "label_names", "label_classes"):
-                if previous.get(setting) != header.get(setting):
-                    raise StoreError(f"{out}: exists with a different {setting}; use a new --out or delete it")
-        _write_changes(out, changed, missing)
+    return _InputScan(known, next_block, n_pending, changed, missing, account)
 
-        def list_skipped() -> None:  # written last, so that a full disk fails on the store's own files first
-            if account.write_csv(out / "skipped.csv") is not None:
-                notes.append(f"{account.summary()}: not ECG records (listed in {out / 'skipped.csv'})")
 
-        if missing:
-            notes.append(
-                f"{len(missing)} stored record(s) no longer found in the inputs (kept; listed in {out / 'changes.csv'})"
+def _prepare_locked(job: _PrepareJob, scan: _InputScan, notes: list[str]) -> PrepareResult:
+    """The writing part of :func:`prepare_store`, under the store's lock."""
+    out = job.out
+    # Temporary files of writes cut short by a kill (SIGKILL skips their clean-up); one job owns a store.
+    for stale in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)
+    header = _store_header(job, scan.n_sources)
+    meta_path = out / "store.json"
+    previous = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if previous is not None:
+        for setting in ("preprocessing", "row_samples", "shard_records", "label_names", "label_classes"):
+            if previous.get(setting) != header.get(setting):
+                raise StoreError(f"{out}: exists with a different {setting}; use a new --out or delete it")
+    _write_changes(out, scan.changed, scan.missing)
+    _note_changes(out, scan, notes)
+    was_complete = previous is not None and previous.get("complete")
+    if previous is not None and was_complete and not scan.n_pending:
+        _list_skipped(out, scan, notes)
+        return _result_from_existing(out, previous, notes)
+    if was_complete and scan.n_pending:
+        notes.append(f"{scan.n_pending} new record(s) appended to the existing store")
+    atomic_write_json(meta_path, {**header, "complete": False})
+    (out / "shards").mkdir(exist_ok=True)
+    n_blocks = scan.next_block + math.ceil(scan.n_pending / job.shard_records)
+    _write_new_shards(job, scan, header["row_samples"])
+    result = _finalise(out, header, n_blocks, len(scan.known))
+    check_store_splits(ECGStore(out))
+    _list_skipped(out, scan, notes)
+    result.notes = notes
+    result.new_records = scan.n_pending if was_complete else 0
+    return result
+
+
+def _store_header(job: _PrepareJob, n_sources: int) -> dict[str, Any]:
+    """``store.json``'s settings (a re-run must match them)."""
+    spec, labels = job.spec, job.labels
+    header = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "preprocessing": spec.to_dict(),
+        "row_samples": job.row_samples,
+        "fs": spec.target_hz,
+        "n_leads": 12,
+        "label_names": labels.names if labels else [],
+        "shard_records": job.shard_records,
+        "n_sources": n_sources,
+    }
+    if labels is not None and labels.classes:
+        header["label_classes"] = labels.classes
+    return header
+
+
+def _note_changes(out: Path, scan: _InputScan, notes: list[str]) -> None:
+    """One note each for stored records that vanished from the inputs or changed on disk."""
+    if scan.missing:
+        notes.append(
+            f"{len(scan.missing)} stored record(s) no longer found in the inputs "
+            f"(kept; listed in {out / 'changes.csv'})"
+        )
+    if scan.changed:
+        notes.append(
+            f"{len(scan.changed)} stored record(s) changed on disk since they were stored (kept as stored; "
+            f"listed in {out / 'changes.csv'}; prepare a new store to use the new content)"
+        )
+
+
+def _list_skipped(out: Path, scan: _InputScan, notes: list[str]) -> None:
+    """``skipped.csv``; written last, so that a full disk fails on the store's own files first."""
+    if scan.account.write_csv(out / "skipped.csv") is not None:
+        notes.append(f"{scan.account.summary()}: not ECG records (listed in {out / 'skipped.csv'})")
+
+
+def _write_new_shards(job: _PrepareJob, scan: _InputScan, row_samples: int) -> None:
+    """Read, preprocess and write the records not stored yet, one shard per block (worker pool if asked)."""
+    out, spec, known = job.out, job.spec, scan.known
+    spec_dict = spec.to_dict()
+    bar = _progress(total=scan.n_sources, initial=len(known), enabled=job.progress, desc="prepare", unit="rec")
+    pool = mp.get_context("spawn").Pool(job.workers, initializer=_init_prepare_worker) if job.workers > 1 else None
+    # The in-process path gets the same one-thread BLAS limit; the previous limits come back after.
+    limiter = _limit_blas_threads() if pool is None else None
+    stopped = False
+    try:
+        written = 0
+        # New blocks are consecutive runs of the discovery order of the records not stored yet, so a
+        # re-run after a kill forms the same blocks and a finished shard never needs redoing.
+        pending = (src for src in job.sources() if _digest(_source_ident(src)) not in known)
+        for b, block in enumerate(_chunks(pending, job.shard_records), start=scan.next_block):
+            if job.stop_after_shards is not None and written >= job.stop_after_shards:
+                stopped = True
+                break
+            args = [(src, spec_dict, row_samples, job.read_kwargs) for src in block]
+            results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
+            _write_shard(
+                out, b, list(results), job.labels, job.split_fractions, job.seed, spec.target_hz, row_samples, block
             )
-        if changed:
-            notes.append(
-                f"{len(changed)} stored record(s) changed on disk since they were stored (kept as stored; "
-                f"listed in {out / 'changes.csv'}; prepare a new store to use the new content)"
-            )
-        if previous is not None and previous.get("complete") and not n_pending:
-            list_skipped()
-            return _result_from_existing(out, previous, notes)
-        if previous is not None and previous.get("complete") and n_pending:
-            notes.append(f"{n_pending} new record(s) appended to the existing store")
-        atomic_write_json(meta_path, {**header, "complete": False})
-        (out / "shards").mkdir(exist_ok=True)
-
-        n_blocks = next_block + math.ceil(n_pending / shard_records)
-        skipped_done = len(known)
-        tasks_kwargs = read_kwargs or {}
-        spec_dict = spec.to_dict()
-        bar = _progress(total=n_sources, initial=skipped_done, enabled=progress, desc="prepare", unit="rec")
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
-        # The in-process path gets the same one-thread BLAS limit; the previous limits come back after.
-        limiter = _limit_blas_threads() if pool is None else None
-        stopped = False
-        try:
-            written = 0
-            # New blocks are consecutive runs of the discovery order of the records not stored yet, so a
-            # re-run after a kill forms the same blocks and a finished shard never needs redoing.
-            pending = (src for src in sources() if _digest(_source_ident(src)) not in known)
-            for b, block in enumerate(_chunks(pending, shard_records), start=next_block):
-                if stop_after_shards is not None and written >= stop_after_shards:
-                    stopped = True
-                    break
-                args = [(src, spec_dict, row_samples, tasks_kwargs) for src in block]
-                results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
-                _write_shard(out, b, list(results), labels, split_fractions, seed, spec.target_hz, row_samples, block)
-                written += 1
-                bar.update(len(block))
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.terminate()
-            if limiter is not None:
-                limiter.restore_original_limits()
-        if stopped:
-            raise StoreError(f"{out}: stopped after {stop_after_shards} shards (incomplete)")
-        result = _finalise(out, header, n_blocks, skipped_done)
-        check_store_splits(ECGStore(out))
-        list_skipped()
-        result.notes = notes
-        result.new_records = n_pending if previous is not None and previous.get("complete") else 0
-        return result
+            written += 1
+            bar.update(len(block))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+        if limiter is not None:
+            limiter.restore_original_limits()
+    if stopped:
+        raise StoreError(f"{out}: stopped after {job.stop_after_shards} shards (incomplete)")
 
 
 def _source_ident(src: Any) -> str:

@@ -362,20 +362,91 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv
         check_writable(run_dir)
     barrier(env)
     seed_everything(cfg.seed, env.rank, cfg.deterministic)
-    state = TrainState()
+    state, payload = _load_resume_state(model, cfg, env, run_dir)
+    run = _setup_run(model, objective, cfg, env, device, state, payload)
+    window = _LogWindow({"loss": torch.zeros((), device=device)})
+    model.train()
+    stop = state.step >= cfg.max_steps or state.stopped_early
+    sampler, per_epoch = _epoch_batches(objective, cfg, env, state)
+    try:
+        if not stop:
+            _train_steps(run, sampler, per_epoch, window, payload["rng"] if payload is not None else None)
+    finally:
+        run.bar.close()
+        run.logger.close()
+    barrier(env)
+    if env.is_main:
+        _plot_curves(run_dir)
+    best = run_dir / "best"
+    return TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last")
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds while it trains (built once by :func:`_setup_run`)."""
+
+    model: HubertECG
+    objective: Objective
+    cfg: TrainConfig
+    env: DistEnv
+    device: torch.device
+    run_dir: Path
+    state: TrainState
+    autocast: Any
+    module: nn.Module  # what the forward goes through: the objective's module, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    logger: RunLogger
+    bar: Any
+
+
+@dataclass
+class _LogWindow:
+    """Sums since the last log line: loss and stats (device tensors, so no sync per step) and throughput."""
+
+    running: dict[str, torch.Tensor]
+    start: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0  # seconds spent waiting for batches
+    samples: int = 0
+    steps: int = 0
+
+    def reset(self, device: torch.device) -> None:
+        self.running = {k: torch.zeros((), device=device) for k in self.running}
+        self.start, self.wait, self.samples, self.steps = time.perf_counter(), 0.0, 0, 0
+
+
+def _load_resume_state(
+    model: HubertECG, cfg: TrainConfig, env: DistEnv, run_dir: Path
+) -> tuple[TrainState, dict[str, Any] | None]:
+    """The state to start from and the checkpoint payload (None on a fresh run); loads the weights."""
     resume = load_training_checkpoint(run_dir)
-    if resume is not None:
-        directory, payload, state = resume
-        model.load_state_dict(load_model(directory).state_dict())
-        if env.is_main:  # on the console, not the log: the CLI configures no logging
-            if state.step >= cfg.max_steps or state.stopped_early:
-                why = "stopped early" if state.stopped_early else "step limit"
-                print(
-                    f"run in {run_dir} is already finished at step {state.step} of {cfg.max_steps} ({why}); "
-                    "nothing to train (--resume --max-steps N continues a step-limited run)"
-                )
-            else:
-                print(f"resuming from step {state.step} of {cfg.max_steps} ({directory})")
+    if resume is None:
+        return TrainState(), None
+    directory, payload, state = resume
+    model.load_state_dict(load_model(directory).state_dict())
+    if env.is_main:  # on the console, not the log: the CLI configures no logging
+        if state.step >= cfg.max_steps or state.stopped_early:
+            why = "stopped early" if state.stopped_early else "step limit"
+            print(
+                f"run in {run_dir} is already finished at step {state.step} of {cfg.max_steps} ({why}); "
+                "nothing to train (--resume --max-steps N continues a step-limited run)"
+            )
+        else:
+            print(f"resuming from step {state.step} of {cfg.max_steps} ({directory})")
+    return state, payload
+
+
+def _setup_run(
+    model: HubertECG,
+    objective: Objective,
+    cfg: TrainConfig,
+    env: DistEnv,
+    device: torch.device,
+    state: TrainState,
+    payload: dict[str, Any] | None,
+) -> _Run:
+    """Move to the device, build optimizer/scheduler/scaler (restored on resume), wrap for DDP, open logs."""
     model.to(device)
     objective.module.to(device)
     if hasattr(objective, "to"):  # loss constants (pos_weight, class weights): moved once, not per step
@@ -383,6 +454,34 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv
     dtype = precision_dtype(cfg.precision, device)
     configure_backends(device, dtype, cfg.deterministic)
     autocast = autocast_context(device, dtype)
+    optimizer, scheduler, scaler = _build_optimizer(model, objective, cfg, device, dtype, payload)
+    module = _wrap_module(model, objective, cfg, env, device)
+    run_dir = Path(cfg.out_dir)
+    logger = RunLogger(run_dir, cfg.logger, asdict(cfg), enabled=env.is_main)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=state.step,
+        disable=not (cfg.progress and env.is_main),
+        dynamic_ncols=True,
+        desc="train",
+        unit="step",
+    )
+    return _Run(
+        model, objective, cfg, env, device, run_dir, state, autocast, module, optimizer, scheduler, scaler, logger, bar
+    )
+
+
+def _build_optimizer(
+    model: HubertECG,
+    objective: Objective,
+    cfg: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    payload: dict[str, Any] | None,
+) -> tuple[torch.optim.Optimizer, Any, Any]:
+    """AdamW over the objective's parameter groups, the warm-up/decay schedule and (fp16) the grad scaler."""
     groups = objective.parameter_groups(model, cfg.lr)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
@@ -395,13 +494,19 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.max_steps, cfg.warmup_fraction))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    if resume is not None:
+    if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
-        # The RNG states are restored below, once the batch iterator exists (see _restore_rng).
+        # The RNG states are restored later, once the batch iterator exists (see _restore_rng).
+    return optimizer, scheduler, scaler
 
+
+def _wrap_module(
+    model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv, device: torch.device
+) -> nn.Module:
+    """The objective's module, with compiled layers on request and DDP-wrapped under torchrun."""
     module: nn.Module = objective.module
     if cfg.compile:  # per layer: layerdrop's skips stay outside the graphs (no recompilation)
         compile_regions(model)
@@ -413,23 +518,11 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=model.config.layerdrop > 0,
         )
-    logger = RunLogger(run_dir, cfg.logger, asdict(cfg), enabled=env.is_main)
-    save_every = cfg.save_every or cfg.val_every
-    from tqdm.auto import tqdm
+    return module
 
-    bar = tqdm(
-        total=cfg.max_steps,
-        initial=state.step,
-        disable=not (cfg.progress and env.is_main),
-        dynamic_ncols=True,
-        desc="train",
-        unit="step",
-    )
-    micro = 0
-    running = {"loss": torch.zeros((), device=device)}
-    window_start, window_wait, window_samples, window_steps = time.perf_counter(), 0.0, 0, 0
-    model.train()
-    stop = state.step >= cfg.max_steps or state.stopped_early
+
+def _epoch_batches(objective: Objective, cfg: TrainConfig, env: DistEnv, state: TrainState) -> tuple[EpochBatches, int]:
+    """The endless batch sampler from the saved data position, and the number of batches per epoch."""
     sampler = EpochBatches(
         objective.rows,
         cfg.batch_size,
@@ -443,92 +536,117 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv
     if state.batch_in_epoch >= per_epoch:  # saved exactly at the end of an epoch
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         sampler.epoch, sampler.start_batch = state.epoch, 0
-    try:
-        if not stop:
-            loader = make_loader(
-                objective.dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda"
+    return sampler, per_epoch
+
+
+def _train_steps(
+    run: _Run, sampler: EpochBatches, per_epoch: int, window: _LogWindow, rng: dict[str, Any] | None
+) -> None:
+    """Consume batches until the step limit or early stopping; ``rng`` (on resume) is restored here."""
+    cfg, state, device = run.cfg, run.state, run.device
+    loader = make_loader(run.objective.dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    batches = iter(loader)  # draws its base seed from the global CPU generator
+    if rng is not None:
+        _restore_rng(rng, run.env, device)
+    micro = 0
+    fetch_start = time.perf_counter()
+    for batch in batches:
+        window.wait += time.perf_counter() - fetch_start
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        in_step = micro % cfg.grad_accum  # which micro-batch of this optimizer step
+        micro += 1
+        sync_now = micro % cfg.grad_accum == 0
+        _training_step(run, batch, in_step, sync_now, window)
+        state.batch_in_epoch += 1
+        if state.batch_in_epoch >= per_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if sync_now:
+            _optimizer_step(run, window)
+            _maybe_log(run, window)
+            if _maybe_validate_and_save(run):
+                break
+        fetch_start = time.perf_counter()
+
+
+def _training_step(run: _Run, batch: dict[str, Any], in_step: int, sync_now: bool, window: _LogWindow) -> None:
+    """Forward and backward of one micro-batch (gradients synchronised across ranks only on ``sync_now``)."""
+    cfg, env = run.cfg, run.env
+    no_sync = env.enabled and not sync_now
+    ctx = run.module.no_sync() if no_sync else contextlib.nullcontext()  # type: ignore[operator]
+    with ctx:
+        with run.autocast():
+            loss, stats = run.objective.training_loss(
+                run.module, batch, run.state.step, env, micro=in_step, accum=cfg.grad_accum
             )
-            batches = iter(loader)  # draws its base seed from the global CPU generator
-            if resume is not None:
-                _restore_rng(payload["rng"], env, device)
-            fetch_start = time.perf_counter()
-            for batch in batches:
-                window_wait += time.perf_counter() - fetch_start
-                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-                in_step = micro % cfg.grad_accum  # which micro-batch of this optimizer step
-                micro += 1
-                sync_now = micro % cfg.grad_accum == 0
-                no_sync = env.enabled and not sync_now
-                ctx = module.no_sync() if no_sync else contextlib.nullcontext()  # type: ignore[operator]
-                with ctx:
-                    with autocast():
-                        loss, stats = objective.training_loss(
-                            module, batch, state.step, env, micro=in_step, accum=cfg.grad_accum
-                        )
-                    scaled = loss / cfg.grad_accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                running["loss"] += loss.detach()
-                for k, v in stats.items():
-                    running[k] = running.get(k, torch.zeros((), device=device)) + v.detach()
-                window_samples += len(batch["input"]) * env.world_size
-                state.batch_in_epoch += 1
-                if state.batch_in_epoch >= per_epoch:
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                if sync_now:
-                    if cfg.clip_grad_norm:
-                        if scaler is not None:
-                            scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.step += 1
-                    window_steps += 1
-                    bar.update(1)
-                    if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                        elapsed = time.perf_counter() - window_start
-                        if env.enabled:  # the logged loss is the global one, not rank 0's share
-                            running = {k: all_reduce_mean(v, env) for k, v in running.items()}
-                        values = {k: (v / (window_steps * cfg.grad_accum)).item() for k, v in running.items()}
-                        values.update(
-                            ecg_per_s=window_samples / max(elapsed, 1e-9),
-                            data_wait=window_wait / max(elapsed, 1e-9),
-                            lr=float(scheduler.get_last_lr()[0]),
-                        )
-                        logger.log(state.step, {f"train/{k}": v for k, v in values.items()})
-                        bar.set_postfix({k: f"{values[k]:.3g}" for k in values if k != "lr"})
-                        running = {k: torch.zeros((), device=device) for k in running}
-                        window_start, window_wait, window_samples, window_steps = time.perf_counter(), 0.0, 0, 0
-                    is_val = state.step % cfg.val_every == 0 or state.step == cfg.max_steps
-                    if is_val:
-                        stop = (
-                            _validate_and_checkpoint(model, objective, cfg, state, device, autocast, logger, env)
-                            or stop
-                        )
-                    if state.step % save_every == 0 or state.step == cfg.max_steps or stop:
-                        cuda_rng = _gather_cuda_rng(env, device)
-                        if env.is_main:
-                            save_training_checkpoint(
-                                run_dir, model, optimizer, scheduler, scaler, state, cuda_rng=cuda_rng
-                            )
-                        barrier(env)
-                    if state.step >= cfg.max_steps:
-                        stop = True
-                    if stop:
-                        break
-                fetch_start = time.perf_counter()
-    finally:
-        bar.close()
-        logger.close()
-    barrier(env)
-    if env.is_main:
-        _plot_curves(run_dir)
-    best = run_dir / "best"
-    return TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last")
+        scaled = loss / cfg.grad_accum
+        (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+    running = window.running
+    running["loss"] += loss.detach()
+    for k, v in stats.items():
+        running[k] = running.get(k, torch.zeros((), device=run.device)) + v.detach()
+    window.samples += len(batch["input"]) * env.world_size
+
+
+def _optimizer_step(run: _Run, window: _LogWindow) -> None:
+    """Clip (after unscaling), step the optimizer and schedule, clear the gradients, count the step."""
+    cfg, scaler, optimizer = run.cfg, run.scaler, run.optimizer
+    if cfg.clip_grad_norm:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    run.state.step += 1
+    window.steps += 1
+    run.bar.update(1)
+
+
+def _maybe_log(run: _Run, window: _LogWindow) -> None:
+    """Every ``log_every`` steps (and at the last): mean loss/stats of the window, ECG/s, data-wait share, lr."""
+    cfg, step = run.cfg, run.state.step
+    if not (step % cfg.log_every == 0 or step == cfg.max_steps):
+        return
+    elapsed = time.perf_counter() - window.start
+    running = window.running
+    if run.env.enabled:  # the logged loss is the global one, not rank 0's share
+        running = {k: all_reduce_mean(v, run.env) for k, v in running.items()}
+    values = {k: (v / (window.steps * cfg.grad_accum)).item() for k, v in running.items()}
+    values.update(
+        ecg_per_s=window.samples / max(elapsed, 1e-9),
+        data_wait=window.wait / max(elapsed, 1e-9),
+        lr=float(run.scheduler.get_last_lr()[0]),
+    )
+    run.logger.log(step, {f"train/{k}": v for k, v in values.items()})
+    run.bar.set_postfix({k: f"{values[k]:.3g}" for k in values if k != "lr"})
+    window.running = running
+    window.reset(run.device)
+
+
+def _maybe_validate_and_save(run: _Run) -> bool:
+    """Validate every ``val_every`` steps, write ``last`` every ``save_every`` steps (and on the last or
+    stopping step); returns True when training should stop."""
+    cfg, state, env = run.cfg, run.state, run.env
+    stop = False
+    if state.step % cfg.val_every == 0 or state.step == cfg.max_steps:
+        stop = _validate_and_checkpoint(run.model, run.objective, cfg, state, run.device, run.autocast, run.logger, env)
+    if state.step % (cfg.save_every or cfg.val_every) == 0 or state.step == cfg.max_steps or stop:
+        _save_checkpoint(run)
+    return stop or state.step >= cfg.max_steps
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Write ``last`` on rank 0 with every rank's CUDA RNG state (collective: all ranks call it)."""
+    cuda_rng = _gather_cuda_rng(run.env, run.device)
+    if run.env.is_main:
+        save_training_checkpoint(
+            run.run_dir, run.model, run.optimizer, run.scheduler, run.scaler, run.state, cuda_rng=cuda_rng
+        )
+    barrier(run.env)
 
 
 def _restore_rng(rng: dict[str, Any], env: DistEnv, device: torch.device) -> None:
