@@ -323,3 +323,25 @@ def test_quality_label_summarises_each_kind(tmp_path: Path) -> None:
     assert gain0.units == "unknown" and quality_label(gain0).startswith("uncalibrated: WFDB gain 0 for signal(s) I, II")
     flat = read_record(_wfdb(tmp_path, "flat", np.full((12, 1000), 0.2)))
     assert quality_label(flat) == "unscorable: all leads flat (leads off or no signal)"
+
+
+def test_predict_stops_on_a_bug_instead_of_filing_it_as_a_rejected_record(
+    tiny_classifier: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """predict/embed file only RecordError/PreprocessError as rejects, like prepare (a plain ValueError is ours)."""
+    import hubert_ecg.inference as inference
+    from hubert_ecg.synthetic import write_synthetic_dataset
+
+    folder = write_synthetic_dataset(tmp_path / "in", 2, fmt="wfdb")
+
+    def buggy(*args: object, **kwargs: object) -> None:
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(inference, "preprocess_signal", buggy)
+    out = tmp_path / "pred.csv"
+    code, _, err = run_main(capsys, "predict", tiny_classifier, folder, "--out", out, "--quiet", "--device", "cpu")
+    assert code == 1 and "operands could not be broadcast together" in err  # the job stops, it does not skip
+    assert not out.exists() and not (tmp_path / "pred.rejects.csv").exists()

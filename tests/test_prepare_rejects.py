@@ -54,3 +54,51 @@ def test_a_plain_value_error_from_our_code_also_fails(tmp_path: Path, monkeypatc
     monkeypatch.setattr(store_module, "preprocess_signal", buggy)
     with pytest.raises(ValueError, match="broadcast"):
         prepare_store([data], tmp_path / "store", read_kwargs={"fs": 500.0}, progress=False, workers=1)
+
+
+@pytest.mark.parametrize("error", [AttributeError("'NoneType' object has no attribute 'T'"), TypeError("bad call")])
+def test_a_bug_in_a_reader_is_not_swallowed_as_a_reject(
+    error: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader dispatch turns library errors into one-line RecordErrors, but not programming errors."""
+    from hubert_ecg.io import arrays, read_record
+
+    data = _records(tmp_path / "data")
+
+    def buggy(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(arrays, "read_numpy", buggy)
+    with pytest.raises(type(error)):
+        read_record(data / "r0.npy", fs=500.0)
+    with pytest.raises(type(error)):
+        prepare_store([data], tmp_path / "store", read_kwargs={"fs": 500.0}, progress=False, workers=1)
+
+
+def test_a_library_error_on_a_damaged_file_is_still_a_one_line_record_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import struct
+
+    from hubert_ecg.io import arrays, read_record
+
+    data = _records(tmp_path / "data")
+
+    def damaged(*args: object, **kwargs: object) -> None:
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(arrays, "read_numpy", damaged)
+    with pytest.raises(RecordError, match=r"r0\.npy: cannot read numpy file: error: unpack requires"):
+        read_record(data / "r0.npy", fs=500.0)
+
+
+def test_mat_v73_is_recognised_by_its_hdf5_signature_behind_the_user_block(tmp_path: Path) -> None:
+    from hubert_ecg.io.arrays import _is_hdf5
+
+    plain, matlab, other = tmp_path / "a.h5", tmp_path / "b.mat", tmp_path / "c.mat"
+    signature = b"\x89HDF\r\n\x1a\n"
+    plain.write_bytes(signature + bytes(100))
+    matlab.write_bytes(b"MATLAB 7.3 MAT-file".ljust(512, b" ") + signature + bytes(100))
+    other.write_bytes(b"MATLAB 5.0 MAT-file".ljust(1024, b" "))
+    assert _is_hdf5(plain) and _is_hdf5(matlab) and not _is_hdf5(other)
+    assert not _is_hdf5(tmp_path / "missing.mat")

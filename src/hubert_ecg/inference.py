@@ -26,6 +26,7 @@ import torch
 from .deploy import standard_order, stride_samples  # noqa: F401  (torch-free; re-exported here)
 from .model import HubertECG
 from .preprocess import PreprocessSpec, cut_windows, preprocess_signal, window_starts
+from .store import REJECTED_ERRORS
 from .tasks import get_task, probabilities  # noqa: F401  (probabilities re-exported)
 
 
@@ -262,7 +263,7 @@ def _source_windows(args: tuple[Any, dict[str, Any], str, int | None, dict[str, 
         prepared = preprocess_signal(record.signal, record.fs, spec)
         starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride)
         x, mask = cut_windows(prepared, spec, starts)
-    except ValueError as err:
+    except REJECTED_ERRORS as err:  # the record's fault; any other exception is a bug and propagates
         return "reject", (src.record_id, src.path, str(err).splitlines()[0])
     seconds = int(np.ceil(record.signal.shape[1] / record.fs))
     return "ok", (record.record_id, record.source, seconds, x, mask, quality_label(record), _missing_leads(record))

@@ -201,13 +201,17 @@ def read_matlab(
     )
 
 
-def _is_hdf5(path: Path) -> bool:
-    try:
-        import h5py
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-        return bool(h5py.is_hdf5(path))
-    except Exception:
+
+def _is_hdf5(path: Path) -> bool:
+    """HDF5 signature at offset 0 or at a user-block boundary (MATLAB v7.3 writes a 512-byte block)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2048 + len(_HDF5_SIGNATURE))
+    except OSError:
         return False
+    return any(head[at : at + len(_HDF5_SIGNATURE)] == _HDF5_SIGNATURE for at in (0, 512, 1024, 2048))
 
 
 def _load_mat73(path: Path) -> dict[str, Any]:
@@ -217,5 +221,5 @@ def _load_mat73(path: Path) -> dict[str, Any]:
         with h5py.File(path, "r") as handle:
             # MATLAB writes column-major, so h5py sees every matrix transposed.
             return {k: np.asarray(v).T for k, v in handle.items() if isinstance(v, h5py.Dataset)}
-    except Exception as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # h5py's errors for damaged files
         raise RecordError(path, f"cannot read MATLAB v7.3 file: {type(exc).__name__}: {exc}") from None

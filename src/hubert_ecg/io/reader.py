@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from hubert_ecg.io.record import Record, RecordError
+
+# Exception types that mean "our code is wrong", never "this file is damaged": re-raised as they are.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError,
+    AttributeError,
+    NameError,
+    AssertionError,
+    ZeroDivisionError,
+    NotImplementedError,
+    RecursionError,
+)
 from hubert_ecg.io.registry import format_names, get_format, identify, read_head, xml_formats, xml_root_name
 
 __all__ = ["read_record", "detect_format", "load_sidecar", "SIDECAR_KEYS"]
@@ -178,13 +189,12 @@ def read_record(
         ) from None
     try:
         record = reader(path, **kwargs)
-    except RecordError:
-        raise
-    except MemoryError:
+    except (RecordError, MemoryError, *PROGRAMMING_ERRORS):
+        # A bug in a reader must fail loudly (a batch job would otherwise file it as a bad record).
         raise
     except Exception as exc:
-        # Last line of defence: a batch job must get a one-line, file-naming error, never a
-        # library traceback, even for damage the format reader did not anticipate.
+        # Last line of defence: damage the format reader did not anticipate (a library's own error
+        # types: struct.error, BadZipFile, ParseError, ...) becomes a one-line, file-naming error.
         raise RecordError(path, f"cannot read {canonical} file: {type(exc).__name__}: {exc}") from exc
     record.meta.update(meta_extra)
     return record
