@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from hubert_ecg.io.record import Record, RecordError
+from hubert_ecg.io.registry import format_names, get_format, identify, read_head, xml_formats, xml_root_name
 
-# Exception types that mean "our code is wrong", never "this file is damaged": re-raised as they are.
+# Exception types that mean "our code is wrong" (or the machine ran out of memory), never "this file
+# is damaged": re-raised as they are.
 PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    MemoryError,
     TypeError,
     AttributeError,
     NameError,
@@ -20,7 +23,6 @@ PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
     NotImplementedError,
     RecursionError,
 )
-from hubert_ecg.io.registry import format_names, get_format, identify, read_head, xml_formats, xml_root_name
 
 __all__ = ["read_record", "detect_format", "load_sidecar", "SIDECAR_KEYS"]
 
@@ -189,7 +191,9 @@ def read_record(
         ) from None
     try:
         record = reader(path, **kwargs)
-    except (RecordError, MemoryError, *PROGRAMMING_ERRORS):
+    except RecordError:
+        raise
+    except PROGRAMMING_ERRORS:
         # A bug in a reader must fail loudly (a batch job would otherwise file it as a bad record).
         raise
     except Exception as exc:
