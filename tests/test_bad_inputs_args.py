@@ -184,8 +184,8 @@ def test_layer_beyond_the_model_is_refused_before_any_input_is_read(tiny_model, 
     assert code == 1
     line = one_error_line(err)
     assert re.fullmatch(
-        r"hubert-ecg: error: --layer 99: this model has \d+ transformer layers "
-        r"\(hidden states 0-\d+\)",
+        r"hubert-ecg: error: layer 99 does not exist: this model has hidden states 0\.\.\d+ "
+        r"\(0 = encoder input, \d+ = last layer\)",
         line,
     ), line
     assert not (tmp_path / "e.csv").exists()

@@ -205,13 +205,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     from ..inference import predict_files
 
     check_output_file(args.out, (".csv", ".parquet", ".npy"))
-    model = _load(args)
-    depth = model.config.num_hidden_layers
-    if args.layer is not None and args.layer > depth:
-        # Checked before any record is read: hidden states are 0 (encoder input) .. depth.
-        raise ValueError(f"--layer {args.layer}: this model has {depth} transformer layers (hidden states 0-{depth})")
-    summary = predict_files(
-        model,
+    summary = predict_files(  # checks --layer against the model before any record is read
+        _load(args),
         args.inputs,
         args.out,
         mode="embed",
