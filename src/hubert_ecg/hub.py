@@ -529,15 +529,67 @@ def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
     """Write ``README.md``: HF metadata (licence, base model, tags), what the model is, its labels and
     thresholds, the run record (``run.json``) and validation/evaluation results found in ``context``
     (the folder being saved) or its parent, intended use and the medical-device disclaimer."""
-    extra = info.extra or {}
     license_id, license_note = _license(info)
-    context = context or directory
+    run, metrics, evaluation = _card_context(context or directory, info.extra or {})
+    lines = _card_front_matter(config, info, license_id)
+    lines += _card_summary(config, info)
+    lines += ["## Licence", "", license_note, "", *_CARD_HOW_TO_LOAD]
+    lines += _card_labels(info)
+    lines += _card_preprocessing(info)
+    lines += _card_training(run)
+    if metrics is not None:
+        lines += ["## Validation results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in _flat_items(metrics, limit=25)]
+        lines.append("")
+    if evaluation is not None:
+        lines += _card_evaluation(evaluation)
+    lines += _CARD_INTENDED_USE
+    path = directory / CARD_FILE
+    path.write_text("\n".join(lines))
+    return path
+
+
+_CARD_HOW_TO_LOAD = [
+    "## How to load",
+    "",
+    "```python",
+    "import hubert_ecg",
+    'model = hubert_ecg.HubertECG.from_pretrained("PATH_OR_HUB_ID")  # everything',
+    "",
+    "import transformers  # the encoder only, no remote code",
+    'encoder = transformers.AutoModel.from_pretrained("PATH_OR_HUB_ID")',
+    "```",
+    "",
+]
+
+_CARD_INTENDED_USE = [
+    "## Intended use",
+    "",
+    "Research on 12-lead ECG representation learning and classification: embeddings, linear probes, "
+    "fine-tuning, benchmarking. Check calibration and performance on data from your own population "
+    "and devices before relying on any output.",
+    "",
+    "**Not a medical device.** This model has not been cleared or approved for clinical use and must "
+    "not be used to diagnose, treat or triage patients.",
+    "",
+]
+
+
+def _card_context(context: Path, extra: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """``(run.json, metrics.json, evaluation summary)`` found in ``context`` or its parent (None when absent);
+    an evaluation stored with the weights wins over a ``summary.json``."""
     search = [context, context.parent]
     run = next((r for d in search if isinstance(r := _read_json(d / "run.json"), Mapping)), None)
     metrics = next((m for d in search if isinstance(m := _read_json(d / "metrics.json"), Mapping)), None)
     evaluation = extra.get("evaluation") or next(
         (e for d in search if isinstance(e := _read_json(d / "summary.json"), Mapping) and "macro" in e), None
     )
+    return run, metrics, evaluation
+
+
+def _card_front_matter(config: ModelConfig, info: CheckpointInfo, license_id: str) -> list[str]:
+    """The HF metadata block (licence, library, tags, base model) and the title."""
+    extra = info.extra or {}
     tags = ["hubert-ecg", "ecg", "electrocardiogram", "hubert", "feature-extraction"]
     if config.head is not None:
         tags.append(info.task or "classification")
@@ -552,7 +604,11 @@ def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
         meta.append(f"base_model: {extra['base_model']}")
     if license_id == "other":
         meta.append("license_name: see-model-card")
-    lines = ["---", *meta, "---", "", "# HuBERT-ECG model", ""]
+    return ["---", *meta, "---", "", "# HuBERT-ECG model", ""]
+
+
+def _card_summary(config: ModelConfig, info: CheckpointInfo) -> list[str]:
+    """One sentence on the encoder size, input and head; the source of the weights when known."""
     size = next(
         (
             n
@@ -561,7 +617,7 @@ def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
         ),
         "custom",
     )
-    lines += [
+    lines = [
         f"A HuBERT-ECG encoder ({size}: {config.num_hidden_layers} layers, hidden size {config.hidden_size}, "
         f"input {config.input_rate_hz} Hz, 12 leads x 5 s flattened)"
         + (
@@ -574,92 +630,77 @@ def write_model_card(directory: Path, config: ModelConfig, info: CheckpointInfo,
     ]
     if info.source:
         lines += [f"Source: {info.source}", ""]
-    lines += [
-        "## Licence",
+    return lines
+
+
+def _card_labels(info: CheckpointInfo) -> list[str]:
+    if not info.label_names:
+        return []
+    lines = ["## Labels and decision thresholds", "", "| # | label | threshold |", "|---|---|---|"]
+    for i, name in enumerate(info.label_names):
+        t = info.thresholds[i] if info.thresholds is not None and i < len(info.thresholds) else None
+        lines.append(f"| {i} | {name} | {'' if t is None else f'{t:.4g}'} |")
+    lines.append("")
+    return lines
+
+
+def _card_preprocessing(info: CheckpointInfo) -> list[str]:
+    if not info.preprocessing:
+        return []
+    lines = [
+        "## Preprocessing",
         "",
-        license_note,
+        "Inputs must be preprocessed exactly as during training "
+        "(`hubert-ecg predict` / `embed` and `hubert_ecg.predict` replay it):",
         "",
-        "## How to load",
-        "",
-        "```python",
-        "import hubert_ecg",
-        'model = hubert_ecg.HubertECG.from_pretrained("PATH_OR_HUB_ID")  # everything',
-        "",
-        "import transformers  # the encoder only, no remote code",
-        'encoder = transformers.AutoModel.from_pretrained("PATH_OR_HUB_ID")',
-        "```",
-        "",
+        "| step | value |",
+        "|---|---|",
     ]
-    if info.label_names:
-        lines += ["## Labels and decision thresholds", "", "| # | label | threshold |", "|---|---|---|"]
-        for i, name in enumerate(info.label_names):
-            t = info.thresholds[i] if info.thresholds is not None and i < len(info.thresholds) else None
-            lines.append(f"| {i} | {name} | {'' if t is None else f'{t:.4g}'} |")
-        lines.append("")
-    if info.preprocessing:
-        lines += [
-            "## Preprocessing",
-            "",
-            "Inputs must be preprocessed exactly as during training "
-            "(`hubert-ecg predict` / `embed` and `hubert_ecg.predict` replay it):",
-            "",
-            "| step | value |",
-            "|---|---|",
-        ]
-        lines += [f"| {k} | {v} |" for k, v in _flat_items(info.preprocessing)]
-        lines.append("")
-    lines += ["## Training data and settings", ""]
-    if run is not None:
-        command = run.get("command") or run.get("argv")
-        if command:
-            lines += [f"Command: `{command if isinstance(command, str) else ' '.join(map(str, command))}`", ""]
-        lines += ["| setting | value |", "|---|---|"]
-        shown = {k: v for k, v in run.items() if k not in ("command", "argv", "invocations", "format", "version")}
-        lines += [f"| {k} | {v} |" for k, v in _flat_items(shown, limit=60)]
-        lines.append("")
-    else:
-        lines += ["No run record (`run.json`) was found beside this model.", ""]
-    if metrics is not None:
-        lines += ["## Validation results", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in _flat_items(metrics, limit=25)]
-        lines.append("")
-    if evaluation is not None:
-        lines += [
-            "## Evaluation results (95% bootstrap CIs where computed)",
-            "",
-            "| metric | value | 95% CI |",
-            "|---|---|---|",
-        ]
-        cis = evaluation.get("macro_ci") or {}
-        for name, value in (evaluation.get("macro") or {}).items():
-            ci = cis.get(name) if isinstance(cis, Mapping) else None
-            ci_text = (
-                f"{ci[0]:.4g} - {ci[1]:.4g}"
-                if isinstance(ci, (list, tuple)) and len(ci) == 2
-                else json.dumps(ci, default=str)
-                if ci is not None
-                else ""
-            )
-            lines.append(
-                f"| {name} | {value:.4g} | {ci_text} |"
-                if isinstance(value, (int, float))
-                else f"| {name} | {value} | {ci_text} |"
-            )
-        lines.append("")
-    lines += [
-        "## Intended use",
+    lines += [f"| {k} | {v} |" for k, v in _flat_items(info.preprocessing)]
+    lines.append("")
+    return lines
+
+
+def _card_training(run: Any) -> list[str]:
+    """The command and settings of the run record, or a note that there is none."""
+    lines = ["## Training data and settings", ""]
+    if run is None:
+        return lines + ["No run record (`run.json`) was found beside this model.", ""]
+    command = run.get("command") or run.get("argv")
+    if command:
+        lines += [f"Command: `{command if isinstance(command, str) else ' '.join(map(str, command))}`", ""]
+    lines += ["| setting | value |", "|---|---|"]
+    shown = {k: v for k, v in run.items() if k not in ("command", "argv", "invocations", "format", "version")}
+    lines += [f"| {k} | {v} |" for k, v in _flat_items(shown, limit=60)]
+    lines.append("")
+    return lines
+
+
+def _card_evaluation(evaluation: Any) -> list[str]:
+    """Macro metrics of an evaluation summary with their bootstrap CIs."""
+    lines = [
+        "## Evaluation results (95% bootstrap CIs where computed)",
         "",
-        "Research on 12-lead ECG representation learning and classification: embeddings, linear probes, "
-        "fine-tuning, benchmarking. Check calibration and performance on data from your own population "
-        "and devices before relying on any output.",
-        "",
-        "**Not a medical device.** This model has not been cleared or approved for clinical use and must "
-        "not be used to diagnose, treat or triage patients.",
-        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
     ]
-    path = directory / CARD_FILE
-    path.write_text("\n".join(lines))
-    return path
+    cis = evaluation.get("macro_ci") or {}
+    for name, value in (evaluation.get("macro") or {}).items():
+        ci = cis.get(name) if isinstance(cis, Mapping) else None
+        ci_text = (
+            f"{ci[0]:.4g} - {ci[1]:.4g}"
+            if isinstance(ci, (list, tuple)) and len(ci) == 2
+            else json.dumps(ci, default=str)
+            if ci is not None
+            else ""
+        )
+        lines.append(
+            f"| {name} | {value:.4g} | {ci_text} |"
+            if isinstance(value, (int, float))
+            else f"| {name} | {value} | {ci_text} |"
+        )
+    lines.append("")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +216,18 @@ def _parse_scp_codes(text: str, path: Path, line: int) -> dict[str, float]:
     return value
 
 
+#: How each PTB-XL label subset turns one SCP code into a label: the label, or None to skip the code.
+#: ``all`` keeps every code, even one missing from ``scp_statements.csv`` (its statement is None).
+_SUBSET_LABEL: dict[str, Callable[[str, ScpStatement | None], str | None]] = {
+    "all": lambda code, st: code,
+    "diag": lambda code, st: code if st is not None and st.diagnostic else None,
+    "form": lambda code, st: code if st is not None and st.form else None,
+    "rhythm": lambda code, st: code if st is not None and st.rhythm else None,
+    "subdiag": lambda code, st: (st.diagnostic_subclass or None) if st is not None and st.diagnostic else None,
+    "superdiag": lambda code, st: (st.diagnostic_class or None) if st is not None and st.diagnostic else None,
+}
+
+
 def ptbxl_labels_for(scp_codes: dict[str, float], task: str, statements: dict[str, ScpStatement]) -> set[str]:
     """The task's labels of one record: every code counts whatever its likelihood (helme's rule).
 
@@ -223,23 +235,15 @@ def ptbxl_labels_for(scp_codes: dict[str, float], task: str, statements: dict[st
     and ``rhythm`` keep codes flagged 1.0 in that column; ``subdiag``/``superdiag`` map diagnostic
     codes to their ``diagnostic_subclass``/``diagnostic_class`` and skip codes without one.
     """
-    if task == "all":
-        return set(scp_codes)
+    # ``task`` here is a PTB-XL label subset (PTBXL_TASKS), not a fine-tuning task.
+    rule = _SUBSET_LABEL.get(task)
+    if rule is None:
+        return set()
     labels: set[str] = set()
     for code in scp_codes:
-        st = statements.get(code)
-        if st is None:
-            continue
-        if task == "diag" and st.diagnostic:
-            labels.add(code)
-        elif task == "form" and st.form:
-            labels.add(code)
-        elif task == "rhythm" and st.rhythm:
-            labels.add(code)
-        elif task == "subdiag" and st.diagnostic and st.diagnostic_subclass:
-            labels.add(st.diagnostic_subclass)
-        elif task == "superdiag" and st.diagnostic and st.diagnostic_class:
-            labels.add(st.diagnostic_class)
+        label = rule(code, statements.get(code))
+        if label is not None:
+            labels.add(label)
     return labels
 
 
@@ -278,13 +282,8 @@ def build_ptbxl_tables(
         DatasetTableError: unknown task/sampling, a missing file or column, a ``scp_codes`` cell that
             is not a dict literal, a ``strat_fold`` outside 1-10, or no record left.
     """
-    if task not in PTBXL_TASKS:
-        raise DatasetTableError(f"unknown PTB-XL task {task!r} (choose from {', '.join(PTBXL_TASKS)})")
-    sampling = str(sampling)
-    if sampling not in ("100", "500"):
-        raise DatasetTableError(f"unknown PTB-XL sampling {sampling!r} (choose 100 or 500)")
-    if int(min_count) < 1:
-        raise DatasetTableError(f"min_count must be >= 1, got {min_count}")
+    subset = task  # a PTB-XL label subset, not a fine-tuning task (the public name stays ``task``)
+    sampling = _check_ptbxl_options(subset, sampling, min_count)
     root = Path(root).resolve()
     out_dir = Path(out_dir)
     db_path = Path(database_csv) if database_csv else root / "ptbxl_database.csv"
@@ -292,7 +291,51 @@ def build_ptbxl_tables(
     statements = _read_scp_statements(st_path)
     _, db_rows = _read_table(db_path, _PTBXL_DB_COLUMNS)
     file_column = "filename_lr" if sampling == "100" else "filename_hr"
+    records = _ptbxl_records(db_path, db_rows, file_column, subset, statements)
+    selection = _PtbxlSelection.choose(records, min_count, root if check_files else None)
+    if not selection.kept:
+        where = f"{root / ('records' + sampling)}" if check_files else str(db_path)
+        raise DatasetTableError(
+            f"{where}: no PTB-XL record left for task {subset!r} "
+            f"({selection.dropped_no_label} without a label, {selection.dropped_missing} without a .hea file)"
+        )
+    paths = _write_ptbxl_tables(out_dir, root, selection)
+    paths["labels"] = out_dir / "labels.json"
+    atomic_write_json(paths["labels"], _ptbxl_summary(subset, sampling, min_count, len(records), selection))
+    split_counts = Counter(str(r.meta["split"]) for r in selection.kept)
+    log.info(
+        "PTB-XL %s: %d records (%s), %d labels; dropped %d without a %s label and %d without a file",
+        subset,
+        len(selection.kept),
+        ", ".join(f"{s} {split_counts.get(s, 0)}" for s in ("train", "val", "test")),
+        len(selection.labels),
+        selection.dropped_no_label,
+        subset,
+        selection.dropped_missing,
+    )
+    return paths
 
+
+def _check_ptbxl_options(subset: str, sampling: str, min_count: int) -> str:
+    """``sampling`` as ``"100"``/``"500"``; an unknown subset or sampling or a ``min_count`` below 1 raises."""
+    if subset not in PTBXL_TASKS:
+        raise DatasetTableError(f"unknown PTB-XL task {subset!r} (choose from {', '.join(PTBXL_TASKS)})")
+    sampling = str(sampling)
+    if sampling not in ("100", "500"):
+        raise DatasetTableError(f"unknown PTB-XL sampling {sampling!r} (choose 100 or 500)")
+    if int(min_count) < 1:
+        raise DatasetTableError(f"min_count must be >= 1, got {min_count}")
+    return sampling
+
+
+def _ptbxl_records(
+    db_path: Path,
+    db_rows: list[dict[str, str]],
+    file_column: str,
+    subset: str,
+    statements: dict[str, ScpStatement],
+) -> list[_LabelledRecord]:
+    """Every row of ``ptbxl_database.csv`` with its metadata cells and its labels of ``subset``."""
     records: list[_LabelledRecord] = []
     seen_ids: dict[str, int] = {}
     for line, row in enumerate(db_rows, start=2):
@@ -319,36 +362,49 @@ def build_ptbxl_tables(
             "strat_fold": int(fold_text),
             "split": PTBXL_SPLIT_OF_FOLD[int(fold_text)],
         }
-        records.append(_LabelledRecord(meta, ptbxl_labels_for(codes, task, statements)))
+        records.append(_LabelledRecord(meta, ptbxl_labels_for(codes, subset, statements)))
+    return records
 
-    # Counted over the whole database, so the label set does not depend on which files a user has.
-    counts = Counter(label for rec in records for label in rec.labels)
-    labels = sorted(label for label, n in counts.items() if n >= min_count)
-    kept_set = set(labels)
-    dropped_no_label = dropped_missing = 0
-    kept: list[_LabelledRecord] = []
-    for rec in records:
-        rec.labels = rec.labels & kept_set
-        if not rec.labels:
-            dropped_no_label += 1
-            continue
-        if check_files and not (root / f"{rec.meta['path']}.hea").is_file():
-            dropped_missing += 1
-            continue
-        kept.append(rec)
-    if not kept:
-        where = f"{root / ('records' + sampling)}" if check_files else str(db_path)
-        raise DatasetTableError(
-            f"{where}: no PTB-XL record left for task {task!r} "
-            f"({dropped_no_label} without a label, {dropped_missing} without a .hea file)"
-        )
 
-    columns = list(PTBXL_META_COLUMNS) + labels
+@dataclass
+class _PtbxlSelection:
+    """The labels kept (by count over the whole database) and the records that still have one."""
 
-    def table_rows(subset: Iterable[_LabelledRecord]) -> Iterable[list[object]]:
-        for rec in subset:
-            yield rec.row(PTBXL_META_COLUMNS, labels)
+    labels: list[str]
+    kept: list[_LabelledRecord]
+    dropped_no_label: int
+    dropped_missing: int
 
+    @classmethod
+    def choose(cls, records: list[_LabelledRecord], min_count: int, root: Path | None) -> _PtbxlSelection:
+        """``root`` None: keep records whether their ``.hea`` is downloaded or not."""
+        # Counted over the whole database, so the label set does not depend on which files a user has.
+        counts = Counter(label for rec in records for label in rec.labels)
+        labels = sorted(label for label, n in counts.items() if n >= min_count)
+        kept_set = set(labels)
+        dropped_no_label = dropped_missing = 0
+        kept: list[_LabelledRecord] = []
+        for rec in records:
+            rec.labels = rec.labels & kept_set
+            if not rec.labels:
+                dropped_no_label += 1
+                continue
+            if root is not None and not (root / f"{rec.meta['path']}.hea").is_file():
+                dropped_missing += 1
+                continue
+            kept.append(rec)
+        return cls(labels, kept, dropped_no_label, dropped_missing)
+
+
+def _write_ptbxl_tables(out_dir: Path, root: Path, selection: _PtbxlSelection) -> dict[str, Path]:
+    """``all``/``train``/``val``/``test`` CSVs and the manifest of ``.hea`` paths; returns their paths."""
+    columns = list(PTBXL_META_COLUMNS) + selection.labels
+
+    def table_rows(records: Iterable[_LabelledRecord]) -> Iterable[list[object]]:
+        for rec in records:
+            yield rec.row(PTBXL_META_COLUMNS, selection.labels)
+
+    kept = selection.kept
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / f"{name}.csv" for name in ("all", "train", "val", "test")}
     _write_table(paths["all"], columns, table_rows(kept))
@@ -357,43 +413,37 @@ def build_ptbxl_tables(
     paths["manifest"] = out_dir / "manifest.txt"
     with atomic_path(paths["manifest"]) as tmp:
         tmp.write_text("".join(f"{root / str(rec.meta['path'])}.hea\n" for rec in kept), encoding="utf-8")
+    return paths
 
+
+def _ptbxl_summary(
+    subset: str, sampling: str, min_count: int, n_database: int, selection: _PtbxlSelection
+) -> dict[str, object]:
+    """The content of ``labels.json``."""
+    kept, labels = selection.kept, selection.labels
     split_counts = Counter(str(r.meta["split"]) for r in kept)
     positives = {
         lab: {s: sum(1 for r in kept if r.meta["split"] == s and lab in r.labels) for s in ("train", "val", "test")}
         for lab in labels
     }
-    summary = {
+    return {
         "dataset": "ptbxl",
-        "task": task,
+        "task": subset,
         "sampling_hz": int(sampling),
         "min_count": int(min_count),
         "labels": labels,
         "label_start_index": PTBXL_LABEL_START_INDEX,
         "id_column": "record_id",
         "split_column": "split",
-        "columns": columns,
+        "columns": list(PTBXL_META_COLUMNS) + labels,
         "folds": {"train": list(range(1, 9)), "val": [9], "test": [10]},
-        "records_in_database": len(records),
+        "records_in_database": n_database,
         "records": len(kept),
         "records_per_split": {s: split_counts.get(s, 0) for s in ("train", "val", "test")},
-        "dropped_no_label": dropped_no_label,
-        "dropped_missing_file": dropped_missing,
+        "dropped_no_label": selection.dropped_no_label,
+        "dropped_missing_file": selection.dropped_missing,
         "positives": positives,
     }
-    paths["labels"] = out_dir / "labels.json"
-    atomic_write_json(paths["labels"], summary)
-    log.info(
-        "PTB-XL %s: %d records (%s), %d labels; dropped %d without a %s label and %d without a file",
-        task,
-        len(kept),
-        ", ".join(f"{s} {split_counts.get(s, 0)}" for s in ("train", "val", "test")),
-        len(labels),
-        dropped_no_label,
-        task,
-        dropped_missing,
-    )
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,11 +752,34 @@ def reference_split_table(
     Raises:
         DatasetTableError: unknown split name, a missing file, different headers, or no id column.
     """
-    from .store import record_key
-
     unknown = sorted(set(splits) - set(_SPLIT_PRIORITY))
     if unknown or not splits:
         raise DatasetTableError(f"split names must be train, val or test, got {', '.join(unknown) or 'none'}")
+    header, first_path, rows_by_split = _read_split_csvs(splits, id_column)
+    if not 0 <= label_start_index < len(header) or label_start_index <= header.index(id_column):
+        raise DatasetTableError(
+            f"{first_path}: label_start_index {label_start_index} does not point after "
+            f"{id_column!r} inside the {len(header)} columns"
+        )
+    out_rows, duplicates = _merge_splits(rows_by_split, header, id_column)
+    labels = header[label_start_index:]
+    out_csv = Path(out_csv)
+    _write_table(out_csv, ["record_id", "split"] + header, out_rows)
+    start = label_start_index + 2
+    return LabelCSV(
+        path=out_csv,
+        labels=labels,
+        label_start_index=start,
+        n_records=len(out_rows),
+        dropped={"duplicate": duplicates},
+        positives={lab: sum(_positive(r[start + j]) for r in out_rows) for j, lab in enumerate(labels)},
+    )
+
+
+def _read_split_csvs(
+    splits: Mapping[str, str | os.PathLike], id_column: str
+) -> tuple[list[str], Path, dict[str, list[dict[str, str]]]]:
+    """``(header, first file read, rows per split)``, read test first; every file must share the header."""
     header: list[str] | None = None
     first_path: Path | None = None
     rows_by_split: dict[str, list[dict[str, str]]] = {}
@@ -720,12 +793,16 @@ def reference_split_table(
         elif this_header != header:
             raise DatasetTableError(f"{path}: columns differ from {first_path}")
         rows_by_split[split] = rows
-    assert header is not None
-    if not 0 <= label_start_index < len(header) or label_start_index <= header.index(id_column):
-        raise DatasetTableError(
-            f"{first_path}: label_start_index {label_start_index} does not point after "
-            f"{id_column!r} inside the {len(header)} columns"
-        )
+    assert header is not None and first_path is not None
+    return header, first_path, rows_by_split
+
+
+def _merge_splits(
+    rows_by_split: dict[str, list[dict[str, str]]], header: list[str], id_column: str
+) -> tuple[list[list[str]], int]:
+    """Output rows (``record_id``, ``split``, then the input cells) and how many duplicates were left out."""
+    from .store import record_key
+
     seen: set[str] = set()
     duplicates = 0
     out_rows: list[list[str]] = []
@@ -737,22 +814,11 @@ def reference_split_table(
                 continue
             seen.add(record_id)
             out_rows.append([record_id, split] + [row[c] for c in header])
-    labels = header[label_start_index:]
-    out_csv = Path(out_csv)
-    _write_table(out_csv, ["record_id", "split"] + header, out_rows)
-    start = label_start_index + 2
+    return out_rows, duplicates
 
-    def positive(cell: str) -> bool:
-        try:
-            return float(cell) > 0
-        except ValueError:
-            return False
 
-    return LabelCSV(
-        path=out_csv,
-        labels=labels,
-        label_start_index=start,
-        n_records=len(out_rows),
-        dropped={"duplicate": duplicates},
-        positives={lab: sum(positive(r[start + j]) for r in out_rows) for j, lab in enumerate(labels)},
-    )
+def _positive(cell: str) -> bool:
+    try:
+        return float(cell) > 0
+    except ValueError:
+        return False

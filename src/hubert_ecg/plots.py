@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -538,9 +539,27 @@ def ecg_figure(
     Returns:
         the matplotlib Figure (render with ``fig.savefig``; nothing touches pyplot).
     """
-    from matplotlib.collections import LineCollection
-
     x = np.asarray(signal, dtype=np.float64)
+    index = _clinical_lead_index(x, lead_names, rhythm_lead)
+    paper = _Paper.layout(x, fs, speed_mm_s, gain_mm_mv, duration_s, title)
+    fig, ax = _paper_axes(fig, paper, dpi)
+    attr = _normalised_attribution(attribution, x, paper.n_show)
+    panels = _Panels(x, index, paper, ax, attr)
+    for r, row in enumerate(CLINICAL_LAYOUT):
+        base = paper.height_mm - (r + 0.5) * _ROW_MM
+        for c, lead in enumerate(row):
+            start = int(round(c * paper.col_s * fs))
+            stop = min(paper.n_show, int(round((c + 1) * paper.col_s * fs)) + 1)
+            if stop - start > 1:
+                panels.add(lead, start, stop, c * paper.col_s * speed_mm_s, base)
+    panels.add(rhythm_lead, 0, paper.n_show, 0.0, 0.5 * _ROW_MM)
+    panels.finish()
+    _annotate(fig, ax, paper, rhythm_lead, title)
+    return fig
+
+
+def _clinical_lead_index(x: np.ndarray, lead_names: Sequence[str] | None, rhythm_lead: str) -> dict[str, int]:
+    """Row of each lead in ``x``; the layout's leads and the rhythm lead must all be there."""
     names = list(lead_names) if lead_names is not None else list(_STANDARD)
     if x.ndim != 2 or x.shape[0] != len(names):
         raise MetricsInputError(
@@ -550,14 +569,40 @@ def ecg_figure(
     missing = [lead for row in CLINICAL_LAYOUT for lead in row if lead not in index]
     if missing or rhythm_lead not in index:
         raise MetricsInputError(f"the clinical layout needs leads {', '.join(missing or [rhythm_lead])}")
-    total_s = duration_s if duration_s is not None else min(x.shape[1] / fs, 10.0)
-    n_show = min(x.shape[1], int(round(total_s * fs)))
-    col_s = total_s / 4.0
-    width_mm = total_s * speed_mm_s
-    n_rows = len(CLINICAL_LAYOUT) + 1
-    height_mm = n_rows * _ROW_MM
-    margin_in = 0.3
-    size = (width_mm / 25.4 + 2 * margin_in, height_mm / 25.4 + 2 * margin_in + (0.3 if title else 0.0))
+    return index
+
+
+@dataclass(frozen=True)
+class _Paper:
+    """Geometry of one clinical ECG page: time shown, paper size in mm and figure size in inches."""
+
+    fs: float
+    speed_mm_s: float
+    gain_mm_mv: float
+    total_s: float
+    n_show: int
+    col_s: float
+    width_mm: float
+    height_mm: float
+    size: tuple[float, float]
+    margin_in: float = 0.3
+
+    @classmethod
+    def layout(
+        cls, x: np.ndarray, fs: float, speed_mm_s: float, gain_mm_mv: float, duration_s: float | None, title: str | None
+    ) -> _Paper:
+        total_s = duration_s if duration_s is not None else min(x.shape[1] / fs, 10.0)
+        n_show = min(x.shape[1], int(round(total_s * fs)))
+        width_mm = total_s * speed_mm_s
+        height_mm = (len(CLINICAL_LAYOUT) + 1) * _ROW_MM
+        margin_in = 0.3
+        size = (width_mm / 25.4 + 2 * margin_in, height_mm / 25.4 + 2 * margin_in + (0.3 if title else 0.0))
+        return cls(fs, speed_mm_s, gain_mm_mv, total_s, n_show, total_s / 4.0, width_mm, height_mm, size, margin_in)
+
+
+def _paper_axes(fig: Figure | None, paper: _Paper, dpi: int) -> tuple[Figure, Any]:
+    """``fig`` (new, or cleared and resized) with one axes spanning the paper, grid drawn."""
+    size, margin_in = paper.size, paper.margin_in
     if fig is None:
         from matplotlib.figure import Figure as _Figure
 
@@ -566,33 +611,50 @@ def ecg_figure(
         fig.clear()
         fig.set_size_inches(*size)
     ax = fig.add_axes(
-        (margin_in / size[0], margin_in / size[1], (width_mm / 25.4) / size[0], (height_mm / 25.4) / size[1])
+        (
+            margin_in / size[0],
+            margin_in / size[1],
+            (paper.width_mm / 25.4) / size[0],
+            (paper.height_mm / 25.4) / size[1],
+        )
     )
-    minor, major = _paper_grid(width_mm, height_mm)
+    minor, major = _paper_grid(paper.width_mm, paper.height_mm)
     ax.add_collection(minor)
     ax.add_collection(major)
+    return fig, ax
 
-    attr = None
-    if attribution is not None:
-        attr = np.abs(np.asarray(attribution, dtype=np.float64))
-        if attr.shape != x.shape:
-            raise MetricsInputError(f"attribution has shape {attr.shape} but the signal has {x.shape}")
-        top = np.nanmax(attr[:, :n_show]) if n_show else 0.0
-        attr = attr / top if top > 0 else np.zeros_like(attr)
 
-    traces: list[np.ndarray] = []
-    labels: list[tuple[float, float, str]] = []
+def _normalised_attribution(attribution: Any, x: np.ndarray, n_show: int) -> np.ndarray | None:
+    """``|attribution|`` scaled so the largest value shown is 1 (all zeros when there is none)."""
+    if attribution is None:
+        return None
+    attr = np.abs(np.asarray(attribution, dtype=np.float64))
+    if attr.shape != x.shape:
+        raise MetricsInputError(f"attribution has shape {attr.shape} but the signal has {x.shape}")
+    top = np.nanmax(attr[:, :n_show]) if n_show else 0.0
+    return attr / top if top > 0 else np.zeros_like(attr)
 
-    def add(lead: str, start: int, stop: int, x0_mm: float, base_mm: float) -> None:
-        row = x[index[lead], start:stop]
-        t_mm = x0_mm + np.arange(stop - start) / fs * speed_mm_s
+
+class _Panels:
+    """Collects the trace of every panel (drawn at the end as one LineCollection) and its label;
+    the relevance band of a panel is drawn as it is added."""
+
+    def __init__(self, x: np.ndarray, index: dict[str, int], paper: _Paper, ax: Any, attr: np.ndarray | None) -> None:
+        self.x, self.index, self.paper, self.ax, self.attr = x, index, paper, ax, attr
+        self.traces: list[np.ndarray] = []
+        self.labels: list[tuple[float, float, str]] = []
+
+    def add(self, lead: str, start: int, stop: int, x0_mm: float, base_mm: float) -> None:
+        paper = self.paper
+        row = self.x[self.index[lead], start:stop]
+        t_mm = x0_mm + np.arange(stop - start) / paper.fs * paper.speed_mm_s
         # One polyline per panel (a NaN breaks it at a missing stretch): 13 paths, not 10^4 segments.
-        traces.append(np.stack([t_mm, base_mm + gain_mm_mv * row], axis=1))
-        labels.append((x0_mm + 1.0, base_mm + 0.3 * _ROW_MM, lead))
-        if attr is not None:
+        self.traces.append(np.stack([t_mm, base_mm + paper.gain_mm_mv * row], axis=1))
+        self.labels.append((x0_mm + 1.0, base_mm + 0.3 * _ROW_MM, lead))
+        if self.attr is not None:
             # Relevance as a heat band behind the trace: one small image per panel.
-            band = attr[index[lead], start:stop][None, :]
-            ax.imshow(
+            band = self.attr[self.index[lead], start:stop][None, :]
+            self.ax.imshow(
                 band,
                 extent=(t_mm[0], t_mm[-1], base_mm - 0.45 * _ROW_MM, base_mm + 0.45 * _ROW_MM),
                 cmap="Reds",
@@ -604,31 +666,31 @@ def ecg_figure(
                 zorder=1,
             )
 
-    for r, row in enumerate(CLINICAL_LAYOUT):
-        base = height_mm - (r + 0.5) * _ROW_MM
-        for c, lead in enumerate(row):
-            start = int(round(c * col_s * fs))
-            stop = min(n_show, int(round((c + 1) * col_s * fs)) + 1)
-            if stop - start > 1:
-                add(lead, start, stop, c * col_s * speed_mm_s, base)
-    add(rhythm_lead, 0, n_show, 0.0, 0.5 * _ROW_MM)
-    ax.add_collection(LineCollection(traces, colors="black", linewidths=0.7, zorder=2))
-    # Column separators and the 1 mV calibration pulse at the start of every row.
-    for r in range(len(CLINICAL_LAYOUT)):
-        base = height_mm - (r + 0.5) * _ROW_MM
-        for c in range(1, 4):
-            ax.plot([c * col_s * speed_mm_s] * 2, [base - 3, base + 3], color="black", lw=0.8, zorder=2)
-    for text_x, text_y, lead in labels:
-        ax.text(text_x, text_y, lead, fontsize=8, fontweight="bold", zorder=3)
-    ax.set_xlim(0, width_mm)
-    ax.set_ylim(0, height_mm)
+    def finish(self) -> None:
+        """The traces, then column separators and the lead names."""
+        from matplotlib.collections import LineCollection
+
+        paper, ax = self.paper, self.ax
+        ax.add_collection(LineCollection(self.traces, colors="black", linewidths=0.7, zorder=2))
+        for r in range(len(CLINICAL_LAYOUT)):
+            base = paper.height_mm - (r + 0.5) * _ROW_MM
+            for c in range(1, 4):
+                ax.plot([c * paper.col_s * paper.speed_mm_s] * 2, [base - 3, base + 3], color="black", lw=0.8, zorder=2)
+        for text_x, text_y, lead in self.labels:
+            ax.text(text_x, text_y, lead, fontsize=8, fontweight="bold", zorder=3)
+
+
+def _annotate(fig: Figure, ax: Any, paper: _Paper, rhythm_lead: str, title: str | None) -> None:
+    """Axes limits at paper scale, the speed/gain note and the title."""
+    ax.set_xlim(0, paper.width_mm)
+    ax.set_ylim(0, paper.height_mm)
     ax.set_aspect("equal")
     ax.set_axis_off()
-    note = f"{speed_mm_s:g} mm/s, {gain_mm_mv:g} mm/mV, rhythm strip: lead {rhythm_lead}"
+    size, margin_in = paper.size, paper.margin_in
+    note = f"{paper.speed_mm_s:g} mm/s, {paper.gain_mm_mv:g} mm/mV, rhythm strip: lead {rhythm_lead}"
     fig.text(margin_in / size[0], 0.15 * margin_in / size[1], note, fontsize=7)
     if title:
         fig.text(margin_in / size[0], 1 - 0.6 * margin_in / size[1], title, fontsize=10, va="top")
-    return fig
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:

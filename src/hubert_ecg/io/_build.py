@@ -57,72 +57,13 @@ def build_record(
         allow_missing_leads: see :func:`hubert_ecg.io.leads.arrange_leads`.
         units_explained: the reader already put the reason for missing units in ``meta``.
     """
-    fs_value = check_fs(path, fs)
-    if fs_value < MIN_FS:
-        raise RecordError(
-            path,
-            f"sampling rate {fs_value:g} Hz is too low for the model's 0.05-47 Hz band (needs at least {MIN_FS:g} Hz)",
-        )
-    try:
-        data = np.asarray(channels, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise RecordError(path, f"signal is not numeric ({exc})") from None
-    if data.ndim != 2:
-        raise RecordError(path, f"signal must be 2-D (leads x samples), got shape {data.shape}")
-    if data.shape[1] == 0:
-        raise RecordError(path, "zero-length signal (no samples)")
+    fs_value, data = _checked_signal(path, channels, fs)
     meta = dict(meta or {})
     warnings: list[str] = list(meta.get("warnings", []))
-
-    n_channels = data.shape[0]
-    if units_override is not None:
-        units_list: list[str | None] = [units_override] * n_channels
-    elif channel_units is None or isinstance(channel_units, str):
-        units_list = [channel_units] * n_channels
-    else:
-        units_list = list(channel_units)
-        if len(units_list) != n_channels:
-            raise RecordError(path, f"{len(units_list)} units for {n_channels} channels")
-    scales = [unit_scale_to_mv(u) for u in units_list]
-    if all(s is not None for s in scales):
-        data = data * np.asarray(scales, dtype=np.float64)[:, None]
-        units = "mV"
-    else:
-        units = "unknown"
-        stated = sorted({str(u) for u in units_list if u is not None and unit_scale_to_mv(u) is None})
-        if stated:
-            warnings.append(f"units {', '.join(map(repr, stated))} are not a voltage; values kept as stored")
-        elif not units_explained:
-            warnings.append(
-                "file states no amplitude units; values kept as stored, units unknown (pass --units mV or uV)"
-            )
-
-    if lead_names is None:
-        if n_channels != len(STANDARD_LEADS):
-            raise RecordError(path, f"expected 12 leads, got {n_channels} channels (shape {data.shape})")
-        lead_names = STANDARD_LEADS
-    signal, lead_info = arrange_leads(path, data, lead_names, allow_missing_leads=allow_missing_leads)
-    meta.update(lead_info)
-    if lead_info.get("ignored_leads"):
-        warnings.append(
-            f"ignored {len(lead_info['ignored_leads'])} lead(s) beyond the standard 12: "
-            f"{', '.join(lead_info['ignored_leads'])}"
-        )
-
-    infinite = np.isinf(signal)
-    if infinite.any():
-        warnings.append(f"{int(infinite.sum())} infinite samples replaced by NaN")
-        signal[infinite] = np.nan
-    if not np.isfinite(signal).any():
-        raise RecordError(path, "no finite samples (NaN/inf everywhere)")
-    nan = np.isnan(signal)
-    partial = nan.any(axis=1) & ~nan.all(axis=1)  # whole-lead NaN is reported as a missing/empty lead
-    if partial.any():
-        leads = [STANDARD_LEADS[i] for i in np.flatnonzero(partial)]
-        warnings.append(
-            f"{int(nan[partial].sum())} NaN sample(s) in lead(s) {', '.join(leads)} "
-            "filled with the lead mean before filtering"
-        )
+    units_list = _units_per_channel(path, channel_units, units_override, data.shape[0])
+    data, units = _scale_to_mv(data, units_list, warnings, units_explained=units_explained)
+    signal = _arrange(path, data, lead_names, meta, warnings, allow_missing_leads=allow_missing_leads)
+    _check_finite(path, signal, warnings)
 
     record = Record(
         signal=signal.astype(np.float32),
@@ -137,3 +78,97 @@ def build_record(
     if reason:
         record.meta["unscorable"] = reason
     return record
+
+
+def _checked_signal(path: str | Path, channels: np.ndarray, fs: Any) -> tuple[float, np.ndarray]:
+    """The sampling rate and a non-empty 2-D float64 signal, else RecordError."""
+    fs_value = check_fs(path, fs)
+    if fs_value < MIN_FS:
+        raise RecordError(
+            path,
+            f"sampling rate {fs_value:g} Hz is too low for the model's 0.05-47 Hz band (needs at least {MIN_FS:g} Hz)",
+        )
+    try:
+        data = np.asarray(channels, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(path, f"signal is not numeric ({exc})") from None
+    if data.ndim != 2:
+        raise RecordError(path, f"signal must be 2-D (leads x samples), got shape {data.shape}")
+    if data.shape[1] == 0:
+        raise RecordError(path, "zero-length signal (no samples)")
+    return fs_value, data
+
+
+def _units_per_channel(
+    path: str | Path,
+    channel_units: Sequence[str | None] | str | None,
+    units_override: str | None,
+    n_channels: int,
+) -> list[str | None]:
+    """One unit per channel: the caller's override, else the file's (one for all or one each)."""
+    if units_override is not None:
+        return [units_override] * n_channels
+    if channel_units is None or isinstance(channel_units, str):
+        return [channel_units] * n_channels
+    units_list = list(channel_units)
+    if len(units_list) != n_channels:
+        raise RecordError(path, f"{len(units_list)} units for {n_channels} channels")
+    return units_list
+
+
+def _scale_to_mv(
+    data: np.ndarray, units_list: list[str | None], warnings: list[str], *, units_explained: bool
+) -> tuple[np.ndarray, str]:
+    """The signal in mV when every unit is a voltage; otherwise as stored, with a warning why."""
+    scales = [unit_scale_to_mv(u) for u in units_list]
+    if all(s is not None for s in scales):
+        return data * np.asarray(scales, dtype=np.float64)[:, None], "mV"
+    stated = sorted({str(u) for u in units_list if u is not None and unit_scale_to_mv(u) is None})
+    if stated:
+        warnings.append(f"units {', '.join(map(repr, stated))} are not a voltage; values kept as stored")
+    elif not units_explained:
+        warnings.append("file states no amplitude units; values kept as stored, units unknown (pass --units mV or uV)")
+    return data, "unknown"
+
+
+def _arrange(
+    path: str | Path,
+    data: np.ndarray,
+    lead_names: Sequence[str] | None,
+    meta: dict[str, Any],
+    warnings: list[str],
+    *,
+    allow_missing_leads: bool,
+) -> np.ndarray:
+    """The 12 standard leads in order; lead facts go to ``meta``, ignored extra leads to ``warnings``."""
+    n_channels = data.shape[0]
+    if lead_names is None:
+        if n_channels != len(STANDARD_LEADS):
+            raise RecordError(path, f"expected 12 leads, got {n_channels} channels (shape {data.shape})")
+        lead_names = STANDARD_LEADS
+    signal, lead_info = arrange_leads(path, data, lead_names, allow_missing_leads=allow_missing_leads)
+    meta.update(lead_info)
+    if lead_info.get("ignored_leads"):
+        warnings.append(
+            f"ignored {len(lead_info['ignored_leads'])} lead(s) beyond the standard 12: "
+            f"{', '.join(lead_info['ignored_leads'])}"
+        )
+    return signal
+
+
+def _check_finite(path: str | Path, signal: np.ndarray, warnings: list[str]) -> None:
+    """Infinite samples become NaN (in place); an all-NaN signal is rejected; partial NaN is reported."""
+    infinite = np.isinf(signal)
+    if infinite.any():
+        warnings.append(f"{int(infinite.sum())} infinite samples replaced by NaN")
+        signal[infinite] = np.nan
+    if not np.isfinite(signal).any():
+        raise RecordError(path, "no finite samples (NaN/inf everywhere)")
+    nan = np.isnan(signal)
+    partial = nan.any(axis=1) & ~nan.all(axis=1)  # whole-lead NaN is reported as a missing/empty lead
+    if partial.any():
+        leads = [STANDARD_LEADS[i] for i in np.flatnonzero(partial)]
+        warnings.append(
+            f"{int(nan[partial].sum())} NaN sample(s) in lead(s) {', '.join(leads)} "
+            "filled with the lead mean before filtering"
+        )

@@ -94,7 +94,6 @@ def read_dicom(
         RecordError: not DICOM, no waveform, truncated waveform data, bad leads.
     """
     import pydicom  # lazy: optional dependency
-    from pydicom.waveforms.numpy_handler import multiplex_array
 
     path = Path(path)
     try:
@@ -106,43 +105,11 @@ def read_dicom(
         raise RecordError(path, "DICOM file has no WaveformSequence (not a waveform ECG)")
     index = _pick_group(path, groups)
     group = groups[index]
-    try:
-        n_channels = int(group.NumberOfWaveformChannels)
-        n_samples = int(group.NumberOfWaveformSamples)
-        bits = int(group.WaveformBitsAllocated)
-        expected = n_channels * n_samples * bits // 8
-        actual = len(group.WaveformData)
-        if actual < expected:
-            raise RecordError(path, f"waveform data truncated: {actual} of {expected} bytes")
-        raw = multiplex_array(ds, index, as_raw=True).astype(np.float64)  # (samples, channels)
-        channels = list(group.ChannelDefinitionSequence)
-        file_fs = float(group.SamplingFrequency)
-    except RecordError:
-        raise
-    except Exception as exc:
-        raise RecordError(path, f"cannot decode DICOM waveform: {type(exc).__name__}: {exc}") from None
-    if n_samples == 0:
-        raise RecordError(path, "zero-length signal (NumberOfWaveformSamples is 0)")
-    if len(channels) != n_channels:
-        raise RecordError(path, f"{len(channels)} channel definitions for {n_channels} channels")
-
+    raw, channels, file_fs, n_samples = _decode_group(path, ds, index, group)
     pad_value = _padding_value(group)
     if pad_value is not None:
         raw[raw == pad_value] = np.nan
-
-    names: list[str] = []
-    channel_units: list[str | None] = []
-    values = np.empty((n_channels, n_samples), dtype=np.float64)
-    for c, channel in enumerate(channels):
-        label, lead = dicom_channel_lead(channel)
-        # Keep the file's own label when it resolves to the same lead, for meta provenance.
-        names.append(label if lead is None or canonical_lead_name(label) == lead else lead)
-        sensitivity = float(channel.get("ChannelSensitivity", 1) or 1)
-        correction = float(channel.get("ChannelSensitivityCorrectionFactor", 1) or 1)
-        baseline = float(channel.get("ChannelBaseline", 0) or 0)
-        unit_seq = channel.get("ChannelSensitivityUnitsSequence")
-        channel_units.append(str(unit_seq[0].CodeValue) if unit_seq else None)
-        values[c] = raw[:, c] * sensitivity * correction + baseline
+    values, names, channel_units = _scale_channels(raw, channels, n_samples)
 
     meta: dict[str, Any] = {
         "format": "dicom",
@@ -162,6 +129,53 @@ def read_dicom(
         units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
+
+
+def _decode_group(path: Path, ds: Any, index: int, group: Any) -> tuple[np.ndarray, list[Any], float, int]:
+    """``(raw samples x channels as float64, channel definitions, sampling rate, samples per channel)`` of
+    multiplex group ``index``."""
+    from pydicom.waveforms.numpy_handler import multiplex_array
+
+    try:
+        n_channels = int(group.NumberOfWaveformChannels)
+        n_samples = int(group.NumberOfWaveformSamples)
+        bits = int(group.WaveformBitsAllocated)
+        expected = n_channels * n_samples * bits // 8
+        actual = len(group.WaveformData)
+        if actual < expected:
+            raise RecordError(path, f"waveform data truncated: {actual} of {expected} bytes")
+        raw = multiplex_array(ds, index, as_raw=True).astype(np.float64)  # (samples, channels)
+        channels = list(group.ChannelDefinitionSequence)
+        file_fs = float(group.SamplingFrequency)
+    except RecordError:
+        raise
+    except Exception as exc:
+        raise RecordError(path, f"cannot decode DICOM waveform: {type(exc).__name__}: {exc}") from None
+    if n_samples == 0:
+        raise RecordError(path, "zero-length signal (NumberOfWaveformSamples is 0)")
+    if len(channels) != n_channels:
+        raise RecordError(path, f"{len(channels)} channel definitions for {n_channels} channels")
+    return raw, channels, file_fs, n_samples
+
+
+def _scale_channels(
+    raw: np.ndarray, channels: list[Any], n_samples: int
+) -> tuple[np.ndarray, list[str], list[str | None]]:
+    """``(channels x samples, lead labels, units)``: sensitivity, correction factor and baseline applied."""
+    names: list[str] = []
+    channel_units: list[str | None] = []
+    values = np.empty((len(channels), n_samples), dtype=np.float64)
+    for c, channel in enumerate(channels):
+        label, lead = dicom_channel_lead(channel)
+        # Keep the file's own label when it resolves to the same lead, for meta provenance.
+        names.append(label if lead is None or canonical_lead_name(label) == lead else lead)
+        sensitivity = float(channel.get("ChannelSensitivity", 1) or 1)
+        correction = float(channel.get("ChannelSensitivityCorrectionFactor", 1) or 1)
+        baseline = float(channel.get("ChannelBaseline", 0) or 0)
+        unit_seq = channel.get("ChannelSensitivityUnitsSequence")
+        channel_units.append(str(unit_seq[0].CodeValue) if unit_seq else None)
+        values[c] = raw[:, c] * sensitivity * correction + baseline
+    return values, names, channel_units
 
 
 _SAMPLE_DTYPES = {"SB": "i1", "UB": "u1", "SS": "<i2", "US": "<u2", "SL": "<i4", "UL": "<u4"}

@@ -48,35 +48,12 @@ def read_edf(
     except ImportError:
         raise ImportError("edfio (pip install 'hubert-ecg[edf]')") from None
     path = Path(path)
-    with open(path, "rb") as handle:
-        is_bdf = handle.read(8) == b"\xffBIOSEMI"
-    try:
-        with warnings.catch_warnings():
-            # edfio reads a file cut short up to its last whole data record, with a warning: refuse it.
-            warnings.simplefilter("error", UserWarning)
-            edf = edfio.read_bdf(path) if is_bdf else edfio.read_edf(path, lazy_load_data=False)
-            signals: list[Any] = list(edf.signals)
-            for signal in signals:
-                signal.data  # noqa: B018  (load now, inside the warning filter)
-    except Exception as exc:  # ValueError for header damage, truncated data records ...
-        raise RecordError(path, f"cannot read {'BDF' if is_bdf else 'EDF'} file: {type(exc).__name__}: {exc}") from None
+    signals, is_bdf = _load_signals(edfio, path)
     if not signals:
         raise RecordError(path, "EDF file has no signals")
     labels = [edf_channel_lead(s.label) for s in signals]
     notes: list[str] = []
-    if lead_names is None:
-        keep = [i for i, name in enumerate(labels) if canonical_lead_name(name) is not None or is_extra_lead(name)]
-        dropped = [signals[i].label for i in range(len(signals)) if i not in keep]
-        if not keep:
-            raise RecordError(
-                path,
-                f"no ECG lead among the EDF signals ({', '.join(s.label for s in signals)}); "
-                "pass --lead-names to name them",
-            )
-        if dropped:
-            notes.append(f"ignored {len(dropped)} non-ECG signal(s): {', '.join(dropped)}")
-    else:
-        keep = list(range(len(signals)))
+    keep = _ecg_channels(path, signals, labels, notes) if lead_names is None else list(range(len(signals)))
     rates = sorted({float(signals[i].sampling_frequency) for i in keep})
     if len(rates) != 1:
         raise RecordError(path, f"ECG channels have different sampling rates {rates} Hz")
@@ -96,3 +73,35 @@ def read_edf(
         units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
+
+
+def _load_signals(edfio: Any, path: Path) -> tuple[list[Any], bool]:
+    """Every signal of the file with its data loaded, and whether it is a BDF; truncation is refused."""
+    with open(path, "rb") as handle:
+        is_bdf = handle.read(8) == b"\xffBIOSEMI"
+    try:
+        with warnings.catch_warnings():
+            # edfio reads a file cut short up to its last whole data record, with a warning: refuse it.
+            warnings.simplefilter("error", UserWarning)
+            edf = edfio.read_bdf(path) if is_bdf else edfio.read_edf(path, lazy_load_data=False)
+            signals: list[Any] = list(edf.signals)
+            for signal in signals:
+                signal.data  # noqa: B018  (load now, inside the warning filter)
+    except Exception as exc:  # ValueError for header damage, truncated data records ...
+        raise RecordError(path, f"cannot read {'BDF' if is_bdf else 'EDF'} file: {type(exc).__name__}: {exc}") from None
+    return signals, is_bdf
+
+
+def _ecg_channels(path: Path, signals: list[Any], labels: list[str], notes: list[str]) -> list[int]:
+    """Indices of the signals labelled as ECG leads; the others are noted as ignored."""
+    keep = [i for i, name in enumerate(labels) if canonical_lead_name(name) is not None or is_extra_lead(name)]
+    dropped = [signals[i].label for i in range(len(signals)) if i not in keep]
+    if not keep:
+        raise RecordError(
+            path,
+            f"no ECG lead among the EDF signals ({', '.join(s.label for s in signals)}); "
+            "pass --lead-names to name them",
+        )
+    if dropped:
+        notes.append(f"ignored {len(dropped)} non-ECG signal(s): {', '.join(dropped)}")
+    return keep

@@ -89,64 +89,25 @@ def read_hl7_aecg(
             non-numeric digits, leads of different lengths, bad leads.
     """
     path = Path(path)
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
-        raise RecordError(path, f"malformed HL7 aECG XML: {type(exc).__name__}: {exc}") from None
-    if _local(root.tag) != "AnnotatedECG":
-        raise RecordError(path, f"not an HL7 aECG file (root element <{_local(root.tag)}>, expected <AnnotatedECG>)")
-    series = _rhythm_series(root)
-    sets = [q for s in series for c in _children(s, "component") for q in _children(c, "sequenceSet")]
-    if not sets:
-        raise RecordError(path, "HL7 aECG has no rhythm series with a sequenceSet (no waveform)")
+    sequence_set, warnings = _first_sequence_set(path)
     meta: dict[str, Any] = {"format": "hl7-aecg", "labels": []}
-    warnings: list[str] = []
-    if len(sets) > 1:
-        warnings.append(f"{len(sets)} rhythm sequence sets; read the first")
-
     file_fs: float | None = None
     names: list[str] = []
     rows: list[np.ndarray] = []
     channel_units: list[str | None] = []
-    for component in _children(sets[0], "component"):
+    for component in _children(sequence_set, "component"):
         sequence = _child(component, "sequence")
         if sequence is None:
             continue
         code = _code(sequence)
         value = _child(sequence, "value")
         if code.upper().startswith("TIME_"):
-            increment, unit = _number(path, _child(value, "increment"), "time increment")
-            seconds = increment * _TIME_UNITS.get(unit.lower() or "s", float("nan"))
-            if not np.isfinite(seconds) or seconds <= 0:
-                raise RecordError(path, f"HL7 aECG: invalid time increment {increment:g} {unit or '(no unit)'}")
-            file_fs = 1.0 / seconds
+            file_fs = _time_fs(path, value)
             continue
-        name = code
-        for prefix in _LEAD_PREFIXES:
-            if name.upper().startswith(prefix):
-                name = name[len(prefix) :]
-                break
-        digits = _child(value, "digits")
-        if digits is None or not (digits.text or "").strip():
-            raise RecordError(path, f"lead {name}: no <digits>")
-        try:
-            samples = np.array((digits.text or "").split(), dtype=np.float64)
-        except ValueError:
-            bad = next(t for t in (digits.text or "").split() if not _is_float(t))
-            raise RecordError(path, f"lead {name}: digit {bad!r} is not a number") from None
-        origin, origin_unit = (
-            (0.0, "")
-            if _child(value, "origin") is None
-            else _number(path, _child(value, "origin"), f"lead {name} origin")
-        )
-        scale, scale_unit = (
-            (1.0, "") if _child(value, "scale") is None else _number(path, _child(value, "scale"), f"lead {name} scale")
-        )
-        if origin_unit and scale_unit and origin_unit != scale_unit:
-            raise RecordError(path, f"lead {name}: origin in {origin_unit} but scale in {scale_unit}")
+        name, row, unit = _lead_sequence(path, code, value)
         names.append(name)
-        rows.append(origin + scale * samples)
-        channel_units.append(scale_unit or origin_unit or None)
+        rows.append(row)
+        channel_units.append(unit)
     if not rows:
         raise RecordError(path, "HL7 aECG sequenceSet has no lead sequences")
     lengths = sorted({row.size for row in rows})
@@ -167,6 +128,59 @@ def read_hl7_aecg(
         units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
+
+
+def _first_sequence_set(path: Path) -> tuple[ElementTree.Element, list[str]]:
+    """The first rhythm ``sequenceSet`` of the file, and a warning when there are more."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
+        raise RecordError(path, f"malformed HL7 aECG XML: {type(exc).__name__}: {exc}") from None
+    if _local(root.tag) != "AnnotatedECG":
+        raise RecordError(path, f"not an HL7 aECG file (root element <{_local(root.tag)}>, expected <AnnotatedECG>)")
+    series = _rhythm_series(root)
+    sets = [q for s in series for c in _children(s, "component") for q in _children(c, "sequenceSet")]
+    if not sets:
+        raise RecordError(path, "HL7 aECG has no rhythm series with a sequenceSet (no waveform)")
+    warnings: list[str] = []
+    if len(sets) > 1:
+        warnings.append(f"{len(sets)} rhythm sequence sets; read the first")
+    return sets[0], warnings
+
+
+def _time_fs(path: Path, value: ElementTree.Element | None) -> float:
+    """Sampling rate from the ``increment`` of a TIME sequence."""
+    increment, unit = _number(path, _child(value, "increment"), "time increment")
+    seconds = increment * _TIME_UNITS.get(unit.lower() or "s", float("nan"))
+    if not np.isfinite(seconds) or seconds <= 0:
+        raise RecordError(path, f"HL7 aECG: invalid time increment {increment:g} {unit or '(no unit)'}")
+    return 1.0 / seconds
+
+
+def _lead_sequence(path: Path, code: str, value: ElementTree.Element | None) -> tuple[str, np.ndarray, str | None]:
+    """``(lead name, origin + scale * digits, unit)`` of one lead sequence."""
+    name = code
+    for prefix in _LEAD_PREFIXES:
+        if name.upper().startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    digits = _child(value, "digits")
+    if digits is None or not (digits.text or "").strip():
+        raise RecordError(path, f"lead {name}: no <digits>")
+    try:
+        samples = np.array((digits.text or "").split(), dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in (digits.text or "").split() if not _is_float(t))
+        raise RecordError(path, f"lead {name}: digit {bad!r} is not a number") from None
+    origin, origin_unit = (
+        (0.0, "") if _child(value, "origin") is None else _number(path, _child(value, "origin"), f"lead {name} origin")
+    )
+    scale, scale_unit = (
+        (1.0, "") if _child(value, "scale") is None else _number(path, _child(value, "scale"), f"lead {name} scale")
+    )
+    if origin_unit and scale_unit and origin_unit != scale_unit:
+        raise RecordError(path, f"lead {name}: origin in {origin_unit} but scale in {scale_unit}")
+    return name, origin + scale * samples, scale_unit or origin_unit or None
 
 
 def _is_float(text: str) -> bool:

@@ -138,6 +138,28 @@ def arrange_leads(
             f"{len(names)} lead names for {channels.shape[0] if channels.ndim == 2 else '?'} "
             f"signal channels (array shape {channels.shape})",
         )
+    rows, ignored = _lead_rows(path, names)
+    signal = np.full((len(STANDARD_LEADS), channels.shape[1]), np.nan, dtype=np.float64)
+    for canon, i in rows.items():
+        signal[_INDEX[canon]] = channels[i]
+    present = set(rows)
+    derived = _derive_limb_leads(signal, present)
+
+    missing = [n for n in STANDARD_LEADS if n not in present]
+    if missing and not allow_missing_leads:
+        raise RecordError(
+            path,
+            f"missing leads {', '.join(missing)} (file has {', '.join(names)}); "
+            "pass --allow-missing-leads to keep them (zero in the model input, flagged)",
+        )
+    info = {"original_lead_names": names, "derived_leads": derived, "missing_leads": missing}
+    if ignored:
+        info["ignored_leads"] = ignored
+    return signal, info
+
+
+def _lead_rows(path: str | Path, names: list[str]) -> tuple[dict[str, int], list[str]]:
+    """``{standard name: channel index}`` and the extra leads left out; unknown or duplicated names raise."""
     rows: dict[str, int] = {}
     ignored: list[str] = []
     for i, raw in enumerate(names):
@@ -155,11 +177,11 @@ def arrange_leads(
             j = rows[canon]
             raise RecordError(path, f"duplicated lead {canon}: channels {j} ({names[j]!r}) and {i} ({raw!r})")
         rows[canon] = i
+    return rows, ignored
 
-    signal = np.full((len(STANDARD_LEADS), channels.shape[1]), np.nan, dtype=np.float64)
-    for canon, i in rows.items():
-        signal[_INDEX[canon]] = channels[i]
-    present = set(rows)
+
+def _derive_limb_leads(signal: np.ndarray, present: set[str]) -> list[str]:
+    """Fill missing limb leads of ``signal`` in place from the ones present; returns them in derivation order."""
     derived: list[str] = []
 
     def lead(name: str) -> np.ndarray:
@@ -188,15 +210,4 @@ def arrange_leads(
         for name, formula in goldberger.items():
             if name not in present:
                 put(name, formula())
-
-    missing = [n for n in STANDARD_LEADS if n not in present]
-    if missing and not allow_missing_leads:
-        raise RecordError(
-            path,
-            f"missing leads {', '.join(missing)} (file has {', '.join(names)}); "
-            "pass --allow-missing-leads to keep them (zero in the model input, flagged)",
-        )
-    info = {"original_lead_names": names, "derived_leads": derived, "missing_leads": missing}
-    if ignored:
-        info["ignored_leads"] = ignored
-    return signal, info
+    return derived

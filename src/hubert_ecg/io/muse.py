@@ -69,12 +69,7 @@ def read_muse(
             inconsistent lead lengths, bad leads.
     """
     path = Path(path)
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
-        raise RecordError(path, f"malformed MUSE XML: {type(exc).__name__}: {exc}") from None
-    if root.tag != "RestingECG":
-        raise RecordError(path, f"not a MUSE XML ECG (root element <{root.tag}>, expected <RestingECG>)")
+    root = _parse_root(path)
     waveform = _pick_waveform(path, root)
     kind = _text(waveform, "WaveformType") or "unknown"
     try:
@@ -88,33 +83,63 @@ def read_muse(
     rows: list[np.ndarray] = []
     channel_units: list[str | None] = []
     for number, lead in enumerate(waveform.findall("LeadData")):
-        name = _text(lead, "LeadID") or f"lead {number}"
-        payload = _text(lead, "WaveFormData") or ""
-        try:
-            data = base64.b64decode("".join(payload.split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise RecordError(path, f"lead {name}: invalid base64 waveform data ({exc})") from None
-        declared = _text(lead, "LeadSampleCountTotal")
-        n_declared = int(declared) if declared and declared.isdigit() else len(data) // 2
-        if len(data) < 2 * n_declared or len(data) % 2:
-            raise RecordError(
-                path, f"lead {name}: waveform data truncated ({len(data)} bytes for {n_declared} samples)"
-            )
-        samples = np.frombuffer(data[: 2 * n_declared], dtype="<i2").astype(np.float64)
-        try:
-            per_bit = float(_text(lead, "LeadAmplitudeUnitsPerBit") or "1")
-        except ValueError:
-            raise RecordError(path, f"lead {name}: unreadable LeadAmplitudeUnitsPerBit") from None
-        unit_text = (_text(lead, "LeadAmplitudeUnits") or "").upper()
-        channel_units.append(_MUSE_UNITS.get(unit_text, unit_text or None))
+        name, row, unit = _lead_data(path, lead, number)
+        channel_units.append(unit)
         names.append(name)
-        rows.append(samples * per_bit)
+        rows.append(row)
     if not rows:
         raise RecordError(path, f"{kind} waveform has no <LeadData>")
     lengths = {row.size for row in rows}
     if len(lengths) != 1:
         raise RecordError(path, f"leads have different lengths {sorted(lengths)}")
 
+    meta = _meta(root, kind)
+    return build_record(
+        path,
+        np.vstack(rows),
+        list(lead_names) if lead_names is not None else names,
+        fs=fs if fs is not None else file_fs,
+        channel_units=channel_units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
+    )
+
+
+def _parse_root(path: Path) -> ElementTree.Element:
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
+        raise RecordError(path, f"malformed MUSE XML: {type(exc).__name__}: {exc}") from None
+    if root.tag != "RestingECG":
+        raise RecordError(path, f"not a MUSE XML ECG (root element <{root.tag}>, expected <RestingECG>)")
+    return root
+
+
+def _lead_data(path: Path, lead: ElementTree.Element, number: int) -> tuple[str, np.ndarray, str | None]:
+    """``(lead name, samples in the file's unit, unit)`` of one ``LeadData`` element."""
+    name = _text(lead, "LeadID") or f"lead {number}"
+    payload = _text(lead, "WaveFormData") or ""
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RecordError(path, f"lead {name}: invalid base64 waveform data ({exc})") from None
+    declared = _text(lead, "LeadSampleCountTotal")
+    n_declared = int(declared) if declared and declared.isdigit() else len(data) // 2
+    if len(data) < 2 * n_declared or len(data) % 2:
+        raise RecordError(path, f"lead {name}: waveform data truncated ({len(data)} bytes for {n_declared} samples)")
+    samples = np.frombuffer(data[: 2 * n_declared], dtype="<i2").astype(np.float64)
+    try:
+        per_bit = float(_text(lead, "LeadAmplitudeUnitsPerBit") or "1")
+    except ValueError:
+        raise RecordError(path, f"lead {name}: unreadable LeadAmplitudeUnitsPerBit") from None
+    unit_text = (_text(lead, "LeadAmplitudeUnits") or "").upper()
+    return name, samples * per_bit, _MUSE_UNITS.get(unit_text, unit_text or None)
+
+
+def _meta(root: ElementTree.Element, kind: str) -> dict[str, Any]:
+    """Demographics and diagnosis statements of the export, and a warning when no Rhythm waveform was found."""
     demographics = root.find("PatientDemographics")
     age_text = _text(demographics, "PatientAge")
     try:
@@ -133,14 +158,4 @@ def read_muse(
     }
     if kind.lower() != "rhythm":
         meta["warnings"] = [f"no Rhythm waveform; read the {kind} waveform instead"]
-    return build_record(
-        path,
-        np.vstack(rows),
-        list(lead_names) if lead_names is not None else names,
-        fs=fs if fs is not None else file_fs,
-        channel_units=channel_units,
-        record_id=path.stem,
-        meta=meta,
-        units_override=units,
-        allow_missing_leads=allow_missing_leads,
-    )
+    return meta

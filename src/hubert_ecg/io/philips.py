@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -64,33 +65,14 @@ def read_philips(
             waveform data, leads of different lengths, bad leads.
     """
     path = Path(path)
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
-        raise RecordError(path, f"malformed Philips XML: {type(exc).__name__}: {exc}") from None
-    if _local(root.tag) != "restingecgdata":
-        raise RecordError(path, f"not a Philips XML ECG (root element <{_local(root.tag)}>, expected <restingecgdata>)")
-    waveforms = _find(root, "parsedwaveforms")
-    if waveforms is None or not (waveforms.text or "").strip():
-        raise RecordError(path, "Philips XML has no <parsedwaveforms> data")
-    characteristics = _find(root, "signalcharacteristics")
-    file_fs = _float(path, _text(characteristics, "samplingrate") or waveforms.get("samplespersecond"), "samplingrate")
-    resolution = _float(
-        path,
-        _text(characteristics, "resolution")
-        or _text(characteristics, "signalresolution")
-        or waveforms.get("resolution"),
-        "resolution",
-    )
-    compression = waveforms.get("compressmethod") or waveforms.get("compression") or "Uncompressed"
-    duration_ms = _float(path, waveforms.get("durationperchannel"), "durationperchannel")
-    labels = (waveforms.get("leadlabels") or "").split()
-    if compression.upper() == "XLI":
+    root = _parse_root(path)
+    wave = _Waveforms.find(path, root)
+    if wave.compression.upper() == "XLI":
         names, rows = _decode_xli(path)
     else:
-        names, rows = _decode_plain(path, waveforms, labels, file_fs, duration_ms)
-    if file_fs is not None and duration_ms is not None:
-        expected = int(round(duration_ms * file_fs / 1000.0))
+        names, rows = _decode_plain(path, wave.element, wave.labels, wave.fs, wave.duration_ms)
+    if wave.fs is not None and wave.duration_ms is not None:
+        expected = int(round(wave.duration_ms * wave.fs / 1000.0))
         # XLI chunks end on whole code words: a sample or two of padding beyond the declared duration.
         if all(row.size >= expected for row in rows):
             rows = [row[:expected] for row in rows]
@@ -98,12 +80,13 @@ def read_philips(
     if len(lengths) != 1:
         raise RecordError(path, f"leads have different lengths {lengths}")
     warnings: list[str] = []
+    resolution = wave.resolution
     if resolution is None:
         warnings.append("no <resolution> in the file; assumed 5 uV per count (PageWriter default)")
         resolution = 5.0
     meta: dict[str, Any] = {
         "format": "philips",
-        "compression": compression,
+        "compression": wave.compression,
         "labels": [],
         "age": _float(path, _text(_find(root, "age"), "years"), "age"),
         "sex": {"MALE": "M", "FEMALE": "F"}.get((_text(root, "sex") or "").upper()),
@@ -116,13 +99,56 @@ def read_philips(
         path,
         np.vstack(rows).astype(np.float64) * resolution,
         list(lead_names) if lead_names is not None else names,
-        fs=fs if fs is not None else file_fs,
+        fs=fs if fs is not None else wave.fs,
         channel_units="uV",
         record_id=path.stem,
         meta=meta,
         units_override=units,
         allow_missing_leads=allow_missing_leads,
     )
+
+
+def _parse_root(path: Path) -> ElementTree.Element:
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
+        raise RecordError(path, f"malformed Philips XML: {type(exc).__name__}: {exc}") from None
+    if _local(root.tag) != "restingecgdata":
+        raise RecordError(path, f"not a Philips XML ECG (root element <{_local(root.tag)}>, expected <restingecgdata>)")
+    return root
+
+
+@dataclass
+class _Waveforms:
+    """The ``parsedwaveforms`` element and the facts about it spread over the document."""
+
+    element: ElementTree.Element
+    fs: float | None
+    resolution: float | None
+    compression: str
+    duration_ms: float | None
+    labels: list[str]
+
+    @classmethod
+    def find(cls, path: Path, root: ElementTree.Element) -> _Waveforms:
+        waveforms = _find(root, "parsedwaveforms")
+        if waveforms is None or not (waveforms.text or "").strip():
+            raise RecordError(path, "Philips XML has no <parsedwaveforms> data")
+        characteristics = _find(root, "signalcharacteristics")
+        file_fs = _float(
+            path, _text(characteristics, "samplingrate") or waveforms.get("samplespersecond"), "samplingrate"
+        )
+        resolution = _float(
+            path,
+            _text(characteristics, "resolution")
+            or _text(characteristics, "signalresolution")
+            or waveforms.get("resolution"),
+            "resolution",
+        )
+        compression = waveforms.get("compressmethod") or waveforms.get("compression") or "Uncompressed"
+        duration_ms = _float(path, waveforms.get("durationperchannel"), "durationperchannel")
+        labels = (waveforms.get("leadlabels") or "").split()
+        return cls(waveforms, file_fs, resolution, compression, duration_ms, labels)
 
 
 def _decode_xli(path: Path) -> tuple[list[str], list[np.ndarray]]:

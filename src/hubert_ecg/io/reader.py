@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hubert_ecg.io.record import Record, RecordError
-from hubert_ecg.io.registry import format_names, get_format, identify, read_head, xml_formats, xml_root_name
+from hubert_ecg.io.registry import Format, format_names, get_format, identify, read_head, xml_formats, xml_root_name
 
 # Exception types that mean "our code is wrong" (or the machine ran out of memory), never "this file
 # is damaged": re-raised as they are.
@@ -149,22 +149,7 @@ def read_record(
     Raises:
         RecordError: any unusable file; the message is ``"<path>: <reason>"`` on one line.
     """
-    if fmt is not None:
-        chosen = get_format(fmt)
-        if chosen is None:
-            raise RecordError(path, f"unknown format {fmt!r} (--format); use one of {_format_list()}")
-        canonical = chosen.name
-    else:
-        canonical = detect_format(path)
-        chosen = get_format(canonical)
-    assert chosen is not None
-    if key is not None and not chosen.keyed:
-        raise RecordError(path, f"key={key!r} only applies to multi-record HDF5 files, not {canonical}")
-    if canonical != "wfdb" and not Path(path).is_file():
-        special = Path(path).exists() and not Path(path).is_dir()
-        raise RecordError(
-            path, "not a regular file (FIFO, socket or device); not opened" if special else "file not found"
-        )
+    chosen = _choose_format(path, fmt, key)
     sidecar = load_sidecar(path)
     meta_extra: dict[str, Any] = {}
     if sidecar is not None:
@@ -182,6 +167,35 @@ def read_record(
     }
     if chosen.keyed:
         kwargs["key"] = key
+    record = _call_reader(path, chosen, kwargs)
+    record.meta.update(meta_extra)
+    return record
+
+
+def _choose_format(path: str | Path, fmt: str | None, key: str | None) -> Format:
+    """The format named by ``fmt`` or detected from the file, checked against ``key`` and the file's existence."""
+    if fmt is not None:
+        chosen = get_format(fmt)
+        if chosen is None:
+            raise RecordError(path, f"unknown format {fmt!r} (--format); use one of {_format_list()}")
+        canonical = chosen.name
+    else:
+        canonical = detect_format(path)
+        chosen = get_format(canonical)
+    assert chosen is not None
+    if key is not None and not chosen.keyed:
+        raise RecordError(path, f"key={key!r} only applies to multi-record HDF5 files, not {canonical}")
+    if canonical != "wfdb" and not Path(path).is_file():
+        special = Path(path).exists() and not Path(path).is_dir()
+        raise RecordError(
+            path, "not a regular file (FIFO, socket or device); not opened" if special else "file not found"
+        )
+    return chosen
+
+
+def _call_reader(path: str | Path, chosen: Format, kwargs: dict[str, Any]) -> Record:
+    """Run the format's reader; a missing library or unanticipated damage becomes a RecordError, a bug does not."""
+    canonical = chosen.name
     try:
         reader = chosen.load()
     except ImportError as exc:
@@ -190,7 +204,7 @@ def read_record(
             path, f"reading {canonical} files needs a library that is not installed: {exc}{hint}"
         ) from None
     try:
-        record = reader(path, **kwargs)
+        return reader(path, **kwargs)
     except RecordError:
         raise
     except PROGRAMMING_ERRORS:
@@ -200,5 +214,3 @@ def read_record(
         # Last line of defence: damage the format reader did not anticipate (a library's own error
         # types: struct.error, BadZipFile, ParseError, ...) becomes a one-line, file-naming error.
         raise RecordError(path, f"cannot read {canonical} file: {type(exc).__name__}: {exc}") from exc
-    record.meta.update(meta_extra)
-    return record

@@ -245,33 +245,42 @@ def _sources_for_file(
         return _from_manifest(path, allow_outside_root)
     fmt = identify(path, head, explicit=explicit)
     if fmt is None:
-        if explicit:
-            from hubert_ecg.io.reader import detect_format
-
-            detect_format(path)  # raises the precise reason
-        root = xml_root_name(head)
-        if root is not None:
-            reason = f"not a recognised layout (XML root <{root}>)"
-        elif get_format(suffix) is not None or suffix in _TEXT_SUFFIXES:
-            reason = (
-                "not a recognised layout (no lead columns)"
-                if suffix in _TEXT_SUFFIXES
-                else f"not a recognised layout ({suffix} file)"
-            )
-        else:
-            reason = f"unsupported format ({suffix or 'no suffix'})"
-        return _skip_or_raise(account, explicit, path, reason)
+        return _skip_or_raise(account, explicit, path, _unrecognised_reason(path, head, explicit=explicit))
     if fmt.keyed:
-        from hubert_ecg.io.hdf5 import hdf5_record_keys
-
-        try:
-            keys = hdf5_record_keys(path)
-        except RecordError:
-            keys = None  # damaged: let reading report it for this one source
-        if keys is None:
-            return [RecordSource(str(path), None, path.stem)]
-        return [RecordSource(str(path), key, key) for key in keys]
+        return _keyed_sources(path)
     return [RecordSource(str(path), None, path.stem)]
+
+
+def _unrecognised_reason(path: Path, head: bytes, *, explicit: bool) -> str:
+    """Why a file no format claims is skipped; an explicitly named file raises the reader's precise reason."""
+    suffix = path.suffix.lower()
+    if explicit:
+        from hubert_ecg.io.reader import detect_format
+
+        detect_format(path)  # raises the precise reason
+    root = xml_root_name(head)
+    if root is not None:
+        return f"not a recognised layout (XML root <{root}>)"
+    if get_format(suffix) is not None or suffix in _TEXT_SUFFIXES:
+        return (
+            "not a recognised layout (no lead columns)"
+            if suffix in _TEXT_SUFFIXES
+            else f"not a recognised layout ({suffix} file)"
+        )
+    return f"unsupported format ({suffix or 'no suffix'})"
+
+
+def _keyed_sources(path: Path) -> list[RecordSource]:
+    """One source per record of a multi-record HDF5 file (one for the whole file when its keys cannot be listed)."""
+    from hubert_ecg.io.hdf5 import hdf5_record_keys
+
+    try:
+        keys = hdf5_record_keys(path)
+    except RecordError:
+        keys = None  # damaged: let reading report it for this one source
+    if keys is None:
+        return [RecordSource(str(path), None, path.stem)]
+    return [RecordSource(str(path), key, key) for key in keys]
 
 
 def _has_record_sibling(path: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,42 @@ def read_text(
             with the wrong number of fields, unknown sampling rate, bad leads.
     """
     path = Path(path)
+    lines = _read_lines(path)
+    first, comment_fs = _skip_preamble(path, lines)
+    delimiter = sniff_delimiter(path, lines[first])
+    warnings: list[str] = []
+    header, body_start = _header_row(path, _split_cells(lines[first], delimiter), first, lead_names, warnings)
+    columns = _Columns.from_header(path, header, lead_names, headerless=body_start == first)
+    table = _parse_rows(path, lines[body_start:], body_start, header, delimiter)
+
+    rate = fs if fs is not None else comment_fs
+    if rate is None and columns.time:
+        rate = _fs_from_time(path, table[:, columns.time[0]], columns.roles[columns.time[0]] == "time_ms")
+    if rate is None:
+        raise RecordError(
+            path,
+            "sampling rate unknown (no time column, no '# fs:' line): "
+            f'pass --fs HZ or a sidecar {path.stem}.json with {{"fs": HZ}}',
+        )
+
+    known = [u for u in columns.units if u is not None]
+    channel_units: list[str | None] | None = columns.units if known else None
+    meta: dict[str, Any] = {"format": "text", "warnings": warnings}
+    return build_record(
+        path,
+        table[:, columns.leads].T,
+        columns.names,
+        fs=rate,
+        channel_units=channel_units,
+        record_id=path.stem,
+        meta=meta,
+        units_override=units,
+        allow_missing_leads=allow_missing_leads,
+    )
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The decoded lines of a text table; binary data and OS errors become RecordError."""
     try:
         # Sniff the head before reading the whole file: a large binary file named .csv is refused
         # after 64 KiB, not after decoding gigabytes.
@@ -130,10 +167,13 @@ def read_text(
             head = fh.read(1 << 16)
         if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise RecordError(path, f"not a text table: binary data (NUL bytes) in the first {len(head) // 1024} KiB")
-        lines = decode_text(path.read_bytes()).splitlines()
+        return decode_text(path.read_bytes()).splitlines()
     except OSError as exc:
         raise RecordError(path, f"cannot read text file: {type(exc).__name__}: {exc}") from None
 
+
+def _skip_preamble(path: Path, lines: list[str]) -> tuple[int, float | None]:
+    """Index of the first non-blank, non-comment line and the rate of a ``# fs: HZ`` comment above it."""
     comment_fs: float | None = None
     first = 0
     while first < len(lines) and (not lines[first].strip() or lines[first].lstrip().startswith("#")):
@@ -143,51 +183,71 @@ def read_text(
         first += 1
     if first >= len(lines):
         raise RecordError(path, "empty text file (no header, no samples)")
-    delimiter = sniff_delimiter(path, lines[first])
+    return first, comment_fs
 
-    def split(line: str) -> list[str]:
-        if delimiter is None:
-            return line.split()
-        return [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter))]
 
-    header = split(lines[first])
-    meta: dict[str, Any] = {"format": "text"}
-    warnings: list[str] = []
-    if all(_is_number(cell) for cell in header if cell):
-        if lead_names is None and len(header) != len(STANDARD_LEADS):
-            raise RecordError(
-                path,
-                f"no header row of lead names and {len(header)} columns (first row is numeric); "
-                "pass --lead-names NAME ... in column order",
-            )
-        header = list(lead_names) if lead_names is not None else list(STANDARD_LEADS)
-        if lead_names is None:
-            warnings.append(
-                "no header row; assumed 12 columns in standard lead order I, II, III, aVR, aVL, aVF, "
-                "V1-V6 (pass --lead-names if not)"
-            )
-        body_start = first
-    else:
-        body_start = first + 1
+def _split_cells(line: str, delimiter: str | None) -> list[str]:
+    if delimiter is None:
+        return line.split()
+    return [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter))]
 
-    roles = [_column_role(cell) for cell in header]
-    lead_columns = [i for i, role in enumerate(roles) if role == "lead"]
-    time_columns = [i for i, role in enumerate(roles) if role.startswith("time")]
-    names = [split_unit_suffix(header[i])[0] for i in lead_columns]
-    column_units = [split_unit_suffix(header[i])[1] for i in lead_columns]
-    if lead_names is not None and body_start != first:
-        if len(lead_names) != len(lead_columns):
-            raise RecordError(path, f"{len(lead_names)} lead names given for {len(lead_columns)} lead columns")
-        names = list(lead_names)
-    if not lead_columns:
-        raise RecordError(path, "no lead columns in header")
 
+def _header_row(
+    path: Path, header: list[str], first: int, lead_names: Sequence[str] | None, warnings: list[str]
+) -> tuple[list[str], int]:
+    """The column labels and the line index where samples start (``first`` when the file has no header)."""
+    if not all(_is_number(cell) for cell in header if cell):
+        return header, first + 1
+    if lead_names is None and len(header) != len(STANDARD_LEADS):
+        raise RecordError(
+            path,
+            f"no header row of lead names and {len(header)} columns (first row is numeric); "
+            "pass --lead-names NAME ... in column order",
+        )
+    if lead_names is None:
+        warnings.append(
+            "no header row; assumed 12 columns in standard lead order I, II, III, aVR, aVL, aVF, "
+            "V1-V6 (pass --lead-names if not)"
+        )
+        return list(STANDARD_LEADS), first
+    return list(lead_names), first
+
+
+@dataclass
+class _Columns:
+    """What each column of a text table holds: its role, the lead columns with names and units, time columns."""
+
+    roles: list[str]
+    leads: list[int]
+    time: list[int]
+    names: list[str]
+    units: list[str | None]
+
+    @classmethod
+    def from_header(
+        cls, path: Path, header: list[str], lead_names: Sequence[str] | None, *, headerless: bool
+    ) -> _Columns:
+        roles = [_column_role(cell) for cell in header]
+        leads = [i for i, role in enumerate(roles) if role == "lead"]
+        time = [i for i, role in enumerate(roles) if role.startswith("time")]
+        names = [split_unit_suffix(header[i])[0] for i in leads]
+        units = [split_unit_suffix(header[i])[1] for i in leads]
+        if lead_names is not None and not headerless:
+            if len(lead_names) != len(leads):
+                raise RecordError(path, f"{len(lead_names)} lead names given for {len(leads)} lead columns")
+            names = list(lead_names)
+        if not leads:
+            raise RecordError(path, "no lead columns in header")
+        return cls(roles, leads, time, names, units)
+
+
+def _parse_rows(path: Path, lines: list[str], offset: int, header: list[str], delimiter: str | None) -> np.ndarray:
+    """The sample rows as a float64 table (empty/``nan``/``na`` cells are NaN); ``offset`` numbers lines in errors."""
     rows: list[list[float]] = []
-    for line_no in range(body_start, len(lines)):
-        line = lines[line_no]
+    for line_no, line in enumerate(lines, start=offset):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        cells = split(line)
+        cells = _split_cells(line, delimiter)
         if len(cells) != len(header):
             raise RecordError(path, f"row {line_no + 1} has {len(cells)} fields, header has {len(header)}")
         values = []
@@ -202,32 +262,7 @@ def read_text(
         rows.append(values)
     if not rows:
         raise RecordError(path, "zero-length signal (header but no data rows)")
-    table = np.asarray(rows, dtype=np.float64)
-
-    rate = fs if fs is not None else comment_fs
-    if rate is None and time_columns:
-        rate = _fs_from_time(path, table[:, time_columns[0]], roles[time_columns[0]] == "time_ms")
-    if rate is None:
-        raise RecordError(
-            path,
-            "sampling rate unknown (no time column, no '# fs:' line): "
-            f'pass --fs HZ or a sidecar {path.stem}.json with {{"fs": HZ}}',
-        )
-
-    known = [u for u in column_units if u is not None]
-    channel_units: list[str | None] | None = column_units if known else None
-    meta["warnings"] = warnings
-    return build_record(
-        path,
-        table[:, lead_columns].T,
-        names,
-        fs=rate,
-        channel_units=channel_units,
-        record_id=path.stem,
-        meta=meta,
-        units_override=units,
-        allow_missing_leads=allow_missing_leads,
-    )
+    return np.asarray(rows, dtype=np.float64)
 
 
 def _fs_from_time(path: Path, time: np.ndarray, millis: bool) -> float:

@@ -93,51 +93,11 @@ def read_wfdb(
     multi_segment, uncalibrated = _header_facts(header)
     if multi_segment:
         return _read_multi_segment(wfdb, header, record_name, fs, units, lead_names, allow_missing_leads)
-    try:
-        # One parse of the header: rdrecord reads it; the slower diagnosis runs only on failure.
-        rec = wfdb.rdrecord(record_name, physical=False)
-    except Exception as exc:  # wfdb raises many types (HeaderSyntaxError, ValueError, ...)
-        raise _diagnose(wfdb, header, record_name, exc) from None
-    if not rec.n_sig:
-        raise RecordError(header, "WFDB header declares no signals")
-    if rec.sig_len == 0:
-        raise RecordError(header, "zero-length signal (header declares 0 samples)")
-    digital = rec.d_signal
-    if digital is None or digital.ndim != 2 or digital.shape[0] == 0:
-        raise RecordError(header, "zero-length signal")
-    if rec.sig_len and digital.shape[0] != rec.sig_len:
-        raise RecordError(header, f"signal file truncated: {digital.shape[0]} of {rec.sig_len} samples")
-
+    rec = _read_digital(wfdb, header, record_name)
     meta: dict[str, Any] = {"format": "wfdb", "signal_files": sorted(set(rec.file_name))}
     meta.update(parse_header_comments(rec.comments or []))
     warnings: list[str] = []
-    channel_units: list[str | None] | None = list(rec.units or [None] * rec.n_sig)
-
-    if uncalibrated:
-        # WFDB gain 0 means "uncalibrated"; wfdb silently substitutes 200 units/mV. Keep the counts.
-        values = (digital.astype(np.float64) - np.asarray(rec.baseline, dtype=np.float64)).T
-        channel_units = None
-        meta["uncalibrated"] = True
-        warnings.append(
-            f"uncalibrated: WFDB gain 0 for signal(s) {', '.join(uncalibrated)}; values are ADC counts, "
-            "units unknown (pass --units if you know the scale)"
-        )
-    elif _gains_are_self_normalising(digital, rec.adc_gain):
-        # LUDB v1.0.1 headers store each lead's own peak-to-peak range as its "gain", which
-        # would rescale every lead to a range of 1 and break III = II - I. The ADC counts
-        # themselves are consistent across leads, so keep them with one common scale.
-        values = digital.astype(np.float64).T
-        channel_units = None
-        warnings.append(
-            "header gains equal each lead's own peak-to-peak range (per-lead normalisation, "
-            "not a calibration); using the raw ADC counts with one scale for all leads, "
-            "units unknown"
-        )
-    else:
-        try:
-            values = rec.dac(expanded=False, return_res=64, inplace=False).T
-        except Exception as exc:
-            raise RecordError(header, f"cannot apply header gains: {type(exc).__name__}: {exc}") from None
+    values, channel_units = _physical_values(header, rec, uncalibrated, meta, warnings)
 
     header_fs = float(rec.fs) if rec.fs else None
     if fs is not None and header_fs is not None and float(fs) != header_fs:
@@ -155,6 +115,57 @@ def read_wfdb(
         allow_missing_leads=allow_missing_leads,
         units_explained=channel_units is None,
     )
+
+
+def _read_digital(wfdb: Any, header: Path, record_name: str) -> Any:
+    """The single-segment ``wfdb.Record`` with its digital samples, checked for signals and length."""
+    try:
+        # One parse of the header: rdrecord reads it; the slower diagnosis runs only on failure.
+        rec = wfdb.rdrecord(record_name, physical=False)
+    except Exception as exc:  # wfdb raises many types (HeaderSyntaxError, ValueError, ...)
+        raise _diagnose(wfdb, header, record_name, exc) from None
+    if not rec.n_sig:
+        raise RecordError(header, "WFDB header declares no signals")
+    if rec.sig_len == 0:
+        raise RecordError(header, "zero-length signal (header declares 0 samples)")
+    digital = rec.d_signal
+    if digital is None or digital.ndim != 2 or digital.shape[0] == 0:
+        raise RecordError(header, "zero-length signal")
+    if rec.sig_len and digital.shape[0] != rec.sig_len:
+        raise RecordError(header, f"signal file truncated: {digital.shape[0]} of {rec.sig_len} samples")
+    return rec
+
+
+def _physical_values(
+    header: Path, rec: Any, uncalibrated: list[str], meta: dict[str, Any], warnings: list[str]
+) -> tuple[np.ndarray, list[str | None] | None]:
+    """``(channels x samples, units)``: the header's calibration applied, or ADC counts with units None
+    when the header has no usable calibration (gain 0, LUDB's per-lead ranges)."""
+    digital = rec.d_signal
+    if uncalibrated:
+        # WFDB gain 0 means "uncalibrated"; wfdb silently substitutes 200 units/mV. Keep the counts.
+        values = (digital.astype(np.float64) - np.asarray(rec.baseline, dtype=np.float64)).T
+        meta["uncalibrated"] = True
+        warnings.append(
+            f"uncalibrated: WFDB gain 0 for signal(s) {', '.join(uncalibrated)}; values are ADC counts, "
+            "units unknown (pass --units if you know the scale)"
+        )
+        return values, None
+    if _gains_are_self_normalising(digital, rec.adc_gain):
+        # LUDB v1.0.1 headers store each lead's own peak-to-peak range as its "gain", which
+        # would rescale every lead to a range of 1 and break III = II - I. The ADC counts
+        # themselves are consistent across leads, so keep them with one common scale.
+        warnings.append(
+            "header gains equal each lead's own peak-to-peak range (per-lead normalisation, "
+            "not a calibration); using the raw ADC counts with one scale for all leads, "
+            "units unknown"
+        )
+        return digital.astype(np.float64).T, None
+    try:
+        values = rec.dac(expanded=False, return_res=64, inplace=False).T
+    except Exception as exc:
+        raise RecordError(header, f"cannot apply header gains: {type(exc).__name__}: {exc}") from None
+    return values, list(rec.units or [None] * rec.n_sig)
 
 
 def _diagnose(wfdb: Any, header: Path, record_name: str, exc: Exception) -> RecordError:
