@@ -332,7 +332,7 @@ def test_predict_stops_on_a_bug_instead_of_filing_it_as_a_rejected_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """predict/embed file only RecordError/PreprocessError as rejects, like prepare (a plain ValueError is ours)."""
-    import hubert_ecg.inference as inference
+    import hubert_ecg.reading as reading
     from hubert_ecg.synthetic import write_synthetic_dataset
 
     folder = write_synthetic_dataset(tmp_path / "in", 2, fmt="wfdb")
@@ -340,7 +340,7 @@ def test_predict_stops_on_a_bug_instead_of_filing_it_as_a_rejected_record(
     def buggy(*args: object, **kwargs: object) -> None:
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(inference, "preprocess_signal", buggy)
+    monkeypatch.setattr(reading, "preprocess_signal", buggy)
     out = tmp_path / "pred.csv"
     code, _, err = run_main(capsys, "predict", tiny_classifier, folder, "--out", out, "--quiet", "--device", "cpu")
     assert code == 1 and "operands could not be broadcast together" in err  # the job stops, it does not skip

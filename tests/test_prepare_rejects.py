@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hubert_ecg import store as store_module
+from hubert_ecg import reading as reading_module
 from hubert_ecg.io.record import RecordError
 from hubert_ecg.preprocess import PreprocessError
 from hubert_ecg.store import REJECTED_ERRORS, prepare_store
@@ -39,7 +39,7 @@ def test_a_bug_in_the_package_is_not_swallowed_as_a_reject(tmp_path: Path, monke
     def buggy(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("planted bug")
 
-    monkeypatch.setattr(store_module, "preprocess_signal", buggy)
+    monkeypatch.setattr(reading_module, "preprocess_signal", buggy)
     with pytest.raises(ZeroDivisionError, match="planted bug"):
         prepare_store([data], tmp_path / "store", read_kwargs={"fs": 500.0}, progress=False, workers=1)
 
@@ -51,7 +51,7 @@ def test_a_plain_value_error_from_our_code_also_fails(tmp_path: Path, monkeypatc
     def buggy(*args: object, **kwargs: object) -> None:
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(store_module, "preprocess_signal", buggy)
+    monkeypatch.setattr(reading_module, "preprocess_signal", buggy)
     with pytest.raises(ValueError, match="broadcast"):
         prepare_store([data], tmp_path / "store", read_kwargs={"fs": 500.0}, progress=False, workers=1)
 

@@ -15,8 +15,9 @@ which a clear error is raised.
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ import torch
 
 from .deploy import standard_order, stride_samples  # noqa: F401  (torch-free; re-exported here)
 from .model import HubertECG
-from .preprocess import PreprocessSpec, cut_windows, preprocess_signal, window_starts
-from .store import REJECTED_ERRORS
+from .preprocess import PreprocessSpec, cut_windows, window_starts
+from .reading import Accepted, ReadTask, Rejected, RejectsTable, Unscorable, missing_leads, read_one, worker_pool
 from .tasks import get_task, probabilities  # noqa: F401  (probabilities re-exported)
 
 
@@ -250,37 +251,20 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     return [r["record_id"] for r in rows], np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float32)
 
 
-def _source_windows(args: tuple[Any, dict[str, Any], str, int | None, dict[str, Any]]) -> tuple[str, Any]:
-    """Worker: read one record and cut its model windows -> ("ok", payload) or ("reject", reason)."""
-    from .io import quality_label, read_source
+def _record_windows(
+    record: Any, prepared: np.ndarray, *, spec: PreprocessSpec, windows: str, stride: int | None
+) -> tuple[str, str, int, np.ndarray, np.ndarray, str, str]:
+    """Post-step of the reading worker: one preprocessed record -> its model windows and the row's id cells.
 
-    src, spec_dict, windows, stride, read_kwargs = args
-    spec = PreprocessSpec.from_dict(spec_dict)
-    try:
-        record = read_source(src, **read_kwargs)
-        if record.meta.get("unscorable"):  # read, but physically implausible: no probabilities for it
-            return "unscored", (record.record_id, record.source, quality_label(record), _missing_leads(record))
-        prepared = preprocess_signal(record.signal, record.fs, spec)
-        starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride)
-        x, mask = cut_windows(prepared, spec, starts)
-    except REJECTED_ERRORS as err:  # the record's fault; any other exception is a bug and propagates
-        return "reject", (src.record_id, src.path, str(err).splitlines()[0])
-    seconds = int(np.ceil(record.signal.shape[1] / record.fs))
-    return "ok", (record.record_id, record.source, seconds, x, mask, quality_label(record), _missing_leads(record))
-
-
-def _missing_leads(record: Any) -> str:
-    """Leads absent from the record (zeroed in the model input), comma-separated; "" for a full 12-lead record.
-
-    The ``missing_leads`` column of predict/embed: a reduced-lead record is scored the way `evaluate --leads`
-    measures, and the output says so (see docs/CLINICAL_EVALUATION.md).
+    (record id, source, seconds, windows, window masks, quality, missing leads); a record shorter than
+    ``spec.min_window_s`` raises PreprocessError here, in the worker, and becomes a reject.
     """
-    from .preprocess import LEAD_NAMES, missing_leads
+    from .io import quality_label
 
-    absent = set(record.meta.get("missing_leads") or []) | {
-        LEAD_NAMES[i] for i in np.flatnonzero(missing_leads(record.signal))
-    }
-    return ",".join(n for n in LEAD_NAMES if n in absent)
+    starts = window_starts(prepared.shape[1], spec.window_samples, mode=windows, stride=stride)
+    x, mask = cut_windows(prepared, spec, starts)
+    seconds = int(np.ceil(record.signal.shape[1] / record.fs))
+    return record.record_id, record.source, seconds, x, mask, quality_label(record), missing_leads(record)
 
 
 def _truth_columns(model: HubertECG, labels: Any) -> list[int] | None:
@@ -325,56 +309,37 @@ def predict_files(
     ``y_true_<label>`` columns to predictions (blank for records the table lacks).
     ``allow_outside_root``: see :func:`hubert_ecg.io.discover_sources` (manifest path safety).
     """
-    from .io import discover_sources
-
-    if mode == "predict" and model.config.head is None:
-        raise ValueError("this model has no classification head: use embed or fine-tune it first")
-    check_layer(model, layer)
-    out = Path(out)
-    names = label_names(model)
-    truth = _truth_columns(model, labels) if mode == "predict" else None
-    if mode == "predict":
-        columns = [f"p_{k}" for k in names] + [f"y_{k}" for k in names] + [f"y_true_{k}" for k in names if truth]
-        sink = _TableSink(out, ["record_id", "source", "n_windows", "quality", "missing_leads"], columns)
-    else:
-        sink = _TableSink(
-            out,
-            ["record_id", "source", "seconds", "missing_leads"],
-            [f"e{i}" for i in range(model.config.hidden_size)],
-            vector="embedding",
-        )
-    from .io import InputAccount
-
-    account = InputAccount()  # files seen but not taken as records, with the reason (<out>.skipped.csv)
-    sources = discover_sources(list(inputs), allow_outside_root=allow_outside_root, account=account)
-    if not sources:
-        raise ValueError(
-            f"no ECG records found under {', '.join(inputs)}" + (f" ({account.summary()})" if account.skipped else "")
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spec = spec_of(model)
-    stride = stride_samples(spec, stride_s)
-    tasks = [(src, spec.to_dict(), windows, stride, read_kwargs or {}) for src in sources]
-    job = _FileJob(
-        model,
-        mode,
-        sink,
+    opts = FileJobOptions(
+        mode=mode,
         layer=layer,
+        windows=windows,
         aggregate=aggregate,
+        stride_s=stride_s,
         batch_size=batch_size,
+        read_kwargs=read_kwargs or {},
+        progress=progress,
+        allow_outside_root=allow_outside_root,
         engine=engine,
+        workers=workers,
         labels=labels,
-        truth=truth,
     )
-    rejects = job.run(tasks, workers=workers, progress=progress)
-    rejects_path = _write_rejects(out, rejects)
-    if job.written == 0:
-        if len(rejects) == 1:  # one input: its own reason is the useful message
-            record_id, source, reason = rejects[0]
-            raise ValueError(reason if reason.startswith(source) else f"{source}: {reason}")
-        raise ValueError(f"no record could be processed ({len(rejects)} rejected; see {rejects_path})")
-    if job.written == job.unscored:  # every record read was implausible: nothing was scored
-        raise ValueError(f"no record could be scored ({job.unscored} not scorable, {len(rejects)} rejected)")
+    return _run_file_job(model, inputs, Path(out), opts)
+
+
+def _run_file_job(model: HubertECG, inputs: Sequence[str], out: Path, opts: FileJobOptions) -> BatchJobSummary:
+    """:func:`predict_files` on grouped options: check, find the records, run the job, write its tables."""
+    if opts.mode == "predict" and model.config.head is None:
+        raise ValueError("this model has no classification head: use embed or fine-tune it first")
+    check_layer(model, opts.layer)
+    truth = _truth_columns(model, opts.labels) if opts.mode == "predict" else None
+    sink = _output_sink(model, out, opts.mode, truth is not None)
+    sources, account = _find_sources(inputs, opts.allow_outside_root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    job = _FileJob(model, sink, opts, truth)
+    rejects = RejectsTable(out.with_name(out.name + ".rejects.csv"))
+    job.run(_read_tasks(model, sources, opts), rejects)
+    rejects_path = rejects.write(remove_if_empty=True)
+    job.check_some_written(rejects, rejects_path)
     sink.close()
     # After the output: a full disk must fail on the table itself, and a failed job leaves no listing.
     skipped_path = account.write_csv(out.with_name(out.name + ".skipped.csv"))
@@ -388,24 +353,66 @@ def predict_files(
     )
 
 
+@dataclass(frozen=True)
+class FileJobOptions:
+    """The keyword arguments of :func:`predict_files` (see there), grouped."""
+
+    mode: str = "predict"
+    layer: int | None = None
+    windows: str = "sliding"
+    aggregate: str = "mean"
+    stride_s: float | None = None
+    batch_size: int = 64
+    read_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    allow_outside_root: bool = False
+    engine: str = "eager"
+    workers: int = 1
+    labels: Any = None
+
+
+def _output_sink(model: HubertECG, out: Path, mode: str, with_truth: bool) -> _TableSink:
+    """The output table: probabilities, decisions (and truth) per record, or one embedding per record."""
+    names = label_names(model)
+    if mode == "predict":
+        columns = [f"p_{k}" for k in names] + [f"y_{k}" for k in names] + [f"y_true_{k}" for k in names if with_truth]
+        return _TableSink(out, ["record_id", "source", "n_windows", "quality", "missing_leads"], columns)
+    return _TableSink(
+        out,
+        ["record_id", "source", "seconds", "missing_leads"],
+        [f"e{i}" for i in range(model.config.hidden_size)],
+        vector="embedding",
+    )
+
+
+def _find_sources(inputs: Sequence[str], allow_outside_root: bool) -> tuple[list[Any], Any]:
+    """The records under ``inputs`` and the account of files seen but not taken (for ``<out>.skipped.csv``)."""
+    from .io import InputAccount, discover_sources
+
+    account = InputAccount()
+    sources = discover_sources(list(inputs), allow_outside_root=allow_outside_root, account=account)
+    if not sources:
+        raise ValueError(
+            f"no ECG records found under {', '.join(inputs)}" + (f" ({account.summary()})" if account.skipped else "")
+        )
+    return sources, account
+
+
+def _read_tasks(model: HubertECG, sources: list[Any], opts: FileJobOptions) -> list[ReadTask]:
+    """One worker task per record: the model's preprocessing, then its windows (:func:`_record_windows`)."""
+    spec = spec_of(model)
+    post = functools.partial(
+        _record_windows, spec=spec, windows=opts.windows, stride=stride_samples(spec, opts.stride_s)
+    )
+    return [ReadTask(src, spec.to_dict(), opts.read_kwargs, post) for src in sources]
+
+
 class _FileJob:
     """Reads records (optionally in worker processes), batches their windows across records, writes rows."""
 
-    def __init__(
-        self,
-        model: HubertECG,
-        mode: str,
-        sink: _TableSink,
-        *,
-        layer: int | None,
-        aggregate: str,
-        batch_size: int,
-        engine: str,
-        labels: Any,
-        truth: list[int] | None,
-    ) -> None:
-        self.model, self.mode, self.sink, self.layer, self.aggregate = model, mode, sink, layer, aggregate
-        self.batch_size, self.engine, self.labels, self.truth = batch_size, engine, labels, truth
+    def __init__(self, model: HubertECG, sink: _TableSink, opts: FileJobOptions, truth: list[int] | None) -> None:
+        self.model, self.sink, self.opts, self.truth = model, sink, opts, truth
+        self.mode, self.aggregate, self.labels = opts.mode, opts.aggregate, opts.labels
         self.task = model.info.task or "multi_label"
         self.runners: dict[str, Any] = {}
         # (record id, source, seconds, windows, window masks, quality, missing leads) per record read
@@ -413,41 +420,53 @@ class _FileJob:
         self.written = 0
         self.unscored = 0
 
-    def run(self, tasks: list[Any], *, workers: int, progress: bool) -> list[tuple[str, str, str]]:
-        import multiprocessing as mp
-
+    def run(self, tasks: list[ReadTask], rejects: RejectsTable) -> None:
         from tqdm.auto import tqdm
 
-        from .store import _init_prepare_worker
-
-        rejects: list[tuple[str, str, str]] = []
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_prepare_worker) if workers > 1 else None
-        try:
-            results = pool.imap(_source_windows, tasks, chunksize=8) if pool else map(_source_windows, tasks)
-            for status, payload in tqdm(
-                results, total=len(tasks), disable=not progress, desc=self.mode, unit="rec", dynamic_ncols=True
-            ):
-                if status == "reject":
-                    rejects.append(payload)
-                    continue
-                if status == "unscored":
-                    record_id, source, quality, missing = payload
-                    if self.mode != "predict":  # an embedding of a flat line means nothing: list it
-                        rejects.append((record_id, source, f"{source}: not scorable: {quality}"))
-                        continue
-                    # A row with the reason and empty probabilities (not 0.5, not the decision threshold).
-                    self.sink.add([record_id, source, 0, quality, missing], np.full(len(self.sink.columns), np.nan))
-                    self.written += 1
-                    self.unscored += 1
-                    continue
-                self.pending.append(payload)
-                if sum(len(p[3]) for p in self.pending) >= self.batch_size:
-                    self.flush()
+        with worker_pool(self.opts.workers) as pool:
+            results = pool.imap(read_one, tasks, chunksize=8)
+            bar = tqdm(
+                results,
+                total=len(tasks),
+                disable=not self.opts.progress,
+                desc=self.mode,
+                unit="rec",
+                dynamic_ncols=True,
+            )
+            for result in bar:
+                if isinstance(result, Rejected):
+                    src = result.source
+                    rejects.add(src.record_id, src.path, result.reason)
+                elif isinstance(result, Unscorable):
+                    self.unscorable(result, rejects)
+                elif isinstance(result, Accepted):
+                    self.pending.append(result.value)
+                    if sum(len(p[3]) for p in self.pending) >= self.opts.batch_size:
+                        self.flush()
             self.flush()
-        finally:
-            if pool is not None:
-                pool.terminate()
-        return rejects
+
+    def unscorable(self, result: Unscorable, rejects: RejectsTable) -> None:
+        """A record read but physically implausible: a row with the reason (predict) or a reject (embed)."""
+        record_id, source = result.record_id, result.record_source
+        if self.mode != "predict":  # an embedding of a flat line means nothing: list it
+            rejects.add(record_id, source, f"{source}: not scorable: {result.quality}")
+            return
+        # A row with the reason and empty probabilities (not 0.5, not the decision threshold).
+        self.sink.add(
+            [record_id, source, 0, result.quality, result.missing_leads], np.full(len(self.sink.columns), np.nan)
+        )
+        self.written += 1
+        self.unscored += 1
+
+    def check_some_written(self, rejects: RejectsTable, rejects_path: Path | None) -> None:
+        """Fail the job when no record could be used (one input: its own reason), or none could be scored."""
+        if self.written == 0:
+            if len(rejects) == 1:  # one input: its own reason is the useful message
+                record_id, source, reason = rejects.rows[0]
+                raise ValueError(reason if reason.startswith(source) else f"{source}: {reason}")
+            raise ValueError(f"no record could be processed ({len(rejects)} rejected; see {rejects_path})")
+        if self.written == self.unscored:  # every record read was implausible: nothing was scored
+            raise ValueError(f"no record could be scored ({self.unscored} not scorable, {len(rejects)} rejected)")
 
     def flush(self) -> None:
         if not self.pending:
@@ -456,7 +475,13 @@ class _FileJob:
         mask = np.concatenate([p[4] for p in self.pending])
         self.model.eval()
         outputs = run_windows(
-            self.model, x, mask, batch_size=self.batch_size, layer=self.layer, engine=self.engine, runners=self.runners
+            self.model,
+            x,
+            mask,
+            batch_size=self.opts.batch_size,
+            layer=self.opts.layer,
+            engine=self.opts.engine,
+            runners=self.runners,
         )
         offset = 0
         for record_id, source, seconds, xr, _, quality, missing in self.pending:
@@ -479,18 +504,3 @@ class _FileJob:
             offset += n
             self.written += 1
         self.pending.clear()
-
-
-def _write_rejects(out: Path, rejects: list[tuple[str, str, str]]) -> Path | None:
-    from .atomic import atomic_path
-
-    rejects_path = out.with_name(out.name + ".rejects.csv")
-    if not rejects:
-        rejects_path.unlink(missing_ok=True)  # a table left by an earlier run would describe other records
-        return None
-    with atomic_path(rejects_path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["record_id", "source", "reason"])
-            w.writerows(rejects)
-    return rejects_path

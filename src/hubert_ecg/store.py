@@ -21,12 +21,12 @@ Memory stays flat: only one block of records is held at a time.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
-import multiprocessing as mp
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_json, check_output_dir, check_writable, output_lock
-from .io.record import RecordError
-from .preprocess import PreprocessError, PreprocessSpec, preprocess_signal
+from .preprocess import PreprocessSpec
+from .reading import REJECTED_ERRORS as REJECTED_ERRORS  # re-exported: what `prepare` files as a reject
+from .reading import Accepted, ReadResult, ReadTask, Rejected, RejectsTable, read_one, worker_pool
+from .shards import BlockJob, chunks
 
 STORE_FORMAT = "hubert-ecg-store"
 STORE_VERSION = 1
@@ -520,52 +522,8 @@ class PrepareResult:
     new_records: int = 0  # records appended to a complete store by this run
 
 
-def _limit_blas_threads() -> Any:
-    """Pin BLAS/OpenMP pools of this process to one thread; returns the limiter (None without threadpoolctl).
-
-    Why: ``filtfilt``/``sosfiltfilt`` solve small systems (up to 150 x 150) in ``lfilter_zi``, five
-    times per record. A multi-threaded OpenBLAS spends far longer waking and spinning its threads than
-    solving, worst when the cores are already busy (prepare workers, other jobs): measured 27 ms per
-    call with 2 threads on a loaded 2-core machine against 0.13 ms with one, so ~70-175 ms against
-    ~9 ms per 10 s, 500 Hz record. Parallelism in ``prepare`` comes from worker processes instead.
-    """
-    try:
-        from threadpoolctl import threadpool_limits  # a scikit-learn dependency, so normally present
-    except ImportError:  # pragma: no cover - then the library defaults stay, only slower
-        return None
-    return threadpool_limits(limits=1)
-
-
-def _init_prepare_worker() -> None:
-    """Pool initializer: one BLAS thread per worker process (see :func:`_limit_blas_threads`)."""
-    _limit_blas_threads()
-
-
-#: What makes a record a reject rather than a failure of `prepare`: RecordError (the file cannot be read or
-#: fails validation; :func:`hubert_ecg.io.read_record` also turns a format library's exception on a damaged
-#: file into one) and PreprocessError (the signal cannot be preprocessed: too short, non-finite, ...).
-REJECTED_ERRORS: tuple[type[Exception], ...] = (RecordError, PreprocessError)
-
-
-def _process_source(args: tuple[Any, dict[str, Any], int, dict[str, Any]]) -> tuple[str, Any]:
-    """Worker: read + preprocess one record -> ("ok", payload) or ("reject", reason)."""
-    from .io import read_source
-
-    source, spec_dict, row_samples, read_kwargs = args
-    spec = PreprocessSpec.from_dict(spec_dict)
-    try:
-        record = read_source(source, **read_kwargs)
-        if record.meta.get("unscorable"):  # physically implausible: not a training/evaluation example
-            return "reject", (
-                source.record_id,
-                _source_ident(source),
-                f"{source.source}: not scorable: {record.meta['unscorable']}",
-            )
-        signal = preprocess_signal(record.signal, record.fs, spec)
-    except REJECTED_ERRORS as err:  # the record's fault: one line each in rejects.csv
-        return "reject", (source.record_id, _source_ident(source), str(err).splitlines()[0])
-    # Anything else is a bug in this package, not a bad record: it propagates and stops `prepare`
-    # (one-line internal error; --debug shows the traceback) instead of hiding among the rejects.
+def _record_rows(record: Any, signal: np.ndarray, row_samples: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Post-step of the reading worker: one preprocessed record -> its fixed-shape rows and manifest info."""
     length = signal.shape[1]
     n_segments = max(1, math.ceil(length / row_samples))
     rows = np.zeros((n_segments, 12, row_samples), dtype=np.float32)
@@ -584,7 +542,7 @@ def _process_source(args: tuple[Any, dict[str, Any], int, dict[str, Any]]) -> tu
         meta=meta,
         lengths=lengths,
     )
-    return "ok", (rows, info)
+    return rows, info
 
 
 def _json_meta(meta: dict[str, Any]) -> str:
@@ -832,37 +790,36 @@ def _list_skipped(out: Path, scan: _InputScan, notes: list[str]) -> None:
 
 def _write_new_shards(job: _PrepareJob, scan: _InputScan, row_samples: int) -> None:
     """Read, preprocess and write the records not stored yet, one shard per block (worker pool if asked)."""
-    out, spec, known = job.out, job.spec, scan.known
-    spec_dict = spec.to_dict()
-    bar = _progress(total=scan.n_sources, initial=len(known), enabled=job.progress, desc="prepare", unit="rec")
-    pool = mp.get_context("spawn").Pool(job.workers, initializer=_init_prepare_worker) if job.workers > 1 else None
-    # The in-process path gets the same one-thread BLAS limit; the previous limits come back after.
-    limiter = _limit_blas_threads() if pool is None else None
-    stopped = False
-    try:
-        written = 0
-        # New blocks are consecutive runs of the discovery order of the records not stored yet, so a
-        # re-run after a kill forms the same blocks and a finished shard never needs redoing.
-        pending = (src for src in job.sources() if _digest(_source_ident(src)) not in known)
-        for b, block in enumerate(_chunks(pending, job.shard_records), start=scan.next_block):
-            if job.stop_after_shards is not None and written >= job.stop_after_shards:
-                stopped = True
-                break
-            args = [(src, spec_dict, row_samples, job.read_kwargs) for src in block]
-            results = pool.map(_process_source, args, chunksize=4) if pool else map(_process_source, args)
+    post = functools.partial(_record_rows, row_samples=row_samples)
+    spec_dict = job.spec.to_dict()
+    blocks = BlockJob(
+        desc="prepare",
+        unit="rec",
+        enabled=job.progress,
+        stop_after=job.stop_after_shards,
+        stopped=lambda: StoreError(f"{job.out}: stopped after {job.stop_after_shards} shards (incomplete)"),
+    )
+    # New blocks are consecutive runs of the discovery order of the records not stored yet, so a
+    # re-run after a kill forms the same blocks and a finished shard never needs redoing.
+    pending = (src for src in job.sources() if _digest(_source_ident(src)) not in scan.known)
+    # The in-process path gets the same one-thread BLAS limit as the workers; the previous limits come back after.
+    with worker_pool(job.workers, limit_in_process=True) as pool:
+
+        def write_block(numbered: tuple[int, list[Any]]) -> None:
+            b, block = numbered
+            tasks = [ReadTask(src, spec_dict, job.read_kwargs, post) for src in block]
+            results = list(pool.imap(read_one, tasks, chunksize=4))
             _write_shard(
-                out, b, list(results), job.labels, job.split_fractions, job.seed, spec.target_hz, row_samples, block
+                job.out, b, results, job.labels, job.split_fractions, job.seed, job.spec.target_hz, row_samples, block
             )
-            written += 1
-            bar.update(len(block))
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-        if limiter is not None:
-            limiter.restore_original_limits()
-    if stopped:
-        raise StoreError(f"{out}: stopped after {job.stop_after_shards} shards (incomplete)")
+
+        blocks.run(
+            enumerate(chunks(pending, job.shard_records), start=scan.next_block),
+            write_block,
+            size=lambda numbered: len(numbered[1]),
+            total=scan.n_sources,
+            initial=len(scan.known),
+        )
 
 
 def _source_ident(src: Any) -> str:
@@ -929,17 +886,6 @@ def _write_changes(out: Path, changed: list[str], missing: list[str]) -> None:
             writer.writerows([(s, "no longer found in the inputs (kept)") for s in missing])
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    block: list[Any] = []
-    for item in items:
-        block.append(item)
-        if len(block) == size:
-            yield block
-            block = []
-    if block:
-        yield block
-
-
 def _shard_done(out: Path, block: int) -> bool:
     return (out / "shards" / f"{block:05d}.npy").exists() and (out / "shards" / f"{block:05d}.csv").exists()
 
@@ -957,7 +903,7 @@ def _split_for(record_id: str, fractions: tuple[float, float], seed: int) -> str
 def _write_shard(
     out: Path,
     block: int,
-    results: list[tuple[str, Any]],
+    results: list[ReadResult],
     labels: LabelTable | None,
     split_fractions: tuple[float, float],
     seed: int,
@@ -965,8 +911,14 @@ def _write_shard(
     row_samples: int,
     block_sources: Sequence[Any] = (),
 ) -> None:
-    oks = [payload for status, payload in results if status == "ok"]
-    rejects = [payload for status, payload in results if status == "reject"]
+    oks = [result.value for result in results if isinstance(result, Accepted)]
+    rejects = RejectsTable(out / "shards" / f"{block:05d}.rejects.csv")
+    for result in results:
+        if isinstance(result, Rejected):
+            rejects.add(result.source.record_id, result.source.source, result.reason)
+        elif not isinstance(result, Accepted):  # read, but physically implausible: not a training example
+            src = result.source
+            rejects.add(src.record_id, src.source, f"{src.source}: not scorable: {result.reason}")
     label_names = labels.names if labels else []
     table_rows: list[dict[str, Any]] = []
     arrays = []
@@ -975,7 +927,7 @@ def _write_shard(
         if labels is not None:
             label_values = labels.lookup(info["record_id"], info["source"])
             if label_values is None:
-                rejects.append((info["record_id"], info["source"], "no row for this record in the labels file"))
+                rejects.add(info["record_id"], info["source"], "no row for this record in the labels file")
                 continue
         split: str | None = None
         group = ""
@@ -1009,12 +961,7 @@ def _write_shard(
         with open(tmp, "wb") as fh:
             np.save(fh, data)
     fields = MANIFEST_FIELDS[1:] + [LABEL_PREFIX + n for n in label_names]
-    reject_csv = out / "shards" / f"{block:05d}.rejects.csv"
-    with atomic_path(reject_csv) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["record_id", "source", "reason"])
-            writer.writerows(rejects)
+    rejects.write()
     # Every source of the block and its fingerprint: what a re-run compares to find new or changed records.
     with atomic_path(out / "shards" / f"{block:05d}.sources.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
@@ -1039,18 +986,13 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
     # id digest -> source digest: ids repeated by different files are told apart in little memory.
     seen_ids: dict[int, int] = {}
     current_id = ""
-    all_rejects: list[tuple[str, str]] = []
-    with atomic_path(out / "manifest.csv") as tmp_manifest, atomic_path(out / "rejects.csv") as tmp_rejects:
-        with open(tmp_manifest, "w", newline="") as fm, open(tmp_rejects, "w", newline="") as fr:
+    rejects = RejectsTable(out / "rejects.csv")
+    with atomic_path(out / "manifest.csv") as tmp_manifest:
+        with open(tmp_manifest, "w", newline="") as fm:
             manifest = csv.DictWriter(fm, fieldnames=fields)
             manifest.writeheader()
-            rejects = csv.writer(fr)
-            rejects.writerow(["record_id", "source", "reason"])
             for b in range(n_blocks):
-                with open(out / "shards" / f"{b:05d}.rejects.csv", newline="") as fh:
-                    for rec in csv.DictReader(fh):
-                        rejects.writerow([rec["record_id"], rec["source"], rec["reason"]])
-                        all_rejects.append((rec["source"], rec["reason"]))
+                rejects.rows += RejectsTable.read(out / "shards" / f"{b:05d}.rejects.csv").rows
                 with open(out / "shards" / f"{b:05d}.csv", newline="") as fh:
                     for shard_row, rec in enumerate(csv.DictReader(fh)):
                         if rec["segment"] == "0":
@@ -1069,6 +1011,8 @@ def _finalise(out: Path, header: dict[str, Any], n_blocks: int, skipped_done: in
                         rec.update(row=n_rows, shard=b, shard_row=shard_row, record_id=current_id)
                         manifest.writerow(rec)
                         n_rows += 1
+        rejects.write()  # committed before manifest.csv: a finished manifest always has its rejects beside it
+    all_rejects = [(source, reason) for _, source, reason in rejects.rows]
     summary = {
         **header,
         "complete": True,
@@ -1121,9 +1065,7 @@ def _parse_manifest(manifest: Path, label_names: Sequence[str]) -> dict[str, np.
 
 
 def _result_from_existing(out: Path, meta: dict[str, Any], notes: list[str] | None = None) -> PrepareResult:
-    rejects = []
-    with open(out / "rejects.csv", newline="") as fh:
-        rejects = [(r["source"], r["reason"]) for r in csv.DictReader(fh)]
+    rejects = [(source, reason) for _, source, reason in RejectsTable.read(out / "rejects.csv").rows]
     return PrepareResult(
         out,
         meta["n_records"],
@@ -1134,13 +1076,6 @@ def _result_from_existing(out: Path, meta: dict[str, Any], notes: list[str] | No
         meta.get("n_warned", 0),
         list(notes or []),
     )
-
-
-def _progress(**kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
-
-    enabled = kwargs.pop("enabled", True)
-    return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

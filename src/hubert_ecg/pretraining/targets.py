@@ -71,7 +71,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +81,7 @@ import numpy as np
 from ..atomic import atomic_path, atomic_write_json, sha256_file
 from ..config import token_mask_from_sample_mask
 from ..progress import progress
+from ..shards import BlockJob, rank_share
 from ..store import ECGStore
 
 __all__ = [
@@ -263,12 +264,6 @@ class _FeatureComputer:
         return out.hidden_states[int(self.spec.layer)].float().cpu().numpy()  # type: ignore[arg-type]
 
 
-def _progress(enabled: bool, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
-
-
 def _dist_ready(world_size: int) -> bool:
     """True when torch.distributed is running with these ranks (then a barrier orders the finish)."""
     if world_size <= 1:
@@ -316,7 +311,8 @@ def _shard_name(rank: int, index: int) -> str:
 def _rank_shards(selected: np.ndarray, world_size: int, shard_rows: int) -> list[list[tuple[str, np.ndarray]]]:
     """Per rank: [(shard name, store rows)], rank r taking the r-th contiguous part of ``selected``."""
     plan = []
-    for r, part in enumerate(np.array_split(selected, world_size)):
+    for r in range(world_size):
+        part = rank_share(selected, r, world_size)
         plan.append(
             [(_shard_name(r, i), part[s : s + shard_rows]) for i, s in enumerate(range(0, len(part), shard_rows))]
         )
@@ -391,33 +387,42 @@ def dump_features(
         mfcc_deltas=mfcc_deltas,
         stop_after_shards=stop_after_shards,
     )
+    return _dump(store, Path(out_dir), opts)
+
+
+def _dump(store: ECGStore, out_dir: Path, opts: DumpOptions) -> Path:
+    """:func:`dump_features` on grouped options: plan (checked on resume), this rank's shards, the finish."""
     opts.check()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Shard files of this rank cut short by a kill (SIGKILL skips their clean-up); only this rank writes them.
-    for stale in out_dir.glob(f".{_shard_name(rank, 0)[:-5]}*.tmp"):
+    for stale in out_dir.glob(f".{_shard_name(opts.rank, 0)[:-5]}*.tmp"):
         stale.unlink(missing_ok=True)
-    spec = _make_spec(store, kind, checkpoint, layer, mfcc_deltas)
-    selected = _select_rows(store, rows, sample_fraction, seed)
-    computer = _FeatureComputer(store, spec, checkpoint, device)
+    spec = _make_spec(store, opts.kind, opts.checkpoint, opts.layer, opts.mfcc_deltas)
+    selected = _select_rows(store, opts.rows, opts.sample_fraction, opts.seed)
+    computer = _FeatureComputer(store, spec, opts.checkpoint, opts.device)
     plan = _dump_plan(store, spec, computer, selected, opts)
     _check_or_write_plan(
         out_dir / "plan.json",
         plan,
         f"{out_dir}: holds features dumped with other settings; use a new directory or delete it",
     )
-    if rank == 0:
+    if opts.rank == 0:
         _record_stage(
             out_dir,
             "features",
-            {**plan, "batch_size": int(batch_size), "device": str(device), "rows_given": rows is not None},
+            {
+                **plan,
+                "batch_size": int(opts.batch_size),
+                "device": str(opts.device),
+                "rows_given": opts.rows is not None,
+            },
             {"store": _store_print(store), "checkpoint": _checkpoint_print(spec.checkpoint)},
         )
-    shards = _rank_shards(selected, world_size, shard_rows)
-    _write_shards(out_dir, shards[rank], computer, opts)
-    if _dist_ready(world_size):
+    shards = _rank_shards(selected, opts.world_size, opts.shard_rows)
+    _write_shards(out_dir, shards[opts.rank], computer, opts)
+    if _dist_ready(opts.world_size):
         _barrier()
-        if rank != 0:
+        if opts.rank != 0:
             return out_dir
     all_shards = [(name, part) for per_rank in shards for name, part in per_rank]
     if all(_shard_done(out_dir, name) for name, _ in all_shards):
@@ -480,38 +485,47 @@ def _write_shards(
     out_dir: Path, shards: list[tuple[str, np.ndarray]], computer: _FeatureComputer, opts: DumpOptions
 ) -> None:
     """Write this rank's unfinished shards (rows and validity first, descriptors last: they mark it done)."""
-    todo = [(name, part) for name, part in shards if not _shard_done(out_dir, name)]
-    bar = _progress(
-        opts.progress,
-        total=sum(len(p) for _, p in shards),
-        initial=sum(len(p) for _, p in shards) - sum(len(p) for _, p in todo),
+    job = BlockJob(
         desc=f"features r{opts.rank}",
         unit="ECG",
+        enabled=opts.progress,
+        stop_after=opts.stop_after_shards,
+        stopped=lambda: LabelInterrupted(
+            f"{out_dir}: stopped after {opts.stop_after_shards} shards (incomplete); re-run the same command to finish"
+        ),
     )
-    try:
-        for n_written, (name, part) in enumerate(todo):
-            if opts.stop_after_shards is not None and n_written >= opts.stop_after_shards:
-                raise LabelInterrupted(
-                    f"{out_dir}: stopped after {opts.stop_after_shards} shards (incomplete); "
-                    "re-run the same command to finish"
-                )
-            valid = np.empty((len(part), computer.n_tokens), dtype=bool)
-            # Descriptors go straight into the (temporary) .npy file: a 4096-row shard of 768-wide
-            # latents is over 1 GB, which need not sit in memory. Renamed last: it marks the shard done.
-            with atomic_path(out_dir / f"{name}.npy") as tmp:
-                feats = np.lib.format.open_memmap(
-                    tmp, mode="w+", dtype=opts.dtype, shape=(len(part), computer.n_tokens, computer.dim)
-                )
-                for s in range(0, len(part), opts.batch_size):
-                    f, v = computer.batch(part[s : s + opts.batch_size])
-                    feats[s : s + len(f)], valid[s : s + len(f)] = f, v
-                    bar.update(len(f))
-                feats.flush()
-                del feats
-                _save_npy(out_dir / f"{name}.rows.npy", part)
-                _save_npy(out_dir / f"{name}.valid.npy", valid)
-    finally:
-        bar.close()
+    job.run(
+        shards,
+        lambda shard: _write_feature_shard(out_dir, shard[0], shard[1], computer, opts, job.advance),
+        size=lambda shard: len(shard[1]),
+        done=lambda shard: _shard_done(out_dir, shard[0]),
+    )
+
+
+def _write_feature_shard(
+    out_dir: Path,
+    name: str,
+    part: np.ndarray,
+    computer: _FeatureComputer,
+    opts: DumpOptions,
+    advance: Callable[[int], None],
+) -> None:
+    """One feature shard: descriptors of ``part``'s rows in batches, then its rows and validity."""
+    valid = np.empty((len(part), computer.n_tokens), dtype=bool)
+    # Descriptors go straight into the (temporary) .npy file: a 4096-row shard of 768-wide
+    # latents is over 1 GB, which need not sit in memory. Renamed last: it marks the shard done.
+    with atomic_path(out_dir / f"{name}.npy") as tmp:
+        feats = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=opts.dtype, shape=(len(part), computer.n_tokens, computer.dim)
+        )
+        for s in range(0, len(part), opts.batch_size):
+            f, v = computer.batch(part[s : s + opts.batch_size])
+            feats[s : s + len(f)], valid[s : s + len(f)] = f, v
+            advance(len(f))
+        feats.flush()
+        del feats
+        _save_npy(out_dir / f"{name}.rows.npy", part)
+        _save_npy(out_dir / f"{name}.valid.npy", valid)
 
 
 def _record_stage(where: Path, kind: str, settings: dict[str, Any], inputs: dict[str, Any]) -> None:
@@ -1060,31 +1074,40 @@ class _LabelJob:
         progress_file = self.targets_dir / f"{self.job}.progress-r{rank}.json"
         own = _read_ranges(progress_file)
         done = _done_blocks(self.targets_dir, self.job, self.n_blocks)
-        my_blocks = np.array_split(np.arange(self.n_blocks), world_size)[rank]
-        todo = [int(b) for b in my_blocks if not done[b]]
-        bar = _progress(
-            progress, total=int(sum(min(size, n_rows - b * size) for b in my_blocks)), desc=f"label r{rank}", unit="ECG"
-        )
-        bar.update(int(sum(min(size, n_rows - b * size) for b in my_blocks if done[b])))
         assign_device = device if str(device).startswith("cuda") else None
-        try:
-            for n_done, block in enumerate(todo):
-                if stop_after_blocks is not None and n_done >= stop_after_blocks:
-                    raise LabelInterrupted(
-                        f"{self.partials[0]}: stopped after {stop_after_blocks} blocks "
-                        "(incomplete); re-run the same command to finish"
-                    )
-                rows = np.arange(block * size, min((block + 1) * size, n_rows), dtype=np.int64)
-                feats = {spec: comp.batch(rows)[0] for spec, comp in self.computers.items()}
-                for out, model, spec in zip(outputs, self.models, self.specs):
-                    out[rows[0] : rows[-1] + 1] = model.assign(feats[spec], device=assign_device)
-                for out in outputs:
-                    out.flush()  # labels reach the file before the block is recorded as done
-                own = _add_block(own, block)
-                atomic_write_json(progress_file, {"done": own})
-                bar.update(len(rows))
-        finally:
-            bar.close()
+
+        def block_rows(block: int) -> np.ndarray:
+            return np.arange(block * size, min((block + 1) * size, n_rows), dtype=np.int64)
+
+        def label_block(block: int) -> None:
+            rows = block_rows(block)
+            feats = {spec: comp.batch(rows)[0] for spec, comp in self.computers.items()}
+            for out, model, spec in zip(outputs, self.models, self.specs):
+                out[rows[0] : rows[-1] + 1] = model.assign(feats[spec], device=assign_device)
+            for out in outputs:
+                out.flush()  # labels reach the file before the block is recorded as done
+
+        def record_done(block: int) -> None:
+            nonlocal own
+            own = _add_block(own, block)
+            atomic_write_json(progress_file, {"done": own})
+
+        BlockJob(
+            desc=f"label r{rank}",
+            unit="ECG",
+            enabled=progress,
+            stop_after=stop_after_blocks,
+            stopped=lambda: LabelInterrupted(
+                f"{self.partials[0]}: stopped after {stop_after_blocks} blocks "
+                "(incomplete); re-run the same command to finish"
+            ),
+        ).run(
+            rank_share(range(self.n_blocks), rank, world_size),
+            label_block,
+            size=lambda block: len(block_rows(block)),
+            done=lambda block: bool(done[block]),
+            mark_done=record_done,
+        )
 
     def all_blocks_done(self) -> bool:
         return bool(_done_blocks(self.targets_dir, self.job, self.n_blocks).all())
