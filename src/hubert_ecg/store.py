@@ -101,92 +101,61 @@ class LabelTable:
         """Read a labels CSV: an id column (``record_id``, ``filename``, ``ecg_id`` ...) and label columns.
 
         Label columns are ``label_columns``, or every column from ``label_start_index`` on (the
-        reference's contract), or every column but the id, split, group and time columns. Blank
-        cells (and ``nan``/``NA``) become NaN; a column with text values is categorical: its
-        classes (sorted) become class indices (``categorical="index"``) or one 0/1 column per class
-        (``"onehot"``). Infinite values, duplicated column names, a file that is not a text CSV and
-        split values outside :data:`SPLIT_ALIASES` are one-line errors naming the file (and row).
+        reference's contract), or every column but the id, split, group and time columns. In that
+        last case a column that looks like something else is refused rather than learned as a label:
+        a split or fold column (``split``, ``fold``, ``strat_fold`` ...: name it ``split_column``),
+        another identifier (``patient_id`` ...: ``group_column``), or text with nearly one value per
+        row (free text or ids). Blank cells (and ``nan``/``NA``) become NaN; a column with text
+        values is categorical: its classes (sorted) become class indices (``categorical="index"``)
+        or one 0/1 column per class (``"onehot"``). Infinite values, duplicated column names, a file
+        that is not a text CSV and split values outside :data:`SPLIT_ALIASES` are one-line errors
+        naming the file (and row).
         """
         if categorical not in ("index", "onehot"):
             raise StoreError(f"categorical must be 'index' or 'onehot', got {categorical!r}")
         path = Path(path)
         header, rows = _read_label_rows(path)
-        dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
-        if dup is not None:
-            cols = [str(i + 1) for i, c in enumerate(header) if c == dup]
-            raise StoreError(f"{path}: column {dup!r} appears {len(cols)} times (columns {', '.join(cols)})")
-        id_column = id_column or next(
-            (c for c in ("record_id", "filename", "ecg_id", "id", "exam_id", "path") if c in header), header[0]
-        )
-        for option, column in (
-            ("--id-column", id_column),
-            ("--split-column", split_column),
-            ("--group-column", group_column),
-            ("--time-column", time_column),
-        ):
-            if column is not None and column not in header:
-                raise StoreError(f"{path}: no column {column!r} for {option} (columns: {', '.join(header)})")
-        if label_columns is None:
-            if label_start_index is not None:
-                if not 0 <= label_start_index < len(header):
-                    raise StoreError(
-                        f"{path}: --label-start-index {label_start_index} is outside the {len(header)} columns"
-                    )
-                label_columns = header[label_start_index:]
-            else:
-                label_columns = [c for c in header if c not in (id_column, split_column, group_column, time_column)]
-        missing = [c for c in label_columns if c not in header]
-        if missing:
-            raise StoreError(f"{path}: label columns not found: {', '.join(missing)}")
-        if len(set(label_columns)) != len(label_columns):
-            raise StoreError(f"{path}: a label column is named twice in --label-columns")
-        # A column whose values are all text (not numbers; blanks aside) is categorical. Text among
-        # numbers is more likely a typo than a class, so it stays an error naming the row.
-        first_text: dict[str, int] = {}
-        has_number: set[str] = set()
-        for line, row in enumerate(rows, start=2):
-            for col in label_columns:
-                cell = _cell(row, col)
-                if not cell:
-                    continue
-                if _is_number(cell):
-                    has_number.add(col)
-                else:
-                    first_text.setdefault(col, line)
-        classes: dict[str, list[str]] = {}
-        for col in label_columns:
-            if col in first_text and col in has_number:
-                line = first_text[col]
-                cell = _cell(rows[line - 2], col)
-                raise StoreError(
-                    f"{path}, row {line}: column {col!r} is not a number ({cell!r}); "
-                    "a categorical column must hold text values only"
-                )
-            if col in first_text:
-                classes[col] = sorted({_cell(r, col) for r in rows} - {""})
+        roles = _column_roles(path, header, id_column, split_column, group_column, time_column)
+        explicit = label_columns is not None or label_start_index is not None
+        label_columns = _label_columns(path, header, roles, label_columns, label_start_index)
+        classes = _categorical_classes(path, rows, label_columns)
+        if not explicit:
+            _refuse_non_labels(path, label_columns, classes, len(rows))
         names: list[str] = []
         for col in label_columns:
             if col in classes and categorical == "onehot":
                 names.extend(f"{col}={c}" for c in classes[col])
             else:
                 names.append(col)
-        by_key: dict[str, np.ndarray] = {}
-        splits: dict[str, str] = {}
-        groups: dict[str, str] = {}
-        times: dict[str, str] = {}
+        table = cls(names, {}, path=str(path))
+        table.classes = {c: classes[c] for c in classes if categorical == "index"}
+        table._read_rows(rows, roles, label_columns, classes, onehot=categorical == "onehot")
+        return table
+
+    def _read_rows(
+        self,
+        rows: list[dict[str, str | None]],
+        roles: _ColumnRoles,
+        label_columns: Sequence[str],
+        classes: dict[str, list[str]],
+        *,
+        onehot: bool,
+    ) -> None:
+        """Fill ``by_key`` (and splits, groups, times) from the CSV rows; one-line errors name the row."""
+        path = self.path
         for line, row in enumerate(rows, start=2):
-            raw_id = (row.get(id_column) or "").strip()
+            raw_id = (row.get(roles.id) or "").strip()
             if not raw_id:
-                raise StoreError(f"{path}, row {line}: empty record id in column {id_column!r}")
+                raise StoreError(f"{path}, row {line}: empty record id in column {roles.id!r}")
             key = record_key(raw_id)
-            if key in by_key:
+            if key in self.by_key:
                 raise StoreError(f"{path}, row {line}: duplicate record id {raw_id!r}")
             values: list[float] = []
             for col in label_columns:
                 cell = _cell(row, col)
                 if col in classes:
                     index = classes[col].index(cell) if cell else -1
-                    if categorical == "onehot":
+                    if onehot:
                         values.extend(np.nan if index < 0 else float(i == index) for i in range(len(classes[col])))
                     else:
                         values.append(np.nan if index < 0 else float(index))
@@ -195,23 +164,20 @@ class LabelTable:
                 if np.isinf(value):
                     raise StoreError(f"{path}, row {line}: column {col!r} is not a finite number ({cell!r})")
                 values.append(value)
-            by_key[key] = np.asarray(values, dtype=np.float32)
-            if split_column:
-                splits[key] = (row.get(split_column) or "").strip()
-            if group_column:
-                groups[key] = (row.get(group_column) or "").strip()
-                if not groups[key]:
-                    raise StoreError(f"{path}, row {line}: empty {group_column!r} (--group-column)")
-            if time_column:
-                times[key] = (row.get(time_column) or "").strip()
-        if split_column:
-            splits = dict(zip(splits, normalise_splits(list(splits.values()), f"{path}: column {split_column!r}")))
-        table = cls(
-            names, by_key, splits, {c: classes[c] for c in classes if categorical == "index"}, groups, times, str(path)
-        )
-        if split_column and group_column:
-            check_groups_within_splits(groups, splits, f"{path}: column {split_column!r}")
-        return table
+            self.by_key[key] = np.asarray(values, dtype=np.float32)
+            if roles.split:
+                self.splits[key] = (row.get(roles.split) or "").strip()
+            if roles.group:
+                self.groups[key] = (row.get(roles.group) or "").strip()
+                if not self.groups[key]:
+                    raise StoreError(f"{path}, row {line}: empty {roles.group!r} (--group-column)")
+            if roles.time:
+                self.times[key] = (row.get(roles.time) or "").strip()
+        if roles.split:
+            what = f"{path}: column {roles.split!r}"
+            self.splits = dict(zip(self.splits, normalise_splits(list(self.splits.values()), what)))
+            if roles.group:
+                check_groups_within_splits(self.groups, self.splits, what)
 
     def lookup(self, record_id: str, source: str) -> np.ndarray | None:
         for key in (record_key(record_id), record_key(source)):
@@ -286,6 +252,135 @@ def _read_label_rows(path: Path) -> tuple[list[str], list[dict[str, str | None]]
     if reader.fieldnames and header != list(reader.fieldnames):
         rows = [{h: r.get(o) for h, o in zip(header, reader.fieldnames)} for r in rows]
     return header, rows
+
+
+@dataclass(frozen=True)
+class _ColumnRoles:
+    """The non-label columns of a labels CSV: the record id, and the optional split, group and time."""
+
+    id: str
+    split: str | None = None
+    group: str | None = None
+    time: str | None = None
+
+    def names(self) -> tuple[str | None, ...]:
+        return (self.id, self.split, self.group, self.time)
+
+
+#: Header names (lower case) of columns that hold a data split or fold numbers, never a label.
+_SPLIT_LIKE = frozenset({"split", "splits", "fold", "folds", "strat_fold", "cv_fold", "partition", "dataset_split"})
+_ID_LIKE = frozenset({"patient", "subject", "filename", "file_name", "file", "path", "filepath", "record"})
+_TIME_LIKE = frozenset({"date", "time", "datetime", "timestamp", "recording_date", "recording_time", "acquired"})
+#: A text column with more distinct values than this, and more than half as many as rows, is ids or free text.
+_MAX_TEXT_CLASSES = 50
+
+
+def _column_roles(
+    path: Path,
+    header: list[str],
+    id_column: str | None,
+    split_column: str | None,
+    group_column: str | None,
+    time_column: str | None,
+) -> _ColumnRoles:
+    dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
+    if dup is not None:
+        cols = [str(i + 1) for i, c in enumerate(header) if c == dup]
+        raise StoreError(f"{path}: column {dup!r} appears {len(cols)} times (columns {', '.join(cols)})")
+    id_column = id_column or next(
+        (c for c in ("record_id", "filename", "ecg_id", "id", "exam_id", "path") if c in header), header[0]
+    )
+    for option, column in (
+        ("--id-column", id_column),
+        ("--split-column", split_column),
+        ("--group-column", group_column),
+        ("--time-column", time_column),
+    ):
+        if column is not None and column not in header:
+            raise StoreError(f"{path}: no column {column!r} for {option} (columns: {', '.join(header)})")
+    return _ColumnRoles(id_column, split_column, group_column, time_column)
+
+
+def _label_columns(
+    path: Path,
+    header: list[str],
+    roles: _ColumnRoles,
+    label_columns: Sequence[str] | None,
+    label_start_index: int | None,
+) -> list[str]:
+    """The label columns: as named, from ``label_start_index`` on, or every column without a role."""
+    if label_columns is None:
+        if label_start_index is not None:
+            if not 0 <= label_start_index < len(header):
+                raise StoreError(
+                    f"{path}: --label-start-index {label_start_index} is outside the {len(header)} columns"
+                )
+            label_columns = header[label_start_index:]
+        else:
+            label_columns = [c for c in header if c not in roles.names()]
+    missing = [c for c in label_columns if c not in header]
+    if missing:
+        raise StoreError(f"{path}: label columns not found: {', '.join(missing)}")
+    if len(set(label_columns)) != len(label_columns):
+        raise StoreError(f"{path}: a label column is named twice in --label-columns")
+    return list(label_columns)
+
+
+def _categorical_classes(
+    path: Path, rows: list[dict[str, str | None]], label_columns: Sequence[str]
+) -> dict[str, list[str]]:
+    """Sorted class names of every all-text label column; text among numbers is refused naming the row."""
+    # Text among numbers is more likely a typo than a class, so it stays an error naming the row.
+    first_text: dict[str, int] = {}
+    has_number: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        for col in label_columns:
+            cell = _cell(row, col)
+            if not cell:
+                continue
+            if _is_number(cell):
+                has_number.add(col)
+            else:
+                first_text.setdefault(col, line)
+    classes: dict[str, list[str]] = {}
+    for col in label_columns:
+        if col in first_text and col in has_number:
+            line = first_text[col]
+            cell = _cell(rows[line - 2], col)
+            raise StoreError(
+                f"{path}, row {line}: column {col!r} is not a number ({cell!r}); "
+                "a categorical column must hold text values only"
+            )
+        if col in first_text:
+            classes[col] = sorted({_cell(r, col) for r in rows} - {""})
+    return classes
+
+
+def _refuse_non_labels(path: Path, columns: Sequence[str], classes: dict[str, list[str]], n_rows: int) -> None:
+    """Refuse default label columns that are a split, an identifier or free text (nothing is guessed)."""
+    choose = "or name the labels with --label-columns"
+    for col in columns:
+        lower = col.lower()
+        if lower in _SPLIT_LIKE:
+            raise StoreError(
+                f"{path}: column {col!r} looks like a data split, not a label: pass --split-column {col} {choose}"
+            )
+        if lower in _TIME_LIKE:
+            raise StoreError(
+                f"{path}: column {col!r} looks like a recording time, not a label: pass --time-column {col} "
+                f"for a temporal split, {choose}"
+            )
+        if lower.endswith("_id") or lower in _ID_LIKE:
+            raise StoreError(
+                f"{path}: column {col!r} looks like an identifier, not a label: pass --group-column {col} to keep "
+                f"its records in one split, {choose}"
+            )
+        n_classes = len(classes.get(col, ()))
+        if n_classes > _MAX_TEXT_CLASSES and n_classes > n_rows / 2:
+            raise StoreError(
+                f"{path}: column {col!r} has {n_classes} different text values in {n_rows} rows: it looks like "
+                f"identifiers or free text, not a label; {choose}"
+            )
 
 
 def _binary_kind(head: bytes) -> str:
