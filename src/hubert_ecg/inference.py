@@ -137,6 +137,7 @@ class BatchJobSummary:
     rejects_path: Path | None
     skipped: str = ""  # files seen but not records, counted by reason ("" when none)
     unscored: int = 0  # rows written with a quality reason and empty probabilities
+    calibration: str = ""  # the saved post-hoc calibration applied to the probabilities ("" when none)
 
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".npy")
@@ -298,6 +299,7 @@ def predict_files(
     engine: str = "eager",
     workers: int = 1,
     labels: Any = None,
+    use_saved_calibration: bool = True,
 ) -> BatchJobSummary:
     """Predict (or embed) every record under ``inputs``; one output row per record (.csv, .parquet, or .npy
     for embeddings; layouts in :class:`_TableSink`).
@@ -308,6 +310,9 @@ def predict_files(
     ``labels`` (a :class:`~hubert_ecg.store.LabelTable` with the model's label names as columns) adds
     ``y_true_<label>`` columns to predictions (blank for records the table lacks).
     ``allow_outside_root``: see :func:`hubert_ecg.io.discover_sources` (manifest path safety).
+    A post-hoc calibration saved in the model (``evaluate --calibrate ... --save-calibration``) is applied to
+    the probabilities, as ``evaluate`` applies it, unless ``use_saved_calibration`` is False; decisions stay
+    those of the model's thresholds, which were tuned on uncalibrated validation probabilities.
     """
     opts = FileJobOptions(
         mode=mode,
@@ -322,6 +327,7 @@ def predict_files(
         engine=engine,
         workers=workers,
         labels=labels,
+        use_saved_calibration=use_saved_calibration,
     )
     return _run_file_job(model, inputs, Path(out), opts)
 
@@ -350,6 +356,7 @@ def _run_file_job(model: HubertECG, inputs: Sequence[str], out: Path, opts: File
         rejects_path,
         skipped=account.summary() + (f" (listed in {skipped_path})" if skipped_path else ""),
         unscored=job.unscored,
+        calibration=str(job.calibration["method"]) if job.calibration else "",
     )
 
 
@@ -369,6 +376,7 @@ class FileJobOptions:
     engine: str = "eager"
     workers: int = 1
     labels: Any = None
+    use_saved_calibration: bool = True
 
 
 def _output_sink(model: HubertECG, out: Path, mode: str, with_truth: bool) -> _TableSink:
@@ -414,6 +422,8 @@ class _FileJob:
         self.model, self.sink, self.opts, self.truth = model, sink, opts, truth
         self.mode, self.aggregate, self.labels = opts.mode, opts.aggregate, opts.labels
         self.task = model.info.task or "multi_label"
+        saved = (model.info.extra or {}).get("calibration") if opts.mode == "predict" else None
+        self.calibration: dict[str, Any] | None = saved if opts.use_saved_calibration and saved else None
         self.runners: dict[str, Any] = {}
         # (record id, source, seconds, windows, window masks, quality, missing leads) per record read
         self.pending: list[tuple[str, str, int, np.ndarray, np.ndarray, str, str]] = []
@@ -449,7 +459,7 @@ class _FileJob:
         """A record read but physically implausible: a row with the reason (predict) or a reject (embed)."""
         record_id, source = result.record_id, result.record_source
         if self.mode != "predict":  # an embedding of a flat line means nothing: list it
-            rejects.add(record_id, source, f"{source}: not scorable: {result.quality}")
+            rejects.add(record_id, source, f"{source}: not scorable: {result.reason}")
             return
         # A row with the reason and empty probabilities (not 0.5, not the decision threshold).
         self.sink.add(
@@ -467,6 +477,13 @@ class _FileJob:
             raise ValueError(f"no record could be processed ({len(rejects)} rejected; see {rejects_path})")
         if self.written == self.unscored:  # every record read was implausible: nothing was scored
             raise ValueError(f"no record could be scored ({self.unscored} not scorable, {len(rejects)} rejected)")
+
+    def _calibrated(self, probs: np.ndarray) -> np.ndarray:
+        if self.calibration is None:
+            return probs
+        from .calibration import apply_calibration
+
+        return apply_calibration(self.calibration, probs[None])[0]
 
     def flush(self) -> None:
         if not self.pending:
@@ -491,7 +508,8 @@ class _FileJob:
                     self.task, torch.from_numpy(outputs["logits"][offset : offset + n])
                 ).numpy()
                 probs = np.atleast_1d(window_probs.max(0) if self.aggregate == "max" else window_probs.mean(0))
-                values = [probs, _decisions(self.model, probs).astype(np.float64)]
+                # Decisions at the model's thresholds, which were tuned on uncalibrated probabilities.
+                values = [self._calibrated(probs), _decisions(self.model, probs).astype(np.float64)]
                 if self.truth is not None:
                     row = self.labels.lookup(record_id, source)
                     values.append(np.full(len(self.truth), np.nan) if row is None else row[self.truth])
