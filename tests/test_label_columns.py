@@ -94,3 +94,31 @@ def test_prepare_refuses_a_split_column_left_unnamed_and_writes_nothing(
     assert code == 1
     assert len(err.splitlines()) == 1 and "'split' looks like a data split" in err and "--split-column split" in err
     assert not (out / "store.json").exists()
+
+
+def test_label_rows_that_no_record_takes_are_listed(tmp_path: Path) -> None:
+    from hubert_ecg.store import prepare_store
+    from hubert_ecg.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", 3, seconds=3.0)
+    text = (data / "labels.csv").read_text().splitlines()
+    labels_csv = _write(tmp_path / "labels.csv", text[0].split(","), [r.split(",") for r in text[1:]])
+    with open(labels_csv, "a") as fh:
+        fh.write("ghost1,train,1,0,0,0,0\nsyn00000_copy,test,0,1,0,0,0\n")
+    table = LabelTable.from_csv(labels_csv, split_column="split")
+    out = tmp_path / "store"
+    for _ in range(2):  # the listing is also right when re-running on the finished store
+        result = prepare_store([data], out, labels=table, read_kwargs={"fs": 500.0}, progress=False)
+        listed = (out / "unmatched_labels.csv").read_text().splitlines()
+        assert [line.split(",")[0] for line in listed[1:]] == ["ghost1", "syn00000_copy"]
+        assert any("2 of 5 label rows match no record" in note for note in result.notes)
+
+    complete = _write(tmp_path / "complete.csv", text[0].split(","), [r.split(",") for r in text[1:]])
+    prepare_store(
+        [data],
+        tmp_path / "store2",
+        labels=LabelTable.from_csv(complete, split_column="split"),
+        read_kwargs={"fs": 500.0},
+        progress=False,
+    )
+    assert not (tmp_path / "store2" / "unmatched_labels.csv").exists()

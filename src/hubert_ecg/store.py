@@ -7,6 +7,7 @@ Layout of ``STORE/``::
     manifest.csv            one row per stored segment: row, record_id, segment, start_s, length,
                             source, orig_fs, orig_samples, units, split, meta (JSON), label columns
     rejects.csv             record_id, source, reason: every record that could not be used
+    unmatched_labels.csv    label rows that no record took (only when there are some)
     shards/00000.npy        float32 (rows, 12, row_samples): fixed-shape rows, zero-padded
     shards/00000.csv        the manifest part of that shard (a shard is complete iff both exist)
     targets/<name>.npy      int16 (rows, tokens): k-means cluster ids written by ``hubert-ecg label``
@@ -829,6 +830,7 @@ def _prepare_locked(job: _PrepareJob, scan: _InputScan, notes: list[str]) -> Pre
     was_complete = previous is not None and previous.get("complete")
     if previous is not None and was_complete and not scan.n_pending:
         _list_skipped(out, scan, notes)
+        _list_unmatched_labels(out, job.labels, notes)
         return _result_from_existing(out, previous, notes)
     if was_complete and scan.n_pending:
         notes.append(f"{scan.n_pending} new record(s) appended to the existing store")
@@ -839,6 +841,7 @@ def _prepare_locked(job: _PrepareJob, scan: _InputScan, notes: list[str]) -> Pre
     result = _finalise(out, header, n_blocks, len(scan.known))
     check_store_splits(ECGStore(out))
     _list_skipped(out, scan, notes)
+    _list_unmatched_labels(out, job.labels, notes)
     result.notes = notes
     result.new_records = scan.n_pending if was_complete else 0
     return result
@@ -881,6 +884,31 @@ def _list_skipped(out: Path, scan: _InputScan, notes: list[str]) -> None:
     """``skipped.csv``; written last, so that a full disk fails on the store's own files first."""
     if scan.account.write_csv(out / "skipped.csv") is not None:
         notes.append(f"{scan.account.summary()}: not ECG records (listed in {out / 'skipped.csv'})")
+
+
+def _list_unmatched_labels(out: Path, labels: LabelTable | None, notes: list[str]) -> None:
+    """``unmatched_labels.csv``: label rows that no record took (an id spelled differently, a file missing).
+
+    Every row of the labels file is accounted for: used by a stored record, by a rejected one, or listed here.
+    """
+    path = out / "unmatched_labels.csv"
+    if labels is None:
+        path.unlink(missing_ok=True)
+        return
+    store = ECGStore(out)
+    used = {labels.key_of(str(r), str(s)) for r, s in zip(store.record_ids, store.sources)}
+    if (out / "rejects.csv").exists():
+        used.update(labels.key_of(r, s.split("#")[0]) for r, s, _ in RejectsTable.read(out / "rejects.csv").rows)
+    unmatched = [key for key in labels.by_key if key not in used]
+    if not unmatched:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["record_key", "reason"])
+            writer.writerows((key, "no record with this id or file name was found") for key in unmatched)
+    notes.append(f"{len(unmatched)} of {len(labels.by_key)} label rows match no record (listed in {path})")
 
 
 def _write_new_shards(job: _PrepareJob, scan: _InputScan, row_samples: int) -> None:
