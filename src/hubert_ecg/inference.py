@@ -340,6 +340,7 @@ def _run_file_job(model: HubertECG, inputs: Sequence[str], out: Path, opts: File
     truth = _truth_columns(model, opts.labels) if opts.mode == "predict" else None
     sink = _output_sink(model, out, opts.mode, truth is not None)
     sources, account = _find_sources(inputs, opts.allow_outside_root)
+    _check_output_path(out, sources, sink)
     out.parent.mkdir(parents=True, exist_ok=True)
     job = _FileJob(model, sink, opts, truth)
     rejects = RejectsTable(out.with_name(out.name + ".rejects.csv"))
@@ -404,6 +405,37 @@ def _find_sources(inputs: Sequence[str], allow_outside_root: bool) -> tuple[list
             f"no ECG records found under {', '.join(inputs)}" + (f" ({account.summary()})" if account.skipped else "")
         )
     return sources, account
+
+
+def _check_output_path(out: Path, sources: list[Any], sink: _TableSink) -> None:
+    """Refuse an output that is one of the input records, or an existing file this package did not write.
+
+    Nothing a user made is ever overwritten: ``predict --out records/r1.csv`` over a CSV record used to
+    replace the ECG with the predictions.
+    """
+    ours = {p.resolve() for p in (out, sink.ids_path, out.with_name(out.name + ".rejects.csv"))}
+    clash = next((s.path for s in sources if Path(s.path).resolve() in ours), None)
+    if clash is not None:
+        raise ValueError(f"{out}: would overwrite the input record {clash}; choose another --out")
+    if out.exists() and not _written_by_us(out, sink):
+        raise ValueError(
+            f"{out}: exists and is not a hubert-ecg predict/embed output; choose another --out (nothing was changed)"
+        )
+
+
+def _written_by_us(path: Path, sink: _TableSink) -> bool:
+    """True for a table with our id columns first (CSV header, Parquet schema, or the ids file of a .npy)."""
+    first = ("record_id", "source")
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return tuple(pq.read_schema(str(path)).names[:2]) == first
+        table = sink.ids_path if path.suffix == ".npy" else path
+        with open(table, encoding="utf-8", errors="replace") as fh:
+            return tuple(fh.readline().strip().split(",")[:2]) == first
+    except Exception:  # noqa: BLE001 - unreadable or not a table: not ours, so it is refused
+        return False
 
 
 def _read_tasks(model: HubertECG, sources: list[Any], opts: FileJobOptions) -> list[ReadTask]:

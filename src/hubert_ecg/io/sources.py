@@ -35,6 +35,17 @@ def _first_line(path: Path) -> str:
     return ""
 
 
+#: First columns of the tables this package writes beside its outputs and inputs (predictions, embeddings,
+#: rejects, skipped files, store changes, unmatched labels). A folder walk must not take one for a
+#: manifest: ``OUT.skipped.csv`` has a ``path`` column, and following it would re-read or refuse paths.
+_REPORT_HEADERS = (("record_id", "source"), ("path", "reason"), ("source", "change"), ("record_key", "reason"))
+
+
+def _is_report_table(path: Path) -> bool:
+    cells = tuple(c.strip().lower() for c in _first_line(path).split(","))
+    return any(cells[: len(h)] == h for h in _REPORT_HEADERS)
+
+
 def _cells(line: str) -> list[str]:
     for delimiter in ("\t", ";", ","):
         if delimiter in line:
@@ -239,6 +250,8 @@ def _sources_for_file(
         head = read_head(path)
     except OSError as exc:
         return _skip_or_raise(account, explicit, path, _stat_reason(path, exc))
+    if not explicit and suffix == ".csv" and _is_report_table(path):
+        return _skip_or_raise(account, explicit, path, "a hubert-ecg output table (predictions, rejects, skipped ...)")
     if suffix in _TEXT_SUFFIXES and is_manifest(path):
         if account is not None:
             account.manifests += 1
@@ -290,6 +303,25 @@ def _has_record_sibling(path: Path) -> bool:
         return False
 
 
+#: Files that mark a folder written by this package, and what the folder is.
+_OUR_FOLDER_MARKERS = (
+    ("store.json", "store"),
+    ("run.json", "run folder"),
+    ("features.json", "features folder"),
+    ("sweep.json", "k-means folder"),
+    ("trainer_state.json", "checkpoint"),
+)
+
+
+def _our_folder(entries: Sequence[os.DirEntry[str]]) -> str | None:
+    """What kind of hubert-ecg output folder holds ``entries`` (None for anything else)."""
+    names = {entry.name for entry in entries}
+    kind = next((what for marker, what in _OUR_FOLDER_MARKERS if marker in names), None)
+    if kind is None and {"config.json", "model.safetensors"} <= names:
+        kind = "model folder"
+    return kind
+
+
 def _walk(folder: Path, recursive: bool, account: InputAccount | None = None) -> Iterator[Path]:
     """Regular files under ``folder`` in sorted order (a folder's files before its sub-folders).
 
@@ -317,6 +349,10 @@ def _walk(folder: Path, recursive: bool, account: InputAccount | None = None) ->
             skip(directory, "symlink loop (folder already searched)")
             return
         visited.add((info.st_dev, info.st_ino))
+        ours = _our_folder(entries)
+        if ours is not None:  # its arrays and tables are ours, not records (e.g. a store inside its input)
+            skip(directory, f"a hubert-ecg {ours} (folder not searched)")
+            return
         folders: list[Path] = []
         for entry in entries:
             path = Path(entry.path)

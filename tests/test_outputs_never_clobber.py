@@ -1,0 +1,117 @@
+"""Outputs never overwrite inputs or a user's files, and a job's own outputs are never read back as inputs.
+
+Found by writing outputs inside the input folder, as users do: `predict --out records/r1.csv` replaced an
+ECG with the predictions (exit 0); a second `predict` into the input folder followed `pred.csv.skipped.csv`
+as a manifest and failed; a second `prepare --out records/store` read the store's own shards as records.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hubert_ecg.cli import main
+from hubert_ecg.synthetic import synthetic_record
+
+LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from hubert_ecg.checkpoint import save_pretrained
+    from hubert_ecg.model import create_model
+    from hubert_ecg.preprocess import PreprocessSpec
+
+    torch.manual_seed(0)
+    model = create_model("tiny", head={"num_labels": 1, "type": "linear"})
+    model.info.task = "multi_label"
+    model.info.label_names = ["af"]
+    model.info.preprocessing = PreprocessSpec().to_dict()
+    return save_pretrained(model, tmp_path_factory.mktemp("model") / "tiny")
+
+
+def _records(folder: Path, fmt: str = "csv", n: int = 2) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        signal = synthetic_record(rng, seconds=3.0).signal
+        path = folder / f"r{i}.{fmt}"
+        if fmt == "csv":
+            np.savetxt(path, signal.T, delimiter=",", header=",".join(LEADS), comments="", fmt="%.5f")
+        else:
+            np.save(path, signal)
+        paths.append(path)
+    return paths
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(("command", "fmt"), [("predict", "csv"), ("embed", "csv"), ("embed", "npy")])
+def test_an_output_over_an_input_record_is_refused_and_the_record_kept(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, fmt: str
+) -> None:
+    records = _records(tmp_path / "records", fmt)
+    before = records[1].read_bytes()
+    code = main(
+        [command, str(model_dir), str(tmp_path / "records"), "--fs", "500", "--out", str(records[1]), "--quiet"]
+    )
+    assert code == 1
+    assert "would overwrite the input record" in _one_line_error(capsys)
+    assert records[1].read_bytes() == before
+
+
+def test_an_existing_file_that_is_not_ours_is_refused_but_our_own_output_is_replaced(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _records(tmp_path / "records")
+    theirs = tmp_path / "notes.csv"
+    theirs.write_text("patient,comment\n1,fine\n")
+    args = [str(model_dir), str(tmp_path / "records"), "--fs", "500", "--quiet", "--out"]
+    assert main(["predict", *args, str(theirs)]) == 1
+    assert "is not a hubert-ecg predict/embed output" in _one_line_error(capsys)
+    assert theirs.read_text() == "patient,comment\n1,fine\n"
+
+    ours = tmp_path / "pred.csv"
+    assert main(["predict", *args, str(ours)]) == 0
+    first = ours.read_text()
+    assert main(["predict", *args, str(ours)]) == 0  # a re-run replaces its own table
+    assert ours.read_text() == first
+
+
+def test_predicting_twice_into_the_input_folder_reads_the_same_records(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "records"
+    _records(folder)
+    out = folder / "pred.csv"
+    args = ["predict", str(model_dir), str(folder), "--fs", "500", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    first = out.read_text()
+    assert main(args) == 0, capsys.readouterr().err
+    assert out.read_text() == first  # the same two records, not our tables read as records or manifests
+    with open(folder / "pred.csv.skipped.csv", newline="") as fh:
+        skipped = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(fh)}
+    assert skipped["pred.csv"].startswith("a hubert-ecg output table")
+
+
+def test_a_store_inside_its_input_folder_is_not_read_as_records(tmp_path: Path) -> None:
+    from hubert_ecg.store import ECGStore, prepare_store
+
+    folder = tmp_path / "records"
+    _records(folder, "npy", n=3)
+    for _ in range(2):
+        result = prepare_store([folder], folder / "store", read_kwargs={"fs": 500.0}, progress=False)
+    assert len(ECGStore(folder / "store")) == 3 and result.rejected == 0
+    assert not any("appended" in note for note in result.notes)
+    skipped = (folder / "store" / "skipped.csv").read_text()
+    assert "a hubert-ecg store (folder not searched)" in skipped
