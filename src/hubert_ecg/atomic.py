@@ -146,6 +146,45 @@ def check_output_dir(directory: str | os.PathLike, *, marker: str, what: str = "
     return directory
 
 
+#: Column names that open every table this package writes for a user (predictions, embeddings, rejects ...).
+_OUR_TABLE_HEADS = (("record_id", "source"), ("path", "reason"), ("source", "change"), ("record_key", "reason"))
+
+
+def written_by_us(path: str | os.PathLike) -> bool:
+    """True when the existing file ``path`` is recognisably one of this package's outputs.
+
+    Outputs replace only their own earlier versions: a user's CSV, ONNX or figure that happens to sit at
+    ``--out`` is never overwritten. Recognised by content, not name: our table columns (CSV, the ids
+    file of a ``.npy``, Parquet), the ``hubert_ecg.*`` ONNX metadata, the PNG ``Software`` mark.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".npy"):
+            table = path.with_suffix(".ids.csv") if suffix == ".npy" else path
+            with open(table, encoding="utf-8", errors="replace") as fh:
+                cells = tuple(c.strip() for c in fh.readline().split(","))
+            return any(cells[: len(head)] == head for head in _OUR_TABLE_HEADS)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(str(path))
+            return any(key.startswith(b"hubert_ecg") for key in (schema.metadata or {})) or tuple(schema.names[:2]) == (
+                "record_id",
+                "source",
+            )
+        if suffix == ".onnx":  # metadata_props are serialised after the graph: read the tail
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - (1 << 20)))
+                return b"hubert_ecg.version" in fh.read()
+        if suffix == ".png":
+            with open(path, "rb") as fh:
+                return b"Software\x00hubert-ecg" in fh.read(1 << 16)
+    except Exception:  # noqa: BLE001 - unreadable, or not the format its name says: not ours
+        return False
+    return False
+
+
 def _age_s(path: Path) -> float:
     import time
 

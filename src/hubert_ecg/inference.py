@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import written_by_us
 from .deploy import standard_order, stride_samples  # noqa: F401  (torch-free; re-exported here)
 from .model import HubertECG
 from .preprocess import PreprocessSpec, cut_windows, window_starts
@@ -417,25 +418,10 @@ def _check_output_path(out: Path, sources: list[Any], sink: _TableSink) -> None:
     clash = next((s.path for s in sources if Path(s.path).resolve() in ours), None)
     if clash is not None:
         raise ValueError(f"{out}: would overwrite the input record {clash}; choose another --out")
-    if out.exists() and not _written_by_us(out, sink):
+    if out.exists() and not written_by_us(out):
         raise ValueError(
             f"{out}: exists and is not a hubert-ecg predict/embed output; choose another --out (nothing was changed)"
         )
-
-
-def _written_by_us(path: Path, sink: _TableSink) -> bool:
-    """True for a table with our id columns first (CSV header, Parquet schema, or the ids file of a .npy)."""
-    first = ("record_id", "source")
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return tuple(pq.read_schema(str(path)).names[:2]) == first
-        table = sink.ids_path if path.suffix == ".npy" else path
-        with open(table, encoding="utf-8", errors="replace") as fh:
-            return tuple(fh.readline().strip().split(",")[:2]) == first
-    except Exception:  # noqa: BLE001 - unreadable or not a table: not ours, so it is refused
-        return False
 
 
 def _read_tasks(model: HubertECG, sources: list[Any], opts: FileJobOptions) -> list[ReadTask]:
