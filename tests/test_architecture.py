@@ -25,8 +25,10 @@ LAYERS: dict[str, int] = {
     "io": 0,
     "synthetic": 0,
     "progress": 0,
+    "shards": 0,  # the resumable block loop of prepare, features and label (no project imports)
     # 1-3: signals -> preprocessed windows -> the prepared store -> batches
     "preprocess": 1,
+    "reading": 1,  # read + preprocess one record in a worker, the pool, the rejects table (under the store)
     "store": 2,
     "label_tables": 2,
     "loader": 3,
@@ -177,7 +179,7 @@ def test_the_network_imports_only_its_config() -> None:
     assert _graph()["hubert_ecg.hub"] <= {"hubert_ecg.config", "hubert_ecg.atomic", "hubert_ecg.safe_pickle"}
 
 
-@pytest.mark.parametrize("module", ["hubert_ecg.io", "hubert_ecg.preprocess", "hubert_ecg.store"])
+@pytest.mark.parametrize("module", ["hubert_ecg.io", "hubert_ecg.preprocess", "hubert_ecg.reading", "hubert_ecg.store"])
 def test_data_side_starts_without_torch(module: str) -> None:
     """Readers, preprocessing and the store workers must not pull in PyTorch (fast start, small workers)."""
     import subprocess
