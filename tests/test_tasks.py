@@ -12,36 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import QUARTER_SPLITS, StoreFactory
 from hubert_ecg import load_model, predict
 from hubert_ecg.evaluate import evaluate
 from hubert_ecg.finetune import FinetuneOptions, run_finetune
-from hubert_ecg.store import LabelTable, prepare_store
-from hubert_ecg.synthetic import synthetic_record
 from hubert_ecg.training import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
+def store(make_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    # Three stores of one record set (classes 0 normal, 1 tachycardia, 2 bradycardia), one label column each.
     root = tmp_path_factory.mktemp("tasks")
-    data = root / "data"  # records apart from the stores (a store folder is not an input)
-    data.mkdir()
-    rng = np.random.default_rng(7)
-    lines = ["record_id,split,rate_class,heart_rate,tachycardia"]
-    for i in range(48):
-        cls = i % 3  # 0 normal, 1 tachycardia, 2 bradycardia
-        rec = synthetic_record(rng, labels={"tachycardia": int(cls == 1), "bradycardia": int(cls == 2)}, seconds=5.0)
-        np.save(data / f"r{i:03d}.npy", rec.signal)
-        split = "test" if i % 8 in (0, 1) else "val" if i % 8 in (2, 3) else "train"
-        lines.append(f"r{i:03d},{split},{cls},{rec.heart_rate / 100:.4f},{int(cls == 1)}")
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    out = {}
-    for column in ("rate_class", "heart_rate", "tachycardia"):
-        labels = LabelTable.from_csv(
-            root / "labels.csv", id_column="record_id", split_column="split", label_columns=[column]
+    return {
+        column: make_store(
+            48, seed=7, rhythm=3, splits=QUARTER_SPLITS, labels=[column], root=root, name=f"store-{column}"
         )
-        prepare_store([data], root / f"store-{column}", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
-        out[column] = root / f"store-{column}"
-    return out
+        for column in ("rate_class", "heart_rate", "tachycardia")
+    }
 
 
 def _train(store_path: Path, tmp_path: Path, task: str, monitor: str):
@@ -170,20 +157,20 @@ def test_a_blank_label_leaves_only_that_labels_loss(task: str) -> None:
 def test_a_blank_label_leaves_only_that_labels_metrics() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from hubert_ecg.tasks import get_task
+    from hubert_ecg.metrics import task_metrics, task_thresholds
 
     rng = np.random.default_rng(0)
     y = (rng.random((40, 2)) > 0.5).astype(float)
     p = np.clip(0.6 * y + 0.4 * rng.random((40, 2)), 0, 1)
     p[5, 0] = 1.0 - y[5, 0]  # record 5 is badly wrong on label 0 ...
     y[5, 1] = np.nan  # ... and blank on label 1: it must still count for label 0
-    result = get_task("multi_label").metrics(y, p, label_names=["a", "b"])
+    result = task_metrics("multi_label", y, p, label_names=["a", "b"])
     assert result.per_label["auroc"][0] == pytest.approx(roc_auc_score(y[:, 0], p[:, 0]))
     known = ~np.isnan(y[:, 1])
     assert result.per_label["auroc"][1] == pytest.approx(roc_auc_score(y[known, 1], p[known, 1]))
     assert result.macro["auroc"] == pytest.approx(result.per_label["auroc"].mean())
     assert result.n_positive.tolist() == [int(y[:, 0].sum()), int(np.nansum(y[:, 1]))]
-    thresholds = get_task("multi_label").tune_thresholds(y, p)
+    thresholds = task_thresholds("multi_label", y, p)
     assert thresholds.shape == (2,) and np.all((thresholds >= 0) & (thresholds <= 1))
 
 
@@ -212,3 +199,134 @@ def test_pos_weight_and_class_weights_come_from_the_given_rows_only() -> None:
     classes = np.array([[0.0], [0.0], [0.0], [1.0], [2.0], [2.0]])
     _, cw = get_task("multi_class").training_weights(classes, pos_weight=False, class_weights=True)
     assert np.allclose(cw.numpy(), 6 / (3 * np.array([3, 1, 2])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Task behaviour lives on the task objects: no module branches on task names, a new task is picked up
+# ---------------------------------------------------------------------------------------------
+def _task_name_branches(path: Path, names: set[str]) -> list[str]:
+    """``x == "regression"``, ``x in ("binary", ...)``, ``{"multi_class": ...}`` and ``case "binary":`` in a file."""
+    import ast
+
+    def named(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(isinstance(e, ast.Constant) and e.value in names for e in node.elts)
+        return False
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare) and any(named(side) for side in [node.left, *node.comparators]):
+            found.append(f"{path.name}:{node.lineno}")
+        elif isinstance(node, ast.Dict) and any(k is not None and named(k) for k in node.keys):
+            found.append(f"{path.name}:{node.lineno}")
+        elif isinstance(node, ast.MatchValue) and named(node.value):  # match task: case "binary": ...
+            found.append(f"{path.name}:{node.value.lineno}")
+    return found
+
+
+def test_no_module_branches_on_task_names() -> None:
+    """What differs between tasks is declared on the Task classes (tasks.py); every other module asks them."""
+    import hubert_ecg
+    from hubert_ecg.tasks import task_names
+
+    package = Path(hubert_ecg.__file__).parent
+    names = set(task_names())
+    found = [
+        hit
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "tasks.py"
+        for hit in _task_name_branches(path, names)
+    ]
+    assert not found, f"branches on task names (declare the behaviour on the Task class instead): {found}"
+
+
+def test_the_task_branch_check_can_fail(tmp_path: Path) -> None:
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        'def f(task):\n    if task == "regression":\n        return 1\n'
+        '    return {"binary": 2}.get(task) if task in ("multi_class", "x") else 3\n'
+    )
+    assert _task_name_branches(planted, {"regression", "binary", "multi_class"}) == [
+        "planted.py:2",
+        "planted.py:4",
+        "planted.py:4",
+    ]
+
+
+def test_a_registered_task_is_picked_up_everywhere() -> None:
+    """A new Task subclass plus register_task: lookup, monitors and metrics follow without other edits."""
+    from hubert_ecg import tasks
+    from hubert_ecg.metrics import MONITORS as METRIC_MONITORS
+    from hubert_ecg.metrics import compute_metrics, task_metrics
+    from hubert_ecg.report import _display_name
+
+    class OrdinalTask(tasks.MultiClassTask):
+        name = "ordinal_test"
+        monitor = main_metric = "spearman_test"
+        monitors = ("loss", "spearman_test", "accuracy")
+        metric_labels = {"accuracy": "Exact grade"}
+
+    saved_registry, saved_monitors = dict(tasks._REGISTRY), dict(tasks.MONITORS)
+    try:
+        task = tasks.register_task(OrdinalTask())
+        assert tasks.get_task("ordinal_test") is task and "ordinal_test" in tasks.task_names()
+        assert tasks.monitor_mode("spearman_test") == "max" and "spearman_test" in METRIC_MONITORS
+        assert list(tasks.MONITORS)[:3] == ["loss", "mae", "rmse"]  # lower-is-better first, as before
+        y = np.array([0, 1, 2, 1, 0, 2])
+        p = np.eye(3)[[0, 1, 2, 2, 0, 1]] * 0.8 + 0.2 / 3
+        result = compute_metrics("ordinal_test", y, p)
+        assert result.task == "ordinal_test" and result.confusion_matrix.sum() == 6
+        labels = np.array([[0.0], [1.0], [2.0], [1.0], [0.0], [2.0]])
+        assert task_metrics(task, labels, p).overall == result.overall
+        assert _display_name("accuracy", "ordinal_test") == "Exact grade"
+    finally:
+        tasks._REGISTRY.clear()
+        tasks._REGISTRY.update(saved_registry)
+        tasks.MONITORS.clear()
+        tasks.MONITORS.update(saved_monitors)
+    assert "spearman_test" not in METRIC_MONITORS
+
+
+def test_monitor_list_is_derived_from_the_registered_tasks() -> None:
+    from hubert_ecg.tasks import MONITORS, get_task, task_names
+
+    assert list(MONITORS) == [
+        "loss",
+        "mae",
+        "rmse",
+        "auroc",
+        "auprc",
+        "f1",
+        "accuracy",
+        "balanced_accuracy",
+        "r2",
+        "pearson_r",
+    ]
+    assert set(MONITORS) == {m for t in task_names() for m in get_task(t).monitors}
+
+
+def test_tasks_and_metrics_import_without_torch() -> None:
+    """The NumPy-only layers (metrics, ONNX deployment) ask the task objects, so tasks must not pull in torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, hubert_ecg.tasks, hubert_ecg.metrics, hubert_ecg.deploy; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("task", ["multi_label", "multi_class", "binary", "regression"])
+def test_declared_behaviour_matches_the_old_rules(task: str) -> None:
+    """The attributes that replaced the task-name branches give the answers the branches gave."""
+    from hubert_ecg.tasks import get_task
+
+    t = get_task(task)
+    assert t.main_metric == ("mae" if task == "regression" else "auroc")
+    assert t.probabilistic == (task != "regression")
+    assert t.calibrator == {"multi_label": "platt", "binary": "platt", "multi_class": "temperature"}.get(task)
+    assert t.outputs_are_classes == (task == "multi_class")
+    assert t.first_column_only == (task in ("binary", "multi_class"))
+    assert t.uses_thresholds == (task in ("multi_label", "binary"))
+    assert t.checks_label_columns == (task == "multi_label")
+    assert t.metric_label_names(["a", "b"]) == {"multi_class": None, "binary": ["a"]}.get(task, ["a", "b"])

@@ -18,9 +18,12 @@ and applied with :func:`apply_calibration`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from .tasks import find_task
 
 __all__ = ["fit_platt", "fit_temperature", "fit_calibration", "apply_calibration", "CALIBRATION_METHODS"]
 
@@ -109,13 +112,18 @@ def fit_temperature(y_true: Any, y_score: Any) -> dict[str, Any]:
     return {"method": "temperature", "temperature": float(np.exp(best.x)), "n_records": int(len(y))}
 
 
+#: The fit of each calibrator a task may declare (:attr:`hubert_ecg.tasks.Task.calibrator`).
+_FITS: dict[str, Callable[[Any, Any], dict[str, Any]]] = {"platt": fit_platt, "temperature": fit_temperature}
+
+
 def fit_calibration(task: str, y_true: Any, y_score: Any) -> dict[str, Any]:
-    """Platt for multi-label/binary, temperature for multi-class; regression has nothing to calibrate."""
-    if task in ("multi_label", "binary"):
-        return fit_platt(y_true, y_score)
-    if task == "multi_class":
-        return fit_temperature(y_true, y_score)
-    raise ValueError(f"task {task!r} has no probabilities to calibrate")
+    """The task's calibrator (:attr:`hubert_ecg.tasks.Task.calibrator`): Platt for multi-label/binary,
+    temperature for multi-class; regression has nothing to calibrate."""
+    spec = find_task(task) if task else None
+    fit = _FITS.get(spec.calibrator) if spec is not None and spec.calibrator else None
+    if fit is None:
+        raise ValueError(f"task {task!r} has no probabilities to calibrate")
+    return fit(y_true, y_score)
 
 
 def apply_calibration(calibration: dict[str, Any] | None, y_score: Any) -> np.ndarray:

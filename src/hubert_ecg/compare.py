@@ -22,20 +22,18 @@ from typing import Any
 import numpy as np
 
 from .metrics import (
-    _MAX_WEIGHT_CELLS,
-    CI_METHODS,
     MetricsInputError,
-    _core,
-    _defined_mask,
+    MetricsResult,
+    _bootstrap_replicates,
+    _check_ci_settings,
     _jackknife,
-    _macro,
     _prepare,
-    _resample_weights,
-    _strata,
+    _Replicates,
     bca_bounds,
     bootstrap_ci,
     compute_metrics,
 )
+from .tasks import get_task
 
 __all__ = ["delong_test", "delong_covariance", "paired_bootstrap", "compare_scores"]
 
@@ -135,6 +133,44 @@ def _diff_stats(
     return {"difference": float(point), "lower": lower, "upper": upper, "p_value": p, "n_used": int(finite.size)}
 
 
+def _difference(a: _Replicates, b: _Replicates) -> _Replicates:
+    """``B - A`` of every metric both models have (A's order; ``*_at_thr`` only when both have thresholds)."""
+    return _Replicates(
+        per_label={m: b.per_label[m] - a.per_label[m] for m in a.per_label if m in b.per_label},
+        macro={m: b.macro[m] - a.macro[m] for m in a.macro if m in b.macro},
+        overall={m: b.overall[m] - a.overall[m] for m in a.overall},
+    )
+
+
+def _paired_intervals(
+    res_a: MetricsResult,
+    res_b: MetricsResult,
+    diff: _Replicates,
+    jack: _Replicates | None,
+    confidence: float,
+    method: str,
+) -> dict[str, Any]:
+    """``{"macro", "overall", "per_label"}`` stats of every difference ``B - A`` (see :func:`_diff_stats`)."""
+    per_label: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(res_a.label_names):
+        per_label[name] = {}
+        for metric, values in diff.per_label.items():
+            point = res_b.per_label[metric][i] - res_a.per_label[metric][i]
+            j = jack.per_label[metric][:, i] if jack else None
+            per_label[name][metric] = _diff_stats(point, values[:, i], confidence, method, j)
+    macro = {
+        m: _diff_stats(res_b.macro[m] - res_a.macro[m], values, confidence, method, jack.macro.get(m) if jack else None)
+        for m, values in diff.macro.items()
+    }
+    overall = {
+        m: _diff_stats(
+            res_b.overall[m] - res_a.overall[m], values, confidence, method, jack.overall.get(m) if jack else None
+        )
+        for m, values in diff.overall.items()
+    }
+    return {"macro": macro, "overall": overall, "per_label": per_label}
+
+
 def paired_bootstrap(
     task: str,
     y_true: Any,
@@ -157,71 +193,18 @@ def paired_bootstrap(
     ``d = {"difference", "lower", "upper", "p_value", "n_used"}``. Macro differences average the
     labels defined on the full data (the same set for both models).
     """
-    if n_resamples < 1:
-        raise MetricsInputError(f"n_resamples must be at least 1; got {n_resamples}")
-    if method not in CI_METHODS:
-        raise MetricsInputError(f"unknown CI method '{method}'; expected one of {', '.join(CI_METHODS)}")
+    _check_ci_settings(n_resamples, None, method)
     res_a = compute_metrics(task, y_true, score_a, thresholds=thresholds_a, label_names=label_names)
     res_b = compute_metrics(task, y_true, score_b, thresholds=thresholds_b, label_names=label_names)
     prep_a = _prepare(task, y_true, score_a, label_names)
     prep_b = _prepare(task, y_true, score_b, label_names)
-    n_records = prep_a.y.shape[0]
-    defined = _defined_mask(prep_a)
-    strata = _strata(prep_a) if stratify else None
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_resamples, _MAX_WEIGHT_CELLS // max(n_records, 1)))
-    label_parts: dict[str, list[np.ndarray]] = {}
-    macro_parts: dict[str, list[np.ndarray]] = {}
-    overall_parts: dict[str, list[np.ndarray]] = {}
-    done = 0
-    while done < n_resamples:
-        rows = min(chunk, n_resamples - done)
-        weights = _resample_weights(rng, n_records, rows, strata)
-        la, oa = _core(prep_a, weights, res_a.thresholds)
-        lb, ob = _core(prep_b, weights, res_b.thresholds)
-        ma, mb = _macro(la, defined), _macro(lb, defined)
-        for metric in la:
-            if metric in lb:
-                label_parts.setdefault(metric, []).append(lb[metric] - la[metric])
-                macro_parts.setdefault(metric, []).append(mb[metric] - ma[metric])
-        for metric in oa:
-            overall_parts.setdefault(metric, []).append(ob[metric] - oa[metric])
-        done += rows
-    jack: dict[str, Any] = {}
+    defined = prep_a.defined()
+    strata = prep_a.strata() if stratify else None
+    models = [(prep_a, res_a.thresholds), (prep_b, res_b.thresholds)]
+    reps_a, reps_b = _bootstrap_replicates(models, defined, strata, n_resamples, seed)
+    jack = None
     if method == "bca":
-        ja, jb = _jackknife(prep_a, res_a.thresholds, defined), _jackknife(prep_b, res_b.thresholds, defined)
-        jack = {
-            "label": {m: jb[0][m] - ja[0][m] for m in ja[0] if m in jb[0]},
-            "macro": {m: jb[1][m] - ja[1][m] for m in ja[1] if m in jb[1]},
-            "overall": {m: jb[2][m] - ja[2][m] for m in ja[2]},
-        }
-    per_label: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(res_a.label_names):
-        per_label[name] = {}
-        for metric, parts in label_parts.items():
-            point = res_b.per_label[metric][i] - res_a.per_label[metric][i]
-            j = jack["label"][metric][:, i] if jack else None
-            per_label[name][metric] = _diff_stats(point, np.concatenate(parts)[:, i], confidence, method, j)
-    macro = {
-        m: _diff_stats(
-            res_b.macro[m] - res_a.macro[m],
-            np.concatenate(parts),
-            confidence,
-            method,
-            jack["macro"].get(m) if jack else None,
-        )
-        for m, parts in macro_parts.items()
-    }
-    overall = {
-        m: _diff_stats(
-            res_b.overall[m] - res_a.overall[m],
-            np.concatenate(parts),
-            confidence,
-            method,
-            jack["overall"].get(m) if jack else None,
-        )
-        for m, parts in overall_parts.items()
-    }
+        jack = _difference(_jackknife(prep_a, res_a.thresholds, defined), _jackknife(prep_b, res_b.thresholds, defined))
     return {
         "method": method,
         "task": res_a.task,
@@ -229,11 +212,9 @@ def paired_bootstrap(
         "confidence": float(confidence),
         "seed": int(seed),
         "stratify": bool(stratify),
-        "n_records": int(n_records),
+        "n_records": int(prep_a.y.shape[0]),
         "undefined_labels": list(res_a.undefined_labels),
-        "macro": macro,
-        "overall": overall,
-        "per_label": per_label,
+        **_paired_intervals(res_a, res_b, _difference(reps_a, reps_b), jack, confidence, method),
     }
 
 
@@ -298,7 +279,7 @@ def compare_scores(
         thresholds=thresholds_b,
     )
     delong: dict[str, Any] = {}
-    if res_a.task != "regression":
+    if get_task(res_a.task).probabilistic:
         prep_a = _prepare(task, y_true, score_a, label_names)
         prep_b = _prepare(task, y_true, score_b, label_names)
         for j, name in enumerate(res_a.label_names):

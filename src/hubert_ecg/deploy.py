@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .preprocess import PreprocessSpec, cut_windows, preprocess_signal, window_starts
+from .tasks import find_task, get_task
 
 __all__ = ["OnnxECG", "onnx_inputs", "read_onnx_metadata", "standard_order"]
 
@@ -158,6 +159,8 @@ class OnnxECG:
         thresholds = self.metadata.get("thresholds")
         self.thresholds = np.asarray(thresholds if thresholds else 0.5, dtype=np.float64)
         self.task = self.metadata.get("task", "")
+        # the task's decision rule; a task this version does not know is decided at the thresholds
+        self._decider = find_task(self.task) or get_task(None)
         self.windows, self.stride_s, self.aggregate = windows, stride_s, aggregate
         options = ort.SessionOptions()
         if threads:
@@ -193,10 +196,5 @@ class OnnxECG:
             raise ValueError("this model has no classification head: use embed()")
         probs = outputs.get("probabilities", outputs["logits"])
         probs = self._pool(probs.reshape(len(probs), -1))
-        if self.task == "multi_class":
-            decisions = (np.arange(probs.size) == probs.argmax()).astype(np.int64)
-        elif self.task == "regression":
-            decisions = np.full(probs.shape, -1, dtype=np.int64)
-        else:
-            decisions = (probs >= self.thresholds).astype(np.int64)
+        decisions = self._decider.decisions(probs, self.thresholds)
         return {"probabilities": probs, "decisions": decisions, "labels": self.labels}

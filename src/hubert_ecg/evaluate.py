@@ -9,6 +9,7 @@ PNG plots, and ``report.html`` / ``report.md``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -35,7 +36,7 @@ def _scorable(task: str, labels: np.ndarray, *, warn: bool) -> np.ndarray:
     so a record whose label is blank cannot be scored and is left out.
     """
     blank = ~np.isfinite(labels.reshape(len(labels), -1))
-    if task in ("binary", "multi_class"):
+    if get_task(task).first_column_only:
         keep = ~blank[:, 0]
         if warn and not keep.all():
             warnings.warn(f"{int((~keep).sum())} records with a blank label were left out of the metrics", stacklevel=3)
@@ -139,12 +140,14 @@ def check_compatible(model: HubertECG, store: ECGStore) -> None:
         raise ValueError("this model has no classification head; fine-tune it first")
     if store.labels is None:
         raise ValueError(f"{store.path}: the store has no labels to evaluate against")
-    if model.info.task == "multi_label" and store.labels.shape[1] != head.num_labels:
+    # a model without a recorded task predates these checks
+    checks = model.info.task is not None and get_task(model.info.task).checks_label_columns
+    if checks and store.labels.shape[1] != head.num_labels:
         raise ValueError(
             f"the model predicts {head.num_labels} labels but {store.path} has {store.labels.shape[1]} label columns"
         )
     names = model.info.label_names
-    if names and model.info.task == "multi_label" and list(names) != list(store.label_names):
+    if names and checks and list(names) != list(store.label_names):
         warnings.warn(
             "label names differ between the model and the store; columns are matched by position", stacklevel=2
         )
@@ -239,10 +242,9 @@ def score_split(
         raise ValueError(f"{store.path}: the store has no labels to evaluate against")
     known = _scorable(task, scores.labels, warn=warn_blank)
     y_true = targets_for_metrics(task, scores.labels[known])
-    thresholds = model.info.thresholds if get_task(task).uses_thresholds else None
-    names: list[str] | None = label_names if task != "multi_class" else None
-    if task == "binary":
-        names = label_names[:1] or None
+    spec = get_task(task)
+    thresholds = model.info.thresholds if spec.uses_thresholds else None
+    names = spec.metric_label_names(label_names)
     return ScoredSplit(
         task, scores.record_ids[known], y_true, scores.probabilities[known], names, thresholds, scores.n_windows, scores
     )
@@ -373,7 +375,7 @@ class _ScoredRecords:
     @property
     def key(self) -> str:
         """The headline metric of the extra sections."""
-        return "auroc" if self.task != "regression" else "mae"
+        return get_task(self.task).main_metric
 
 
 def _metrics_and_intervals(s: _ScoredRecords, show_progress: bool) -> tuple[Any, dict[str, Any] | None]:
@@ -404,20 +406,20 @@ def _standard_figures(s: _ScoredRecords, result: Any, ci: dict[str, Any] | None)
     """The task's usual plots: ROC/PR, AUROC per label, reliability, confusion matrix or predicted vs true."""
     from . import plots
 
-    task, names = s.task, s.label_names or list(result.label_names)
+    probabilistic, names = get_task(s.task).probabilistic, s.label_names or list(result.label_names)
     figures: dict[str, Path] = {}
-    if task in ("multi_label", "binary", "multi_class"):
+    if probabilistic:
         figures["ROC and precision-recall curves"] = plots.plot_roc_pr(s.y_true, s.y_score, names, s.out / "roc_pr.png")
         if ci is not None:
             figures["AUROC per label with 95% CI"] = plots.plot_per_label_auroc(ci, s.out / "auroc_per_label.png")
         figures["Reliability diagrams (calibration)"] = plots.plot_reliability(
             s.y_true, s.y_score, names, s.out / "reliability.png"
         )
-    if task == "multi_class" and result.confusion_matrix is not None:
+    if result.confusion_matrix is not None:
         figures["Confusion matrix"] = plots.plot_confusion_matrix(
             result.confusion_matrix, names, s.out / "confusion_matrix.png"
         )
-    if task == "regression":
+    if not probabilistic:
         figures["Predicted vs true"] = plots.plot_regression(s.y_true, s.y_score, s.out / "regression.png")
     return figures
 
@@ -617,9 +619,9 @@ def _calibration_for(
     from .calibration import fit_calibration
 
     task = model.info.task or "multi_label"
-    expected = "temperature" if task == "multi_class" else "platt"
-    if task == "regression":
-        raise ValueError("--calibrate: a regression model has no probabilities to calibrate")
+    expected = get_task(task).calibrator
+    if expected is None:
+        raise ValueError(f"--calibrate: a {task} model has no probabilities to calibrate")
     if method not in ("auto", expected):
         raise ValueError(f"--calibrate {method}: a {task} model is calibrated with '{expected}'")
     val = score_split(
@@ -677,9 +679,8 @@ def evaluate(
     the checkpoint's config (``info.calibration``); a stored calibration is applied unless
     ``use_saved_calibration`` is False.
     """
-    from .calibration import apply_calibration
-    from .preprocess import lead_keep_mask, parse_lead_set
-
+    scoring = _Scoring(windows, n_crops, aggregate, stride, batch_size, seed)
+    calib = _CalibrationRequest(calibrate, calibration_split, save_calibration, use_saved_calibration)
     out = check_writable(out_dir)
     store = ECGStore(store_path)
     model, device_ = _load_and_check(checkpoint, store, device)
@@ -688,55 +689,23 @@ def evaluate(
             f"--calibration-split {split!r} is the evaluated split: calibration must be fitted on "
             "other (validation) records"
         )
-    lead_sets = {name: parse_lead_set(name) for name in (leads or [])}
-    opts: dict[str, Any] = dict(
-        device=device_,
-        windows=windows,
-        n_crops=n_crops,
-        aggregate=aggregate,
-        stride=stride,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    opts = scoring.options(device_)
+    lead_sets = _LeadSets(leads or [])
     scored = score_split(model, store, split, show_progress=show_progress, **opts)
-    task = scored.task
     write_probabilities(out / "probabilities.csv", scored.all_scores, list(model.info.label_names or store.label_names))
-    calibration = None
-    if calibrate:
-        calibration = _calibration_for(model, store, calibrate, calibration_split, **opts)
-        if save_calibration:
-            from .checkpoint import update_saved_info
-
-            update_saved_info(checkpoint, calibration=calibration)
-    elif use_saved_calibration:
-        calibration = (model.info.extra or {}).get("calibration")
-    y_score = apply_calibration(calibration, scored.y_score) if calibration else scored.y_score
-    lead_scores = {}
-    for name, names in lead_sets.items():
-        sub = score_split(model, store, split, keep_leads=lead_keep_mask(names), warn_blank=False, **opts)
-        lead_scores[name] = apply_calibration(calibration, sub.y_score) if calibration else sub.y_score
+    calibration = _resolve_calibration(model, store, checkpoint, calib, opts)
+    y_score = _calibrated(calibration, scored.y_score)
+    lead_scores = lead_sets.score(model, store, split, calibration, opts)
     columns = store_columns(store, scored.record_ids, subgroups) if subgroups else None
     note = data_note or (
         f"Evaluated on split '{split}' of {store.path} ({len(scored.all_scores.record_ids)} "
         "records). Check the data provenance before drawing clinical conclusions."
     )
-    extra = {
-        "checkpoint": str(checkpoint),
-        "store": str(store.path),
-        "split": split,
-        "windows": windows,
-        "aggregate": aggregate,
-        "records": len(scored.all_scores.record_ids),
-        "windows scored": scored.n_windows,
-        "bootstrap resamples": n_bootstrap,
-        "CI method": ci_method,
-        "stratified resampling": stratify,
-    }
-    if calibration:
-        extra["calibration"] = {k: v for k, v in calibration.items() if k not in ("a", "b")}
+    intervals = {"bootstrap resamples": n_bootstrap, "CI method": ci_method, "stratified resampling": stratify}
+    extra = _evaluation_extra(checkpoint, store, split, scoring, scored, intervals, calibration)
     return report_scores(
         out,
-        task=task,
+        task=scored.task,
         y_true=scored.y_true,
         y_score=y_score,
         label_names=scored.label_names,
@@ -754,6 +723,100 @@ def evaluate(
         extra=extra,
         show_progress=show_progress,
     )
+
+
+def _evaluation_extra(
+    checkpoint: str | Path,
+    store: ECGStore,
+    split: str,
+    scoring: _Scoring,
+    scored: ScoredSplit,
+    intervals: dict[str, Any],
+    calibration: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The details table of an evaluation report: what was scored, how, and the interval settings."""
+    extra: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "store": str(store.path),
+        "split": split,
+        "windows": scoring.windows,
+        "aggregate": scoring.aggregate,
+        "records": len(scored.all_scores.record_ids),
+        "windows scored": scored.n_windows,
+        **intervals,
+    }
+    if calibration:
+        extra["calibration"] = {k: v for k, v in calibration.items() if k not in ("a", "b")}
+    return extra
+
+
+@dataclass
+class _Scoring:
+    """How records are cut into windows and scored (the scoring keywords of :func:`evaluate`)."""
+
+    windows: str
+    n_crops: int
+    aggregate: str
+    stride: int | None
+    batch_size: int
+    seed: int
+
+    def options(self, device: torch.device) -> dict[str, Any]:
+        """Keyword arguments of :func:`score_split` and :func:`_calibration_for`."""
+        return dict(device=device, **dataclasses.asdict(self))
+
+
+@dataclass
+class _CalibrationRequest:
+    """The calibration keywords of :func:`evaluate`: fit one (and save it), or apply the saved one."""
+
+    method: str | None  # "platt" / "temperature" / "auto", or None: no new fit
+    split: str
+    save: bool
+    use_saved: bool
+
+
+def _resolve_calibration(
+    model: HubertECG, store: ECGStore, checkpoint: str | Path, request: _CalibrationRequest, opts: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A new fit on ``request.split`` (saved into the checkpoint if asked), the saved one, or None."""
+    if request.method:
+        calibration = _calibration_for(model, store, request.method, request.split, **opts)
+        if request.save:
+            from .checkpoint import update_saved_info
+
+            update_saved_info(checkpoint, calibration=calibration)
+        return calibration
+    if request.use_saved:
+        return (model.info.extra or {}).get("calibration")
+    return None
+
+
+def _calibrated(calibration: dict[str, Any] | None, y_score: np.ndarray) -> np.ndarray:
+    from .calibration import apply_calibration
+
+    return apply_calibration(calibration, y_score) if calibration else y_score
+
+
+class _LeadSets:
+    """The ``leads`` of :func:`evaluate`: lead sets parsed up front, scored with the other leads zeroed."""
+
+    def __init__(self, leads: list[str]) -> None:
+        from .preprocess import parse_lead_set
+
+        self.lead_sets = {name: parse_lead_set(name) for name in leads}
+
+    def score(
+        self, model: HubertECG, store: ECGStore, split: str, calibration: dict[str, Any] | None, opts: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Lead-set name -> (calibrated) probabilities of the split's records with only those leads."""
+        from .preprocess import lead_keep_mask
+
+        out = {}
+        for name, names in self.lead_sets.items():
+            sub = score_split(model, store, split, keep_leads=lead_keep_mask(names), warn_blank=False, **opts)
+            out[name] = _calibrated(calibration, sub.y_score)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -812,6 +875,27 @@ def read_predictions(
     """
     p_header, p_rows = _read_csv(predictions, "predictions")
     l_header, l_rows = _read_csv(labels, "labels")
+    prob_cols, names = _score_columns(predictions, p_header, label_columns)
+    target_cols = _target_columns(task, names, labels, l_header)
+    ids, ys, ps, rows = _match_records(predictions, p_rows, prob_cols, labels, l_rows, target_cols)
+    y = np.asarray(ys, dtype=np.float64)
+    p = np.asarray(ps, dtype=np.float64)
+    bad = ~np.isfinite(p)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"{predictions}: row {r + 2}, column {prob_cols[c]!r} is blank or not finite")
+    known = _scorable(task, y, warn=True)
+    y, p = y[known], p[known]
+    rows = [r for r, k in zip(rows, known) if k]
+    record_ids = np.asarray(ids)[known]
+    y, p, label_names = get_task(task).metric_columns(y, p, names)
+    return PredictionTable(task, record_ids, y, p, label_names, rows)
+
+
+def _score_columns(
+    predictions: str | Path, p_header: list[str], label_columns: list[str] | None
+) -> tuple[list[str], list[str]]:
+    """(probability columns of the predictions CSV, their label names), restricted to ``label_columns``."""
     prob_cols = [c for c in p_header if c.startswith("p_")]
     if prob_cols:
         names = [c[2:] for c in prob_cols]
@@ -829,26 +913,39 @@ def read_predictions(
         prob_cols, names = [prob_cols[i] for i in keep], [names[i] for i in keep]
     if not prob_cols:
         raise ValueError(f"{predictions}: no probability columns (expected p_<label> or <label> columns)")
-    if task == "multi_class":
+    return prob_cols, names
+
+
+def _target_columns(task: str, names: list[str], labels: str | Path, l_header: list[str]) -> list[str]:
+    """The labels CSV columns scored against: one per prediction, or the one class column of a multi-class task."""
+    if get_task(task).outputs_are_classes:
         stem = {n.rsplit("=", 1)[0] for n in names if "=" in n}
         if len(stem) == 1 and stem.pop() in l_header:
-            target_cols = [names[0].rsplit("=", 1)[0]]
-        else:
-            rest = [c for c in l_header if c not in _NON_SCORE_COLUMNS]
-            if len(rest) != 1:
-                raise ValueError(
-                    f"{labels}: multi_class needs one label column with class indices; "
-                    f"found {', '.join(rest[:10]) or 'none'}"
-                )
-            target_cols = rest
-    else:
-        missing = [n for n in names if n not in l_header]
-        if missing:
+            return [names[0].rsplit("=", 1)[0]]
+        rest = [c for c in l_header if c not in _NON_SCORE_COLUMNS]
+        if len(rest) != 1:
             raise ValueError(
-                f"{labels}: no label column for prediction(s) {', '.join(missing[:5])} "
-                f"(label columns: {', '.join(l_header[:10])})"
+                f"{labels}: {task} needs one label column with class indices; found {', '.join(rest[:10]) or 'none'}"
             )
-        target_cols = names
+        return rest
+    missing = [n for n in names if n not in l_header]
+    if missing:
+        raise ValueError(
+            f"{labels}: no label column for prediction(s) {', '.join(missing[:5])} "
+            f"(label columns: {', '.join(l_header[:10])})"
+        )
+    return names
+
+
+def _match_records(
+    predictions: str | Path,
+    p_rows: list[dict[str, str]],
+    prob_cols: list[str],
+    labels: str | Path,
+    l_rows: list[dict[str, str]],
+    target_cols: list[str],
+) -> tuple[list[str], list[list[float]], list[list[float]], list[dict[str, str]]]:
+    """(record ids, label values, probabilities, label rows) in prediction order; every record in both files."""
     by_id: dict[str, tuple[int, dict[str, str]]] = {}
     for i, row in enumerate(l_rows, start=2):
         by_id.setdefault(row["record_id"], (i, row))
@@ -871,27 +968,7 @@ def read_predictions(
         raise ValueError(
             f"{labels}: record {unmatched[0]!r} has no prediction in {predictions} ({len(unmatched)} unmatched)"
         )
-    y = np.asarray(ys, dtype=np.float64)
-    p = np.asarray(ps, dtype=np.float64)
-    bad = ~np.isfinite(p)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise ValueError(f"{predictions}: row {r + 2}, column {prob_cols[c]!r} is blank or not finite")
-    known = _scorable(task, y, warn=True)
-    y, p = y[known], p[known]
-    rows = [r for r, k in zip(rows, known) if k]
-    record_ids = np.asarray(ids)[known]
-    label_names: list[str] | None = names
-    if task in ("multi_class", "binary") or (task == "regression" and y.shape[1] == 1):
-        y = y[:, 0]
-        if task == "binary":
-            p = p[:, 0]
-            label_names = names[:1]
-        if task == "multi_class":
-            label_names = names
-        if task == "regression":
-            p = p[:, 0]
-    return PredictionTable(task, record_ids, y, p, label_names, rows)
+    return ids, ys, ps, rows
 
 
 def evaluate_predictions(
@@ -1001,7 +1078,7 @@ def compare_models(
     else:
         raise ValueError("compare: give --store STORE (two checkpoints) or --labels FILE (two predictions CSVs)")
     comparison = _compare(p, n_bootstrap=n_bootstrap, seed=seed, ci_method=ci_method, stratify=stratify)
-    key = "auroc" if p.task != "regression" else "mae"
+    key = get_task(p.task).main_metric
     figures = _compare_figures(comparison, key, names, out)
     note = data_note or (
         f"Both models scored on the same {len(p.y_true)} records ({p.source}). "
@@ -1071,7 +1148,8 @@ def _paired_from_store(
 def _paired_from_predictions(a: str | Path, b: str | Path, labels: str | Path, task: str) -> _PairedScores:
     """Two predictions CSVs scored against ``labels``; B's rows are put in A's record order."""
     ta = read_predictions(a, labels, task=task)
-    tb = read_predictions(b, labels, task=task, label_columns=ta.label_names if task != "multi_class" else None)
+    columns = None if get_task(task).outputs_are_classes else ta.label_names
+    tb = read_predictions(b, labels, task=task, label_columns=columns)
     order = {rid: i for i, rid in enumerate(tb.record_ids)}
     if set(order) != set(ta.record_ids.tolist()):
         raise ValueError(f"compare: {a} and {b} score different records")

@@ -35,6 +35,7 @@ import torch
 
 from .model import HubertECG
 from .preprocess import LEAD_NAMES, N_LEADS, PreprocessSpec, cut_windows, preprocess_signal, window_starts
+from .tasks import get_task
 
 __all__ = ["METHODS", "Explanation", "attribute", "explain_record", "explain_file", "resolve_label"]
 
@@ -46,8 +47,8 @@ IG_START = 1e-5
 def resolve_label(model: HubertECG, label: str | int) -> int:
     """Output index of ``label``: a label/class name of the model, or an index."""
     names = list(model.info.label_names or [])
-    if model.info.task == "multi_class" and names and len(names) == 1:
-        names = [f"{names[0]}={c}" for c in range(model.config.head.num_labels if model.config.head else 0)]
+    if len(names) == 1:  # a single name may stand for all outputs (a multi-class model saved with its label)
+        names = get_task(model.info.task).output_names(names, model.config.head.num_labels if model.config.head else 0)
     if isinstance(label, str) and label in names:
         return names.index(label)
     n_out = model.config.head.num_labels if model.config.head is not None else 0
@@ -184,8 +185,6 @@ def explain_record(
     spec: PreprocessSpec | None = None,
 ) -> Explanation:
     """Attribution of ``label`` for one raw record ``signal`` (12, n) at ``fs`` (see the module docstring)."""
-    from .tasks import get_task
-
     spec = spec or (
         PreprocessSpec.from_dict(model.info.preprocessing) if model.info.preprocessing else PreprocessSpec()
     )
@@ -228,7 +227,7 @@ def explain_record(
     share = np.abs(model_attr).sum(axis=1)
     share = share / share.sum() if share.sum() > 0 else share
     names = list(model.info.label_names or [])
-    name = names[target] if model.info.task != "multi_class" and target < len(names) else str(label)
+    name = names[target] if not get_task(model.info.task).outputs_are_classes and target < len(names) else str(label)
     return Explanation(name, target, prob, method, model_attr, float(spec.target_hz), raw_attr, float(fs), share, gap)
 
 

@@ -40,8 +40,10 @@ from typing import Any, Literal
 import numpy as np
 
 from .progress import progress
+from .tasks import MONITORS, TASKS, Task, find_task, get_task, monitor_mode, task_names
 
 __all__ = [
+    "MONITORS",
     "TASKS",
     "MetricsInputError",
     "MetricsResult",
@@ -52,10 +54,10 @@ __all__ = [
     "ece_bin_index",
     "aggregate_windows",
     "to_jsonable",
+    "monitor_mode",
+    "task_metrics",
+    "task_thresholds",
 ]
-
-TASKS = ("multi_label", "multi_class", "binary", "regression")
-Task = Literal["multi_label", "multi_class", "binary", "regression"]
 
 # Metric names, in display order. "_at_thr" variants use caller-supplied per-label thresholds.
 # "precision" is the positive predictive value (PPV); "npv" the negative predictive value.
@@ -218,7 +220,12 @@ def to_jsonable(obj: Any) -> Any:
 
 @dataclass
 class _Prepared:
-    """Validated inputs in the layout the vectorised core expects."""
+    """Validated inputs in the layout the vectorised core expects.
+
+    One subclass per score layout a task declares (:attr:`hubert_ecg.tasks.Task.scores`): per-label
+    probabilities, softmax classes, real values. Each knows its metrics, when a label is defined, how
+    records are stratified, and what it counts (positives, confusion matrix).
+    """
 
     task: str
     y: np.ndarray  # (N, L) bool for classification labels / one-hot classes, (N, D) float for regression
@@ -228,6 +235,188 @@ class _Prepared:
     # (N, L) bool: False where the label is blank (unknown; NaN in y_true). Multi-label and regression
     # only. A blank cell takes no part in that label's metrics; the record still counts for the others.
     known: np.ndarray | None = None
+
+    @classmethod
+    def build(
+        cls, task: Task, y: np.ndarray, score: np.ndarray, label_names: Sequence[str] | None, known: np.ndarray | None
+    ) -> _Prepared:
+        """Check the shapes and values of this layout (finite, blanks zeroed) and build it."""
+        raise NotImplementedError
+
+    def core(
+        self, weights: np.ndarray, thresholds: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """All metrics for every weight row: (per-label metric -> (B, L), overall metric -> (B,))."""
+        raise NotImplementedError
+
+    def ranking(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        auroc, auprc = _ranking_metrics(self.y, self.score, weights, self.known)
+        return {"auroc": auroc, "auprc": auprc}
+
+    def defined(self) -> np.ndarray:
+        """(L,) True where the label's ranking metrics are defined on the full data."""
+        known = np.ones(self.y.shape, dtype=bool) if self.known is None else self.known
+        n_pos = (self.y & known).sum(axis=0)
+        return (n_pos > 0) & (n_pos < known.sum(axis=0))
+
+    def strata(self) -> list[np.ndarray]:
+        """Record indices per stratum: class (multi-class), target (binary) or exact label set."""
+        _, inverse = np.unique(self.y, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        return [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+
+    def n_positive(self) -> np.ndarray | None:
+        """(L,) known positive cells per label / class."""
+        cells = self.y if self.known is None else self.y & self.known
+        return cells.sum(axis=0).astype(np.int64)
+
+    def confusion(self) -> np.ndarray | None:
+        return None
+
+
+class _LabelScores(_Prepared):
+    """Independent 0/1 labels, one probability each (multi-label; binary with ``single_output``)."""
+
+    @classmethod
+    def build(
+        cls, task: Task, y: np.ndarray, score: np.ndarray, label_names: Sequence[str] | None, known: np.ndarray | None
+    ) -> _Prepared:
+        if task.single_output:
+            if y.ndim != 1 or score.ndim != 1:
+                raise MetricsInputError(
+                    f"task '{task.name}' expects y_true (N,) and y_score (N,); got {y.shape} and {score.shape} "
+                    "(use task 'multi_class' for two softmax columns)"
+                )
+            y, score = y[:, None], score[:, None]
+            names = _check_names(label_names, 1, "positive")
+            if label_names is None:
+                names = ["positive"]
+        else:
+            if y.ndim != 2 or y.shape != score.shape:
+                raise MetricsInputError(
+                    f"task '{task.name}' expects y_true and y_score of the same shape (N, L); "
+                    f"got {y.shape} and {score.shape}"
+                )
+            names = _check_names(label_names, y.shape[1], "label_")
+        bad = (y != 0) & (y != 1)
+        if bad.any():
+            index = tuple(np.argwhere(bad)[0])
+            raise MetricsInputError(f"y_true must be 0/1 for task '{task.name}'; {_first_bad(bad)} holds {y[index]:g}")
+        _check_probabilities(task.name, score)
+        return cls(task.name, y.astype(bool), score, names, known=known)
+
+    def core(
+        self, weights: np.ndarray, thresholds: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        per_label = self.ranking(weights)
+        tp, fp, fn, tn = _confusion_counts(self.y, self.score >= 0.5, weights, self.known)
+        per_label.update(_threshold_metrics(tp, fp, fn, tn))
+        per_label.update(_calibration_metrics(self.y, self.score, weights, self.known))
+        if thresholds is not None:
+            tp, fp, fn, tn = _confusion_counts(self.y, self.score >= thresholds[None, :], weights, self.known)
+            for metric, values in _threshold_metrics(tp, fp, fn, tn).items():
+                per_label[f"{metric}_at_thr"] = values
+        return per_label, {}
+
+
+class _ClassScores(_Prepared):
+    """One class index per record, softmax probabilities over the classes (multi-class)."""
+
+    @classmethod
+    def build(
+        cls, task: Task, y: np.ndarray, score: np.ndarray, label_names: Sequence[str] | None, known: np.ndarray | None
+    ) -> _Prepared:
+        if y.ndim != 1 or score.ndim != 2:
+            raise MetricsInputError(
+                f"task '{task.name}' expects y_true (N,) and y_score (N, C); got {y.shape} and {score.shape}"
+            )
+        n_classes = score.shape[1]
+        if n_classes < 2:
+            raise MetricsInputError(f"task '{task.name}' needs at least 2 score columns; got {n_classes}")
+        bad = (y != np.round(y)) | (y < 0) | (y >= n_classes)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise MetricsInputError(f"y_true must hold class indices in 0..{n_classes - 1}; row {row} holds {y[row]:g}")
+        _check_probabilities(task.name, score)
+        classes = y.astype(np.int64)
+        onehot = np.zeros(score.shape, dtype=bool)
+        onehot[np.arange(len(classes)), classes] = True
+        names = _check_names(label_names, n_classes, "class_")
+        return cls(task.name, onehot, score, names, classes)
+
+    def core(
+        self, weights: np.ndarray, thresholds: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        assert self.classes is not None
+        per_label = self.ranking(weights)
+        predicted = np.zeros_like(self.y)
+        predicted[np.arange(len(self.classes)), self.score.argmax(axis=1)] = True
+        tp, fp, fn, tn = _confusion_counts(self.y, predicted, weights)
+        stats = _threshold_metrics(tp, fp, fn, tn)
+        stats.update(_calibration_metrics(self.y, self.score, weights))
+        for metric in MULTICLASS_LABEL_METRICS[2:]:
+            per_label[metric] = stats[metric]
+        total = weights.sum(axis=1)
+        # Top-label calibration: confidence = max probability, outcome = argmax was right.
+        confidence = self.score.max(axis=1, keepdims=True)
+        correct = predicted[np.arange(len(predicted)), self.classes][:, None]
+        overall = {
+            "accuracy": tp.sum(axis=1) / total,
+            # Mean recall over the classes present (sklearn's balanced_accuracy_score).
+            "balanced_accuracy": _nanmean_rows(stats["sensitivity"]),
+            # Multi-class Brier score: sum over classes of (p_c - y_c)^2, averaged over records.
+            "brier": (weights @ ((self.score - self.y) ** 2).sum(axis=1)) / total,
+            "ece_top_label": _calibration_metrics(correct, confidence, weights)["ece"][:, 0],
+        }
+        return per_label, overall
+
+    def confusion(self) -> np.ndarray | None:
+        """(C, C) counts, rows = true class, columns = argmax."""
+        assert self.classes is not None
+        n_labels = self.y.shape[1]
+        predicted = self.score.argmax(axis=1)
+        return np.bincount(self.classes * n_labels + predicted, minlength=n_labels * n_labels).reshape(
+            n_labels, n_labels
+        )
+
+
+class _ValueScores(_Prepared):
+    """Real-valued targets and predictions of the same shape (regression)."""
+
+    @classmethod
+    def build(
+        cls, task: Task, y: np.ndarray, score: np.ndarray, label_names: Sequence[str] | None, known: np.ndarray | None
+    ) -> _Prepared:
+        if y.shape != score.shape or y.ndim not in (1, 2):
+            raise MetricsInputError(
+                f"task '{task.name}' expects y_true and predictions of the same shape (N,) or (N, D); "
+                f"got {y.shape} and {score.shape}"
+            )
+        y2 = y.reshape(len(y), -1)
+        names = _check_names(label_names, y2.shape[1], "output_")
+        return cls(task.name, y2, score.reshape(len(y), -1), names, known=known)
+
+    def core(
+        self, weights: np.ndarray, thresholds: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return _regression_metrics(self.y, self.score, weights, self.known), {}
+
+    def defined(self) -> np.ndarray:
+        """(D,) True where the target is not constant (R² and Pearson r are defined)."""
+        known = np.ones(self.y.shape, dtype=bool) if self.known is None else self.known
+        low = np.where(known, self.y, np.inf).min(axis=0)
+        high = np.where(known, self.y, -np.inf).max(axis=0)
+        return high > low
+
+    def strata(self) -> list[np.ndarray]:
+        raise MetricsInputError(f"stratify=True is not supported for task '{self.task}'")
+
+    def n_positive(self) -> np.ndarray | None:
+        return None
+
+
+#: The layouts of :attr:`hubert_ecg.tasks.Task.scores`.
+_SCORE_LAYOUTS: dict[str, type[_Prepared]] = {"labels": _LabelScores, "classes": _ClassScores, "values": _ValueScores}
 
 
 def _first_bad(mask: np.ndarray) -> str:
@@ -272,9 +461,16 @@ def _check_names(label_names: Sequence[str] | None, n_labels: int, default_prefi
     return names
 
 
-def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | None) -> _Prepared:
-    if task not in TASKS:
-        raise MetricsInputError(f"unknown task '{task}'; expected one of {', '.join(TASKS)}")
+def _task(task: str | Task) -> Task:
+    """The registered task called ``task`` (a one-line MetricsInputError naming the choices otherwise)."""
+    spec = task if isinstance(task, Task) else find_task(task) if isinstance(task, str) and task else None
+    if spec is None:
+        raise MetricsInputError(f"unknown task '{task}'; expected one of {', '.join(task_names())}")
+    return spec
+
+
+def _prepare(task: str | Task, y_true: Any, y_score: Any, label_names: Sequence[str] | None) -> _Prepared:
+    spec = _task(task)
     y = _as_float_array("y_true", y_true)
     score = _as_float_array("y_score", y_score)
     if y.shape[:1] != score.shape[:1]:
@@ -284,67 +480,14 @@ def _prepare(task: str, y_true: Any, y_score: Any, label_names: Sequence[str] | 
     if y.ndim == 0 or y.shape[0] == 0:
         raise MetricsInputError("y_true is empty: nothing to evaluate")
     # Blank labels (NaN) are "unknown" for the per-label tasks; infinities are always an error.
-    blanks = np.isnan(y) if task in ("multi_label", "regression") else np.zeros(y.shape, dtype=bool)
+    blanks = np.isnan(y) if spec.blanks_allowed else np.zeros(y.shape, dtype=bool)
     _check_finite("y_true", np.where(blanks, 0.0, y))
     _check_finite("y_score", score)
     known = None
     if blanks.any():
         known = ~blanks.reshape(len(y), -1)
         y = np.where(blanks, 0.0, y)
-
-    if task == "multi_class":
-        if y.ndim != 1 or score.ndim != 2:
-            raise MetricsInputError(
-                f"task 'multi_class' expects y_true (N,) and y_score (N, C); got {y.shape} and {score.shape}"
-            )
-        n_classes = score.shape[1]
-        if n_classes < 2:
-            raise MetricsInputError(f"task 'multi_class' needs at least 2 score columns; got {n_classes}")
-        bad = (y != np.round(y)) | (y < 0) | (y >= n_classes)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise MetricsInputError(f"y_true must hold class indices in 0..{n_classes - 1}; row {row} holds {y[row]:g}")
-        _check_probabilities(task, score)
-        classes = y.astype(np.int64)
-        onehot = np.zeros(score.shape, dtype=bool)
-        onehot[np.arange(len(classes)), classes] = True
-        names = _check_names(label_names, n_classes, "class_")
-        return _Prepared(task, onehot, score, names, classes)
-
-    if task == "regression":
-        if y.shape != score.shape or y.ndim not in (1, 2):
-            raise MetricsInputError(
-                f"task 'regression' expects y_true and predictions of the same shape (N,) or (N, D); "
-                f"got {y.shape} and {score.shape}"
-            )
-        y2 = y.reshape(len(y), -1)
-        names = _check_names(label_names, y2.shape[1], "output_")
-        return _Prepared(task, y2, score.reshape(len(y), -1), names, known=known)
-
-    # multi_label and binary share the per-label machinery.
-    if task == "binary":
-        if y.ndim != 1 or score.ndim != 1:
-            raise MetricsInputError(
-                f"task 'binary' expects y_true (N,) and y_score (N,); got {y.shape} and {score.shape} "
-                "(use task 'multi_class' for two softmax columns)"
-            )
-        y, score = y[:, None], score[:, None]
-        names = _check_names(label_names, 1, "positive")
-        if label_names is None:
-            names = ["positive"]
-    else:
-        if y.ndim != 2 or y.shape != score.shape:
-            raise MetricsInputError(
-                f"task 'multi_label' expects y_true and y_score of the same shape (N, L); "
-                f"got {y.shape} and {score.shape}"
-            )
-        names = _check_names(label_names, y.shape[1], "label_")
-    bad = (y != 0) & (y != 1)
-    if bad.any():
-        index = tuple(np.argwhere(bad)[0])
-        raise MetricsInputError(f"y_true must be 0/1 for task '{task}'; {_first_bad(bad)} holds {y[index]:g}")
-    _check_probabilities(task, score)
-    return _Prepared(task, y.astype(bool), score, names, known=known)
+    return _SCORE_LAYOUTS[spec.scores].build(spec, y, score, label_names, known)
 
 
 def _check_thresholds(thresholds: Any, n_labels: int) -> np.ndarray:
@@ -522,45 +665,7 @@ def _core(
     prep: _Prepared, weights: np.ndarray, thresholds: np.ndarray | None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """All metrics for every weight row: (per-label metric -> (B, L), overall metric -> (B,))."""
-    if prep.task == "regression":
-        return _regression_metrics(prep.y, prep.score, weights, prep.known), {}
-
-    per_label: dict[str, np.ndarray] = {}
-    auroc, auprc = _ranking_metrics(prep.y, prep.score, weights, prep.known)
-    per_label["auroc"] = auroc
-    per_label["auprc"] = auprc
-
-    if prep.task == "multi_class":
-        assert prep.classes is not None
-        predicted = np.zeros_like(prep.y)
-        predicted[np.arange(len(prep.classes)), prep.score.argmax(axis=1)] = True
-        tp, fp, fn, tn = _confusion_counts(prep.y, predicted, weights)
-        stats = _threshold_metrics(tp, fp, fn, tn)
-        stats.update(_calibration_metrics(prep.y, prep.score, weights))
-        for metric in MULTICLASS_LABEL_METRICS[2:]:
-            per_label[metric] = stats[metric]
-        total = weights.sum(axis=1)
-        # Top-label calibration: confidence = max probability, outcome = argmax was right.
-        confidence = prep.score.max(axis=1, keepdims=True)
-        correct = predicted[np.arange(len(predicted)), prep.classes][:, None]
-        overall = {
-            "accuracy": tp.sum(axis=1) / total,
-            # Mean recall over the classes present (sklearn's balanced_accuracy_score).
-            "balanced_accuracy": _nanmean_rows(stats["sensitivity"]),
-            # Multi-class Brier score: sum over classes of (p_c - y_c)^2, averaged over records.
-            "brier": (weights @ ((prep.score - prep.y) ** 2).sum(axis=1)) / total,
-            "ece_top_label": _calibration_metrics(correct, confidence, weights)["ece"][:, 0],
-        }
-        return per_label, overall
-
-    tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= 0.5, weights, prep.known)
-    per_label.update(_threshold_metrics(tp, fp, fn, tn))
-    per_label.update(_calibration_metrics(prep.y, prep.score, weights, prep.known))
-    if thresholds is not None:
-        tp, fp, fn, tn = _confusion_counts(prep.y, prep.score >= thresholds[None, :], weights, prep.known)
-        for metric, values in _threshold_metrics(tp, fp, fn, tn).items():
-            per_label[f"{metric}_at_thr"] = values
-    return per_label, {}
+    return prep.core(weights, thresholds)
 
 
 def _nanmean_rows(values: np.ndarray) -> np.ndarray:
@@ -572,13 +677,7 @@ def _nanmean_rows(values: np.ndarray) -> np.ndarray:
 
 def _defined_mask(prep: _Prepared) -> np.ndarray:
     """(L,) True where the label's ranking metrics are defined on the full data."""
-    known = np.ones(prep.y.shape, dtype=bool) if prep.known is None else prep.known
-    if prep.task == "regression":
-        low = np.where(known, prep.y, np.inf).min(axis=0)
-        high = np.where(known, prep.y, -np.inf).max(axis=0)
-        return high > low
-    n_pos = (prep.y & known).sum(axis=0)
-    return (n_pos > 0) & (n_pos < known.sum(axis=0))
+    return prep.defined()
 
 
 def _macro(per_label: dict[str, np.ndarray], defined: np.ndarray) -> dict[str, np.ndarray]:
@@ -596,7 +695,7 @@ def _macro(per_label: dict[str, np.ndarray], defined: np.ndarray) -> dict[str, n
 
 
 def compute_metrics(
-    task: Task | str,
+    task: str | Task,
     y_true: Any,
     y_score: Any,
     *,
@@ -623,11 +722,12 @@ def compute_metrics(
         MetricsInputError: wrong shapes, non-finite values, labels outside {0, 1} or class range,
             or scores outside [0, 1] for classification tasks.
     """
-    prep = _prepare(task, y_true, y_score, label_names)
+    spec = _task(task)
+    prep = _prepare(spec, y_true, y_score, label_names)
     n_records, n_labels = prep.y.shape
     thr = None
     if thresholds is not None:
-        if prep.task in ("multi_class", "regression"):
+        if not spec.uses_thresholds:
             raise MetricsInputError(f"thresholds are not used by task '{prep.task}'")
         thr = _check_thresholds(thresholds, n_labels)
 
@@ -638,18 +738,6 @@ def compute_metrics(
     macro = {metric: float(values[0]) for metric, values in _macro(per_label_b, defined).items()}
     overall = {metric: float(values[0]) for metric, values in overall_b.items()}
 
-    n_positive = None
-    confusion = None
-    if prep.task != "regression":
-        cells = prep.y if prep.known is None else prep.y & prep.known
-        n_positive = cells.sum(axis=0).astype(np.int64)
-    if prep.task == "multi_class":
-        assert prep.classes is not None
-        predicted = prep.score.argmax(axis=1)
-        confusion = np.bincount(prep.classes * n_labels + predicted, minlength=n_labels * n_labels).reshape(
-            n_labels, n_labels
-        )
-
     return MetricsResult(
         task=prep.task,
         n_records=n_records,
@@ -657,10 +745,10 @@ def compute_metrics(
         per_label=per_label,
         macro=macro,
         overall=overall,
-        n_positive=n_positive,
+        n_positive=prep.n_positive(),
         undefined_labels=[name for name, ok in zip(prep.label_names, defined) if not ok],
         thresholds=thr,
-        confusion_matrix=confusion,
+        confusion_matrix=prep.confusion(),
     )
 
 
@@ -726,11 +814,7 @@ def _resample_weights(
 
 def _strata(prep: _Prepared) -> list[np.ndarray]:
     """Record indices per stratum: class (multi-class), target (binary) or exact label set."""
-    if prep.task == "regression":
-        raise MetricsInputError("stratify=True is not supported for task 'regression'")
-    _, inverse = np.unique(prep.y, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    return [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    return prep.strata()
 
 
 CI_METHODS = ("percentile", "bca")
@@ -781,32 +865,106 @@ def _summarise(
     return {"point": float(point), "lower": lower, "upper": upper, "n_used": int(finite.size)}
 
 
-def _jackknife(
-    prep: _Prepared, thr: np.ndarray | None, defined: np.ndarray
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+@dataclass
+class _Replicates:
+    """Values of every metric over many weightings of the records (bootstrap resamples, jackknife leave-outs)."""
+
+    per_label: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> (B, L)
+    macro: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> (B,)
+    overall: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> (B,)
+    _parts: tuple[dict[str, list[np.ndarray]], ...] = field(default_factory=lambda: ({}, {}, {}), repr=False)
+
+    def add(self, prep: _Prepared, weights: np.ndarray, thr: np.ndarray | None, defined: np.ndarray) -> None:
+        """Evaluate one chunk of weight rows; :meth:`join` stacks the chunks."""
+        per_label_b, overall_b = prep.core(weights, thr)
+        for parts, values in zip(self._parts, (per_label_b, _macro(per_label_b, defined), overall_b)):
+            for metric, rows in values.items():
+                parts.setdefault(metric, []).append(rows)
+
+    def join(self) -> _Replicates:
+        self.per_label, self.macro, self.overall = (
+            {m: np.concatenate(v, axis=0) for m, v in parts.items()} for parts in self._parts
+        )
+        return self
+
+
+def _jackknife(prep: _Prepared, thr: np.ndarray | None, defined: np.ndarray) -> _Replicates:
     """Leave-one-record-out values of every metric: per-label (N, L), macro (N,), overall (N,)."""
     n_records = prep.y.shape[0]
     chunk = max(1, min(n_records, _MAX_WEIGHT_CELLS // max(n_records, 1)))
-    per_label: dict[str, list[np.ndarray]] = {}
-    macro: dict[str, list[np.ndarray]] = {}
-    overall: dict[str, list[np.ndarray]] = {}
+    out = _Replicates()
     for start in range(0, n_records, chunk):
         stop = min(n_records, start + chunk)
         weights = np.ones((stop - start, n_records))
         weights[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        per_label_b, overall_b = _core(prep, weights, thr)
-        for metric, values in per_label_b.items():
-            per_label.setdefault(metric, []).append(values)
-        for metric, values in _macro(per_label_b, defined).items():
-            macro.setdefault(metric, []).append(values)
-        for metric, values in overall_b.items():
-            overall.setdefault(metric, []).append(values)
-    join = lambda parts: {m: np.concatenate(v, axis=0) for m, v in parts.items()}  # noqa: E731
-    return join(per_label), join(macro), join(overall)
+        out.add(prep, weights, thr, defined)
+    return out.join()
+
+
+def _bootstrap_replicates(
+    models: Sequence[tuple[_Prepared, np.ndarray | None]],
+    defined: np.ndarray,
+    strata: list[np.ndarray] | None,
+    n_resamples: int,
+    seed: int,
+    bar: Any = None,
+) -> list[_Replicates]:
+    """Every metric of every (prepared scores, thresholds) on the same ``n_resamples`` record resamples.
+
+    The resamples are drawn in chunks (memory bound :data:`_MAX_WEIGHT_CELLS`) from one generator seeded
+    with ``seed``; several models are evaluated on the same weights (paired bootstrap).
+    """
+    n_records = models[0][0].y.shape[0]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_resamples, _MAX_WEIGHT_CELLS // max(n_records, 1)))
+    out = [_Replicates() for _ in models]
+    done = 0
+    while done < n_resamples:
+        rows = min(chunk, n_resamples - done)
+        weights = _resample_weights(rng, n_records, rows, strata)
+        for (prep, thr), replicates in zip(models, out):
+            replicates.add(prep, weights, thr, defined)
+        done += rows
+        if bar is not None:
+            bar.update(rows)
+    return [replicates.join() for replicates in out]
+
+
+def _check_ci_settings(n_resamples: int, confidence: float | None, method: str) -> None:
+    """One-line errors for settings no interval can be computed with (``confidence`` None: not checked)."""
+    if n_resamples < 1:
+        raise MetricsInputError(f"n_resamples must be at least 1; got {n_resamples}")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise MetricsInputError(f"confidence must be in (0, 1); got {confidence}")
+    if method not in CI_METHODS:
+        raise MetricsInputError(f"unknown CI method '{method}'; expected one of {', '.join(CI_METHODS)}")
+
+
+def _intervals(
+    point: MetricsResult, samples: _Replicates, jack: _Replicates | None, confidence: float
+) -> dict[str, Any]:
+    """``{"macro", "overall", "per_label"}`` intervals of every metric (BCa where ``jack`` is given)."""
+    per_label: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(point.label_names):
+        per_label[name] = {
+            metric: _summarise(
+                point.per_label[metric][i], values[:, i], confidence, jack.per_label[metric][:, i] if jack else None
+            )
+            for metric, values in samples.per_label.items()
+        }
+    macro = {
+        metric: _summarise(point.macro[metric], values, confidence, jack.macro.get(metric) if jack else None)
+        for metric, values in samples.macro.items()
+    }
+    overall = {
+        metric: _summarise(point.overall[metric], values, confidence, jack.overall.get(metric) if jack else None)
+        for metric, values in samples.overall.items()
+    }
+    return {"macro": macro, "overall": overall, "per_label": per_label}
 
 
 def bootstrap_ci(
-    task: Task | str,
+    task: str | Task,
     y_true: Any,
     y_score: Any,
     *,
@@ -845,62 +1003,16 @@ def bootstrap_ci(
         "per_label": {label: {metric: stats}}}`` with
         ``stats = {"point", "lower", "upper", "n_used"}``.
     """
-    if n_resamples < 1:
-        raise MetricsInputError(f"n_resamples must be at least 1; got {n_resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise MetricsInputError(f"confidence must be in (0, 1); got {confidence}")
-    if method not in CI_METHODS:
-        raise MetricsInputError(f"unknown CI method '{method}'; expected one of {', '.join(CI_METHODS)}")
+    _check_ci_settings(n_resamples, confidence, method)
     point = compute_metrics(task, y_true, y_score, thresholds=thresholds, label_names=label_names)
     prep = _prepare(task, y_true, y_score, label_names)
-    thr = point.thresholds
     n_records, n_labels = prep.y.shape
-    defined = _defined_mask(prep)
-    strata = _strata(prep) if stratify else None
-
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_resamples, _MAX_WEIGHT_CELLS // max(n_records, 1)))
-    per_label_parts: dict[str, list[np.ndarray]] = {}
-    macro_parts: dict[str, list[np.ndarray]] = {}
-    overall_parts: dict[str, list[np.ndarray]] = {}
+    defined = prep.defined()
+    strata = prep.strata() if stratify else None
     bar = progress(total=n_resamples, desc="bootstrap", unit="resample", enabled=show_progress)
-    done = 0
-    while done < n_resamples:
-        rows = min(chunk, n_resamples - done)
-        weights = _resample_weights(rng, n_records, rows, strata)
-        per_label_b, overall_b = _core(prep, weights, thr)
-        for metric, values in per_label_b.items():
-            per_label_parts.setdefault(metric, []).append(values)
-        for metric, values in _macro(per_label_b, defined).items():
-            macro_parts.setdefault(metric, []).append(values)
-        for metric, values in overall_b.items():
-            overall_parts.setdefault(metric, []).append(values)
-        done += rows
-        bar.update(rows)
+    (samples,) = _bootstrap_replicates([(prep, point.thresholds)], defined, strata, n_resamples, seed, bar)
     bar.close()
-
-    per_label_samples = {m: np.concatenate(parts, axis=0) for m, parts in per_label_parts.items()}
-    jack_label: dict[str, np.ndarray] = {}
-    jack_macro: dict[str, np.ndarray] = {}
-    jack_overall: dict[str, np.ndarray] = {}
-    if method == "bca":
-        jack_label, jack_macro, jack_overall = _jackknife(prep, thr, defined)
-    per_label: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(point.label_names):
-        per_label[name] = {
-            metric: _summarise(
-                point.per_label[metric][i], samples[:, i], confidence, jack_label[metric][:, i] if jack_label else None
-            )
-            for metric, samples in per_label_samples.items()
-        }
-    macro = {
-        metric: _summarise(point.macro[metric], np.concatenate(parts), confidence, jack_macro.get(metric))
-        for metric, parts in macro_parts.items()
-    }
-    overall = {
-        metric: _summarise(point.overall[metric], np.concatenate(parts), confidence, jack_overall.get(metric))
-        for metric, parts in overall_parts.items()
-    }
+    jack = _jackknife(prep, point.thresholds, defined) if method == "bca" else None
     return {
         "method": method,
         "task": point.task,
@@ -911,9 +1023,7 @@ def bootstrap_ci(
         "n_records": n_records,
         "n_labels": n_labels,
         "undefined_labels": list(point.undefined_labels),
-        "macro": macro,
-        "overall": overall,
-        "per_label": per_label,
+        **_intervals(point, samples, jack, confidence),
     }
 
 
@@ -960,26 +1070,41 @@ def aggregate_windows(
     return unique[appearance], out
 
 
-#: Every validation metric a fine-tuning run can monitor, with its direction ("min": lower is better).
-#: The one list used by ``FinetuneOptions``, the recipes and the ``--monitor`` choices (kept here, free of
-#: torch, so that building the command line stays instant; ``tasks`` re-exports it).
-MONITORS: dict[str, str] = {
-    "loss": "min",
-    "mae": "min",
-    "rmse": "min",
-    "auroc": "max",
-    "auprc": "max",
-    "f1": "max",
-    "accuracy": "max",
-    "balanced_accuracy": "max",
-    "r2": "max",
-    "pearson_r": "max",
-}
+def task_metrics(
+    task: str | Task,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    *,
+    thresholds: Any = None,
+    label_names: Sequence[str] | None = None,
+) -> MetricsResult:
+    """:func:`compute_metrics` on store label columns (N, L), blanks dropped per label.
+
+    A record with a blank in label j is left out of label j's metrics only. Tasks that read the first
+    label column (binary, multi-class) drop records whose (one) label is blank.
+    """
+    spec = get_task(task)
+    probs = np.asarray(probs)
+    if spec.first_column_only:
+        keep = np.isfinite(labels[:, 0])
+        return compute_metrics(
+            spec, labels[keep, 0].astype(np.int64), probs[keep], thresholds=thresholds, label_names=label_names
+        )
+    # compute_metrics reads NaN labels as blank and leaves each out of its own label only.
+    return compute_metrics(spec, spec.metric_targets(labels), probs, thresholds=thresholds, label_names=label_names)
 
 
-def monitor_mode(metric: str) -> str:
-    """``"min"`` or ``"max"``: the direction of a monitor metric (unknown names are a one-line error)."""
-    try:
-        return MONITORS[metric]
-    except KeyError:
-        raise ValueError(f"unknown monitor metric {metric!r} (choose from {', '.join(MONITORS)})") from None
+def task_thresholds(task: str | Task, labels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+    """Max-F1 thresholds per label on known values only (None for tasks without thresholds)."""
+    spec = get_task(task)
+    if not spec.uses_thresholds:
+        return None
+    y = spec.metric_targets(labels)
+    if spec.first_column_only:
+        return np.atleast_1d(tune_thresholds(y, np.asarray(probs)))
+    probs = np.asarray(probs)
+    out = np.empty(y.shape[1])
+    for j in range(y.shape[1]):
+        known = np.isfinite(y[:, j])
+        out[j] = tune_thresholds(y[known, j : j + 1], probs[known, j : j + 1])[0] if known.any() else 0.5
+    return out

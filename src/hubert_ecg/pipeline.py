@@ -37,7 +37,7 @@ import torch
 from .inference import decisions, label_names, run_windows, spec_of, standard_order, stride_samples
 from .model import HubertECG
 from .preprocess import PreprocessSpec, cut_windows, preprocess_batch, window_starts
-from .tasks import probabilities
+from .tasks import get_task, probabilities
 
 __all__ = ["ECGPipeline", "Prediction", "Predictions", "embed", "embed_files", "predict"]
 
@@ -145,7 +145,7 @@ class ECGPipeline:
             self.thresholds is not None
             and self.label_names
             and self.thresholds.size != len(self.label_names)
-            and self.task in ("multi_label", "binary")
+            and get_task(self.task).uses_thresholds
         ):
             raise ValueError(f"{self.thresholds.size} thresholds for {len(self.label_names)} labels")
         self._runners: dict[str, Any] = {}  # fast engines, built on first use

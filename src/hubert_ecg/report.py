@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hubert_ecg.metrics import MetricsInputError, MetricsResult, to_jsonable
+from hubert_ecg.tasks import get_task
 
 __all__ = ["write_report", "write_compare_report", "ReportSection", "format_interval"]
 
@@ -54,18 +55,8 @@ _METRIC_LABELS = {
 
 
 def _display_name(metric: str, task: str) -> str:
-    if task == "multi_class":
-        # Multi-class predictions are argmax, not a 0.5 cut.
-        return {
-            "f1": "F1",
-            "precision": "PPV (precision)",
-            "npv": "NPV",
-            "sensitivity": "Sensitivity",
-            "specificity": "Specificity",
-            "accuracy": "Accuracy (micro)",
-            "brier": "Brier score (multi-class)",
-        }.get(metric, _METRIC_LABELS.get(metric, metric))
-    return _METRIC_LABELS.get(metric, metric)
+    """The report name of ``metric``; a task may name some differently (multi-class: argmax, not a 0.5 cut)."""
+    return get_task(task).metric_labels.get(metric, _METRIC_LABELS.get(metric, metric))
 
 
 def _fmt(value: Any) -> str:
@@ -219,6 +210,102 @@ def _facts(result: MetricsResult, ci: Mapping[str, Any] | None) -> list[str]:
     return facts
 
 
+_STYLE = (
+    "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+    "th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left}th{background:#f2f2f2}"
+    ".note{background:#fff4d6;border-left:6px solid #e0a800;padding:0.8em 1em;font-size:1.1em}"
+    "img{max-width:100%;border:1px solid #ddd}</style></head><body>"
+)
+
+
+def _markdown_page(title: str, data_note: str, facts: list[str], body: list[str], extra: Mapping[str, Any]) -> str:
+    """Heading, the data note, the facts, ``body`` lines and the details table, as Markdown."""
+    md = [f"# {title}", "", f"> **Note:** {data_note.strip()}", ""] + [f"- {fact}" for fact in facts] + [""]
+    md += body
+    if extra:
+        md += ["## Details", "", _md_table(["item", "value"], _extra_rows(extra)), ""]
+    return "\n".join(md)
+
+
+def _html_page(title: str, data_note: str, facts: list[str], body: list[str], extra: Mapping[str, Any]) -> str:
+    """The same page as :func:`_markdown_page` in self-contained HTML (``body`` is HTML parts)."""
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        _STYLE,
+        f"<h1>{esc(title)}</h1>",
+        f'<div class="note"><strong>Note:</strong> {esc(data_note.strip())}</div>',
+        "<ul>" + "".join(f"<li>{esc(fact)}</li>" for fact in facts) + "</ul>",
+    ]
+    parts += body
+    if extra:
+        parts += ["<h2>Details</h2>", _html_table(["item", "value"], _extra_rows(extra))]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _check_note(data_note: str, what: str) -> None:
+    if not data_note or not data_note.strip():
+        raise MetricsInputError(f"data_note is empty: say what data and {what} the numbers describe")
+
+
+def _report_sections(
+    result: MetricsResult, ci: Mapping[str, Any] | None, plots: Mapping[str, str | Path]
+) -> list[ReportSection]:
+    """The standard parts of an evaluation report: summary, plots, per-label table, confusion matrix."""
+    summary_header = ["metric", "value", f"{int(round(100 * ci['confidence']))} % CI" if ci else "CI", "resamples used"]
+    out = [ReportSection("Summary", summary_header, _summary_rows(result, ci))]
+    if plots:
+        out.append(ReportSection("Plots", [], [], plots={k: Path(v) for k, v in plots.items()}))
+    out.append(ReportSection("Per label", *_per_label_table(result, ci)))
+    if result.confusion_matrix is not None:
+        cm_header = ["true \\ predicted"] + list(result.label_names)
+        cm_rows = [
+            [name] + [str(int(v)) for v in row] for name, row in zip(result.label_names, result.confusion_matrix)
+        ]
+        out.append(ReportSection("Confusion matrix", cm_header, cm_rows))
+    return out
+
+
+def _report_markdown(out: Path, result: MetricsResult, parts: list[ReportSection]) -> list[str]:
+    md = parts[0].markdown(out)
+    if get_task(result.task).probabilistic:
+        md += [
+            "Macro values average only the labels listed as defined; "
+            "AUROC/AUPRC of a label without positives is undefined, not 0.",
+            "",
+        ]
+    for section in parts[1:]:
+        md += section.markdown(out)
+    return md
+
+
+def _write_metrics_files(
+    out: Path,
+    title: str,
+    data_note: str,
+    result: MetricsResult,
+    ci: Mapping[str, Any] | None,
+    extra: Mapping[str, Any],
+    details: Mapping[str, Any] | None,
+) -> None:
+    """metrics.json (metrics, intervals, extra, details) and metrics_per_label.csv."""
+    payload = {
+        "title": title,
+        "data_note": data_note.strip(),
+        "metrics": result.to_dict(),
+        "confidence_intervals": to_jsonable(ci) if ci else None,
+        "extra": to_jsonable(extra),
+    }
+    if details:
+        payload["details"] = to_jsonable(details)
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    result.write_csv(out / "metrics_per_label.csv")
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -248,8 +335,7 @@ def write_report(
     Returns:
         Path of report.html (report.md and the metrics files lie next to it).
     """
-    if not data_note or not data_note.strip():
-        raise MetricsInputError("data_note is empty: say what data and model the numbers describe")
+    _check_note(data_note, "model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = dict(plots or {})
@@ -257,88 +343,96 @@ def write_report(
     for caption, plot_path in plots.items():
         if not Path(plot_path).is_file():
             raise MetricsInputError(f"plot '{caption}' not found: {plot_path}")
-
-    summary_header = ["metric", "value", f"{int(round(100 * ci['confidence']))} % CI" if ci else "CI", "resamples used"]
-    summary_rows = _summary_rows(metrics_result, ci)
-    label_header, label_rows = _per_label_table(metrics_result, ci)
     facts = _facts(metrics_result, ci)
-
-    # ---- Markdown
-    md = [f"# {title}", "", f"> **Note:** {data_note.strip()}", ""]
-    md += [f"- {fact}" for fact in facts]
-    md += ["", "## Summary", "", _md_table(summary_header, summary_rows), ""]
-    if metrics_result.task != "regression":
-        md += [
-            "Macro values average only the labels listed as defined; "
-            "AUROC/AUPRC of a label without positives is undefined, not 0.",
-            "",
-        ]
-    if plots:
-        md += ["## Plots", ""]
-        for caption, plot_path in plots.items():
-            rel = Path(os.path.relpath(Path(plot_path).resolve(), out.resolve())).as_posix()
-            md += [f"### {caption}", "", f"![{caption}]({rel})", ""]
-    md += ["## Per label", "", _md_table(label_header, label_rows), ""]
-    if metrics_result.confusion_matrix is not None:
-        cm_header = ["true \\ predicted"] + list(metrics_result.label_names)
-        cm_rows = [
-            [name] + [str(int(v)) for v in row]
-            for name, row in zip(metrics_result.label_names, metrics_result.confusion_matrix)
-        ]
-        md += ["## Confusion matrix", "", _md_table(cm_header, cm_rows), ""]
-    sections = list(sections or [])
-    for section in sections:
-        md += section.markdown(out)
-    if extra:
-        md += ["## Details", "", _md_table(["item", "value"], _extra_rows(extra)), ""]
-    (out / "report.md").write_text("\n".join(md))
-
-    # ---- HTML (self-contained)
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-        "th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left}th{background:#f2f2f2}"
-        ".note{background:#fff4d6;border-left:6px solid #e0a800;padding:0.8em 1em;font-size:1.1em}"
-        "img{max-width:100%;border:1px solid #ddd}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        f'<div class="note"><strong>Note:</strong> {esc(data_note.strip())}</div>',
-        "<ul>" + "".join(f"<li>{esc(fact)}</li>" for fact in facts) + "</ul>",
-        "<h2>Summary</h2>",
-        _html_table(summary_header, summary_rows),
-    ]
-    if plots:
-        parts.append("<h2>Plots</h2>")
-        for caption, plot_path in plots.items():
-            encoded = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
-            parts.append(f'<h3>{esc(caption)}</h3><img alt="{esc(caption)}" src="data:image/png;base64,{encoded}">')
-    parts += ["<h2>Per label</h2>", _html_table(label_header, label_rows)]
-    if metrics_result.confusion_matrix is not None:
-        parts += ["<h2>Confusion matrix</h2>", _html_table(cm_header, cm_rows)]
-    for section in sections:
-        parts += section.html()
-    if extra:
-        parts += ["<h2>Details</h2>", _html_table(["item", "value"], _extra_rows(extra))]
-    parts.append("</body></html>")
+    parts = _report_sections(metrics_result, ci, plots) + list(sections or [])
+    md = _report_markdown(out, metrics_result, parts)
+    (out / "report.md").write_text(_markdown_page(title, data_note, facts, md, extra))
+    body = [line for section in parts for line in section.html()]
     html_path = out / "report.html"
-    html_path.write_text("\n".join(parts), encoding="utf-8")
-
-    # ---- Machine-readable copies
-    payload = {
-        "title": title,
-        "data_note": data_note.strip(),
-        "metrics": metrics_result.to_dict(),
-        "confidence_intervals": to_jsonable(ci) if ci else None,
-        "extra": to_jsonable(extra),
-    }
-    if details:
-        payload["details"] = to_jsonable(details)
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
-    metrics_result.write_csv(out / "metrics_per_label.csv")
+    html_path.write_text(_html_page(title, data_note, facts, body, extra), encoding="utf-8")
+    _write_metrics_files(out, title, data_note, metrics_result, ci, extra, details)
     return html_path
+
+
+def _compare_facts(res_a: MetricsResult, paired: Mapping[str, Any], names: tuple[str, str]) -> list[str]:
+    method = {"bca": "BCa"}.get(paired["method"], paired["method"])
+    facts = [
+        f"A = {names[0]}",
+        f"B = {names[1]}",
+        f"Task: {res_a.task}; records (the same for both): {res_a.n_records}; labels: {len(res_a.label_names)}",
+        f"Intervals: {method} bootstrap, {int(round(100 * paired['confidence']))} %, {paired['n_resamples']} "
+        f"paired resamples (both models scored on the same resampled records), seed {paired['seed']}, "
+        f"stratified: {'yes' if paired['stratify'] else 'no'}; p = two-sided bootstrap p-value of B - A",
+    ]
+    if res_a.undefined_labels:
+        facts.append(f"Labels left out of macro averages: {', '.join(res_a.undefined_labels)}")
+    return facts
+
+
+def _compare_summary(comparison: Mapping[str, Any], names: tuple[str, str]) -> ReportSection:
+    """Both models' overall and macro metrics with CIs, and their paired differences."""
+    task, ci_a, ci_b, paired = comparison["a"].task, comparison["ci_a"], comparison["ci_b"], comparison["paired"]
+    rows = []
+    for group in ("overall", "macro"):
+        for metric, diff in paired[group].items():
+            name = _display_name(metric, task)
+            p_value = diff["p_value"]
+            rows.append(
+                [
+                    name if group == "overall" else f"macro {name}",
+                    format_interval(ci_a[group].get(metric)),
+                    format_interval(ci_b[group].get(metric)),
+                    format_interval(diff, "difference", signed=True),
+                    "" if p_value is None or not math.isfinite(p_value) else f"{p_value:.3g}",
+                ]
+            )
+    header = ["metric", f"A: {names[0]}", f"B: {names[1]}", "B - A", "p (bootstrap)"]
+    return ReportSection("Summary: both models and their paired difference", header, rows)
+
+
+def _delong_section(delong: Mapping[str, Any]) -> ReportSection | None:
+    rows = [
+        [
+            name,
+            f"{d['auroc_a']:.3f}",
+            f"{d['auroc_b']:.3f}",
+            f"{d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]",
+            f"{d['z']:.2f}",
+            f"{d['p_value']:.3g}",
+        ]
+        for name, d in delong.items()
+    ]
+    if not rows:
+        return None
+    return ReportSection(
+        "DeLong's test for AUROC",
+        ["label", "AUROC A", "AUROC B", "B - A [95 % CI]", "z", "p (DeLong)"],
+        rows,
+        intro="DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves on the same records "
+        "(fast midrank algorithm of Sun & Xu 2014); normal-approximation interval and p-value.",
+    )
+
+
+def _compare_per_label(comparison: Mapping[str, Any], plots: Mapping[str, str | Path] | None) -> ReportSection:
+    """The task's main metric per label for A and B, and the paired difference."""
+    res_a, ci_a, ci_b, paired = comparison["a"], comparison["ci_a"], comparison["ci_b"], comparison["paired"]
+    main_metric = get_task(res_a.task).main_metric
+    rows = [
+        [
+            name,
+            format_interval(ci_a["per_label"][name].get(main_metric)),
+            format_interval(ci_b["per_label"][name].get(main_metric)),
+            format_interval(paired["per_label"][name].get(main_metric), "difference", signed=True),
+        ]
+        for name in res_a.label_names
+    ]
+    display = _display_name(main_metric, res_a.task)
+    return ReportSection(
+        f"Per label ({display})",
+        ["label", f"{display} A", "B", "B - A (paired bootstrap)"],
+        rows,
+        plots={k: Path(v) for k, v in (plots or {}).items()},
+    )
 
 
 def write_compare_report(
@@ -357,120 +451,29 @@ def write_compare_report(
     ``comparison`` is the output of :func:`hubert_ecg.compare.compare_scores`. Writes
     ``compare.html``, ``compare.md`` and ``comparison.json`` into ``out_dir``; returns the HTML path.
     """
-    if not data_note or not data_note.strip():
-        raise MetricsInputError("data_note is empty: say what data and models the numbers describe")
+    _check_note(data_note, "models")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res_a, res_b = comparison["a"], comparison["b"]
-    ci_a, ci_b, paired, delong = comparison["ci_a"], comparison["ci_b"], comparison["paired"], comparison["delong"]
-    a_name, b_name = names
-    method = {"bca": "BCa"}.get(paired["method"], paired["method"])
-    facts = [
-        f"A = {a_name}",
-        f"B = {b_name}",
-        f"Task: {res_a.task}; records (the same for both): {res_a.n_records}; labels: {len(res_a.label_names)}",
-        f"Intervals: {method} bootstrap, {int(round(100 * paired['confidence']))} %, {paired['n_resamples']} "
-        f"paired resamples (both models scored on the same resampled records), seed {paired['seed']}, "
-        f"stratified: {'yes' if paired['stratify'] else 'no'}; p = two-sided bootstrap p-value of B - A",
-    ]
-    if res_a.undefined_labels:
-        facts.append(f"Labels left out of macro averages: {', '.join(res_a.undefined_labels)}")
-    header = ["metric", f"A: {a_name}", f"B: {b_name}", "B - A", "p (bootstrap)"]
-    rows = []
-    for group in ("overall", "macro"):
-        for metric, diff in paired[group].items():
-            name = _display_name(metric, res_a.task)
-            label = name if group == "overall" else f"macro {name}"
-            p_value = diff["p_value"]
-            rows.append(
-                [
-                    label,
-                    format_interval(ci_a[group].get(metric)),
-                    format_interval(ci_b[group].get(metric)),
-                    format_interval(diff, "difference", signed=True),
-                    "" if p_value is None or not math.isfinite(p_value) else f"{p_value:.3g}",
-                ]
-            )
-    delong_header = ["label", "AUROC A", "AUROC B", "B - A [95 % CI]", "z", "p (DeLong)"]
-    delong_rows = [
-        [
-            name,
-            f"{d['auroc_a']:.3f}",
-            f"{d['auroc_b']:.3f}",
-            f"{d['difference']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]",
-            f"{d['z']:.2f}",
-            f"{d['p_value']:.3g}",
-        ]
-        for name, d in delong.items()
-    ]
-    main_metric = "auroc" if res_a.task != "regression" else "mae"
-    label_header = ["label", f"{_display_name(main_metric, res_a.task)} A", "B", "B - A (paired bootstrap)"]
-    label_rows = [
-        [
-            name,
-            format_interval(ci_a["per_label"][name].get(main_metric)),
-            format_interval(ci_b["per_label"][name].get(main_metric)),
-            format_interval(paired["per_label"][name].get(main_metric), "difference", signed=True),
-        ]
-        for name in res_a.label_names
-    ]
-    sections = [ReportSection("Summary: both models and their paired difference", header, rows)]
-    if delong_rows:
-        sections.append(
-            ReportSection(
-                "DeLong's test for AUROC",
-                delong_header,
-                delong_rows,
-                intro="DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves on the same records "
-                "(fast midrank algorithm of Sun & Xu 2014); normal-approximation interval and p-value.",
-            )
-        )
-    sections.append(
-        ReportSection(
-            f"Per label ({_display_name(main_metric, res_a.task)})",
-            label_header,
-            label_rows,
-            plots={k: Path(v) for k, v in (plots or {}).items()},
-        )
-    )
-    md = [f"# {title}", "", f"> **Note:** {data_note.strip()}", ""] + [f"- {f}" for f in facts] + [""]
-    for section in sections:
-        md += section.markdown(out)
-    if extra:
-        md += ["## Details", "", _md_table(["item", "value"], _extra_rows(extra)), ""]
-    (out / "compare.md").write_text("\n".join(md))
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-        "th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left}th{background:#f2f2f2}"
-        ".note{background:#fff4d6;border-left:6px solid #e0a800;padding:0.8em 1em;font-size:1.1em}"
-        "img{max-width:100%;border:1px solid #ddd}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        f'<div class="note"><strong>Note:</strong> {esc(data_note.strip())}</div>',
-        "<ul>" + "".join(f"<li>{esc(f)}</li>" for f in facts) + "</ul>",
-    ]
-    for section in sections:
-        parts += section.html()
-    if extra:
-        parts += ["<h2>Details</h2>", _html_table(["item", "value"], _extra_rows(extra))]
-    parts.append("</body></html>")
+    facts = _compare_facts(comparison["a"], comparison["paired"], names)
+    delong = _delong_section(comparison["delong"])
+    sections = [_compare_summary(comparison, names)] + ([delong] if delong else [])
+    sections.append(_compare_per_label(comparison, plots))
+    md = [line for section in sections for line in section.markdown(out)]
+    (out / "compare.md").write_text(_markdown_page(title, data_note, facts, md, extra or {}))
+    body = [line for section in sections for line in section.html()]
     html_path = out / "compare.html"
-    html_path.write_text("\n".join(parts), encoding="utf-8")
+    html_path.write_text(_html_page(title, data_note, facts, body, extra or {}), encoding="utf-8")
     payload = {
         "title": title,
         "data_note": data_note.strip(),
-        "a": a_name,
-        "b": b_name,
-        "metrics_a": res_a.to_dict(),
-        "metrics_b": res_b.to_dict(),
-        "ci_a": ci_a,
-        "ci_b": ci_b,
-        "paired_difference_b_minus_a": paired,
-        "delong": delong,
+        "a": names[0],
+        "b": names[1],
+        "metrics_a": comparison["a"].to_dict(),
+        "metrics_b": comparison["b"].to_dict(),
+        "ci_a": comparison["ci_a"],
+        "ci_b": comparison["ci_b"],
+        "paired_difference_b_minus_a": comparison["paired"],
+        "delong": comparison["delong"],
         "extra": dict(extra or {}),
     }
     (out / "comparison.json").write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import bootstrap_ci, compute_metrics
+from .tasks import get_task
 
 __all__ = ["group_values", "subgroup_results", "MAX_NUMERIC_LEVELS", "MIN_GROUP_RECORDS", "AGE_BANDS"]
 
@@ -125,6 +126,7 @@ def subgroup_results(
     "overall": {...}, "per_label": {...}, "note": str | None}}}}`` where ``stats`` is as in
     :func:`hubert_ecg.metrics.bootstrap_ci` (``lower``/``upper`` NaN without an interval).
     """
+    spec = get_task(task)
     y = np.asarray(y_true)
     score = np.asarray(y_score)
     out: dict[str, Any] = {}
@@ -136,7 +138,7 @@ def subgroup_results(
         for group in _order(groups.tolist()):
             rows = np.flatnonzero(groups == group)
             yg, sg = y[rows], score[rows]
-            n_pos = None if task == "regression" else np.asarray(yg).reshape(len(rows), -1).sum(axis=0).tolist()
+            n_pos = np.asarray(yg).reshape(len(rows), -1).sum(axis=0).tolist() if spec.probabilistic else None
             info: dict[str, Any] = {"n_records": int(len(rows)), "n_positive": n_pos, "note": None}
             if len(rows) < MIN_GROUP_RECORDS or n_resamples <= 0:
                 point = compute_metrics(task, yg, sg, label_names=label_names, thresholds=thresholds)

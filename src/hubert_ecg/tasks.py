@@ -22,19 +22,28 @@ regression    targets (D)  MSE or Huber    identity / none             mae (lowe
 Blank labels (NaN) mean "unknown": multi-label and regression leave a blank out of that label's loss
 and that label's metrics only (the record still counts for its other labels); binary and multi-class
 read the first label column and refuse blanks.
+
+Everything that differs between tasks is declared here, as class attributes and methods, and every
+other module asks the task object (no module outside this one compares task names). The metrics side
+(:mod:`hubert_ecg.metrics`: ``compute_metrics``, ``task_metrics``, ``task_thresholds``) reads the
+``scores`` layout, ``single_output``, ``blanks_allowed`` and ``uses_thresholds`` of a task; reports and
+comparisons read ``main_metric``, ``probabilistic`` and ``metric_labels``; calibration reads
+``calibrator``. This module imports neither torch nor the metrics (torch is imported inside the loss and
+probability methods), so the NumPy-only layers (metrics, ONNX deployment) can use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .config import TASKS
-from .metrics import MONITORS, MetricsResult, compute_metrics, monitor_mode, tune_thresholds
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MONITORS",
@@ -45,28 +54,49 @@ __all__ = [
     "RegressionTask",
     "Task",
     "get_task",
+    "find_task",
     "monitor_mode",
     "probabilities",
+    "register_task",
+    "task_names",
 ]
+
+#: Validation metrics where lower is better; every other monitor metric is better when higher.
+LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse"})
 
 
 class Task:
     """The behaviour of one task; see the module docstring. Instances come from :func:`get_task`.
 
     The base class is the per-label (sigmoid) behaviour; each task overrides what differs. A new task is a
-    subclass plus one registry entry.
+    subclass plus one :func:`register_task` call.
     """
 
     name: str = ""
     monitor: str = "auroc"  # default validation metric
+    main_metric: str = "auroc"  # headline metric of reports, extra sections and model comparisons
     monitors: tuple[str, ...] = ("loss", "auroc", "auprc", "f1", "accuracy")  # metrics its validation produces
     uses_thresholds: bool = True  # per-label decision thresholds tuned on validation
     first_column_only: bool = False  # reads the first label column only (binary, multi_class)
     blanks_allowed: bool = True  # NaN = unknown label, masked per label
     activation: str | None = "sigmoid"  # "sigmoid", "softmax" or None (identity), as exported
+    # How metrics read y_true / y_score (see hubert_ecg.metrics): "labels" = one probability per 0/1 label,
+    # "classes" = softmax over the classes of one label, "values" = real-valued predictions.
+    scores: str = "labels"
+    single_output: bool = False  # metrics take y_true (N,) and y_score (N,): one label, one probability
+    outputs_are_classes: bool = False  # the head's outputs are the classes of one label column ("NAME=c")
+    # evaluation refuses a store whose label columns are not the head's outputs one to one (and warns on names)
+    checks_label_columns: bool = False
+    calibrator: str | None = "platt"  # post-hoc calibration of its probabilities: "platt", "temperature" or None
+    metric_labels: Mapping[str, str] = MappingProxyType({})  # report names that differ for this task
 
     def __repr__(self) -> str:
         return f"get_task({self.name!r})"
+
+    @property
+    def probabilistic(self) -> bool:
+        """Whether its outputs are probabilities (ranking metrics, positives, ROC and reliability plots, DeLong)."""
+        return self.activation is not None
 
     # ---- labels ---------------------------------------------------------------------------------
     def label_columns(self, labels: np.ndarray) -> np.ndarray:
@@ -92,6 +122,16 @@ class Task:
         """Store label columns (N, L) -> the ``y_true`` shape of :func:`~hubert_ecg.metrics.compute_metrics`."""
         return labels[:, 0].astype(np.int64) if self.first_column_only else labels
 
+    def metric_label_names(self, label_names: Sequence[str]) -> list[str] | None:
+        """The model's label names -> the ``label_names`` its metrics take (None: the metrics' defaults)."""
+        return list(label_names)
+
+    def metric_columns(
+        self, y: np.ndarray, p: np.ndarray, names: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Label and prediction columns (N, K) read from CSV files -> metric shapes and names."""
+        return y, p, names
+
     # ---- training -------------------------------------------------------------------------------
     def training_weights(
         self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool, n_outputs: int | None = None
@@ -102,6 +142,8 @@ class Task:
         ``N / (C * count)`` per class index (sklearn's "balanced"), one per head output: ``n_outputs``
         (the class count of the whole store) covers a class that no training row has (count taken as 1).
         """
+        import torch
+
         if not pos_weight:
             return None, None
         labels = self.label_columns(train_labels)
@@ -123,6 +165,9 @@ class Task:
         Per-label tasks average over the known (record, label) cells only, so a blank label removes that
         cell and nothing else.
         """
+        import torch
+        import torch.nn.functional as F
+
         if pos_weight is not None:
             pos_weight = pos_weight.to(logits.device)
         per = F.binary_cross_entropy_with_logits(
@@ -133,51 +178,21 @@ class Task:
     # ---- outputs --------------------------------------------------------------------------------
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> what metrics take (sigmoid here; softmax, one column or identity in subclasses)."""
+        import torch
+
         return torch.sigmoid(logits.float())
 
     def decisions(self, probs: np.ndarray, thresholds: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
         """0/1 decisions for probabilities ``(..., L)`` at ``thresholds`` (0.5 when None)."""
         probs = np.asarray(probs)
-        limit = np.asarray(thresholds if thresholds is not None and len(thresholds) else 0.5, dtype=np.float64)
+        limit = np.asarray(thresholds if thresholds is not None and np.size(thresholds) else 0.5, dtype=np.float64)
         return (probs >= limit).astype(np.int64)
-
-    # ---- metrics --------------------------------------------------------------------------------
-    def metrics(
-        self, labels: np.ndarray, probs: np.ndarray, *, thresholds: Any = None, label_names: Sequence[str] | None = None
-    ) -> MetricsResult:
-        """:func:`~hubert_ecg.metrics.compute_metrics` on store label columns, blanks dropped per label.
-
-        A record with a blank in label j is left out of label j's metrics only. Binary and multi-class
-        drop records whose (one) label is blank.
-        """
-        probs = np.asarray(probs)
-        if self.first_column_only:
-            keep = np.isfinite(labels[:, 0])
-            return compute_metrics(
-                self.name, labels[keep, 0].astype(np.int64), probs[keep], thresholds=thresholds, label_names=label_names
-            )
-        # compute_metrics reads NaN labels as blank and leaves each out of its own label only.
-        return compute_metrics(
-            self.name, self.metric_targets(labels), probs, thresholds=thresholds, label_names=label_names
-        )
-
-    def tune_thresholds(self, labels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
-        """Max-F1 thresholds per label on known values only (None for tasks without thresholds)."""
-        if not self.uses_thresholds:
-            return None
-        y = self.metric_targets(labels)
-        if self.first_column_only:
-            return np.atleast_1d(tune_thresholds(y, np.asarray(probs)))
-        probs = np.asarray(probs)
-        out = np.empty(y.shape[1])
-        for j in range(y.shape[1]):
-            known = np.isfinite(y[:, j])
-            out[j] = tune_thresholds(y[known, j : j + 1], probs[known, j : j + 1])[0] if known.any() else 0.5
-        return out
 
 
 def _known_mean(per: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean of per-cell losses over the cells whose label is known (finite)."""
+    import torch
+
     known = torch.isfinite(labels)
     return (per * known).sum() / known.sum().clamp(min=1)
 
@@ -186,6 +201,7 @@ class MultiLabelTask(Task):
     """Independent 0/1 labels: one sigmoid output per label column, BCE, thresholds per label."""
 
     name = "multi_label"
+    checks_label_columns = True
 
 
 class BinaryTask(Task):
@@ -194,12 +210,21 @@ class BinaryTask(Task):
     name = "binary"
     first_column_only = True
     blanks_allowed = False
+    single_output = True
 
     def num_outputs(self, labels: np.ndarray) -> int:
         return 1
 
     def output_names(self, label_names: Sequence[str], n_outputs: int) -> list[str]:
         return list(label_names)[:1]
+
+    def metric_label_names(self, label_names: Sequence[str]) -> list[str] | None:
+        return list(label_names)[:1] or None
+
+    def metric_columns(
+        self, y: np.ndarray, p: np.ndarray, names: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        return y[:, 0], p[:, 0], names[:1]
 
     def loss(
         self,
@@ -210,11 +235,15 @@ class BinaryTask(Task):
         class_weight: torch.Tensor | None = None,
         kind: str = "auto",
     ) -> torch.Tensor:
+        import torch.nn.functional as F
+
         if pos_weight is not None:
             pos_weight = pos_weight.to(logits.device)
         return F.binary_cross_entropy_with_logits(logits.float()[:, 0], labels[:, 0].float(), pos_weight=pos_weight)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.sigmoid(logits.float()[:, 0])  # (B,), as the labels it is scored against
 
 
@@ -227,6 +256,21 @@ class MultiClassTask(Task):
     first_column_only = True
     blanks_allowed = False
     activation = "softmax"
+    scores = "classes"
+    outputs_are_classes = True
+    calibrator = "temperature"
+    # its decisions are the argmax, not a 0.5 cut
+    metric_labels = MappingProxyType(
+        {
+            "f1": "F1",
+            "precision": "PPV (precision)",
+            "npv": "NPV",
+            "sensitivity": "Sensitivity",
+            "specificity": "Specificity",
+            "accuracy": "Accuracy (micro)",
+            "brier": "Brier score (multi-class)",
+        }
+    )
 
     def num_outputs(self, labels: np.ndarray) -> int:
         column = labels[:, 0]
@@ -241,9 +285,19 @@ class MultiClassTask(Task):
         bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
         return bad, "multi_class labels must be class indices 0, 1, 2 ... (no blanks)"
 
+    def metric_label_names(self, label_names: Sequence[str]) -> list[str] | None:
+        return None
+
+    def metric_columns(
+        self, y: np.ndarray, p: np.ndarray, names: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        return y[:, 0], p, names
+
     def training_weights(
         self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool, n_outputs: int | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        import torch
+
         if not class_weights:
             return None, None
         classes = max(n_outputs or 0, self.num_outputs(train_labels))
@@ -260,6 +314,8 @@ class MultiClassTask(Task):
         class_weight: torch.Tensor | None = None,
         kind: str = "auto",
     ) -> torch.Tensor:
+        import torch.nn.functional as F
+
         if class_weight is not None:
             class_weight = class_weight.to(logits.device)
         return F.cross_entropy(logits.float(), labels[:, 0].long(), weight=class_weight)
@@ -279,15 +335,23 @@ class RegressionTask(Task):
 
     name = "regression"
     monitor = "mae"
+    main_metric = "mae"
     monitors = ("loss", "mae", "rmse", "r2", "pearson_r")
     uses_thresholds = False
     activation = None
+    scores = "values"
+    calibrator = None
 
     def invalid_labels(self, values: np.ndarray) -> tuple[np.ndarray, str]:
         return np.isinf(values), "regression targets must be finite (blank = unknown)"
 
     def metric_targets(self, labels: np.ndarray) -> np.ndarray:
         return labels[:, 0] if labels.shape[1] == 1 else labels
+
+    def metric_columns(
+        self, y: np.ndarray, p: np.ndarray, names: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        return (y[:, 0], p[:, 0], names) if y.shape[1] == 1 else (y, p, names)
 
     def training_weights(
         self, train_labels: np.ndarray, *, pos_weight: bool, class_weights: bool, n_outputs: int | None = None
@@ -304,6 +368,9 @@ class RegressionTask(Task):
         kind: str = "auto",
     ) -> torch.Tensor:
         """MSE, or Huber with ``kind="huber"``, over the known cells."""
+        import torch
+        import torch.nn.functional as F
+
         target = torch.nan_to_num(labels.float())
         loss_fn = F.huber_loss if kind == "huber" else F.mse_loss
         return _known_mean(loss_fn(logits.float(), target, reduction="none"), labels)
@@ -316,20 +383,57 @@ class RegressionTask(Task):
         return np.full(np.shape(probs), -1, dtype=np.int64)
 
 
-_REGISTRY: dict[str, Task] = {
-    task.name: task for task in (MultiLabelTask(), MultiClassTask(), BinaryTask(), RegressionTask())
-}
+_REGISTRY: dict[str, Task] = {}
+
+#: Every validation metric a fine-tuning run can monitor, with its direction ("min": lower is better): the
+#: union of the registered tasks' ``monitors`` (lower-is-better first). The one list used by
+#: ``FinetuneOptions``, the recipes and the ``--monitor`` choices; updated in place by :func:`register_task`.
+MONITORS: dict[str, str] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to the registry (by its ``name``) and its monitor metrics to :data:`MONITORS`."""
+    if not task.name:
+        raise ValueError(f"{type(task).__name__} has no name")
+    _REGISTRY[task.name] = task
+    metrics = dict.fromkeys(m for t in _REGISTRY.values() for m in t.monitors)
+    ordered = sorted(metrics, key=lambda m: m not in LOWER_IS_BETTER)  # stable: keeps first appearance order
+    MONITORS.clear()
+    MONITORS.update({m: "min" if m in LOWER_IS_BETTER else "max" for m in ordered})
+    return task
+
+
+for _task in (MultiLabelTask(), MultiClassTask(), BinaryTask(), RegressionTask()):
+    register_task(_task)
 assert tuple(_REGISTRY) == TASKS  # one list of tasks (config.TASKS is what checkpoints are checked against)
+
+
+def task_names() -> tuple[str, ...]:
+    """Names of the registered tasks, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def find_task(name: str | Task | None) -> Task | None:
+    """Like :func:`get_task`, but None for a name that is not registered."""
+    if isinstance(name, Task):
+        return name
+    return _REGISTRY.get(name or "multi_label")
 
 
 def get_task(name: str | Task | None) -> Task:
     """The :class:`Task` called ``name`` (None = multi_label, what a model without a recorded task is)."""
-    if isinstance(name, Task):
-        return name
+    task = find_task(name)
+    if task is None:
+        raise ValueError(f"unknown task {name!r} (choose from {', '.join(_REGISTRY)})")
+    return task
+
+
+def monitor_mode(metric: str) -> str:
+    """``"min"`` or ``"max"``: the direction of a monitor metric (unknown names are a one-line error)."""
     try:
-        return _REGISTRY[name or "multi_label"]
+        return MONITORS[metric]
     except KeyError:
-        raise ValueError(f"unknown task {name!r} (choose from {', '.join(TASKS)})") from None
+        raise ValueError(f"unknown monitor metric {metric!r} (choose from {', '.join(MONITORS)})") from None
 
 
 def probabilities(task: str | Task, logits: torch.Tensor) -> torch.Tensor:
