@@ -71,3 +71,47 @@ def test_saved_platt_calibration_is_applied_and_decisions_stay(checkpoint: Path,
     opted_out = _predict(checkpoint, records, tmp_path / "off.csv", use_saved_calibration=False)
     np.testing.assert_allclose(opted_out["p_a"], raw["p_a"], rtol=1e-6)
     assert str(opted_out["calibration"]) == ""
+
+
+def test_calibrated_thresholds_keep_every_decision() -> None:
+    from hubert_ecg.calibration import apply_calibration, calibrated_thresholds
+
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0.001, 0.999, size=(500, 2))
+    thresholds = [0.3, 0.62]
+    moved = calibrated_thresholds(PLATT, thresholds)
+    assert not np.allclose(moved, thresholds)
+    np.testing.assert_array_equal(apply_calibration(PLATT, probs) >= np.asarray(moved), probs >= np.asarray(thresholds))
+    assert calibrated_thresholds({"method": "temperature", "temperature": 2.0}, None) is None
+    assert calibrated_thresholds(None, thresholds) == thresholds
+
+
+def test_evaluate_scores_calibrated_probabilities_with_the_decisions_of_the_raw_thresholds(tmp_path: Path) -> None:
+    import json
+
+    from hubert_ecg.calibration import apply_calibration
+    from hubert_ecg.evaluate import report_scores
+    from hubert_ecg.metrics import compute_metrics
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, size=(80, 2)).astype(np.float64)
+    raw = np.clip(0.35 * y + rng.uniform(0, 0.65, size=y.shape), 0.01, 0.99)
+    thresholds = [0.4, 0.5]
+    report_scores(
+        tmp_path,
+        task="multi_label",
+        y_true=y,
+        y_score=apply_calibration(PLATT, raw),
+        label_names=["a", "b"],
+        thresholds=thresholds,
+        n_bootstrap=10,
+        calibration_info=PLATT,
+        uncalibrated=raw,
+        title="t",
+        data_note="n",
+        extra={},
+    )
+    reported = json.loads((tmp_path / "metrics.json").read_text())
+    expected = compute_metrics("multi_label", y, raw, thresholds=thresholds, label_names=["a", "b"])
+    for metric in ("sensitivity_at_thr", "specificity_at_thr", "f1_at_thr"):  # plain ones are at 0.5
+        assert reported["metrics"]["macro"][metric] == pytest.approx(expected.macro[metric])

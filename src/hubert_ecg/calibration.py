@@ -143,3 +143,17 @@ def apply_calibration(calibration: dict[str, Any] | None, y_score: Any) -> np.nd
         z = np.exp(z - z.max(axis=-1, keepdims=True))
         return z / z.sum(axis=-1, keepdims=True)
     raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
+
+
+def calibrated_thresholds(calibration: dict[str, Any] | None, thresholds: Any) -> Any:
+    """Thresholds on the calibrated scale that make the decisions ``thresholds`` make on the raw one.
+
+    Decision thresholds are tuned on uncalibrated validation probabilities; applied unchanged to calibrated
+    probabilities they would decide differently. Platt scaling with a > 0 is increasing per label, so a
+    raw threshold t becomes calibrate(t) and every decision stays; temperature scaling keeps the argmax
+    (multi-class has no thresholds). ``predict`` decides on the raw scale, so both agree.
+    """
+    if not calibration or thresholds is None or calibration.get("method") != "platt":
+        return thresholds
+    raw = np.asarray(thresholds, dtype=np.float64).reshape(1, -1)
+    return apply_calibration(calibration, raw)[0].tolist()

@@ -316,15 +316,20 @@ def report_scores(
     before/after table. ``lead_subsets``: lead-set name -> probabilities of the same records with
     only those leads (reported as paired differences against ``y_score``).
     """
+    from .calibration import calibrated_thresholds
     from .report import ReportSection, write_report
 
+    # The model's thresholds were tuned on raw probabilities: on calibrated ones they move with the calibration.
+    raw_thresholds, thresholds = thresholds, calibrated_thresholds(calibration_info, thresholds)
     s = _ScoredRecords(out, task, y_true, y_score, label_names, thresholds, n_bootstrap, seed, ci_method, stratify)
     result, ci = _metrics_and_intervals(s, show_progress)
     figures = _standard_figures(s, result, ci)
     sections: list[ReportSection] = []
     details: dict[str, Any] = {}
     if calibration_info is not None and uncalibrated is not None:
-        section, details["calibration"] = _calibration_section(s, result, calibration_info, uncalibrated)
+        section, details["calibration"] = _calibration_section(
+            s, result, calibration_info, uncalibrated, raw_thresholds
+        )
         sections.append(section)
     if subgroup_columns:
         section, details["subgroups"] = _subgroup_section(s, subgroup_columns)
@@ -425,13 +430,13 @@ def _standard_figures(s: _ScoredRecords, result: Any, ci: dict[str, Any] | None)
 
 
 def _calibration_section(
-    s: _ScoredRecords, result: Any, calibration_info: dict[str, Any], uncalibrated: np.ndarray
+    s: _ScoredRecords, result: Any, calibration_info: dict[str, Any], uncalibrated: np.ndarray, raw_thresholds: Any
 ) -> tuple[Any, dict[str, Any]]:
     """The before/after table of post-hoc calibration, and its details for ``metrics.json``."""
     from .metrics import compute_metrics
     from .report import ReportSection
 
-    before = compute_metrics(s.task, s.y_true, uncalibrated, thresholds=s.thresholds, label_names=s.label_names)
+    before = compute_metrics(s.task, s.y_true, uncalibrated, thresholds=raw_thresholds, label_names=s.label_names)
     rows = []
     for metric in ("brier", "ece"):
         rows.append([f"macro {metric}", f"{before.macro[metric]:.4f}", f"{result.macro[metric]:.4f}"])
