@@ -16,8 +16,7 @@ from hubert_ecg.cli import main
 from hubert_ecg.compare import paired_bootstrap
 from hubert_ecg.config import CheckpointInfo
 from hubert_ecg.model import create_model
-from hubert_ecg.store import ECGStore, LabelTable, prepare_store
-from hubert_ecg.synthetic import synthetic_record
+from hubert_ecg.store import ECGStore
 
 
 def _tiny_model(store: ECGStore, seed: int) -> torch.nn.Module:
@@ -30,23 +29,10 @@ def _tiny_model(store: ECGStore, seed: int) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clin")
-    data = root / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["record_id,split,fast"]
-    for i in range(48):
-        fast = i % 2
-        rec = synthetic_record(rng, labels={"tachycardia": fast, "bradycardia": 1 - fast}, seconds=5.0)
-        np.save(data / f"r{i:03d}.npy", rec.signal)
-        split = "test" if i % 4 in (0, 1) else "val"
-        lines.append(f"r{i:03d},{split},{fast}")
-    (data / "labels.csv").write_text("\n".join(lines) + "\n")
-    labels = LabelTable.from_csv(
-        data / "labels.csv", id_column="record_id", split_column="split", label_columns=["fast"]
-    )
-    prepare_store([data], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
+def setup(make_store, tmp_path_factory):
+    # Own root: the checkpoints go next to the store.
+    splits = ("test", "test", "val", "val")
+    root = make_store(48, rhythm=2, splits=splits, labels=["fast"], root=tmp_path_factory.mktemp("clin")).parent
     store = ECGStore(root / "store")
     for name, seed in (("a", 0), ("b", 1)):
         save_pretrained(_tiny_model(store, seed), root / name)

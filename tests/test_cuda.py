@@ -30,20 +30,12 @@ def _no_tf32():
 # ---------------------------------------------------------------------------------------------
 # Stores
 # ---------------------------------------------------------------------------------------------
-def _store(root, seconds: float, labels: bool):
-    from hubert_ecg.store import ECGStore, LabelTable, prepare_store
-    from hubert_ecg.synthetic import SYNTHETIC_LABELS, write_synthetic_dataset
+def _store(make_store, root, seconds: float, labels: bool):
+    from hubert_ecg.store import ECGStore
+    from hubert_ecg.synthetic import SYNTHETIC_LABELS
 
-    raw = write_synthetic_dataset(root / "raw", 24, fmt="npy", seed=1, fs=100.0, seconds=seconds)
-    table = (
-        LabelTable.from_csv(
-            raw / "labels.csv", id_column="record_id", split_column="split", label_columns=list(SYNTHETIC_LABELS[:3])
-        )
-        if labels
-        else None
-    )
-    prepare_store([raw], root / "store", labels=table, read_kwargs={"fs": 100.0}, progress=False)
-    store = ECGStore(root / "store")
+    path = make_store(24, seed=1, fs=100.0, seconds=seconds, labels=SYNTHETIC_LABELS[:3] if labels else None, root=root)
+    store = ECGStore(path)
     targets = np.random.default_rng(0).integers(0, 8, (len(store), 93)).astype(np.int16)
     (root / "store" / "targets").mkdir()
     np.save(root / "store" / "targets" / "t.npy", targets)
@@ -51,9 +43,10 @@ def _store(root, seconds: float, labels: bool):
 
 
 @pytest.fixture(scope="module", params=["full", "padded"])
-def store(request, tmp_path_factory):
+def store(request, make_store, tmp_path_factory):
     # 10 s records give full 5 s windows; 3 s records are padded (the masked path).
-    return _store(tmp_path_factory.mktemp(request.param), 10.0 if request.param == "full" else 3.0, labels=True)
+    seconds = 10.0 if request.param == "full" else 3.0
+    return _store(make_store, tmp_path_factory.mktemp(request.param), seconds, labels=True)
 
 
 def _cfg(out, precision: str, steps: int = 3, **kw):
@@ -407,14 +400,14 @@ def test_kmeans_assign_on_cuda_equals_numpy():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_two_gpus_nccl_pretraining_equals_one_process(tmp_path):
+def test_two_gpus_nccl_pretraining_equals_one_process(make_store, tmp_path):
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    store = _store(tmp_path, 10.0, labels=False)
+    store = _store(make_store, tmp_path, 10.0, labels=False)
     (store.path / "targets" / "fake.npy").write_bytes((store.path / "targets" / "t.npy").read_bytes())
     script = Path(__file__).with_name("train_script.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

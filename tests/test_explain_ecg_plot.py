@@ -71,8 +71,8 @@ def test_resolve_label_by_name_and_index() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("single_threaded")
 def test_attribution_concentrates_on_the_informative_lead_and_time() -> None:
-    torch.set_num_threads(1)
     model = _tiny()
     rng = np.random.default_rng(0)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -138,6 +138,7 @@ def test_ecg_figure_layout_grid_and_errors(tmp_path, rng: np.random.Generator) -
         ecg_figure(signal[:6], 500.0)
 
 
+@pytest.mark.slow  # a timing bound: kept out of the default run (figure reuse is checked above without one)
 def test_ecg_figure_speed_80_records(tmp_path, rng: np.random.Generator) -> None:
     signal = rng.normal(0, 0.2, (12, 5000))
     fig = None

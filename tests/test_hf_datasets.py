@@ -7,31 +7,23 @@ import json
 import numpy as np
 import pytest
 
+from conftest import StoreFactory
 from hubert_ecg.hf_datasets import export_store, import_store
-from hubert_ecg.store import LabelTable, StoreError, prepare_store
+from hubert_ecg.store import ECGStore, StoreError
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("share")
-    (root / "data").mkdir()
+def store(make_store: StoreFactory) -> ECGStore:
     rng = np.random.default_rng(0)
-    lines = ["record_id,split,af,lbbb"]
+    signals, rows = [], []
     for i in range(6):
         seconds = 14 if i == 2 else 6  # record 2 spans two 10 s rows
-        np.save(root / "data" / f"r{i}.npy", rng.standard_normal((12, 500 * seconds)))
-        lines.append(f"r{i},{['train', 'val', 'test'][i % 3]},{i % 2},{'' if i == 4 else (i + 1) % 2}")
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    labels = LabelTable.from_csv(root / "labels.csv", split_column="split", label_columns=["af", "lbbb"])
-    prepare_store(
-        [str(root / "data")], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False, shard_records=4
-    )
-    from hubert_ecg.store import ECGStore
-
-    return ECGStore(root / "store")
+        signals.append(rng.standard_normal((12, 500 * seconds)))
+        rows.append({"split": ["train", "val", "test"][i % 3], "af": i % 2, "lbbb": "" if i == 4 else (i + 1) % 2})
+    return ECGStore(make_store(signals=signals, label_rows=rows, labels=["af", "lbbb"], shard_records=4))
 
 
 def _same_store(a, b) -> None:

@@ -8,17 +8,13 @@ import torch
 
 from hubert_ecg.loader import BatchSampler, StoreWindows, crop_rows, evaluation_windows, make_loader
 from hubert_ecg.preprocess import PreprocessSpec, cut_windows
-from hubert_ecg.store import ECGStore, LabelTable, prepare_store
-from hubert_ecg.synthetic import write_synthetic_dataset
+from hubert_ecg.store import ECGStore
+from hubert_ecg.synthetic import SYNTHETIC_LABELS
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> ECGStore:
-    d = write_synthetic_dataset(tmp_path_factory.mktemp("syn"), 24, fmt="npy", seed=1, seconds=12.0)
-    labels = LabelTable.from_csv(d / "labels.csv", id_column="record_id", label_start_index=2, split_column="split")
-    out = tmp_path_factory.mktemp("store")
-    prepare_store([d], out / "s", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
-    return ECGStore(out / "s")
+def store(make_store) -> ECGStore:
+    return ECGStore(make_store(24, seed=1, seconds=12.0, labels=SYNTHETIC_LABELS))
 
 
 def test_crop_rows_equals_cut_windows_on_one_record(store):

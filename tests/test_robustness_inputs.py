@@ -416,20 +416,14 @@ def test_predict_refuses_a_manifest_leaving_the_root(
 # ---------------------------------------------------------------------------------------------
 # 5. checkpoint vs data, unwritable output, full disk, offline hub
 # ---------------------------------------------------------------------------------------------
-def test_checkpoint_whose_label_count_does_not_match_the_store(small_set: Path, tmp_path: Path, capsys) -> None:
+def test_checkpoint_whose_label_count_does_not_match_the_store(make_store, tmp_path: Path, capsys) -> None:
     import torch
 
     from hubert_ecg.checkpoint import save_pretrained
     from hubert_ecg.model import create_model
-    from hubert_ecg.store import LabelTable, prepare_store
+    from hubert_ecg.synthetic import SYNTHETIC_LABELS
 
-    prepare_store(
-        [small_set],
-        tmp_path / "store",
-        labels=LabelTable.from_csv(small_set / "labels.csv", label_start_index=2),
-        read_kwargs={"fs": 500.0},
-        progress=False,
-    )
+    store = make_store(6, seed=5, seconds=3.0, labels=SYNTHETIC_LABELS)  # the small_set records, 5 label columns
     torch.manual_seed(0)
     model = create_model("tiny", head={"num_labels": 3})
     model.info.task = "multi_label"
@@ -438,7 +432,7 @@ def test_checkpoint_whose_label_count_does_not_match_the_store(small_set: Path, 
         capsys,
         "evaluate",
         ckpt,
-        tmp_path / "store",
+        store,
         "--split",
         "",
         "--out",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import StoreFactory
 from hubert_ecg.checkpoint import load_model, save_pretrained
 from hubert_ecg.loader import StoreWindows, batch_mask
 from hubert_ecg.model import create_model, token_mask_from_sample_mask
@@ -23,7 +24,7 @@ from hubert_ecg.pretraining.targets import (
     iter_feature_batches,
     label_store,
 )
-from hubert_ecg.store import ECGStore, prepare_store
+from hubert_ecg.store import ECGStore
 
 # 500 Hz samples of each synthetic record: 14 s (two rows), 10 s, 4 s (a padded window), ...
 RECORD_SAMPLES = [7000, 5000, 5000, 2000, 5000, 5000, 7000, 5000, 5000, 3000]
@@ -33,19 +34,17 @@ pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ECGStore:
+def store(make_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> ECGStore:
     """13 rows at 100 Hz from 10 synthetic 12-lead .npy records (500 Hz, the reference layout)."""
-    root = tmp_path_factory.mktemp("targets")
-    records = root / "records"
-    records.mkdir()
     rng = np.random.default_rng(0)
+    signals = []
     for i, n in enumerate(RECORD_SAMPLES):
         t = np.arange(n) / 500.0
         beat = np.sin(2 * np.pi * (1.0 + 0.15 * i) * t) ** 15  # spiky, ECG-like periodicity
         x = beat[None] * np.linspace(0.5, 1.5, 12)[:, None] + 0.05 * rng.standard_normal((12, n))
-        np.save(records / f"rec{i:02d}.npy", x.astype(np.float32))
-    prepare_store([records], root / "store", progress=False, shard_records=4, read_kwargs={"fs": 500.0})
-    return ECGStore(root / "store")
+        signals.append(x.astype(np.float32))
+    # Own root: the tests write targets into the store.
+    return ECGStore(make_store(signals=signals, shard_records=4, root=tmp_path_factory.mktemp("targets")))
 
 
 @pytest.fixture(scope="module")

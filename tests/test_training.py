@@ -16,17 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hubert_ecg.store import ECGStore, prepare_store
-from hubert_ecg.synthetic import write_synthetic_dataset
+from hubert_ecg.store import ECGStore
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 
 
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> str:
-    d = write_synthetic_dataset(tmp_path_factory.mktemp("syn"), 28, fmt="npy", seed=2, seconds=5.0)
-    out = tmp_path_factory.mktemp("store") / "s"
-    prepare_store([d], out, read_kwargs={"fs": 500.0}, progress=False)
+def store_path(make_store, tmp_path_factory) -> str:
+    out = make_store(28, seed=2, root=tmp_path_factory.mktemp("train"))  # its own root: targets are added below
     store = ECGStore(out)
     x = store.signals(store.rows())[:, :, :500].reshape(len(store), -1)
     spans = np.stack([x[:, 64 * t : 64 * t + 82].std(1) for t in range(93)], 1)
@@ -185,17 +182,10 @@ FINETUNE_SCRIPT = Path(__file__).with_name("finetune_script.py")
 
 
 @pytest.fixture(scope="module")
-def labelled_store_path(tmp_path_factory) -> str:
-    from hubert_ecg.store import LabelTable
+def labelled_store_path(make_store) -> str:
     from hubert_ecg.synthetic import SYNTHETIC_LABELS
 
-    d = write_synthetic_dataset(tmp_path_factory.mktemp("lab"), 24, fmt="npy", seed=5, seconds=5.0)
-    labels = LabelTable.from_csv(
-        d / "labels.csv", id_column="record_id", split_column="split", label_columns=list(SYNTHETIC_LABELS[:3])
-    )
-    out = tmp_path_factory.mktemp("lstore") / "s"
-    prepare_store([d], out, labels=labels, read_kwargs={"fs": 500.0}, progress=False)
-    return str(out)
+    return str(make_store(24, seed=5, labels=SYNTHETIC_LABELS[:3]))
 
 
 def test_two_gloo_processes_finetune_like_one_process(labelled_store_path, tmp_path):
