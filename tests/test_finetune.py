@@ -4,44 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import QUARTER_SPLITS
 from hubert_ecg import embed, load_model, predict
 from hubert_ecg.finetune import FinetuneOptions, prepare_model, run_finetune
 from hubert_ecg.model import create_model
 from hubert_ecg.runtime import param_groups
-from hubert_ecg.store import LabelTable, prepare_store
-from hubert_ecg.synthetic import synthetic_record
 from hubert_ecg.training import TrainConfig
 
 
-def _separable_dataset(out: Path, n: int = 64, seed: int = 0) -> Path:
-    """Fast (tachycardia) vs slow (bradycardia) rhythms: separable by beat density."""
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lines = ["record_id,split,fast"]
-    for i in range(n):
-        fast = i % 2
-        rec = synthetic_record(rng, labels={"tachycardia": fast, "bradycardia": 1 - fast}, seconds=6.0)
-        np.save(out / f"r{i:03d}.npy", rec.signal)
-        split = "test" if i % 8 in (0, 1) else "val" if i % 8 in (2, 3) else "train"
-        lines.append(f"r{i:03d},{split},{fast}")
-    (out / "labels.csv").write_text("\n".join(lines) + "\n")
-    return out
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    data = _separable_dataset(root / "data")
-    labels = LabelTable.from_csv(
-        data / "labels.csv", id_column="record_id", split_column="split", label_columns=["fast"]
-    )
-    prepare_store([data], root / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
+def trained(make_store, tmp_path_factory):
+    # Fast (tachycardia) vs slow (bradycardia) rhythms: separable by beat density. Own root: the run goes next to it.
+    root = make_store(
+        64, rhythm=2, seconds=6.0, splits=QUARTER_SPLITS, labels=["fast"], root=tmp_path_factory.mktemp("ft")
+    ).parent
     cfg = TrainConfig(
         out_dir=str(root / "run"),
         max_steps=60,

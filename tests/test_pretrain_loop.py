@@ -10,13 +10,11 @@ import pytest
 import yaml
 
 from hubert_ecg.pretraining.loop import load_config, run_pretrain_loop
-from hubert_ecg.store import ECGStore, prepare_store
-from hubert_ecg.synthetic import write_synthetic_dataset
+from hubert_ecg.store import ECGStore
 
 
-def test_two_iterations_end_to_end(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data", 24, fmt="npy", seed=4, seconds=5.0)
-    prepare_store([data], tmp_path / "store", read_kwargs={"fs": 500.0}, progress=False, split_fractions=(0.2, 0.0))
+def test_two_iterations_end_to_end(make_store, tmp_path):
+    make_store(24, seed=4, root=tmp_path, split_fractions=(0.2, 0.0))  # tmp_path/store: the loop writes targets
     train = {
         "max_steps": 16,
         "batch_size": 8,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from conftest import StoreFactory
 from hubert_ecg.runs import (
     RUN_FILE,
     SAFE_RESUME_CHANGES,
@@ -289,28 +289,9 @@ def test_config_with_an_unknown_setting_is_a_one_line_error(tmp_path: Path, caps
     assert "unknown" in capsys.readouterr().err
 
 
-def _tiny_store(root: Path) -> Path:
-    from hubert_ecg.store import LabelTable, prepare_store
-    from hubert_ecg.synthetic import synthetic_record
-
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    lines = ["record_id,split,fast"]
-    for i in range(12):
-        rec = synthetic_record(rng, labels={"tachycardia": i % 2, "bradycardia": 1 - i % 2}, seconds=5.0)
-        np.save(root / f"r{i:03d}.npy", rec.signal)
-        lines.append(f"r{i:03d},{'val' if i % 4 in (0, 1) else 'train'},{i % 2}")
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    labels = LabelTable.from_csv(
-        root / "labels.csv", id_column="record_id", split_column="split", label_columns=["fast"]
-    )
-    prepare_store([root], root.parent / "store", labels=labels, read_kwargs={"fs": 500.0}, progress=False)
-    return root.parent / "store"
-
-
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_store(tmp_path_factory.mktemp("runs") / "data")
+def tiny_store(make_store: StoreFactory) -> Path:
+    return make_store(12, rhythm=2, splits=("val", "val", "train", "train"), labels=["fast"])
 
 
 def _base(store: Path, out: Path) -> list[str]:

@@ -23,6 +23,7 @@ from .config import TASKS, HeadConfig
 from .distributed import DistEnv
 from .evaluate import Scores, score_rows
 from .loader import StoreWindows
+from .metrics import task_metrics, task_thresholds
 from .model import HubertECG
 from .store import ECGStore
 from .tasks import get_task, monitor_mode
@@ -241,7 +242,7 @@ class FinetuneObjective:
         scores = self.score(model, self.val_rows, device, autocast)
         assert scores.labels is not None  # scored from a labelled store
         # A record with a blank label leaves that label's metrics only.
-        result = get_task(self.opts.task).metrics(scores.labels, scores.probabilities)
+        result = task_metrics(self.opts.task, scores.labels, scores.probabilities)
         metrics = {"loss": scores.loss if scores.loss is not None else float("nan")}
         metrics.update({k: float(v) for k, v in result.macro.items()})
         metrics.update({k: float(v) for k, v in result.overall.items()})
@@ -260,7 +261,7 @@ def tune_and_store_thresholds(
     model = load_model(model_dir, device=device)
     scores = objective.score(model, objective.val_rows, device, autocast)
     assert scores.labels is not None  # scored from a labelled store
-    thresholds = np.asarray(task.tune_thresholds(scores.labels, scores.probabilities)).tolist()
+    thresholds = np.asarray(task_thresholds(task, scores.labels, scores.probabilities)).tolist()
     from .checkpoint import update_saved_info
 
     info = update_saved_info(model_dir, thresholds=[float(t) for t in np.atleast_1d(thresholds)])
@@ -329,26 +330,12 @@ def run_finetune(
     resumes; other settings are refused unless ``overwrite`` (the old run is moved aside) or ``resume``
     with safe changes only (:data:`hubert_ecg.runs.SAFE_RESUME_CHANGES`).
     """
-    from .checkpoint import load_model
-    from .distributed import init_distributed
-    from .model import create_model
-    from .runs import begin_training_run
-    from .runtime import autocast_context, precision_dtype, resolve_device
-    from .store import train_val_rows
     from .training import train
 
     store = ECGStore(store_path)
-    if store.labels is None:
-        raise ValueError(f"{store.path}: the store has no labels; prepare it with --labels")
-    if (init is None) == (random_init_size is None):
-        raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
-    if init is not None and model_overrides:
-        raise ValueError("--model-overrides changes the architecture of a fresh model; it needs --random-init")
-    cfg.monitor = opts.monitor or get_task(opts.task).monitor  # resolved by FinetuneOptions already
-    cfg.monitor_mode = monitor_mode(cfg.monitor)
     run = FinetuneRun(
-        str(Path(store.path).resolve()),
-        _local_reference(init),
+        store_path,
+        init,
         random_init_size,
         keep_head,
         train_split,
@@ -358,68 +345,147 @@ def run_finetune(
         gradient_checkpointing,
         model_overrides,
     )
-    begin_training_run(
-        cfg.out_dir,
-        cfg.device,
-        "finetune",
-        finetune_settings(run, cfg, opts),
-        store=store,
-        init=init,
-        overwrite=overwrite,
-        resume=resume,
-        command=command,
-    )
-    # Random weights (a fresh model, a new head) must come from --seed, not from the process: the same
-    # command then gives the same model.
-    torch.manual_seed(cfg.seed)
-    if init is not None:
-        model = load_model(init)
-    elif random_init_size is not None:
-        model = create_model(random_init_size, input_rate_hz=int(round(store.fs)), **(model_overrides or {}))
-    else:  # excluded by the exactly-one check above; narrows random_init_size for the type checker
-        raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
-    spec = store.spec.to_dict()
-    if model.info.preprocessing is not None and model.info.preprocessing != spec:
-        import warnings
-
-        warnings.warn(
-            "the store's preprocessing differs from the checkpoint's; the fine-tuned model records the store's",
-            stacklevel=2,
-        )
-    # Never validation rows from the test split; a store without 'val' gets a seeded share of its
-    # training records (whole records / patients), and the console says which rows were used.
-    train_rows, val_rows, split_note = train_val_rows(
-        store, val_split=val_split, fraction=val_fraction, seed=cfg.seed, train_split=train_split or "train"
-    )
-    print(f"hubert-ecg: {store.path}: {split_note}", file=sys.stderr)
-    label_names = list(store.label_names)
-    n_out = num_outputs(opts.task, store.labels)
-    classes = store.label_classes.get(label_names[0]) if label_names and opts.task == "multi_class" else None
-    if classes:
-        # Text labels (prepare on a categorical column): the stored class names, in index order.
-        n_out = max(n_out, len(classes))
-        label_names = list(classes) + [f"{label_names[0]}={c}" for c in range(len(classes), n_out)]
-    else:
-        label_names = get_task(opts.task).output_names(label_names, n_out)
-    model = prepare_model(model, opts, n_out, label_names, keep_head=keep_head)
+    _begin_finetune_run(store, run, cfg, opts, overwrite=overwrite, resume=resume, command=command)
+    model = _initial_model(store, run, cfg.seed)
+    rows = _training_rows(store, run, cfg.seed)
+    outputs = _head_outputs(store, opts.task)
+    model = prepare_model(model, opts, *outputs, keep_head=keep_head)
     model.update_config(gradient_checkpointing=gradient_checkpointing)
-    model.info.preprocessing = spec
+    model.info.preprocessing = store.spec.to_dict()
     model.info.source = (
         f"fine-tuned on {store.path} from {init}"
         if init
         else f"trained from scratch ({random_init_size}) on {store.path}"
     )
-    run_dir = Path(cfg.out_dir)
     if lp_then_ft_steps > 0 and not opts.linear_probe:
-        lp_opts = dataclasses.replace(opts, linear_probe=True)
-        lp_cfg = dataclasses.replace(cfg, out_dir=str(run_dir / "linear-probe"), max_steps=lp_then_ft_steps)
-        lp_model = prepare_model(model, lp_opts, n_out, label_names, keep_head=True)
-        lp_result = train(lp_model, FinetuneObjective(lp_model, store, lp_opts, train_rows, val_rows, cfg.seed), lp_cfg)
-        model = load_model(lp_result.best_dir or lp_result.last_dir)
-        model = prepare_model(model, opts, n_out, label_names, keep_head=True)
-        model.info.preprocessing = spec
-    objective = FinetuneObjective(model, store, opts, train_rows, val_rows, cfg.seed, cfg.weight_decay)
+        model = _linear_probe_first(model, store, opts, cfg, rows, outputs, lp_then_ft_steps)
+    objective = FinetuneObjective(model, store, opts, *rows, cfg.seed, cfg.weight_decay)
     result = train(model, objective, cfg)
+    _tune_saved_thresholds(objective, result, cfg)
+    return result
+
+
+def _begin_finetune_run(
+    store: ECGStore,
+    run: FinetuneRun,
+    cfg: TrainConfig,
+    opts: FinetuneOptions,
+    *,
+    overwrite: bool,
+    resume: bool,
+    command: list[str] | None,
+) -> None:
+    """Check the run, settle the monitor, and start (or resume) the run record in ``cfg.out_dir``."""
+    from .runs import begin_training_run
+
+    _check_finetune_run(store, run)
+    cfg.monitor = opts.monitor or get_task(opts.task).monitor  # resolved by FinetuneOptions already
+    cfg.monitor_mode = monitor_mode(cfg.monitor)
+    # run.json records absolute paths: the run then compares equal from any folder.
+    recorded = dataclasses.replace(run, store=str(Path(store.path).resolve()), init=_local_reference(run.init))
+    begin_training_run(
+        cfg.out_dir,
+        cfg.device,
+        "finetune",
+        finetune_settings(recorded, cfg, opts),
+        store=store,
+        init=run.init,
+        overwrite=overwrite,
+        resume=resume,
+        command=command,
+    )
+
+
+def _check_finetune_run(store: ECGStore, run: FinetuneRun) -> None:
+    """Refuse a store without labels and an ambiguous or contradictory starting point."""
+    if store.labels is None:
+        raise ValueError(f"{store.path}: the store has no labels; prepare it with --labels")
+    if (run.init is None) == (run.random_init_size is None):
+        raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
+    if run.init is not None and run.model_overrides:
+        raise ValueError("--model-overrides changes the architecture of a fresh model; it needs --random-init")
+
+
+def _initial_model(store: ECGStore, run: FinetuneRun, seed: int) -> HubertECG:
+    """The model fine-tuning starts from: ``run.init`` loaded, or a fresh ``run.random_init_size`` one."""
+    from .checkpoint import load_model
+    from .model import create_model
+
+    # Random weights (a fresh model, a new head) must come from --seed, not from the process: the same
+    # command then gives the same model.
+    torch.manual_seed(seed)
+    if run.init is not None:
+        model = load_model(run.init)
+    elif run.random_init_size is not None:
+        model = create_model(run.random_init_size, input_rate_hz=int(round(store.fs)), **(run.model_overrides or {}))
+    else:  # excluded by _check_finetune_run; narrows random_init_size for the type checker
+        raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
+    if model.info.preprocessing is not None and model.info.preprocessing != store.spec.to_dict():
+        import warnings
+
+        warnings.warn(
+            "the store's preprocessing differs from the checkpoint's; the fine-tuned model records the store's",
+            stacklevel=3,  # the caller of run_finetune
+        )
+    return model
+
+
+def _training_rows(store: ECGStore, run: FinetuneRun, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows); the console says which rows validate."""
+    from .store import train_val_rows
+
+    # Never validation rows from the test split; a store without 'val' gets a seeded share of its
+    # training records (whole records / patients), and the console says which rows were used.
+    train_rows, val_rows, split_note = train_val_rows(
+        store, val_split=run.val_split, fraction=run.val_fraction, seed=seed, train_split=run.train_split or "train"
+    )
+    print(f"hubert-ecg: {store.path}: {split_note}", file=sys.stderr)
+    return train_rows, val_rows
+
+
+def _head_outputs(store: ECGStore, task_name: str) -> tuple[int, list[str]]:
+    """(number of head outputs, their names) for the store's labels."""
+    assert store.labels is not None  # checked by _check_finetune_run
+    task = get_task(task_name)
+    label_names = list(store.label_names)
+    n_out = num_outputs(task_name, store.labels)
+    classes = store.label_classes.get(label_names[0]) if label_names and task.outputs_are_classes else None
+    if classes:
+        # Text labels (prepare on a categorical column): the stored class names, in index order.
+        n_out = max(n_out, len(classes))
+        return n_out, list(classes) + [f"{label_names[0]}={c}" for c in range(len(classes), n_out)]
+    return n_out, task.output_names(label_names, n_out)
+
+
+def _linear_probe_first(
+    model: HubertECG,
+    store: ECGStore,
+    opts: FinetuneOptions,
+    cfg: TrainConfig,
+    rows: tuple[np.ndarray, np.ndarray],
+    outputs: tuple[int, list[str]],
+    steps: int,
+) -> HubertECG:
+    """Train the head alone for ``steps`` (in ``OUT/linear-probe``), then return its best model set up for
+    fine-tuning with ``opts``."""
+    from .checkpoint import load_model
+    from .training import train
+
+    lp_opts = dataclasses.replace(opts, linear_probe=True)
+    lp_cfg = dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir) / "linear-probe"), max_steps=steps)
+    lp_model = prepare_model(model, lp_opts, *outputs, keep_head=True)
+    lp_result = train(lp_model, FinetuneObjective(lp_model, store, lp_opts, *rows, cfg.seed), lp_cfg)
+    model = load_model(lp_result.best_dir or lp_result.last_dir)
+    model = prepare_model(model, opts, *outputs, keep_head=True)
+    model.info.preprocessing = store.spec.to_dict()
+    return model
+
+
+def _tune_saved_thresholds(objective: FinetuneObjective, result: TrainResult, cfg: TrainConfig) -> None:
+    """Decision thresholds tuned on validation, written into the saved best and last models (main process)."""
+    from .distributed import init_distributed
+    from .runtime import autocast_context, precision_dtype, resolve_device
+
     env = init_distributed(cfg.device)
     if env.is_main:
         device = resolve_device(cfg.device, local_rank=env.local_rank)
@@ -427,4 +493,3 @@ def run_finetune(
         for directory in (result.best_dir, result.last_dir):
             if directory is not None and directory.exists():
                 tune_and_store_thresholds(objective, directory, device, autocast)
-    return result

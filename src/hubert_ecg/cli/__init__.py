@@ -243,6 +243,11 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device`` of the commands that run a model outside the training loop (one wording everywhere)."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+
+
 def read_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The reader keyword arguments of :func:`add_read_options`."""
     out: dict[str, Any] = {}

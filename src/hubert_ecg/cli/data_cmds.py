@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import (
     add_command,
@@ -17,54 +18,18 @@ from . import (
     register,
 )
 
+if TYPE_CHECKING:  # type names only: a command imports what it uses when it runs
+    from ..io import Record
+    from ..preprocess import PreprocessSpec
+    from ..store import LabelTable, PrepareResult
+
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from ..preprocess import PreprocessSpec
-    from ..store import LabelTable, prepare_store
+    from ..store import prepare_store
 
-    spec = PreprocessSpec.reference() if args.reference_preprocessing else PreprocessSpec()
-    if args.baseline_highpass is not None or args.no_filter or args.already_preprocessed:
-        changes = {}
-        if args.baseline_highpass is not None:
-            changes["baseline_highpass_hz"] = args.baseline_highpass
-        if args.no_filter or args.already_preprocessed:
-            changes["bandpass_hz"] = None
-        if args.already_preprocessed:
-            changes["scaling"] = "none"
-        spec = PreprocessSpec.from_dict({**spec.to_dict(), **changes})
-    from ..atomic import check_output_dir
-
-    # The output folder is checked before any record or label is read.
-    check_output_dir(args.out, marker="store.json", what="store")
-    if args.val_fraction + args.test_fraction >= 1:
-        raise ValueError(
-            f"--val-fraction {args.val_fraction:g} + --test-fraction {args.test_fraction:g} leave no "
-            "training records (their sum must be below 1)"
-        )
-    if not args.labels and (args.group_column or args.time_column or args.split_column):
-        raise ValueError("--group-column, --time-column and --split-column name columns of --labels; give --labels")
-    labels = None
-    if args.labels:
-        labels = LabelTable.from_csv(
-            args.labels,
-            id_column=args.id_column,
-            label_start_index=args.label_start_index,
-            label_columns=args.label_columns,
-            split_column=args.split_column,
-            group_column=args.group_column,
-            time_column=args.time_column,
-            categorical=args.categorical,
-        )
-        for name, classes in labels.classes.items():
-            print(
-                f"label {name!r}: text values stored as class indices "
-                + ", ".join(f"{i}={c}" for i, c in enumerate(classes))
-            )
-    reading = read_kwargs(args)
-    if args.already_preprocessed and "fs" not in reading:
-        from ..io.arrays import REFERENCE_FS
-
-        reading["fs"] = REFERENCE_FS  # the reference's preprocessed .npy files are 500 Hz by definition
+    spec = _prepare_spec(args)
+    _check_prepare_args(args)
+    labels = _prepare_labels(args)
     result = prepare_store(
         args.inputs,
         args.out,
@@ -73,13 +38,82 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         row_seconds=args.row_seconds,
         shard_records=args.shard_records,
         workers=args.workers,
-        read_kwargs=reading,
+        read_kwargs=_prepare_read_kwargs(args),
         progress=not args.quiet,
         split_fractions=(args.val_fraction, args.test_fraction),
         seed=args.seed,
         allow_outside_root=args.allow_absolute_paths,
         split_strategy=args.split_strategy,
     )
+    _report_prepare(result)
+
+
+def _prepare_spec(args: argparse.Namespace) -> PreprocessSpec:
+    """The preprocessing spec: the published one (or the reference's) with the flags' changes."""
+    from ..preprocess import PreprocessSpec
+
+    spec = PreprocessSpec.reference() if args.reference_preprocessing else PreprocessSpec()
+    if args.baseline_highpass is not None or args.no_filter or args.already_preprocessed:
+        changes: dict[str, Any] = {}
+        if args.baseline_highpass is not None:
+            changes["baseline_highpass_hz"] = args.baseline_highpass
+        if args.no_filter or args.already_preprocessed:
+            changes["bandpass_hz"] = None
+        if args.already_preprocessed:
+            changes["scaling"] = "none"
+        spec = PreprocessSpec.from_dict({**spec.to_dict(), **changes})
+    return spec
+
+
+def _check_prepare_args(args: argparse.Namespace) -> None:
+    """Refuse what cannot work before any record or label is read."""
+    from ..atomic import check_output_dir
+
+    check_output_dir(args.out, marker="store.json", what="store")
+    if args.val_fraction + args.test_fraction >= 1:
+        raise ValueError(
+            f"--val-fraction {args.val_fraction:g} + --test-fraction {args.test_fraction:g} leave no "
+            "training records (their sum must be below 1)"
+        )
+    if not args.labels and (args.group_column or args.time_column or args.split_column):
+        raise ValueError("--group-column, --time-column and --split-column name columns of --labels; give --labels")
+
+
+def _prepare_labels(args: argparse.Namespace) -> LabelTable | None:
+    """The --labels table (None without it); text label values are announced with their class indices."""
+    if not args.labels:
+        return None
+    from ..store import LabelTable
+
+    labels = LabelTable.from_csv(
+        args.labels,
+        id_column=args.id_column,
+        label_start_index=args.label_start_index,
+        label_columns=args.label_columns,
+        split_column=args.split_column,
+        group_column=args.group_column,
+        time_column=args.time_column,
+        categorical=args.categorical,
+    )
+    for name, classes in labels.classes.items():
+        print(
+            f"label {name!r}: text values stored as class indices "
+            + ", ".join(f"{i}={c}" for i, c in enumerate(classes))
+        )
+    return labels
+
+
+def _prepare_read_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    reading = read_kwargs(args)
+    if args.already_preprocessed and "fs" not in reading:
+        from ..io.arrays import REFERENCE_FS
+
+        reading["fs"] = REFERENCE_FS  # the reference's preprocessed .npy files are 500 Hz by definition
+    return reading
+
+
+def _report_prepare(result: PrepareResult) -> None:
+    """One summary line, a note on records without units, and an error when nothing was accepted."""
     for note in result.notes:
         print(note)
     print(
@@ -144,14 +178,9 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Read each record as `prepare` would and say what was found; optionally plot it."""
-    import warnings
+    from ..io import InputAccount, discover_sources
+    from ..progress import progress, say
 
-    import numpy as np
-
-    from ..io import STANDARD_LEADS, InputAccount, discover_sources, quality_label, read_source
-    from ..preprocess import PreprocessSpec, preprocess_signal
-
-    options = read_kwargs(args)
     account = InputAccount()
     sources = discover_sources(args.inputs, allow_outside_root=args.allow_absolute_paths, account=account)
     for path, reason in account.skipped:
@@ -161,71 +190,106 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             f"no ECG records found under {', '.join(args.inputs)}"
             + (f" ({account.summary()})" if account.skipped else "")
         )
-    from ..progress import progress, say
-
     # Plotting takes a noticeable time per record: show a bar (stderr) and print lines above it.
-    emit = say if args.plot else print
-    bad = flagged = 0
-    figure = None  # one Figure reused for every record: much faster than a new one each time
+    inspector = _Inspector(args, emit=say if args.plot else print)
     for src in progress(sources, desc="plots", unit="rec", enabled=bool(args.plot), leave=False):
-        try:
-            record = read_source(src, **options)
-        except ValueError as err:
-            bad += 1
-            emit(f"REJECT {src.record_id}: {str(err).splitlines()[0]}")
-            continue
-        seconds = record.signal.shape[1] / record.fs
-        recorded = [i for i, lead in enumerate(STANDARD_LEADS) if lead not in record.meta.get("missing_leads", [])]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a lead without finite samples: NaN, said below
-            ranges = np.nanmax(record.signal[recorded], axis=1) - np.nanmin(record.signal[recorded], axis=1)
-        unscorable = record.meta.get("unscorable")
-        flagged += bool(unscorable)
-        units = record.units if record.units != "unknown" else "unknown (values kept as stored)"
-        emit(
-            f"{'FLAG  ' if unscorable else 'OK    '} {record.record_id}: {record.meta.get('format', '?')}, "
-            f"{record.fs:g} Hz"
-            + (f" ({record.meta['fs_source']})" if record.meta.get("fs_source") else "")
-            + f", {seconds:.1f} s, units {units}, peak-to-peak {np.nanmin(ranges):.3g}-{np.nanmax(ranges):.3g}"
-            + (f", derived {'/'.join(record.meta['derived_leads'])}" if record.meta.get("derived_leads") else "")
-            + (f", labels {record.meta['labels']}" if record.meta.get("labels") else "")
-        )
-        if unscorable:
-            emit(f"       quality: {quality_label(record)}")
-        for warning in record.meta.get("warnings", []):
-            emit(f"       warning: {warning}")
-        if args.plot:
-            out = Path(args.plot) / f"{record.record_id}.png"
-            if args.plot_model_input:
-                from ..plots import plot_ecg
-
-                model_input = preprocess_signal(record.signal, record.fs, PreprocessSpec())
-                plot_ecg(
-                    record.signal,
-                    record.fs,
-                    out,
-                    model_input=model_input,
-                    title=f"{record.record_id} ({record.source})",
-                )
-            else:
-                from ..plots import ecg_figure, save_figure
-
-                scale = "" if record.units == "mV" else f"; units {record.units}: grid not to scale"
-                figure = ecg_figure(
-                    record.signal, record.fs, fig=figure, title=f"{record.record_id} ({record.source}){scale}"
-                )
-                save_figure(figure, out)
-            emit(f"       plot: {out}")
+        inspector.inspect(src)
     print(
-        f"{len(sources) - bad} readable, {bad} rejected"
-        + (f", {flagged} flagged as not scorable" if flagged else "")
+        f"{len(sources) - inspector.bad} readable, {inspector.bad} rejected"
+        + (f", {inspector.flagged} flagged as not scorable" if inspector.flagged else "")
         + (f", {account.summary()}" if account.skipped else "")
     )
-    return 1 if bad == len(sources) else 0
+    return 1 if inspector.bad == len(sources) else 0
+
+
+class _Inspector:
+    """Reads, describes and plots the records of ``inspect`` one by one, counting rejected and flagged ones."""
+
+    def __init__(self, args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+        self.args = args
+        self.emit = emit
+        self.options = read_kwargs(args)
+        self.bad = self.flagged = 0
+        self.figure: Any = None  # one Figure reused for every record: much faster than a new one each time
+
+    def inspect(self, src: Any) -> None:
+        from ..io import quality_label, read_source
+
+        try:
+            record = read_source(src, **self.options)
+        except ValueError as err:
+            self.bad += 1
+            self.emit(f"REJECT {src.record_id}: {str(err).splitlines()[0]}")
+            return
+        unscorable = record.meta.get("unscorable")
+        self.flagged += bool(unscorable)
+        self.emit(f"{'FLAG  ' if unscorable else 'OK    '} {_describe_record(record)}")
+        if unscorable:
+            self.emit(f"       quality: {quality_label(record)}")
+        for warning in record.meta.get("warnings", []):
+            self.emit(f"       warning: {warning}")
+        if self.args.plot:
+            self.emit(f"       plot: {self.plot(record)}")
+
+    def plot(self, record: Record) -> Path:
+        """The record's 12-lead plot (or what was read beside the model input) in --plot; returns its path."""
+        out = Path(self.args.plot) / f"{record.record_id}.png"
+        if self.args.plot_model_input:
+            from ..plots import plot_ecg
+            from ..preprocess import PreprocessSpec, preprocess_signal
+
+            model_input = preprocess_signal(record.signal, record.fs, PreprocessSpec())
+            plot_ecg(
+                record.signal,
+                record.fs,
+                out,
+                model_input=model_input,
+                title=f"{record.record_id} ({record.source})",
+            )
+        else:
+            from ..plots import ecg_figure, save_figure
+
+            scale = "" if record.units == "mV" else f"; units {record.units}: grid not to scale"
+            self.figure = ecg_figure(
+                record.signal, record.fs, fig=self.figure, title=f"{record.record_id} ({record.source}){scale}"
+            )
+            save_figure(self.figure, out)
+        return out
+
+
+def _describe_record(record: Record) -> str:
+    """``ID: format, rate, length, units, peak-to-peak range ...`` for one line of ``inspect``."""
+    import warnings
+
+    import numpy as np
+
+    from ..io import STANDARD_LEADS
+
+    seconds = record.signal.shape[1] / record.fs
+    recorded = [i for i, lead in enumerate(STANDARD_LEADS) if lead not in record.meta.get("missing_leads", [])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a lead without finite samples: NaN, said below
+        ranges = np.nanmax(record.signal[recorded], axis=1) - np.nanmin(record.signal[recorded], axis=1)
+    units = record.units if record.units != "unknown" else "unknown (values kept as stored)"
+    return (
+        f"{record.record_id}: {record.meta.get('format', '?')}, "
+        f"{record.fs:g} Hz"
+        + (f" ({record.meta['fs_source']})" if record.meta.get("fs_source") else "")
+        + f", {seconds:.1f} s, units {units}, peak-to-peak {np.nanmin(ranges):.3g}-{np.nanmax(ranges):.3g}"
+        + (f", derived {'/'.join(record.meta['derived_leads'])}" if record.meta.get("derived_leads") else "")
+        + (f", labels {record.meta['labels']}" if record.meta.get("labels") else "")
+    )
 
 
 @register
 def _add(sub: argparse._SubParsersAction) -> None:
+    # The order of the calls is the order of `hubert-ecg --help`.
+    _add_inspect(sub)
+    _add_prepare(sub)
+    _add_datasets(sub)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "inspect", "read records as `prepare` would: format, rate, length, units, warnings, plots", _cmd_inspect
     )
@@ -246,6 +310,8 @@ def _add(sub: argparse._SubParsersAction) -> None:
         "--allow-absolute-paths", action="store_true", help="let manifest entries point outside the manifest's folder"
     )
 
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "prepare",
@@ -259,6 +325,26 @@ def _add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", help="files, folders or manifests")
     p.add_argument("--out", required=True, help="store directory")
+    _add_prepare_label_args(p)
+    _add_prepare_split_args(p)
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel reader/preprocessing processes")
+    p.add_argument(
+        "--row-seconds", type=positive_float, default=10.0, help="seconds per stored row (longer records span rows)"
+    )
+    p.add_argument("--shard-records", type=positive_int, default=512, help="records per shard (the unit of resume)")
+    add_read_options(p)
+    _add_prepare_preprocessing_args(p)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hash-based split assignment")
+    p.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="let manifest entries point outside the manifest's folder (absolute or '..' paths)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_prepare_label_args(p: argparse.ArgumentParser) -> None:
+    """The --labels table of ``prepare`` and which of its columns mean what."""
     p.add_argument("--labels", help="CSV with a record id column and label columns")
     p.add_argument("--id-column", help="record id column of --labels (default: record_id, filename, ecg_id ...)")
     p.add_argument("--label-start-index", type=non_negative_int, help="first label column (the reference's contract)")
@@ -278,6 +364,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
         metavar="COLUMN",
         help="column of --labels with the recording date/time (ISO or a number) for temporal splits",
     )
+
+
+def _add_prepare_split_args(p: argparse.ArgumentParser) -> None:
+    """How ``prepare`` draws splits when --labels has no split column, and how text labels are stored."""
     p.add_argument(
         "--split-strategy",
         choices=["random", "grouped", "temporal", "grouped_temporal"],
@@ -304,12 +394,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="share of records for test when --labels gives no split column (see --split-strategy)",
     )
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel reader/preprocessing processes")
-    p.add_argument(
-        "--row-seconds", type=positive_float, default=10.0, help="seconds per stored row (longer records span rows)"
-    )
-    p.add_argument("--shard-records", type=positive_int, default=512, help="records per shard (the unit of resume)")
-    add_read_options(p)
+
+
+def _add_prepare_preprocessing_args(p: argparse.ArgumentParser) -> None:
+    """Changes to the published preprocessing spec."""
     p.add_argument(
         "--reference-preprocessing",
         action="store_true",
@@ -324,14 +412,9 @@ def _add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="inputs are the reference's preprocessed .npy files (500 Hz, filtered, scaled)",
     )
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hash-based split assignment")
-    p.add_argument(
-        "--allow-absolute-paths",
-        action="store_true",
-        help="let manifest entries point outside the manifest's folder (absolute or '..' paths)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_datasets(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "datasets", "build label tables for public benchmarks from a local copy", _cmd_datasets)
     p.add_argument(
         "dataset",

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import (
     add_command,
+    add_device_option,
     add_read_options,
     check_output_file,
     check_output_folder,
@@ -49,31 +50,11 @@ def _print_eval_summary(summary: dict[str, Any]) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from ..evaluate import evaluate, evaluate_predictions
+    from ..evaluate import evaluate
 
     parser = args.evaluate_parser
     if args.predictions or args.labels:
-        if not (args.predictions and args.labels):
-            parser.error("--predictions and --labels go together")
-        if args.checkpoint or args.store:
-            parser.error("give either CHECKPOINT STORE or --predictions/--labels, not both")
-        for option in ("leads", "calibrate"):
-            if getattr(args, option):
-                parser.error(f"--{option} needs a model (CHECKPOINT STORE), not a predictions file")
-        check_output_folder(args.out)
-        summary = evaluate_predictions(
-            args.predictions,
-            args.labels,
-            args.out,
-            task=args.task,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            ci_method=args.ci_method,
-            stratify=args.stratify,
-            subgroups=args.subgroups,
-            show_progress=not args.quiet,
-        )
-        _print_eval_summary(summary)
+        _evaluate_predictions(args)
         return
     if not (args.checkpoint and args.store):
         parser.error("give CHECKPOINT STORE (or --predictions FILE --labels FILE)")
@@ -100,6 +81,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         calibrate=args.calibrate,
         calibration_split=args.calibration_split,
         save_calibration=args.save_calibration,
+        show_progress=not args.quiet,
+    )
+    _print_eval_summary(summary)
+
+
+def _evaluate_predictions(args: argparse.Namespace) -> None:
+    """``evaluate --predictions FILE --labels FILE``: scores made elsewhere, no model."""
+    from ..evaluate import evaluate_predictions
+
+    parser = args.evaluate_parser
+    if not (args.predictions and args.labels):
+        parser.error("--predictions and --labels go together")
+    if args.checkpoint or args.store:
+        parser.error("give either CHECKPOINT STORE or --predictions/--labels, not both")
+    for option in ("leads", "calibrate"):
+        if getattr(args, option):
+            parser.error(f"--{option} needs a model (CHECKPOINT STORE), not a predictions file")
+    check_output_folder(args.out)
+    summary = evaluate_predictions(
+        args.predictions,
+        args.labels,
+        args.out,
+        task=args.task,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        ci_method=args.ci_method,
+        stratify=args.stratify,
+        subgroups=args.subgroups,
         show_progress=not args.quiet,
     )
     _print_eval_summary(summary)
@@ -280,7 +289,7 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="windows per forward pass (across records)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes that read and preprocess records")
     add_read_options(p)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    add_device_option(p)
     p.add_argument(
         "--allow-absolute-paths",
         action="store_true",
@@ -299,6 +308,16 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
 
 @register
 def _add(sub: argparse._SubParsersAction) -> None:
+    # The order of the calls is the order of `hubert-ecg --help`.
+    _add_evaluate(sub)
+    _add_compare(sub)
+    _add_explain(sub)
+    _add_predict(sub)
+    _add_embed(sub)
+    _add_demo(sub)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "evaluate", "metrics with bootstrap CIs, TTA, plots and a report for a fine-tuned model", _cmd_evaluate
     )
@@ -322,6 +341,15 @@ def _add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", default="test", help="store split to evaluate ('' = every row)")
     p.add_argument("--out", required=True, help="output folder")
+    _add_evaluate_window_args(p)
+    _add_ci_args(p)
+    _add_evaluate_clinical_args(p)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="windows per forward pass")
+    add_device_option(p)
+
+
+def _add_evaluate_window_args(p: argparse.ArgumentParser) -> None:
+    """How ``evaluate`` cuts each record into 5 s windows and combines them."""
     p.add_argument(
         "--windows",
         "--tta",
@@ -341,7 +369,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--aggregate", choices=["mean", "max"], default="mean", help="combine the window probabilities of a record"
     )
-    _add_ci_args(p)
+
+
+def _add_evaluate_clinical_args(p: argparse.ArgumentParser) -> None:
+    """Subgroups, reduced-lead sets and calibration of ``evaluate``."""
     p.add_argument(
         "--subgroups",
         type=_csv_list,
@@ -349,16 +380,14 @@ def _add(sub: argparse._SubParsersAction) -> None:
         help="metrics with CIs per group of these manifest/metadata/label columns (e.g. sex,age,site); "
         "numeric columns are binned (age: <40/40-59/60-79/>=80, others: quartiles)",
     )
-    (
-        p.add_argument(
-            "--leads",
-            type=_lead_sets,
-            action="append",
-            metavar="SET",
-            help="also score with only these leads (others zeroed) and report the change vs 12 leads: a named "
-            "set (limb, precordial, I, II) or a lead list (I,II); repeat the option or separate sets "
-            "with ';' (--leads limb --leads 'I,II;V1')",
-        ),
+    p.add_argument(
+        "--leads",
+        type=_lead_sets,
+        action="append",
+        metavar="SET",
+        help="also score with only these leads (others zeroed) and report the change vs 12 leads: a named "
+        "set (limb, precordial, I, II) or a lead list (I,II); repeat the option or separate sets "
+        "with ';' (--leads limb --leads 'I,II;V1')",
     )
     p.add_argument(
         "--calibrate",
@@ -372,9 +401,9 @@ def _add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="store the fitted calibration in the checkpoint's config (applied by later evaluations)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=64, help="windows per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "compare",
@@ -406,8 +435,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
     )
     _add_ci_args(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="windows per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    add_device_option(p)
 
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "explain", "which leads and moments drove a prediction: attribution drawn on the ECG", _cmd_explain
     )
@@ -423,8 +454,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=positive_int, default=32, help="integration steps for integrated gradients")
     add_read_options(p)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    add_device_option(p)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "predict", "probabilities and decisions for every record (any length, any format)", _cmd_predict
     )
@@ -445,6 +478,8 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", help="record id column of --labels (default: record_id, filename, ecg_id ...)")
     _add_inference_args(p)
 
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "embed", "embeddings of a chosen layer for every record", _cmd_embed)
     p.add_argument("checkpoint", help="model: our dir, published HF dir or .pt, or a HF model id")
     p.add_argument("inputs", nargs="+", help="files, folders or a manifest, in any supported format")
@@ -459,6 +494,8 @@ def _add(sub: argparse._SubParsersAction) -> None:
         "--layer", type=non_negative_int, help="hidden-state index (0 = encoder input, i = layer i; default last)"
     )
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "demo",

@@ -9,6 +9,7 @@ from ..config import TASKS
 from ..metrics import MONITORS, monitor_mode
 from . import (
     add_command,
+    add_device_option,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -100,6 +101,11 @@ def _add_loop_args(p: argparse.ArgumentParser, kind: str) -> None:
     )
     g.add_argument("--logger", help="tensorboard, wandb, mlflow, none (comma-separated; default: tensorboard)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_record_args(p)
+
+
+def _add_run_record_args(p: argparse.ArgumentParser) -> None:
+    """--config, --print-config and the --overwrite/--resume choice for a run folder that holds a run."""
     r = p.add_argument_group("run record (run.json in --out)")
     r.add_argument(
         "--config",
@@ -330,7 +336,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 def _cmd_pretrain_loop(args: argparse.Namespace) -> None:
     from ..pretraining.loop import run_pretrain_loop
 
-    final = run_pretrain_loop(args.config, dry_run=args.dry_run)
+    final = run_pretrain_loop(args.config, dry_run=args.dry_run, overwrite=args.overwrite, resume=args.resume)
     print(f"pre-training loop finished; final model: {final}")
 
 
@@ -431,6 +437,16 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 @register
 def _add(sub: argparse._SubParsersAction) -> None:
+    # The order of the calls is the order of `hubert-ecg --help`.
+    _add_features(sub)
+    _add_cluster(sub)
+    _add_label(sub)
+    _add_pretrain(sub)
+    _add_pretrain_loop(sub)
+    _add_finetune(sub)
+
+
+def _add_features(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "features", "per-token descriptors (hand-made or hidden states of a layer) for k-means", _cmd_features
     )
@@ -448,10 +464,12 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="features directory (sharded, resumable)")
     p.add_argument("--sample-fraction", type=unit_interval, default=1.0, help="dump only a seeded sample of rows")
     p.add_argument("--batch-size", type=positive_int, default=256, help="store rows per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    add_device_option(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the --sample-fraction row sample")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_cluster(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "cluster", "fit k-means on dumped features (one model per K) with quality metrics", _cmd_cluster
     )
@@ -479,6 +497,8 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of k-means++ and the held-out split")
     p.add_argument("--quiet", action="store_true", help="no progress bar over the K values")
 
+
+def _add_label(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "label", "assign every token its cluster id(s) and store the targets beside the store", _cmd_label
     )
@@ -492,9 +512,11 @@ def _add(sub: argparse._SubParsersAction) -> None:
         help="hidden-state index the k-means was fit on (features --kind hidden --layer)",
     )
     p.add_argument("--batch-size", type=positive_int, default=256, help="store rows per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "pretrain", "masked-prediction pre-training on k-means targets", _cmd_pretrain)
     p.set_defaults(parser=p)
     p.add_argument("store", nargs="?", help="prepared store (from `hubert-ecg prepare`; or from --config)")
@@ -521,6 +543,8 @@ def _add(sub: argparse._SubParsersAction) -> None:
     )
     _add_loop_args(p, "pretrain")
 
+
+def _add_pretrain_loop(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "pretrain-loop",
@@ -531,7 +555,22 @@ def _add(sub: argparse._SubParsersAction) -> None:
         "config", help="loop config, YAML or TOML (a commented template: `hubert-ecg config pretrain-loop > loop.yaml`)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the stages and whether each is done")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the config's out folder holds a loop with another config: move it aside (OUT.old-TIMESTAMP, "
+        "with the targets it wrote into the store) and start over",
+    )
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the loop in out with safe changes only (max_steps, patience, val_every, save_every, "
+        "log_every, logger, num_workers in an iteration's train:); any other change is refused",
+    )
 
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "finetune", "fine-tune on labelled data (multi-label, multi-class, binary, regression)", _cmd_finetune
     )
@@ -556,6 +595,15 @@ def _add(sub: argparse._SubParsersAction) -> None:
         "config finetune`); flags override its values",
     )
     p.add_argument("--task", choices=list(TASKS), help="default: multi_label")
+    _add_finetune_head_args(p)
+    _add_finetune_trainable_args(p)
+    _add_finetune_regularisation_args(p)
+    _add_finetune_validation_args(p)
+    _add_loop_args(p, "finetune")
+
+
+def _add_finetune_head_args(p: argparse.ArgumentParser) -> None:
+    """Head and loss options of ``finetune``."""
     p.add_argument(
         "--head-type",
         choices=["linear", "mlp", "cosine"],
@@ -577,6 +625,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-pos-weight", dest="pos_weight", action="store_false", help="unweighted BCE")
     p.add_argument("--class-weights", action="store_true", default=None, help="weighted cross-entropy by class index")
+
+
+def _add_finetune_trainable_args(p: argparse.ArgumentParser) -> None:
+    """What trains, at which learning rate, and the training crop."""
     p.add_argument("--layer-decay", type=unit_interval, help="layer-wise LR decay factor (1 = off; default 0.8)")
     p.add_argument("--head-lr-mult", type=positive_float, help="head LR = lr x this (default 10)")
     p.add_argument("--train-last-blocks", type=non_negative_int, help="train only the last N transformer blocks")
@@ -586,6 +638,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
         "--lp-then-ft", type=non_negative_int, metavar="STEPS", help="linear probe for STEPS, then fine-tune"
     )
     p.add_argument("--crop", choices=["random", "first"], help="training crop of 5 s windows")
+
+
+def _add_finetune_regularisation_args(p: argparse.ArgumentParser) -> None:
+    """Dropout options of ``finetune`` (each also settable by the recipe or --config)."""
     p.add_argument("--dropout", type=open_fraction, help="hidden and activation dropout")
     p.add_argument("--attention-dropout", type=open_fraction, help="dropout on attention weights")
     p.add_argument("--classifier-dropout", type=open_fraction, help="dropout before the head")
@@ -601,6 +657,10 @@ def _add(sub: argparse._SubParsersAction) -> None:
         help="zero each lead of a training window with probability P (at least one kept): tolerance to "
         "missing leads; check with `evaluate --leads limb,I`",
     )
+
+
+def _add_finetune_validation_args(p: argparse.ArgumentParser) -> None:
+    """What best/ and early stopping watch, and how validation records are windowed."""
     p.add_argument(
         "--monitor",
         choices=list(MONITORS),
@@ -609,4 +669,3 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-windows", choices=["first", "random", "sliding"], help="validation windows (TTA)")
     p.add_argument("--eval-crops", type=positive_int, help="random crops per record for --eval-windows random")
     p.add_argument("--eval-aggregate", choices=["mean", "max"], help="combine a record's validation windows")
-    _add_loop_args(p, "finetune")

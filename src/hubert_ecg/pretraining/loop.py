@@ -3,17 +3,23 @@
 Iteration 1 clusters hand-made per-token features; iteration n+1 clusters the hidden states of
 layer L of iteration n's best model and starts training from it with fresh codebooks. Every stage
 is skipped when its outputs are complete and resumes when interrupted, so re-running the same
-command after a kill finishes the job. Example config: ``configs/pretrain-loop.yaml``.
+command after a kill finishes the job; ``out/run.json`` records the config, and a re-run with another
+config is refused unless ``--overwrite`` or ``--resume`` (:func:`run_pretrain_loop`). Example config:
+``configs/pretrain-loop.yaml``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..store import ECGStore
+
+if TYPE_CHECKING:
+    from .targets import FeatureKind
 
 _ITERATION_KEYS = {"name", "features", "kmeans", "train"}
 _TOP_KEYS = {"store", "out", "size", "device", "seed", "iterations", "model"}
@@ -180,31 +186,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML or TOML loop config and check it: syntax, keys (nested sections too), types and
     ranges, each refused on one line naming the file, the key and the problem (:class:`ConfigError`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the config ({getattr(err, 'strerror', None) or err})") from None
-    if path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10: the backport (a dependency there)
-            import tomli as tomllib
-        try:
-            config = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: TOML syntax error: {str(err).splitlines()[0]}") from None
-    else:
-        import yaml
-
-        try:
-            config = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    config = _parse_config(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level (store:, out:, iterations: ...)")
     unknown = sorted(set(config) - _TOP_KEYS, key=str)
@@ -219,33 +201,71 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not config["iterations"]:
         raise ConfigError(f"{path}: iterations: the list is empty")
     for i, it in enumerate(config["iterations"]):
-        if not isinstance(it, dict):
-            raise ConfigError(f"{path}: iterations[{i + 1}]: expected a mapping, got {it!r}")
-        bad = set(it) - _ITERATION_KEYS
-        if bad:
-            raise ConfigError(
-                f"{path}: iteration {i + 1} has unknown keys {', '.join(sorted(map(str, bad)))} "
-                f"(allowed: {', '.join(sorted(_ITERATION_KEYS))})"
-            )
-        _check_section(path, f"iterations[{i + 1}]", it, _SECTION_TYPES["iteration"])
-        for section in ("features", "kmeans", "train"):
-            if section in it:
-                types = _train_types() if section == "train" else _SECTION_TYPES[section]
-                _check_section(path, f"iterations[{i + 1}].{section}", it[section], types)
+        _check_iteration(path, i + 1, it)
     if "model" in config:
-        import dataclasses
-
-        from ..config import ModelConfig
-
-        fields = {f.name for f in dataclasses.fields(ModelConfig)}
-        bad_model = sorted(set(config["model"]) - fields, key=str)
-        if bad_model:
-            raise ConfigError(f"{path}: model.{bad_model[0]}: unknown model config field")
+        _check_model_fields(path, config["model"])
     base = path.parent
     for key in ("store", "out"):
         if not Path(config[key]).is_absolute():
             config[key] = str((base / config[key]).resolve())
     return config
+
+
+def _parse_config(path: Path) -> Any:
+    """The parsed YAML or TOML file (TOML by its suffix); unreadable files and syntax errors are one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config ({getattr(err, 'strerror', None) or err})") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the backport (a dependency there)
+            import tomli as tomllib
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: TOML syntax error: {str(err).splitlines()[0]}") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+
+
+def _check_iteration(path: Path, number: int, it: Any) -> None:
+    """Keys, types and ranges of ``iterations[number]`` and of its sections."""
+    if not isinstance(it, dict):
+        raise ConfigError(f"{path}: iterations[{number}]: expected a mapping, got {it!r}")
+    bad = set(it) - _ITERATION_KEYS
+    if bad:
+        raise ConfigError(
+            f"{path}: iteration {number} has unknown keys {', '.join(sorted(map(str, bad)))} "
+            f"(allowed: {', '.join(sorted(_ITERATION_KEYS))})"
+        )
+    _check_section(path, f"iterations[{number}]", it, _SECTION_TYPES["iteration"])
+    for section in ("features", "kmeans", "train"):
+        if section in it:
+            types = _train_types() if section == "train" else _SECTION_TYPES[section]
+            _check_section(path, f"iterations[{number}].{section}", it[section], types)
+
+
+def _check_model_fields(path: Path, model: dict[str, Any]) -> None:
+    """``model:`` may only set ModelConfig fields."""
+    import dataclasses
+
+    from ..config import ModelConfig
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad_model = sorted(set(model) - fields, key=str)
+    if bad_model:
+        raise ConfigError(f"{path}: model.{bad_model[0]}: unknown model config field")
 
 
 def check_inputs(config: dict[str, Any], path: str | Path) -> None:
@@ -285,12 +305,65 @@ def _training_done(run_dir: Path, max_steps: int) -> bool:
     return state.get("step", 0) >= max_steps or bool(state.get("stopped_early"))
 
 
-def run_pretrain_loop(config_path: str | Path, *, dry_run: bool = False) -> Path | None:
-    """Run every iteration of the config; returns the final model directory."""
-    from ..training import TrainConfig
-    from .objective import run_pretrain
-    from .targets import cluster_features, dump_features, label_store
+@dataclass(frozen=True)
+class _Settings:
+    """The top-level settings of a loop config, shared by every iteration."""
 
+    store: Path
+    out: Path
+    size: str
+    device: str
+    seed: int
+    model: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> _Settings:
+        return cls(
+            store=Path(config["store"]),
+            out=Path(config["out"]),
+            size=config.get("size", "small"),
+            device=config.get("device", "auto"),
+            seed=int(config.get("seed", 0)),
+            model=config.get("model"),
+        )
+
+
+@dataclass(frozen=True)
+class _Iteration:
+    """One iteration of the loop with its defaults filled in (the section dicts hold the remaining options)."""
+
+    index: int
+    name: str
+    dir: Path
+    kind: FeatureKind
+    layer: int | None
+    checkpoint: str | None  # the model whose hidden states are clustered (kind "hidden")
+    k: int
+    max_steps: int
+    features: dict[str, Any]
+    kmeans: dict[str, Any]
+    train: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def target_name(self) -> str:
+        return f"{self.name}-k{self.k}"
+
+
+def run_pretrain_loop(
+    config_path: str | Path, *, dry_run: bool = False, overwrite: bool = False, resume: bool = False
+) -> Path | None:
+    """Run every iteration of the config; returns the final model directory.
+
+    ``out`` gets a ``run.json`` of the config (:mod:`hubert_ecg.runs`): re-running the same config continues
+    stage by stage; another config is refused unless ``overwrite`` (``out`` is moved aside, with the targets
+    it wrote into the store, and the loop starts over) or ``resume`` with safe changes only: those of
+    :data:`hubert_ecg.runs.SAFE_RESUME_CHANGES` in an iteration's ``train:``, which that iteration's run then
+    takes as ``pretrain --resume`` does.
+    """
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         # Features, k-means and labels are not split by rank here: N ranks would redo them and race
         # on the same files. Run the loop in one process; run `pretrain` itself under torchrun.
@@ -300,73 +373,165 @@ def run_pretrain_loop(config_path: str | Path, *, dry_run: bool = False) -> Path
         )
     config = load_config(config_path)
     check_inputs(config, config_path)  # dry runs too: a missing store is found before anything runs
-    store_path, out = Path(config["store"]), Path(config["out"])
-    size = config.get("size", "small")
-    device = config.get("device", "auto")
-    seed = int(config.get("seed", 0))
+    settings = _Settings.of(config)
+    if not dry_run:
+        _begin_loop_run(config, settings, overwrite=overwrite, resume=resume)
     previous_model: Path | None = None
-    for index, it in enumerate(config["iterations"], start=1):
-        name = it.get("name", f"iteration{index}")
-        it_dir = out / name
-        feat_cfg = dict(it.get("features", {}))
-        km_cfg = dict(it.get("kmeans", {}))
-        train_cfg = dict(it.get("train", {}))
-        kind = feat_cfg.pop("kind", "tf+mfcc" if index == 1 else "hidden")
-        layer = feat_cfg.pop("layer", None)
-        checkpoint = None
-        if kind == "hidden":
-            if previous_model is None:
-                raise ValueError(f"{config_path}: iteration {index} uses hidden features but has no previous model")
-            checkpoint = str(previous_model)
-            if layer is None:
-                raise ValueError(f"{config_path}: iteration {index}: features.layer is required for hidden features")
-        k = int(km_cfg.pop("k", 100 if index == 1 else 500))
-        max_steps = int(train_cfg.get("max_steps", 1000))
-        run_dir = it_dir / "run"
+    for index, section in enumerate(config["iterations"], start=1):
+        it = _iteration(config_path, index, section, settings.out, previous_model)
         if dry_run:
             print(
-                f"{name}: features {kind}{'' if layer is None else f' (layer {layer})'}, K={k}, "
-                f"{max_steps} steps -> {'done' if _training_done(run_dir, max_steps) else 'to do'}"
+                f"{it.name}: features {it.kind}{'' if it.layer is None else f' (layer {it.layer})'}, K={it.k}, "
+                f"{it.max_steps} steps -> {'done' if _training_done(it.run_dir, it.max_steps) else 'to do'}"
             )
-            previous_model = run_dir / "best"
+            previous_model = it.run_dir / "best"
             continue
-        store = ECGStore(store_path)
-        target_name = f"{name}-k{k}"
-        if not store.targets_path(target_name).exists():
-            feats = dump_features(
-                store,
-                it_dir / "features",
-                kind=kind,
-                checkpoint=checkpoint,
-                layer=layer,
-                seed=seed,
-                device=_device(device),
-                **feat_cfg,
-            )
-            cluster_features(feats, [k], it_dir / "kmeans", seed=seed, **km_cfg)
-            km_path = it_dir / "kmeans" / f"k{k}" / "kmeans.safetensors"
-            label_store(store, [km_path], target_name, checkpoint=checkpoint, layer=layer, device=_device(device))
-        cfg = TrainConfig(
-            out_dir=str(run_dir),
-            seed=seed,
-            device=device,
-            **{k_: v for k_, v in train_cfg.items() if k_ not in ("alpha", "mask_prob", "mask_length")},
-        )
-        if not _training_done(run_dir, max_steps):
-            run_pretrain(
-                str(store_path),
-                [target_name],
-                cfg,
-                size=size,
-                init_from=str(previous_model) if previous_model else None,
-                alpha=float(train_cfg.get("alpha", 1.0)),
-                mask_prob=train_cfg.get("mask_prob"),
-                mask_length=train_cfg.get("mask_length"),
-                model_overrides=config.get("model"),
-            )
-        best = run_dir / "best"
-        previous_model = best if best.exists() else run_dir / "last"
+        _make_targets(settings, it)
+        _train(settings, it, previous_model, resume=resume)
+        best = it.run_dir / "best"
+        previous_model = best if best.exists() else it.run_dir / "last"
     return previous_model
+
+
+def _loop_record(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``out/run.json`` compares: the config less ``out`` (where the record lives) and less the
+    training keys that are safe to change on resume or only shown (each iteration's own run checks those)."""
+    from ..runs import NOT_COMPARED, SAFE_RESUME_CHANGES
+
+    left_to_iteration = {key.split(".", 1)[1] for key in SAFE_RESUME_CHANGES | NOT_COMPARED if key.startswith("train.")}
+    return {
+        "loop": {key: value for key, value in config.items() if key not in ("out", "iterations")},
+        "iterations": {
+            str(i): {
+                **section,
+                "train": {k: v for k, v in section.get("train", {}).items() if k not in left_to_iteration},
+            }
+            for i, section in enumerate(config["iterations"], start=1)
+        },
+    }
+
+
+def _begin_loop_run(config: dict[str, Any], settings: _Settings, *, overwrite: bool, resume: bool) -> None:
+    """Check the config against ``out/run.json`` and record it (refused, moved aside or resumed as in
+    :func:`hubert_ecg.runs.begin_run`); the store's content is among the checked inputs."""
+    from ..runs import begin_run, store_fingerprint
+
+    store = ECGStore(settings.store)
+    decision = begin_run(
+        settings.out,
+        "pretrain-loop",
+        _loop_record(config),
+        overwrite=overwrite,
+        resume=resume,
+        inputs={"store": store_fingerprint(store)},
+    )
+    if decision.moved_to is not None:
+        _move_targets_aside(store, settings.out, decision.moved_to)
+
+
+def _move_targets_aside(store: ECGStore, out: Path, moved_to: Path) -> None:
+    """Targets in the store made with a k-means model of the run moved aside go with it (never deleted):
+    kept, they would be reused by the new run whatever its features and k-means settings."""
+    import shutil
+
+    old_out = out.resolve()
+    targets_dir = store.targets_path("any").parent  # the store's targets folder
+    for info_file in sorted(targets_dir.glob("*.json")) if targets_dir.is_dir() else []:
+        try:
+            kmeans = json.loads(info_file.read_text()).get("kmeans")
+        except (OSError, ValueError, AttributeError):
+            continue  # not a targets record
+        if not isinstance(kmeans, str) or not Path(kmeans).is_relative_to(old_out):
+            continue
+        dest = moved_to / "store-targets"
+        dest.mkdir(exist_ok=True)
+        for file in (info_file.with_suffix(".npy"), info_file):
+            if file.exists():
+                shutil.move(str(file), str(dest / file.name))
+        print(f"--overwrite: targets {info_file.stem} of the previous run moved to {dest}")
+
+
+def _iteration(
+    config_path: str | Path, index: int, section: dict[str, Any], out: Path, previous_model: Path | None
+) -> _Iteration:
+    """Iteration ``index`` of the config with its defaults (iteration 1: hand-made features and K=100;
+    later ones: hidden states of the previous model and K=500)."""
+    feat_cfg = dict(section.get("features", {}))
+    km_cfg = dict(section.get("kmeans", {}))
+    train_cfg = dict(section.get("train", {}))
+    kind = feat_cfg.pop("kind", "tf+mfcc" if index == 1 else "hidden")
+    layer = feat_cfg.pop("layer", None)
+    checkpoint = None
+    if kind == "hidden":
+        if previous_model is None:
+            raise ValueError(f"{config_path}: iteration {index} uses hidden features but has no previous model")
+        checkpoint = str(previous_model)
+        if layer is None:
+            raise ValueError(f"{config_path}: iteration {index}: features.layer is required for hidden features")
+    name = section.get("name", f"iteration{index}")
+    return _Iteration(
+        index=index,
+        name=name,
+        dir=out / name,
+        kind=kind,
+        layer=layer,
+        checkpoint=checkpoint,
+        k=int(km_cfg.pop("k", 100 if index == 1 else 500)),
+        max_steps=int(train_cfg.get("max_steps", 1000)),
+        features=feat_cfg,
+        kmeans=km_cfg,
+        train=train_cfg,
+    )
+
+
+def _make_targets(settings: _Settings, it: _Iteration) -> None:
+    """Features -> k-means -> labels for one iteration, unless its targets are already in the store."""
+    from .targets import cluster_features, dump_features, label_store
+
+    store = ECGStore(settings.store)
+    if store.targets_path(it.target_name).exists():
+        return
+    feats = dump_features(
+        store,
+        it.dir / "features",
+        kind=it.kind,
+        checkpoint=it.checkpoint,
+        layer=it.layer,
+        seed=settings.seed,
+        device=_device(settings.device),
+        **it.features,
+    )
+    cluster_features(feats, [it.k], it.dir / "kmeans", seed=settings.seed, **it.kmeans)
+    km_path = it.dir / "kmeans" / f"k{it.k}" / "kmeans.safetensors"
+    label_store(
+        store, [km_path], it.target_name, checkpoint=it.checkpoint, layer=it.layer, device=_device(settings.device)
+    )
+
+
+def _train(settings: _Settings, it: _Iteration, previous_model: Path | None, *, resume: bool) -> None:
+    """Masked-prediction training of one iteration (from the previous iteration's model), unless done."""
+    from ..training import TrainConfig
+    from .objective import run_pretrain
+
+    cfg = TrainConfig(
+        out_dir=str(it.run_dir),
+        seed=settings.seed,
+        device=settings.device,
+        **{k_: v for k_, v in it.train.items() if k_ not in ("alpha", "mask_prob", "mask_length")},
+    )
+    if not _training_done(it.run_dir, it.max_steps):
+        run_pretrain(
+            str(settings.store),
+            [it.target_name],
+            cfg,
+            size=settings.size,
+            init_from=str(previous_model) if previous_model else None,
+            alpha=float(it.train.get("alpha", 1.0)),
+            mask_prob=it.train.get("mask_prob"),
+            mask_length=it.train.get("mask_length"),
+            model_overrides=settings.model,
+            resume=resume,
+        )
 
 
 def _device(device: str) -> str:

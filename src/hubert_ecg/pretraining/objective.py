@@ -10,6 +10,7 @@ and do not depend on the number of processes or on how the step is split into mi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -294,24 +295,17 @@ def run_pretrain(
     are fresh (sized by the new targets). ``cfg.out_dir`` gets a ``run.json``; ``overwrite``/``resume``
     as in :func:`hubert_ecg.finetune.run_finetune`.
     """
-    import json
-    from pathlib import Path
-
-    from ..checkpoint import load_model
-    from ..model import create_model
-    from ..runs import begin_training_run
     from ..training import train
 
     store = ECGStore(store_path)
     targets = list(targets)
     if cfg.monitor == "val_loss":
         cfg.monitor_mode = "min"
-    init_path = Path(init_from).expanduser() if init_from else None
     run = PretrainRun(
-        str(Path(store.path).resolve()),
+        store_path,
         targets,
         size,
-        str(init_path.resolve()) if init_path is not None and init_path.exists() else init_from,
+        init_from,
         alpha,
         mask_prob,
         mask_length,
@@ -320,46 +314,8 @@ def run_pretrain(
         model_overrides,
         lead_dropout,
     )
-    begin_training_run(
-        cfg.out_dir,
-        cfg.device,
-        "pretrain",
-        pretrain_settings(run, cfg),
-        store=store,
-        init=init_from,
-        extra_inputs={"targets": {n: _targets_fingerprint(store, n) for n in targets}},
-        overwrite=overwrite,
-        resume=resume,
-        command=command,
-    )
-    vocab_sizes = []
-    kmeans_refs = []
-    for name in targets:
-        meta_file = store.targets_path(name).with_suffix(".json")
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        k = meta.get("k") or int(np.asarray(store.targets(name)).max()) + 1
-        vocab_sizes.append(int(k))
-        kmeans_refs.append(meta.get("kmeans", str(store.targets_path(name))))
-    overrides = dict(model_overrides or {})
-    if mask_prob is not None:
-        overrides["mask_time_prob"] = mask_prob
-    if mask_length is not None:
-        overrides["mask_time_length"] = mask_length
-    # Random weights (a fresh model, new codebooks) must come from --seed, not from the process: the same
-    # command then gives the same model, and a killed run re-creates what it saved before resuming.
-    torch.manual_seed(cfg.seed)
-    if init_from:
-        model = load_model(init_from)
-        model.set_head(None, drop_codebooks=False)
-        model.set_codebooks(vocab_sizes)
-        if overrides:
-            model.update_config(**overrides)
-    else:
-        rate = int(round(store.fs))
-        model = create_model(size, input_rate_hz=rate, vocab_sizes=vocab_sizes, **overrides)
-    model.info.preprocessing = store.spec.to_dict()
-    model.info.kmeans = kmeans_refs
-    model.info.source = f"pre-trained on {store.path}" + (f" from {init_from}" if init_from else "")
+    _begin_pretrain_run(store, run, cfg, overwrite=overwrite, resume=resume, command=command)
+    model = _model_to_pretrain(store, run, cfg.seed)
     train_rows, val_rows = default_val_rows(store, val_split, val_fraction, cfg.seed)
     objective = PretrainObjective(
         model,
@@ -373,3 +329,76 @@ def run_pretrain(
         lead_dropout=lead_dropout,
     )
     return train(model, objective, cfg)
+
+
+def _begin_pretrain_run(
+    store: ECGStore, run: PretrainRun, cfg: TrainConfig, *, overwrite: bool, resume: bool, command: list[str] | None
+) -> None:
+    """Start (or resume) the run record in ``cfg.out_dir``; the targets' fingerprints are among its inputs."""
+    from pathlib import Path
+
+    from ..runs import begin_training_run
+
+    init_path = Path(run.init_from).expanduser() if run.init_from else None
+    # run.json records absolute paths: the run then compares equal from any folder.
+    recorded = dataclasses.replace(
+        run,
+        store=str(Path(store.path).resolve()),
+        init_from=str(init_path.resolve()) if init_path is not None and init_path.exists() else run.init_from,
+    )
+    begin_training_run(
+        cfg.out_dir,
+        cfg.device,
+        "pretrain",
+        pretrain_settings(recorded, cfg),
+        store=store,
+        init=run.init_from,
+        extra_inputs={"targets": {n: _targets_fingerprint(store, n) for n in run.targets or []}},
+        overwrite=overwrite,
+        resume=resume,
+        command=command,
+    )
+
+
+def _codebooks(store: ECGStore, targets: Sequence[str]) -> tuple[list[int], list[str]]:
+    """(codebook size, k-means model reference) of each target set."""
+    import json
+
+    vocab_sizes = []
+    kmeans_refs = []
+    for name in targets:
+        meta_file = store.targets_path(name).with_suffix(".json")
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        k = meta.get("k") or int(np.asarray(store.targets(name)).max()) + 1
+        vocab_sizes.append(int(k))
+        kmeans_refs.append(meta.get("kmeans", str(store.targets_path(name))))
+    return vocab_sizes, kmeans_refs
+
+
+def _model_to_pretrain(store: ECGStore, run: PretrainRun, seed: int) -> HubertECG:
+    """A fresh ``run.size`` model, or ``run.init_from`` with fresh codebooks, sized by the targets."""
+    from ..checkpoint import load_model
+    from ..model import create_model
+
+    vocab_sizes, kmeans_refs = _codebooks(store, run.targets or [])
+    overrides = dict(run.model_overrides or {})
+    if run.mask_prob is not None:
+        overrides["mask_time_prob"] = run.mask_prob
+    if run.mask_length is not None:
+        overrides["mask_time_length"] = run.mask_length
+    # Random weights (a fresh model, new codebooks) must come from --seed, not from the process: the same
+    # command then gives the same model, and a killed run re-creates what it saved before resuming.
+    torch.manual_seed(seed)
+    if run.init_from:
+        model = load_model(run.init_from)
+        model.set_head(None, drop_codebooks=False)
+        model.set_codebooks(vocab_sizes)
+        if overrides:
+            model.update_config(**overrides)
+    else:
+        rate = int(round(store.fs))
+        model = create_model(run.size, input_rate_hz=rate, vocab_sizes=vocab_sizes, **overrides)
+    model.info.preprocessing = store.spec.to_dict()
+    model.info.kmeans = kmeans_refs
+    model.info.source = f"pre-trained on {store.path}" + (f" from {run.init_from}" if run.init_from else "")
+    return model
