@@ -271,7 +271,7 @@ def direct_window_gather(
 
     ``StoreWindows`` now gathers whole rows ``(B, 12, row_samples)`` and then crops them with
     ``take_along_axis``; copying only ``[start, start + window)`` of each row reads half the bytes
-    and skips the index arrays. Same outputs as ``crop_rows(store.signals(rows), ...)``:
+    and skips the index arrays. Same outputs as the row gather it replaced:
     float32 ``(B, 12 * window)`` and bool mask ``(B, 12 * window)``.
     """
     lengths = np.minimum(store.lengths[rows], store.row_samples)

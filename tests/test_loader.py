@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hubert_ecg.loader import BatchSampler, StoreWindows, crop_rows, evaluation_windows, make_loader
+from hubert_ecg.loader import BatchSampler, StoreWindows, evaluation_windows, make_loader
 from hubert_ecg.preprocess import PreprocessSpec, cut_windows
 from hubert_ecg.store import ECGStore
 from hubert_ecg.synthetic import SYNTHETIC_LABELS
@@ -17,22 +17,23 @@ def store(make_store) -> ECGStore:
     return ECGStore(make_store(24, seed=1, seconds=12.0, labels=SYNTHETIC_LABELS))
 
 
-def test_crop_rows_equals_cut_windows_on_one_record(store):
+def test_store_crops_equal_cut_windows_on_one_record(store):
+    """The crops training batches are made of (ECGStore.crops) equal the published window cut."""
     row = 0
     signal = store.signals([row])[0][:, : store.lengths[row]]
     for start in (0, 137, 500):
         expected, expected_mask = cut_windows(signal, PreprocessSpec(), [start])
-        x, mask = crop_rows(store.signals([row]), store.lengths[[row]], 500, np.array([start]))
-        np.testing.assert_array_equal(x, expected)
-        np.testing.assert_array_equal(mask, expected_mask)
+        x, valid = store.crops([row], np.array([start]), 500)
+        np.testing.assert_array_equal(x.reshape(1, -1), expected)
+        np.testing.assert_array_equal(np.broadcast_to(valid[:, None, :], x.shape).reshape(1, -1), expected_mask)
 
 
-def test_short_rows_are_padded_per_lead():
-    signals = np.ones((1, 12, 1000), np.float32)
-    x, mask = crop_rows(signals, np.array([300]), 500, np.array([0]))
-    lead = mask.reshape(12, 500)
-    assert lead[:, :300].all() and not lead[:, 300:].any()
-    assert (x.reshape(12, 500)[:, 300:] == 0).all()
+def test_crops_past_the_valid_length_are_zero_and_invalid(store):
+    short = int(np.argmin(store.lengths))
+    start = max(0, int(store.lengths[short]) - 200)
+    x, valid = store.crops([short], np.array([start]), 500)
+    assert valid[0, :200].all() and not valid[0, 200:].any()
+    assert (x[0, :, 200:] == 0).all() and np.abs(x[0, :, :200]).sum() > 0
 
 
 def test_random_crops_are_deterministic_per_batch_key(store):

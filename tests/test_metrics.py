@@ -293,11 +293,11 @@ def test_bootstrap_multiclass_regression_and_stratified(rng: np.random.Generator
 
 
 def test_stratified_resamples_keep_class_counts(rng: np.random.Generator) -> None:
-    from hubert_ecg.metrics import _prepare, _resample_weights, _strata
+    from hubert_ecg.metrics import _prepare, _resample_weights
 
     y = rng.integers(0, 2, 80)
     prep = _prepare("binary", y, rng.random(80), None)
-    weights = _resample_weights(np.random.default_rng(0), 80, 50, _strata(prep))
+    weights = _resample_weights(np.random.default_rng(0), 80, 50, prep.strata())
     np.testing.assert_array_equal(weights @ y, np.full(50, y.sum()))
 
 

@@ -25,7 +25,6 @@ windows, so each window's attribution counts 1/W, and a sample in two windows ad
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,18 +260,3 @@ def explain_file(
         fig = ecg_figure(signal, record.fs, attribution=explanation.attribution, title=title)
         written = save_figure(fig, out_png)
     return explanation, written
-
-
-def lead_time_summary(explanation: Explanation, lead_names: Sequence[str] = LEAD_NAMES) -> list[dict[str, Any]]:
-    """Per lead: share of attribution and the time (s) of its largest absolute attribution (for tables)."""
-    rows = []
-    for i, name in enumerate(lead_names):
-        a = np.abs(explanation.model_attribution[i])
-        rows.append(
-            {
-                "lead": name,
-                "share": float(explanation.lead_share[i]),
-                "peak_s": float(np.argmax(a) / explanation.model_fs) if a.size else float("nan"),
-            }
-        )
-    return rows

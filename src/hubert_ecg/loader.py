@@ -30,23 +30,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .store import ECGStore
 
 
-def crop_rows(
-    signals: np.ndarray, lengths: np.ndarray, window: int, starts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cut (B, 12, L) rows at ``starts`` into flattened windows (B, 12*window) and masks (B, 12*window).
-
-    Samples past a row's valid ``length`` (or past the row end) are zero and masked out, lead by lead.
-    """
-    batch, leads, row_len = signals.shape
-    index = starts[:, None] + np.arange(window)[None, :]  # (B, window)
-    inside = index < np.minimum(lengths, row_len)[:, None]
-    index = np.minimum(index, row_len - 1)
-    x = np.take_along_axis(signals, np.broadcast_to(index[:, None, :], (batch, leads, window)), axis=2)
-    x = np.where(inside[:, None, :], x, 0.0).astype(np.float32, copy=False)
-    mask = np.broadcast_to(inside[:, None, :], (batch, leads, window))
-    return x.reshape(batch, leads * window), np.ascontiguousarray(mask).reshape(batch, leads * window)
-
-
 def batch_mask(batch: dict[str, Any]) -> torch.Tensor:
     """The batch's sample mask (B, W), built as all-True when the batch is ``full`` and carries none."""
     mask = batch.get("attention_mask")

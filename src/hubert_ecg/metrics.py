@@ -64,13 +64,10 @@ __all__ = [
 THRESHOLD_METRICS = ("f1", "precision", "npv", "sensitivity", "specificity", "accuracy")
 # Calibration of the probabilities themselves (no threshold): Brier score and expected calibration error.
 CALIBRATION_METRICS = ("brier", "ece")
-LABEL_METRICS = ("auroc", "auprc") + THRESHOLD_METRICS + CALIBRATION_METRICS
 MULTICLASS_LABEL_METRICS = ("auroc", "auprc", "f1", "precision", "npv", "sensitivity", "specificity", "brier", "ece")
-MULTICLASS_OVERALL_METRICS = ("accuracy", "balanced_accuracy", "brier", "ece_top_label")
 # Expected calibration error: ECE_BINS equal-width bins on [0, 1], right-closed like scikit-learn's
 # calibration_curve(strategy="uniform") (bin k holds k/B < p <= (k+1)/B; p = 0 goes to the first bin).
 ECE_BINS = 10
-REGRESSION_METRICS = ("mae", "rmse", "r2", "pearson_r")
 
 # Bootstrap memory bound: number of resamples x records processed at once.
 _MAX_WEIGHT_CELLS = 4_000_000
@@ -810,11 +807,6 @@ def _resample_weights(
     offsets = (np.arange(n_rows) * n_records)[:, None]
     counts = np.bincount((flat + offsets).ravel(), minlength=n_rows * n_records)
     return counts.reshape(n_rows, n_records).astype(np.float64)
-
-
-def _strata(prep: _Prepared) -> list[np.ndarray]:
-    """Record indices per stratum: class (multi-class), target (binary) or exact label set."""
-    return prep.strata()
 
 
 CI_METHODS = ("percentile", "bca")

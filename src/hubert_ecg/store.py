@@ -615,7 +615,6 @@ class PrepareResult:
     rejects: list[tuple[str, str]]
     warned: int = 0  # accepted records whose reader flagged something (units, amplitude, Einthoven ...)
     notes: list[str] = field(default_factory=list)  # one line each: split chosen, records appended/changed
-    new_records: int = 0  # records appended to a complete store by this run
 
 
 def _record_rows(record: Any, signal: np.ndarray, row_samples: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -789,7 +788,7 @@ def _scan_inputs(job: _PrepareJob) -> _InputScan:
     """
     from .io import InputAccount
 
-    known, next_block = _stored_sources(job.out, job.shard_records)
+    known, next_block = _stored_sources(job.out)
     n_current = n_pending = 0
     changed: list[str] = []
     seen: set[int] = set()
@@ -843,7 +842,6 @@ def _prepare_locked(job: _PrepareJob, scan: _InputScan, notes: list[str]) -> Pre
     _list_skipped(out, scan, notes)
     _list_unmatched_labels(out, job.labels, notes)
     result.notes = notes
-    result.new_records = scan.n_pending if was_complete else 0
     return result
 
 
@@ -966,7 +964,7 @@ def _fingerprint(path: str) -> str:
     return "/".join(parts)
 
 
-def _stored_sources(out: Path, shard_records: int) -> tuple[dict[int, tuple[str, str]], int]:
+def _stored_sources(out: Path) -> tuple[dict[int, tuple[str, str]], int]:
     """Sources held by the finished shards of an existing store (digest -> (source, fingerprint)), and
     the next free block number. Unfinished shards are redone, so their sources count as not stored."""
     known: dict[int, tuple[str, str]] = {}

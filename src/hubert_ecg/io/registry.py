@@ -43,7 +43,6 @@ class Format:
         sniff: ``"module:function"`` of ``f(path, head) -> bool`` for checks beyond magic bytes (run
             only for files with one of ``suffixes``).
         keyed: files can hold several records addressed by a key (HDF5 CODE-15%).
-        stores_fs: files of this format state their sampling rate (False: ``--fs`` or a sidecar needed).
         extra: the ``pip install hubert-ecg[EXTRA]`` that brings the format's library, if any.
         description: one line for the README / ``--help``.
     """
@@ -56,7 +55,6 @@ class Format:
     xml_roots: tuple[str, ...] = ()
     sniff: str | None = None
     keyed: bool = False
-    stores_fs: bool = True
     extra: str | None = None
     description: str = ""
 
@@ -203,7 +201,6 @@ register(
         (".mat",),
         ("matlab",),
         magic=((0, b"MATLAB"),),
-        stores_fs=False,
         description="MATLAB .mat holding a (12, N) array (fs from an 'fs' variable, --fs or a sidecar)",
     )
 )
@@ -214,7 +211,6 @@ register(
         (".npy", ".npz"),
         ("npy", "npz"),
         magic=((0, b"\x93NUMPY"),),
-        stores_fs=False,
         description="NumPy .npy / .npz (fs from an 'fs' entry, --fs or a sidecar)",
     )
 )
@@ -225,7 +221,6 @@ register(
         (".csv", ".tsv", ".txt"),
         ("csv", "tsv", "txt"),
         sniff=_M + "text:looks_like_ecg_table",
-        stores_fs=False,
         description="CSV/TSV/TXT, one column per lead (fs: time column, '# fs:' line, --fs or a sidecar)",
     )
 )
