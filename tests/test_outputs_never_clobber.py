@@ -66,8 +66,19 @@ def test_an_output_over_an_input_record_is_refused_and_the_record_kept(
         [command, str(model_dir), str(tmp_path / "records"), "--fs", "500", "--out", str(records[1]), "--quiet"]
     )
     assert code == 1
-    assert "would overwrite the input record" in _one_line_error(capsys)
+    assert "was not written by hubert-ecg" in _one_line_error(capsys)  # the CLI checks before loading anything
     assert records[1].read_bytes() == before
+
+
+def test_the_library_refuses_an_output_that_is_an_input_record(model_dir: Path, tmp_path: Path) -> None:
+    from hubert_ecg.checkpoint import load_model
+    from hubert_ecg.inference import predict_files
+
+    records = _records(tmp_path / "records")
+    before = records[0].read_bytes()
+    with pytest.raises(ValueError, match="would overwrite the input record"):
+        predict_files(load_model(model_dir), [str(records[0])], records[0], read_kwargs={"fs": 500.0}, progress=False)
+    assert records[0].read_bytes() == before
 
 
 def test_an_existing_file_that_is_not_ours_is_refused_but_our_own_output_is_replaced(
@@ -78,7 +89,7 @@ def test_an_existing_file_that_is_not_ours_is_refused_but_our_own_output_is_repl
     theirs.write_text("patient,comment\n1,fine\n")
     args = [str(model_dir), str(tmp_path / "records"), "--fs", "500", "--quiet", "--out"]
     assert main(["predict", *args, str(theirs)]) == 1
-    assert "is not a hubert-ecg predict/embed output" in _one_line_error(capsys)
+    assert "was not written by hubert-ecg" in _one_line_error(capsys)
     assert theirs.read_text() == "patient,comment\n1,fine\n"
 
     ours = tmp_path / "pred.csv"
@@ -115,3 +126,39 @@ def test_a_store_inside_its_input_folder_is_not_read_as_records(tmp_path: Path) 
     assert not any("appended" in note for note in result.notes)
     skipped = (folder / "store" / "skipped.csv").read_text()
     assert "a hubert-ecg store (folder not searched)" in skipped
+
+
+def test_single_file_outputs_replace_only_their_own_earlier_versions(
+    model_dir: Path, tmp_path: Path, make_store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """store-export (.parquet) and explain (.png): a user's file is refused, our own is replaced."""
+    store = make_store(4, seconds=3.0)
+    records = _records(tmp_path / "records")
+    commands = {
+        ".parquet": ["store-export", str(store), "--out"],
+        ".png": ["explain", str(model_dir), str(records[0]), "--fs", "500", "--label", "af", "--out"],
+    }
+    for suffix, command in commands.items():
+        theirs = tmp_path / f"theirs{suffix}"
+        theirs.write_bytes(b"a user's file")
+        assert main([*command, str(theirs)]) == 1
+        assert "was not written by hubert-ecg" in _one_line_error(capsys)
+        assert theirs.read_bytes() == b"a user's file"
+        ours = tmp_path / f"ours{suffix}"
+        assert main([*command, str(ours)]) == 0
+        assert main([*command, str(ours)]) == 0, capsys.readouterr().err
+
+
+def test_predict_labels_read_only_the_model_outputs(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A labels CSV with a split and a patient column beside the truth column is fine for predict."""
+    _records(tmp_path / "records")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("record_id,split,patient_id,af\nr0,test,p1,1\nr1,train,p2,0\n")
+    out = tmp_path / "pred.csv"
+    args = ["predict", str(model_dir), str(tmp_path / "records"), "--fs", "500", "--quiet"]
+    assert main([*args, "--labels", str(labels), "--out", str(out)]) == 0, capsys.readouterr().err
+    with open(out, newline="") as fh:
+        truth = {r["record_id"]: r["y_true_af"] for r in csv.DictReader(fh)}
+    assert truth == {"r0": "1", "r1": "0"}

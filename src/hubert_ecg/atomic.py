@@ -185,6 +185,17 @@ def written_by_us(path: str | os.PathLike) -> bool:
     return False
 
 
+def check_not_foreign(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse an existing file at output ``path`` that this package did not write (see :func:`written_by_us`)."""
+    path = Path(path)
+    if path.is_file() and not written_by_us(path):
+        raise FileExistsError(
+            f"{path}: exists and was not written by hubert-ecg; choose another {option} or move it "
+            "(nothing was changed)"
+        )
+    return path
+
+
 def _age_s(path: Path) -> float:
     import time
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import check_not_foreign
+
 Handler = Callable[[argparse.Namespace], int | None]
 
 EPILOG = """\
@@ -173,6 +175,7 @@ def check_output_file(path: str | Path, suffixes: Sequence[str] = (), option: st
             f"{path}: unknown extension {path.suffix or '(none)'!r} for {option}; use {' or '.join(suffixes)}"
         )
     _check_parents(path)
+    check_not_foreign(path, option)
     return path
 
 

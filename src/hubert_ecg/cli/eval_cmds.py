@@ -186,13 +186,19 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from ..inference import predict_files
+    from ..inference import label_names, predict_files
     from ..store import LabelTable
 
     check_output_file(args.out, (".csv", ".parquet"))  # before the model or any record is loaded
-    labels = LabelTable.from_csv(args.labels, id_column=args.id_column) if args.labels else None
+    model = _load(args)
+    # Only the columns of the model's outputs are truth: a split or patient column beside them is not read.
+    labels = (
+        LabelTable.from_csv(args.labels, id_column=args.id_column, label_columns=label_names(model))
+        if args.labels
+        else None
+    )
     summary = predict_files(
-        _load(args),
+        model,
         args.inputs,
         args.out,
         mode="predict",
@@ -243,6 +249,11 @@ def _print_summary(summary) -> None:  # noqa: ANN001
         )
         + (f"; {summary.rejected} rejected (reasons in {summary.rejects_path})" if summary.rejected else "")
         + (f"; {summary.skipped}" if getattr(summary, "skipped", "") else "")
+        + (
+            f"; probabilities calibrated with the model's saved {summary.calibration} fit"
+            if getattr(summary, "calibration", "")
+            else ""
+        )
     )
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_command, register
+from . import add_command, check_output_file, register
 
 
 def _cmd_store_export(args: argparse.Namespace) -> None:
     from ..hf_datasets import export_store
 
+    check_output_file(args.out, (".parquet",))
     out = export_store(args.store, args.out, split=args.split or None)
     print(f"exported {args.store}{f' (split {args.split})' if args.split else ''} -> {out}")
 
