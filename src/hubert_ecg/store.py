@@ -1044,20 +1044,11 @@ def _write_shard(
     table_rows: list[dict[str, Any]] = []
     arrays = []
     for rows, info in oks:
-        label_values = None
-        if labels is not None:
-            label_values = labels.lookup(info["record_id"], info["source"])
-            if label_values is None:
-                rejects.add(info["record_id"], info["source"], "no row for this record in the labels file")
-                continue
-        split: str | None = None
-        group = ""
-        if labels is not None:
-            key = labels.key_of(info["record_id"], info["source"])
-            if key is not None:
-                split = labels.splits.get(key) if labels.splits else None
-                group = labels.groups.get(key, "") if labels.groups else ""
-        split = split or _split_for(info["record_id"], split_fractions, seed)
+        label_values = labels.lookup(info["record_id"], info["source"]) if labels is not None else None
+        if labels is not None and label_values is None:
+            rejects.add(info["record_id"], info["source"], "no row for this record in the labels file")
+            continue
+        split, group = _split_and_group(info, labels, split_fractions, seed)
         for segment, length in enumerate(info["lengths"]):
             row = {
                 "record_id": info["record_id"],
@@ -1077,11 +1068,36 @@ def _write_shard(
             table_rows.append(row)
         arrays.append(rows)
     data = np.concatenate(arrays) if arrays else np.zeros((0, 12, row_samples), np.float32)
-    shard_npy = out / "shards" / f"{block:05d}.npy"
-    with atomic_path(shard_npy) as tmp:
+    fields = MANIFEST_FIELDS[1:] + [LABEL_PREFIX + n for n in label_names]
+    _write_block_files(out, block, data, rejects, block_sources, fields, table_rows)
+
+
+def _split_and_group(
+    info: dict[str, Any], labels: LabelTable | None, split_fractions: tuple[float, float], seed: int
+) -> tuple[str, str]:
+    """A record's split (from the labels, else a hash of its id) and its group ("" without one)."""
+    split: str | None = None
+    group = ""
+    key = labels.key_of(info["record_id"], info["source"]) if labels is not None else None
+    if labels is not None and key is not None:
+        split = labels.splits.get(key) if labels.splits else None
+        group = labels.groups.get(key, "") if labels.groups else ""
+    return split or _split_for(info["record_id"], split_fractions, seed), group
+
+
+def _write_block_files(
+    out: Path,
+    block: int,
+    data: np.ndarray,
+    rejects: RejectsTable,
+    block_sources: Sequence[Any],
+    fields: list[str],
+    table_rows: list[dict[str, Any]],
+) -> None:
+    """One shard's files, each atomically; the manifest part last, as its presence marks the shard done."""
+    with atomic_path(out / "shards" / f"{block:05d}.npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, data)
-    fields = MANIFEST_FIELDS[1:] + [LABEL_PREFIX + n for n in label_names]
     rejects.write()
     # Every source of the block and its fingerprint: what a re-run compares to find new or changed records.
     with atomic_path(out / "shards" / f"{block:05d}.sources.csv") as tmp:
@@ -1089,7 +1105,6 @@ def _write_shard(
             writer = csv.writer(fh)
             writer.writerow(["source", "fingerprint"])
             writer.writerows((_source_ident(src), _fingerprint(src.path)) for src in block_sources)
-    # The manifest part is written last: its presence marks the shard complete.
     with atomic_path(out / "shards" / f"{block:05d}.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
             manifest = csv.DictWriter(fh, fieldnames=fields)

@@ -682,61 +682,48 @@ def cluster_features(
         raise TargetsError(f"k values must be positive integers, got {ks}")
     if not 0.0 <= held_out_fraction < 1.0:
         raise TargetsError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
+    fit_settings = {
+        "normaliser": normaliser,
+        "held_out_fraction": held_out_fraction,
+        "seed": seed,
+        "backend": backend,
+        "max_fit_rows": max_fit_rows,
+        "epochs": epochs,
+        "fit_batch_size": fit_batch_size,
+    }
     held_rows = _held_out_rows(features_dir, meta, held_out_fraction, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_npy(out_dir / "held_out_rows.npy", held_rows)  # which ECGs quality was measured on
+    features = {"path": str(features_dir.resolve()), "rows_sha256": meta["rows_sha256"], "rows": meta["n_rows"]}
     _record_stage(
-        out_dir,
-        "cluster",
-        {
-            "ks": ks,
-            "normaliser": normaliser,
-            "held_out_fraction": held_out_fraction,
-            "seed": seed,
-            "backend": backend,
-            "max_fit_rows": max_fit_rows,
-            "max_held_out_rows": max_held_out_rows,
-            "epochs": epochs,
-            "fit_batch_size": fit_batch_size,
-        },
-        {"features": {"path": str(features_dir.resolve()), "rows_sha256": meta["rows_sha256"], "rows": meta["n_rows"]}},
+        out_dir, "cluster", {"ks": ks, **fit_settings, "max_held_out_rows": max_held_out_rows}, {"features": features}
     )
     held_chunks = list(
         iter_feature_batches(features_dir, max_held_out_rows, only_rows=held_rows if held_rows.size else None)
     )
     if not held_chunks:
         raise TargetsError(f"{features_dir}: the held-out rows have no valid tokens")
-    job = _ClusterJob(
-        features_dir,
-        meta,
-        held_rows,
-        np.concatenate(held_chunks),
-        n_threads,
-        {
-            "features": str(features_dir.resolve()),
-            "features_rows_sha256": meta["rows_sha256"],
-            "normaliser": normaliser,
-            "held_out_fraction": held_out_fraction,
-            "seed": seed,
-            "backend": backend,
-            "max_fit_rows": max_fit_rows,
-            "epochs": epochs,
-            "fit_batch_size": fit_batch_size,
-        },
-    )
+    # Recorded in every quality.json: a K fitted with the same settings on the same dump is reused.
+    settings = {"features": features["path"], "features_rows_sha256": meta["rows_sha256"], **fit_settings}
+    job = _ClusterJob(features_dir, meta, held_rows, np.concatenate(held_chunks), n_threads, settings)
     results = [
         job.fit(k, out_dir / f"k{k}")
         for k in progress(ks, desc="k-means", unit="K", enabled=show_progress and len(ks) > 1)
     ]
+    _write_sweep(out_dir, features["path"], results)
+    return results
+
+
+def _write_sweep(out_dir: Path, features: str, results: list[dict[str, Any]]) -> None:
+    """``sweep.json`` (every K's quality numbers) and, for several K, the inertia-against-K figure."""
     summary = [{key: value for key, value in r.items() if key != "cluster_sizes"} for r in results]
-    atomic_write_json(out_dir / "sweep.json", {"features": job.settings["features"], "results": summary})
-    if len(ks) > 1:
+    atomic_write_json(out_dir / "sweep.json", {"features": features, "results": summary})
+    if len(results) > 1:
         from ..plots import plot_inertia_vs_k
 
         plot_inertia_vs_k(
             [r["k"] for r in results], [r["inertia_total"] for r in results], out_dir / "inertia_vs_k.png"
         )
-    return results
 
 
 def _held_out_rows(features_dir: Path, meta: dict[str, Any], fraction: float, seed: int) -> np.ndarray:
