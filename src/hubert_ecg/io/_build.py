@@ -63,6 +63,7 @@ def build_record(
     units_list = _units_per_channel(path, channel_units, units_override, data.shape[0])
     data, units = _scale_to_mv(data, units_list, warnings, units_explained=units_explained)
     signal = _arrange(path, data, lead_names, meta, warnings, allow_missing_leads=allow_missing_leads)
+    _check_not_a_clock(path, signal, meta)
     _check_finite(path, signal, warnings)
 
     record = Record(
@@ -154,6 +155,25 @@ def _arrange(
             f"{', '.join(lead_info['ignored_leads'])}"
         )
     return signal
+
+
+def _check_not_a_clock(path: str | Path, signal: np.ndarray, meta: dict[str, Any]) -> None:
+    """Refuse a lead that rises (or falls) at every sample: a time or sample-index column read as a lead
+    (a header-less table, an array with a time axis), which no ECG lead does over 1.5 s."""
+    derived = set(meta.get("derived_leads", []))
+    for row, name in zip(signal, STANDARD_LEADS):
+        if name in derived:
+            continue
+        values = row[np.isfinite(row)]
+        if values.size < 16:
+            continue
+        steps = np.diff(values)
+        if np.all(steps > 0) or np.all(steps < 0):
+            raise RecordError(
+                path,
+                f"lead {name} changes in the same direction at every sample ({values[0]:g} to {values[-1]:g}): "
+                "a time or sample-index column, not an ECG lead; name the columns (--lead-names)",
+            )
 
 
 def _check_finite(path: str | Path, signal: np.ndarray, warnings: list[str]) -> None:

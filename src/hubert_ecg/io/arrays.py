@@ -19,7 +19,18 @@ __all__ = ["read_numpy", "read_matlab", "orient_leads_first", "REFERENCE_FS"]
 REFERENCE_FS = 500.0
 # Array names tried in order inside .npz / .mat containers.
 _SIGNAL_KEYS = ("val", "signal", "ecg", "data", "x", "X", "arr_0")
-_FS_KEYS = ("fs", "Fs", "FS", "sampling_rate", "sampling_frequency", "frequency")
+_FS_KEYS = (
+    "fs",
+    "Fs",
+    "FS",
+    "sampling_rate",
+    "sampling_frequency",
+    "sample_rate",
+    "samplerate",
+    "sfreq",  # MNE
+    "srate",  # EEGLAB
+    "frequency",
+)
 _LEAD_KEYS = ("lead_names", "leads", "sig_name", "channels")
 
 
@@ -47,16 +58,35 @@ def orient_leads_first(path: str | Path, array: np.ndarray, n_leads: int = 12) -
 
 
 def _as_str_list(value: Any) -> list[str]:
+    """Lead names from a stored array: text, bytes (``np.savez`` of encoded names, HDF5), MATLAB cell
+    arrays (object arrays of 1-element arrays) or char matrices (one padded row per name)."""
     arr = np.asarray(value)
-    return [str(v).strip() for v in arr.ravel()]
+    if arr.dtype.kind == "U" and arr.ndim == 2 and arr.shape[1] > 1 and all(len(c) == 1 for c in arr.ravel()):
+        return ["".join(row).strip() for row in arr]
+    out = []
+    for item in arr.ravel():
+        while isinstance(item, np.ndarray) and item.size == 1:
+            item = item.ravel()[0]
+        if isinstance(item, np.ndarray):
+            item = "".join(str(c) for c in item.ravel())
+        out.append(item.decode("utf-8", "replace").strip() if isinstance(item, bytes) else str(item).strip())
+    return out
 
 
-def _scalar(value: Any) -> float | None:
-    try:
-        arr = np.asarray(value, dtype=np.float64).ravel()
-    except (TypeError, ValueError):
+def _stored_fs(path: str | Path, arrays: dict[str, Any]) -> float | None:
+    """The rate an ``fs`` (or similar) entry stores: one number, or one per lead when they all agree."""
+    key = next((k for k in _FS_KEYS if k in arrays), None)
+    if key is None:
         return None
-    return float(arr[0]) if arr.size == 1 else None
+    try:
+        values = np.asarray(arrays[key], dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise RecordError(path, f"entry {key!r} is not a sampling rate ({arrays[key]!r})") from None
+    if values.size == 0:
+        raise RecordError(path, f"entry {key!r} is empty")
+    if np.unique(values).size != 1:
+        raise RecordError(path, f"entry {key!r} holds different sampling rates {sorted(set(values.tolist()))[:5]} Hz")
+    return float(values[0])
 
 
 def _pick_signal(path: str | Path, arrays: dict[str, Any]) -> tuple[str, np.ndarray]:
@@ -95,7 +125,7 @@ def _build_from_arrays(
     signal = orient_leads_first(path, signal, len(names) if names else len(STANDARD_LEADS))
     if signal.shape[1] == 0:
         raise RecordError(path, f"zero-length signal (array shape {signal.shape})")
-    file_fs = next((_scalar(arrays[k]) for k in _FS_KEYS if k in arrays), None)
+    file_fs = _stored_fs(path, arrays)
     rate = fs if fs is not None else file_fs if file_fs is not None else default_fs
     if rate is None:
         raise RecordError(
@@ -220,6 +250,15 @@ def _load_mat73(path: Path) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as handle:
             # MATLAB writes column-major, so h5py sees every matrix transposed.
-            return {k: np.asarray(v).T for k, v in handle.items() if isinstance(v, h5py.Dataset)}
+            out: dict[str, Any] = {}
+            for k, v in handle.items():
+                if not isinstance(v, h5py.Dataset):
+                    continue
+                value = np.asarray(v).T
+                if v.attrs.get("MATLAB_class") in (b"char", "char"):
+                    # A char matrix is stored as UTF-16 code units, one row per string.
+                    value = np.array(["".join(map(chr, row)).strip() for row in np.atleast_2d(value)])
+                out[k] = value
+            return out
     except (OSError, ValueError, KeyError, TypeError) as exc:  # h5py's errors for damaged files
         raise RecordError(path, f"cannot read MATLAB v7.3 file: {type(exc).__name__}: {exc}") from None

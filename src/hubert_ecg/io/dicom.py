@@ -49,6 +49,10 @@ def dicom_channel_lead(channel: Any) -> tuple[str, str | None]:
         match = re.fullmatch(r"(?:5\.6\.3-9-|2:)(\d+)", code.strip())
         if match and int(match.group(1)) in _SCP_LEAD_NUMBERS:
             lead = _SCP_LEAD_NUMBERS[int(match.group(1))]
+            said = canonical_lead_name(meaning) if meaning else None
+            if said is not None and said != lead:
+                # Code and meaning disagree: either could be the mistake, and picking one could swap leads.
+                raise ValueError(f"channel code {code} is lead {lead} but its meaning says {meaning!r}")
             return meaning or code, lead
     label = str(channel.get("ChannelLabel", "") or "")
     if label:
@@ -109,8 +113,10 @@ def read_dicom(
     pad_value = _padding_value(group)
     if pad_value is not None:
         raw[raw == pad_value] = np.nan
-    values, names, channel_units = _scale_channels(raw, channels, n_samples)
+    values, names, channel_units = _scale_channels(path, raw, channels, n_samples)
 
+    if fs is None and file_fs is None:
+        raise RecordError(path, "waveform group has no SamplingFrequency (sampling rate unknown); pass --fs HZ")
     meta: dict[str, Any] = {
         "format": "dicom",
         "waveform_group": str(group.get("MultiplexGroupLabel", "") or index),
@@ -131,7 +137,7 @@ def read_dicom(
     )
 
 
-def _decode_group(path: Path, ds: Any, index: int, group: Any) -> tuple[np.ndarray, list[Any], float, int]:
+def _decode_group(path: Path, ds: Any, index: int, group: Any) -> tuple[np.ndarray, list[Any], float | None, int]:
     """``(raw samples x channels as float64, channel definitions, sampling rate, samples per channel)`` of
     multiplex group ``index``."""
     from pydicom.waveforms.numpy_handler import multiplex_array
@@ -146,7 +152,8 @@ def _decode_group(path: Path, ds: Any, index: int, group: Any) -> tuple[np.ndarr
             raise RecordError(path, f"waveform data truncated: {actual} of {expected} bytes")
         raw = multiplex_array(ds, index, as_raw=True).astype(np.float64)  # (samples, channels)
         channels = list(group.ChannelDefinitionSequence)
-        file_fs = float(group.SamplingFrequency)
+        stated_fs = group.get("SamplingFrequency")
+        file_fs = float(stated_fs) if stated_fs not in (None, "") else None
     except RecordError:
         raise
     except Exception as exc:
@@ -159,21 +166,28 @@ def _decode_group(path: Path, ds: Any, index: int, group: Any) -> tuple[np.ndarr
 
 
 def _scale_channels(
-    raw: np.ndarray, channels: list[Any], n_samples: int
+    path: Path, raw: np.ndarray, channels: list[Any], n_samples: int
 ) -> tuple[np.ndarray, list[str], list[str | None]]:
     """``(channels x samples, lead labels, units)``: sensitivity, correction factor and baseline applied."""
     names: list[str] = []
     channel_units: list[str | None] = []
     values = np.empty((len(channels), n_samples), dtype=np.float64)
     for c, channel in enumerate(channels):
-        label, lead = dicom_channel_lead(channel)
+        try:
+            label, lead = dicom_channel_lead(channel)
+        except ValueError as exc:
+            raise RecordError(path, f"channel {c}: {exc}") from None
         # Keep the file's own label when it resolves to the same lead, for meta provenance.
         names.append(label if lead is None or canonical_lead_name(label) == lead else lead)
-        sensitivity = float(channel.get("ChannelSensitivity", 1) or 1)
+        stated = channel.get("ChannelSensitivity")
+        sensitivity = float(stated) if stated not in (None, "") else 1.0
         correction = float(channel.get("ChannelSensitivityCorrectionFactor", 1) or 1)
         baseline = float(channel.get("ChannelBaseline", 0) or 0)
         unit_seq = channel.get("ChannelSensitivityUnitsSequence")
-        channel_units.append(str(unit_seq[0].CodeValue) if unit_seq else None)
+        # Without a sensitivity the samples are raw counts: the units sequence does not apply to them.
+        calibrated = stated not in (None, "") and sensitivity != 0.0
+        sensitivity = sensitivity if calibrated else 1.0
+        channel_units.append(str(unit_seq[0].CodeValue) if unit_seq and calibrated else None)
         values[c] = raw[:, c] * sensitivity * correction + baseline
     return values, names, channel_units
 

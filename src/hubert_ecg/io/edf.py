@@ -24,7 +24,8 @@ __all__ = ["read_edf", "edf_channel_lead"]
 
 def edf_channel_lead(label: str) -> str:
     """A signal label without the ``ECG``/``EKG`` prefix (``"ECG V1"`` -> ``"V1"``)."""
-    return re.sub(r"^\s*(ecg|ekg)[\s_\-:]*", "", label.strip(), flags=re.I) or label.strip()
+    # One separator only: in "ECG -aVR" the minus is the lead's sign, not part of the prefix.
+    return re.sub(r"^\s*(ecg|ekg)(?:[\s_:]+|-|)", "", label.strip(), flags=re.I) or label.strip()
 
 
 def read_edf(
@@ -67,7 +68,7 @@ def read_edf(
         np.vstack(data),
         list(lead_names) if lead_names is not None else [labels[i] for i in keep],
         fs=fs if fs is not None else rates[0],
-        channel_units=[signals[i].physical_dimension or None for i in keep],
+        channel_units=[_dimension(path, signals, i) for i in keep],
         record_id=path.stem,
         meta=meta,
         units_override=units,
@@ -78,7 +79,16 @@ def read_edf(
 def _load_signals(edfio: Any, path: Path) -> tuple[list[Any], bool]:
     """Every signal of the file with its data loaded, and whether it is a BDF; truncation is refused."""
     with open(path, "rb") as handle:
-        is_bdf = handle.read(8) == b"\xffBIOSEMI"
+        head = handle.read(256)
+    is_bdf = head[:8] == b"\xffBIOSEMI"
+    if head[192:236].strip().upper().startswith((b"EDF+D", b"BDF+D")):
+        # edfio joins the data records of a discontinuous file as if they were contiguous: the gaps
+        # between them would vanish and every later sample would be misplaced in time.
+        raise RecordError(
+            path,
+            f"{head[192:197].decode('ascii', 'replace')} (discontinuous) recording: its data records have "
+            "gaps in time and cannot be read as one signal; export the continuous segments (EDF+C)",
+        )
     try:
         with warnings.catch_warnings():
             # edfio reads a file cut short up to its last whole data record, with a warning: refuse it.
@@ -90,6 +100,29 @@ def _load_signals(edfio: Any, path: Path) -> tuple[list[Any], bool]:
     except Exception as exc:  # ValueError for header damage, truncated data records ...
         raise RecordError(path, f"cannot read {'BDF' if is_bdf else 'EDF'} file: {type(exc).__name__}: {exc}") from None
     return signals, is_bdf
+
+
+def _dimension(path: Path, signals: list[Any], index: int) -> str | None:
+    """The physical dimension of signal ``index``; a non-ASCII micro sign (Latin-1 0xB5 or code page 437's
+    0xE6 before "V", which edfio decodes as U+FFFD) is read from the header bytes as "uV"."""
+    dimension = str(signals[index].physical_dimension or "").strip()
+    if "\ufffd" not in dimension:
+        return dimension or None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+            n_signals = int(head[252:256])
+            handle.seek(256)
+            table = handle.read(n_signals * 256)
+    except (OSError, ValueError):
+        return dimension
+    labels = [table[16 * k : 16 * (k + 1)].decode("latin-1").strip() for k in range(n_signals)]
+    at = 96 * n_signals
+    raw = [table[at + 8 * k : at + 8 * (k + 1)].strip() for k in range(n_signals)]
+    ordinary = [r for r, label in zip(raw, labels) if label not in ("EDF Annotations", "BDF Annotations")]
+    if index < len(ordinary) and ordinary[index] in (b"\xb5V", b"\xe6V"):
+        return "uV"
+    return dimension
 
 
 def _ecg_channels(path: Path, signals: list[Any], labels: list[str], notes: list[str]) -> list[int]:

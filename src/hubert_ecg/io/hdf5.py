@@ -35,7 +35,7 @@ __all__ = ["read_hdf5", "hdf5_record_keys", "CODE15_FS", "SPH_FS"]
 CODE15_FS = 400.0
 SPH_FS = 500.0
 _SINGLE_KEYS = ("ecg", "signal", "signals", "data", "val", "tracing")
-_FS_ATTRS = ("fs", "sampling_rate", "sampling_frequency", "sample_rate")
+_FS_ATTRS = ("fs", "Fs", "FS", "sampling_rate", "sampling_frequency", "sample_rate", "samplerate", "sfreq", "srate")
 
 
 def _open(path: Path):  # -> h5py.File
@@ -98,6 +98,12 @@ def _text_list(value: Any) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(value).ravel()]
 
 
+def _units(value: Any) -> str | list[str]:
+    """A ``units`` attribute: one unit for every lead, or one per lead (kept per lead, never just the first)."""
+    units = _text_list(value)
+    return units[0] if len(set(units)) == 1 else units
+
+
 def read_hdf5(
     path: str | Path,
     *,
@@ -149,6 +155,14 @@ def _read_multi(path, handle, key, fs, units, lead_names, allow_missing_leads) -
     if exam.shape[1] == 0:
         raise RecordError(path, f"exam {key} is all zeros (empty slot)")
     file_fs = _attr([tracings, handle], _FS_ATTRS)
+    if fs is None and file_fs is None and "exam_id" not in handle:
+        # CODE-15% files always carry exam ids; 'tracings' alone is someone's own layout, whose rate is unknown.
+        raise RecordError(
+            path,
+            "sampling rate unknown: dataset 'tracings' has no 'fs' attribute and no 'exam_id' dataset beside it "
+            f"(not the CODE-15% layout, whose rate is 400 Hz); pass --fs HZ or a sidecar {path.stem}.json "
+            'with {"fs": HZ}',
+        )
     file_units = _attr([tracings, handle], ("units",))
     exam_id = _id_text(handle["exam_id"][row]) if "exam_id" in handle else str(row)
     meta: dict[str, Any] = {"format": "hdf5-code15", "row": row, "trimmed_padding": padding}
@@ -160,7 +174,7 @@ def _read_multi(path, handle, key, fs, units, lead_names, allow_missing_leads) -
         exam,
         names,
         fs=fs if fs is not None else (float(file_fs) if file_fs is not None else CODE15_FS),
-        channel_units=_text_list(file_units)[0] if file_units is not None else "mV",
+        channel_units=_units(file_units) if file_units is not None else "mV",
         record_id=exam_id,
         key=str(key) if key is not None else None,
         meta=meta,
@@ -240,7 +254,7 @@ def _read_single(path, handle, fs, units, lead_names, allow_missing_leads) -> Re
         names,
         fs=rate,
         # SPH is documented in mV; any other file without a units attribute has unknown units.
-        channel_units=_text_list(file_units)[0] if file_units is not None else ("mV" if sph else None),
+        channel_units=_units(file_units) if file_units is not None else ("mV" if sph else None),
         record_id=path.stem,
         meta=meta,
         units_override=units,

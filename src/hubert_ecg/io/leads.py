@@ -10,7 +10,7 @@ import numpy as np
 
 from hubert_ecg.io.record import RecordError
 
-__all__ = ["STANDARD_LEADS", "LIMB_LEADS", "canonical_lead_name", "arrange_leads", "is_extra_lead"]
+__all__ = ["STANDARD_LEADS", "LIMB_LEADS", "canonical_lead_name", "arrange_leads", "is_extra_lead", "lead_sign"]
 
 STANDARD_LEADS: tuple[str, ...] = (
     "I",
@@ -43,6 +43,10 @@ _ALIASES: dict[str, str] = {
     "dii": "II",
     "mlii": "II",
     "ml2": "II",
+    "mli": "I",
+    "ml1": "I",
+    "mliii": "III",
+    "ml3": "III",
     "iii": "III",
     "liii": "III",
     "l3": "III",
@@ -77,6 +81,8 @@ _EXTRA_LEADS = {
     "v5r",
     "v6r",
     "v7r",
+    "v1r",
+    "v2r",
     "rhythm",
     "rhythmstrip",
 }
@@ -90,8 +96,39 @@ def is_extra_lead(name: str) -> bool:
 
 def _squash(name: str) -> str:
     text = re.sub(r"\(.*?\)|\[.*?\]", "", str(name)).strip().lower()
+    text = re.sub(r"^(?:ecg|ekg)(?=\W|_|lead)", "", text).strip(" _-:")  # "ECG Lead II", "EKG_V1"
     text = re.sub(r"^lead", "", text)
     return re.sub(r"[\s_\-.:]", "", text)
+
+
+# A sign mark in a lead label: Cabrera displays and some exports store -aVR (the negated aVR), spelled
+# "-aVR", "aVR (inverted)", "aVR_neg". Squashing the label would lose the sign and read -aVR as aVR.
+_LEADING_MINUS = re.compile(r"^\s*(?:lead\s*)?[-\u2212]\s*(?=\S)", re.IGNORECASE)
+_NEGATION = r"(?:inv|inverted|neg|negated|negative)"
+_NEGATION_REMARK = re.compile(rf"[(\[]\s*{_NEGATION}\s*[)\]]", re.IGNORECASE)
+_NEGATION_WORD = re.compile(rf"(?:^|(?<=[\s_.-])){_NEGATION}(?=$|[\s_.-])", re.IGNORECASE)
+_TRAILING_SIGN = re.compile(r"\S\s*[-+\u2212]\s*$")
+
+
+def lead_sign(name: str) -> tuple[str, int]:
+    """The label without its sign mark and the sign: ``"-aVR"`` -> ``("aVR", -1)``,
+    ``"aVR (inverted)"`` -> ``("aVR", -1)``, ``"V1"`` -> ``("V1", 1)``.
+
+    Raises:
+        ValueError: a trailing sign (``"V1-"``, ``"aVR+"``), which may mean the negated lead or be a typo.
+    """
+    text = str(name)
+    if _TRAILING_SIGN.search(text):
+        raise ValueError(f"lead name {text!r} ends in a sign; it may be the inverted lead or a typo")
+    negated = False
+    match = _LEADING_MINUS.match(text)
+    if match:
+        text, negated = text[match.end() :], True
+    for pattern in (_NEGATION_REMARK, _NEGATION_WORD):
+        if pattern.search(text):
+            text, negated = pattern.sub(" ", text).strip(" _.-"), not negated
+            break
+    return text, -1 if negated else 1
 
 
 def canonical_lead_name(name: str) -> str | None:
@@ -124,6 +161,9 @@ def arrange_leads(
         ``(signal, info)``: signal is float64 ``(12, n_samples)``; info has
         ``original_lead_names``, ``derived_leads`` and ``missing_leads`` (lists of str).
 
+    A channel stored negated (``-aVR``, ``aVR (inverted)``) is multiplied by -1 and listed in
+    ``info["negated_leads"]``; a label ending in a sign (``V1-``) is refused as ambiguous.
+
     Channels of extra ECG leads (:func:`is_extra_lead`: Frank X/Y/Z, V7-V9, rhythm strips) are left
     out and listed in ``info["ignored_leads"]``.
 
@@ -138,10 +178,10 @@ def arrange_leads(
             f"{len(names)} lead names for {channels.shape[0] if channels.ndim == 2 else '?'} "
             f"signal channels (array shape {channels.shape})",
         )
-    rows, ignored = _lead_rows(path, names)
+    rows, ignored, negated = _lead_rows(path, names)
     signal = np.full((len(STANDARD_LEADS), channels.shape[1]), np.nan, dtype=np.float64)
     for canon, i in rows.items():
-        signal[_INDEX[canon]] = channels[i]
+        signal[_INDEX[canon]] = -channels[i] if canon in negated else channels[i]
     present = set(rows)
     derived = _derive_limb_leads(signal, present)
 
@@ -155,16 +195,24 @@ def arrange_leads(
     info = {"original_lead_names": names, "derived_leads": derived, "missing_leads": missing}
     if ignored:
         info["ignored_leads"] = ignored
+    if negated:
+        info["negated_leads"] = negated
     return signal, info
 
 
-def _lead_rows(path: str | Path, names: list[str]) -> tuple[dict[str, int], list[str]]:
-    """``{standard name: channel index}`` and the extra leads left out; unknown or duplicated names raise."""
+def _lead_rows(path: str | Path, names: list[str]) -> tuple[dict[str, int], list[str], list[str]]:
+    """``{standard name: channel index}``, the extra leads left out and the leads stored negated (``-aVR``);
+    unknown or duplicated names raise."""
     rows: dict[str, int] = {}
     ignored: list[str] = []
+    negated: list[str] = []
     for i, raw in enumerate(names):
-        canon = canonical_lead_name(raw)
-        if canon is None and is_extra_lead(raw):
+        try:
+            unsigned, sign = lead_sign(raw)
+        except ValueError as exc:
+            raise RecordError(path, f"{exc} (channel {i}); pass --lead-names to name the channels") from None
+        canon = canonical_lead_name(unsigned)
+        if canon is None and is_extra_lead(unsigned):
             ignored.append(raw)
             continue
         if canon is None:
@@ -177,7 +225,9 @@ def _lead_rows(path: str | Path, names: list[str]) -> tuple[dict[str, int], list
             j = rows[canon]
             raise RecordError(path, f"duplicated lead {canon}: channels {j} ({names[j]!r}) and {i} ({raw!r})")
         rows[canon] = i
-    return rows, ignored
+        if sign < 0:
+            negated.append(canon)
+    return rows, ignored, negated
 
 
 def _derive_limb_leads(signal: np.ndarray, present: set[str]) -> list[str]:

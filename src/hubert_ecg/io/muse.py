@@ -78,6 +78,8 @@ def read_muse(
     except ValueError:
         raise RecordError(path, "unreadable SampleBase/SampleExponent") from None
     file_fs = base * 10.0**exponent
+    if fs is None and not np.isfinite(file_fs):
+        raise RecordError(path, f"{kind} waveform has no <SampleBase> (sampling rate unknown); pass --fs HZ")
 
     names: list[str] = []
     rows: list[np.ndarray] = []
@@ -94,6 +96,13 @@ def read_muse(
         raise RecordError(path, f"leads have different lengths {sorted(lengths)}")
 
     meta = _meta(root, kind)
+    unscaled = [
+        name for name, lead in zip(names, waveform.findall("LeadData")) if not _text(lead, "LeadAmplitudeUnitsPerBit")
+    ]
+    if unscaled:
+        meta.setdefault("warnings", []).append(
+            f"no LeadAmplitudeUnitsPerBit for lead(s) {', '.join(unscaled)}: values are ADC counts, units unknown"
+        )
     return build_record(
         path,
         np.vstack(rows),
@@ -129,11 +138,23 @@ def _lead_data(path: Path, lead: ElementTree.Element, number: int) -> tuple[str,
     n_declared = int(declared) if declared and declared.isdigit() else len(data) // 2
     if len(data) < 2 * n_declared or len(data) % 2:
         raise RecordError(path, f"lead {name}: waveform data truncated ({len(data)} bytes for {n_declared} samples)")
+    if declared and declared.isdigit() and len(data) > 2 * n_declared:
+        # More samples than the count the file states: which of the two is wrong cannot be told, so the
+        # surplus is not silently dropped.
+        raise RecordError(
+            path,
+            f"lead {name}: waveform data holds {len(data) // 2} samples but LeadSampleCountTotal says {n_declared}",
+        )
     samples = np.frombuffer(data[: 2 * n_declared], dtype="<i2").astype(np.float64)
+    per_bit_text = _text(lead, "LeadAmplitudeUnitsPerBit")
     try:
-        per_bit = float(_text(lead, "LeadAmplitudeUnitsPerBit") or "1")
+        per_bit = float(per_bit_text) if per_bit_text else None
     except ValueError:
         raise RecordError(path, f"lead {name}: unreadable LeadAmplitudeUnitsPerBit") from None
+    if per_bit is None or not np.isfinite(per_bit) or per_bit <= 0:
+        # Without the scale the samples are counts: naming them in LeadAmplitudeUnits would be off by
+        # the missing factor (4.88 on GE carts), so their unit is unknown.
+        return name, samples, None
     unit_text = (_text(lead, "LeadAmplitudeUnits") or "").upper()
     return name, samples * per_bit, _MUSE_UNITS.get(unit_text, unit_text or None)
 

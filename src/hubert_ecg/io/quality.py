@@ -56,8 +56,9 @@ def amplitude_warnings(record: Record) -> list[str]:
     """Human-readable warnings about implausible amplitudes in ``record``.
 
     Detects: microvolt data labelled mV (and the reverse, mV data converted as if in uV),
-    leads without finite samples, flat (constant) leads, and stored limb leads that violate
-    Einthoven's law III = II - I (per-lead rescaling, or swapped/mislabelled electrodes).
+    leads without finite samples, flat (constant) leads, stored limb leads that violate
+    Einthoven's law III = II - I (per-lead rescaling, or swapped/mislabelled electrodes), and stored
+    augmented leads that do not sum to zero (aVR + aVL + aVF = 0; an inverted or mislabelled one).
     Returns an empty list for a plausible record.
     """
     warnings: list[str] = []
@@ -93,7 +94,33 @@ def amplitude_warnings(record: Record) -> list[str]:
             f"leads I, II, III violate Einthoven's law: rms(III - (II - I)) is "
             f"{100 * einthoven:.0f}% of the lead rms (leads scaled independently, or mislabelled)"
         )
+    goldberger = _relation_fraction(signal, names, record.meta.get("derived_leads", []), ("aVR", "aVL", "aVF"))
+    if goldberger is not None and goldberger > _EINTHOVEN_MAX_FRACTION:
+        warnings.append(
+            f"leads aVR, aVL, aVF do not sum to zero: rms(aVR + aVL + aVF) is {100 * goldberger:.0f}% of the "
+            "lead rms (one stored inverted, e.g. -aVR labelled aVR, or mislabelled)"
+        )
     return warnings
+
+
+def _relation_fraction(
+    signal: np.ndarray, names: list[str], derived: list[str], leads: tuple[str, str, str]
+) -> float | None:
+    """rms of the sum of three stored leads that must sum to zero (aVR + aVL + aVF), centred, as a fraction of
+    the largest lead rms; None when any of them was derived or missing."""
+    if any(lead in derived for lead in leads) or not set(leads) <= set(names):
+        return None
+    rows = signal[[names.index(lead) for lead in leads]]
+    ok = np.all(np.isfinite(rows), axis=0)
+    if ok.sum() < 2:
+        return None
+    centred = rows[:, ok] - np.median(rows[:, ok], axis=1, keepdims=True)
+    scale = float(np.sqrt(np.mean(centred**2, axis=1)).max())
+    if scale == 0.0:
+        return None
+    residual = rows[:, ok].sum(axis=0)
+    residual = residual - np.median(residual)
+    return float(np.sqrt(np.mean(residual**2))) / scale
 
 
 def _is_flat(row: np.ndarray) -> bool:

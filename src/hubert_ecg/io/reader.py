@@ -28,6 +28,9 @@ __all__ = ["read_record", "detect_format", "load_sidecar", "SIDECAR_KEYS"]
 
 #: Keys of a sidecar ``<record>.json`` (what the file itself does not say).
 SIDECAR_KEYS = ("fs", "units", "leads")
+# Compressed files are refused with a reason rather than "unrecognised format" (their suffix hides the format).
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".tgz", ".rar")
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 # Signal files a WFDB header points to: the header is the record.
 _WFDB_SIGNAL_SUFFIXES = (".dat", ".mat")
 
@@ -63,6 +66,10 @@ def detect_format(path: str | Path) -> str:
     fmt = identify(p, head, explicit=True)
     if fmt is not None:
         return fmt.name
+    if suffix in _COMPRESSED_SUFFIXES or head.startswith(_COMPRESSED_MAGIC):
+        raise RecordError(
+            p, f"compressed file ({suffix or 'compressed data'}); decompress it first (records are read uncompressed)"
+        )
     root = xml_root_name(head)
     if root is not None and suffix in ("", ".xml"):
         known = ", ".join(f"<{r}> ({f.name})" for f in xml_formats() for r in f.xml_roots)

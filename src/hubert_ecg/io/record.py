@@ -107,6 +107,8 @@ _UNIT_TO_MV: dict[str, float] = {
     "volt": 1e3,
     "volts": 1e3,
     "nv": 1e-6,
+    "microv": 1e-3,
+    "mcv": 1e-3,
 }
 
 

@@ -438,7 +438,8 @@ def iter_sources(
         else:
             raise RecordError(path, "input not found")
         for source in found:
-            marker = f"{os.path.normpath(source.path)}\0{source.key}".encode()
+            # surrogateescape: a file name that is not UTF-8 (Latin-1 from an old share) is still a path.
+            marker = f"{os.path.normpath(source.path)}\0{source.key}".encode("utf-8", "surrogateescape")
             digest = int.from_bytes(hashlib.blake2b(marker, digest_size=8).digest(), "little")
             if digest not in seen:
                 seen.add(digest)

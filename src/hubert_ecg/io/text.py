@@ -17,11 +17,44 @@ from hubert_ecg.io.record import Record, RecordError
 
 __all__ = ["read_text", "split_unit_suffix", "sniff_delimiter", "looks_like_ecg_table", "decode_text"]
 
-_TIME_SECONDS = {"time", "t", "times", "timestamp", "seconds", "second", "sec", "s", "time_s", "timesec"}
+_TIME_SECONDS = {
+    "time",
+    "t",
+    "times",
+    "timestamp",
+    "seconds",
+    "second",
+    "sec",
+    "s",
+    "time_s",
+    "timesec",
+    "elapsed_time",
+    "elapsedtime",
+}
+# Units a units row (the line under the header, as in PhysioNet's CSV export) gives a time column.
+_TIME_UNIT_ROLES = {
+    "s": "time_s",
+    "sec": "time_s",
+    "seconds": "time_s",
+    "ms": "time_ms",
+    "msec": "time_ms",
+    "milliseconds": "time_ms",
+    "hh:mm:ss.mmm": "time_clock",
+    "hh:mm:ss": "time_clock",
+    "mm:ss.mmm": "time_clock",
+}
+# "0:00.002", "1:02:03.5": elapsed time written as a clock.
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
+# "0,123" / "-1,5e-3": a number written with a decimal comma (continental European spreadsheets).
+_DECIMAL_COMMA = re.compile(r"^[-+]?\d*,\d+(?:[eE][-+]?\d+)?$")
 _TIME_MILLIS = {"time_ms", "timems", "ms", "millis", "milliseconds"}
 _INDEX = {"", "sample", "samples", "index", "idx", "n", "sample_index", "sampleindex", "unnamed:0"}
 # "# fs: 500" / "# sampling_rate = 500" comment lines above the header.
-_FS_COMMENT = re.compile(r"^#\s*(fs|sampling[ _]?rate|sampling[ _]?frequency)\s*[:=]\s*([0-9.eE+-]+)")
+_FS_COMMENT = re.compile(
+    r"^#\s*(fs|sampling[ _]?rate|sampling[ _]?frequency|sample[ _]?rate)\s*(?:\((k?hz)\))?\s*[:=]\s*"
+    r"([0-9.eE+-]+)\s*(k?hz)?\b",
+    re.IGNORECASE,
+)
 
 
 def split_unit_suffix(label: str) -> tuple[str, str | None]:
@@ -33,10 +66,15 @@ def split_unit_suffix(label: str) -> tuple[str, str | None]:
 
 
 def sniff_delimiter(path: Path, header: str) -> str | None:
-    """Delimiter of a text ECG: tab for .tsv, comma for .csv, else guessed from the header line."""
+    """Delimiter of a text ECG: tab for .tsv, comma for .csv, else guessed from the header line.
+
+    A line of semicolon-separated decimal-comma numbers (``0,123;0,456``) is semicolon-separated,
+    whatever the suffix."""
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         return "\t"
+    if ";" in header and all(_DECIMAL_COMMA.match(c.strip()) or _is_number(c) for c in header.split(";")):
+        return ";"
     if suffix == ".csv" and "," in header:
         return ","
     for delimiter in ("\t", ";", ","):
@@ -50,6 +88,8 @@ def _column_role(name: str) -> str:
     key = base.strip().lower().replace(" ", "_")
     if key in _TIME_MILLIS or (key in _TIME_SECONDS and unit and unit.lower() == "ms"):
         return "time_ms"
+    if key in _TIME_SECONDS and unit and unit.lower() in _TIME_UNIT_ROLES:
+        return _TIME_UNIT_ROLES[unit.lower()]
     if key in _TIME_SECONDS:
         return "time_s"
     if key in _INDEX:
@@ -93,7 +133,7 @@ def looks_like_ecg_table(path: Path, head: bytes) -> bool:
     if sum(canonical_lead_name(split_unit_suffix(c)[0]) is not None for c in cells) >= 2:
         return True
     # Header-less: 8 (I, II, V1-V6) or more numeric columns look like leads; reading then says what is missing.
-    return len(cells) >= 8 and all(_is_number(c) for c in cells)
+    return len(cells) >= 8 and all(_is_number(c) or _DECIMAL_COMMA.match(c) for c in cells)
 
 
 def _is_number(text: str) -> bool:
@@ -102,6 +142,21 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _unquote(cell: str) -> str:
+    """A cell without surrounding single quotes (PhysioNet's CSV export quotes names and times so)."""
+    cell = cell.strip()
+    return cell[1:-1].strip() if len(cell) >= 2 and cell[0] == cell[-1] == "'" else cell
+
+
+def _clock_seconds(text: str) -> float | None:
+    """Seconds of an elapsed-time clock ``[h:]m:s[.fff]``, or None."""
+    match = _CLOCK.match(text.strip())
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours or 0) * 3600.0 + int(minutes) * 60.0 + float(seconds)
 
 
 def read_text(
@@ -117,7 +172,11 @@ def read_text(
     Header cells may carry units (``"V1 (uV)"``). A time column (``time``/``t`` in seconds,
     ``time_ms`` in milliseconds, or ``time (ms)``) gives the sampling rate when ``fs`` is not
     passed; an index column (``sample``, ``index``, unnamed) is ignored. Lines starting with
-    ``#`` are comments (``# fs: 500`` is understood). Empty cells become NaN.
+    ``#`` are comments (``# fs: 500``, ``# Sampling frequency: 0.5 kHz`` are understood; a rate
+    line that disagrees with the time column is refused). A units row under the header (``mV``
+    per lead, ``ms``/``s``/``hh:mm:ss.mmm`` for time, as PhysioNet's CSV export writes), single-quoted
+    cells, an Excel ``sep=;`` line and decimal commas in ``;``-separated tables are read. Empty
+    cells become NaN.
 
     Raises:
         RecordError: no header, a non-numeric cell (the message names row and column), a row
@@ -127,14 +186,31 @@ def read_text(
     lines = _read_lines(path)
     first, comment_fs = _skip_preamble(path, lines)
     delimiter = sniff_delimiter(path, lines[first])
+    excel_sep = re.fullmatch(r"\s*sep=(.)\s*", lines[first])
+    if excel_sep:  # Excel's "sep=;" line names the delimiter of the rows below
+        lines[first] = "#"
+        first, later_fs = _skip_preamble(path, lines)
+        comment_fs = later_fs if later_fs is not None else comment_fs
+        delimiter = excel_sep.group(1)
     warnings: list[str] = []
     header, body_start = _header_row(path, _split_cells(lines[first], delimiter), first, lead_names, warnings)
     columns = _Columns.from_header(path, header, lead_names, headerless=body_start == first)
-    table = _parse_rows(path, lines[body_start:], body_start, header, delimiter)
+    body_start = _units_row(path, lines, body_start, header, delimiter, columns)
+    table = _parse_rows(path, lines[body_start:], body_start, header, delimiter, columns.roles)
 
     rate = fs if fs is not None else comment_fs
-    if rate is None and columns.time:
-        rate = _fs_from_time(path, table[:, columns.time[0]], columns.roles[columns.time[0]] == "time_ms")
+    if fs is None and columns.time:
+        time_fs = _fs_from_time(
+            path, table[:, columns.time[0]], columns.roles[columns.time[0]], header[columns.time[0]]
+        )
+        if rate is not None and abs(time_fs - rate) > 0.01 * rate:
+            # Two statements of the rate in one file that disagree: either could be the wrong one.
+            raise RecordError(
+                path,
+                f"the '# fs' line says {rate:g} Hz but the time column steps at {time_fs:g} Hz; "
+                "pass --fs HZ to say which is right",
+            )
+        rate = time_fs
     if rate is None:
         raise RecordError(
             path,
@@ -178,8 +254,9 @@ def _skip_preamble(path: Path, lines: list[str]) -> tuple[int, float | None]:
     first = 0
     while first < len(lines) and (not lines[first].strip() or lines[first].lstrip().startswith("#")):
         match = _FS_COMMENT.match(lines[first].strip())
-        if match and _is_number(match.group(2)):
-            comment_fs = float(match.group(2))
+        if match and _is_number(match.group(3)):
+            kilo = (match.group(2) or match.group(4) or "").lower() == "khz"
+            comment_fs = float(match.group(3)) * (1000.0 if kilo else 1.0)
         first += 1
     if first >= len(lines):
         raise RecordError(path, "empty text file (no header, no samples)")
@@ -188,15 +265,48 @@ def _skip_preamble(path: Path, lines: list[str]) -> tuple[int, float | None]:
 
 def _split_cells(line: str, delimiter: str | None) -> list[str]:
     if delimiter is None:
-        return line.split()
-    return [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter))]
+        return [_unquote(cell) for cell in line.split()]
+    return [_unquote(cell) for cell in next(csv.reader([line], delimiter=delimiter))]
+
+
+def _units_row(
+    path: Path, lines: list[str], start: int, header: list[str], delimiter: str | None, columns: _Columns
+) -> int:
+    """Where samples start: a units row under the header (``'mV'`` per lead, ``'seconds'`` or
+    ``'hh:mm:ss.mmm'`` for time, as PhysioNet's CSV export writes) is read into ``columns`` and skipped."""
+    from hubert_ecg.io.record import unit_scale_to_mv
+
+    at = start
+    while at < len(lines) and (not lines[at].strip() or lines[at].lstrip().startswith("#")):
+        at += 1
+    if at >= len(lines) or at == 0:
+        return start
+    cells = _split_cells(lines[at], delimiter)
+    if len(cells) != len(header) or any(_is_number(c) or _DECIMAL_COMMA.match(c) for c in cells if c):
+        return start
+    lead_units = [cells[i] for i in columns.leads]
+    if not any(unit_scale_to_mv(u) is not None for u in lead_units):
+        return start
+    for k, i in enumerate(columns.leads):
+        stated = columns.units[k]
+        if stated is not None and unit_scale_to_mv(stated) != unit_scale_to_mv(cells[i]):
+            raise RecordError(path, f"column {header[i]!r}: header says {stated!r} but the units row says {cells[i]!r}")
+        columns.units[k] = cells[i] or stated
+    for i in columns.time:
+        if not cells[i].strip():
+            continue  # no unit given for the time column: its header decides
+        role = _TIME_UNIT_ROLES.get(cells[i].strip().lower())
+        if role is None:
+            raise RecordError(path, f"time column {header[i]!r}: unknown time unit {cells[i]!r} in the units row")
+        columns.roles[i] = role
+    return at + 1
 
 
 def _header_row(
     path: Path, header: list[str], first: int, lead_names: Sequence[str] | None, warnings: list[str]
 ) -> tuple[list[str], int]:
     """The column labels and the line index where samples start (``first`` when the file has no header)."""
-    if not all(_is_number(cell) for cell in header if cell):
+    if not all(_is_number(cell) or _DECIMAL_COMMA.match(cell) for cell in header if cell):
         return header, first + 1
     if lead_names is None and len(header) != len(STANDARD_LEADS):
         raise RecordError(
@@ -241,9 +351,17 @@ class _Columns:
         return cls(roles, leads, time, names, units)
 
 
-def _parse_rows(path: Path, lines: list[str], offset: int, header: list[str], delimiter: str | None) -> np.ndarray:
-    """The sample rows as a float64 table (empty/``nan``/``na`` cells are NaN); ``offset`` numbers lines in errors."""
+def _parse_rows(
+    path: Path, lines: list[str], offset: int, header: list[str], delimiter: str | None, roles: list[str]
+) -> np.ndarray:
+    """The sample rows as a float64 table (empty/``nan``/``na`` cells are NaN); ``offset`` numbers lines in errors.
+
+    Decimal commas (``0,123``) are read as decimal points in ``;``-separated tables;
+    ``time_clock`` columns hold ``[h:]m:s.fff`` clocks, read as seconds."""
     rows: list[list[float]] = []
+    # Only semicolon tables: ';' is chosen where ',' is the decimal mark. In a tab or space table "1,234"
+    # may as well be a thousands separator, so it stays an error there rather than a guess.
+    comma_decimals = delimiter == ";"
     for line_no, line in enumerate(lines, start=offset):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -257,16 +375,27 @@ def _parse_rows(path: Path, lines: list[str], offset: int, header: list[str], de
                 continue
             try:
                 values.append(float(cell))
+                continue
             except ValueError:
-                raise RecordError(path, f"row {line_no + 1} column {header[column]!r}: not a number {cell!r}") from None
+                pass
+            if comma_decimals and _DECIMAL_COMMA.match(cell):
+                values.append(float(cell.replace(",", ".")))
+                continue
+            clock = _clock_seconds(cell) if roles[column] == "time_clock" else None
+            if clock is None:
+                hint = " (a decimal comma is read only in ';'-separated tables)" if _DECIMAL_COMMA.match(cell) else ""
+                raise RecordError(path, f"row {line_no + 1} column {header[column]!r}: not a number {cell!r}{hint}")
+            values.append(clock)
         rows.append(values)
     if not rows:
         raise RecordError(path, "zero-length signal (header but no data rows)")
     return np.asarray(rows, dtype=np.float64)
 
 
-def _fs_from_time(path: Path, time: np.ndarray, millis: bool) -> float:
-    seconds = time / (1000.0 if millis else 1.0)
+def _fs_from_time(path: Path, time: np.ndarray, role: str, name: str) -> float:
+    from hubert_ecg.io.quality import MIN_FS
+
+    seconds = time / (1000.0 if role == "time_ms" else 1.0)
     if seconds.size < 2 or not np.all(np.isfinite(seconds)) or np.any(np.diff(seconds) <= 0):
         raise RecordError(path, "time column is not finite and strictly increasing; pass --fs HZ")
     # End-to-end span is immune to the rounding of printed time stamps; a gap or jump of half
@@ -276,4 +405,11 @@ def _fs_from_time(path: Path, time: np.ndarray, millis: bool) -> float:
     if np.max(np.abs(seconds - grid)) > 0.5 * step:
         raise RecordError(path, "time column is not uniformly sampled; pass --fs HZ")
     rate = 1.0 / step
+    if role == "time_s" and rate < MIN_FS <= 1000.0 * rate:
+        # A time column in ms read as seconds gives 1/1000 of the rate; refuse rather than mis-state it.
+        raise RecordError(
+            path,
+            f"time column {name!r} steps by {step:g} per sample ({rate:g} Hz if seconds): "
+            "it looks like milliseconds; name it time_ms or 'time (ms)', or pass --fs HZ",
+        )
     return float(round(rate)) if abs(rate - round(rate)) < 1e-3 * rate else float(rate)

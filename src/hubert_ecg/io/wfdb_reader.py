@@ -4,6 +4,7 @@ signal files as in the PhysioNet/CinC Challenge 2020/2021 data."""
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,14 @@ def read_wfdb(
         raise RecordError(path, f"WFDB header {header.name} not found")
     record_name = str(header.with_suffix(""))
     _sniff_header(header)
-    multi_segment, uncalibrated = _header_facts(header)
+    multi_segment, uncalibrated, fs_stated = _header_facts(header)
+    if not fs_stated and fs is None:
+        # The WFDB library falls back to 250 Hz, the format's default; a rate is never assumed here.
+        raise RecordError(
+            header,
+            "sampling rate unknown: the WFDB header's record line states none (the WFDB default "
+            'would be 250 Hz); pass --fs HZ or a sidecar JSON with {"fs": HZ}',
+        )
     if multi_segment:
         return _read_multi_segment(wfdb, header, record_name, fs, units, lead_names, allow_missing_leads)
     rec = _read_digital(wfdb, header, record_name)
@@ -99,7 +107,7 @@ def read_wfdb(
     warnings: list[str] = []
     values, channel_units = _physical_values(header, rec, uncalibrated, meta, warnings)
 
-    header_fs = float(rec.fs) if rec.fs else None
+    header_fs = float(rec.fs) if rec.fs and fs_stated else None
     if fs is not None and header_fs is not None and float(fs) != header_fs:
         warnings.append(f"sampling rate {fs} Hz given overrides header's {header_fs:g} Hz")
     meta["warnings"] = warnings
@@ -141,10 +149,10 @@ def _physical_values(
 ) -> tuple[np.ndarray, list[str | None] | None]:
     """``(channels x samples, units)``: the header's calibration applied, or ADC counts with units None
     when the header has no usable calibration (gain 0, LUDB's per-lead ranges)."""
-    digital = rec.d_signal
+    digital = _counts_with_invalid_as_nan(rec)
     if uncalibrated:
         # WFDB gain 0 means "uncalibrated"; wfdb silently substitutes 200 units/mV. Keep the counts.
-        values = (digital.astype(np.float64) - np.asarray(rec.baseline, dtype=np.float64)).T
+        values = (digital - np.asarray(rec.baseline, dtype=np.float64)).T
         meta["uncalibrated"] = True
         warnings.append(
             f"uncalibrated: WFDB gain 0 for signal(s) {', '.join(uncalibrated)}; values are ADC counts, "
@@ -160,12 +168,26 @@ def _physical_values(
             "not a calibration); using the raw ADC counts with one scale for all leads, "
             "units unknown"
         )
-        return digital.astype(np.float64).T, None
+        return digital.T, None
     try:
         values = rec.dac(expanded=False, return_res=64, inplace=False).T
     except Exception as exc:
         raise RecordError(header, f"cannot apply header gains: {type(exc).__name__}: {exc}") from None
     return values, list(rec.units or [None] * rec.n_sig)
+
+
+def _counts_with_invalid_as_nan(rec: Any) -> np.ndarray:
+    """The digital samples as float64, with each format's "invalid sample" code (-32768 for format 16,
+    -2048 for 212, ...) as NaN: the raw-count paths must not pass that code on as a huge spike."""
+    from wfdb.io._signal import INVALID_SAMPLE_VALUE
+
+    counts = np.asarray(rec.d_signal, dtype=np.float64).copy()
+    for channel, fmt in enumerate(rec.fmt or []):
+        invalid = INVALID_SAMPLE_VALUE.get(str(fmt))
+        if invalid is not None:
+            column = counts[:, channel]
+            column[column == invalid] = np.nan
+    return counts
 
 
 def _diagnose(wfdb: Any, header: Path, record_name: str, exc: Exception) -> RecordError:
@@ -181,16 +203,45 @@ def _diagnose(wfdb: Any, header: Path, record_name: str, exc: Exception) -> Reco
     for file_name in sorted(set(head.file_name or [])):
         if not (header.parent / file_name).is_file():
             return RecordError(header, f"signal file {file_name} named by the header is missing")
+    short = _short_signal_file(header, head)
+    if short is not None:
+        return RecordError(header, short)
     return RecordError(
         header, f"cannot read signal file(s) {', '.join(sorted(set(head.file_name)))}: {type(exc).__name__}: {exc}"
     )
+
+
+# Bytes per sample of the fixed-width WFDB formats (212 packs two 12-bit samples in 3 bytes).
+_BYTES_PER_SAMPLE = {"8": 1.0, "80": 1.0, "16": 2.0, "61": 2.0, "160": 2.0, "24": 3.0, "32": 4.0, "212": 1.5}
+
+
+def _short_signal_file(header: Path, head: Any) -> str | None:
+    """Why a signal file is too short for the samples its header declares, or None (unknown or long enough)."""
+    if not head.sig_len:
+        return None
+    for file_name in sorted(set(head.file_name or [])):
+        channels = [i for i, name in enumerate(head.file_name) if name == file_name]
+        widths = [_BYTES_PER_SAMPLE.get(str(head.fmt[i])) for i in channels]
+        if any(w is None for w in widths) or head.fmt[channels[0]] == "8":
+            continue  # format 8 stores differences; other formats are not fixed-width
+        offset = int((head.byte_offset or [0] * head.n_sig)[channels[0]] or 0)
+        expected = offset + int(np.ceil(head.sig_len * sum(w for w in widths if w is not None)))
+        actual = (header.parent / file_name).stat().st_size
+        if actual < expected:
+            return (
+                f"signal file {file_name} is truncated: {actual} bytes, the header's {head.sig_len} samples "
+                f"x {len(channels)} signals need {expected}"
+            )
+    return None
 
 
 def _gains_are_self_normalising(digital: np.ndarray, gains: Sequence[float] | None) -> bool:
     """True when every channel's gain equals its own digital peak-to-peak (LUDB v1.0.1)."""
     if gains is None or digital.shape[1] < 3 or len(set(gains)) == 1:
         return False
-    ptp = np.ptp(digital.astype(np.float64), axis=0)
+    with warnings.catch_warnings():  # an all-invalid channel has no range: NaN, never equal to a gain
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ptp = np.nanmax(digital, axis=0) - np.nanmin(digital, axis=0)
     return bool(np.all(np.abs(ptp - np.asarray(gains, dtype=np.float64)) <= 1.0))
 
 
@@ -212,24 +263,26 @@ def _sniff_header(header: Path) -> None:
         raise RecordError(header, f"not a WFDB header: {size / 1e6:.0f} MB (a header is a small text file)")
 
 
-def _header_facts(header: Path) -> tuple[bool, list[str]]:
-    """(multi-segment record?, names of signals with gain 0) from the header text itself (wfdb hides both)."""
+def _header_facts(header: Path) -> tuple[bool, list[str], bool]:
+    """(multi-segment record?, names of signals with gain 0, does the record line state a sampling rate?)
+    from the header text itself (wfdb hides all three)."""
     try:
         lines = [line.split("#")[0].split() for line in header.read_text(errors="replace").splitlines()]
     except OSError:
-        return False, []
+        return False, [], True
     lines = [tokens for tokens in lines if tokens]
     if not lines:
-        return False, []
+        return False, [], True
+    fs_stated = len(lines[0]) >= 3
     if "/" in lines[0][0]:
-        return True, []
+        return True, [], fs_stated
     uncalibrated = []
     for tokens in lines[1:]:
         if len(tokens) >= 3:
             match = re.match(r"^[-+]?[0-9.]+(?:[eE][-+]?\d+)?", tokens[2])
             if match and _is_zero(match.group(0)):
                 uncalibrated.append(tokens[8] if len(tokens) > 8 else tokens[0])
-    return False, uncalibrated
+    return False, uncalibrated, fs_stated
 
 
 def _is_zero(text: str) -> bool:
