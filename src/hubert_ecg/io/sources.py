@@ -181,7 +181,7 @@ class InputAccount:
             with open(tmp, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["path", "reason"])
-                writer.writerows(self.skipped)
+                writer.writerows((_printable(p), reason) for p, reason in self.skipped)
         return path
 
 
@@ -438,12 +438,34 @@ def iter_sources(
         else:
             raise RecordError(path, "input not found")
         for source in found:
-            # surrogateescape: a file name that is not UTF-8 (Latin-1 from an old share) is still a path.
-            marker = f"{os.path.normpath(source.path)}\0{source.key}".encode("utf-8", "surrogateescape")
+            if not _utf8_name(source.path):
+                # Its name would reach every table and id we write; listed, not read (see _NOT_UTF8).
+                if mode is None or not stat.S_ISDIR(mode):  # named by the user: an error, not a skip
+                    raise RecordError(_printable(source.path), _NOT_UTF8)
+                if account is not None:
+                    account.skip(source.path, _NOT_UTF8)
+                continue
+            marker = f"{os.path.normpath(source.path)}\0{source.key}".encode()
             digest = int.from_bytes(hashlib.blake2b(marker, digest_size=8).digest(), "little")
             if digest not in seen:
                 seen.add(digest)
                 yield source
+
+
+_NOT_UTF8 = "file name is not valid UTF-8 (e.g. Latin-1 from an old share): rename it to read it"
+
+
+def _utf8_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """A path with undecodable bytes shown as ``\\xff`` escapes, safe to print and write to a table."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def discover_sources(

@@ -1,0 +1,49 @@
+"""A file whose name is not valid UTF-8 (Latin-1 from an old share) is listed with its reason, never a crash.
+
+Its name would reach every table and record id the job writes; `prepare` used to stop with
+"'utf-8' codec can't encode character '\\udcff'", naming no file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hubert_ecg.cli import main
+from hubert_ecg.synthetic import synthetic_record
+
+pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse non-UTF-8 names")
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "good.npy", synthetic_record(rng, seconds=3.0).signal)
+    raw = os.fsencode(tmp_path) + b"/bad\xffname.npy"
+    with open(raw, "wb") as fh:
+        np.save(fh, synthetic_record(rng, seconds=3.0).signal)
+    return tmp_path
+
+
+def test_prepare_skips_and_lists_a_non_utf8_name(folder: Path, tmp_path: Path) -> None:
+    from hubert_ecg.store import ECGStore
+
+    out = tmp_path.parent / f"{tmp_path.name}-store"
+    assert main(["prepare", str(folder), "--out", str(out), "--fs", "500", "--quiet"]) == 0
+    assert list(ECGStore(out).record_ids) == ["good"]
+    skipped = (out / "skipped.csv").read_text(encoding="utf-8")
+    assert "bad\\xffname.npy,file name is not valid UTF-8" in skipped
+
+
+def test_a_non_utf8_name_given_explicitly_is_a_one_line_error(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = os.fsdecode(os.fsencode(folder) + b"/bad\xffname.npy")
+    out = tmp_path.parent / f"{tmp_path.name}-store"
+    assert main(["prepare", bad, "--out", str(out), "--fs", "500", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad\\xffname.npy: file name is not valid UTF-8" in err
