@@ -47,3 +47,14 @@ def test_a_non_utf8_name_given_explicitly_is_a_one_line_error(
     assert main(["prepare", bad, "--out", str(out), "--fs", "500", "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad\\xffname.npy: file name is not valid UTF-8" in err
+
+
+def test_an_array_file_with_two_different_signals_is_refused_not_guessed(tmp_path: Path) -> None:
+    from hubert_ecg.io import RecordError, read_record
+
+    signal = synthetic_record(np.random.default_rng(1), seconds=3.0).signal
+    np.savez(tmp_path / "two.npz", val=signal, ecg=signal * 2.0, fs=500)
+    with pytest.raises(RecordError, match=r"two\.npz: several signal arrays \(val, ecg\)"):
+        read_record(tmp_path / "two.npz")
+    np.savez(tmp_path / "copies.npz", val=signal, ecg=signal, fs=500)  # the same array twice is one signal
+    np.testing.assert_array_equal(read_record(tmp_path / "copies.npz").signal.shape, signal.shape)

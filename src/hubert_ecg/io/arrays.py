@@ -90,9 +90,14 @@ def _stored_fs(path: str | Path, arrays: dict[str, Any]) -> float | None:
 
 
 def _pick_signal(path: str | Path, arrays: dict[str, Any]) -> tuple[str, np.ndarray]:
-    for key in _SIGNAL_KEYS:
-        if key in arrays:
-            return key, np.asarray(arrays[key])
+    named = [k for k in _SIGNAL_KEYS if k in arrays]
+    signals = [k for k in named if np.asarray(arrays[k]).ndim >= 2]
+    if any(not np.array_equal(np.asarray(arrays[k]), np.asarray(arrays[signals[0]])) for k in signals[1:]):
+        # Which one is the ECG cannot be told from the file (a raw and a filtered copy, two recordings ...).
+        raise RecordError(path, f"several signal arrays ({', '.join(signals)}): keep only the ECG in the file")
+    if named:
+        key = signals[0] if signals else named[0]
+        return key, np.asarray(arrays[key])
     candidates = [
         (k, np.asarray(v))
         for k, v in arrays.items()
