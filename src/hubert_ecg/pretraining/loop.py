@@ -200,8 +200,22 @@ def load_config(path: str | Path) -> dict[str, Any]:
     _check_section(path, "", config, _TOP_TYPES)
     if not config["iterations"]:
         raise ConfigError(f"{path}: iterations: the list is empty")
+    names: dict[str, int] = {}
     for i, it in enumerate(config["iterations"]):
         _check_iteration(path, i + 1, it)
+        # Two iterations of one name would share a folder and targets: the later one would find the
+        # earlier one's run finished and be skipped, returning the earlier model as the final one.
+        name = it.get("name", f"iteration{i + 1}")
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            # It names a folder under out/ and the store's targets: it must stay a plain name.
+            raise ConfigError(
+                f"{path}: iterations[{i + 1}].name: {name!r} must be a plain name (no '/', no leading '.')"
+            )
+        if name in names:
+            raise ConfigError(
+                f"{path}: iterations[{i + 1}].name: {name!r} is already the name of iteration {names[name]}"
+            )
+        names[name] = i + 1
     if "model" in config:
         _check_model_fields(path, config["model"])
     base = path.parent
@@ -254,6 +268,13 @@ def _check_iteration(path: Path, number: int, it: Any) -> None:
         if section in it:
             types = _train_types() if section == "train" else _SECTION_TYPES[section]
             _check_section(path, f"iterations[{number}].{section}", it[section], types)
+    train = it.get("train") or {}
+    if train.get("alpha") == 0 and train.get("mask_prob") == 1:
+        # Found before features and k-means run, not when training starts.
+        raise ConfigError(
+            f"{path}: iterations[{number}].train: alpha 0 weights only unmasked tokens but mask_prob 1 masks "
+            "every token: the loss would be 0 at every step"
+        )
 
 
 def _check_model_fields(path: Path, model: dict[str, Any]) -> None:
@@ -343,6 +364,7 @@ class _Iteration:
     features: dict[str, Any]
     kmeans: dict[str, Any]
     train: dict[str, Any]
+    previous_model: Path | None = None  # where this iteration's training starts (None: a fresh model)
 
     @property
     def run_dir(self) -> Path:
@@ -380,9 +402,12 @@ def run_pretrain_loop(
     for index, section in enumerate(config["iterations"], start=1):
         it = _iteration(config_path, index, section, settings.out, previous_model)
         if dry_run:
+            state = "done" if _training_done(it.run_dir, it.max_steps) else "to do"
+            if _outputs_are_stale(ECGStore(settings.store), it):
+                state = "to redo (made from an earlier state of the previous model)"
             print(
                 f"{it.name}: features {it.kind}{'' if it.layer is None else f' (layer {it.layer})'}, K={it.k}, "
-                f"{it.max_steps} steps -> {'done' if _training_done(it.run_dir, it.max_steps) else 'to do'}"
+                f"{it.max_steps} steps -> {state}"
             )
             previous_model = it.run_dir / "best"
             continue
@@ -481,6 +506,7 @@ def _iteration(
         features=feat_cfg,
         kmeans=km_cfg,
         train=train_cfg,
+        previous_model=previous_model,
     )
 
 
@@ -489,7 +515,10 @@ def _make_targets(settings: _Settings, it: _Iteration) -> None:
     from .targets import cluster_features, dump_features, label_store
 
     store = ECGStore(settings.store)
-    if store.targets_path(it.target_name).exists():
+    km_path = it.dir / "kmeans" / f"k{it.k}" / "kmeans.safetensors"
+    if _outputs_are_stale(store, it):
+        _move_stale_aside(store, it)
+    if store.targets_path(it.target_name).exists() and _targets_from(store, it.target_name, km_path):
         return
     feats = dump_features(
         store,
@@ -502,10 +531,134 @@ def _make_targets(settings: _Settings, it: _Iteration) -> None:
         **it.features,
     )
     cluster_features(feats, [it.k], it.dir / "kmeans", seed=settings.seed, **it.kmeans)
-    km_path = it.dir / "kmeans" / f"k{it.k}" / "kmeans.safetensors"
     label_store(
         store, [km_path], it.target_name, checkpoint=it.checkpoint, layer=it.layer, device=_device(settings.device)
     )
+
+
+def _targets_from(store: ECGStore, name: str, km_path: Path) -> bool:
+    """True when the store's targets ``name`` were labelled with ``km_path`` as it is now.
+
+    Targets of the same name made by another run (another loop's ``out``, a hand-run ``label``) are
+    refused rather than trained on: they come from other features and another k-means model.
+    """
+    from ..atomic import sha256_file
+
+    info_file = store.targets_path(name).with_suffix(".json")
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, ValueError):
+        info = {}
+    recorded = info.get("kmeans") if isinstance(info, dict) else None
+    if not isinstance(recorded, str) or Path(recorded) != km_path.resolve():
+        raise ValueError(
+            f"{store.targets_path(name)}: targets of this name exist but were not made by this run's k-means "
+            f"model {km_path} (made by {recorded or 'an unknown model'}); rename the iteration or move them away"
+        )
+    # Labelling was cut short after the k-means file changed: label_store refuses or finishes the job.
+    return km_path.exists() and info.get("kmeans_sha256") == sha256_file(km_path)
+
+
+def _recorded_checkpoints(store: ECGStore, it: _Iteration) -> list[tuple[str, str | None]]:
+    """(what, weights sha256) of the previous model as each output of ``it`` recorded it when it was made."""
+    found: list[tuple[str, str | None]] = []
+
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    plan = read(it.dir / "features" / "plan.json")
+    if plan:
+        found.append((str(it.dir / "features"), plan.get("checkpoint_sha256")))
+    targets = read(store.targets_path(it.target_name).with_suffix(".json"))
+    kmeans = targets.get("kmeans")
+    if isinstance(kmeans, str) and Path(kmeans).is_relative_to(it.dir.resolve()):
+        found.append(
+            (str(store.targets_path(it.target_name)), (targets.get("feature_spec") or {}).get("checkpoint_sha256"))
+        )
+    init = (read(it.run_dir / "run.json").get("inputs") or {}).get("init") or {}
+    if isinstance(init, dict) and init:
+        found.append((str(it.run_dir), init.get("sha256")))
+    return found
+
+
+def _outputs_are_stale(store: ECGStore, it: _Iteration) -> bool:
+    """True when an output of ``it`` was made from another state of the previous iteration's model.
+
+    A ``--resume`` that lengthens an earlier iteration changes its best model after the later iterations'
+    features, targets and runs were made from it; each of those records the weights it used.
+    """
+    if it.index == 1:
+        return False
+    from .targets import _checkpoint_sha256
+
+    previous = Path(it.checkpoint) if it.checkpoint else it.previous_model
+    if previous is None or not previous.exists():
+        return False
+    current = _checkpoint_sha256(str(previous))
+    if current is not None and any(sha is not None and sha != current for _, sha in _recorded_checkpoints(store, it)):
+        return True
+    # Features dumped from the previous iteration's `last` before it had a `best` (or the reverse).
+    try:
+        plan = json.loads((it.dir / "features" / "plan.json").read_text())
+    except (OSError, ValueError):
+        return False
+    recorded = plan.get("checkpoint") if isinstance(plan, dict) else None
+    return it.checkpoint is not None and recorded is not None and recorded != str(Path(it.checkpoint).resolve())
+
+
+def _run_targets_changed(settings: _Settings, it: _Iteration) -> bool:
+    """True when the iteration's run recorded a checksum of its targets that the store's file no longer has.
+
+    The targets can be made again under the same name (deleted by hand, or a k-means refitted); a run
+    counted as done would then be skipped although it learned other targets.
+    """
+    from ..atomic import sha256_file
+
+    try:
+        record = json.loads((it.run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    recorded = (((record.get("inputs") or {}).get("targets") or {}).get(it.target_name) or {}).get("sha256")
+    targets = ECGStore(settings.store).targets_path(it.target_name)
+    return bool(recorded) and targets.exists() and sha256_file(targets) != recorded
+
+
+def _move_aside(it: _Iteration, subfolders: list[str], why: str) -> Path:
+    """Move subfolders of an iteration into ``{dir}/stale-N`` (never deleted) and say so."""
+    import shutil
+
+    n = 1
+    while (it.dir / f"stale-{n}").exists():
+        n += 1
+    dest = it.dir / f"stale-{n}"
+    dest.mkdir(parents=True)
+    for sub in subfolders:
+        if (it.dir / sub).exists():
+            shutil.move(str(it.dir / sub), str(dest / sub))
+    print(f"{it.name}: {why}; moved to {dest} and made again")
+    return dest
+
+
+def _move_stale_aside(store: ECGStore, it: _Iteration) -> None:
+    """Move an iteration's outputs made from an older previous model into ``{dir}/stale-N`` (never deleted)."""
+    import shutil
+
+    dest = _move_aside(it, ["features", "kmeans", "run"], "made from an earlier state of the previous model")
+    targets = store.targets_path(it.target_name)
+    info = targets.with_suffix(".json")
+    try:
+        kmeans = json.loads(info.read_text()).get("kmeans") if info.exists() else None
+    except (OSError, ValueError, AttributeError):
+        kmeans = None
+    # Finished targets of this iteration, or an unfinished labelling (its partial file, progress and
+    # plan, which would make the new labelling refuse to mix settings); never another run's targets.
+    if not info.exists() or (isinstance(kmeans, str) and Path(kmeans).is_relative_to(it.dir.resolve())):
+        for file in sorted(targets.parent.glob(f"{it.target_name}.*")):
+            shutil.move(str(file), str(dest / file.name))
 
 
 def _train(settings: _Settings, it: _Iteration, previous_model: Path | None, *, resume: bool) -> None:
@@ -519,6 +672,8 @@ def _train(settings: _Settings, it: _Iteration, previous_model: Path | None, *, 
         device=settings.device,
         **{k_: v for k_, v in it.train.items() if k_ not in ("alpha", "mask_prob", "mask_length")},
     )
+    if _run_targets_changed(settings, it):
+        _move_aside(it, ["run"], "trained on other targets than the store now holds")
     if not _training_done(it.run_dir, it.max_steps):
         run_pretrain(
             str(settings.store),

@@ -61,12 +61,16 @@ def masked_prediction_loss(
     total = logits[0].new_zeros(())
     correct = logits[0].new_zeros(())
     for i, lg in enumerate(logits):
-        tgt = targets[:, i, :]
-        ce = F.cross_entropy(lg.float().transpose(1, 2), tgt, reduction="none")  # (B, T)
+        # Padded tokens take no part whatever they hold: their target may be any id (even outside
+        # [0, K)) and their logits anything (even NaN); selecting with `where`, not multiplying by 0,
+        # keeps a NaN there out of the sum and of the gradient.
+        tgt = torch.where(valid, targets[:, i, :], torch.zeros_like(targets[:, i, :]))
+        lg = torch.where(valid.unsqueeze(-1), lg.float(), 0.0)
+        ce = F.cross_entropy(lg.transpose(1, 2), tgt, reduction="none")  # (B, T)
         if alpha > 0:
-            total = total + alpha * (ce * masked).sum() / masked.sum().clamp(min=1)
+            total = total + alpha * torch.where(masked, ce, 0.0).sum() / masked.sum().clamp(min=1)
         if alpha < 1:
-            total = total + (1 - alpha) * (ce * unmasked).sum() / unmasked.sum().clamp(min=1)
+            total = total + (1 - alpha) * torch.where(unmasked, ce, 0.0).sum() / unmasked.sum().clamp(min=1)
         hit = (lg.argmax(-1) == tgt) & masked
         correct = correct + hit.sum() / masked.sum().clamp(min=1)
     return total, {"masked_acc": correct / len(logits)}
@@ -90,6 +94,8 @@ class PretrainObjective:
     sharded_validation = True  # every rank validates its share (see validate)
 
     def __post_init__(self) -> None:
+        config = self.model.config
+        _check_masking(self.alpha, config.mask_time_prob, config.mask_time_min_masks)
         sizes = [int(np.asarray(self.store.targets(n)).max()) + 1 for n in self.target_names]
         for name, k_needed, k_model in zip(self.target_names, sizes, self.model.config.vocab_sizes):
             if k_needed > k_model:
@@ -130,7 +136,16 @@ class PretrainObjective:
         u = torch.rand((), device=device, generator=generator)
         scores = torch.rand(global_batch, tokens, device=device, generator=generator)
         scores = scores[offset : offset + len(batch["input"])]
-        return sample_span_mask(
+        order = None
+        if token_mask is not None and device.type != "meta":
+            # A short row is padded at the end of *every lead*, so its valid tokens are not a prefix of the
+            # flattened sequence; sample_span_mask only starts spans before position (n valid - length) and
+            # would never mask the last leads. Masks are drawn with the valid tokens moved to the front (in
+            # order, each keeping its own score) and moved back: every valid token has the same chance.
+            order = torch.argsort((~token_mask).to(torch.int32), dim=-1, stable=True)
+            scores = scores.gather(1, order)
+            token_mask = torch.arange(tokens, device=device) < token_mask.sum(-1, keepdim=True)
+        mask = sample_span_mask(
             len(batch["input"]),
             tokens,
             mask_prob=config.mask_time_prob,
@@ -141,6 +156,9 @@ class PretrainObjective:
             u=u,
             device=device,
         )
+        if order is None:
+            return mask
+        return torch.zeros_like(mask).scatter(1, order, mask)
 
     def _forward(
         self, module: nn.Module, batch: dict[str, torch.Tensor], key: int, offset: int, global_batch: int
@@ -202,12 +220,108 @@ class PretrainObjective:
         return {"val_loss": loss_sum / max(n, 1.0), "val_masked_acc": acc_sum / max(n, 1.0)}
 
 
+def check_targets(store: ECGStore, name: str, n_tokens: int | None, k: int | None) -> None:
+    """Refuse targets that cannot be this store's labels for a ``k``-entry codebook (one line, names the file).
+
+    Pre-training indexes the targets by store row and token: a file of another length or token count
+    (another store, a store that gained rows, a truncated copy) would train on other ECGs' labels or fail
+    mid-run; an id outside ``[0, k)`` (another K) has no codebook entry. ``{name}.json``, when present,
+    must also describe this store (row count and manifest checksum). ``n_tokens`` / ``k`` None: not checked.
+    """
+    import json
+
+    from ..runs import store_fingerprint
+
+    path = store.targets_path(name)
+    if not path.exists():
+        several = sorted(f.stem for f in path.parent.glob(f"{name}-*.npy") if f.stem[len(name) + 1 :].isdigit())
+        hint = f" (labelling with several k-means models wrote {', '.join(several)}: pass those)" if several else ""
+        raise ValueError(f"{store.path}: no targets named {name!r}{hint}; create them with `hubert-ecg label`")
+    try:
+        targets = store.targets(name)
+    except (OSError, ValueError) as err:  # truncated or not a .npy file
+        raise ValueError(f"{path}: unreadable targets ({err}); label the store again") from None
+    expected = (len(store), targets.shape[-1] if n_tokens is None else n_tokens)
+    if targets.ndim != 2 or tuple(targets.shape) != expected:
+        raise ValueError(
+            f"{path}: targets of shape {tuple(targets.shape)} but the store needs {expected} "
+            "(rows x tokens); they were made for another store or before it changed: label it again"
+        )
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"{path}: targets must be integer cluster ids, got {targets.dtype}")
+    low, high = _id_range(targets)
+    if low < 0 or (k is not None and high >= k):
+        size = "" if k is None else f" but the codebook has {k} entries (0..{k - 1})"
+        raise ValueError(f"{path}: cluster ids span {low}..{high}{size}; label the store again")
+    info_file = path.with_suffix(".json")
+    if info_file.exists():
+        try:
+            info = json.loads(info_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{info_file}: unreadable targets record ({err}); label the store again") from None
+        if k is not None and info.get("k") is not None and int(info["k"]) != k:
+            raise ValueError(f"{path}: targets of a K={info['k']} k-means model but the codebook has {k} entries")
+        manifest = info.get("store_manifest_sha256")
+        if manifest and manifest != store_fingerprint(store)["manifest_sha256"]:
+            raise ValueError(
+                f"{path}: labelled for another content of the store (its manifest changed since); label it again"
+            )
+
+
+def _recorded_k(store: ECGStore, name: str) -> int | None:
+    """K of the k-means model the targets were made with, from ``{name}.json`` (None: not recorded)."""
+    import json
+
+    info_file = store.targets_path(name).with_suffix(".json")
+    try:
+        k = json.loads(info_file.read_text()).get("k") if info_file.exists() else None
+    except (OSError, ValueError, AttributeError):
+        return None  # check_targets names the broken record
+    return int(k) if isinstance(k, int) else None
+
+
+def _id_range(targets: np.ndarray, rows_per_chunk: int = 65536) -> tuple[int, int]:
+    """(min, max) of a possibly huge memmapped array, a chunk of rows at a time."""
+    low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    for start in range(0, len(targets), rows_per_chunk):
+        chunk = np.asarray(targets[start : start + rows_per_chunk])
+        if chunk.size:
+            low, high = min(low, int(chunk.min())), max(high, int(chunk.max()))
+    return low, high
+
+
 def majority_baseline(store: ECGStore, target_name: str, rows: np.ndarray, train_rows: np.ndarray) -> float:
-    """Accuracy of always predicting the training set's most frequent cluster (a floor for masked accuracy)."""
+    """Accuracy of always predicting the training set's most frequent cluster (a floor for masked accuracy).
+
+    Over valid tokens only, as masked accuracy is: the padded tokens of short rows all share the cluster
+    of a zero descriptor, and counting them would make that cluster the "majority" and inflate the floor.
+    """
     targets = store.targets(target_name)
-    counts = np.bincount(np.asarray(targets[np.sort(train_rows)]).ravel())
+    train_rows, rows = np.sort(train_rows), np.sort(rows)
+    train_valid = _first_window_tokens(store, train_rows, targets.shape[1])
+    counts = np.bincount(np.asarray(targets[train_rows])[train_valid])
     majority = int(counts.argmax())
-    return float((np.asarray(targets[np.sort(rows)]) == majority).mean())
+    valid = _first_window_tokens(store, rows, targets.shape[1])
+    return float((np.asarray(targets[rows])[valid] == majority).mean())
+
+
+def _first_window_tokens(store: ECGStore, rows: np.ndarray, n_tokens: int) -> np.ndarray:
+    """(len(rows), n_tokens) bool: which tokens of each row's first window are whole real signal.
+
+    From the rows' lengths and the conv layout of the store's rate (what labelling used for hand
+    descriptors); when that layout gives another token count, every token counts.
+    """
+    from ..config import token_mask_from_sample_mask
+    from .features import conv_layout
+
+    window = int(round(store.spec.window_s * store.fs))
+    kernels, strides = conv_layout(store.fs)
+    real = np.minimum(np.asarray(store.lengths)[rows], window)
+    sample_mask = np.tile(np.arange(window)[None, :] < real[:, None], (1, 12))  # lead after lead, as the input
+    valid = np.asarray(token_mask_from_sample_mask(sample_mask, kernels, strides), dtype=bool)
+    if valid.shape != (len(rows), n_tokens):
+        return np.ones((len(rows), n_tokens), dtype=bool)
+    return valid
 
 
 def default_val_rows(store: ECGStore, split: str, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -263,11 +377,16 @@ def _targets_fingerprint(store: ECGStore, name: str) -> dict[str, Any]:
     path = store.targets_path(name)
     meta_file = path.with_suffix(".json")
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    from ..atomic import sha256_file
+
     return {
         "kmeans_sha256": meta.get("kmeans_sha256"),
         "k": meta.get("k"),
         "rows": meta.get("n_rows"),
         "bytes": path.stat().st_size if path.exists() else None,
+        # The labels themselves: the same k-means over another descriptor, or a relabelled store, gives
+        # other targets under the same name, and a resumed run must not mix the two.
+        "sha256": sha256_file(path) if path.exists() else None,
     }
 
 
@@ -297,8 +416,12 @@ def run_pretrain(
     """
     from ..training import train
 
+    _check_masking(alpha, mask_prob, None)
     store = ECGStore(store_path)
     targets = list(targets)
+    # Before the run record is written: a refused run leaves no folder that a corrected command would clash with.
+    for name in targets:
+        check_targets(store, name, None, _recorded_k(store, name))
     if cfg.monitor == "val_loss":
         cfg.monitor_mode = "min"
     run = PretrainRun(
@@ -316,6 +439,10 @@ def run_pretrain(
     )
     _begin_pretrain_run(store, run, cfg, overwrite=overwrite, resume=resume, command=command)
     model = _model_to_pretrain(store, run, cfg.seed)
+    # With the model: its token count and codebook sizes (the check above had neither).
+    window = int(round(store.spec.window_s * store.fs))
+    for name, k_model in zip(targets, model.config.vocab_sizes):
+        check_targets(store, name, model.config.num_tokens(12 * window), k_model)
     train_rows, val_rows = default_val_rows(store, val_split, val_fraction, cfg.seed)
     objective = PretrainObjective(
         model,
@@ -329,6 +456,42 @@ def run_pretrain(
         lead_dropout=lead_dropout,
     )
     return train(model, objective, cfg)
+
+
+def _check_masking(alpha: float, mask_prob: float | None, min_masks: int | None) -> None:
+    """Refuse a loss that no token can contribute to (it would be 0 at every step and train nothing)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if mask_prob is not None and not 0.0 <= mask_prob <= 1.0:
+        raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+    if alpha == 0.0 and mask_prob is not None and mask_prob >= 1.0:
+        raise ValueError(
+            "alpha 0 weights only unmasked tokens but mask_prob 1 masks every token: the loss would be 0 "
+            "at every step; lower mask_prob or raise alpha"
+        )
+    if alpha == 1.0 and mask_prob == 0.0 and min_masks == 0:
+        raise ValueError(
+            "alpha 1 weights only masked tokens but mask_prob 0 with no minimum number of masks masks none: "
+            "the loss would be 0 at every step; raise mask_prob or lower alpha"
+        )
+
+
+def _targets_fingerprints(out_dir: str | None, store: ECGStore, names: Sequence[str]) -> dict[str, Any]:
+    """The targets' fingerprints for the run record; a run recorded before their content checksum keeps
+    resuming (its record cannot say what it trained on, so that checksum is left out of the comparison)."""
+    from ..runs import RunSettingsError, read_run
+
+    prints = {n: _targets_fingerprint(store, n) for n in names}
+    try:
+        previous = read_run(out_dir) if out_dir else None
+    except RunSettingsError:
+        previous = None  # begin_run names the broken record
+    recorded = ((previous or {}).get("inputs") or {}).get("targets") or {}
+    for name, print_ in prints.items():
+        old = recorded.get(name) if isinstance(recorded, dict) else None
+        if isinstance(old, dict) and "sha256" not in old:
+            print_.pop("sha256", None)
+    return prints
 
 
 def _begin_pretrain_run(
@@ -353,7 +516,7 @@ def _begin_pretrain_run(
         pretrain_settings(recorded, cfg),
         store=store,
         init=run.init_from,
-        extra_inputs={"targets": {n: _targets_fingerprint(store, n) for n in run.targets or []}},
+        extra_inputs={"targets": _targets_fingerprints(cfg.out_dir, store, run.targets or [])},
         overwrite=overwrite,
         resume=resume,
         command=command,
@@ -375,6 +538,11 @@ def _codebooks(store: ECGStore, targets: Sequence[str]) -> tuple[list[int], list
     return vocab_sizes, kmeans_refs
 
 
+def _as_config_value(value: Any) -> Any:
+    """A config value as ModelConfig stores it (lists of a YAML/JSON file become tuples)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _model_to_pretrain(store: ECGStore, run: PretrainRun, seed: int) -> HubertECG:
     """A fresh ``run.size`` model, or ``run.init_from`` with fresh codebooks, sized by the targets."""
     from ..checkpoint import load_model
@@ -391,8 +559,21 @@ def _model_to_pretrain(store: ECGStore, run: PretrainRun, seed: int) -> HubertEC
     torch.manual_seed(seed)
     if run.init_from:
         model = load_model(run.init_from)
+        if model.info.preprocessing is not None and model.info.preprocessing != store.spec.to_dict():
+            import warnings
+
+            # Said, not refused (as fine-tuning does): adapting a model to a new preparation can be the point.
+            warnings.warn(
+                f"{store.path}: prepared otherwise than the store {run.init_from} was pre-trained on; "
+                "the new model records this store's preprocessing",
+                stacklevel=3,
+            )
         model.set_head(None, drop_codebooks=False)
         model.set_codebooks(vocab_sizes)
+        # The loop passes its `model:` settings to every iteration; those the checkpoint already has
+        # (its depth, width ...) are no change, and only real changes go to update_config (which refuses
+        # architecture ones).
+        overrides = {k: v for k, v in overrides.items() if getattr(model.config, k, object()) != _as_config_value(v)}
         if overrides:
             model.update_config(**overrides)
     else:

@@ -44,7 +44,18 @@ Files
 ``held_out_rows.npy`` (int64 store rows kept out of fitting and used for quality).
 
 ``STORE/targets/``: ``{name}.npy`` int16 ``(n_rows, T)`` and ``{name}.json`` (k-means path, its
-sha256, K, feature kind/layer/checkpoint), one pair per k-means model (``{name}-{i}`` for several).
+sha256, K, feature kind/layer/checkpoint and spec, row count, the store's manifest sha256), one pair
+per k-means model (``{name}-{i}`` for several).
+
+What is refused rather than reused
+----------------------------------
+A descriptor is its kind, rate, window, layer and, for hidden states, the sha256 of the checkpoint's
+weights (:class:`FeatureSpec`): a run folder retrained in place keeps its path, not its weights. So a
+feature dump resumed after the checkpoint or the store changed is refused (its plan records both); a
+K whose dump was re-made is refitted; labelling replays the k-means model's own descriptor and refuses
+a kind/layer/checkpoint that gives another one; finished targets are refused as stale when the store
+gained or changed rows (row count and manifest checksum in ``{name}.json``), when their descriptor
+changed, or when the file is damaged.
 
 Resuming and ranks
 ------------------
@@ -99,6 +110,11 @@ _HAND_KINDS = ("tf", "mfcc", "tf+mfcc")
 _KINDS = _HAND_KINDS + ("hidden",)
 _FEATURES_FORMAT = "hubert-ecg-features"
 _TARGETS_FORMAT = "hubert-ecg-targets"
+_IN_MEMORY = "<in-memory model>"
+# Keys that plans and settings gained later: a file written before them cannot be checked on them.
+_ADDED_KEYS = frozenset(
+    {"checkpoint_sha256", "store_manifest_sha256", "feature_spec", "features_store_manifest_sha256"}
+)
 _ITER_ECGS = 512  # ECG rows per chunk streamed to k-means (512 x 93 x 768 float32 = 146 MB at most)
 
 
@@ -127,6 +143,9 @@ class FeatureSpec:
     layer: int | None = None
     checkpoint: str | None = None
     mfcc_deltas: bool = False
+    # The checkpoint's weights, not its path: a run folder retrained in place keeps its path but
+    # its hidden states (and every descriptor, k-means model and target built from them) change.
+    checkpoint_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,7 +162,31 @@ class FeatureSpec:
             layer=data.get("layer"),
             checkpoint=data.get("checkpoint"),
             mfcc_deltas=bool(data.get("mfcc_deltas", False)),
+            checkpoint_sha256=data.get("checkpoint_sha256"),
         )
+
+    def differences(self, other: FeatureSpec) -> list[str]:
+        """The fields that make ``other`` a different descriptor than this one (empty: the same).
+
+        The checkpoint is compared by the sha256 of its weights when both sides know it (a moved
+        folder is the same model), else by its recorded path; an in-memory model is not comparable.
+        """
+        diffs = [
+            name
+            for name in ("kind", "fs", "window", "layer", "mfcc_deltas")
+            if getattr(self, name) != getattr(other, name)
+        ]
+        if self.checkpoint_sha256 and other.checkpoint_sha256:
+            if self.checkpoint_sha256 != other.checkpoint_sha256:
+                diffs.append("checkpoint (weights sha256)")
+        elif (
+            self.checkpoint is not None
+            and other.checkpoint is not None
+            and _IN_MEMORY not in (self.checkpoint, other.checkpoint)
+            and self.checkpoint != other.checkpoint
+        ):
+            diffs.append("checkpoint")
+        return diffs
 
 
 def _checkpoint_string(checkpoint: Any) -> str | None:
@@ -151,9 +194,20 @@ def _checkpoint_string(checkpoint: Any) -> str | None:
     if checkpoint is None:
         return None
     if hasattr(checkpoint, "config") and hasattr(checkpoint, "encoder"):
-        return "<in-memory model>"
+        return _IN_MEMORY
     path = Path(str(checkpoint)).expanduser()
     return str(path.resolve()) if path.exists() else str(checkpoint)
+
+
+def _checkpoint_sha256(checkpoint: Any) -> str | None:
+    """sha256 of a checkpoint's weights file (None for an in-memory model or a hub id not on disk)."""
+    reference = _checkpoint_string(checkpoint)
+    if reference is None or reference == _IN_MEMORY:
+        return None
+    from ..runs import checkpoint_fingerprint
+
+    printed = checkpoint_fingerprint(reference)
+    return None if printed is None else printed.get("sha256")
 
 
 def _make_spec(store: ECGStore, kind: str, checkpoint: Any, layer: int | None, mfcc_deltas: bool) -> FeatureSpec:
@@ -163,7 +217,17 @@ def _make_spec(store: ECGStore, kind: str, checkpoint: Any, layer: int | None, m
     if kind == "hidden":
         if checkpoint is None or layer is None:
             raise TargetsError("kind 'hidden' needs a checkpoint and a layer (hidden_states index, 0 = encoder input)")
-        return FeatureSpec("hidden", float(store.fs), window, int(layer), _checkpoint_string(checkpoint))
+        return FeatureSpec(
+            "hidden",
+            float(store.fs),
+            window,
+            int(layer),
+            _checkpoint_string(checkpoint),
+            checkpoint_sha256=_checkpoint_sha256(checkpoint),
+        )
+    if checkpoint is not None or layer is not None:
+        # Silently dropped, they would leave the user believing the descriptors came from that model.
+        raise TargetsError(f"kind {kind!r} is computed from the signal: it takes no checkpoint or layer")
     return FeatureSpec(kind, float(store.fs), window, None, None, bool(mfcc_deltas) and "mfcc" in kind)
 
 
@@ -189,6 +253,7 @@ class _FeatureComputer:
                     f"{spec.checkpoint}: the model takes {config.input_rate_hz} Hz input but the "
                     f"store {store.path} holds {store.fs:g} Hz rows"
                 )
+            _check_preprocessing(self.model, store, spec.checkpoint)
             self.kernels, self.strides = tuple(config.conv_kernel), tuple(config.conv_stride)
             self.dim = int(config.hidden_size)
         else:
@@ -262,6 +327,32 @@ class _FeatureComputer:
                 output_hidden_states=True,
             )
         return out.hidden_states[int(self.spec.layer)].float().cpu().numpy()  # type: ignore[arg-type]
+
+
+def _check_preprocessing(model: Any, store: ECGStore, checkpoint: str | None) -> None:
+    """Refuse hidden states of rows prepared otherwise than the model's pre-training store.
+
+    The model only ever saw inputs of its recorded preprocessing (filters, scaling, lead order ...):
+    on other inputs its hidden states describe a distribution shift, not the ECG, and the next
+    iteration's targets would be built on them. A model without a record (fresh, or older) is not checked.
+    """
+    info = getattr(model, "info", None)
+    expected = getattr(info, "preprocessing", None)
+    if not expected:
+        return
+    from ..preprocess import PreprocessError, PreprocessSpec
+
+    actual = store.spec.to_dict()
+    try:  # a record from before a field was added takes that field's default (the old behaviour)
+        expected = PreprocessSpec.from_dict(dict(expected)).to_dict()
+    except (PreprocessError, TypeError, ValueError):
+        expected = dict(expected)
+    diffs = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+    if diffs:
+        raise TargetsError(
+            f"{store.path}: prepared with another preprocessing than the model {checkpoint} was trained on "
+            f"(differs in: {', '.join(diffs)}); prepare the store with the model's spec"
+        )
 
 
 def _dist_ready(world_size: int) -> bool:
@@ -469,6 +560,8 @@ def _dump_plan(
         **spec.to_dict(),
         "store": str(Path(store.path).resolve()),
         "store_rows": len(store),
+        # a store re-prepared (or appended and trimmed) to the same row count holds other signals
+        "store_manifest_sha256": _store_print(store)["manifest_sha256"],
         "n_tokens": computer.n_tokens,
         "dim": computer.dim,
         "dtype": opts.dtype,
@@ -544,7 +637,7 @@ def _store_print(store: ECGStore) -> dict[str, Any]:
 def _checkpoint_print(checkpoint: str | None) -> dict[str, Any] | None:
     from ..runs import checkpoint_fingerprint
 
-    return None if checkpoint is None or checkpoint == "<in-memory model>" else checkpoint_fingerprint(checkpoint)
+    return None if checkpoint is None or checkpoint == _IN_MEMORY else checkpoint_fingerprint(checkpoint)
 
 
 def _check_or_write_plan(path: Path, plan: dict[str, Any], conflict: str) -> None:
@@ -554,7 +647,11 @@ def _check_or_write_plan(path: Path, plan: dict[str, Any], conflict: str) -> Non
     """
     if path.exists():
         previous = json.loads(path.read_text())
-        changed = sorted(k for k in set(plan) | set(previous) if previous.get(k) != plan.get(k))
+        changed = sorted(
+            k
+            for k in set(plan) | set(previous)
+            if previous.get(k) != plan.get(k) and not (k in _ADDED_KEYS and k not in previous)
+        )
         if changed:
             raise TargetsError(f"{conflict} ({', '.join(changed)})")
         return
@@ -678,8 +775,9 @@ def cluster_features(
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     meta = _read_features_json(features_dir)
     ks = [int(k) for k in ks]
-    if not ks or min(ks) < 1:
-        raise TargetsError(f"k values must be positive integers, got {ks}")
+    if not ks or min(ks) < 2:
+        # K=1 gives every token the same target: pre-training on it reaches accuracy 1 and learns nothing.
+        raise TargetsError(f"k values must be integers >= 2, got {ks}")
     if not 0.0 <= held_out_fraction < 1.0:
         raise TargetsError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
     fit_settings = {
@@ -692,6 +790,15 @@ def cluster_features(
         "fit_batch_size": fit_batch_size,
     }
     held_rows = _held_out_rows(features_dir, meta, held_out_fraction, seed)
+    n_fit = _valid_tokens(features_dir, meta, held_rows)
+    if max_fit_rows is not None:
+        n_fit = min(n_fit, int(max_fit_rows))
+    if max(ks) > n_fit:
+        # Checked before any K is fitted: more centroids than points cannot be fitted (or only degenerately).
+        raise TargetsError(
+            f"{features_dir}: K={max(ks)} is more than the {n_fit} valid tokens available for fitting "
+            f"(after holding out {held_rows.size} ECGs); dump more rows or use a smaller K"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_npy(out_dir / "held_out_rows.npy", held_rows)  # which ECGs quality was measured on
     features = {"path": str(features_dir.resolve()), "rows_sha256": meta["rows_sha256"], "rows": meta["n_rows"]}
@@ -704,8 +811,24 @@ def cluster_features(
     if not held_chunks:
         raise TargetsError(f"{features_dir}: the held-out rows have no valid tokens")
     # Recorded in every quality.json: a K fitted with the same settings on the same dump is reused.
-    settings = {"features": features["path"], "features_rows_sha256": meta["rows_sha256"], **fit_settings}
-    job = _ClusterJob(features_dir, meta, held_rows, np.concatenate(held_chunks), n_threads, settings)
+    # The descriptor and the store content too: a dump re-made in the same folder from another checkpoint
+    # (or a re-prepared store) has the same rows but other features, and its old K must be refitted.
+    settings = {
+        "features": features["path"],
+        "features_rows_sha256": meta["rows_sha256"],
+        "feature_spec": FeatureSpec.from_dict(meta).to_dict(),
+        "features_store_manifest_sha256": meta.get("store_manifest_sha256"),
+        **fit_settings,
+    }
+    job = _ClusterJob(
+        features_dir,
+        meta,
+        held_rows,
+        np.concatenate(held_chunks),
+        n_threads,
+        settings,
+        _normaliser_sample(features_dir, meta, held_rows, normaliser, n_fit, seed),
+    )
     results = [
         job.fit(k, out_dir / f"k{k}")
         for k in progress(ks, desc="k-means", unit="K", enabled=show_progress and len(ks) > 1)
@@ -724,6 +847,38 @@ def _write_sweep(out_dir: Path, features: str, results: list[dict[str, Any]]) ->
         plot_inertia_vs_k(
             [r["k"] for r in results], [r["inertia_total"] for r in results], out_dir / "inertia_vs_k.png"
         )
+
+
+_NORMALISER_TOKENS = 100_000  # fit_kmeans's default normaliser_rows
+
+
+def _normaliser_sample(
+    features_dir: Path, meta: dict[str, Any], held_rows: np.ndarray, normaliser: str, n_fit: int, seed: int
+) -> np.ndarray | None:
+    """Fitting descriptors of a seeded random set of ECGs, for standardisation statistics (None: not needed).
+
+    Without it the statistics come from the head of the stream, i.e. the first ECGs in store order, and a
+    store prepared source after source (one hospital, then the next) would be standardised by the first
+    source alone. When every fitting token fits in the sample, the head *is* all of them: None.
+    """
+    if normaliser not in ("standardise", "standardise+l2") or n_fit <= _NORMALISER_TOKENS:
+        return None
+    rows = np.concatenate([r for r, _, _ in _iter_shards(features_dir, meta)])
+    if held_rows.size:
+        rows = rows[~np.isin(rows, held_rows)]
+    per_row = max(1.0, n_fit / max(1, len(rows)))
+    n_pick = min(len(rows), int(math.ceil(_NORMALISER_TOKENS / per_row)))
+    picked = np.sort(np.random.default_rng([seed, 5]).choice(rows, size=n_pick, replace=False))
+    return np.concatenate(list(iter_feature_batches(features_dir, only_rows=picked)))
+
+
+def _valid_tokens(features_dir: Path, meta: dict[str, Any], held_rows: np.ndarray) -> int:
+    """Valid tokens of the dump's rows outside ``held_rows`` (what k-means can be fitted on)."""
+    total = 0
+    for rows, _, valid in _iter_shards(features_dir, meta):
+        keep = ~np.isin(rows, held_rows) if held_rows.size else np.ones(len(rows), dtype=bool)
+        total += int(valid[keep].sum())
+    return total
 
 
 def _held_out_rows(features_dir: Path, meta: dict[str, Any], fraction: float, seed: int) -> np.ndarray:
@@ -747,6 +902,7 @@ class _ClusterJob:
     held_out: np.ndarray  # held-out descriptors for the quality numbers
     n_threads: int | None
     settings: dict[str, Any]  # recorded in quality.json; a K with the same settings is reused
+    normaliser_sample: np.ndarray | None = None  # descriptors the standardisation is fitted on (None: stream head)
 
     def fit(self, k: int, k_dir: Path) -> dict[str, Any]:
         from .kmeans import KMeansMetadata, cluster_quality, fit_kmeans
@@ -754,7 +910,12 @@ class _ClusterJob:
         model_path, quality_path = k_dir / "kmeans.safetensors", k_dir / "quality.json"
         if model_path.exists() and quality_path.exists():
             previous = json.loads(quality_path.read_text())
-            if previous.get("settings") == self.settings:
+            recorded = previous.get("settings") or {}
+            if set(recorded) <= set(self.settings) and all(
+                recorded.get(key) == value
+                for key, value in self.settings.items()
+                if key in recorded or key not in _ADDED_KEYS
+            ):
                 return previous
         spec, cfg = FeatureSpec.from_dict(self.meta), self.settings
         metadata = KMeansMetadata(
@@ -772,6 +933,7 @@ class _ClusterJob:
             lambda: iter_feature_batches(self.features_dir, exclude_rows=self.held_rows),
             k,
             normaliser=cfg["normaliser"],
+            normaliser_sample=self.normaliser_sample,
             seed=cfg["seed"],
             backend=cfg["backend"],
             batch_size=cfg["fit_batch_size"],
@@ -804,8 +966,15 @@ def _resolve_kmeans_file(path: str | os.PathLike) -> Path:
     return p / "kmeans.safetensors" if p.is_dir() else p
 
 
-def _spec_for_model(store: ECGStore, model: Any, kind: str | None, checkpoint: Any, layer: int | None) -> FeatureSpec:
-    """The descriptor a k-means model was fitted on (its metadata), with explicit arguments taking precedence."""
+def _spec_for_model(
+    store: ECGStore, model: Any, kind: str | None, checkpoint: Any, layer: int | None, source: Path
+) -> FeatureSpec:
+    """The descriptor a k-means model was fitted on (its metadata); explicit arguments may only confirm it.
+
+    They may name the same checkpoint elsewhere (same weights) or an in-memory model; anything that
+    gives another descriptor than the recorded one is refused. A model without a recorded spec (made by
+    hand) takes the arguments as they are.
+    """
     stored = dict(model.metadata.extra.get("feature_spec") or {})
     meta_kind = stored.get("kind") or ("hidden" if model.metadata.kind == "latent" else model.metadata.kind)
     kind = kind or meta_kind
@@ -813,20 +982,80 @@ def _spec_for_model(store: ECGStore, model: Any, kind: str | None, checkpoint: A
         raise TargetsError("the k-means model does not record its feature kind; pass kind=...")
     if kind == "latent":
         kind = "hidden"
-    if checkpoint is None:
+    if kind == "hidden" and checkpoint is None:
         checkpoint = stored.get("checkpoint") or model.metadata.source_checkpoint
-    layer = (
-        layer
-        if layer is not None
-        else (stored.get("layer") if stored.get("layer") is not None else model.metadata.layer)
-    )
+    if kind == "hidden" and layer is None:
+        layer = stored.get("layer") if stored.get("layer") is not None else model.metadata.layer
+    if kind != "hidden":  # the arguments are for the hidden-state models of the job (create checks some is)
+        checkpoint = layer = None
     spec = _make_spec(store, kind, checkpoint, layer, bool(stored.get("mfcc_deltas", False)))
     if stored and (stored.get("fs") != spec.fs or stored.get("window") != spec.window):
         raise TargetsError(
             f"{store.path}: rows are {spec.fs:g} Hz / {spec.window}-sample windows but the k-means "
             f"features were {stored.get('fs')} Hz / {stored.get('window')}"
         )
+    if stored:
+        # Centroids only mean something for the descriptor they were fitted on: another kind, layer or
+        # checkpoint of the same width would be assigned without complaint, to meaningless clusters.
+        recorded = FeatureSpec.from_dict(stored)
+        diffs = recorded.differences(spec)
+        if diffs:
+            hint = (
+                "the checkpoint changed since the k-means model was fitted: dump and cluster its features again"
+                if recorded.checkpoint == spec.checkpoint and diffs == ["checkpoint (weights sha256)"]
+                else "leave kind/layer/checkpoint out to use the recorded ones, or cluster features of this descriptor"
+            )
+            raise TargetsError(
+                f"{source}: fitted on {_describe(recorded)} but labelling would use "
+                f"{_describe(spec)} (differs in: {', '.join(diffs)}); {hint}"
+            )
     return spec
+
+
+def _describe(spec: FeatureSpec) -> str:
+    """A descriptor in words, for error messages."""
+    if spec.kind != "hidden":
+        return f"{spec.kind} descriptors" + (" with MFCC deltas" if spec.mfcc_deltas else "")
+    sha = f", weights sha256 {spec.checkpoint_sha256[:12]}" if spec.checkpoint_sha256 else ""
+    return f"hidden states of layer {spec.layer} of {spec.checkpoint}{sha}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TargetsError(f"{path}: unreadable ({err}); delete it and the targets beside it to label again") from None
+    if not isinstance(data, dict):
+        raise TargetsError(f"{path}: not a targets record; delete it and the targets beside it to label again")
+    return data
+
+
+def _stale_reasons(info: dict[str, Any], store: ECGStore, spec: FeatureSpec, manifest_sha256: str | None) -> list[str]:
+    """Why finished targets (their ``{name}.json``) no longer describe ``store`` under ``spec``; empty if current."""
+    reasons = []
+    if info.get("n_rows") is not None and int(info["n_rows"]) != len(store):
+        reasons.append(f"labelled {info['n_rows']} rows, the store now has {len(store)}")
+    recorded_manifest = info.get("store_manifest_sha256")
+    if recorded_manifest and manifest_sha256 and recorded_manifest != manifest_sha256:
+        reasons.append("the store's manifest changed since")
+    recorded_spec = info.get("feature_spec")
+    if isinstance(recorded_spec, dict):
+        diffs = FeatureSpec.from_dict(recorded_spec).differences(spec)
+        if diffs:
+            reasons.append(f"the descriptor changed since: {', '.join(diffs)}")
+    return reasons
+
+
+def _damage(final: Path, info: dict[str, Any]) -> list[str]:
+    """Why a finished targets file cannot be what its record says (truncated, replaced); empty if intact."""
+    try:
+        array = np.load(final, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        return [f"the file is unreadable: {err}"]
+    expected = (info.get("n_rows"), info.get("n_tokens"))
+    if None not in expected and tuple(array.shape) != expected:
+        return [f"the file holds shape {tuple(array.shape)}, its record says {expected}"]
+    return []
 
 
 def _read_ranges(path: Path) -> list[list[int]]:
@@ -939,6 +1168,7 @@ class _LabelJob:
     specs: list[FeatureSpec]
     shas: list[str]
     batch_size: int
+    manifest_sha256: str | None = None
     computers: dict[FeatureSpec, _FeatureComputer] = field(default_factory=dict)
 
     @classmethod
@@ -960,8 +1190,22 @@ class _LabelJob:
             if model.k > np.iinfo(np.int16).max:
                 raise TargetsError(f"{f}: K={model.k} does not fit int16 targets")
         names = [name] if len(models) == 1 else [f"{name}-{i}" for i in range(len(models))]
-        specs = [_spec_for_model(store, m, kind, checkpoint, layer) for m in models]
-        job = cls(store, files, models, names, specs, [sha256_file(f) for f in files], batch_size)
+        specs = [_spec_for_model(store, m, kind, checkpoint, layer, f) for f, m in zip(files, models)]
+        if (checkpoint is not None or layer is not None) and all(s.kind != "hidden" for s in specs):
+            raise TargetsError(
+                f"{files[0]}: no k-means model here was fitted on hidden states: a checkpoint or layer "
+                "would be ignored (hand-made descriptors are computed from the signal)"
+            )
+        job = cls(
+            store,
+            files,
+            models,
+            names,
+            specs,
+            [sha256_file(f) for f in files],
+            batch_size,
+            _store_print(store)["manifest_sha256"],
+        )
         job.targets_dir.mkdir(parents=True, exist_ok=True)
         return job
 
@@ -982,15 +1226,26 @@ class _LabelJob:
         return [self.store.targets_path(n).with_name(f"{n}.npy.partial") for n in self.names]
 
     def finished(self) -> bool:
-        """True when every target exists from these k-means models; another model's targets are refused."""
-        for name, sha in zip(self.names, self.shas):
-            final, info = self.store.targets_path(name), self.targets_dir / f"{name}.json"
+        """True when every target exists from these k-means models, for the store as it is now.
+
+        Another model's targets are refused, and so are stale ones: labelled before the store gained
+        (or changed) rows, or from descriptors that are no longer what the k-means model and its
+        checkpoint give. Reused, they would train on targets of other signals (or none, for new rows).
+        """
+        for name, sha, spec in zip(self.names, self.shas, self.specs):
+            final, info_file = self.store.targets_path(name), self.targets_dir / f"{name}.json"
             if not final.exists():
                 return False
-            recorded = json.loads(info.read_text()).get("kmeans_sha256") if info.exists() else None
-            if recorded != sha:
+            info = _read_json(info_file) if info_file.exists() else {}
+            if info.get("kmeans_sha256") != sha:
                 raise TargetsError(
                     f"{final}: targets from another k-means model exist; use another name or delete them"
+                )
+            stale = _stale_reasons(info, self.store, spec, self.manifest_sha256) + _damage(final, info)
+            if stale:
+                raise TargetsError(
+                    f"{final}: stale targets ({'; '.join(stale)}); delete {final.name} and "
+                    f"{info_file.name} to label again, or use another name"
                 )
         return True
 
@@ -1118,6 +1373,7 @@ class _LabelJob:
                 "n_tokens": self.n_tokens,
                 "dtype": "int16",
                 "store": str(Path(self.store.path).resolve()),
+                "store_manifest_sha256": self.manifest_sha256,
             }
             atomic_write_json(self.targets_dir / f"{n}.json", info)
             try:
