@@ -85,6 +85,8 @@ def score_rows(
 ) -> Scores:
     """Run the model over evaluation windows of ``rows`` and aggregate per record (mean or max).
 
+    ``sliding`` windows run over each whole record (a window may span two store rows), exactly as
+    ``predict`` cuts the record file, so both give a record the same probabilities.
     ``keep_leads`` (12,) bool: score with only these leads, the others zeroed (reduced-lead evaluation).
     """
     from contextlib import nullcontext
@@ -94,40 +96,263 @@ def score_rows(
     device = torch.device(device)
     autocast = autocast or nullcontext
     has_labels = store.labels is not None
-    dataset = StoreWindows(store, crop="given", labels=has_labels, seed=seed)
-    win = evaluation_windows(
-        store, rows, window=dataset.window, mode=windows, n_crops=n_crops, stride=stride, seed=seed
-    )
-    probs, losses, weights = [], [], []
-    n_batches = -(-len(win.rows) // batch_size)
-    for item in progress(
-        window_batches(win, batch_size), total=n_batches, desc="scoring", unit="batch", enabled=show_progress
-    ):
-        batch = dataset[item]
-        x = batch["input"].to(device)
+    if windows == "sliding":
+        record_ids, first_rows, batches, n_windows = _record_sliding_batches(store, rows, stride, batch_size)
+    else:
+        record_ids, first_rows, batches, n_windows = _row_window_batches(
+            store, rows, windows=windows, n_crops=n_crops, stride=stride, seed=seed, batch_size=batch_size
+        )
+    probs, losses, weights, window_groups = [], [], [], []
+    n_batches = -(-n_windows // batch_size)
+    for x, mask, groups in progress(batches, total=n_batches, desc="scoring", unit="batch", enabled=show_progress):
+        x = x.to(device)
         if keep_leads is not None:
             from .preprocess import zero_leads
 
             x = zero_leads(x, keep_leads)
-        mask = None if batch["full"] else batch["attention_mask"].to(device)
+        mask = None if mask is None else mask.to(device)
         with autocast():
             logits = model(x, mask).logits
-        if loss_fn is not None and has_labels:
-            losses.append(float(loss_fn(logits, batch["labels"].to(device))))
+        if loss_fn is not None and has_labels and store.labels is not None:
+            targets = torch.from_numpy(np.asarray(store.labels[first_rows[groups]], dtype=np.float32))
+            losses.append(float(loss_fn(logits, targets.to(device))))
             weights.append(len(x))
         probs.append(probabilities(task, logits).cpu().numpy())
-    window_probs = np.concatenate(probs)
-    groups, agg = aggregate_windows(window_probs, win.groups, how=aggregate)
-    first_row: dict[int, int] = {}
-    for r, g in zip(win.rows, win.groups):
-        first_row.setdefault(int(g), int(r))
-    labels = store.labels[[first_row[int(g)] for g in groups]] if has_labels and store.labels is not None else None
+        window_groups.append(groups)
+    order, agg = aggregate_windows(np.concatenate(probs), np.concatenate(window_groups), how=aggregate)
+    labels = store.labels[first_rows[order]] if has_labels and store.labels is not None else None
     loss = float(np.average(losses, weights=weights)) if losses else None
-    return Scores(win.record_ids[groups], agg, labels, loss, len(win.rows))
+    return Scores(record_ids[order], agg, labels, loss, n_windows)
 
 
-def check_compatible(model: HubertECG, store: ECGStore) -> None:
-    """The store must have been prepared the way the model expects, with matching label columns."""
+_Batches = Any  # an iterable of (input (B, 12 * T), mask or None, record group of each window (B,))
+
+
+def _row_window_batches(
+    store: ECGStore,
+    rows: np.ndarray,
+    *,
+    windows: str,
+    n_crops: int,
+    stride: int | None,
+    seed: int,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, _Batches, int]:
+    """(record ids, first row of each record, batches, window count): windows inside store rows."""
+    dataset = StoreWindows(store, crop="given", labels=False, seed=seed)
+    win = evaluation_windows(
+        store, rows, window=dataset.window, mode=windows, n_crops=n_crops, stride=stride, seed=seed
+    )
+    first_rows = np.zeros(len(win.record_ids), dtype=np.int64)
+    seen: set[int] = set()
+    for r, g in zip(win.rows, win.groups):
+        if int(g) not in seen:
+            seen.add(int(g))
+            first_rows[int(g)] = int(r)
+
+    def batches() -> Any:
+        offset = 0
+        for item in window_batches(win, batch_size):
+            batch = dataset[item]
+            n = len(item[1])
+            mask = None if batch["full"] else batch["attention_mask"]
+            yield batch["input"], mask, win.groups[offset : offset + n]
+            offset += n
+
+    return win.record_ids, first_rows, batches(), len(win.rows)
+
+
+def _record_sliding_batches(
+    store: ECGStore, rows: np.ndarray, stride: int | None, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, _Batches, int]:
+    """Sliding windows over each whole record (its segments joined), cut as ``predict`` cuts a record."""
+    from .preprocess import cut_windows, window_starts
+
+    rows = np.asarray(rows, dtype=np.int64)
+    record_ids, inverse = store.record_groups(rows)
+    members = [rows[inverse == g] for g in range(len(record_ids))]
+    members = [m[np.argsort(store.segments[m])] for m in members]
+    usable = np.minimum(store.lengths, store.row_samples)
+    window = store.spec.window_samples
+    totals = [int(usable[m].sum()) for m in members]
+    n_windows = sum(len(window_starts(max(t, 1), window, mode="sliding", stride=stride)) for t in totals)
+    first_rows = np.asarray([m[0] for m in members], dtype=np.int64)
+
+    def batches() -> Any:
+        xs: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        groups: list[np.ndarray] = []
+        pending = 0
+        for g, member in enumerate(members):
+            signal = store.signals(member)
+            record = np.concatenate([signal[i, :, : int(usable[r])] for i, r in enumerate(member)], axis=1)
+            starts = window_starts(record.shape[1], window, mode="sliding", stride=stride)
+            x, m = cut_windows(record, store.spec, starts)
+            xs.append(x)
+            masks.append(m)
+            groups.append(np.full(len(x), g, dtype=np.int64))
+            pending += len(x)
+            while pending >= batch_size or (g == len(members) - 1 and pending):
+                x_all, m_all, g_all = np.concatenate(xs), np.concatenate(masks), np.concatenate(groups)
+                take = min(batch_size, len(x_all))
+                mb = m_all[:take]
+                yield (
+                    torch.from_numpy(np.ascontiguousarray(x_all[:take])),
+                    None if mb.all() else torch.from_numpy(np.ascontiguousarray(mb)),
+                    g_all[:take],
+                )
+                xs, masks, groups = [x_all[take:]], [m_all[take:]], [g_all[take:]]
+                pending -= take
+
+    return record_ids, first_rows, batches(), n_windows
+
+
+#: ``model.info.extra`` key of what a fine-tuned model was trained on (:func:`training_provenance`).
+FINETUNED_ON = "finetuned_on"
+
+
+def training_provenance(store: ECGStore, rows: tuple[np.ndarray, np.ndarray], task: str) -> dict[str, Any]:
+    """What fine-tuning read: the store's fingerprint, the label columns (and class names) the head learned,
+    and the splits its training and validation rows came from (``evaluate`` refuses those as a test set)."""
+    from .runs import store_fingerprint
+    from .store import store_splits
+
+    spec = get_task(task)
+    names = list(store.label_names)
+    columns = names[:1] if spec.first_column_only else names
+    classes = store.label_classes.get(columns[0]) if spec.outputs_are_classes and columns else None
+    train_rows, val_rows = rows
+    splits = store_splits(store)
+    return {
+        **store_fingerprint(store),
+        "label_columns": columns,
+        "label_classes": list(classes) if classes else None,
+        "seen_splits": sorted(set(splits[np.concatenate([train_rows, val_rows])].tolist())),
+        "train_rows": int(len(train_rows)),
+        "val_rows": int(len(val_rows)),
+    }
+
+
+@dataclass
+class LabelAlignment:
+    """Which store label columns a model is scored against, matched by name (never by position alone)."""
+
+    columns: list[int]  # store column of each label column the task reads, in the model's order
+    class_map: np.ndarray | None = None  # multi-class: store class index -> the model's class index
+    n_classes: int | None = None  # multi-class: the model's outputs (a larger class index is refused)
+
+
+def align_labels(model: HubertECG, store: ECGStore) -> LabelAlignment:
+    """Match the model's outputs to the store's label columns by name; refuse what cannot be matched.
+
+    A store whose columns are in another order is re-ordered, one with extra columns is read for the
+    model's columns only; a missing column, or multi-class class names that differ, are an error. Only a
+    model without recorded names (converted weights, old runs) falls back to position, with equal counts.
+    """
+    head = model.config.head
+    if head is None:
+        raise ValueError("this model has no classification head; fine-tune it first")
+    if store.labels is None:
+        raise ValueError(f"{store.path}: the store has no labels to evaluate against")
+    task = get_task(model.info.task or "multi_label")
+    store_names = list(store.label_names)
+    trained = (model.info.extra or {}).get(FINETUNED_ON) or {}
+    names = list(model.info.label_names or [])
+    if task.first_column_only:
+        column = _trained_column(task, names, trained)
+        columns = [0] if column is None else _columns_by_name(store, [column])
+        if not task.outputs_are_classes:
+            return LabelAlignment(columns)
+        return LabelAlignment(columns, _class_map(store, store_names[columns[0]], trained), head.num_labels)
+    if names and len(names) == head.num_labels:
+        return LabelAlignment(_columns_by_name(store, names))
+    # a model without a recorded task or names predates these checks: columns by position, counts equal
+    if model.info.task is not None and task.checks_label_columns and store.labels.shape[1] != head.num_labels:
+        raise ValueError(
+            f"the model predicts {head.num_labels} labels but {store.path} has {store.labels.shape[1]} label columns"
+        )
+    return LabelAlignment(list(range(min(head.num_labels, store.labels.shape[1]))))
+
+
+def _trained_column(task: Any, names: list[str], trained: dict[str, Any]) -> str | None:
+    """The one store label column a binary / multi-class model learned (None: not recorded)."""
+    recorded = trained.get("label_columns") or []
+    if recorded:
+        return str(recorded[0])
+    if not task.outputs_are_classes:
+        return names[0] if names else None  # a binary model's output is named after its column
+    stems = {n.rsplit("=", 1)[0] for n in names if "=" in n}
+    return stems.pop() if len(stems) == 1 and all("=" in n for n in names) else None
+
+
+def _columns_by_name(store: ECGStore, wanted: list[str]) -> list[int]:
+    store_names = list(store.label_names)
+    missing = [n for n in wanted if n not in store_names]
+    if missing:
+        raise ValueError(
+            f"{store.path}: no label column {', '.join(repr(n) for n in missing[:5])} for the model's output(s) "
+            f"(store label columns: {', '.join(store_names[:10]) or 'none'}); columns are matched by name"
+        )
+    return [store_names.index(n) for n in wanted]
+
+
+def _class_map(store: ECGStore, column: str, trained: dict[str, Any]) -> np.ndarray | None:
+    """Store class index -> model class index when class names are known on both sides (else None: as stored)."""
+    model_classes = trained.get("label_classes")
+    store_classes = store.label_classes.get(column)
+    if not model_classes and not store_classes:
+        return None
+    if not (model_classes and store_classes):
+        which = "the model's" if model_classes else "the store's"
+        raise ValueError(
+            f"{store.path}: column {column!r}: only {which} classes have names, so class indices cannot be "
+            "matched; prepare the store from the same kind of label column the model was trained on"
+        )
+    unknown = [c for c in store_classes if c not in model_classes]
+    if unknown:
+        raise ValueError(
+            f"{store.path}: column {column!r} has class(es) {', '.join(map(repr, unknown[:5]))} the model never "
+            f"learned (its classes: {', '.join(model_classes)})"
+        )
+    return np.asarray([list(model_classes).index(c) for c in store_classes], dtype=np.int64)
+
+
+def aligned_labels(alignment: LabelAlignment, labels: np.ndarray) -> np.ndarray:
+    """Store label rows (N, L) -> the model's label columns, class indices in the model's numbering."""
+    out = labels[:, alignment.columns].astype(np.float64)
+    if alignment.class_map is not None:
+        col = out[:, 0]
+        known = np.isfinite(col) & (col >= 0) & (col < len(alignment.class_map)) & (col == np.round(col))
+        col[known] = alignment.class_map[col[known].astype(np.int64)]
+    return out
+
+
+def check_label_values(
+    task: str, labels: np.ndarray, record_ids: np.ndarray, names: list[str], where: Any, n_classes: int | None
+) -> None:
+    """Refuse label values the metrics would misread (a binary 2, a class the model has no output for).
+
+    Blanks are not refused here: they leave the metrics as :func:`_scorable` says.
+    """
+    spec = get_task(task)
+    values = spec.label_columns(labels)
+    bad, rule = spec.invalid_labels(values)
+    bad &= np.isfinite(values)
+    if n_classes is not None:
+        over = np.isfinite(values) & (values >= n_classes)
+        if over.any() and not bad.any():
+            bad, rule = over, f"the model has {n_classes} classes (0 .. {n_classes - 1})"
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        name = names[j] if j < len(names) else f"column {j}"
+        raise ValueError(
+            f"{where}: record {str(record_ids[i])!r}, label {name!r} is {values[i, j]:g}; {rule} "
+            f"({int(bad.sum())} such value(s))"
+        )
+
+
+def check_compatible(model: HubertECG, store: ECGStore) -> LabelAlignment:
+    """The store must have been prepared the way the model expects; returns how its label columns match."""
     spec = model.info.preprocessing
     if spec is not None and spec != store.spec.to_dict():
         diffs = [k for k in spec if spec.get(k) != store.spec.to_dict().get(k)]
@@ -135,22 +360,143 @@ def check_compatible(model: HubertECG, store: ECGStore) -> None:
             f"{store.path}: prepared with a different preprocessing than the model expects "
             f"(differs in: {', '.join(diffs)}); prepare it again with the model's spec"
         )
-    head = model.config.head
-    if head is None:
-        raise ValueError("this model has no classification head; fine-tune it first")
-    if store.labels is None:
-        raise ValueError(f"{store.path}: the store has no labels to evaluate against")
-    # a model without a recorded task predates these checks
-    checks = model.info.task is not None and get_task(model.info.task).checks_label_columns
-    if checks and store.labels.shape[1] != head.num_labels:
-        raise ValueError(
-            f"the model predicts {head.num_labels} labels but {store.path} has {store.labels.shape[1]} label columns"
+    return align_labels(model, store)
+
+
+# --------------------------------------------------------------------------------------------
+# Records the model has seen: the splits it was fine-tuned on, and the same signal under another id
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeenRecords:
+    """Records of an evaluated split that trained the model or selected its checkpoint and thresholds."""
+
+    records: int
+    splits: list[str]
+    store: str
+
+    def message(self, split: str) -> str:
+        return (
+            f"{f'split {split!r}' if split else 'the whole store'} holds {self.records} record(s) of the "
+            f"{'/'.join(s or 'unsplit' for s in self.splits)} rows this model "
+            f"was fine-tuned on ({self.store}): training rows fit the weights, validation rows chose best/ "
+            "and tuned the thresholds, so metrics on them are optimistic"
         )
-    names = model.info.label_names
-    if names and checks and list(names) != list(store.label_names):
-        warnings.warn(
-            "label names differ between the model and the store; columns are matched by position", stacklevel=2
-        )
+
+
+def _same_store(trained: dict[str, Any], store: ECGStore) -> bool:
+    from .runs import store_fingerprint
+
+    if trained.get("path") and Path(str(trained["path"])) == store.path.resolve():
+        return True
+    if trained.get("rows") != len(store) or not trained.get("manifest_sha256"):
+        return False
+    return store_fingerprint(store)["manifest_sha256"] == trained["manifest_sha256"]
+
+
+def _normalised_splits(store: ECGStore) -> np.ndarray:
+    from .store import StoreError, store_splits
+
+    try:
+        return store_splits(store)
+    except StoreError:  # values the rule cannot map: compare them as stored
+        return store.splits.astype(str)
+
+
+def _seen_splits(model: HubertECG, store: ECGStore) -> set[str]:
+    """Splits of ``store`` the model (or the checkpoint it was fine-tuned from) was fine-tuned on."""
+    trained = (model.info.extra or {}).get(FINETUNED_ON)
+    if not isinstance(trained, dict):
+        return set()
+    seen: set[str] = set()
+    for entry in [trained, *(trained.get("earlier") or [])]:
+        if isinstance(entry, dict) and _same_store(entry, store):
+            seen.update(str(s) for s in entry.get("seen_splits") or [])
+    return seen
+
+
+def seen_records(model: HubertECG, store: ECGStore, rows: np.ndarray) -> SeenRecords | None:
+    """The records among ``rows`` in a split the model was fine-tuned on (same store), else None."""
+    seen = _seen_splits(model, store)
+    if not seen:
+        return None
+    hit = np.isin(_normalised_splits(store)[rows], sorted(seen))
+    if not hit.any():
+        return None
+    return SeenRecords(len(np.unique(store.record_ids[rows[hit]])), sorted(seen), str(store.path))
+
+
+def _seen_rows(model: HubertECG, store: ECGStore) -> np.ndarray:
+    """Rows of the store the model was fine-tuned on (empty when the store is another one)."""
+    seen = _seen_splits(model, store)
+    if not seen:
+        return np.array([], dtype=np.int64)
+    return np.flatnonzero(np.isin(_normalised_splits(store), sorted(seen)))
+
+
+def signal_digests(store: ECGStore, rows: np.ndarray, chunk: int = 256) -> dict[str, str]:
+    """Record id -> digest of its stored samples (every segment, valid length only), for ``rows``."""
+    import hashlib
+
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[np.lexsort((store.segments[rows], store.record_ids[rows]))]
+    parts: dict[str, Any] = {}
+    for start in range(0, len(rows), chunk):
+        block = rows[start : start + chunk]
+        signals = store.signals(block)
+        for r, signal in zip(block, signals):
+            rid = str(store.record_ids[r])
+            h = parts.setdefault(rid, hashlib.blake2b(digest_size=16))
+            length = min(int(store.lengths[r]), store.row_samples)
+            h.update(np.ascontiguousarray(signal[:, :length]).tobytes())
+    return {rid: h.hexdigest() for rid, h in parts.items()}
+
+
+def duplicate_signals(store: ECGStore, groups: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Recordings whose stored signal is identical in two or more ``groups`` (name -> rows), e.g. train and test.
+
+    Each entry: ``{"digest", "members": [(group, record_id), ...]}``; a digest within one group only is not listed.
+    """
+    by_digest: dict[str, list[tuple[str, str]]] = {}
+    for name, rows in groups.items():
+        if len(rows) == 0:
+            continue
+        for rid, digest in signal_digests(store, rows).items():
+            by_digest.setdefault(digest, []).append((name, rid))
+    return [{"digest": d, "members": sorted(m)} for d, m in sorted(by_digest.items()) if len({g for g, _ in m}) > 1]
+
+
+def describe_duplicates(found: list[dict[str, Any]]) -> str:
+    """One line: how many recordings appear in two groups under two ids, per pair of groups."""
+    pairs: dict[str, int] = {}
+    for entry in found:
+        names = sorted({g for g, _ in entry["members"]})
+        key = "/".join(names)
+        pairs[key] = pairs.get(key, 0) + 1
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(pairs.items()))
+    return (
+        f"{len(found)} recording(s) have an identical signal in more than one split under different record ids "
+        f"({counts}); metrics on those records are optimistic"
+    )
+
+
+def write_duplicate_listing(path: Path, found: list[dict[str, Any]]) -> Path:
+    """``digest,split,record_id``: one line per copy of each duplicated recording (an identical file is kept)."""
+    import io
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["digest", "split", "record_id"])
+    for entry in found:
+        for group, rid in entry["members"]:
+            writer.writerow([entry["digest"], group, rid])
+    content = text.getvalue()
+    if path.is_file() and path.read_bytes() == content.encode():
+        return path  # a re-run of a finished job leaves its folder untouched
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(content, newline="")
+    return path
 
 
 def write_probabilities(path: Path, scores: Scores, label_names: list[str]) -> Path:
@@ -240,8 +586,14 @@ def score_split(
     label_names = list(model.info.label_names or store.label_names)
     if scores.labels is None:
         raise ValueError(f"{store.path}: the store has no labels to evaluate against")
-    known = _scorable(task, scores.labels, warn=warn_blank)
-    y_true = targets_for_metrics(task, scores.labels[known])
+    # The model's label columns, found by name: a store with its columns in another order is never misread.
+    alignment = align_labels(model, store)
+    labels = aligned_labels(alignment, scores.labels)
+    column_names = [str(store.label_names[c]) for c in alignment.columns]
+    check_label_values(task, labels, scores.record_ids, column_names, store.path, alignment.n_classes)
+    scores = dataclasses.replace(scores, labels=labels)
+    known = _scorable(task, labels, warn=warn_blank)
+    y_true = targets_for_metrics(task, labels[known])
     spec = get_task(task)
     thresholds = model.info.thresholds if spec.uses_thresholds else None
     names = spec.metric_label_names(label_names)
@@ -321,6 +673,11 @@ def report_scores(
 
     # The model's thresholds were tuned on raw probabilities: on calibrated ones they move with the calibration.
     raw_thresholds, thresholds = thresholds, calibrated_thresholds(calibration_info, thresholds)
+    cautions = sample_size_warnings(task, y_true, label_names, n_bootstrap)
+    for caution in cautions:
+        warnings.warn(caution, stacklevel=2)
+    if cautions:
+        extra = {**extra, "sample size": "; ".join(cautions)}
     s = _ScoredRecords(out, task, y_true, y_score, label_names, thresholds, n_bootstrap, seed, ci_method, stratify)
     result, ci = _metrics_and_intervals(s, show_progress)
     figures = _standard_figures(s, result, ci)
@@ -354,12 +711,51 @@ def report_scores(
         "macro": result.macro,
         "undefined_labels": result.undefined_labels,
         "out": str(out),
+        "warnings": cautions,
     }
     if ci is not None:
         summary["macro_ci"] = ci.get("macro")
         summary["ci_method"] = ci_method
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+#: Fewer positives (or negatives) than this in a label: its interval is too unstable to quote without a caution.
+MIN_CLASS_RECORDS = 10
+#: Fewer bootstrap resamples than this give intervals that move with the seed (1000 is the default).
+MIN_RESAMPLES = 200
+
+
+def sample_size_warnings(task: str, y_true: np.ndarray, label_names: list[str] | None, n_bootstrap: int) -> list[str]:
+    """Cautions a report must carry: labels with few positives or negatives, too few bootstrap resamples."""
+    spec = get_task(task)
+    notes = []
+    if 0 < n_bootstrap < MIN_RESAMPLES:
+        notes.append(f"intervals from {n_bootstrap} resample(s) are unstable (use >= {MIN_RESAMPLES}; default 1000)")
+    if not spec.probabilistic:
+        if len(y_true) < MIN_CLASS_RECORDS:
+            notes.append(f"{len(y_true)} records: too few for stable intervals")
+        return notes
+    y = np.asarray(y_true, dtype=np.float64)
+    if spec.outputs_are_classes:
+        k = int(np.nanmax(y)) + 1 if np.isfinite(y).any() else 0
+        columns = np.stack([(y == c).astype(np.float64) for c in range(k)], axis=1) if k else np.zeros((len(y), 0))
+        names = [f"class_{c}" for c in range(k)]
+    else:
+        columns = y.reshape(len(y), -1)
+        names = list(label_names or [f"label_{j}" for j in range(columns.shape[1])])
+    few = []
+    for j in range(columns.shape[1]):
+        known = columns[:, j][np.isfinite(columns[:, j])]
+        pos, neg = int((known == 1).sum()), int((known == 0).sum())
+        if 0 < min(pos, neg) < MIN_CLASS_RECORDS:
+            few.append(f"{names[j] if j < len(names) else j} ({pos} pos / {neg} neg)")
+    if few:
+        notes.append(
+            f"{len(few)} label(s) with under {MIN_CLASS_RECORDS} positive or negative records, whose metrics "
+            f"and intervals are unstable: {', '.join(few[:8])}{' ...' if len(few) > 8 else ''}"
+        )
+    return notes
 
 
 @dataclass
@@ -671,9 +1067,15 @@ def evaluate(
     calibration_split: str = "val",
     save_calibration: bool = False,
     use_saved_calibration: bool = True,
+    allow_seen_records: bool = False,
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a fine-tuned model on a split of a store and write the report; returns a summary.
+
+    A split holding rows the model was fine-tuned on (training, or validation: it chose ``best/`` and the
+    thresholds) of this same store is refused unless ``allow_seen_records`` (the report then says so);
+    recordings of the split whose signal is identical to one the model was fine-tuned on are warned
+    about and listed in ``OUT/duplicates_of_training_records.csv``.
 
     ``ci_method``: "percentile" or "bca"; ``stratify``: resample within classes / label sets.
     ``subgroups``: manifest / metadata / label columns to report per group (see :mod:`hubert_ecg.subgroups`).
@@ -696,6 +1098,7 @@ def evaluate(
         )
     opts = scoring.options(device_)
     lead_sets = _LeadSets(leads or [])
+    honesty = _check_unseen(model, store, split, out, allow_seen_records)
     scored = score_split(model, store, split, show_progress=show_progress, **opts)
     write_probabilities(out / "probabilities.csv", scored.all_scores, list(model.info.label_names or store.label_names))
     calibration = _resolve_calibration(model, store, checkpoint, calib, opts)
@@ -706,8 +1109,10 @@ def evaluate(
         f"Evaluated on split '{split}' of {store.path} ({len(scored.all_scores.record_ids)} "
         "records). Check the data provenance before drawing clinical conclusions."
     )
+    if honesty:
+        note = "WARNING: " + "; ".join(honesty.values()) + ". " + note
     intervals = {"bootstrap resamples": n_bootstrap, "CI method": ci_method, "stratified resampling": stratify}
-    extra = _evaluation_extra(checkpoint, store, split, scoring, scored, intervals, calibration)
+    extra = {**_evaluation_extra(checkpoint, store, split, scoring, scored, intervals, calibration), **honesty}
     return report_scores(
         out,
         task=scored.task,
@@ -728,6 +1133,33 @@ def evaluate(
         extra=extra,
         show_progress=show_progress,
     )
+
+
+def _check_unseen(model: HubertECG, store: ECGStore, split: str, out: Path, allow_seen: bool) -> dict[str, str]:
+    """Refuse (or, allowed, describe) evaluated records the model was fine-tuned on; warn about copies of them.
+
+    Returns report entries (empty when the split is clean).
+    """
+    rows = _split_rows(store, split)
+    notes: dict[str, str] = {}
+    seen = seen_records(model, store, rows)
+    if seen is not None:
+        if not allow_seen:
+            raise ValueError(
+                f"{store.path}: {seen.message(split)}; evaluate held-out records (e.g. --split test), or pass "
+                "--allow-seen-records to report them anyway (the report then says so)"
+            )
+        warnings.warn(seen.message(split), stacklevel=3)
+        notes["records seen in fine-tuning"] = seen.message(split)
+    others = np.setdiff1d(_seen_rows(model, store), rows)
+    if len(others):
+        found = duplicate_signals(store, {f"evaluated ({split or 'all rows'})": rows, "fine-tuning": others})
+        if found:
+            listing = write_duplicate_listing(out / "duplicates_of_training_records.csv", found)
+            text = describe_duplicates(found).replace("in more than one split", "in fine-tuning and evaluated rows")
+            warnings.warn(f"{text}; listed in {listing}", stacklevel=3)
+            notes["identical signals in fine-tuning"] = f"{text} (listed in {listing.name})"
+    return notes
 
 
 def _evaluation_extra(
@@ -889,6 +1321,8 @@ def read_predictions(
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ValueError(f"{predictions}: row {r + 2}, column {prob_cols[c]!r} is blank or not finite")
+    n_classes = len(prob_cols) if get_task(task).outputs_are_classes else None
+    check_label_values(task, y, np.asarray(ids), target_cols, labels, n_classes)
     known = _scorable(task, y, warn=True)
     y, p = y[known], p[known]
     rows = [r for r, k in zip(rows, known) if k]
@@ -1062,6 +1496,7 @@ def compare_models(
     batch_size: int = 64,
     data_note: str | None = None,
     title: str | None = None,
+    allow_seen_records: bool = False,
 ) -> dict[str, Any]:
     """Compare two models on the same records and write ``compare.html`` (:func:`hubert_ecg.compare.compare_scores`).
 
@@ -1077,7 +1512,17 @@ def compare_models(
     if store is not None and labels is not None:
         raise ValueError("compare: give --store (two checkpoints) or --labels (two predictions CSVs), not both")
     if store is not None:
-        p = _paired_from_store(a, b, store, split, device=device, windows=windows, batch_size=batch_size, seed=seed)
+        p = _paired_from_store(
+            a,
+            b,
+            store,
+            split,
+            device=device,
+            windows=windows,
+            batch_size=batch_size,
+            seed=seed,
+            allow_seen_records=allow_seen_records,
+        )
     elif labels is not None:
         p = _paired_from_predictions(a, b, labels, task)
     else:
@@ -1125,11 +1570,20 @@ def _paired_from_store(
     windows: str,
     batch_size: int,
     seed: int,
+    allow_seen_records: bool = False,
 ) -> _PairedScores:
     """Two checkpoints scored on ``split`` of ``store`` (one model in memory at a time)."""
     st = ECGStore(store)
     model_a, device_ = _load_and_check(a, st, device)
     model_b, _ = _load_and_check(b, st, device)
+    rows = _split_rows(st, split)
+    for name, model in ((a, model_a), (b, model_b)):
+        seen = seen_records(model, st, rows)
+        if seen is not None and not allow_seen_records:
+            raise ValueError(
+                f"compare: {name}: {seen.message(split)}; compare on held-out records (e.g. --split test), "
+                "or pass --allow-seen-records"
+            )
     if (model_a.info.task or "multi_label") != (model_b.info.task or "multi_label"):
         raise ValueError(f"compare: {a} is a {model_a.info.task} model but {b} is a {model_b.info.task} model")
     opts: dict[str, Any] = dict(device=device_, windows=windows, batch_size=batch_size, seed=seed)

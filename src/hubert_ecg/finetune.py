@@ -21,7 +21,15 @@ from torch import nn
 
 from .config import TASKS, HeadConfig
 from .distributed import DistEnv
-from .evaluate import Scores, score_rows
+from .evaluate import (
+    FINETUNED_ON,
+    Scores,
+    describe_duplicates,
+    duplicate_signals,
+    score_rows,
+    training_provenance,
+    write_duplicate_listing,
+)
 from .loader import StoreWindows
 from .metrics import task_metrics, task_thresholds
 from .model import HubertECG
@@ -349,7 +357,11 @@ def run_finetune(
     model = _initial_model(store, run, cfg.seed)
     rows = _training_rows(store, run, cfg.seed)
     outputs = _head_outputs(store, opts.task)
+    earlier = _earlier_training(model)
     model = prepare_model(model, opts, *outputs, keep_head=keep_head)
+    # What the model saw: evaluate refuses these rows as a test set and matches label columns by name.
+    model.info.extra[FINETUNED_ON] = {**training_provenance(store, rows, opts.task), "earlier": earlier}
+    _report_duplicate_signals(store, rows, Path(cfg.out_dir), cfg.device)
     model.update_config(gradient_checkpointing=gradient_checkpointing)
     model.info.preprocessing = store.spec.to_dict()
     model.info.source = (
@@ -404,6 +416,15 @@ def _check_finetune_run(store: ECGStore, run: FinetuneRun) -> None:
         raise ValueError("give exactly one of --init CHECKPOINT or --random-init --size SIZE")
     if run.init is not None and run.model_overrides:
         raise ValueError("--model-overrides changes the architecture of a fresh model; it needs --random-init")
+    from .store import SPLIT_ALIASES
+
+    for what, split in (("train_split", run.train_split), ("val_split", run.val_split)):
+        # Training or validating (which picks best/ and tunes the thresholds) on test rows leaves no test.
+        if split and SPLIT_ALIASES.get(split.lower(), split) == "test":
+            raise ValueError(
+                f"{what} {split!r} is the test split: fine-tuning never trains or validates on test rows "
+                "(validation chooses best/ and tunes the thresholds); use 'train' / 'val'"
+            )
 
 
 def _initial_model(store: ECGStore, run: FinetuneRun, seed: int) -> HubertECG:
@@ -441,6 +462,41 @@ def _training_rows(store: ECGStore, run: FinetuneRun, seed: int) -> tuple[np.nda
     )
     print(f"hubert-ecg: {store.path}: {split_note}", file=sys.stderr)
     return train_rows, val_rows
+
+
+def _earlier_training(model: HubertECG) -> list[dict[str, Any]]:
+    """The stores (and splits) an init checkpoint was already fine-tuned on: still seen by the new model."""
+    previous = (model.info.extra or {}).get(FINETUNED_ON)
+    if not isinstance(previous, dict):
+        return []
+    older = [e for e in previous.get("earlier") or [] if isinstance(e, dict)]
+    keep = ("path", "rows", "manifest_sha256", "seen_splits")
+    return [{k: e.get(k) for k in keep} for e in [previous, *older]]
+
+
+def _report_duplicate_signals(store: ECGStore, rows: tuple[np.ndarray, np.ndarray], out_dir: Path, device: str) -> None:
+    """Warn (console line + ``OUT/duplicate_signals.csv``) when one recording sits in two splits under two ids.
+
+    An identical signal in training and test (a file exported twice, a record copied under a new id) makes
+    the test metrics optimistic; the store's record ids cannot show it, the stored samples do. A warning,
+    not a refusal: the user decides whether the copies are the same examination.
+    """
+    from .distributed import init_distributed
+    from .store import store_splits
+
+    if not init_distributed(device).is_main:  # one process reads the store for it; the others need nothing
+        return
+    train_rows, val_rows = rows
+    role = store_splits(store).astype(object).copy()
+    role[role == ""] = "unsplit"
+    role[train_rows] = "train"
+    role[val_rows] = "val"
+    found = duplicate_signals(store, {name: np.flatnonzero(role == name) for name in sorted(set(role.tolist()))})
+    if not found:
+        return
+    listing = out_dir / "duplicate_signals.csv"
+    write_duplicate_listing(listing, found)
+    print(f"hubert-ecg: {store.path}: warning: {describe_duplicates(found)}; listed in {listing}", file=sys.stderr)
 
 
 def _head_outputs(store: ECGStore, task_name: str) -> tuple[int, list[str]]:
@@ -481,15 +537,44 @@ def _linear_probe_first(
     return model
 
 
+def _saved_thresholds(model_dir: Path) -> list[float] | None:
+    """The thresholds recorded in a saved model's config.json (None: not tuned yet), without loading weights."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ours = config.get("hubert_ecg", config) if isinstance(config, dict) else {}
+    info = ours.get("info") if isinstance(ours, dict) else None
+    return info.get("thresholds") if isinstance(info, dict) else None
+
+
 def _tune_saved_thresholds(objective: FinetuneObjective, result: TrainResult, cfg: TrainConfig) -> None:
-    """Decision thresholds tuned on validation, written into the saved best and last models (main process)."""
+    """Decision thresholds tuned on validation, written into the saved best and last models (main process).
+
+    A call that trained no step (the run was already finished) keeps the thresholds an earlier call tuned:
+    re-running a finished command must change nothing; a model saved without thresholds (a run killed
+    between its last step and the tuning) is still tuned.
+    """
     from .distributed import init_distributed
     from .runtime import autocast_context, precision_dtype, resolve_device
 
     env = init_distributed(cfg.device)
-    if env.is_main:
-        device = resolve_device(cfg.device, local_rank=env.local_rank)
-        autocast = autocast_context(device, precision_dtype(cfg.precision, device))
-        for directory in (result.best_dir, result.last_dir):
-            if directory is not None and directory.exists():
-                tune_and_store_thresholds(objective, directory, device, autocast)
+    if not (env.is_main and get_task(objective.opts.task).uses_thresholds):
+        return
+    device = resolve_device(cfg.device, local_rank=env.local_rank)
+    autocast = autocast_context(device, precision_dtype(cfg.precision, device))
+    kept = []
+    for directory in (result.best_dir, result.last_dir):
+        if directory is None or not directory.exists():
+            continue
+        if result.steps_run == 0 and _saved_thresholds(directory) is not None:
+            kept.append(directory.name)
+            continue
+        tune_and_store_thresholds(objective, directory, device, autocast)
+    if kept:
+        print(
+            f"hubert-ecg: {cfg.out_dir}: no step trained; the thresholds of {' and '.join(kept)} are kept as tuned",
+            file=sys.stderr,
+        )

@@ -351,6 +351,9 @@ class TrainResult:
     state: TrainState
     best_dir: Path | None
     last_dir: Path
+    # Optimizer steps this call took: 0 when the run was already finished, so what follows training (threshold
+    # tuning) knows the saved models are the ones an earlier call finished and leaves them alone.
+    steps_run: int = 0
 
 
 def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv | None = None) -> TrainResult:
@@ -363,6 +366,7 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv
     barrier(env)
     seed_everything(cfg.seed, env.rank, cfg.deterministic)
     state, payload = _load_resume_state(model, cfg, env, run_dir)
+    first_step = state.step
     run = _setup_run(model, objective, cfg, env, device, state, payload)
     window = _LogWindow({"loss": torch.zeros((), device=device)})
     model.train()
@@ -378,7 +382,7 @@ def train(model: HubertECG, objective: Objective, cfg: TrainConfig, env: DistEnv
     if env.is_main:
         _plot_curves(run_dir)
     best = run_dir / "best"
-    return TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last")
+    return TrainResult(run_dir, state, best if best.exists() else None, run_dir / "last", state.step - first_step)
 
 
 @dataclass

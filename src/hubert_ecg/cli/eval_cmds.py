@@ -41,17 +41,49 @@ def _lead_sets(text: str) -> list[str]:
 
 
 def _print_eval_summary(summary: dict[str, Any]) -> None:
+    import math
+
     macro = summary["macro"]
-    shown = ", ".join(f"{k} {v:.3f}" for k, v in macro.items() if k in ("auroc", "auprc", "f1", "brier", "mae", "r2"))
+    # NaN means undefined (no label with both classes): say so, never print a number-like 'nan'.
+    shown = ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, (int, float)) and math.isfinite(v) else f"{k} undefined"
+        for k, v in macro.items()
+        if k in ("auroc", "auprc", "f1", "brier", "mae", "r2")
+    )
     print(f"{summary['records']} records: {shown}")
-    if summary["undefined_labels"]:
-        print(f"{len(summary['undefined_labels'])} labels without positives left out of the macro averages")
+    undefined = summary["undefined_labels"]
+    if undefined:
+        print(
+            f"{len(undefined)} label(s) without both classes in these records (no positive or no negative), "
+            f"undefined and left out of the macro averages: {', '.join(map(str, undefined[:10]))}"
+        )
     print(f"report: {summary['report']}")
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from ..evaluate import evaluate
+class _OneLineWarnings:
+    """Show the library's warnings (seen records, copies of training records, small samples, blank labels) as
+    ``hubert-ecg: warning: ...`` lines on stderr, not as Python's two-line ``file:line: UserWarning``."""
 
+    def __enter__(self) -> None:
+        import warnings
+
+        self._context = warnings.catch_warnings(record=True)
+        self._caught = self._context.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc: Any) -> None:
+        import sys
+
+        self._context.__exit__(*exc)
+        seen = set()
+        for w in self._caught:
+            text = str(w.message)
+            if text not in seen:
+                seen.add(text)
+                print(f"hubert-ecg: warning: {text}", file=sys.stderr)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
     parser = args.evaluate_parser
     if args.predictions or args.labels:
         _evaluate_predictions(args)
@@ -61,7 +93,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.save_calibration and not args.calibrate:
         parser.error("--save-calibration needs --calibrate")
     check_output_folder(args.out)
-    summary = evaluate(
+    with _OneLineWarnings():
+        summary = _evaluate_checkpoint(args)
+    _print_eval_summary(summary)
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    from ..evaluate import evaluate
+
+    return evaluate(
         args.checkpoint,
         args.store,
         args.out,
@@ -81,9 +121,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         calibrate=args.calibrate,
         calibration_split=args.calibration_split,
         save_calibration=args.save_calibration,
+        allow_seen_records=args.allow_seen_records,
         show_progress=not args.quiet,
     )
-    _print_eval_summary(summary)
 
 
 def _evaluate_predictions(args: argparse.Namespace) -> None:
@@ -99,18 +139,19 @@ def _evaluate_predictions(args: argparse.Namespace) -> None:
         if getattr(args, option):
             parser.error(f"--{option} needs a model (CHECKPOINT STORE), not a predictions file")
     check_output_folder(args.out)
-    summary = evaluate_predictions(
-        args.predictions,
-        args.labels,
-        args.out,
-        task=args.task,
-        n_bootstrap=args.bootstrap,
-        seed=args.seed,
-        ci_method=args.ci_method,
-        stratify=args.stratify,
-        subgroups=args.subgroups,
-        show_progress=not args.quiet,
-    )
+    with _OneLineWarnings():
+        summary = evaluate_predictions(
+            args.predictions,
+            args.labels,
+            args.out,
+            task=args.task,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+            ci_method=args.ci_method,
+            stratify=args.stratify,
+            subgroups=args.subgroups,
+            show_progress=not args.quiet,
+        )
     _print_eval_summary(summary)
 
 
@@ -129,13 +170,22 @@ def _stride_in_store_samples(store: str, stride_s: float | None) -> int | None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from ..evaluate import compare_models
 
     check_output_folder(args.out)
     names = tuple(args.names) if args.names else None
     if names is not None and len(names) != 2:
         args.compare_parser.error(f"--names needs two names, got {len(names)}")
-    result = compare_models(
+    with _OneLineWarnings():
+        result = _compare(args, names)
+    for line in result["lines"]:
+        print(line)
+    print(f"report: {result['report']}")
+
+
+def _compare(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    from ..evaluate import compare_models
+
+    return compare_models(
         args.a,
         args.b,
         args.out,
@@ -151,10 +201,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         device=args.device,
         windows=args.tta,
         batch_size=args.batch_size,
+        allow_seen_records=args.allow_seen_records,
     )
-    for line in result["lines"]:
-        print(line)
-    print(f"report: {result['report']}")
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
@@ -351,12 +399,22 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="with --predictions: what the columns mean",
     )
     p.add_argument("--split", default="test", help="store split to evaluate ('' = every row)")
+    _add_allow_seen(p)
     p.add_argument("--out", required=True, help="output folder")
     _add_evaluate_window_args(p)
     _add_ci_args(p)
     _add_evaluate_clinical_args(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="windows per forward pass")
     add_device_option(p)
+
+
+def _add_allow_seen(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-seen-records",
+        action="store_true",
+        help="score a split holding rows the model was fine-tuned on (train, or val: it chose best/ and the "
+        "thresholds) of this store; refused by default, as its metrics are optimistic (the report says so)",
+    )
 
 
 def _add_evaluate_window_args(p: argparse.ArgumentParser) -> None:
@@ -428,6 +486,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (compare.html, compare.md, comparison.json)")
     p.add_argument("--store", help="with two checkpoints: the labelled store both are scored on")
     p.add_argument("--split", default="test", help="store split ('' = every row)")
+    _add_allow_seen(p)
     p.add_argument("--labels", help="with two predictions CSVs: the labels CSV")
     p.add_argument(
         "--task",
