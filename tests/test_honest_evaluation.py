@@ -173,6 +173,24 @@ def test_evaluating_on_rows_the_model_was_fine_tuned_on_is_refused(make_store, t
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
+def test_calibration_is_never_fitted_on_the_rows_the_model_trained_on(make_store, tmp_path: Path) -> None:
+    # Before: --calibration-split train fitted Platt scaling on the training rows, where the model is over-confident.
+    store = make_store(24, seed=1, labels=list(SYNTHETIC_LABELS))
+    model = _provenance_model(store, tmp_path / "m")
+    with pytest.raises(ValueError, match=r"--calibration-split train: the model was fine-tuned on these rows"):
+        evaluate(
+            model,
+            store,
+            tmp_path / "ev",
+            split="test",
+            calibrate="platt",
+            calibration_split="train",
+            n_bootstrap=0,
+            device="cpu",
+        )
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
 def test_seen_records_when_allowed_are_written_into_the_report(make_store, tmp_path: Path) -> None:
     store = make_store(24, seed=1, labels=list(SYNTHETIC_LABELS))
     model = _provenance_model(store, tmp_path / "m")

@@ -1096,6 +1096,12 @@ def evaluate(
             f"--calibration-split {split!r} is the evaluated split: calibration must be fitted on "
             "other (validation) records"
         )
+    if calibrate and calibration_split == "train" and "train" in _seen_splits(model, store):
+        # A model is over-confident on the rows it was trained on: a fit there would flatten nothing.
+        raise ValueError(
+            f"--calibration-split train: the model was fine-tuned on these rows of {store.path}; "
+            "fit calibration on validation records (--calibration-split val)"
+        )
     opts = scoring.options(device_)
     lead_sets = _LeadSets(leads or [])
     honesty = _check_unseen(model, store, split, out, allow_seen_records)
