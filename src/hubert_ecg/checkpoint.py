@@ -5,7 +5,10 @@
 * our directory: HF-compatible ``config.json`` (``model_type: "hubert"`` + our keys under
   ``"hubert_ecg"``) or the earlier ``{"format": "hubert-ecg"}`` one, with ``model.safetensors``;
 * a published Hugging Face directory (``model_type`` ``hubert_ecg`` or ``hubert``) with
-  ``model.safetensors`` or ``pytorch_model.bin``, without running any remote code;
+  ``model.safetensors`` or ``pytorch_model.bin``, or shards with their ``*.index.json``, without
+  running any remote code; a ``HubertForSequenceClassification`` head (projector + classifier) is
+  folded into one linear layer with the same logits, its task taken from ``problem_type`` as
+  transformers does; fields the config leaves out take ``HubertConfig``'s defaults;
 * a published ``.pt`` training file (pre-trained or fine-tuned), after a container check, through a
   restricted unpickler (:mod:`hubert_ecg.safe_pickle`); a bare ``.safetensors`` state dict;
 * a Hugging Face model id such as ``Edoardo-BS/hubert-ecg-small`` or ``owner/name@revision`` (local

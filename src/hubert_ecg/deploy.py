@@ -44,11 +44,18 @@ def standard_order(
     """One raw record -> float64 (12, samples) in the order I, II, III, aVR, aVL, aVF, V1-V6.
 
     Without ``leads`` the array must already be in that order ((12, n), or (n, 12), transposed
-    here); with ``leads`` (one name per row, aliases allowed) rows are reordered and missing limb
-    leads derived, as the file readers do."""
-    signal = np.asarray(signal, dtype=np.float64)
+    here); with ``leads`` (one name per row, aliases allowed; a (samples, leads) array is transposed
+    the same way) rows are reordered and missing limb leads derived, as the file readers do. Arrays
+    that are not real numbers (bool, complex, strings) are refused."""
+    raw = np.asarray(signal)
+    if raw.dtype.kind not in "iuf":
+        # bool, complex, strings or ragged objects would be coerced into numbers that are not voltages
+        raise ValueError(f"expected a numeric (leads, samples) array of voltages, got dtype {raw.dtype}")
+    signal = raw.astype(np.float64, copy=False)
     if signal.ndim != 2:
         raise ValueError(f"expected a (leads, samples) array, got shape {signal.shape}")
+    if leads is not None and signal.shape[0] != len(leads) and signal.shape[1] == len(leads):
+        signal = signal.T  # (samples, leads), as without ``leads``
     if leads is None:
         if signal.shape[0] != 12 and signal.shape[1] == 12:
             signal = signal.T
@@ -94,6 +101,8 @@ def onnx_inputs(
         5 s window; a record shorter than a window is zero-padded with mask False there. Average
         the per-window outputs to get one result per record.
     """
+    if fs is None:
+        raise ValueError("pass the sampling rate of the record: fs=500")
     if not isinstance(spec, PreprocessSpec):
         spec = PreprocessSpec.from_dict(spec or {})
     prepared = preprocess_signal(standard_order(signal, leads), float(fs), spec)
@@ -153,6 +162,8 @@ class OnnxECG:
     ) -> None:
         import onnxruntime as ort
 
+        if aggregate not in ("mean", "max"):
+            raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
         self.metadata = read_onnx_metadata(path)
         self.spec = PreprocessSpec.from_dict(self.metadata["preprocessing"])
         self.labels: list[str] = list(self.metadata.get("labels") or [])
@@ -168,6 +179,11 @@ class OnnxECG:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        shape = list(self.session.get_inputs()[0].shape)
+        # A graph exported with a fixed batch (batch_dynamic=False) takes exactly that many windows
+        # per call, and every graph takes only the length it was traced at.
+        self._batch = shape[0] if isinstance(shape[0], int) else None
+        self._samples = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None
 
     def run(self, signal: np.ndarray, fs: float, *, leads: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """All graph outputs for every window of one record: name -> (W, ...)."""
@@ -180,7 +196,27 @@ class OnnxECG:
                 f"record is shorter than one {self.spec.window_s:g} s window and this graph has no "
                 "attention_mask input: export it with --with-mask"
             )
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        if self._samples is not None and x.shape[1] != self._samples:
+            raise ValueError(
+                f"this graph takes windows of {self._samples} samples but its preprocessing spec makes "
+                f"{x.shape[1]} ({self.spec.window_s:g} s x 12 leads at {self.spec.target_hz:g} Hz); "
+                f"export it with --samples {x.shape[1]}"
+            )
+        if self._batch is None or len(x) == self._batch:
+            return dict(zip(self.output_names, self.session.run(None, feeds)))
+        # Fixed-batch graph: run full chunks, zero-padding the last; the padding's outputs are dropped.
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, len(x), self._batch):
+            part = {k: v[start : start + self._batch] for k, v in feeds.items()}
+            n = len(part["input_values"])
+            if n < self._batch:
+                part = {
+                    k: np.concatenate([v, np.zeros((self._batch - n, *v.shape[1:]), v.dtype)]) for k, v in part.items()
+                }
+                if "attention_mask" in part:
+                    part["attention_mask"][n:] = True  # an all-padding row would pool over no tokens
+            chunks.append([out[:n] for out in self.session.run(None, part)])
+        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(self.output_names)}
 
     def _pool(self, values: np.ndarray) -> np.ndarray:
         return values.max(0) if self.aggregate == "max" else values.mean(0)

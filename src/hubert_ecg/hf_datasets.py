@@ -145,6 +145,7 @@ def import_store(
     if out.exists() and any(out.iterdir()):
         raise StoreError(f"{out}: exists and is not empty; choose a new directory")
     label_names = [c[len(LABEL_PREFIX) :] for c in table.column_names if c.startswith(LABEL_PREFIX)]
+    table = _fixed_size_signal(table, source)
     signal_type = table.schema.field("signal").type
     n_leads, row_samples = signal_type.list_size, signal_type.value_type.list_size
     full = {
@@ -174,6 +175,31 @@ def import_store(
 def from_hf_dataset(dataset: Any, out: str | os.PathLike, **kwargs: Any) -> ECGStore:
     """Alias of :func:`import_store` for a ``datasets.Dataset`` (reads the header from ``info.description``)."""
     return import_store(dataset, out, **kwargs)
+
+
+def _fixed_size_signal(table: Any, source: Any) -> Any:
+    """The table with ``signal`` as fixed-size (leads, samples) float32 lists. Tools that rewrite a
+    dataset (pandas, ``datasets.Dataset.from_dict``, other Parquet writers) may store variable-length
+    lists; those are accepted when every row has one shape, otherwise refused with the shapes found."""
+    pa = _pyarrow()
+    column = table.column("signal")
+    kind = column.type
+    if pa.types.is_fixed_size_list(kind) and pa.types.is_fixed_size_list(kind.value_type):
+        return table
+    try:
+        rows = column.to_pylist()
+        shapes = sorted({(len(r), *sorted({len(lead) for lead in r})) for r in rows if r is not None})
+    except TypeError:
+        raise StoreError(f"{source}: the 'signal' column ({kind}) is not a list of (leads, samples) lists") from None
+    if any(r is None for r in rows) or len(shapes) != 1 or len(shapes[0]) != 2:
+        raise StoreError(
+            f"{source}: the 'signal' column must hold one (leads, samples) shape in every row; found {shapes[:5]}"
+            + (" and empty rows" if any(r is None for r in rows) else "")
+        )
+    n_leads, row_samples = shapes[0]
+    flat = pa.array(np.asarray(rows, dtype=np.float32).reshape(-1), pa.float32())
+    fixed = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, row_samples), n_leads)
+    return table.set_column(table.column_names.index("signal"), "signal", fixed)
 
 
 def _read_source(source: Any) -> tuple[Any, dict[str, Any] | None]:

@@ -15,7 +15,8 @@ Layout written by :meth:`PretrainedMixin.save_pretrained` (documented in docs/MO
 * ``README.md``: a model card with Hugging Face metadata (licence, base model, tags).
 
 Read: that layout, our earlier ``{"format": "hubert-ecg", ...}`` directories, published Hugging Face
-directories (``model_type`` ``hubert_ecg`` or ``hubert``), published ``.pt`` training files (through
+directories (``model_type`` ``hubert_ecg`` or ``hubert``; single-file or sharded weights; a
+``HubertForSequenceClassification`` head folded into our linear head), published ``.pt`` training files (through
 the restricted unpickler, after a container check), bare ``.safetensors`` state dicts, and Hub ids
 (``owner/name`` or ``owner/name@revision``) from the local cache or, when allowed, the network.
 Every path refuses weights that cannot work: non-finite values, shapes that contradict the config,
@@ -75,12 +76,30 @@ def normalise_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if key == "label_embedding.weight":  # fine-tuned cosine head of the reference
             key = "classifier.label_embedding.weight"
         out[key] = value
+    if "projector.weight" in out and "classifier.weight" in out:
+        _fold_projector(out)
     if "encoder.pos_conv_embed.conv.weight" in out and "encoder.pos_conv_embed.conv.weight_v" not in out:
         # Weight norm removed before saving: any (g, v) with g * v/|v| = w reproduces it.
         weight = out.pop("encoder.pos_conv_embed.conv.weight")
         out["encoder.pos_conv_embed.conv.weight_v"] = weight
         out["encoder.pos_conv_embed.conv.weight_g"] = torch.linalg.vector_norm(weight, dim=(0, 1), keepdim=True)
     return out
+
+
+def _fold_projector(state: dict[str, Tensor]) -> None:
+    """``HubertForSequenceClassification``'s head (mean-pool -> projector -> classifier, no activation
+    between) as our linear head: two affine maps compose exactly into one, so its logits are kept."""
+    wp, wc = state["projector.weight"], state["classifier.weight"]
+    if wp.ndim != 2 or wc.ndim != 2 or wc.shape[1] != wp.shape[0]:
+        return  # not the HF layout: left for the key check to name
+    bp = state.get("projector.bias", torch.zeros(wp.shape[0], dtype=wp.dtype))
+    bc = state.get("classifier.bias", torch.zeros(wc.shape[0], dtype=wc.dtype))
+    # float64 so that folding adds no rounding beyond the final cast back to the stored dtype
+    w64, c64 = wp.double(), wc.double()
+    state["classifier.weight"] = (c64 @ w64).to(wc.dtype)
+    state["classifier.bias"] = (c64 @ bp.double() + bc.double()).to(wc.dtype)
+    state.pop("projector.weight")
+    state.pop("projector.bias", None)
 
 
 def to_hf_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -130,11 +149,17 @@ def head_output_key(head: HeadConfig) -> str:
     ]
 
 
-def _rate_from_stride(strides: tuple[int, ...]) -> int:
+def _rate_from_stride(strides: tuple[int, ...], source: str = "checkpoint") -> int:
+    """The input rate a conv stem was built for; an unknown stem is refused rather than assumed 100 Hz,
+    because every preprocessing step (resampling, 5 s windows) is derived from that rate."""
     for rate, stem in CONV_STEMS.items():
         if tuple(stem["conv_stride"]) == tuple(strides):
             return rate
-    return 100
+    known = "; ".join(f"{rate} Hz: {list(stem['conv_stride'])}" for rate, stem in CONV_STEMS.items())
+    raise CheckpointError(
+        f"{source}: conv strides {list(strides)} match no known HuBERT-ECG stem ({known}); "
+        "the input sampling rate of this model cannot be inferred"
+    )
 
 
 _HF_FIELDS = (
@@ -159,6 +184,26 @@ _HF_FIELDS = (
     "mask_time_length",
     "mask_time_min_masks",
 )
+# transformers.HubertConfig's defaults: a config.json that leaves a field out means this value to
+# transformers, so a foreign folder must be read with it, not with our (100 Hz, small) defaults.
+_HF_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "classifier_proj_size": 256,
+    "conv_dim": [512] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "layer_norm_eps": 1e-5,
+    "layerdrop": 0.1,
+    "mask_time_prob": 0.05,
+    "mask_time_length": 10,
+    "mask_time_min_masks": 2,
+}
 # HubertConfig settings whose value is fixed by the HuBERT-ECG architecture.
 _HF_FIXED = {
     "feat_extract_norm": "group",
@@ -177,13 +222,44 @@ def config_from_hf(hf: Mapping[str, Any], state: Mapping[str, Tensor], source: s
             raise CheckpointError(
                 f"{source}: unsupported architecture setting {name}={hf[name]!r} (HuBERT-ECG uses {expected!r})"
             )
+    if hf.get("use_weighted_layer_sum") and "layer_weights" in state:
+        raise CheckpointError(
+            f"{source}: use_weighted_layer_sum=True (a learned mix of all layers feeds the head) is not "
+            "supported; HuBERT-ECG heads read the last layer"
+        )
     values = {name: hf[name] for name in _HF_FIELDS if name in hf and hf[name] is not None}
     values["conv_dim"] = tuple(values.get("conv_dim", (512,) * 5))
-    values["input_rate_hz"] = _rate_from_stride(tuple(values.get("conv_stride", (4, 2, 2, 2, 2))))
+    values["input_rate_hz"] = _rate_from_stride(tuple(values.get("conv_stride", (4, 2, 2, 2, 2))), source)
     values["vocab_sizes"] = _codebook_sizes(state)
     values["head"] = infer_head(state)
     values["use_mask_embedding"] = "masked_spec_embed" in state
-    return ModelConfig(**values)
+    try:
+        return ModelConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: invalid model config ({err})") from None
+
+
+# transformers' ``problem_type`` -> the name of our task with the same loss and activation. A name
+# translation, not task behaviour (that stays on the Task classes); the network layer may not import
+# tasks.py, so the table lives here.
+_HF_PROBLEM_TYPES = (
+    ("multi_label_classification", "multi_label"),
+    ("single_label_classification", "multi_class"),
+    ("regression", "regression"),
+)
+
+
+def hf_task(hf: Mapping[str, Any], head: HeadConfig | None) -> str | None:
+    """Our task for a transformers classification config, chosen as transformers picks its loss
+    (``problem_type``, else regression for one output and single-label for more), so that predict
+    applies the activation the head was trained with."""
+    if head is None:
+        return None
+    table = dict(_HF_PROBLEM_TYPES)
+    problem = hf.get("problem_type")
+    if problem not in table:
+        problem = _HF_PROBLEM_TYPES[2][0] if head.num_labels == 1 else _HF_PROBLEM_TYPES[1][0]
+    return table[problem]
 
 
 def config_from_state(state: Mapping[str, Tensor], source: str) -> ModelConfig:
@@ -225,7 +301,7 @@ def config_from_state(state: Mapping[str, Tensor], source: str) -> ModelConfig:
         conv_stride=tuple(stem["conv_stride"]),
         num_conv_pos_embeddings=int(pos_v.shape[-1]),
         num_conv_pos_embedding_groups=hidden // int(pos_v.shape[1]),
-        input_rate_hz=_rate_from_stride(tuple(stem["conv_stride"])),
+        input_rate_hz=_rate_from_stride(tuple(stem["conv_stride"]), source),
         vocab_sizes=_codebook_sizes(state),
         head=infer_head(state),
         use_mask_embedding="masked_spec_embed" in state,
@@ -308,6 +384,53 @@ def read_weights_file(path: Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
+_SHARD_INDEXES = (WEIGHTS_FILE + ".index.json", "pytorch_model.bin.index.json")
+
+
+def read_directory_weights(directory: Path) -> dict[str, Tensor]:
+    """The state dict of a transformers folder: ``model.safetensors``, ``pytorch_model.bin``, or the
+    shards named by their ``*.index.json`` (what ``save_pretrained(max_shard_size=...)`` writes),
+    safetensors first, as transformers prefers them."""
+    for name in (WEIGHTS_FILE, _SHARD_INDEXES[0], "pytorch_model.bin", _SHARD_INDEXES[1]):
+        path = directory / name
+        if path.exists():
+            return read_sharded_weights(path) if name.endswith(".index.json") else read_weights_file(path)
+    raise CheckpointError(
+        f"{directory}: no {WEIGHTS_FILE}, pytorch_model.bin or sharded weights ({' / '.join(_SHARD_INDEXES)})"
+    )
+
+
+def read_sharded_weights(index_file: Path) -> dict[str, Tensor]:
+    """Every shard an index names, each read with the usual checks; the shards must hold exactly the
+    keys the index maps to them, so a lost or stale shard is an error, not a silent gap."""
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{index_file}: cannot read the shard index ({err})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_file}: no weight_map in the shard index")
+    shards: dict[str, set[str]] = {}
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{index_file}: shard {shard!r} of {key} is not a file name in this folder")
+        shards.setdefault(shard, set()).add(str(key))
+    state: dict[str, Tensor] = {}
+    for shard, keys in sorted(shards.items()):
+        path = index_file.parent / shard
+        if not path.exists():
+            raise CheckpointError(f"{index_file}: shard {shard} is missing (it holds {len(keys)} tensors)")
+        part = read_weights_file(path)
+        if set(part) != keys:
+            lost, extra = sorted(keys - set(part)), sorted(set(part) - keys)
+            detail = "; ".join(
+                f"{what} {len(ks)} (e.g. {', '.join(ks[:3])})" for what, ks in (("lacks", lost), ("adds", extra)) if ks
+            )
+            raise CheckpointError(f"{path}: does not hold the tensors the index assigns to it: {detail}")
+        state.update(part)
+    return state
+
+
 def _torch_load(path: Path) -> Any:
     import pickle
     import zipfile
@@ -347,6 +470,17 @@ def _foreign_info(source: str, base_model: str | None, published: bool) -> Check
     if published:
         info.extra["license"] = PUBLISHED_LICENSE
     return info
+
+
+def _producer(weights: Path) -> str | None:
+    """The ``producer`` our safetensors files record in their header (None for any other writer)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as fh:
+            return (fh.metadata() or {}).get("producer")
+    except Exception:  # noqa: BLE001  (an unreadable header is reported by the weight reader)
+        return None
 
 
 def _is_ours(config_json: Mapping[str, Any]) -> bool:
@@ -414,7 +548,15 @@ def resolve_pretrained(name: str, revision: str | None = None) -> Path:
             f"{name}: not a local path, and huggingface_hub is not installed to look it "
             f"up ({hint}; or `pip install huggingface_hub`)"
         ) from None
-    patterns = [CONFIG_FILE, "*.safetensors", "pytorch_model.bin", CARD_FILE]
+    # sharded repos too: their index files and numbered shards (what read_directory_weights reads)
+    patterns = [
+        CONFIG_FILE,
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "pytorch_model*.bin",
+        "*.bin.index.json",
+        CARD_FILE,
+    ]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
     except Exception:  # noqa: BLE001  (not cached: every huggingface_hub error type means the same here)
@@ -703,6 +845,43 @@ def _card_evaluation(evaluation: Any) -> list[str]:
     return lines
 
 
+def _note_assumed_activation(config: ModelConfig, info: CheckpointInfo, source: str) -> None:
+    """Foreign training files store an MLP head's weights but not its activation (a command-line
+    choice of the reference: tanh by default, or relu, gelu, sigmoid); say which one is assumed."""
+    if config.head is None or config.head.type != "mlp":
+        return
+    import warnings
+
+    info.extra["assumed_head_activation"] = config.head.activation
+    warnings.warn(
+        f"{source}: the MLP head's activation is not stored in the file; assuming {config.head.activation!r} "
+        "(the reference default). A head trained with relu, gelu or sigmoid gives wrong outputs this way",
+        stacklevel=4,
+    )
+
+
+def checked_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch.device (``"auto"``: CUDA when available), or a one-line ValueError for a
+    name torch does not know or a device this machine does not have (torch raises an assertion)."""
+    if device is None:
+        return None
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device ({str(err).splitlines()[0][:80]})") from None
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here; use device='cpu' or 'auto'")
+        count = torch.cuda.device_count()
+        if target.index is not None and count and target.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    if target.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available here; use device='cpu' or 'auto'")
+    return target
+
+
 # ---------------------------------------------------------------------------------------------
 # The mixin
 # ---------------------------------------------------------------------------------------------
@@ -728,6 +907,7 @@ class PretrainedMixin:
         ``name_or_path`` is a directory, a ``.pt``/``.bin``/``.safetensors`` file, or a Hub id
         (``owner/name``, ``owner/name@revision``); ``revision`` pins a Hub branch, tag or commit.
         """
+        target = checked_device(device)  # before any reading: a typo should not cost a load
         name = str(name_or_path)
         path = resolve_pretrained(name, revision)
         hub = split_hub_id(name) if not Path(name).expanduser().exists() else None
@@ -736,8 +916,8 @@ class PretrainedMixin:
             model = cls._load_directory(path, base, verify_checksum)
         else:
             model = cls._load_file(path)
-        if device is not None:
-            model = model.to(device)
+        if target is not None:
+            model = model.to(target)
         return model.eval()
 
     @classmethod
@@ -780,6 +960,13 @@ class PretrainedMixin:
                 raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
             expected_sha = ours.get("weights_sha256")
             if verify and expected_sha and sha256_file(weights) != expected_sha:
+                if _producer(weights) != FORMAT_NAME:
+                    raise CheckpointError(
+                        f"{weights}: was rewritten by another program (e.g. transformers' save_pretrained, which "
+                        "keeps the hubert_ecg section of config.json but drops head and codebook tensors), so it no "
+                        'longer matches that section; load the original folder, or delete the "hubert_ecg" key '
+                        "from config.json to load the file as a plain transformers encoder"
+                    )
                 raise CheckpointError(f"{weights}: checksum mismatch (file is corrupt or was modified)")
             try:
                 config = ModelConfig.from_dict(ours["model"])
@@ -791,16 +978,15 @@ class PretrainedMixin:
         model_type = config_json.get("model_type")
         if model_type not in ("hubert_ecg", "hubert"):
             raise CheckpointError(f"{directory / CONFIG_FILE}: unknown model format (model_type={model_type!r})")
-        for name in (WEIGHTS_FILE, "pytorch_model.bin"):
-            if (directory / name).exists():
-                state = normalise_state_dict(read_weights_file(directory / name))
-                break
-        else:
-            raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or pytorch_model.bin")
-        config = config_from_hf(config_json, state, str(directory))
+        state = normalise_state_dict(read_directory_weights(directory))
+        config = config_from_hf({**_HF_DEFAULTS, **config_json}, state, str(directory))
         published = model_type == "hubert_ecg" or (base or "").startswith(PUBLISHED_ORG)
         info = _foreign_info(str(directory), base, published)
         info.label_names = _hf_label_names(config_json, config)
+        architectures = config_json.get("architectures") or []
+        if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+            info.task = hf_task(config_json, config.head)
+        _note_assumed_activation(config, info, str(directory))
         return cls._from_state(config, state, str(directory), info)
 
     @classmethod
@@ -845,6 +1031,7 @@ class PretrainedMixin:
         for key in ("global_step", "pretraining_vocab_sizes", "finetuning_vocab_size", "linear", "use_label_embedding"):
             if key in obj and isinstance(obj[key], (int, float, bool, list, tuple)):
                 info.extra[key] = obj[key] if not isinstance(obj[key], tuple) else list(obj[key])
+        _note_assumed_activation(config, info, str(path))
         return cls._from_state(config, state, str(path), info)
 
     # -- saving ----------------------------------------------------------------------------------
@@ -869,7 +1056,9 @@ class PretrainedMixin:
 
         def build(tmp: Path) -> None:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": FORMAT_NAME})
-            config_json = hf_config(self.config, self.info, dtype)
+            # torch_dtype names what the file holds (a model moved to half precision saves half weights)
+            stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+            config_json = hf_config(self.config, self.info, stored)
             config_json["hubert_ecg"] = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,

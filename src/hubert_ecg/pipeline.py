@@ -140,7 +140,11 @@ class ECGPipeline:
         self.task = model.info.task or "multi_label"
         self.label_names = label_names(model)
         given = thresholds if thresholds is not None else model.info.thresholds
-        self.thresholds = np.asarray(given, dtype=np.float64) if given else None
+        self.thresholds = np.asarray(given, dtype=np.float64).reshape(-1) if given is not None and len(given) else None
+        if self.thresholds is not None and np.isnan(self.thresholds).any():
+            # every comparison with NaN is False: that label would silently never be decided positive
+            bad = int(np.flatnonzero(np.isnan(self.thresholds))[0])
+            raise ValueError(f"thresholds[{bad}] is NaN; give a number (above 1 never decides positive)")
         if (
             self.thresholds is not None
             and self.label_names
@@ -261,26 +265,56 @@ class ECGPipeline:
         return self.predict(signals, fs, **kwargs)
 
 
+def _as_array(item: Any) -> Any:
+    """A tensor on any device and of any float width (bf16 has no NumPy dtype) -> a NumPy array;
+    anything else unchanged."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        if item.is_floating_point() and item.dtype not in (torch.float32, torch.float64):
+            item = item.float()
+        return item.numpy()
+    return item
+
+
 def _as_records(signals: Any, fs: float | Sequence[float] | None) -> tuple[list[np.ndarray], list[float], bool]:
     """Normalise the accepted inputs to (records, their rates, was it a single record)."""
-    if isinstance(signals, (np.ndarray, torch.Tensor)):
-        array = signals.detach().cpu().numpy() if isinstance(signals, torch.Tensor) else signals
+    signals = _as_array(signals)
+    if isinstance(signals, np.ndarray) and signals.dtype != object:
+        array = signals
         if array.ndim == 2:
             return [array], [_one_rate(fs, 1)[0]], True
         if array.ndim == 3:
+            if len(array) == 0:
+                raise ValueError(f"no records given (batch of shape {array.shape})")
             return list(array), _one_rate(fs, len(array)), False
         raise ValueError(
             f"expected one record (leads, samples) or a batch (N, leads, samples), got shape {array.shape}"
         )
     if hasattr(signals, "signal") and hasattr(signals, "fs"):  # one Record
         return [signals.signal], [float(signals.fs)], True
-    items = list(signals)
+    if hasattr(signals, "columns") and hasattr(signals, "to_numpy"):
+        # iterating a DataFrame yields its column names, not its rows
+        raise TypeError(
+            "a DataFrame is not read directly: pass df.to_numpy().T (leads as rows) with leads=list(df.columns)"
+        )
+    if isinstance(signals, (str, bytes, dict)) or not hasattr(signals, "__iter__"):
+        raise TypeError(
+            f"expected an array (12, samples) / (N, 12, samples), a list of records or Record objects, "
+            f"got {type(signals).__name__}"
+        )
+    items = [_as_array(item) for item in signals]
     if not items:
         raise ValueError("no records given")
     if all(hasattr(item, "signal") and hasattr(item, "fs") for item in items):
         if fs is not None:
             raise ValueError("Record objects carry their own rate: do not pass fs")
         return [item.signal for item in items], [float(item.fs) for item in items], False
+    if all(np.ndim(item) == 1 for item in items):
+        # [[lead I ...], [lead II ...], ...] is one record: a record is never 1-D.
+        lengths = sorted({len(item) for item in items})
+        if len(lengths) > 1:
+            raise ValueError(f"one record given as {len(items)} rows of different lengths {lengths}")
+        return [np.asarray(items)], [_one_rate(fs, 1)[0]], True
     return [np.asarray(item) for item in items], _one_rate(fs, len(items)), False
 
 

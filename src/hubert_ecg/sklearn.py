@@ -33,7 +33,8 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     Args:
         model: a :class:`~hubert_ecg.model.HubertECG`, or a checkpoint path / Hub id.
-        fs: sampling rate of the inputs (one number, or one per record for a list).
+        fs: sampling rate of the inputs (one number, or one per record for a list); required unless
+            the inputs are :class:`hubert_ecg.io.Record` objects, which carry their own.
         leads: lead names of the input rows when not in the order I..V6.
         layer: hidden-state index (0 = encoder input, i = output of layer i; default the last).
         windows: how records longer than 5 s are cut (as in :class:`hubert_ecg.ECGPipeline`).
@@ -48,7 +49,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self,
         model: Any = None,
         *,
-        fs: float | Sequence[float] | None = 500.0,
+        fs: float | Sequence[float] | None = None,
         leads: Sequence[str] | None = None,
         layer: int | None = None,
         windows: str = "sliding",
@@ -76,9 +77,19 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> np.ndarray:  # noqa: N803
         """(N, 12, samples) array or list of records -> (N, hidden) float32."""
-        return np.asarray(
-            self._pipeline().embed(_as_batch(X), self.fs, leads=self.leads, layer=self.layer), dtype=np.float32
-        )
+        batch = _as_batch(X)
+        records = isinstance(batch, list) and all(hasattr(r, "signal") and hasattr(r, "fs") for r in batch)
+        fs = None if records else self.fs  # Record objects carry their own rate
+        if fs is None and not records:
+            # no default rate: a silent 500 Hz would resample 250 or 1000 Hz ECGs to the wrong speed
+            raise ValueError("Embedder needs the sampling rate of its inputs: Embedder(model, fs=500)")
+        if fs is not None and np.ndim(fs) == 1 and len(fs) != len(batch):  # type: ignore[arg-type]
+            raise ValueError(
+                f"fs has {len(fs)} rates for {len(batch)} records; one rate per record cannot follow the "  # type: ignore[arg-type]
+                "rows that a Pipeline or cross-validation split selects: resample to one rate and pass fs=<number>"
+            )
+        out = np.asarray(self._pipeline().embed(batch, fs, leads=self.leads, layer=self.layer), dtype=np.float32)
+        return out.reshape(len(batch), -1)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         width = self._pipeline().model.config.hidden_size
@@ -93,7 +104,8 @@ class Embedder(TransformerMixin, BaseEstimator):
     def _pipeline(self) -> Any:
         from .pipeline import ECGPipeline
 
-        key = (id(self.model), self.windows, self.stride_s, self.aggregate, self.batch_size, self.engine)
+        model_key = self.model if isinstance(self.model, (str, bytes)) else id(self.model)
+        key = (model_key, self.windows, self.stride_s, self.aggregate, self.batch_size, self.engine, self.device)
         cached = self.__dict__.get("_cache")
         if cached is None or cached[0] != key:
             model = self.model
@@ -122,7 +134,24 @@ class Embedder(TransformerMixin, BaseEstimator):
 
 
 def _as_batch(X: Any) -> Any:  # noqa: N803
-    """A 2-D array is read as ONE record by the pipeline; scikit-learn always means a batch."""
-    if isinstance(X, np.ndarray) and X.ndim == 2:
-        raise ValueError(f"expected a batch of records (N, 12, samples) or a list of records, got shape {X.shape}")
-    return X
+    """The pipeline reads a 2-D array (or a list of 1-D rows) as ONE record; scikit-learn always means
+    a batch, so anything that is not a batch of 2-D records is refused rather than reshaped."""
+    import torch
+
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu()  # noqa: N806
+        X = (X.float() if X.is_floating_point() else X).numpy()  # noqa: N806
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim != 3:
+            raise ValueError(f"expected a batch of records (N, 12, samples) or a list of records, got shape {X.shape}")
+        return X
+    if isinstance(X, (str, bytes)) or not hasattr(X, "__iter__"):
+        raise TypeError(f"expected a batch of records (N, 12, samples) or a list of records, got {type(X).__name__}")
+    items = list(X)
+    for i, item in enumerate(items):
+        if hasattr(item, "signal") and hasattr(item, "fs"):
+            continue  # a Record object
+        ndim = item.ndim if hasattr(item, "ndim") else np.ndim(item)
+        if ndim != 2:
+            raise ValueError(f"record {i} has {ndim} dimensions; each record must be (12, samples)")
+    return items
