@@ -551,8 +551,8 @@ def test_bad_loop_config_is_one_line_naming_file_and_key(name, filename, content
     assert not (tmp_path / "out").exists()
 
 
-def test_dry_run_of_a_good_config_lists_the_stages(tmp_path, capsys):
-    _loop_store(tmp_path)
+def test_dry_run_of_a_good_config_lists_the_stages(tmp_path, capsys, make_store):
+    make_store(4, seconds=3.0, root=tmp_path, name="store")  # the dry run reads the store's preprocessing
     path = tmp_path / "loop.toml"
     path.write_text(
         'store = "store"\nout = "out"\nsize = "tiny"\n[[iterations]]\nname = "it1"\n[iterations.kmeans]\nk = 8\n'

@@ -58,3 +58,15 @@ def test_an_array_file_with_two_different_signals_is_refused_not_guessed(tmp_pat
         read_record(tmp_path / "two.npz")
     np.savez(tmp_path / "copies.npz", val=signal, ecg=signal, fs=500)  # the same array twice is one signal
     np.testing.assert_array_equal(read_record(tmp_path / "copies.npz").signal.shape, signal.shape)
+
+
+def test_the_recorded_command_line_is_escaped_and_does_not_outlive_its_call(folder: Path, tmp_path: Path) -> None:
+    from hubert_ecg.runs import current_command, set_command
+
+    bad = os.fsdecode(os.fsencode(folder) + b"/bad\xffname.npy")
+    set_command(["hubert-ecg", "prepare", bad])
+    assert current_command()[-1].endswith("bad\\xffname.npy")  # writable to run.json and the model card
+    set_command(None)
+    out = tmp_path.parent / f"{tmp_path.name}-store"
+    main(["prepare", str(folder), "--out", str(out), "--fs", "500", "--quiet"])
+    assert "prepare" not in current_command()  # a library call made afterwards records its own command

@@ -472,15 +472,22 @@ def _foreign_info(source: str, base_model: str | None, published: bool) -> Check
     return info
 
 
-def _producer(weights: Path) -> str | None:
-    """The ``producer`` our safetensors files record in their header (None for any other writer)."""
-    try:
-        from safetensors import safe_open
+def _rewritten_elsewhere(weights: Path) -> bool:
+    """True when the safetensors header is intact and names no ``producer`` of ours (another program wrote it).
 
-        with safe_open(str(weights), "pt") as fh:
-            return (fh.metadata() or {}).get("producer")
-    except Exception:  # noqa: BLE001  (an unreadable header is reported by the weight reader)
-        return None
+    Read by hand, not with ``safe_open``: a file cut short keeps its header but fails safetensors' size
+    check, and it is corrupt, not rewritten. An unreadable header is also reported as corrupt.
+    """
+    try:
+        with open(weights, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                return False
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError):
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return not (isinstance(metadata, dict) and metadata.get("producer") == FORMAT_NAME)
 
 
 def _is_ours(config_json: Mapping[str, Any]) -> bool:
@@ -960,7 +967,7 @@ class PretrainedMixin:
                 raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
             expected_sha = ours.get("weights_sha256")
             if verify and expected_sha and sha256_file(weights) != expected_sha:
-                if _producer(weights) != FORMAT_NAME:
+                if _rewritten_elsewhere(weights):
                     raise CheckpointError(
                         f"{weights}: was rewritten by another program (e.g. transformers' save_pretrained, which "
                         "keeps the hubert_ecg section of config.json but drops head and codebook tensors), so it no "

@@ -83,17 +83,25 @@ SAFE_RESUME_CHANGES: frozenset[str] = frozenset(
 _COMMAND: list[str] | None = None
 
 
-def set_command(argv: Sequence[str]) -> None:
-    """Record the command line of this process (the CLI calls it; library callers need not)."""
+def set_command(argv: Sequence[str] | None) -> None:
+    """Record the command line of this process (the CLI calls it; library callers need not); None clears it.
+
+    Arguments that are not valid UTF-8 (a Latin-1 file name) are kept with ``\\xff`` escapes, so that
+    ``run.json`` and the model card can always be written.
+    """
     global _COMMAND
-    _COMMAND = [str(a) for a in argv]
+    _COMMAND = None if argv is None else [_printable(str(a)) for a in argv]
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def current_command() -> list[str]:
     """The command line recorded with :func:`set_command`, else this process's ``sys.argv``."""
     if _COMMAND is not None:
         return list(_COMMAND)
-    return [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    return [_printable(a) for a in [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]]
 
 
 class RunSettingsError(ValueError):

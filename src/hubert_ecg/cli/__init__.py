@@ -323,6 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..runs import set_command  # run.json records the command line as typed
 
     set_command(["hubert-ecg", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return _run(parser, args)
+    finally:
+        set_command(None)  # a later library call in this process records its own command, not this one
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The chosen command's handler, its errors turned into one line and an exit status."""
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_USAGE
