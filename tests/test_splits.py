@@ -411,3 +411,14 @@ def test_multi_class_from_a_text_column_end_to_end(tmp_path, capsys):
     assert code == 0, err
     header = (tmp_path / "p.csv").read_text().splitlines()[0]
     assert all(f"p_{c}" in header for c in ("AF", "OTHER", "SR"))
+
+
+@pytest.mark.parametrize(("n", "expected"), [(10, (7, 2, 1)), (20, (14, 4, 2)), (7, (5, 1, 1))])
+def test_temporal_split_counts_are_the_rounded_shares_of_whole_records(n: int, expected: tuple[int, int, int]) -> None:
+    # 1 - 0.2 - 0.1 == 0.7000000000000001 once put 8 of 10 records in train.
+    from collections import Counter
+
+    from hubert_ecg.store import temporal_splits
+
+    counts = Counter(temporal_splits([float(t) for t in range(n)], (0.2, 0.1)))
+    assert (counts["train"], counts["val"], counts["test"]) == expected

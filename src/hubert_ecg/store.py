@@ -565,10 +565,12 @@ def temporal_splits(
         first[g] = min(first.get(g, np.inf), t)
         members.setdefault(g, []).append(i)
     out = [""] * n
+    # Whole record counts, not float shares: 1 - 0.2 - 0.1 is 0.7000000000000001, which put one record
+    # too many in train whenever the cut fell exactly on a record.
+    n_train, n_train_val = (int(round(share * n + 1e-9)) for share in (1 - val - test, 1 - test))
     done = 0
     for g in sorted(first, key=lambda g: (first[g], g)):
-        position = done / max(n, 1)
-        split = "train" if position < 1 - val - test else "val" if position < 1 - test else "test"
+        split = "train" if done < n_train else "val" if done < n_train_val else "test"
         for i in members[g]:
             out[i] = split
         done += len(members[g])
