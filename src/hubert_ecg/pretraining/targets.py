@@ -790,15 +790,7 @@ def cluster_features(
         "fit_batch_size": fit_batch_size,
     }
     held_rows = _held_out_rows(features_dir, meta, held_out_fraction, seed)
-    n_fit = _valid_tokens(features_dir, meta, held_rows)
-    if max_fit_rows is not None:
-        n_fit = min(n_fit, int(max_fit_rows))
-    if max(ks) > n_fit:
-        # Checked before any K is fitted: more centroids than points cannot be fitted (or only degenerately).
-        raise TargetsError(
-            f"{features_dir}: K={max(ks)} is more than the {n_fit} valid tokens available for fitting "
-            f"(after holding out {held_rows.size} ECGs); dump more rows or use a smaller K"
-        )
+    n_fit = _fitting_tokens(features_dir, meta, held_rows, max_fit_rows, max(ks))
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_npy(out_dir / "held_out_rows.npy", held_rows)  # which ECGs quality was measured on
     features = {"path": str(features_dir.resolve()), "rows_sha256": meta["rows_sha256"], "rows": meta["n_rows"]}
@@ -835,6 +827,22 @@ def cluster_features(
     ]
     _write_sweep(out_dir, features["path"], results)
     return results
+
+
+def _fitting_tokens(
+    features_dir: Path, meta: dict[str, Any], held_rows: np.ndarray, max_fit_rows: int | None, k_max: int
+) -> int:
+    """Valid tokens left for fitting; checked before any K is fitted, as more centroids than points
+    cannot be fitted (or only degenerately)."""
+    n_fit = _valid_tokens(features_dir, meta, held_rows)
+    if max_fit_rows is not None:
+        n_fit = min(n_fit, int(max_fit_rows))
+    if k_max > n_fit:
+        raise TargetsError(
+            f"{features_dir}: K={k_max} is more than the {n_fit} valid tokens available for fitting "
+            f"(after holding out {held_rows.size} ECGs); dump more rows or use a smaller K"
+        )
+    return n_fit
 
 
 def _write_sweep(out_dir: Path, features: str, results: list[dict[str, Any]]) -> None:
