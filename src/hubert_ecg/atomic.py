@@ -146,8 +146,21 @@ def check_output_dir(directory: str | os.PathLike, *, marker: str, what: str = "
     return directory
 
 
-#: Column names that open every table this package writes for a user (predictions, embeddings, rejects ...).
-_OUR_TABLE_HEADS = (("record_id", "source"), ("path", "reason"), ("source", "change"), ("record_key", "reason"))
+#: Column names that open every table this package writes for a user (predictions, embeddings, rejects,
+#: skipped files, store changes, unmatched labels).
+OUR_TABLE_HEADS = (("record_id", "source"), ("path", "reason"), ("source", "change"), ("record_key", "reason"))
+
+
+def is_our_table(path: str | os.PathLike) -> bool:
+    """True for a CSV whose header opens with the columns of one of our tables (see :data:`OUR_TABLE_HEADS`)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        cells = tuple(c.strip().lower() for c in fh.readline().split(","))
+    return any(cells[: len(head)] == head for head in OUR_TABLE_HEADS)
+
+
+def printable_path(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 (a Latin-1 file name) as ``\\xff`` escapes: safe to print and write."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def written_by_us(path: str | os.PathLike) -> bool:
@@ -161,10 +174,7 @@ def written_by_us(path: str | os.PathLike) -> bool:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".npy"):
-            table = path.with_suffix(".ids.csv") if suffix == ".npy" else path
-            with open(table, encoding="utf-8", errors="replace") as fh:
-                cells = tuple(c.strip() for c in fh.readline().split(","))
-            return any(cells[: len(head)] == head for head in _OUR_TABLE_HEADS)
+            return is_our_table(path.with_suffix(".ids.csv") if suffix == ".npy" else path)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 

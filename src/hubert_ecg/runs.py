@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json, sha256_file
+from .atomic import atomic_write_json, printable_path, sha256_file
 
 __all__ = [
     "NOT_COMPARED",
@@ -90,18 +90,15 @@ def set_command(argv: Sequence[str] | None) -> None:
     ``run.json`` and the model card can always be written.
     """
     global _COMMAND
-    _COMMAND = None if argv is None else [_printable(str(a)) for a in argv]
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    _COMMAND = None if argv is None else [printable_path(str(a)) for a in argv]
 
 
 def current_command() -> list[str]:
     """The command line recorded with :func:`set_command`, else this process's ``sys.argv``."""
     if _COMMAND is not None:
         return list(_COMMAND)
-    return [_printable(a) for a in [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]]
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return [printable_path(a) for a in [program, *sys.argv[1:]]]
 
 
 class RunSettingsError(ValueError):

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hubert_ecg.atomic import is_our_table, printable_path
 from hubert_ecg.io.reader import read_record
 from hubert_ecg.io.record import Record, RecordError, RecordSource
 from hubert_ecg.io.registry import get_format, identify, read_head, xml_root_name
@@ -35,15 +36,16 @@ def _first_line(path: Path) -> str:
     return ""
 
 
-#: First columns of the tables this package writes beside its outputs and inputs (predictions, embeddings,
-#: rejects, skipped files, store changes, unmatched labels). A folder walk must not take one for a
-#: manifest: ``OUT.skipped.csv`` has a ``path`` column, and following it would re-read or refuse paths.
-_REPORT_HEADERS = (("record_id", "source"), ("path", "reason"), ("source", "change"), ("record_key", "reason"))
+def _is_our_output(path: Path) -> bool:
+    """One of the tables this package writes beside its outputs and inputs (predictions, rejects, skipped ...).
 
-
-def _is_report_table(path: Path) -> bool:
-    cells = tuple(c.strip().lower() for c in _first_line(path).split(","))
-    return any(cells[: len(h)] == h for h in _REPORT_HEADERS)
+    A folder walk must not take one for a manifest: ``OUT.skipped.csv`` has a ``path`` column, and following
+    it would re-read or refuse paths.
+    """
+    try:
+        return is_our_table(path)
+    except OSError:
+        return False
 
 
 def _cells(line: str) -> list[str]:
@@ -181,7 +183,7 @@ class InputAccount:
             with open(tmp, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["path", "reason"])
-                writer.writerows((_printable(p), reason) for p, reason in self.skipped)
+                writer.writerows((printable_path(p), reason) for p, reason in self.skipped)
         return path
 
 
@@ -250,7 +252,7 @@ def _sources_for_file(
         head = read_head(path)
     except OSError as exc:
         return _skip_or_raise(account, explicit, path, _stat_reason(path, exc))
-    if not explicit and suffix == ".csv" and _is_report_table(path):
+    if not explicit and suffix == ".csv" and _is_our_output(path):
         return _skip_or_raise(account, explicit, path, "a hubert-ecg output table (predictions, rejects, skipped ...)")
     if suffix in _TEXT_SUFFIXES and is_manifest(path):
         if account is not None:
@@ -441,7 +443,7 @@ def iter_sources(
             if not _utf8_name(source.path):
                 # Its name would reach every table and id we write; listed, not read (see _NOT_UTF8).
                 if mode is None or not stat.S_ISDIR(mode):  # named by the user: an error, not a skip
-                    raise RecordError(_printable(source.path), _NOT_UTF8)
+                    raise RecordError(printable_path(source.path), _NOT_UTF8)
                 if account is not None:
                     account.skip(source.path, _NOT_UTF8)
                 continue
@@ -461,11 +463,6 @@ def _utf8_name(path: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _printable(path: str) -> str:
-    """A path with undecodable bytes shown as ``\\xff`` escapes, safe to print and write to a table."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def discover_sources(
