@@ -192,3 +192,21 @@ def _check_finite(path: str | Path, signal: np.ndarray, warnings: list[str]) -> 
             f"{int(nan[partial].sum())} NaN sample(s) in lead(s) {', '.join(leads)} "
             "filled with the lead mean before filtering"
         )
+
+
+def xml_root(path: Path, what: str, expected: str, kind: str) -> Any:
+    """The root element of the XML file ``path``, checked to be ``expected`` (namespace ignored).
+
+    A file that does not parse is "malformed ``what``"; another kind of XML is "not ``kind``" (e.g.
+    ``"a MUSE XML ECG"``): one-line :class:`RecordError` naming the file, worded alike by every XML reader.
+    """
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
+        raise RecordError(path, f"malformed {what}: {type(exc).__name__}: {exc}") from None
+    tag = root.tag.rsplit("}", 1)[-1]
+    if tag != expected:
+        raise RecordError(path, f"not {kind} (root element <{tag}>, expected <{expected}>)")
+    return root

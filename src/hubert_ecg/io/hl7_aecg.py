@@ -24,7 +24,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from hubert_ecg.io._build import build_record
+from hubert_ecg.io._build import build_record, xml_root
 from hubert_ecg.io.record import Record, RecordError
 
 __all__ = ["read_hl7_aecg"]
@@ -132,12 +132,7 @@ def read_hl7_aecg(
 
 def _first_sequence_set(path: Path) -> tuple[ElementTree.Element, list[str]]:
     """The first rhythm ``sequenceSet`` of the file, and a warning when there are more."""
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
-        raise RecordError(path, f"malformed HL7 aECG XML: {type(exc).__name__}: {exc}") from None
-    if _local(root.tag) != "AnnotatedECG":
-        raise RecordError(path, f"not an HL7 aECG file (root element <{_local(root.tag)}>, expected <AnnotatedECG>)")
+    root = xml_root(path, "HL7 aECG XML", "AnnotatedECG", "an HL7 aECG file")
     series = _rhythm_series(root)
     sets = [q for s in series for c in _children(s, "component") for q in _children(c, "sequenceSet")]
     if not sets:

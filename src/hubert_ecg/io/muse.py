@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from hubert_ecg.io._build import build_record
+from hubert_ecg.io._build import build_record, xml_root
 from hubert_ecg.io.record import Record, RecordError
 
 __all__ = ["read_muse", "is_muse_xml"]
@@ -117,13 +117,7 @@ def read_muse(
 
 
 def _parse_root(path: Path) -> ElementTree.Element:
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
-        raise RecordError(path, f"malformed MUSE XML: {type(exc).__name__}: {exc}") from None
-    if root.tag != "RestingECG":
-        raise RecordError(path, f"not a MUSE XML ECG (root element <{root.tag}>, expected <RestingECG>)")
-    return root
+    return xml_root(path, "MUSE XML", "RestingECG", "a MUSE XML ECG")
 
 
 def _lead_data(path: Path, lead: ElementTree.Element, number: int) -> tuple[str, np.ndarray, str | None]:

@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from hubert_ecg.io._build import build_record
+from hubert_ecg.io._build import build_record, xml_root
 from hubert_ecg.io.record import Record, RecordError
 
 __all__ = ["read_philips"]
@@ -109,13 +109,7 @@ def read_philips(
 
 
 def _parse_root(path: Path) -> ElementTree.Element:
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError, UnicodeDecodeError) as exc:
-        raise RecordError(path, f"malformed Philips XML: {type(exc).__name__}: {exc}") from None
-    if _local(root.tag) != "restingecgdata":
-        raise RecordError(path, f"not a Philips XML ECG (root element <{_local(root.tag)}>, expected <restingecgdata>)")
-    return root
+    return xml_root(path, "Philips XML", "restingecgdata", "a Philips XML ECG")
 
 
 @dataclass
