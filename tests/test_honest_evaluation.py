@@ -333,3 +333,22 @@ def test_predict_writes_the_probabilities_and_decisions_evaluate_scores(
         p = [float(predicted[rid][f"p_{n}"]) for n in names]
         np.testing.assert_allclose(p, probs, atol=2e-5, err_msg=rid)
         assert [int(predicted[rid][f"y_{n}"]) for n in names] == [int(v >= t) for v, t in zip(p, thresholds)]
+
+
+def test_record_digests_are_hashed_once_per_store_content(make_store, tmp_path: Path, monkeypatch) -> None:
+    # The leak checks run at every finetune and evaluate: the signals are read once, not at every run.
+    store_dir = make_store(6, seed=3, labels=list(SYNTHETIC_LABELS), root=tmp_path)
+    store = ECGStore(store_dir)
+    first = store.record_digests()
+    assert sorted(first) == sorted(set(store.record_ids.astype(str))) and len(set(first.values())) == len(first)
+    assert (store_dir / "record_digests.json").exists()
+
+    def must_not_hash(self, chunk=256):  # noqa: ANN001, ANN202
+        raise AssertionError("hashed again although the store did not change")
+
+    monkeypatch.setattr(ECGStore, "_hash_records", must_not_hash)
+    assert ECGStore(store_dir).record_digests() == first
+    with open(store_dir / "manifest.csv", "a") as fh:  # the store changed: the cache no longer applies
+        fh.write("\n")
+    with pytest.raises(AssertionError, match="hashed again"):
+        ECGStore(store_dir).record_digests()

@@ -435,22 +435,10 @@ def _seen_rows(model: HubertECG, store: ECGStore) -> np.ndarray:
     return np.flatnonzero(np.isin(_normalised_splits(store), sorted(seen)))
 
 
-def signal_digests(store: ECGStore, rows: np.ndarray, chunk: int = 256) -> dict[str, str]:
-    """Record id -> digest of its stored samples (every segment, valid length only), for ``rows``."""
-    import hashlib
-
-    rows = np.asarray(rows, dtype=np.int64)
-    rows = rows[np.lexsort((store.segments[rows], store.record_ids[rows]))]
-    parts: dict[str, Any] = {}
-    for start in range(0, len(rows), chunk):
-        block = rows[start : start + chunk]
-        signals = store.signals(block)
-        for r, signal in zip(block, signals):
-            rid = str(store.record_ids[r])
-            h = parts.setdefault(rid, hashlib.blake2b(digest_size=16))
-            length = min(int(store.lengths[r]), store.row_samples)
-            h.update(np.ascontiguousarray(signal[:, :length]).tobytes())
-    return {rid: h.hexdigest() for rid, h in parts.items()}
+def signal_digests(store: ECGStore, rows: np.ndarray) -> dict[str, str]:
+    """Record id -> digest of its stored samples, for the records of ``rows`` (:meth:`ECGStore.record_digests`)."""
+    digests = store.record_digests()
+    return {str(rid): digests[str(rid)] for rid in np.unique(store.record_ids[np.asarray(rows, dtype=np.int64)])}
 
 
 def duplicate_signals(store: ECGStore, groups: dict[str, np.ndarray]) -> list[dict[str, Any]]:

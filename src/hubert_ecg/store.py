@@ -8,6 +8,7 @@ Layout of ``STORE/``::
                             source, orig_fs, orig_samples, units, split, meta (JSON), label columns
     rejects.csv             record_id, source, reason: every record that could not be used
     unmatched_labels.csv    label rows that no record took (only when there are some)
+    record_digests.json     a digest of each record's samples, for the leak checks (written on first use)
     shards/00000.npy        float32 (rows, 12, row_samples): fixed-shape rows, zero-padded
     shards/00000.csv        the manifest part of that shard (a shard is complete iff both exist)
     targets/<name>.npy      int16 (rows, tokens): k-means cluster ids written by ``hubert-ecg label``
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_json, check_output_dir, check_writable, output_lock
+from .atomic import atomic_path, atomic_write_json, check_output_dir, check_writable, output_lock, sha256_file
 from .preprocess import PreprocessSpec
 from .reading import REJECTED_ERRORS as REJECTED_ERRORS  # re-exported: what `prepare` files as a reject
 from .reading import Accepted, ReadResult, ReadTask, Rejected, RejectsTable, read_one, worker_pool
@@ -1330,6 +1331,41 @@ class ECGStore:
         """Unique record ids of ``rows`` and the group index of each row (for window aggregation)."""
         uniq, inverse = np.unique(self.record_ids[rows].astype(str), return_inverse=True)
         return uniq, inverse
+
+    def record_digests(self) -> dict[str, str]:
+        """Record id -> digest of its stored samples (every segment, valid length only).
+
+        What the leak checks of ``finetune`` and ``evaluate`` compare (the same recording under two ids).
+        Computed once per store content and kept in ``STORE/record_digests.json`` with the checksum of the
+        manifest it describes, so a run reads the signals again only after the store changed. A store
+        that cannot be written to (a shared, read-only copy) is hashed each time instead.
+        """
+        cache = self.path / "record_digests.json"
+        manifest = sha256_file(self.path / "manifest.csv")
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("manifest_sha256") == manifest:
+                return dict(saved["digests"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+        digests = self._hash_records()
+        try:
+            atomic_write_json(cache, {"manifest_sha256": manifest, "digests": digests})
+        except OSError:
+            pass
+        return digests
+
+    def _hash_records(self, chunk: int = 256) -> dict[str, str]:
+        import hashlib
+
+        rows = np.lexsort((self.segments, self.record_ids))
+        parts: dict[str, Any] = {}
+        for start in range(0, len(rows), chunk):
+            block = rows[start : start + chunk]
+            for r, signal in zip(block, self.signals(block)):
+                h = parts.setdefault(str(self.record_ids[r]), hashlib.blake2b(digest_size=16))
+                h.update(np.ascontiguousarray(signal[:, : min(int(self.lengths[r]), self.row_samples)]).tobytes())
+        return {rid: h.hexdigest() for rid, h in parts.items()}
 
 
 def open_store(path: str | os.PathLike) -> ECGStore:
