@@ -70,3 +70,27 @@ def test_the_recorded_command_line_is_escaped_and_does_not_outlive_its_call(fold
     out = tmp_path.parent / f"{tmp_path.name}-store"
     main(["prepare", str(folder), "--out", str(out), "--fs", "500", "--quiet"])
     assert "prepare" not in current_command()  # a library call made afterwards records its own command
+
+
+@pytest.mark.parametrize(
+    ("reader", "what", "kind"),
+    [
+        ("read_muse", "MUSE XML", "a MUSE XML ECG"),
+        ("read_philips", "Philips XML", "a Philips XML ECG"),
+        ("read_hl7_aecg", "HL7 aECG XML", "an HL7 aECG file"),
+    ],
+)
+def test_xml_readers_name_a_malformed_file_and_another_kind_of_xml(
+    tmp_path: Path, reader: str, what: str, kind: str
+) -> None:
+    import importlib
+
+    from hubert_ecg.io import RecordError
+
+    read = getattr(importlib.import_module(f"hubert_ecg.io.{reader.removeprefix('read_')}"), reader)
+    (tmp_path / "cut.xml").write_text("<root><unclosed>")
+    with pytest.raises(RecordError, match=rf"cut\.xml: malformed {what}: ParseError"):
+        read(tmp_path / "cut.xml")
+    (tmp_path / "other.xml").write_text('<svg xmlns="http://www.w3.org/2000/svg"></svg>')
+    with pytest.raises(RecordError, match=rf"other\.xml: not {kind} \(root element <svg>"):
+        read(tmp_path / "other.xml")

@@ -162,3 +162,41 @@ def test_predict_labels_read_only_the_model_outputs(
     with open(out, newline="") as fh:
         truth = {r["record_id"]: r["y_true_af"] for r in csv.DictReader(fh)}
     assert truth == {"r0": "1", "r1": "0"}
+
+
+@pytest.mark.parametrize(
+    ("markers", "kind"),
+    [
+        (["run.json"], "run folder"),
+        (["config.json", "model.safetensors"], "model folder"),
+        (["features.json"], "features folder"),
+        (["sweep.json"], "k-means folder"),
+    ],
+)
+def test_folder_walks_skip_every_kind_of_our_output_folder(tmp_path: Path, markers: list[str], kind: str) -> None:
+    from hubert_ecg.io import InputAccount, discover_sources
+
+    _records(tmp_path / "records", "npy", n=1)
+    ours = tmp_path / "records" / "out"
+    _records(ours, "npy", n=1)  # an array inside it must not be read as a record
+    for name in markers:
+        (ours / name).write_text("{}")
+    account = InputAccount()
+    sources = discover_sources([tmp_path / "records"], account=account)
+    assert [Path(s.path).name for s in sources] == ["r0.npy"] and Path(sources[0].path).parent.name == "records"
+    assert (str(ours), f"a hubert-ecg {kind} (folder not searched)") in account.skipped
+    (ours / markers[-1]).unlink()  # without its marker it is the user's folder, and is searched
+    assert len(discover_sources([tmp_path / "records"])) == 2
+
+
+def test_written_by_us_recognises_onnx_and_npy_outputs_by_content(tmp_path: Path) -> None:
+    from hubert_ecg.atomic import written_by_us
+
+    ours, theirs = tmp_path / "ours.onnx", tmp_path / "theirs.onnx"
+    ours.write_bytes(b"\x08\x07" + b"graph" * 1000 + b"hubert_ecg.version\x12\x050.1.0")
+    theirs.write_bytes(b"\x08\x07" + b"graph" * 1000 + b"producer\x12pytorch")
+    assert written_by_us(ours) and not written_by_us(theirs)
+    np.save(tmp_path / "emb.npy", np.zeros((2, 4), np.float32))
+    assert not written_by_us(tmp_path / "emb.npy")  # no ids table beside it: a user's array
+    (tmp_path / "emb.ids.csv").write_text("record_id,source,seconds\nr0,a.npy,3\n")
+    assert written_by_us(tmp_path / "emb.npy")
